@@ -1,0 +1,193 @@
+//! The Redis idempotency fast path: answers "seen before" without touching PostgreSQL, and "miss" when Redis is away.
+//!
+//! Redis is an accelerator, never the truth: a miss (or an unreachable Redis) only means the event goes on to the
+//! [`EventWriter`](crate::EventWriter), where PostgreSQL's unique constraint decides. A key is written only after its
+//! event is committed, so a hit always names a stored event.
+//!
+//! Connection handling: the actor connects in `started`, retrying with back-off while Redis is down (state
+//! `degraded`). When an established connection is lost it stops itself; its supervisor restarts it after the delay
+//! given by its [`ActorStatus`], which also counts the restart against the budget.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+use uuid::Uuid;
+
+use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
+use crate::messages::{CacheLookup, CacheRemember};
+use crate::supervision::Backoff;
+
+/// How the cache reaches Redis.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Prefix of every key hookgate writes (lets several deployments or tests share one Redis).
+    pub key_prefix: String,
+    /// Longest wait for one Redis command; past it the answer is "miss".
+    pub op_timeout: Duration,
+    /// How long a connection attempt may take.
+    pub connect_timeout: Duration,
+    /// Lifetime of an idempotency entry (the Redis side of the dedupe window).
+    pub dedupe_ttl: Duration,
+    pub mailbox_capacity: usize,
+}
+
+pub struct Cache {
+    client: redis::Client,
+    conn: Option<MultiplexedConnection>,
+    cfg: CacheConfig,
+    status: Arc<ActorStatus>,
+    registry: Arc<HealthRegistry>,
+    connect_backoff: Backoff,
+    resume_delay: Duration,
+}
+
+impl Cache {
+    pub fn new(
+        client: redis::Client,
+        cfg: CacheConfig,
+        status: Arc<ActorStatus>,
+        registry: Arc<HealthRegistry>,
+    ) -> Self {
+        Self {
+            client,
+            conn: None,
+            connect_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            cfg,
+            status,
+            registry,
+            resume_delay: Duration::ZERO,
+        }
+    }
+
+    fn key(&self, source_id: Uuid, idempotency_key: &str) -> String {
+        format!(
+            "{}:idem:{}:{}",
+            self.cfg.key_prefix, source_id, idempotency_key
+        )
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        let client = self.client.clone();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.cfg.connect_timeout))
+            .set_response_timeout(Some(self.cfg.op_timeout));
+        let fut = async move {
+            client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(conn) => {
+                act.conn = Some(conn);
+                act.connect_backoff.reset();
+                act.status.set_state(ActorState::Running);
+                act.registry.set_redis(DependencyState::Up);
+                tracing::info!(message = "Connected to Redis.");
+            }
+            Err(error) => {
+                let delay = act.connect_backoff.next_delay();
+                if act.status.state() != ActorState::Degraded {
+                    tracing::warn!(message = "Redis unreachable; dedupe falls back to PostgreSQL.", %error);
+                }
+                act.status.set_state(ActorState::Degraded);
+                act.registry.set_redis(DependencyState::Down);
+                ctx.run_later(delay, |act, ctx| act.connect(ctx));
+            }
+        }));
+    }
+
+    /// Drops a connection that failed at the transport level; the supervisor restarts the actor.
+    fn on_error(&mut self, error: &redis::RedisError, ctx: &mut Context<Self>) {
+        if error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error() {
+            if self.conn.take().is_some() {
+                tracing::warn!(message = "Lost the Redis connection; restarting the cache.", %error);
+                self.registry.set_redis(DependencyState::Down);
+                ctx.stop();
+            }
+        } else if !error.is_timeout() {
+            tracing::debug!(message = "Redis command failed.", %error);
+        }
+    }
+}
+
+impl Actor for Cache {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.cfg.mailbox_capacity);
+        let delay = std::mem::take(&mut self.resume_delay);
+        if delay.is_zero() {
+            self.connect(ctx);
+        } else {
+            ctx.run_later(delay, |act, ctx| act.connect(ctx));
+        }
+    }
+}
+
+impl actix::Supervised for Cache {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.conn = None;
+        self.resume_delay = self.status.record_restart();
+    }
+}
+
+impl Handler<CacheLookup> for Cache {
+    type Result = ();
+
+    fn handle(&mut self, msg: CacheLookup, ctx: &mut Self::Context) {
+        self.status.dequeued();
+        let Some(mut conn) = self.conn.clone() else {
+            let _ = msg.reply.send(None);
+            return;
+        };
+        let key = self.key(msg.source_id, &msg.idempotency_key);
+        let fut = async move {
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async::<Option<String>>(&mut conn)
+                .await
+        };
+        let reply = msg.reply;
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            let hit = match res {
+                Ok(v) => v.and_then(|s| Uuid::parse_str(&s).ok()),
+                Err(error) => {
+                    act.on_error(&error, ctx);
+                    None
+                }
+            };
+            let _ = reply.send(hit);
+        }));
+    }
+}
+
+impl Handler<CacheRemember> for Cache {
+    type Result = ();
+
+    fn handle(&mut self, msg: CacheRemember, ctx: &mut Self::Context) {
+        self.status.dequeued();
+        let Some(mut conn) = self.conn.clone() else {
+            return;
+        };
+        let key = self.key(msg.source_id, &msg.idempotency_key);
+        let ttl = self.cfg.dedupe_ttl.as_secs().max(1);
+        let fut = async move {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(msg.id.to_string())
+                .arg("NX")
+                .arg("EX")
+                .arg(ttl)
+                .query_async::<Option<String>>(&mut conn)
+                .await
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+            if let Err(error) = res {
+                act.on_error(&error, ctx);
+            }
+        }));
+    }
+}

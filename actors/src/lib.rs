@@ -1,0 +1,28 @@
+//! hookgate's actors: each owns one concern and talks to the others through bounded mailboxes.
+//!
+//! | actor | its one job | receives | sends to | batching |
+//! |---|---|---|---|---|
+//! | [`EventWriter`] | group-commits ingested events to PostgreSQL and answers each sender after COMMIT | [`Persist`] | PostgreSQL | flush at `batch_max` events or `flush_interval` |
+//! | [`Cache`] | the Redis idempotency fast path, degrading to "miss" when Redis is away | [`CacheLookup`], [`CacheRemember`] | Redis | none (one pipelined connection) |
+//! | [`Health`] | probes PostgreSQL and publishes each actor's state and mailbox depth | timer only | [`HealthRegistry`] | probe every `probe_interval` |
+//!
+//! Every message that can arrive in a flood carries its own reply channel and is sent with `try_send`: a full
+//! mailbox is an immediate, visible refusal (the front end answers 503), never an unbounded queue.
+//! Actors run under [`actix::Supervisor`]; [`supervision`] adds what actix lacks (back-off, a restart budget).
+
+pub mod cache;
+pub mod health;
+pub mod messages;
+pub mod supervision;
+pub mod writer;
+
+pub use cache::{Cache, CacheConfig};
+pub use health::{
+    ActorState, ActorStatus, DependencyState, Health, HealthRegistry, ReadinessReport,
+};
+pub use messages::{CacheLookup, CacheRemember, NewEvent, Persist, PersistError, Persisted};
+pub use supervision::{Backoff, RestartPolicy};
+pub use writer::{EventWriter, WriterConfig};
+
+/// The PostgreSQL connection pool every database-facing actor borrows from.
+pub type Pool = deadpool_postgres::Pool;

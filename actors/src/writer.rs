@@ -1,0 +1,306 @@
+//! Group-commits ingested events to PostgreSQL and answers each sender only after COMMIT.
+//!
+//! [`Persist`] messages are buffered and flushed when `batch_max` events are waiting or `flush_interval` has passed
+//! since the first of them arrived. A flush is one transaction with one `INSERT … SELECT FROM UNNEST(…) ON CONFLICT
+//! DO NOTHING` (one round trip for the whole batch) plus, only when some keys were already stored, one lookup of the
+//! first events' ids. Up to `max_inflight_flushes` flushes run at once, each on its own pooled connection; while
+//! they are busy, new events accumulate into the next batch, so batches grow with load (classic group commit).
+//!
+//! Memory is bounded twice: the mailbox holds at most `mailbox_capacity` messages (senders use `try_send`), and the
+//! writer holds at most `max_pending` events (buffered plus in flight); past that it answers
+//! [`PersistError::Overloaded`] at once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde::Deserialize;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
+use crate::messages::{NewEvent, Persist, PersistError, Persisted};
+use crate::Pool;
+
+/// The writer's tuning. Defaults come from `docs/adr/0002-group-commit.md`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WriterConfig {
+    /// Flush as soon as this many events are buffered.
+    pub batch_max: usize,
+    /// Flush at most this long (microseconds) after the first buffered event arrived.
+    pub flush_interval_us: u64,
+    /// Concurrent flush transactions (each holds a pooled connection).
+    pub max_inflight_flushes: usize,
+    /// Events held at once (buffered + in flight); past it new events are refused with 503.
+    pub max_pending: usize,
+    /// Messages the mailbox holds before `try_send` is refused.
+    pub mailbox_capacity: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            batch_max: 512,
+            flush_interval_us: 1_000,
+            max_inflight_flushes: 4,
+            max_pending: 16_384,
+            mailbox_capacity: 4_096,
+        }
+    }
+}
+
+impl WriterConfig {
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_micros(self.flush_interval_us)
+    }
+}
+
+type Reply = oneshot::Sender<Result<Persisted, PersistError>>;
+
+pub struct EventWriter {
+    pool: Pool,
+    cfg: WriterConfig,
+    status: Arc<ActorStatus>,
+    registry: Arc<HealthRegistry>,
+    buffer: Vec<(NewEvent, Reply)>,
+    flush_timer: Option<SpawnHandle>,
+    /// Events buffered or in flight.
+    pending: usize,
+    inflight: usize,
+}
+
+impl EventWriter {
+    pub fn new(
+        pool: Pool,
+        cfg: WriterConfig,
+        status: Arc<ActorStatus>,
+        registry: Arc<HealthRegistry>,
+    ) -> Self {
+        Self {
+            pool,
+            cfg,
+            status,
+            registry,
+            buffer: Vec::new(),
+            flush_timer: None,
+            pending: 0,
+            inflight: 0,
+        }
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if let Some(h) = self.flush_timer.take() {
+            ctx.cancel_future(h);
+        }
+        while !self.buffer.is_empty() && self.inflight < self.cfg.max_inflight_flushes.max(1) {
+            let n = self.buffer.len().min(self.cfg.batch_max.max(1));
+            let batch: Vec<_> = self.buffer.drain(..n).collect();
+            self.inflight += 1;
+            let pool = self.pool.clone();
+            ctx.spawn(
+                write_batch(pool, batch)
+                    .into_actor(self)
+                    .map(move |db_up, act, ctx| {
+                        act.inflight -= 1;
+                        act.pending -= n;
+                        act.registry.set_postgres(if db_up {
+                            DependencyState::Up
+                        } else {
+                            DependencyState::Down
+                        });
+                        if !act.buffer.is_empty() && act.flush_timer.is_none() {
+                            act.flush(ctx);
+                        }
+                    }),
+            );
+        }
+    }
+}
+
+impl Actor for EventWriter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.cfg.mailbox_capacity);
+        self.status.set_state(ActorState::Running);
+    }
+
+    fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
+        if self.pending > 0 {
+            // Finish what was accepted before stopping.
+            self.flush(ctx);
+            return Running::Continue;
+        }
+        self.status.set_state(ActorState::Stopped);
+        Running::Stop
+    }
+}
+
+impl actix::Supervised for EventWriter {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.status.record_restart();
+    }
+}
+
+impl Handler<Persist> for EventWriter {
+    type Result = ();
+
+    fn handle(&mut self, msg: Persist, ctx: &mut Self::Context) {
+        self.status.dequeued();
+        if self.pending >= self.cfg.max_pending {
+            let _ = msg.reply.send(Err(PersistError::Overloaded));
+            return;
+        }
+        self.pending += 1;
+        self.buffer.push((msg.event, msg.reply));
+        if self.buffer.len() >= self.cfg.batch_max {
+            self.flush(ctx);
+        } else if self.flush_timer.is_none() {
+            self.flush_timer = Some(ctx.run_later(self.cfg.flush_interval(), |act, ctx| {
+                act.flush_timer = None;
+                act.flush(ctx);
+            }));
+        }
+    }
+}
+
+const INSERT_EVENTS: &str = "\
+INSERT INTO events (id, source_id, idempotency_key, received_at, content_type, headers, body)
+SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::jsonb[], $7::bytea[])
+ON CONFLICT (source_id, idempotency_key) DO NOTHING
+RETURNING id";
+
+const FIND_EXISTING: &str = "\
+SELECT id, source_id, idempotency_key FROM events
+WHERE (source_id, idempotency_key) IN (SELECT * FROM UNNEST($1::uuid[], $2::text[]))";
+
+/// Writes one batch in one transaction and answers every sender. Returns whether PostgreSQL answered.
+async fn write_batch(pool: Pool, batch: Vec<(NewEvent, Reply)>) -> bool {
+    let started = Instant::now();
+    let size = batch.len();
+    let events: Vec<&NewEvent> = batch.iter().map(|(e, _)| e).collect();
+    let result = insert(&pool, &events).await;
+    let db_up = !matches!(result, Err(PersistError::Unavailable(_)));
+    metrics::histogram!("hookgate_writer_batch_size").record(size as f64);
+    metrics::histogram!("hookgate_writer_flush_seconds").record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(outcomes) => {
+            for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+        }
+        Err(error) => {
+            metrics::counter!("hookgate_writer_flush_failures_total").increment(1);
+            tracing::warn!(message = "Event batch not stored.", batch = size, %error);
+            for (_, reply) in batch {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+    db_up
+}
+
+async fn insert(
+    pool: &Pool,
+    events: &[&NewEvent],
+) -> Result<Vec<Result<Persisted, PersistError>>, PersistError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(db_error)?;
+    let insert = tx.prepare_cached(INSERT_EVENTS).await.map_err(db_error)?;
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let sources: Vec<Uuid> = events.iter().map(|e| e.source_id).collect();
+    let keys: Vec<&str> = events.iter().map(|e| e.idempotency_key.as_str()).collect();
+    let received: Vec<_> = events.iter().map(|e| e.received_at).collect();
+    let content_types: Vec<Option<&str>> =
+        events.iter().map(|e| e.content_type.as_deref()).collect();
+    let headers: Vec<&serde_json::Value> = events.iter().map(|e| &e.headers).collect();
+    let bodies: Vec<&[u8]> = events.iter().map(|e| e.body.as_ref()).collect();
+    let rows = tx
+        .query(
+            &insert,
+            &[
+                &ids,
+                &sources,
+                &keys,
+                &received,
+                &content_types,
+                &headers,
+                &bodies,
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+    let inserted: HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+
+    let mut existing: HashMap<(Uuid, &str), Uuid> = HashMap::new();
+    if inserted.len() < events.len() {
+        let (s, k): (Vec<Uuid>, Vec<&str>) = events
+            .iter()
+            .filter(|e| !inserted.contains(&e.id))
+            .map(|e| (e.source_id, e.idempotency_key.as_str()))
+            .unzip();
+        let find = tx.prepare_cached(FIND_EXISTING).await.map_err(db_error)?;
+        for row in tx.query(&find, &[&s, &k]).await.map_err(db_error)? {
+            let key: String = row.get(2);
+            if let Some(e) = events
+                .iter()
+                .find(|e| e.idempotency_key == key && e.source_id == row.get::<_, Uuid>(1))
+            {
+                existing.insert((e.source_id, e.idempotency_key.as_str()), row.get(0));
+            }
+        }
+    }
+    tx.commit().await.map_err(db_error)?;
+
+    Ok(events
+        .iter()
+        .map(|e| {
+            if inserted.contains(&e.id) {
+                Ok(Persisted {
+                    id: e.id,
+                    duplicate: false,
+                })
+            } else {
+                match existing.get(&(e.source_id, e.idempotency_key.as_str())) {
+                    Some(id) => Ok(Persisted {
+                        id: *id,
+                        duplicate: true,
+                    }),
+                    None => Err(PersistError::Internal(
+                        "conflicting event vanished before lookup".into(),
+                    )),
+                }
+            }
+        })
+        .collect())
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> PersistError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => db_error(e),
+        other => PersistError::Unavailable(other.to_string()),
+    }
+}
+
+/// Connection loss, shutdown, overload and cancellation are "unavailable" (the client should retry); the rest is
+/// unexpected.
+fn db_error(e: tokio_postgres::Error) -> PersistError {
+    match e.code() {
+        None => PersistError::Unavailable(e.to_string()),
+        Some(code) => {
+            let c = code.code();
+            if c.starts_with("08")
+                || c.starts_with("53")
+                || c.starts_with("57")
+                || c == "40001"
+                || c == "40P01"
+            {
+                PersistError::Unavailable(e.to_string())
+            } else {
+                PersistError::Internal(e.to_string())
+            }
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Configuration: built-in defaults, then an optional TOML file, then `HOOKGATE_` environment variables.
+//!
+//! Environment variables use `__` between levels: `HOOKGATE_DATABASE__URL`, `HOOKGATE_SERVER__PORT`. Secrets (database
+//! and Redis URLs, signing secrets) are [`SecretString`]s, whose `Debug` prints `[REDACTED]`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use hookgate_actors::{RestartPolicy, WriterConfig};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Everything hookgate reads at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub server: ServerSettings,
+    #[serde(default)]
+    pub database: DatabaseSettings,
+    #[serde(default)]
+    pub redis: RedisSettings,
+    /// Group-commit tuning of the event writer.
+    #[serde(default)]
+    pub writer: WriterConfig,
+    /// Restart back-off and budget, shared by all actors.
+    #[serde(default)]
+    pub supervision: RestartPolicy,
+    /// Sources declared here are applied into PostgreSQL at start (matched by slug).
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub host: String,
+    /// Port to listen on; 0 picks a free one.
+    pub port: u16,
+    /// actix-web worker threads; default: one per core.
+    pub workers: Option<usize>,
+    /// Longest an ingest request waits for its COMMIT before answering 503.
+    pub ingest_timeout_ms: u64,
+    /// Ceiling on any source's body size, in bytes.
+    pub max_body_bytes: usize,
+    /// Seconds advertised in `Retry-After` on 503.
+    pub retry_after_secs: u64,
+    /// `json` (one object per line) or `pretty`.
+    pub log_format: String,
+    /// Seconds between health probes of PostgreSQL.
+    pub health_interval_ms: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            workers: None,
+            ingest_timeout_ms: 10_000,
+            max_body_bytes: 4 * 1024 * 1024,
+            retry_after_secs: 1,
+            log_format: "json".into(),
+            health_interval_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://user:password@host:port/dbname`.
+    pub url: SecretString,
+    /// Pooled connections.
+    pub pool_size: usize,
+    /// Longest wait for a pooled connection (deadpool's default waits forever).
+    pub pool_wait_timeout_ms: u64,
+    /// Longest a new connection may take to open.
+    pub connect_timeout_ms: u64,
+    /// `statement_timeout` set on every connection; 0 disables it.
+    pub statement_timeout_ms: u64,
+    /// Apply pending migrations at start.
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("postgres://postgres@127.0.0.1:5432/hookgate"),
+            pool_size: 8,
+            pool_wait_timeout_ms: 2_000,
+            connect_timeout_ms: 2_000,
+            statement_timeout_ms: 5_000,
+            migrate_on_start: true,
+        }
+    }
+}
+
+impl DatabaseSettings {
+    pub fn pg_config(&self) -> anyhow::Result<tokio_postgres::Config> {
+        let mut cfg: tokio_postgres::Config = self
+            .url
+            .expose_secret()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("database.url is not a valid PostgreSQL URL"))?;
+        cfg.connect_timeout(Duration::from_millis(self.connect_timeout_ms));
+        cfg.application_name("hookgate");
+        if self.statement_timeout_ms > 0 {
+            cfg.options(format!(
+                "-c statement_timeout={}",
+                self.statement_timeout_ms
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://host:port/db`.
+    pub url: SecretString,
+    /// Prefix of every key hookgate writes.
+    pub key_prefix: String,
+    /// Longest wait for one Redis command before it counts as a miss.
+    pub op_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Lifetime of idempotency entries in Redis (the dedupe fast path's window).
+    pub dedupe_ttl_secs: u64,
+    pub mailbox_capacity: usize,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("redis://127.0.0.1:6379"),
+            key_prefix: "hookgate".into(),
+            op_timeout_ms: 50,
+            connect_timeout_ms: 500,
+            dedupe_ttl_secs: 24 * 3600,
+            mailbox_capacity: 8_192,
+        }
+    }
+}
+
+/// A producer that may POST to `/ingest/{slug}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// URL path segment: lower-case letters, digits, `-` and `_`, 1 to 64 characters.
+    pub slug: String,
+    /// Largest accepted body, in bytes (capped by `server.max_body_bytes`).
+    #[serde(default = "default_source_body")]
+    pub max_body_bytes: usize,
+    /// Require `Content-Type: application/json` (or `+json`) and a well-formed JSON body.
+    #[serde(default)]
+    pub require_json: bool,
+    /// Where the idempotency key comes from.
+    #[serde(default)]
+    pub idempotency: IdempotencyConfig,
+    /// How requests are authenticated.
+    #[serde(default)]
+    pub verification: VerificationConfig,
+}
+
+fn default_source_body() -> usize {
+    1024 * 1024
+}
+
+/// Where a source's idempotency key comes from.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(tag = "from", rename_all = "snake_case", deny_unknown_fields)]
+pub enum IdempotencyConfig {
+    /// A request header (required on every request).
+    Header { header: String },
+    /// The hex SHA-256 of the body: identical bodies are the same event.
+    #[default]
+    BodyHash,
+}
+
+/// How a source's requests are verified.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum VerificationConfig {
+    #[default]
+    None,
+    /// Hex HMAC-SHA256 of the raw body in `header`, optionally after `prefix` (e.g. `sha256=`).
+    HmacSha256 {
+        header: String,
+        #[serde(default)]
+        prefix: Option<String>,
+        #[serde(serialize_with = "serialize_secret")]
+        secret: SecretString,
+    },
+}
+
+fn serialize_secret<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s.expose_secret())
+}
+
+impl Settings {
+    /// Defaults, then `file` (when given), then `HOOKGATE_*` environment variables.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut fig = Figment::from(Serialized::defaults(EmptyRoot {}));
+        if let Some(path) = file {
+            if !path.exists() {
+                anyhow::bail!("configuration file {} does not exist", path.display());
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(Env::prefixed("HOOKGATE_").split("__"));
+        let settings: Settings = fig
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Parses TOML text on top of the defaults, without the environment (for tests and `check-config`).
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let settings: Settings = Figment::from(Toml::string(text))
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what serde cannot: slugs, limits, and that URLs parse.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.database.pg_config()?;
+        redis::Client::open(self.redis.url.expose_secret())
+            .map_err(|_| anyhow::anyhow!("redis.url is not a valid Redis URL"))?;
+        let w = &self.writer;
+        if w.batch_max == 0
+            || w.max_inflight_flushes == 0
+            || w.max_pending == 0
+            || w.mailbox_capacity == 0
+        {
+            anyhow::bail!("writer.batch_max, max_inflight_flushes, max_pending and mailbox_capacity must be positive");
+        }
+        if self.database.pool_size == 0 {
+            anyhow::bail!("database.pool_size must be positive");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.sources {
+            crate::sources::validate_slug(&s.slug)
+                .map_err(|e| anyhow::anyhow!("source {:?}: {e}", s.slug))?;
+            if !seen.insert(s.slug.as_str()) {
+                anyhow::bail!("source {:?} is declared twice", s.slug);
+            }
+            if s.max_body_bytes == 0 || s.max_body_bytes > self.server.max_body_bytes {
+                anyhow::bail!(
+                    "source {:?}: max_body_bytes must be between 1 and server.max_body_bytes ({})",
+                    s.slug,
+                    self.server.max_body_bytes
+                );
+            }
+            if let IdempotencyConfig::Header { header } = &s.idempotency {
+                actix_web::http::header::HeaderName::try_from(header.as_str()).map_err(|_| {
+                    anyhow::anyhow!("source {:?}: {header:?} is not a header name", s.slug)
+                })?;
+            }
+            if let VerificationConfig::HmacSha256 { header, secret, .. } = &s.verification {
+                actix_web::http::header::HeaderName::try_from(header.as_str()).map_err(|_| {
+                    anyhow::anyhow!("source {:?}: {header:?} is not a header name", s.slug)
+                })?;
+                if secret.expose_secret().is_empty() {
+                    anyhow::bail!("source {:?}: the HMAC secret is empty", s.slug);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serializes to an empty table: figment then falls back to each field's serde default.
+#[derive(Serialize)]
+struct EmptyRoot {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+        [database]
+        url = "postgres://hookgate:hunter2@db.internal/hookgate"
+        [[sources]]
+        slug = "github"
+        require_json = true
+        idempotency = { from = "header", header = "X-GitHub-Delivery" }
+        verification = { kind = "hmac_sha256", header = "X-Hub-Signature-256", prefix = "sha256=", secret = "s3cr3t-value" }
+    "#;
+
+    #[test]
+    fn defaults_apply_where_the_file_is_silent() {
+        let s = Settings::from_toml(EXAMPLE).unwrap();
+        assert_eq!(s.server.port, 8080);
+        assert_eq!(s.writer.batch_max, WriterConfig::default().batch_max);
+        assert_eq!(s.sources[0].max_body_bytes, 1024 * 1024);
+        assert!(s.sources[0].require_json);
+    }
+
+    #[test]
+    fn debug_output_never_contains_secrets() {
+        let s = Settings::from_toml(EXAMPLE).unwrap();
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(!dbg.contains("s3cr3t-value"), "{dbg}");
+        assert!(dbg.contains("github"));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("hookgate.toml", EXAMPLE)?;
+            jail.set_env("HOOKGATE_SERVER__PORT", "9999");
+            jail.set_env("HOOKGATE_WRITER__BATCH_MAX", "7");
+            let s = Settings::load(Some(Path::new("hookgate.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(s.server.port, 9999);
+            assert_eq!(s.writer.batch_max, 7);
+            assert_eq!(s.sources[0].slug, "github");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_configurations_are_refused_with_the_reason() {
+        let cases = [
+            ("[[sources]]\nslug = \"Bad Slug\"", "slug"),
+            ("[[sources]]\nslug = \"a\"\n[[sources]]\nslug = \"a\"", "twice"),
+            ("[[sources]]\nslug = \"a\"\nmax_body_bytes = 0", "max_body_bytes"),
+            ("[server]\nprot = 1", "prot"),
+            ("[writer]\nbatch_max = 0", "batch_max"),
+            (
+                "[[sources]]\nslug = \"a\"\nverification = { kind = \"hmac_sha256\", header = \"x-sig\", secret = \"\" }",
+                "empty",
+            ),
+            ("[[sources]]\nslug = \"a\"\nverification = { kind = \"rot13\" }", "rot13"),
+        ];
+        for (text, needle) in cases {
+            let err = Settings::from_toml(text).unwrap_err().to_string();
+            assert!(
+                err.contains(needle),
+                "{text:?} gave {err:?}, expected it to mention {needle:?}"
+            );
+        }
+    }
+}

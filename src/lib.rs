@@ -1,0 +1,13 @@
+//! hookgate: a self-hosted, durable webhook event gateway.
+//!
+//! This crate is the binary's library: configuration ([`config`]), telemetry ([`telemetry`]), start-up
+//! ([`startup`]), migrations ([`migrations`]), sources ([`sources`]) and the thin actix-web front end ([`routes`]).
+//! The actors live in the `hookgate-actors` crate.
+
+pub mod config;
+pub mod migrations;
+pub mod problem;
+pub mod routes;
+pub mod sources;
+pub mod startup;
+pub mod telemetry;

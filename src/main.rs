@@ -1,0 +1,84 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hookgate::config::Settings;
+use hookgate::startup::{build_pool, Application};
+use hookgate::{migrations, telemetry};
+
+/// hookgate: a self-hosted, durable webhook event gateway.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (defaults, then this file, then HOOKGATE_* environment variables).
+    #[arg(long, short, env = "HOOKGATE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply migrations and declared sources, then serve ingest, health and metrics.
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Validate a configuration file (with the environment applied) and exit.
+    CheckConfig { file: PathBuf },
+}
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let file = match &cli.command {
+        Command::CheckConfig { file } => Some(file.clone()),
+        _ => cli.config.clone(),
+    };
+    let settings = match Settings::load(file.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("hookgate: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_subscriber(&settings.server.log_format, std::io::stdout);
+    let result = match cli.command {
+        Command::CheckConfig { file } => {
+            println!(
+                "{}: configuration OK ({} source(s): {})",
+                file.display(),
+                settings.sources.len(),
+                settings
+                    .sources
+                    .iter()
+                    .map(|s| s.slug.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(())
+        }
+        Command::Migrate => migrate(&settings).await,
+        Command::Serve => serve(settings).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(message = "hookgate stopped with an error.", error = %format!("{e:#}"));
+            eprintln!("hookgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let pool = build_pool(&settings.database)?;
+    let applied = migrations::run(&pool).await?;
+    println!("applied {} migration(s): {applied:?}", applied.len());
+    Ok(())
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let app = Application::build(settings).await?;
+    app.run_until_stopped().await?;
+    Ok(())
+}

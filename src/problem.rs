@@ -1,0 +1,112 @@
+//! RFC 7807 problem responses. Each error kind has a stable `type` URI; internal detail is logged, never returned.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::sources::VerifyError;
+
+/// The JSON body of every error answer (`Content-Type: application/problem+json`).
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+}
+
+/// Everything the ingest endpoint can refuse with.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("no source is named {0:?}")]
+    UnknownSource(String),
+    #[error("{0}")]
+    Unauthorized(#[from] VerifyError),
+    #[error("the body is larger than this source accepts ({limit} bytes)")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("hookgate is at capacity; retry after the delay in Retry-After")]
+    Overloaded { retry_after_secs: u64 },
+    #[error("the event could not be stored right now; retry after the delay in Retry-After")]
+    Unavailable { retry_after_secs: u64 },
+    #[error("an unexpected error occurred")]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl IngestError {
+    /// A short, bounded label for metrics and logs.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::UnknownSource(_) => "unknown_source",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::PayloadTooLarge { .. } => "too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::InvalidJson(_) => "invalid_json",
+            Self::BadRequest(_) => "bad_request",
+            Self::Overloaded { .. } => "overloaded",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Unexpected(_) => "error",
+        }
+    }
+
+    fn slug_and_title(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::UnknownSource(_) => ("unknown-source", "Unknown source"),
+            Self::Unauthorized(_) => ("invalid-signature", "Request verification failed"),
+            Self::PayloadTooLarge { .. } => ("payload-too-large", "Payload too large"),
+            Self::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
+            Self::InvalidJson(_) => ("invalid-json", "Invalid JSON"),
+            Self::BadRequest(_) => ("bad-request", "Bad request"),
+            Self::Overloaded { .. } => ("overloaded", "Service overloaded"),
+            Self::Unavailable { .. } => ("storage-unavailable", "Storage unavailable"),
+            Self::Unexpected(_) => ("internal", "Internal error"),
+        }
+    }
+}
+
+/// The stable `type` of a problem.
+pub fn problem_type(slug: &str) -> String {
+    format!("urn:hookgate:problem:{slug}")
+}
+
+impl ResponseError for IngestError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::UnknownSource(_) => StatusCode::NOT_FOUND,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::InvalidJson(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Overloaded { .. } | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let (slug, title) = self.slug_and_title();
+        let problem = Problem {
+            type_uri: problem_type(slug),
+            title,
+            status: status.as_u16(),
+            detail: self.to_string(),
+        };
+        let mut resp = HttpResponse::build(status);
+        resp.insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        ));
+        if let Self::Overloaded { retry_after_secs } | Self::Unavailable { retry_after_secs } = self
+        {
+            resp.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        resp.body(serde_json::to_vec(&problem).unwrap_or_default())
+    }
+}
