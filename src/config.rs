@@ -109,10 +109,7 @@ impl DatabaseSettings {
         cfg.connect_timeout(Duration::from_millis(self.connect_timeout_ms));
         cfg.application_name("hookgate");
         if self.statement_timeout_ms > 0 {
-            cfg.options(format!(
-                "-c statement_timeout={}",
-                self.statement_timeout_ms
-            ));
+            cfg.options(format!("-c statement_timeout={}", self.statement_timeout_ms));
         }
         Ok(cfg)
     }
@@ -212,18 +209,15 @@ impl Settings {
             fig = fig.merge(Toml::file(path));
         }
         fig = fig.merge(Env::prefixed("HOOKGATE_").split("__"));
-        let settings: Settings = fig
-            .extract()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let settings: Settings = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         settings.validate()?;
         Ok(settings)
     }
 
     /// Parses TOML text on top of the defaults, without the environment (for tests and `check-config`).
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
-        let settings: Settings = Figment::from(Toml::string(text))
-            .extract()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let settings: Settings =
+            Figment::from(Toml::string(text)).extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -234,11 +228,7 @@ impl Settings {
         redis::Client::open(self.redis.url.expose_secret())
             .map_err(|_| anyhow::anyhow!("redis.url is not a valid Redis URL"))?;
         let w = &self.writer;
-        if w.batch_max == 0
-            || w.max_inflight_flushes == 0
-            || w.max_pending == 0
-            || w.mailbox_capacity == 0
-        {
+        if w.batch_max == 0 || w.max_inflight_flushes == 0 || w.max_pending == 0 || w.mailbox_capacity == 0 {
             anyhow::bail!("writer.batch_max, max_inflight_flushes, max_pending and mailbox_capacity must be positive");
         }
         if self.database.pool_size == 0 {
@@ -246,8 +236,7 @@ impl Settings {
         }
         let mut seen = std::collections::HashSet::new();
         for s in &self.sources {
-            crate::sources::validate_slug(&s.slug)
-                .map_err(|e| anyhow::anyhow!("source {:?}: {e}", s.slug))?;
+            crate::sources::validate_slug(&s.slug).map_err(|e| anyhow::anyhow!("source {:?}: {e}", s.slug))?;
             if !seen.insert(s.slug.as_str()) {
                 anyhow::bail!("source {:?} is declared twice", s.slug);
             }
@@ -259,14 +248,12 @@ impl Settings {
                 );
             }
             if let IdempotencyConfig::Header { header } = &s.idempotency {
-                actix_web::http::header::HeaderName::try_from(header.as_str()).map_err(|_| {
-                    anyhow::anyhow!("source {:?}: {header:?} is not a header name", s.slug)
-                })?;
+                actix_web::http::header::HeaderName::try_from(header.as_str())
+                    .map_err(|_| anyhow::anyhow!("source {:?}: {header:?} is not a header name", s.slug))?;
             }
             if let VerificationConfig::HmacSha256 { header, secret, .. } = &s.verification {
-                actix_web::http::header::HeaderName::try_from(header.as_str()).map_err(|_| {
-                    anyhow::anyhow!("source {:?}: {header:?} is not a header name", s.slug)
-                })?;
+                actix_web::http::header::HeaderName::try_from(header.as_str())
+                    .map_err(|_| anyhow::anyhow!("source {:?}: {header:?} is not a header name", s.slug))?;
                 if secret.expose_secret().is_empty() {
                     anyhow::bail!("source {:?}: the HMAC secret is empty", s.slug);
                 }
@@ -342,10 +329,7 @@ mod tests {
         ];
         for (text, needle) in cases {
             let err = Settings::from_toml(text).unwrap_err().to_string();
-            assert!(
-                err.contains(needle),
-                "{text:?} gave {err:?}, expected it to mention {needle:?}"
-            );
+            assert!(err.contains(needle), "{text:?} gave {err:?}, expected it to mention {needle:?}");
         }
     }
 }

@@ -48,12 +48,7 @@ async fn main() -> ExitCode {
                 "{}: configuration OK ({} source(s): {})",
                 file.display(),
                 settings.sources.len(),
-                settings
-                    .sources
-                    .iter()
-                    .map(|s| s.slug.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                settings.sources.iter().map(|s| s.slug.as_str()).collect::<Vec<_>>().join(", ")
             );
             Ok(())
         }

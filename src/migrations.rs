@@ -5,26 +5,20 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 
 /// (version, name, SQL), in order. Never edit an applied migration: add a new one.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "initial", include_str!("migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "initial", include_str!("migrations/0001_initial.sql"))];
 
 /// Arbitrary constant naming hookgate's migration lock.
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_6761_7465; // "hookgate"
 
 /// Applies every pending migration; returns the versions applied now.
 pub async fn run(pool: &Pool) -> anyhow::Result<Vec<i32>> {
-    let mut client = pool
-        .get()
-        .await
-        .context("Failed to get a connection to run migrations")?;
+    let mut client = pool.get().await.context("Failed to get a connection to run migrations")?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
         .context("Failed to take the migration lock")?;
     let result = apply(&mut client).await;
-    let unlock = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-        .await;
+    let unlock = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
     let applied = result?;
     unlock.context("Failed to release the migration lock")?;
     Ok(applied)
@@ -53,17 +47,9 @@ async fn apply(client: &mut deadpool_postgres::Object) -> anyhow::Result<Vec<i32
             continue;
         }
         let tx = client.transaction().await?;
-        tx.batch_execute(sql)
-            .await
-            .with_context(|| format!("Failed to apply migration {version} ({name})"))?;
-        tx.execute(
-            "INSERT INTO hookgate_migrations (version, name) VALUES ($1, $2)",
-            &[version, name],
-        )
-        .await?;
-        tx.commit()
-            .await
-            .with_context(|| format!("Failed to commit migration {version}"))?;
+        tx.batch_execute(sql).await.with_context(|| format!("Failed to apply migration {version} ({name})"))?;
+        tx.execute("INSERT INTO hookgate_migrations (version, name) VALUES ($1, $2)", &[version, name]).await?;
+        tx.commit().await.with_context(|| format!("Failed to commit migration {version}"))?;
         tracing::info!(message = "Applied migration.", version, name);
         applied.push(*version);
     }

@@ -92,19 +92,11 @@ impl ResponseError for IngestError {
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
         let (slug, title) = self.slug_and_title();
-        let problem = Problem {
-            type_uri: problem_type(slug),
-            title,
-            status: status.as_u16(),
-            detail: self.to_string(),
-        };
+        let problem =
+            Problem { type_uri: problem_type(slug), title, status: status.as_u16(), detail: self.to_string() };
         let mut resp = HttpResponse::build(status);
-        resp.insert_header((
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        ));
-        if let Self::Overloaded { retry_after_secs } | Self::Unavailable { retry_after_secs } = self
-        {
+        resp.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json")));
+        if let Self::Overloaded { retry_after_secs } | Self::Unavailable { retry_after_secs } = self {
             resp.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
         }
         resp.body(serde_json::to_vec(&problem).unwrap_or_default())

@@ -18,13 +18,8 @@ use crate::config::{IdempotencyConfig, SourceConfig, VerificationConfig};
 /// Checks a slug: 1 to 64 of `a-z`, `0-9`, `-`, `_`, starting with a letter or digit.
 pub fn validate_slug(slug: &str) -> Result<(), &'static str> {
     let ok_len = (1..=64).contains(&slug.len());
-    let ok_chars = slug
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    let ok_first = slug
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphanumeric());
+    let ok_chars = slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    let ok_first = slug.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
     if ok_len && ok_chars && ok_first {
         Ok(())
     } else {
@@ -57,11 +52,7 @@ pub enum VerifyError {
 /// A source's request verification, ready to run.
 pub enum Verifier {
     None,
-    HmacSha256 {
-        header: HeaderName,
-        prefix: Option<String>,
-        secret: SecretString,
-    },
+    HmacSha256 { header: HeaderName, prefix: Option<String>, secret: SecretString },
 }
 
 impl std::fmt::Debug for Verifier {
@@ -82,13 +73,8 @@ impl Verifier {
     fn from_config(cfg: &VerificationConfig) -> anyhow::Result<Self> {
         Ok(match cfg {
             VerificationConfig::None => Self::None,
-            VerificationConfig::HmacSha256 {
-                header,
-                prefix,
-                secret,
-            } => Self::HmacSha256 {
-                header: HeaderName::try_from(header.as_str())
-                    .context("invalid signature header name")?,
+            VerificationConfig::HmacSha256 { header, prefix, secret } => Self::HmacSha256 {
+                header: HeaderName::try_from(header.as_str()).context("invalid signature header name")?,
                 prefix: prefix.clone().filter(|p| !p.is_empty()),
                 secret: secret.clone(),
             },
@@ -97,12 +83,7 @@ impl Verifier {
 
     /// Verifies `body` against the request's headers. The comparison is constant-time (`Mac::verify_slice`).
     pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), VerifyError> {
-        let Self::HmacSha256 {
-            header,
-            prefix,
-            secret,
-        } = self
-        else {
+        let Self::HmacSha256 { header, prefix, secret } = self else {
             return Ok(());
         };
         let name = || header.as_str().to_owned();
@@ -111,14 +92,9 @@ impl Verifier {
         if values.next().is_some() {
             return Err(VerifyError::Malformed(name()));
         }
-        let value = value
-            .to_str()
-            .map_err(|_| VerifyError::Malformed(name()))?
-            .trim();
+        let value = value.to_str().map_err(|_| VerifyError::Malformed(name()))?.trim();
         let hex_sig = match prefix {
-            Some(p) => value
-                .strip_prefix(p.as_str())
-                .ok_or_else(|| VerifyError::Malformed(name()))?,
+            Some(p) => value.strip_prefix(p.as_str()).ok_or_else(|| VerifyError::Malformed(name()))?,
             None => value,
         };
         let sig = hex::decode(hex_sig).map_err(|_| VerifyError::Malformed(name()))?;
@@ -128,8 +104,7 @@ impl Verifier {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
             .map_err(|_| VerifyError::Mismatch(name()))?;
         mac.update(body);
-        mac.verify_slice(&sig)
-            .map_err(|_| VerifyError::Mismatch(name()))
+        mac.verify_slice(&sig).map_err(|_| VerifyError::Mismatch(name()))
     }
 }
 
@@ -148,27 +123,17 @@ pub struct SourceRegistry {
 
 impl SourceRegistry {
     pub fn get(&self, slug: &str) -> Option<Arc<Source>> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(slug)
-            .cloned()
+        self.snapshot.read().unwrap_or_else(|e| e.into_inner()).get(slug).cloned()
     }
 
     pub fn replace(&self, sources: Vec<Source>) {
-        let map = sources
-            .into_iter()
-            .map(|s| (s.slug.clone(), Arc::new(s)))
-            .collect();
+        let map = sources.into_iter().map(|s| (s.slug.clone(), Arc::new(s))).collect();
         *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
     }
 
     /// Loads the enabled sources from PostgreSQL.
     pub async fn reload(&self, pool: &Pool) -> anyhow::Result<usize> {
-        let client = pool
-            .get()
-            .await
-            .context("Failed to get a connection to load sources")?;
+        let client = pool.get().await.context("Failed to get a connection to load sources")?;
         let rows = client
             .query(
                 "SELECT id, slug, max_body_bytes, require_json, idempotency, verification FROM sources WHERE enabled",
@@ -188,8 +153,7 @@ impl SourceRegistry {
                 max_body_bytes: row.get::<_, i32>(2) as usize,
                 require_json: row.get(3),
                 idempotency,
-                verifier: Verifier::from_config(&verification)
-                    .with_context(|| format!("source {slug}"))?,
+                verifier: Verifier::from_config(&verification).with_context(|| format!("source {slug}"))?,
                 slug,
             });
         }
@@ -201,10 +165,7 @@ impl SourceRegistry {
 
 /// Upserts the declared sources by slug and disables declared sources no longer in the configuration.
 pub async fn apply_declared(pool: &Pool, declared: &[SourceConfig]) -> anyhow::Result<()> {
-    let mut client = pool
-        .get()
-        .await
-        .context("Failed to get a connection to apply sources")?;
+    let mut client = pool.get().await.context("Failed to get a connection to apply sources")?;
     let tx = client.transaction().await?;
     for s in declared {
         let max_body = i32::try_from(s.max_body_bytes).context("max_body_bytes too large")?;
@@ -234,9 +195,7 @@ pub async fn apply_declared(pool: &Pool, declared: &[SourceConfig]) -> anyhow::R
     )
     .await
     .context("Failed to disable sources removed from the configuration")?;
-    tx.commit()
-        .await
-        .context("Failed to commit declared sources")?;
+    tx.commit().await.context("Failed to commit declared sources")?;
     Ok(())
 }
 
@@ -255,10 +214,7 @@ mod tests {
 
     fn headers(value: &[u8]) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(
-            HeaderName::from_static("x-hub-signature-256"),
-            HeaderValue::from_bytes(value).unwrap(),
-        );
+        h.insert(HeaderName::from_static("x-hub-signature-256"), HeaderValue::from_bytes(value).unwrap());
         h
     }
 
@@ -268,10 +224,7 @@ mod tests {
         let v = verifier(Some("sha256="), "It's a Secret to Everybody");
         let sig = b"sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
         assert_eq!(v.verify(&headers(sig), b"Hello, World!"), Ok(()));
-        assert!(matches!(
-            v.verify(&headers(sig), b"Hello, World?"),
-            Err(VerifyError::Mismatch(_))
-        ));
+        assert!(matches!(v.verify(&headers(sig), b"Hello, World?"), Err(VerifyError::Mismatch(_))));
     }
 
     #[test]
@@ -279,10 +232,7 @@ mod tests {
         let v = verifier(Some("sha256="), "k");
         let good = format!("sha256={}", hmac_sha256_hex(b"k", b"body"));
         assert_eq!(v.verify(&headers(good.as_bytes()), b"body"), Ok(()));
-        assert!(matches!(
-            v.verify(&HeaderMap::new(), b"body"),
-            Err(VerifyError::Missing(_))
-        ));
+        assert!(matches!(v.verify(&HeaderMap::new(), b"body"), Err(VerifyError::Missing(_))));
         for bad in [
             &b"sha1=abcd"[..],
             b"sha256=zz",
@@ -290,19 +240,10 @@ mod tests {
             b"sha256=\xff\xfe",
             good.trim_start_matches("sha256=").as_bytes(),
         ] {
-            assert!(
-                matches!(
-                    v.verify(&headers(bad), b"body"),
-                    Err(VerifyError::Malformed(_))
-                ),
-                "{bad:?}"
-            );
+            assert!(matches!(v.verify(&headers(bad), b"body"), Err(VerifyError::Malformed(_))), "{bad:?}");
         }
         let short = format!("sha256={}", &hmac_sha256_hex(b"k", b"body")[..32]);
-        assert!(matches!(
-            v.verify(&headers(short.as_bytes()), b"body"),
-            Err(VerifyError::Mismatch(_))
-        ));
+        assert!(matches!(v.verify(&headers(short.as_bytes()), b"body"), Err(VerifyError::Mismatch(_))));
     }
 
     #[test]

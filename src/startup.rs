@@ -52,9 +52,7 @@ pub fn build_pool(db: &DatabaseSettings) -> anyhow::Result<Pool> {
     let mgr = Manager::from_config(
         db.pg_config()?,
         tokio_postgres::NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
+        ManagerConfig { recycling_method: RecyclingMethod::Fast },
     );
     Pool::builder(mgr)
         .max_size(db.pool_size)
@@ -84,15 +82,9 @@ impl Application {
         let writer_status = health.register("event_writer", true, policy);
         let writer_arbiter = Arbiter::new();
         let writer = {
-            let (pool, cfg, status, health) = (
-                pool.clone(),
-                settings.writer.clone(),
-                writer_status.clone(),
-                health.clone(),
-            );
-            Supervisor::start_in_arbiter(&writer_arbiter.handle(), move |_| {
-                EventWriter::new(pool, cfg, status, health)
-            })
+            let (pool, cfg, status, health) =
+                (pool.clone(), settings.writer.clone(), writer_status.clone(), health.clone());
+            Supervisor::start_in_arbiter(&writer_arbiter.handle(), move |_| EventWriter::new(pool, cfg, status, health))
         };
 
         let cache_status = health.register("cache", false, policy);
@@ -133,28 +125,15 @@ impl Application {
         });
 
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
-            .with_context(|| {
-                format!(
-                    "Failed to bind {}:{}",
-                    settings.server.host, settings.server.port
-                )
-            })?;
+            .with_context(|| format!("Failed to bind {}:{}", settings.server.host, settings.server.port))?;
         let port = listener.local_addr()?.port();
-        let mut server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .configure(routes::configure)
-        })
-        .listen(listener)?;
+        let mut server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes::configure))
+            .listen(listener)?;
         if let Some(workers) = settings.server.workers {
             server = server.workers(workers);
         }
         tracing::info!(message = "Listening.", host = %settings.server.host, port);
-        Ok(Self {
-            port,
-            server: server.run(),
-            writer_arbiter: ArbiterGuard(writer_arbiter),
-        })
+        Ok(Self { port, server: server.run(), writer_arbiter: ArbiterGuard(writer_arbiter) })
     }
 
     pub fn port(&self) -> u16 {
@@ -163,11 +142,7 @@ impl Application {
 
     /// Serves until the server stops (SIGTERM/SIGINT, or the future is dropped).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Self {
-            server,
-            writer_arbiter,
-            ..
-        } = self;
+        let Self { server, writer_arbiter, .. } = self;
         let result = server.await;
         drop(writer_arbiter);
         result

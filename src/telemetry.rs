@@ -11,14 +11,8 @@ where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    let result = if format == "pretty" {
-        builder.try_init()
-    } else {
-        builder.json().flatten_event(true).try_init()
-    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let result = if format == "pretty" { builder.try_init() } else { builder.json().flatten_event(true).try_init() };
     // A second call (tests) keeps the first subscriber.
     let _ = result;
 }
@@ -31,17 +25,12 @@ pub fn metrics_handle() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Suffix("_seconds".into()),
-                    &[
-                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                        5.0, 10.0,
-                    ],
+                    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
                 )
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full("hookgate_writer_batch_size".into()),
-                        &[
-                            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
-                        ],
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
                     )
                 })
                 .expect("bucket lists are non-empty")

@@ -63,10 +63,7 @@ impl Cache {
     }
 
     fn key(&self, source_id: Uuid, idempotency_key: &str) -> String {
-        format!(
-            "{}:idem:{}:{}",
-            self.cfg.key_prefix, source_id, idempotency_key
-        )
+        format!("{}:idem:{}:{}", self.cfg.key_prefix, source_id, idempotency_key)
     }
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
@@ -74,11 +71,7 @@ impl Cache {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.cfg.connect_timeout))
             .set_response_timeout(Some(self.cfg.op_timeout));
-        let fut = async move {
-            client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-        };
+        let fut = async move { client.get_multiplexed_async_connection_with_config(&config).await };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(conn) => {
                 act.conn = Some(conn);
@@ -144,12 +137,7 @@ impl Handler<CacheLookup> for Cache {
             return;
         };
         let key = self.key(msg.source_id, &msg.idempotency_key);
-        let fut = async move {
-            redis::cmd("GET")
-                .arg(&key)
-                .query_async::<Option<String>>(&mut conn)
-                .await
-        };
+        let fut = async move { redis::cmd("GET").arg(&key).query_async::<Option<String>>(&mut conn).await };
         let reply = msg.reply;
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             let hit = match res {

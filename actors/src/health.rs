@@ -94,14 +94,10 @@ impl ActorStatus {
         self.state.store(state as u8, Ordering::Relaxed);
         if state == ActorState::Running {
             self.lock_backoff().reset();
-            if self.budget_exhausted.load(Ordering::Relaxed)
-                && self.restarts_in_window() <= self.policy.budget as usize
+            if self.budget_exhausted.load(Ordering::Relaxed) && self.restarts_in_window() <= self.policy.budget as usize
             {
                 self.budget_exhausted.store(false, Ordering::Relaxed);
-                tracing::info!(
-                    message = "Actor recovered after exhausting its restart budget.",
-                    actor = self.name
-                );
+                tracing::info!(message = "Actor recovered after exhausting its restart budget.", actor = self.name);
             }
         }
     }
@@ -129,26 +125,17 @@ impl ActorStatus {
     pub fn record_restart(&self) -> Duration {
         self.restarts.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("hookgate_actor_restarts_total", "actor" => self.name).increment(1);
-        self.state
-            .store(ActorState::Restarting as u8, Ordering::Relaxed);
+        self.state.store(ActorState::Restarting as u8, Ordering::Relaxed);
         let in_window = {
-            let mut recent = self
-                .recent_restarts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut recent = self.recent_restarts.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             recent.push_back(now);
-            while recent
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > self.policy.window())
-            {
+            while recent.front().is_some_and(|t| now.duration_since(*t) > self.policy.window()) {
                 recent.pop_front();
             }
             recent.len()
         };
-        if in_window > self.policy.budget as usize
-            && !self.budget_exhausted.swap(true, Ordering::Relaxed)
-        {
+        if in_window > self.policy.budget as usize && !self.budget_exhausted.swap(true, Ordering::Relaxed) {
             tracing::error!(
                 message = "Actor exceeded its restart budget.",
                 actor = self.name,
@@ -161,15 +148,9 @@ impl ActorStatus {
     }
 
     fn restarts_in_window(&self) -> usize {
-        let recent = self
-            .recent_restarts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let recent = self.recent_restarts.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        recent
-            .iter()
-            .filter(|t| now.duration_since(**t) <= self.policy.window())
-            .count()
+        recent.iter().filter(|t| now.duration_since(**t) <= self.policy.window()).count()
     }
 
     fn lock_backoff(&self) -> std::sync::MutexGuard<'_, crate::Backoff> {
@@ -193,9 +174,7 @@ struct Dependency {
 
 impl Dependency {
     fn new() -> Self {
-        Self {
-            state: AtomicU8::new(0),
-        }
+        Self { state: AtomicU8::new(0) }
     }
     fn get(&self) -> DependencyState {
         match self.state.load(Ordering::Relaxed) {
@@ -256,17 +235,10 @@ impl HealthRegistry {
     }
 
     /// Creates and registers the status of a new actor.
-    pub fn register(
-        &self,
-        name: &'static str,
-        critical: bool,
-        policy: RestartPolicy,
-    ) -> Arc<ActorStatus> {
+    pub fn register(&self, name: &'static str, critical: bool, policy: RestartPolicy) -> Arc<ActorStatus> {
         let status = ActorStatus::new(name, critical, policy);
-        self.actors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(status.clone());
+        metrics::counter!("hookgate_actor_restarts_total", "actor" => name).absolute(0);
+        self.actors.lock().unwrap_or_else(|e| e.into_inner()).push(status.clone());
         status
     }
 
@@ -284,10 +256,7 @@ impl HealthRegistry {
     }
 
     pub fn actors(&self) -> Vec<Arc<ActorStatus>> {
-        self.actors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.actors.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn report(&self) -> ReadinessReport {
@@ -302,19 +271,11 @@ impl HealthRegistry {
                 restarts: a.restarts(),
             })
             .collect();
-        let critical_ok = actors
-            .iter()
-            .filter(|a| a.critical)
-            .all(|a| a.state == ActorState::Running);
-        let optional_ok = actors
-            .iter()
-            .filter(|a| !a.critical)
-            .all(|a| a.state == ActorState::Running);
+        let critical_ok = actors.iter().filter(|a| a.critical).all(|a| a.state == ActorState::Running);
+        let optional_ok = actors.iter().filter(|a| !a.critical).all(|a| a.state == ActorState::Running);
         let postgres = self.postgres.get();
         let redis = self.redis.get();
-        let ready = critical_ok
-            && postgres == DependencyState::Up
-            && !self.draining.load(Ordering::Relaxed);
+        let ready = critical_ok && postgres == DependencyState::Up && !self.draining.load(Ordering::Relaxed);
         let status = if !ready {
             "unready"
         } else if !optional_ok || redis != DependencyState::Up {
@@ -322,33 +283,22 @@ impl HealthRegistry {
         } else {
             "ready"
         };
-        ReadinessReport {
-            status,
-            ready,
-            postgres,
-            redis,
-            actors,
-        }
+        ReadinessReport { status, ready, postgres, redis, actors }
     }
 
     /// Copies mailbox depths and states into gauges.
     pub fn publish_metrics(&self) {
         for a in self.actors() {
-            metrics::gauge!("hookgate_actor_mailbox_depth", "actor" => a.name())
-                .set(a.mailbox_depth() as f64);
-            metrics::gauge!("hookgate_actor_running", "actor" => a.name()).set(
-                if a.state() == ActorState::Running {
-                    1.0
-                } else {
-                    0.0
-                },
-            );
+            metrics::gauge!("hookgate_actor_mailbox_depth", "actor" => a.name()).set(a.mailbox_depth() as f64);
+            metrics::gauge!("hookgate_actor_running", "actor" => a.name()).set(if a.state() == ActorState::Running {
+                1.0
+            } else {
+                0.0
+            });
         }
         let up = |s| if s == DependencyState::Up { 1.0 } else { 0.0 };
-        metrics::gauge!("hookgate_dependency_up", "dependency" => "postgres")
-            .set(up(self.postgres.get()));
-        metrics::gauge!("hookgate_dependency_up", "dependency" => "redis")
-            .set(up(self.redis.get()));
+        metrics::gauge!("hookgate_dependency_up", "dependency" => "postgres").set(up(self.postgres.get()));
+        metrics::gauge!("hookgate_dependency_up", "dependency" => "redis").set(up(self.redis.get()));
     }
 }
 
@@ -362,19 +312,8 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn new(
-        pool: Pool,
-        registry: Arc<HealthRegistry>,
-        interval: Duration,
-        probe_timeout: Duration,
-    ) -> Self {
-        Self {
-            pool,
-            registry,
-            interval,
-            probe_timeout,
-            probing: false,
-        }
+    pub fn new(pool: Pool, registry: Arc<HealthRegistry>, interval: Duration, probe_timeout: Duration) -> Self {
+        Self { pool, registry, interval, probe_timeout, probing: false }
     }
 
     fn probe(&mut self, ctx: &mut Context<Self>) {
@@ -388,10 +327,7 @@ impl Health {
         let fut = async move {
             let check = async {
                 let client = pool.get().await.map_err(|e| e.to_string())?;
-                client
-                    .simple_query("SELECT 1")
-                    .await
-                    .map_err(|e| e.to_string())?;
+                client.simple_query("SELECT 1").await.map_err(|e| e.to_string())?;
                 Ok::<_, String>(())
             };
             match tokio::time::timeout(limit, check).await {
@@ -441,12 +377,7 @@ mod tests {
     use super::*;
 
     fn policy(budget: u32) -> RestartPolicy {
-        RestartPolicy {
-            backoff_initial_ms: 10,
-            backoff_max_ms: 40,
-            budget,
-            window_secs: 60,
-        }
+        RestartPolicy { backoff_initial_ms: 10, backoff_max_ms: 40, budget, window_secs: 60 }
     }
 
     #[test]
@@ -461,10 +392,7 @@ mod tests {
             a.record_restart();
             a.set_state(ActorState::Running);
         }
-        assert!(
-            reg.report().ready,
-            "two restarts are within a budget of two"
-        );
+        assert!(reg.report().ready, "two restarts are within a budget of two");
         a.record_restart();
         a.set_state(ActorState::Running);
         let report = reg.report();
@@ -481,10 +409,7 @@ mod tests {
         let _ = a.record_restart();
         let d3 = a.record_restart();
         assert!(d1 <= Duration::from_millis(10));
-        assert!(
-            d3 >= Duration::from_millis(20),
-            "third delay {d3:?} should be at least half of 40ms"
-        );
+        assert!(d3 >= Duration::from_millis(20), "third delay {d3:?} should be at least half of 40ms");
         a.set_state(ActorState::Running);
         assert!(a.record_restart() <= Duration::from_millis(10));
     }
@@ -509,8 +434,7 @@ mod tests {
     fn draining_turns_readiness_false() {
         let reg = HealthRegistry::new();
         reg.set_postgres(DependencyState::Up);
-        reg.register("writer", true, policy(5))
-            .set_state(ActorState::Running);
+        reg.register("writer", true, policy(5)).set_state(ActorState::Running);
         assert!(reg.report().ready);
         reg.set_draining();
         assert!(!reg.report().ready);

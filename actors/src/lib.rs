@@ -17,9 +17,7 @@ pub mod supervision;
 pub mod writer;
 
 pub use cache::{Cache, CacheConfig};
-pub use health::{
-    ActorState, ActorStatus, DependencyState, Health, HealthRegistry, ReadinessReport,
-};
+pub use health::{ActorState, ActorStatus, DependencyState, Health, HealthRegistry, ReadinessReport};
 pub use messages::{CacheLookup, CacheRemember, NewEvent, Persist, PersistError, Persisted};
 pub use supervision::{Backoff, RestartPolicy};
 pub use writer::{EventWriter, WriterConfig};

@@ -27,12 +27,7 @@ pub struct RestartPolicy {
 
 impl Default for RestartPolicy {
     fn default() -> Self {
-        Self {
-            backoff_initial_ms: 100,
-            backoff_max_ms: 10_000,
-            budget: 5,
-            window_secs: 60,
-        }
+        Self { backoff_initial_ms: 100, backoff_max_ms: 10_000, budget: 5, window_secs: 60 }
     }
 }
 
@@ -42,10 +37,7 @@ impl RestartPolicy {
     }
 
     pub fn backoff(&self) -> Backoff {
-        Backoff::new(
-            Duration::from_millis(self.backoff_initial_ms),
-            Duration::from_millis(self.backoff_max_ms),
-        )
+        Backoff::new(Duration::from_millis(self.backoff_initial_ms), Duration::from_millis(self.backoff_max_ms))
     }
 }
 
@@ -59,11 +51,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max: max.max(initial),
-            attempt: 0,
-        }
+        Self { initial, max: max.max(initial), attempt: 0 }
     }
 
     /// The ceiling of the next delay, before jitter.

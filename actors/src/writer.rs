@@ -72,22 +72,8 @@ pub struct EventWriter {
 }
 
 impl EventWriter {
-    pub fn new(
-        pool: Pool,
-        cfg: WriterConfig,
-        status: Arc<ActorStatus>,
-        registry: Arc<HealthRegistry>,
-    ) -> Self {
-        Self {
-            pool,
-            cfg,
-            status,
-            registry,
-            buffer: Vec::new(),
-            flush_timer: None,
-            pending: 0,
-            inflight: 0,
-        }
+    pub fn new(pool: Pool, cfg: WriterConfig, status: Arc<ActorStatus>, registry: Arc<HealthRegistry>) -> Self {
+        Self { pool, cfg, status, registry, buffer: Vec::new(), flush_timer: None, pending: 0, inflight: 0 }
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
@@ -99,22 +85,14 @@ impl EventWriter {
             let batch: Vec<_> = self.buffer.drain(..n).collect();
             self.inflight += 1;
             let pool = self.pool.clone();
-            ctx.spawn(
-                write_batch(pool, batch)
-                    .into_actor(self)
-                    .map(move |db_up, act, ctx| {
-                        act.inflight -= 1;
-                        act.pending -= n;
-                        act.registry.set_postgres(if db_up {
-                            DependencyState::Up
-                        } else {
-                            DependencyState::Down
-                        });
-                        if !act.buffer.is_empty() && act.flush_timer.is_none() {
-                            act.flush(ctx);
-                        }
-                    }),
-            );
+            ctx.spawn(write_batch(pool, batch).into_actor(self).map(move |db_up, act, ctx| {
+                act.inflight -= 1;
+                act.pending -= n;
+                act.registry.set_postgres(if db_up { DependencyState::Up } else { DependencyState::Down });
+                if !act.buffer.is_empty() && act.flush_timer.is_none() {
+                    act.flush(ctx);
+                }
+            }));
         }
     }
 }
@@ -202,10 +180,7 @@ async fn write_batch(pool: Pool, batch: Vec<(NewEvent, Reply)>) -> bool {
     db_up
 }
 
-async fn insert(
-    pool: &Pool,
-    events: &[&NewEvent],
-) -> Result<Vec<Result<Persisted, PersistError>>, PersistError> {
+async fn insert(pool: &Pool, events: &[&NewEvent]) -> Result<Vec<Result<Persisted, PersistError>>, PersistError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(db_error)?;
     let insert = tx.prepare_cached(INSERT_EVENTS).await.map_err(db_error)?;
@@ -213,23 +188,11 @@ async fn insert(
     let sources: Vec<Uuid> = events.iter().map(|e| e.source_id).collect();
     let keys: Vec<&str> = events.iter().map(|e| e.idempotency_key.as_str()).collect();
     let received: Vec<_> = events.iter().map(|e| e.received_at).collect();
-    let content_types: Vec<Option<&str>> =
-        events.iter().map(|e| e.content_type.as_deref()).collect();
+    let content_types: Vec<Option<&str>> = events.iter().map(|e| e.content_type.as_deref()).collect();
     let headers: Vec<&serde_json::Value> = events.iter().map(|e| &e.headers).collect();
     let bodies: Vec<&[u8]> = events.iter().map(|e| e.body.as_ref()).collect();
     let rows = tx
-        .query(
-            &insert,
-            &[
-                &ids,
-                &sources,
-                &keys,
-                &received,
-                &content_types,
-                &headers,
-                &bodies,
-            ],
-        )
+        .query(&insert, &[&ids, &sources, &keys, &received, &content_types, &headers, &bodies])
         .await
         .map_err(db_error)?;
     let inserted: HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();
@@ -244,10 +207,7 @@ async fn insert(
         let find = tx.prepare_cached(FIND_EXISTING).await.map_err(db_error)?;
         for row in tx.query(&find, &[&s, &k]).await.map_err(db_error)? {
             let key: String = row.get(2);
-            if let Some(e) = events
-                .iter()
-                .find(|e| e.idempotency_key == key && e.source_id == row.get::<_, Uuid>(1))
-            {
+            if let Some(e) = events.iter().find(|e| e.idempotency_key == key && e.source_id == row.get::<_, Uuid>(1)) {
                 existing.insert((e.source_id, e.idempotency_key.as_str()), row.get(0));
             }
         }
@@ -258,19 +218,11 @@ async fn insert(
         .iter()
         .map(|e| {
             if inserted.contains(&e.id) {
-                Ok(Persisted {
-                    id: e.id,
-                    duplicate: false,
-                })
+                Ok(Persisted { id: e.id, duplicate: false })
             } else {
                 match existing.get(&(e.source_id, e.idempotency_key.as_str())) {
-                    Some(id) => Ok(Persisted {
-                        id: *id,
-                        duplicate: true,
-                    }),
-                    None => Err(PersistError::Internal(
-                        "conflicting event vanished before lookup".into(),
-                    )),
+                    Some(id) => Ok(Persisted { id: *id, duplicate: true }),
+                    None => Err(PersistError::Internal("conflicting event vanished before lookup".into())),
                 }
             }
         })
@@ -291,12 +243,7 @@ fn db_error(e: tokio_postgres::Error) -> PersistError {
         None => PersistError::Unavailable(e.to_string()),
         Some(code) => {
             let c = code.code();
-            if c.starts_with("08")
-                || c.starts_with("53")
-                || c.starts_with("57")
-                || c == "40001"
-                || c == "40P01"
-            {
+            if c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || c == "40001" || c == "40P01" {
                 PersistError::Unavailable(e.to_string())
             } else {
                 PersistError::Internal(e.to_string())

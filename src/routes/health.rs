@@ -19,7 +19,5 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     state.health.publish_metrics();
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render())
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
 }

@@ -39,10 +39,7 @@ pub async fn ingest(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, IngestError> {
     let source = state.sources.get(path.as_str());
-    let label = source
-        .as_ref()
-        .map(|s| s.slug.clone())
-        .unwrap_or_else(|| "unknown".into());
+    let label = source.as_ref().map(|s| s.slug.clone()).unwrap_or_else(|| "unknown".into());
     let result = match source {
         Some(source) => accept(&req, payload, &state, &source).await,
         None => Err(IngestError::UnknownSource(path.into_inner())),
@@ -52,11 +49,9 @@ pub async fn ingest(
         Ok(_) => "accepted",
         Err(e) => e.outcome(),
     };
-    metrics::counter!("hookgate_ingest_requests_total", "source" => label, "outcome" => outcome)
-        .increment(1);
+    metrics::counter!("hookgate_ingest_requests_total", "source" => label, "outcome" => outcome).increment(1);
     match result {
-        Ok(p) => Ok(HttpResponse::Accepted()
-            .json(serde_json::json!({ "id": p.id, "duplicate": p.duplicate }))),
+        Ok(p) => Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": p.id, "duplicate": p.duplicate }))),
         Err(e) => {
             if let IngestError::Unexpected(error) = &e {
                 tracing::error!(message = "Ingest failed unexpectedly.", error = %format!("{error:#}"));
@@ -80,16 +75,14 @@ async fn accept(
     let body = read_body(headers, payload, source.max_body_bytes).await?;
     source.verifier.verify(headers, &body)?;
     if source.require_json {
-        serde_json::from_slice::<serde::de::IgnoredAny>(&body)
-            .map_err(|e| IngestError::InvalidJson(e.to_string()))?;
+        // JSON text is UTF-8 (RFC 8259 §8.1); serde skips string contents it ignores, so check the encoding first.
+        let text = std::str::from_utf8(&body).map_err(|e| IngestError::InvalidJson(format!("not UTF-8 ({e})")))?;
+        serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| IngestError::InvalidJson(e.to_string()))?;
     }
     let key = idempotency_key(&source.idempotency, headers, &body)?;
 
     if let Some(id) = cache_lookup(state, source.id, &key).await {
-        return Ok(Persisted {
-            id,
-            duplicate: true,
-        });
+        return Ok(Persisted { id, duplicate: true });
     }
 
     let event = NewEvent {
@@ -97,24 +90,13 @@ async fn accept(
         source_id: source.id,
         idempotency_key: key.clone(),
         received_at: chrono::Utc::now(),
-        content_type: headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        content_type: headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned),
         headers: stored_headers(headers),
         body: body.freeze(),
     };
     let persisted = persist(state, event).await?;
     state.cache_status.enqueued();
-    if state
-        .cache
-        .try_send(CacheRemember {
-            source_id: source.id,
-            idempotency_key: key,
-            id: persisted.id,
-        })
-        .is_err()
-    {
+    if state.cache.try_send(CacheRemember { source_id: source.id, idempotency_key: key, id: persisted.id }).is_err() {
         state.cache_status.dequeued();
     }
     Ok(persisted)
@@ -135,9 +117,7 @@ async fn persist(state: &AppState, event: NewEvent) -> Result<Persisted, IngestE
     match tokio::time::timeout(state.ingest_timeout, rx).await {
         Ok(Ok(Ok(p))) => Ok(p),
         Ok(Ok(Err(PersistError::Overloaded))) => Err(IngestError::Overloaded { retry_after_secs }),
-        Ok(Ok(Err(PersistError::Unavailable(_)))) => {
-            Err(IngestError::Unavailable { retry_after_secs })
-        }
+        Ok(Ok(Err(PersistError::Unavailable(_)))) => Err(IngestError::Unavailable { retry_after_secs }),
         Ok(Ok(Err(PersistError::Internal(e)))) => Err(IngestError::Unexpected(anyhow::anyhow!(e))),
         // The writer dropped the reply (stopping) or did not commit in time: the outcome is unknown to us,
         // so the producer must retry; the idempotency key makes the retry safe.
@@ -148,27 +128,16 @@ async fn persist(state: &AppState, event: NewEvent) -> Result<Persisted, IngestE
 async fn cache_lookup(state: &AppState, source_id: Uuid, key: &str) -> Option<Uuid> {
     let (tx, rx) = oneshot::channel();
     state.cache_status.enqueued();
-    let msg = CacheLookup {
-        source_id,
-        idempotency_key: key.to_owned(),
-        reply: tx,
-    };
+    let msg = CacheLookup { source_id, idempotency_key: key.to_owned(), reply: tx };
     if state.cache.try_send(msg).is_err() {
         state.cache_status.dequeued();
         return None;
     }
-    tokio::time::timeout(state.cache_timeout, rx)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten()
+    tokio::time::timeout(state.cache_timeout, rx).await.ok().and_then(Result::ok).flatten()
 }
 
 fn check_encoding(headers: &HeaderMap) -> Result<(), IngestError> {
-    match headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| v.to_str().map(|s| s.trim().to_ascii_lowercase()))
-    {
+    match headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().map(|s| s.trim().to_ascii_lowercase())) {
         None => Ok(()),
         Some(Ok(enc)) if enc.is_empty() || enc == "identity" => Ok(()),
         Some(_) => Err(IngestError::UnsupportedMediaType(
@@ -178,20 +147,11 @@ fn check_encoding(headers: &HeaderMap) -> Result<(), IngestError> {
 }
 
 fn check_json_content_type(headers: &HeaderMap) -> Result<(), IngestError> {
-    let refuse = || {
-        IngestError::UnsupportedMediaType(
-            "this source requires Content-Type: application/json".into(),
-        )
-    };
-    let value = headers
-        .get(header::CONTENT_TYPE)
-        .ok_or_else(refuse)?
-        .to_str()
-        .map_err(|_| refuse())?;
+    let refuse = || IngestError::UnsupportedMediaType("this source requires Content-Type: application/json".into());
+    let value = headers.get(header::CONTENT_TYPE).ok_or_else(refuse)?.to_str().map_err(|_| refuse())?;
     let mut parts = value.split(';');
     let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-    let json = essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    let json = essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"));
     if !json {
         return Err(refuse());
     }
@@ -199,9 +159,7 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), IngestError> {
         if let Some((k, v)) = param.split_once('=') {
             let v = v.trim().trim_matches('"');
             if k.trim().eq_ignore_ascii_case("charset") && !v.eq_ignore_ascii_case("utf-8") {
-                return Err(IngestError::UnsupportedMediaType(
-                    "JSON bodies must be UTF-8".into(),
-                ));
+                return Err(IngestError::UnsupportedMediaType("JSON bodies must be UTF-8".into()));
             }
         }
     }
@@ -210,11 +168,7 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), IngestError> {
 
 /// Reads the body chunk by chunk, refusing it as soon as it passes `limit` (a declared `Content-Length` over the
 /// limit is refused before any of the body is read).
-async fn read_body(
-    headers: &HeaderMap,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<BytesMut, IngestError> {
+async fn read_body(headers: &HeaderMap, mut payload: web::Payload, limit: usize) -> Result<BytesMut, IngestError> {
     let declared = match headers.get(header::CONTENT_LENGTH) {
         Some(v) => Some(
             v.to_str()
@@ -229,8 +183,7 @@ async fn read_body(
     }
     let mut body = BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize).min(limit));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| IngestError::BadRequest(format!("the body could not be read: {e}")))?;
+        let chunk = chunk.map_err(|e| IngestError::BadRequest(format!("the body could not be read: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(IngestError::PayloadTooLarge { limit });
         }
@@ -239,22 +192,16 @@ async fn read_body(
     Ok(body)
 }
 
-fn idempotency_key(
-    cfg: &IdempotencyConfig,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<String, IngestError> {
+fn idempotency_key(cfg: &IdempotencyConfig, headers: &HeaderMap, body: &[u8]) -> Result<String, IngestError> {
     match cfg {
         IdempotencyConfig::BodyHash => Ok(hex::encode(Sha256::digest(body))),
         IdempotencyConfig::Header { header } => {
-            let value = headers.get(header.as_str()).ok_or_else(|| {
-                IngestError::BadRequest(format!("the {header} header (idempotency key) is missing"))
-            })?;
+            let value = headers
+                .get(header.as_str())
+                .ok_or_else(|| IngestError::BadRequest(format!("the {header} header (idempotency key) is missing")))?;
             let key = value
                 .to_str()
-                .map_err(|_| {
-                    IngestError::BadRequest(format!("the {header} header must be visible ASCII"))
-                })?
+                .map_err(|_| IngestError::BadRequest(format!("the {header} header must be visible ASCII")))?
                 .trim();
             if key.is_empty() || key.len() > MAX_KEY_LEN {
                 return Err(IngestError::BadRequest(format!(

@@ -1,1 +1,9 @@
+//! hookgate's integration tests: one binary, real PostgreSQL and Redis, one fresh database per test.
 
+mod cli;
+mod crash;
+mod dependencies;
+mod health;
+mod helpers;
+mod ingest;
+mod load;

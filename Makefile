@@ -1,0 +1,35 @@
+# hookgate: `make run` starts it with the example configuration, `make test` runs the whole suite.
+# Both bring up PostgreSQL and Redis first (scripts/services.sh), installing them when missing.
+
+CARGO ?= cargo
+CONFIG ?= config/hookgate.example.toml
+
+.PHONY: run test services build release fmt lint bench-ingest
+
+services:
+	@scripts/services.sh
+
+run: services
+	@scripts/createdb.sh hookgate
+	$(CARGO) run --release -- --config $(CONFIG) serve
+
+test: services
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)"; exit 1; }
+	$(CARGO) test --workspace --all-targets
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+release:
+	$(CARGO) build --release
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Ingest throughput and latency with wrk, beside raw PostgreSQL COPY of the same rows (see docs/benchmarks.md).
+bench-ingest: services release
+	@scripts/bench-ingest.sh

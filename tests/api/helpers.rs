@@ -1,0 +1,325 @@
+//! `spawn_app()`: a real hookgate on port 0 with its own fresh database and Redis key prefix, dropped afterwards.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use hookgate::config::Settings;
+use hookgate::sources::hmac_sha256_hex;
+use hookgate::startup::Application;
+use secrecy::SecretString;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+pub const HMAC_SECRET: &str = "test-secret-\u{1F511}";
+
+/// Base URL of the PostgreSQL server tests create their databases on.
+pub fn pg_base() -> String {
+    std::env::var("HOOKGATE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("HOOKGATE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The sources every test app declares: `hmac` (JSON, signed, keyed by header) and `open` (anything, body hash).
+pub fn test_config_toml() -> String {
+    format!(
+        r#"
+        [server]
+        host = "127.0.0.1"
+        port = 0
+        workers = 2
+        ingest_timeout_ms = 20000
+        health_interval_ms = 100
+        [database]
+        pool_size = 8
+        [[sources]]
+        slug = "hmac"
+        require_json = true
+        max_body_bytes = 4096
+        idempotency = {{ from = "header", header = "X-Request-Id" }}
+        verification = {{ kind = "hmac_sha256", header = "X-Signature", prefix = "sha256=", secret = "{HMAC_SECRET}" }}
+        [[sources]]
+        slug = "open"
+        max_body_bytes = 4096
+        idempotency = {{ from = "body_hash" }}
+        "#
+    )
+}
+
+fn init_logs() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if std::env::var("TEST_LOG").is_ok() {
+            hookgate::telemetry::init_subscriber("pretty", std::io::stdout);
+        } else {
+            hookgate::telemetry::init_subscriber("pretty", std::io::sink);
+        }
+    });
+}
+
+/// A fresh database, dropped (with its connections) when this guard is dropped.
+pub struct TestDb {
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let name = format!("hookgate_test_{}", Uuid::new_v4().simple());
+        let client = connect(&format!("{}/postgres", pg_base())).await;
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
+        Self { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/{}", pg_base(), self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&format!("{}/postgres", pg_base()), tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Deletes every Redis key under a prefix when dropped.
+pub struct RedisPrefix(pub String);
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        let pattern = format!("{}:*", self.0);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let Ok(client) = redis::Client::open(redis_url()) else { return };
+                let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
+                let keys: Vec<String> =
+                    redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
+    tokio::spawn(conn);
+    client
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub db: tokio_postgres::Client,
+    pub http: awc::Client,
+    pub settings: Settings,
+    // Dropped last: the database outlives the connections above.
+    pub _redis: RedisPrefix,
+    pub _db: TestDb,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Spawns an app after `tweak` adjusts its settings (database URL, Redis URL and prefix are already set).
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    init_logs();
+    let test_db = TestDb::create().await;
+    let prefix = format!("hgtest-{}", Uuid::new_v4().simple());
+    let mut settings = Settings::from_toml(&test_config_toml()).expect("test config");
+    settings.database.url = SecretString::from(test_db.url());
+    settings.redis.url = SecretString::from(redis_url());
+    settings.redis.key_prefix = prefix.clone();
+    tweak(&mut settings);
+    let app = Application::build(settings.clone()).await.expect("build application");
+    let port = app.port();
+    actix_rt::spawn(app.run_until_stopped());
+    let db = connect(&test_db.url()).await;
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        db,
+        http: http_client(),
+        settings,
+        _redis: RedisPrefix(prefix),
+        _db: test_db,
+    }
+}
+
+pub fn http_client() -> awc::Client {
+    awc::Client::builder().timeout(Duration::from_secs(60)).finish()
+}
+
+pub fn sign(body: &[u8]) -> String {
+    format!("sha256={}", hmac_sha256_hex(HMAC_SECRET.as_bytes(), body))
+}
+
+/// A response reduced to what the tests look at.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: String,
+    pub retry_after: Option<String>,
+    pub json: serde_json::Value,
+}
+
+impl Answer {
+    pub fn id(&self) -> Uuid {
+        self.json["id"].as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no id in {self:?}"))
+    }
+
+    pub fn duplicate(&self) -> bool {
+        self.json["duplicate"].as_bool().unwrap_or_else(|| panic!("no duplicate flag in {self:?}"))
+    }
+
+    /// Asserts an RFC 7807 problem with this status and `type` suffix.
+    pub fn assert_problem(&self, status: u16, type_slug: &str) {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(self.content_type, "application/problem+json", "{self:?}");
+        assert_eq!(self.json["type"], format!("urn:hookgate:problem:{type_slug}"), "{self:?}");
+        assert_eq!(self.json["status"], status, "{self:?}");
+        assert!(self.json["title"].as_str().is_some_and(|t| !t.is_empty()), "{self:?}");
+        assert!(self.json["detail"].as_str().is_some_and(|t| !t.is_empty()), "{self:?}");
+    }
+}
+
+pub async fn answer(
+    mut resp: awc::ClientResponse<impl futures::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin>,
+) -> Answer {
+    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let content_type = header("content-type").unwrap_or_default();
+    let retry_after = header("retry-after");
+    let status = resp.status().as_u16();
+    let body = resp.body().limit(1 << 20).await.expect("read response body");
+    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    Answer { status, content_type, retry_after, json }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// POSTs a correctly signed JSON body to the `hmac` source.
+    pub async fn post_signed(&self, body: &[u8], key: &str) -> Answer {
+        self.try_post_signed(body, key).await.expect("request failed")
+    }
+
+    pub async fn try_post_signed(&self, body: &[u8], key: &str) -> Result<Answer, awc::error::SendRequestError> {
+        let resp = self
+            .http
+            .post(self.url("/ingest/hmac"))
+            .insert_header(("Content-Type", "application/json"))
+            .insert_header(("X-Signature", sign(body)))
+            .insert_header(("X-Request-Id", key))
+            .send_body(body.to_vec())
+            .await?;
+        Ok(answer(resp).await)
+    }
+
+    pub async fn get_json(&self, path: &str) -> Answer {
+        answer(self.http.get(self.url(path)).send().await.expect("GET failed")).await
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        self.db.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0)
+    }
+
+    /// Waits until `/readyz` satisfies `pred`, or panics after `deadline`.
+    pub async fn wait_for_readiness(&self, what: &str, pred: impl Fn(&Answer) -> bool) -> Answer {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let a = self.get_json("/readyz").await;
+            if pred(&a) {
+                return a;
+            }
+            assert!(Instant::now() < until, "timed out waiting for {what}; last /readyz: {a:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TCP proxy the test can cut and restore, to make PostgreSQL or Redis unreachable for one app only.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    cut: watch::Sender<u64>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let (cut, _) = watch::channel(0u64);
+        let (up2, cut2) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut rx = cut2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, up, cut }
+    }
+
+    /// Closes every open connection and refuses new ones.
+    pub fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Adds `:port` of a URL like `postgres://postgres@127.0.0.1:5432` as a socket address.
+pub fn socket_of(url: &str) -> SocketAddr {
+    let host_port = url.rsplit('@').next().unwrap().trim_start_matches("redis://").split('/').next().unwrap();
+    host_port.parse().expect("host:port")
+}
