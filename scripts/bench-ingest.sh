@@ -18,7 +18,14 @@ ADMIN=${HOOKGATE_ADMIN_PG:-postgres://postgres@127.0.0.1:5432/postgres}
 BIN=${CARGO_TARGET_DIR:-target}/release/hookgate
 SECRET=bench-secret
 work=$(mktemp -d)
-trap 'kill $HG 2>/dev/null || true; wait 2>/dev/null; psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"; rm -rf "$work"' EXIT
+PREFIX="hookgate-bench-$$"
+cleanup() {
+  kill "${HG:-}" 2>/dev/null || true; wait 2>/dev/null || true
+  psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" || true
+  command -v redis-cli >/dev/null && redis-cli --scan --pattern "$PREFIX:*" | xargs -r -n 1000 redis-cli del >/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
 for tool in wrk psql openssl; do command -v $tool >/dev/null || { echo "bench: $tool not found" >&2; exit 1; }; done
 [ -x "$BIN" ] || cargo build --release
@@ -30,7 +37,8 @@ port = $PORT
 [database]
 url = "postgres://postgres@127.0.0.1:5432/$DB"
 [redis]
-key_prefix = "hookgate-bench-$$"
+key_prefix = "$PREFIX"
+dedupe_ttl_secs = 600
 [[sources]]
 slug = "bench"
 require_json = true

@@ -108,9 +108,14 @@ impl DatabaseSettings {
             .map_err(|_| anyhow::anyhow!("database.url is not a valid PostgreSQL URL"))?;
         cfg.connect_timeout(Duration::from_millis(self.connect_timeout_ms));
         cfg.application_name("hookgate");
+        // A dead peer that never closes the socket is noticed in seconds, not hours.
+        cfg.keepalives(true).keepalives_idle(Duration::from_secs(10)).tcp_user_timeout(Duration::from_secs(15));
+        // A 2xx means committed to disk, whatever the server's or role's default says.
+        let mut options = String::from("-c synchronous_commit=on");
         if self.statement_timeout_ms > 0 {
-            cfg.options(format!("-c statement_timeout={}", self.statement_timeout_ms));
+            options.push_str(&format!(" -c statement_timeout={}", self.statement_timeout_ms));
         }
+        cfg.options(options);
         Ok(cfg)
     }
 }
@@ -208,7 +213,8 @@ impl Settings {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(Env::prefixed("HOOKGATE_").split("__"));
+        // HOOKGATE_CONFIG names the file (read by the CLI), not a setting.
+        fig = fig.merge(Env::prefixed("HOOKGATE_").split("__").ignore(&["config"]));
         let settings: Settings = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         settings.validate()?;
         Ok(settings)

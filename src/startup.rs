@@ -9,7 +9,7 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use hookgate_actors::{ActorStatus, Cache, CacheConfig, EventWriter, Health, HealthRegistry};
+use hookgate_actors::{ActorStatus, Cache, CacheConfig, Drain, EventWriter, Health, HealthRegistry};
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
 
@@ -35,6 +35,8 @@ pub struct AppState {
 pub struct Application {
     port: u16,
     server: Server,
+    writer: Addr<EventWriter>,
+    health: Arc<HealthRegistry>,
     writer_arbiter: ArbiterGuard,
 }
 
@@ -67,6 +69,8 @@ pub fn build_pool(db: &DatabaseSettings) -> anyhow::Result<Pool> {
 impl Application {
     /// Prepares the database, starts the actors and binds the listener. Must run inside an actix `System`.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // Installed first, so that metrics recorded while starting are kept.
+        let metrics = telemetry::metrics_handle();
         let pool = build_pool(&settings.database)?;
         if settings.database.migrate_on_start {
             migrations::run(&pool).await?;
@@ -96,6 +100,7 @@ impl Application {
             connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
             dedupe_ttl: Duration::from_secs(settings.redis.dedupe_ttl_secs),
             mailbox_capacity: settings.redis.mailbox_capacity,
+            ping_interval: Duration::from_millis(settings.server.health_interval_ms),
         };
         let cache = {
             let (status, health) = (cache_status.clone(), health.clone());
@@ -112,12 +117,12 @@ impl Application {
 
         let state = web::Data::new(AppState {
             sources: registry,
-            writer,
+            writer: writer.clone(),
             writer_status,
             cache,
             cache_status,
-            health,
-            metrics: telemetry::metrics_handle(),
+            health: health.clone(),
+            metrics,
             ingest_timeout: Duration::from_millis(settings.server.ingest_timeout_ms),
             // The cache answers "miss" on its own after its op timeout; this only bounds a stuck mailbox.
             cache_timeout: Duration::from_millis(settings.redis.op_timeout_ms.saturating_mul(2)),
@@ -133,7 +138,7 @@ impl Application {
             server = server.workers(workers);
         }
         tracing::info!(message = "Listening.", host = %settings.server.host, port);
-        Ok(Self { port, server: server.run(), writer_arbiter: ArbiterGuard(writer_arbiter) })
+        Ok(Self { port, server: server.run(), writer, health, writer_arbiter: ArbiterGuard(writer_arbiter) })
     }
 
     pub fn port(&self) -> u16 {
@@ -141,9 +146,25 @@ impl Application {
     }
 
     /// Serves until the server stops (SIGTERM/SIGINT, or the future is dropped).
+    ///
+    /// On SIGTERM readiness turns false at once; actix-web stops accepting and waits for the requests in progress
+    /// (each of which waits for its COMMIT); then the writer is drained before its arbiter stops.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Self { server, writer_arbiter, .. } = self;
+        let Self { server, writer, health, writer_arbiter, .. } = self;
+        #[cfg(unix)]
+        actix_rt::spawn(async move {
+            use actix_rt::signal::unix::{signal, SignalKind};
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
+                term.recv().await;
+                tracing::info!(message = "SIGTERM received; draining.");
+                health.set_draining();
+            }
+        });
         let result = server.await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if writer.send(Drain { reply: tx }).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
+        }
         drop(writer_arbiter);
         result
     }

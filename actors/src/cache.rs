@@ -32,6 +32,8 @@ pub struct CacheConfig {
     /// Lifetime of an idempotency entry (the Redis side of the dedupe window).
     pub dedupe_ttl: Duration,
     pub mailbox_capacity: usize,
+    /// How often an idle connection is checked with PING.
+    pub ping_interval: Duration,
 }
 
 pub struct Cache {
@@ -92,17 +94,31 @@ impl Cache {
         }));
     }
 
-    /// Drops a connection that failed at the transport level; the supervisor restarts the actor.
+    /// Drops a connection that failed at the transport level; the supervisor restarts the actor. A slow answer
+    /// (timeout) is only a miss: the connection stays.
     fn on_error(&mut self, error: &redis::RedisError, ctx: &mut Context<Self>) {
-        if error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error() {
+        if error.is_timeout() {
+            metrics::counter!("hookgate_cache_timeouts_total").increment(1);
+        } else if error.is_connection_dropped() || error.is_unrecoverable_error() || error.is_io_error() {
             if self.conn.take().is_some() {
                 tracing::warn!(message = "Lost the Redis connection; restarting the cache.", %error);
                 self.registry.set_redis(DependencyState::Down);
                 ctx.stop();
             }
-        } else if !error.is_timeout() {
+        } else {
             tracing::debug!(message = "Redis command failed.", %error);
         }
+    }
+
+    /// PINGs Redis so that a silent outage is noticed without ingest traffic.
+    fn ping(&mut self, ctx: &mut Context<Self>) {
+        let Some(mut conn) = self.conn.clone() else { return };
+        let fut = async move { redis::cmd("PING").query_async::<String>(&mut conn).await };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+            if let Err(error) = res {
+                act.on_error(&error, ctx);
+            }
+        }));
     }
 }
 
@@ -111,6 +127,7 @@ impl Actor for Cache {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.cfg.mailbox_capacity);
+        ctx.run_interval(self.cfg.ping_interval, |act, ctx| act.ping(ctx));
         let delay = std::mem::take(&mut self.resume_delay);
         if delay.is_zero() {
             self.connect(ctx);

@@ -88,12 +88,11 @@ impl ActorStatus {
         ActorState::from_u8(self.state.load(Ordering::Relaxed))
     }
 
-    /// Records the actor's own view of its state. Reaching `Running` resets the back-off, and clears an exhausted
-    /// budget once the restarts have aged out of the window.
+    /// Records the actor's own view of its state. Reaching `Running` clears an exhausted budget once the restarts
+    /// have aged out of the window.
     pub fn set_state(&self, state: ActorState) {
         self.state.store(state as u8, Ordering::Relaxed);
         if state == ActorState::Running {
-            self.lock_backoff().reset();
             if self.budget_exhausted.load(Ordering::Relaxed) && self.restarts_in_window() <= self.policy.budget as usize
             {
                 self.budget_exhausted.store(false, Ordering::Relaxed);
@@ -121,14 +120,20 @@ impl ActorStatus {
         self.restarts.load(Ordering::Relaxed)
     }
 
-    /// Records a restart and returns how long the actor should wait before resuming work.
+    /// Records a restart and returns how long the actor should wait before resuming work. The delay doubles with
+    /// each restart and starts over once the actor has run for longer than the maximum delay without restarting,
+    /// so an actor that connects and then fails at once keeps backing off.
     pub fn record_restart(&self) -> Duration {
         self.restarts.fetch_add(1, Ordering::Relaxed);
+        let stable_for = Duration::from_millis(self.policy.backoff_max_ms);
         metrics::counter!("hookgate_actor_restarts_total", "actor" => self.name).increment(1);
         self.state.store(ActorState::Restarting as u8, Ordering::Relaxed);
         let in_window = {
             let mut recent = self.recent_restarts.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
+            if recent.back().is_none_or(|last| now.duration_since(*last) > stable_for) {
+                self.lock_backoff().reset();
+            }
             recent.push_back(now);
             while recent.front().is_some_and(|t| now.duration_since(*t) > self.policy.window()) {
                 recent.pop_front();
@@ -402,15 +407,31 @@ mod tests {
     }
 
     #[test]
-    fn restart_delays_grow_and_reset_once_running() {
+    fn restart_delays_grow_even_when_the_actor_briefly_runs_between_restarts() {
         let reg = HealthRegistry::new();
         let a = reg.register("cache", false, policy(100));
         let d1 = a.record_restart();
+        a.set_state(ActorState::Running);
         let _ = a.record_restart();
+        a.set_state(ActorState::Running);
         let d3 = a.record_restart();
         assert!(d1 <= Duration::from_millis(10));
         assert!(d3 >= Duration::from_millis(20), "third delay {d3:?} should be at least half of 40ms");
-        a.set_state(ActorState::Running);
+    }
+
+    #[test]
+    fn restart_delays_start_over_after_a_stable_period() {
+        let reg = HealthRegistry::new();
+        let a = reg.register("cache", false, policy(100));
+        for _ in 0..4 {
+            a.record_restart();
+        }
+        // Backdate the last restart beyond the stable period (backoff_max = 40 ms).
+        {
+            let mut recent = a.recent_restarts.lock().unwrap();
+            let last = recent.back_mut().unwrap();
+            *last = Instant::now() - Duration::from_millis(100);
+        }
         assert!(a.record_restart() <= Duration::from_millis(10));
     }
 

@@ -20,7 +20,7 @@ pub use cache::{Cache, CacheConfig};
 pub use health::{ActorState, ActorStatus, DependencyState, Health, HealthRegistry, ReadinessReport};
 pub use messages::{CacheLookup, CacheRemember, NewEvent, Persist, PersistError, Persisted};
 pub use supervision::{Backoff, RestartPolicy};
-pub use writer::{EventWriter, WriterConfig};
+pub use writer::{Drain, EventWriter, WriterConfig};
 
 /// The PostgreSQL connection pool every database-facing actor borrows from.
 pub type Pool = deadpool_postgres::Pool;

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
 use crate::messages::{NewEvent, Persist, PersistError, Persisted};
+
 use crate::Pool;
 
 /// The writer's tuning. Defaults come from `docs/adr/0002-group-commit.md`.
@@ -37,6 +38,9 @@ pub struct WriterConfig {
     pub max_pending: usize,
     /// Messages the mailbox holds before `try_send` is refused.
     pub mailbox_capacity: usize,
+    /// Longest one flush transaction may take before its events are answered "unavailable" (a client-side
+    /// deadline: it also covers a server that stopped answering without closing the connection).
+    pub flush_timeout_ms: u64,
 }
 
 impl Default for WriterConfig {
@@ -47,6 +51,7 @@ impl Default for WriterConfig {
             max_inflight_flushes: 4,
             max_pending: 16_384,
             mailbox_capacity: 4_096,
+            flush_timeout_ms: 5_000,
         }
     }
 }
@@ -54,6 +59,10 @@ impl Default for WriterConfig {
 impl WriterConfig {
     pub fn flush_interval(&self) -> Duration {
         Duration::from_micros(self.flush_interval_us)
+    }
+
+    pub fn flush_timeout(&self) -> Duration {
+        Duration::from_millis(self.flush_timeout_ms)
     }
 }
 
@@ -69,11 +78,23 @@ pub struct EventWriter {
     /// Events buffered or in flight.
     pending: usize,
     inflight: usize,
+    /// Waiting `Drain` requests, answered when `pending` reaches zero.
+    drains: Vec<oneshot::Sender<()>>,
 }
 
 impl EventWriter {
     pub fn new(pool: Pool, cfg: WriterConfig, status: Arc<ActorStatus>, registry: Arc<HealthRegistry>) -> Self {
-        Self { pool, cfg, status, registry, buffer: Vec::new(), flush_timer: None, pending: 0, inflight: 0 }
+        Self {
+            pool,
+            cfg,
+            status,
+            registry,
+            buffer: Vec::new(),
+            flush_timer: None,
+            pending: 0,
+            inflight: 0,
+            drains: Vec::new(),
+        }
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
@@ -85,13 +106,15 @@ impl EventWriter {
             let batch: Vec<_> = self.buffer.drain(..n).collect();
             self.inflight += 1;
             let pool = self.pool.clone();
-            ctx.spawn(write_batch(pool, batch).into_actor(self).map(move |db_up, act, ctx| {
+            let deadline = self.cfg.flush_timeout();
+            ctx.spawn(write_batch(pool, batch, deadline).into_actor(self).map(move |db_up, act, ctx| {
                 act.inflight -= 1;
                 act.pending -= n;
                 act.registry.set_postgres(if db_up { DependencyState::Up } else { DependencyState::Down });
-                if !act.buffer.is_empty() && act.flush_timer.is_none() {
+                if !act.buffer.is_empty() && (act.flush_timer.is_none() || act.cfg.flush_interval_us == 0) {
                     act.flush(ctx);
                 }
+                act.answer_drains();
             }));
         }
     }
@@ -105,12 +128,9 @@ impl Actor for EventWriter {
         self.status.set_state(ActorState::Running);
     }
 
-    fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
-        if self.pending > 0 {
-            // Finish what was accepted before stopping.
-            self.flush(ctx);
-            return Running::Continue;
-        }
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        // Graceful shutdown drains through `Drain` before this point; whatever is still here is refused.
+        self.abandon("the event writer stopped");
         self.status.set_state(ActorState::Stopped);
         Running::Stop
     }
@@ -118,7 +138,47 @@ impl Actor for EventWriter {
 
 impl actix::Supervised for EventWriter {
     fn restarting(&mut self, _: &mut Self::Context) {
+        // actix drops the spawned flushes on restart; their senders learn "unavailable" from the dropped reply.
+        self.abandon("the event writer restarted");
         self.status.record_restart();
+    }
+}
+
+impl EventWriter {
+    /// Answers every buffered event "unavailable" and forgets in-flight bookkeeping (their futures are gone).
+    fn abandon(&mut self, why: &str) {
+        for (_, reply) in self.buffer.drain(..) {
+            let _ = reply.send(Err(PersistError::Unavailable(why.to_owned())));
+        }
+        self.pending = 0;
+        self.inflight = 0;
+        self.flush_timer = None;
+        self.answer_drains();
+    }
+
+    fn answer_drains(&mut self) {
+        if self.pending == 0 {
+            for reply in self.drains.drain(..) {
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
+/// Flushes everything buffered and answers once nothing is pending (used at shutdown, after ingest stopped).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain {
+    pub reply: oneshot::Sender<()>,
+}
+
+impl Handler<Drain> for EventWriter {
+    type Result = ();
+
+    fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) {
+        self.drains.push(msg.reply);
+        self.flush(ctx);
+        self.answer_drains();
     }
 }
 
@@ -133,7 +193,8 @@ impl Handler<Persist> for EventWriter {
         }
         self.pending += 1;
         self.buffer.push((msg.event, msg.reply));
-        if self.buffer.len() >= self.cfg.batch_max {
+        let eager = self.cfg.flush_interval_us == 0 && self.inflight < self.cfg.max_inflight_flushes;
+        if eager || self.buffer.len() >= self.cfg.batch_max {
             self.flush(ctx);
         } else if self.flush_timer.is_none() {
             self.flush_timer = Some(ctx.run_later(self.cfg.flush_interval(), |act, ctx| {
@@ -155,11 +216,16 @@ SELECT id, source_id, idempotency_key FROM events
 WHERE (source_id, idempotency_key) IN (SELECT * FROM UNNEST($1::uuid[], $2::text[]))";
 
 /// Writes one batch in one transaction and answers every sender. Returns whether PostgreSQL answered.
-async fn write_batch(pool: Pool, batch: Vec<(NewEvent, Reply)>) -> bool {
+async fn write_batch(pool: Pool, mut batch: Vec<(NewEvent, Reply)>, deadline: Duration) -> bool {
     let started = Instant::now();
     let size = batch.len();
+    // Concurrent flushes take row locks in one global order, so they cannot deadlock on shared keys.
+    batch.sort_unstable_by(|(a, _), (b, _)| (a.source_id, &a.idempotency_key).cmp(&(b.source_id, &b.idempotency_key)));
     let events: Vec<&NewEvent> = batch.iter().map(|(e, _)| e).collect();
-    let result = insert(&pool, &events).await;
+    let result = match tokio::time::timeout(deadline, insert(&pool, &events)).await {
+        Ok(result) => result,
+        Err(_) => Err(PersistError::Unavailable(format!("flush did not finish within {deadline:?}"))),
+    };
     let db_up = !matches!(result, Err(PersistError::Unavailable(_)));
     metrics::histogram!("hookgate_writer_batch_size").record(size as f64);
     metrics::histogram!("hookgate_writer_flush_seconds").record(started.elapsed().as_secs_f64());
@@ -243,7 +309,10 @@ fn db_error(e: tokio_postgres::Error) -> PersistError {
         None => PersistError::Unavailable(e.to_string()),
         Some(code) => {
             let c = code.code();
-            if c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || c == "40001" || c == "40P01" {
+            // 08 connection, 53 resources, 57 operator intervention (shutdown, cancel), 40001/40P01 serialization and
+            // deadlock, 25006 read-only transaction (a failover in progress), 55P03 lock not available.
+            let transient = ["08", "53", "57"].iter().any(|class| c.starts_with(class));
+            if transient || matches!(c, "40001" | "40P01" | "25006" | "55P03") {
                 PersistError::Unavailable(e.to_string())
             } else {
                 PersistError::Internal(e.to_string())

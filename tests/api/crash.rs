@@ -1,56 +1,32 @@
 //! The durability promise under `kill -9`: every event that got a 2xx is in PostgreSQL, stored once.
 
-use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::helpers::{connect, eventually, http_client, redis_url, sign, test_config_toml, RedisPrefix, TestDb};
+use crate::helpers::{
+    clear_redis_prefix, connect, eventually, http_client, post_signed_to, test_config_toml, Node, RedisPrefix,
+    TempConfig, TestDb,
+};
 
 const CYCLES: usize = 5;
 const POSTERS: usize = 16;
 /// Acknowledged events per cycle before the kill.
 const ACKS_PER_CYCLE: usize = 150;
 
-struct Node {
-    child: Child,
-    base: String,
+#[derive(Default)]
+struct Ledger {
+    /// Key → id for every 202.
+    acked: HashMap<String, Uuid>,
+    /// Keys sent whose answer never came (the kill cut them off): they may or may not be stored.
+    in_flight: HashSet<String>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn start_node(config: &std::path::Path, db_url: &str, prefix: &str) -> Node {
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookgate"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HOOKGATE_")) {
-        cmd.env_remove(k);
-    }
-    let verbose = std::env::var("TEST_LOG").is_ok();
-    let child = cmd
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("HOOKGATE_DATABASE__URL", db_url)
-        .env("HOOKGATE_REDIS__URL", redis_url())
-        .env("HOOKGATE_REDIS__KEY_PREFIX", prefix)
-        .env("HOOKGATE_SERVER__PORT", port.to_string())
-        .env("RUST_LOG", if verbose { "info" } else { "error" })
-        .stdout(if verbose { Stdio::inherit() } else { Stdio::null() })
-        .stderr(if verbose { Stdio::inherit() } else { Stdio::null() })
-        .spawn()
-        .expect("spawn hookgate");
-    let node = Node { child, base: format!("http://127.0.0.1:{port}") };
-    let http = http_client();
-    eventually("the node to answer /healthz", Duration::from_secs(60), || {
-        let req = http.get(format!("{}/healthz", node.base)).send();
-        async move { req.await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
-    })
-    .await;
-    node
+fn body_of(key: &str) -> Vec<u8> {
+    format!(r#"{{"key":"{key}"}}"#).into_bytes()
 }
 
 #[actix_rt::test]
@@ -58,45 +34,39 @@ async fn sigkill_under_load_loses_no_acknowledged_event() {
     let db = TestDb::create().await;
     let prefix = format!("hgtest-{}", Uuid::new_v4().simple());
     let _redis = RedisPrefix(prefix.clone());
-    let config = std::env::temp_dir().join(format!("hookgate-crash-{}.toml", Uuid::new_v4().simple()));
-    std::fs::write(&config, test_config_toml().replace("[server]", "[server]\nlog_format = \"json\"")).unwrap();
+    let config = TempConfig::new(&test_config_toml());
 
-    let acked: Arc<Mutex<HashMap<String, Uuid>>> = Arc::default();
+    let ledger: Arc<Mutex<Ledger>> = Arc::default();
     for cycle in 0..CYCLES {
-        let mut node = start_node(&config, &db.url(), &prefix).await;
+        let mut node = Node::start(&config.0, &db.url(), &prefix, &[]).await;
         let stop = Arc::new(AtomicBool::new(false));
-        let target = acked.lock().unwrap().len() + ACKS_PER_CYCLE;
+        let target = ledger.lock().unwrap().acked.len() + ACKS_PER_CYCLE;
         let posters: Vec<_> = (0..POSTERS)
             .map(|p| {
-                let (base, stop, acked) = (node.base.clone(), stop.clone(), acked.clone());
+                let (base, stop, ledger) = (node.base.clone(), stop.clone(), ledger.clone());
                 actix_rt::spawn(async move {
                     let http = http_client();
                     let mut seq = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         seq += 1;
                         let key = format!("c{cycle}-p{p}-{seq}");
-                        let body = format!(r#"{{"key":"{key}"}}"#);
-                        let sent = http
-                            .post(format!("{base}/ingest/hmac"))
-                            .insert_header(("Content-Type", "application/json"))
-                            .insert_header(("X-Signature", sign(body.as_bytes())))
-                            .insert_header(("X-Request-Id", key.as_str()))
-                            .send_body(body)
-                            .await;
-                        let Ok(mut resp) = sent else { break };
-                        if resp.status().as_u16() == 202 {
-                            let json: serde_json::Value = resp.json().await.unwrap_or_default();
-                            if let Some(id) = json["id"].as_str().and_then(|s| s.parse().ok()) {
-                                acked.lock().unwrap().insert(key, id);
+                        ledger.lock().unwrap().in_flight.insert(key.clone());
+                        match post_signed_to(&http, &base, &body_of(&key), &key).await {
+                            Ok(a) if a.status == 202 => {
+                                let mut l = ledger.lock().unwrap();
+                                l.in_flight.remove(&key);
+                                l.acked.insert(key, a.id());
                             }
+                            Ok(a) => panic!("unexpected answer before the kill: {a:?}"),
+                            Err(_) => break,
                         }
                     }
                 })
             })
             .collect();
-        let acked_ref = acked.clone();
+        let l = ledger.clone();
         eventually("enough acknowledged events", Duration::from_secs(120), || {
-            let n = acked_ref.lock().unwrap().len();
+            let n = l.lock().unwrap().acked.len();
             async move { (n >= target).then_some(()) }
         })
         .await;
@@ -104,51 +74,45 @@ async fn sigkill_under_load_loses_no_acknowledged_event() {
         node.child.wait().unwrap();
         stop.store(true, Ordering::Relaxed);
         for p in posters {
-            let _ = p.await;
+            p.await.expect("poster task");
         }
     }
 
-    let acked = acked.lock().unwrap().clone();
+    let Ledger { acked, in_flight } = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(acked.len() >= CYCLES * ACKS_PER_CYCLE);
     let client = connect(&db.url()).await;
-    let stored: HashMap<String, Uuid> = client
-        .query("SELECT idempotency_key, id FROM events", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    for (key, id) in &acked {
-        assert_eq!(stored.get(key), Some(id), "acknowledged event {key} is missing or has another id");
-    }
-    let dupes: i64 = client
-        .query_one(
-            "SELECT count(*) FROM (SELECT 1 FROM events GROUP BY source_id, idempotency_key HAVING count(*) > 1) d",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(dupes, 0, "no idempotency key is stored twice");
-
-    // After the last kill a fresh node still knows every acknowledged event: a retry gets the same id.
-    let mut node = start_node(&config, &db.url(), &prefix).await;
-    let http = http_client();
-    for (key, id) in acked.iter().take(20) {
-        let body = format!(r#"{{"key":"{key}"}}"#);
-        let mut resp = http
-            .post(format!("{}/ingest/hmac", node.base))
-            .insert_header(("Content-Type", "application/json"))
-            .insert_header(("X-Signature", sign(body.as_bytes())))
-            .insert_header(("X-Request-Id", key.as_str()))
-            .send_body(body)
+    let stored = || async {
+        client
+            .query("SELECT idempotency_key, id FROM events", &[])
             .await
-            .unwrap();
-        let json: serde_json::Value = resp.json().await.unwrap();
-        assert_eq!(json["id"].as_str(), Some(id.to_string().as_str()));
-        assert_eq!(json["duplicate"], true);
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, Uuid>(1)))
+            .collect::<HashMap<_, _>>()
+    };
+    let before_retry = stored().await;
+    for (key, id) in &acked {
+        assert_eq!(before_retry.get(key), Some(id), "acknowledged event {key} is missing or has another id");
     }
-    node.child.kill().unwrap();
-    node.child.wait().unwrap();
-    let _ = std::fs::remove_file(&config);
+
+    // A fresh node, with the Redis fast path emptied so PostgreSQL must answer: retrying every acknowledged and
+    // every cut-off request gives one consistent answer per key and never a second row.
+    clear_redis_prefix(&prefix).await;
+    let node = Node::start(&config.0, &db.url(), &prefix, &[]).await;
+    let http = http_client();
+    let retried: Vec<String> = acked.keys().take(50).cloned().chain(in_flight.iter().cloned()).collect();
+    for key in &retried {
+        let a = node.post_signed(&http, &body_of(key), key).await.expect("retry");
+        assert_eq!(a.status, 202, "{a:?}");
+        match before_retry.get(key) {
+            Some(id) => assert_eq!((a.id(), a.duplicate()), (*id, true), "retry of stored {key}"),
+            None => assert!(!a.duplicate(), "{key} was not stored before, so the retry stores it: {a:?}"),
+        }
+    }
+    let after_retry = stored().await;
+    let rows: i64 = client.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
+    assert_eq!(rows as usize, after_retry.len(), "no idempotency key is stored twice");
+    for key in &retried {
+        assert!(after_retry.contains_key(key));
+    }
 }

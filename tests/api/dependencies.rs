@@ -23,7 +23,12 @@ async fn with_redis_unreachable_ingest_still_answers_202_and_dedupe_holds() {
 #[actix_rt::test]
 async fn losing_redis_mid_run_restarts_the_cache_which_reconnects_when_redis_returns() {
     let proxy = Proxy::start(socket_of(&redis_url())).await;
-    let app = spawn_app_with(|s| s.redis.url = SecretString::from(format!("redis://{}", proxy.addr))).await;
+    let app = spawn_app_with(|s| {
+        s.redis.url = SecretString::from(format!("redis://{}", proxy.addr));
+        // Generous, so that on a busy machine the cut shows as a dropped connection rather than a slow answer.
+        s.redis.op_timeout_ms = 2_000;
+    })
+    .await;
     app.wait_for_readiness("redis up", |a| a.json["redis"] == "up").await;
     assert_eq!(app.post_signed(br#"{"n":1}"#, "a").await.status, 202);
 

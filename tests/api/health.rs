@@ -1,4 +1,4 @@
-use crate::helpers::spawn_app;
+use crate::helpers::{http_client, spawn_app, test_config_toml, Node, RedisPrefix, TempConfig, TestDb};
 
 #[actix_rt::test]
 async fn healthz_answers_while_the_process_lives() {
@@ -23,22 +23,31 @@ async fn readyz_reports_postgres_redis_and_every_actor() {
     }
 }
 
+/// Runs against its own process: the Prometheus recorder is process-wide, so in-process apps would share it.
 #[actix_rt::test]
 async fn metrics_expose_ingest_outcomes_batches_flushes_mailboxes_and_restarts() {
-    let app = spawn_app().await;
-    assert_eq!(app.post_signed(br#"{"m":1}"#, "m-1").await.status, 202);
-    assert_eq!(app.post_signed(br#"{"m":1}"#, "m-1").await.status, 202);
-    let mut resp = app.http.get(app.url("/metrics")).send().await.unwrap();
+    let db = TestDb::create().await;
+    let prefix = format!("hgtest-{}", uuid::Uuid::new_v4().simple());
+    let _redis = RedisPrefix(prefix.clone());
+    let config = TempConfig::new(&test_config_toml());
+    let node = Node::start(&config.0, &db.url(), &prefix, &[]).await;
+    let http = http_client();
+    for _ in 0..2 {
+        assert_eq!(node.post_signed(&http, br#"{"m":1}"#, "m-1").await.unwrap().status, 202);
+    }
+    assert_eq!(node.post_signed(&http, br#"{"m":1}"#, "").await.unwrap().status, 400);
+    let mut resp = http.get(format!("{}/metrics", node.base)).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let text = String::from_utf8(resp.body().await.unwrap().to_vec()).unwrap();
     for needle in [
-        r#"hookgate_ingest_requests_total{source="hmac",outcome="accepted"}"#,
-        r#"hookgate_ingest_requests_total{source="hmac",outcome="duplicate"}"#,
-        "hookgate_writer_batch_size_bucket",
-        "hookgate_writer_flush_seconds_bucket",
-        r#"hookgate_actor_mailbox_depth{actor="event_writer"}"#,
-        r#"hookgate_actor_restarts_total{actor="cache"}"#,
-        r#"hookgate_dependency_up{dependency="postgres"}"#,
+        r#"hookgate_ingest_requests_total{source="hmac",outcome="accepted"} 1"#,
+        r#"hookgate_ingest_requests_total{source="hmac",outcome="duplicate"} 1"#,
+        r#"hookgate_ingest_requests_total{source="hmac",outcome="bad_request"} 1"#,
+        "hookgate_writer_batch_size_count 1",
+        "hookgate_writer_flush_seconds_count 1",
+        r#"hookgate_actor_mailbox_depth{actor="event_writer"} 0"#,
+        r#"hookgate_actor_restarts_total{actor="cache"} 0"#,
+        r#"hookgate_dependency_up{dependency="postgres"} 1"#,
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }

@@ -17,11 +17,11 @@ pub const HMAC_SECRET: &str = "test-secret-\u{1F511}";
 
 /// Base URL of the PostgreSQL server tests create their databases on.
 pub fn pg_base() -> String {
-    std::env::var("HOOKGATE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("HGTEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 pub fn redis_url() -> String {
-    std::env::var("HOOKGATE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    std::env::var("HGTEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
 /// The sources every test app declares: `hmac` (JSON, signed, keyed by header) and `open` (anything, body hash).
@@ -290,11 +290,12 @@ impl Proxy {
         let (up2, cut2) = (up.clone(), cut.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                // Subscribe before checking `up`, so a cut that races with this accept still closes it.
+                let mut rx = cut2.subscribe();
                 if !up2.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
-                let mut rx = cut2.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else { return };
                     tokio::select! {
@@ -322,4 +323,123 @@ impl Proxy {
 pub fn socket_of(url: &str) -> SocketAddr {
     let host_port = url.rsplit('@').next().unwrap().trim_start_matches("redis://").split('/').next().unwrap();
     host_port.parse().expect("host:port")
+}
+
+/// A real `hookgate serve` child process (killed when dropped).
+pub struct Node {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    /// Starts the binary on port 0 with `config`, pointing it at `db_url` and Redis under `prefix`; returns once it
+    /// reported its port and answers `/healthz`.
+    pub async fn start(config: &std::path::Path, db_url: &str, prefix: &str, extra_env: &[(&str, &str)]) -> Node {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookgate"));
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HOOKGATE_")) {
+            cmd.env_remove(k);
+        }
+        cmd.args(["serve", "--config"])
+            .arg(config)
+            .env("HOOKGATE_DATABASE__URL", db_url)
+            .env("HOOKGATE_REDIS__URL", redis_url())
+            .env("HOOKGATE_REDIS__KEY_PREFIX", prefix)
+            .env("HOOKGATE_SERVER__PORT", "0")
+            .env("HOOKGATE_SERVER__LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn,hookgate::startup=info")
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var("TEST_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() });
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn hookgate");
+        let stdout = child.stdout.take().unwrap();
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Reads the port from the "Listening." line, then keeps draining stdout so the child never blocks.
+            let verbose = std::env::var("TEST_LOG").is_ok();
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if verbose {
+                    println!("{line}");
+                }
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "Listening." {
+                        let _ = port_tx.send(v["port"].as_u64().unwrap_or(0) as u16);
+                    }
+                }
+            }
+        });
+        let mut node = Node { child, base: String::new() };
+        let port = eventually("the node to report its port", Duration::from_secs(60), || {
+            let got = port_rx.try_recv().ok();
+            let exited = node.child.try_wait().ok().flatten();
+            assert!(exited.is_none(), "hookgate exited at start: {exited:?}");
+            async move { got }
+        })
+        .await;
+        node.base = format!("http://127.0.0.1:{port}");
+        let http = http_client();
+        eventually("the node to answer /healthz", Duration::from_secs(60), || {
+            let req = http.get(format!("{}/healthz", node.base)).send();
+            async move { req.await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        })
+        .await;
+        node
+    }
+
+    /// POSTs a signed JSON body to the node's `hmac` source.
+    pub async fn post_signed(&self, http: &awc::Client, body: &[u8], key: &str) -> Result<Answer, String> {
+        post_signed_to(http, &self.base, body, key).await
+    }
+}
+
+/// POSTs a signed JSON body to the `hmac` source of the hookgate at `base`.
+pub async fn post_signed_to(http: &awc::Client, base: &str, body: &[u8], key: &str) -> Result<Answer, String> {
+    {
+        let resp = http
+            .post(format!("{base}/ingest/hmac"))
+            .insert_header(("Content-Type", "application/json"))
+            .insert_header(("X-Signature", sign(body)))
+            .insert_header(("X-Request-Id", key))
+            .send_body(body.to_vec())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(answer(resp).await)
+    }
+}
+
+/// Writes the test configuration to a temporary file, removed when the guard drops.
+pub struct TempConfig(pub std::path::PathBuf);
+
+impl TempConfig {
+    pub fn new(contents: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("hookgate-test-{}.toml", Uuid::new_v4().simple()));
+        std::fs::write(&path, contents).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Deletes every key under a Redis prefix now.
+pub async fn clear_redis_prefix(prefix: &str) {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await.unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await.unwrap();
+    }
 }

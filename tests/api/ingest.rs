@@ -328,7 +328,10 @@ async fn a_chunked_body_over_the_limit_is_refused_while_streaming() {
     let mut response = Vec::new();
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&response).contains("\r\n\r\n{") || !response.ends_with(b"}") {
-        let n = stream.read(&mut buf).await.unwrap();
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), stream.read(&mut buf))
+            .await
+            .expect("the server answers within 30 s")
+            .unwrap();
         assert!(n > 0, "connection closed early: {}", String::from_utf8_lossy(&response));
         response.extend_from_slice(&buf[..n]);
     }

@@ -26,6 +26,7 @@ async fn a_tiny_writer_under_a_burst_refuses_some_with_503_and_loses_no_acknowle
         s.writer.max_pending = 4;
         s.writer.batch_max = 2;
         s.database.statement_timeout_ms = 60_000;
+        s.writer.flush_timeout_ms = 60_000;
     })
     .await;
     // Hold the events table so no flush can finish: the writer fills up deterministically.
