@@ -46,8 +46,8 @@ pub struct WriterConfig {
 impl Default for WriterConfig {
     fn default() -> Self {
         Self {
-            batch_max: 512,
-            flush_interval_us: 1_000,
+            batch_max: 64,
+            flush_interval_us: 200,
             max_inflight_flushes: 4,
             max_pending: 16_384,
             mailbox_capacity: 4_096,
