@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
-use hookgate_actors::{RestartPolicy, WriterConfig};
+use hookgate_actors::catalog::{DestinationSpec, RouteSpec};
+use hookgate_actors::{DeliveryConfig, RestartPolicy, WriterConfig};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,15 @@ pub struct Settings {
     /// Sources declared here are applied into PostgreSQL at start (matched by slug).
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+    /// Scheduler, deliverers, result writer, circuit breaker and SSRF allowlist.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    /// Destinations declared here are applied into PostgreSQL at start (matched by slug).
+    #[serde(default)]
+    pub destinations: Vec<DestinationSpec>,
+    /// Routes declared here are applied into PostgreSQL at start (matched by slug).
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,8 +60,10 @@ pub struct ServerSettings {
     pub retry_after_secs: u64,
     /// `json` (one object per line) or `pretty`.
     pub log_format: String,
-    /// Seconds between health probes of PostgreSQL.
+    /// Milliseconds between health probes of PostgreSQL and Redis.
     pub health_interval_ms: u64,
+    /// This node's id in leases, logs and metrics; default: `$HOSTNAME`, else `hookgate`.
+    pub node_id: Option<String>,
 }
 
 impl Default for ServerSettings {
@@ -65,6 +77,7 @@ impl Default for ServerSettings {
             retry_after_secs: 1,
             log_format: "json".into(),
             health_interval_ms: 1_000,
+            node_id: None,
         }
     }
 }
@@ -203,6 +216,15 @@ fn serialize_secret<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S:
     ser.serialize_str(s.expose_secret())
 }
 
+impl ServerSettings {
+    pub fn node_id(&self) -> String {
+        self.node_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| "hookgate".into())
+    }
+}
+
 impl Settings {
     /// Defaults, then `file` (when given), then `HOOKGATE_*` environment variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
@@ -264,6 +286,34 @@ impl Settings {
                     anyhow::bail!("source {:?}: the HMAC secret is empty", s.slug);
                 }
             }
+        }
+        self.validate_delivery()
+    }
+
+    fn validate_delivery(&self) -> anyhow::Result<()> {
+        let policy = self.delivery.ssrf_policy();
+        let mut seen = std::collections::HashSet::new();
+        for d in &self.destinations {
+            crate::sources::validate_slug(&d.slug).map_err(|e| anyhow::anyhow!("destination {:?}: {e}", d.slug))?;
+            if !seen.insert(d.slug.as_str()) {
+                anyhow::bail!("destination {:?} is declared twice", d.slug);
+            }
+            d.validate(&policy).map_err(|e| anyhow::anyhow!("destination {:?}: {e}", d.slug))?;
+        }
+        let sources: std::collections::HashSet<&str> = self.sources.iter().map(|s| s.slug.as_str()).collect();
+        let mut seen_routes = std::collections::HashSet::new();
+        for r in &self.routes {
+            crate::sources::validate_slug(&r.slug).map_err(|e| anyhow::anyhow!("route {:?}: {e}", r.slug))?;
+            if !seen_routes.insert(r.slug.as_str()) {
+                anyhow::bail!("route {:?} is declared twice", r.slug);
+            }
+            if !sources.contains(r.source.as_str()) {
+                anyhow::bail!("route {:?}: source {:?} is not declared", r.slug, r.source);
+            }
+            if !seen.contains(r.destination.as_str()) {
+                anyhow::bail!("route {:?}: destination {:?} is not declared", r.slug, r.destination);
+            }
+            r.compile().map_err(|e| anyhow::anyhow!("route {:?}: {e}", r.slug))?;
         }
         Ok(())
     }

@@ -5,7 +5,10 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 
 /// (version, name, SQL), in order. Never edit an applied migration: add a new one.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "initial", include_str!("migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "initial", include_str!("migrations/0001_initial.sql")),
+    (2, "delivery", include_str!("migrations/0002_delivery.sql")),
+];
 
 /// Arbitrary constant naming hookgate's migration lock.
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_6761_7465; // "hookgate"

@@ -9,7 +9,13 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use hookgate_actors::{ActorStatus, Cache, CacheConfig, Drain, EventWriter, Health, HealthRegistry};
+use hookgate_actors::catalog::{self, SharedCatalog};
+use hookgate_actors::deliverer::Deliverer;
+use hookgate_actors::limits::Limits;
+use hookgate_actors::result_writer::{ConnectScheduler, ResultWriter};
+use hookgate_actors::router::{ReloadHook, Router};
+use hookgate_actors::scheduler::Scheduler;
+use hookgate_actors::{ActorStatus, Cache, CacheConfig, Drain, EventWriter, Health, HealthRegistry, RedisHandle};
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
 
@@ -26,9 +32,12 @@ pub struct AppState {
     pub cache_status: Arc<ActorStatus>,
     pub health: Arc<HealthRegistry>,
     pub metrics: PrometheusHandle,
+    pub catalog: Arc<SharedCatalog>,
     pub ingest_timeout: Duration,
     pub cache_timeout: Duration,
     pub retry_after_secs: u64,
+    pub jq_timeout: Duration,
+    pub jq_max_output: usize,
 }
 
 /// A running hookgate node.
@@ -38,6 +47,7 @@ pub struct Application {
     writer: Addr<EventWriter>,
     health: Arc<HealthRegistry>,
     writer_arbiter: ArbiterGuard,
+    _deliverer_arbiters: Vec<ArbiterGuard>,
 }
 
 /// Stops the writer's arbiter when the application is dropped.
@@ -78,7 +88,12 @@ impl Application {
         sources::apply_declared(&pool, &settings.sources).await?;
         let registry = Arc::new(SourceRegistry::default());
         let n = registry.reload(&pool).await?;
-        tracing::info!(message = "Sources loaded.", sources = n);
+        catalog::apply_declared(&pool, &settings.destinations, &settings.routes).await?;
+        let catalog = Arc::new(SharedCatalog::default());
+        catalog.reload(&pool).await?;
+        tracing::info!(message = "Sources, destinations and routes loaded.", sources = n);
+        let node_id = settings.server.node_id();
+        let pg_config = settings.database.pg_config()?;
 
         let health = HealthRegistry::new();
         let policy = settings.supervision;
@@ -102,10 +117,60 @@ impl Application {
             mailbox_capacity: settings.redis.mailbox_capacity,
             ping_interval: Duration::from_millis(settings.server.health_interval_ms),
         };
+        let redis_handle = Arc::new(RedisHandle::default());
         let cache = {
-            let (status, health) = (cache_status.clone(), health.clone());
-            Supervisor::start(move |_| Cache::new(redis_client, cache_cfg, status, health))
+            let (status, health, shared) = (cache_status.clone(), health.clone(), redis_handle.clone());
+            Supervisor::start(move |_| Cache::new(redis_client, cache_cfg, status, health, shared))
         };
+
+        let router_status = health.register("router", false, policy);
+        let sources_hook: ReloadHook = {
+            let registry = registry.clone();
+            Arc::new(move |pool| {
+                let registry = registry.clone();
+                Box::pin(async move { registry.reload(&pool).await.map(|_| ()) })
+            })
+        };
+        {
+            let (pool, pg_config, catalog) = (pool.clone(), pg_config.clone(), catalog.clone());
+            Supervisor::start(move |_| Router::new(pool, pg_config, catalog, vec![sources_hook], router_status));
+        }
+
+        let mut deliverer_arbiters = Vec::new();
+        if settings.delivery.enabled {
+            let cfg = settings.delivery.clone();
+            let limits = Arc::new(Limits::new(&settings.redis.key_prefix, cfg.circuit));
+            let results_status = health.register("result_writer", true, policy);
+            let results = {
+                let (pool, catalog, node, cfg) = (pool.clone(), catalog.clone(), node_id.clone(), cfg.clone());
+                Supervisor::start(move |_| ResultWriter::new(pool, catalog, node, cfg, results_status))
+            };
+            let ssrf = Arc::new(cfg.ssrf_policy());
+            let arbiters: Vec<Arbiter> = (0..cfg.deliverers.max(1)).map(|_| Arbiter::new()).collect();
+            let handles: Vec<_> = arbiters.iter().map(|a| a.handle()).collect();
+            let scheduler_status = health.register("scheduler", true, policy);
+            let scheduler = {
+                let (pool, catalog, redis, node) = (pool.clone(), catalog.clone(), redis_handle.clone(), node_id.clone());
+                let results = results.clone();
+                Supervisor::start(move |ctx: &mut actix::Context<Scheduler>| {
+                    let me = ctx.address();
+                    let deliverers = handles
+                        .iter()
+                        .map(|h| {
+                            let (ssrf, results, me) = (ssrf.clone(), results.clone().recipient(), me.clone().recipient());
+                            let (limits, redis) = (limits.clone(), redis.clone());
+                            let (max, cap) = (cfg.max_in_flight, cfg.max_in_flight.max(16));
+                            Supervisor::start_in_arbiter(h, move |_| {
+                                Deliverer::new(ssrf, limits, redis, max, cap, results, me)
+                            })
+                        })
+                        .collect();
+                    Scheduler::new(pool, pg_config, catalog, limits, redis, deliverers, node, cfg, scheduler_status)
+                })
+            };
+            results.try_send(ConnectScheduler(scheduler.recipient())).context("Failed to connect the scheduler")?;
+            deliverer_arbiters = arbiters.into_iter().map(ArbiterGuard).collect();
+        }
 
         Health::new(
             pool.clone(),
@@ -123,10 +188,13 @@ impl Application {
             cache_status,
             health: health.clone(),
             metrics,
+            catalog,
             ingest_timeout: Duration::from_millis(settings.server.ingest_timeout_ms),
             // The cache answers "miss" on its own after its op timeout; this only bounds a stuck mailbox.
             cache_timeout: Duration::from_millis(settings.redis.op_timeout_ms.saturating_mul(2)),
             retry_after_secs: settings.server.retry_after_secs,
+            jq_timeout: Duration::from_millis(settings.delivery.jq_timeout_ms),
+            jq_max_output: settings.delivery.jq_max_output_bytes,
         });
 
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
@@ -138,7 +206,14 @@ impl Application {
             server = server.workers(workers);
         }
         tracing::info!(message = "Listening.", host = %settings.server.host, port);
-        Ok(Self { port, server: server.run(), writer, health, writer_arbiter: ArbiterGuard(writer_arbiter) })
+        Ok(Self {
+            port,
+            server: server.run(),
+            writer,
+            health,
+            writer_arbiter: ArbiterGuard(writer_arbiter),
+            _deliverer_arbiters: deliverer_arbiters,
+        })
     }
 
     pub fn port(&self) -> u16 {

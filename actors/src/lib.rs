@@ -5,18 +5,32 @@
 //! | [`EventWriter`] | group-commits ingested events to PostgreSQL and answers each sender after COMMIT | [`Persist`] | PostgreSQL | flush at `batch_max` events or `flush_interval` |
 //! | [`Cache`] | the Redis idempotency fast path, degrading to "miss" when Redis is away | [`CacheLookup`], [`CacheRemember`] | Redis | none (one pipelined connection) |
 //! | [`Health`] | probes PostgreSQL and publishes each actor's state and mailbox depth | timer only | [`HealthRegistry`] | probe every `probe_interval` |
+//! | [`router::Router`] | keeps the routing snapshot ([`catalog::SharedCatalog`]) current | LISTEN `hookgate_catalog` | the snapshot | reload on change, at most one at a time |
+//! | [`scheduler::Scheduler`] | claims due deliveries with leases, fairly per destination | `Completed`, `Wake`, LISTEN `hookgate_deliveries` | [`deliverer::Deliverer`] | one claim round at a time, polled every `poll_interval_ms` |
+//! | [`deliverer::Deliverer`] | makes one signed, SSRF-guarded HTTP attempt per delivery | `Deliver` | `ResultWriter`, `Scheduler` | none (many attempts at once) |
+//! | [`result_writer::ResultWriter`] | batches attempt rows and delivery state changes | `AttemptResult` | PostgreSQL | flush at `result_batch_max` or `result_flush_interval_ms` |
 //!
 //! Every message that can arrive in a flood carries its own reply channel and is sent with `try_send`: a full
 //! mailbox is an immediate, visible refusal (the front end answers 503), never an unbounded queue.
 //! Actors run under [`actix::Supervisor`]; [`supervision`] adds what actix lacks (back-off, a restart budget).
 
 pub mod cache;
+pub mod catalog;
+pub mod config;
+pub mod deliverer;
 pub mod health;
+pub mod listen;
 pub mod messages;
+pub mod retry;
+pub mod signing;
+pub mod result_writer;
+pub mod router;
+pub mod scheduler;
 pub mod supervision;
 pub mod writer;
 
-pub use cache::{Cache, CacheConfig};
+pub use cache::{Cache, CacheConfig, RedisHandle};
+pub use config::DeliveryConfig;
 pub use health::{ActorState, ActorStatus, DependencyState, Health, HealthRegistry, ReadinessReport};
 pub use messages::{CacheLookup, CacheRemember, NewEvent, Persist, PersistError, Persisted};
 pub use supervision::{Backoff, RestartPolicy};

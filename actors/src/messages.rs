@@ -22,6 +22,8 @@ pub struct NewEvent {
     pub headers: serde_json::Value,
     /// The exact bytes of the request body.
     pub body: Bytes,
+    /// The deliveries routing decided for it; inserted in the same transaction, only if the event is new.
+    pub deliveries: Vec<crate::catalog::PlannedDelivery>,
 }
 
 /// The outcome of a stored event.

@@ -211,6 +211,13 @@ SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::
 ON CONFLICT (source_id, idempotency_key) DO NOTHING
 RETURNING id";
 
+const INSERT_DELIVERIES: &str = "\
+INSERT INTO deliveries (id, event_id, route_id, destination_id, state, payload, last_error)
+SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bytea[], $7::text[])";
+
+/// The NOTIFY channel that wakes schedulers when new deliveries are committed.
+pub const DELIVERIES_CHANNEL: &str = "hookgate_deliveries";
+
 const FIND_EXISTING: &str = "\
 SELECT id, source_id, idempotency_key FROM events
 WHERE (source_id, idempotency_key) IN (SELECT * FROM UNNEST($1::uuid[], $2::text[]))";
@@ -278,6 +285,7 @@ async fn insert(pool: &Pool, events: &[&NewEvent]) -> Result<Vec<Result<Persiste
             }
         }
     }
+    insert_deliveries(&tx, events, &inserted).await?;
     tx.commit().await.map_err(db_error)?;
 
     Ok(events
@@ -295,7 +303,39 @@ async fn insert(pool: &Pool, events: &[&NewEvent]) -> Result<Vec<Result<Persiste
         .collect())
 }
 
-fn pool_error(e: deadpool_postgres::PoolError) -> PersistError {
+/// Inserts the planned deliveries of the events stored now (a duplicate's deliveries exist already) and wakes the
+/// schedulers at COMMIT.
+async fn insert_deliveries(
+    tx: &deadpool_postgres::Transaction<'_>,
+    events: &[&NewEvent],
+    inserted: &HashSet<Uuid>,
+) -> Result<(), PersistError> {
+    let planned: Vec<(&NewEvent, &crate::catalog::PlannedDelivery)> = events
+        .iter()
+        .filter(|e| inserted.contains(&e.id))
+        .flat_map(|e| e.deliveries.iter().map(move |d| (*e, d)))
+        .collect();
+    if planned.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = planned.iter().map(|(_, d)| d.id).collect();
+    let event_ids: Vec<Uuid> = planned.iter().map(|(e, _)| e.id).collect();
+    let routes: Vec<Uuid> = planned.iter().map(|(_, d)| d.route_id).collect();
+    let destinations: Vec<Uuid> = planned.iter().map(|(_, d)| d.destination_id).collect();
+    let states: Vec<&str> = planned.iter().map(|(_, d)| if d.failed.is_some() { "failed" } else { "pending" }).collect();
+    let payloads: Vec<Option<&[u8]>> = planned.iter().map(|(_, d)| d.payload.as_deref()).collect();
+    let errors: Vec<Option<&str>> = planned.iter().map(|(_, d)| d.failed.as_deref()).collect();
+    let stmt = tx.prepare_cached(INSERT_DELIVERIES).await.map_err(db_error)?;
+    tx.execute(&stmt, &[&ids, &event_ids, &routes, &destinations, &states, &payloads, &errors])
+        .await
+        .map_err(db_error)?;
+    if states.contains(&"pending") {
+        tx.batch_execute(&format!("NOTIFY {DELIVERIES_CHANNEL}")).await.map_err(db_error)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> PersistError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => db_error(e),
         other => PersistError::Unavailable(other.to_string()),
@@ -304,7 +344,7 @@ fn pool_error(e: deadpool_postgres::PoolError) -> PersistError {
 
 /// Connection loss, shutdown, overload and cancellation are "unavailable" (the client should retry); the rest is
 /// unexpected.
-fn db_error(e: tokio_postgres::Error) -> PersistError {
+pub(crate) fn db_error(e: tokio_postgres::Error) -> PersistError {
     match e.code() {
         None => PersistError::Unavailable(e.to_string()),
         Some(code) => {

@@ -85,14 +85,21 @@ async fn accept(
         return Ok(Persisted { id, duplicate: true });
     }
 
+    let body = body.freeze();
+    let kept_headers = stored_headers(headers);
+    let catalog = state.catalog.get();
+    let deliveries = catalog
+        .plan(source.id, || jq_input(&source.slug, &kept_headers, &body), state.jq_timeout, state.jq_max_output)
+        .await;
     let event = NewEvent {
         id: Uuid::now_v7(),
         source_id: source.id,
         idempotency_key: key.clone(),
         received_at: chrono::Utc::now(),
         content_type: headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned),
-        headers: stored_headers(headers),
-        body: body.freeze(),
+        headers: kept_headers,
+        body,
+        deliveries,
     };
     let persisted = persist(state, event).await?;
     state.cache_status.enqueued();
@@ -211,6 +218,13 @@ fn idempotency_key(cfg: &IdempotencyConfig, headers: &HeaderMap, body: &[u8]) ->
             Ok(key.to_owned())
         }
     }
+}
+
+/// What route filters and transforms see: `{body, headers, source, type}`; a body that is not JSON is a string.
+fn jq_input(source: &str, headers: &serde_json::Value, body: &[u8]) -> serde_json::Value {
+    let body = serde_json::from_slice(body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(body).into_owned()));
+    serde_json::json!({ "body": body, "headers": headers, "source": source, "type": serde_json::Value::Null })
 }
 
 /// The headers kept with an event: all but credentials and hop-by-hop headers, at most [`MAX_STORED_HEADERS`],

@@ -36,6 +36,11 @@ pub fn test_config_toml() -> String {
         health_interval_ms = 100
         [database]
         pool_size = 8
+        [delivery]
+        allow_private = ["127.0.0.1/32"]
+        poll_interval_ms = 100
+        lease_margin_ms = 1000
+        result_flush_interval_ms = 2
         [[sources]]
         slug = "hmac"
         require_json = true
@@ -441,5 +446,63 @@ pub async fn clear_redis_prefix(prefix: &str) {
     let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await.unwrap();
     if !keys.is_empty() {
         let _: () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await.unwrap();
+    }
+}
+
+/// A destination with test-friendly defaults: 5 s timeout, retries every 100 ms (no jitter), 5 attempts.
+pub fn destination(slug: &str, url: &str) -> hookgate_actors::catalog::DestinationSpec {
+    hookgate_actors::catalog::DestinationSpec {
+        slug: slug.into(),
+        url: url.into(),
+        timeout_ms: 5_000,
+        max_in_flight: 16,
+        rate_limit: None,
+        retry: hookgate_actors::retry::RetryPolicy { delays_ms: vec![100], max_attempts: 5, jitter: 0.0 },
+        signing_secrets: vec![],
+        fifo: false,
+        state: Default::default(),
+    }
+}
+
+pub fn route(slug: &str, source: &str, destination: &str) -> hookgate_actors::catalog::RouteSpec {
+    hookgate_actors::catalog::RouteSpec {
+        slug: slug.into(),
+        source: source.into(),
+        destination: destination.into(),
+        filter: None,
+        transform: None,
+    }
+}
+
+impl TestApp {
+    /// Waits until `sql` (a count query) returns at least `n`.
+    pub async fn wait_count(&self, what: &str, sql: &str, n: i64) -> i64 {
+        eventually(what, Duration::from_secs(60), || async {
+            let c: i64 = self.db.query_one(sql, &[]).await.unwrap().get(0);
+            (c >= n).then_some(c)
+        })
+        .await
+    }
+
+    /// (state, attempts, last_error) of every delivery, oldest event first.
+    pub async fn deliveries(&self) -> Vec<(String, i32, Option<String>)> {
+        self.db
+            .query("SELECT state, attempts, last_error FROM deliveries ORDER BY event_id, id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    }
+
+    /// (attempt, status, error_kind) of every attempt, in order.
+    pub async fn attempts(&self) -> Vec<(i32, Option<i32>, Option<String>)> {
+        self.db
+            .query("SELECT attempt, status, error_kind FROM attempts ORDER BY started_at, attempt", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
     }
 }

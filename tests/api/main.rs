@@ -1,9 +1,12 @@
 //! hookgate's integration tests: one binary, real PostgreSQL and Redis, one fresh database per test.
 
 mod cli;
+mod cluster;
 mod crash;
+mod delivery;
 mod dependencies;
 mod health;
 mod helpers;
 mod ingest;
 mod load;
+mod receiver;

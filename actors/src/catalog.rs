@@ -1,0 +1,381 @@
+//! Destinations and routes: their declared form (`DestinationSpec`, `RouteSpec`), their stored form (tables
+//! `destinations`, `routes`) and the compiled in-memory snapshot ([`Catalog`]) that the front end, the Scheduler,
+//! the Deliverers and the ResultWriter read. The Router refreshes the snapshot when PostgreSQL says it changed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::jq::{JqProgram, RouteOutcome};
+use crate::retry::RetryPolicy;
+use crate::signing::SigningSecret;
+use crate::ssrf::SsrfPolicy;
+use crate::Pool;
+
+/// The NOTIFY channel that tells every node to reload the catalog.
+pub const CATALOG_CHANNEL: &str = "hookgate_catalog";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DestinationState {
+    /// Deliveries are attempted.
+    #[default]
+    Active,
+    /// Deliveries wait (an operator paused it).
+    Paused,
+    /// Deliveries wait (410 Gone, continuous failure, or an operator).
+    Disabled,
+}
+
+impl DestinationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Paused => "paused",
+            Self::Disabled => "disabled",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "paused" => Self::Paused,
+            "disabled" => Self::Disabled,
+            _ => Self::Active,
+        }
+    }
+}
+
+/// A destination as declared in the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationSpec {
+    pub slug: String,
+    /// `http://` or `https://` URL; checked against the SSRF policy.
+    pub url: String,
+    /// Per-request timeout.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Requests in flight to this destination at once, cluster-wide.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+    /// Requests per second, cluster-wide (token bucket); none by default.
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// `whsec_…` secrets; every delivery carries one signature per secret (rotation: add the new one first).
+    #[serde(default)]
+    pub signing_secrets: Vec<String>,
+    /// One delivery in flight at a time, in event order; a failing head holds the rest.
+    #[serde(default)]
+    pub fifo: bool,
+    #[serde(default)]
+    pub state: DestinationState,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_max_in_flight() -> u32 {
+    16
+}
+
+impl DestinationSpec {
+    pub fn validate(&self, policy: &SsrfPolicy) -> Result<(), String> {
+        policy.check_url(&self.url).map_err(|e| e.to_string())?;
+        if self.timeout_ms == 0 || self.max_in_flight == 0 {
+            return Err("timeout_ms and max_in_flight must be positive".into());
+        }
+        if self.rate_limit.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            return Err("rate_limit must be a positive number".into());
+        }
+        self.retry.validate()?;
+        for s in &self.signing_secrets {
+            SigningSecret::parse(s)?;
+        }
+        Ok(())
+    }
+}
+
+/// A route as declared in the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub slug: String,
+    /// Source slug.
+    pub source: String,
+    /// Destination slug.
+    pub destination: String,
+    /// jq program over `{body, headers, source, type}`; the event is delivered when its first output is truthy.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// jq program over the same input; its first output, as JSON, is the delivered body.
+    #[serde(default)]
+    pub transform: Option<String>,
+}
+
+impl RouteSpec {
+    /// Compiles filter and transform (a configuration error names which one failed).
+    pub fn compile(&self) -> Result<(Option<JqProgram>, Option<JqProgram>), String> {
+        Ok((compile(self.filter.as_deref(), "filter")?, compile(self.transform.as_deref(), "transform")?))
+    }
+}
+
+fn compile(code: Option<&str>, what: &str) -> Result<Option<JqProgram>, String> {
+    code.filter(|c| !c.trim().is_empty())
+        .map(|c| JqProgram::compile(c).map_err(|e| format!("the {what} does not compile: {e}")))
+        .transpose()
+}
+
+/// A destination as the delivery side uses it.
+#[derive(Debug)]
+pub struct Destination {
+    pub id: Uuid,
+    pub slug: String,
+    pub url: String,
+    pub timeout: Duration,
+    pub max_in_flight: u32,
+    pub rate_limit: Option<f64>,
+    pub retry: RetryPolicy,
+    pub secrets: Vec<SigningSecret>,
+    pub fifo: bool,
+    pub state: DestinationState,
+}
+
+/// A route with its programs compiled.
+pub struct Route {
+    pub id: Uuid,
+    pub slug: String,
+    pub source_id: Uuid,
+    pub destination_id: Uuid,
+    pub filter: Option<JqProgram>,
+    pub transform: Option<JqProgram>,
+}
+
+/// The snapshot: destinations by id, enabled routes by source.
+#[derive(Default)]
+pub struct Catalog {
+    pub destinations: HashMap<Uuid, Arc<Destination>>,
+    pub routes_by_source: HashMap<Uuid, Vec<Arc<Route>>>,
+}
+
+/// A delivery decided at ingest, inserted with its event.
+#[derive(Debug, Clone)]
+pub struct PlannedDelivery {
+    pub id: Uuid,
+    pub route_id: Uuid,
+    pub destination_id: Uuid,
+    /// The transform's output, when the route has one.
+    pub payload: Option<Bytes>,
+    /// Why the filter or transform failed (the delivery is stored as `failed`, never attempted).
+    pub failed: Option<String>,
+}
+
+impl Catalog {
+    pub fn routes_for(&self, source_id: Uuid) -> &[Arc<Route>] {
+        self.routes_by_source.get(&source_id).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Decides the deliveries of one event. `input` builds the jq input only when a route needs it.
+    pub async fn plan(
+        &self,
+        source_id: Uuid,
+        input: impl FnOnce() -> serde_json::Value,
+        jq_timeout: Duration,
+        jq_max_output: usize,
+    ) -> Vec<PlannedDelivery> {
+        let routes = self.routes_for(source_id);
+        let needs_input = routes.iter().any(|r| r.filter.is_some() || r.transform.is_some());
+        let input = if needs_input { Some(Arc::new(input())) } else { None };
+        let mut planned = Vec::with_capacity(routes.len());
+        for route in routes {
+            let outcome = match &input {
+                Some(input) if route.filter.is_some() || route.transform.is_some() => {
+                    crate::jq::evaluate(
+                        route.filter.clone(),
+                        route.transform.clone(),
+                        input.clone(),
+                        jq_timeout,
+                        jq_max_output,
+                    )
+                    .await
+                }
+                _ => RouteOutcome::Deliver(None),
+            };
+            let (payload, failed) = match outcome {
+                RouteOutcome::Skip => continue,
+                RouteOutcome::Deliver(payload) => (payload.map(Bytes::from), None),
+                RouteOutcome::Failed(why) => (None, Some(why)),
+            };
+            planned.push(PlannedDelivery {
+                id: Uuid::now_v7(),
+                route_id: route.id,
+                destination_id: route.destination_id,
+                payload,
+                failed,
+            });
+        }
+        planned
+    }
+}
+
+/// The current snapshot, swapped whole on reload.
+#[derive(Default)]
+pub struct SharedCatalog {
+    inner: RwLock<Arc<Catalog>>,
+}
+
+impl SharedCatalog {
+    pub fn get(&self) -> Arc<Catalog> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn replace(&self, catalog: Catalog) {
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
+    }
+
+    /// Loads destinations and enabled routes from PostgreSQL and compiles the routes' programs.
+    pub async fn reload(&self, pool: &Pool) -> anyhow::Result<()> {
+        let catalog = load(pool).await?;
+        self.replace(catalog);
+        Ok(())
+    }
+}
+
+async fn load(pool: &Pool) -> anyhow::Result<Catalog> {
+    let client = pool.get().await.context("Failed to get a connection to load the catalog")?;
+    let mut catalog = Catalog::default();
+    for row in client
+        .query(
+            "SELECT id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, signing_secrets, fifo, state
+             FROM destinations",
+            &[],
+        )
+        .await
+        .context("Failed to load destinations")?
+    {
+        let slug: String = row.get(1);
+        let secrets: Vec<String> = serde_json::from_value(row.get(7)).unwrap_or_default();
+        let secrets = secrets
+            .iter()
+            .map(|s| SigningSecret::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("destination {slug}: {e}"))?;
+        let d = Destination {
+            id: row.get(0),
+            url: row.get(2),
+            timeout: Duration::from_millis(row.get::<_, i32>(3) as u64),
+            max_in_flight: row.get::<_, i32>(4) as u32,
+            rate_limit: row.get(5),
+            retry: serde_json::from_value(row.get(6)).with_context(|| format!("destination {slug}: retry"))?,
+            secrets,
+            fifo: row.get(8),
+            state: DestinationState::parse(row.get(9)),
+            slug,
+        };
+        catalog.destinations.insert(d.id, Arc::new(d));
+    }
+    for row in client
+        .query("SELECT id, slug, source_id, destination_id, filter, transform FROM routes WHERE enabled", &[])
+        .await
+        .context("Failed to load routes")?
+    {
+        let spec = RouteSpec {
+            slug: row.get(1),
+            source: String::new(),
+            destination: String::new(),
+            filter: row.get(4),
+            transform: row.get(5),
+        };
+        let (filter, transform) = spec.compile().map_err(|e| anyhow::anyhow!("route {}: {e}", spec.slug))?;
+        let route = Route {
+            id: row.get(0),
+            slug: spec.slug,
+            source_id: row.get(2),
+            destination_id: row.get(3),
+            filter,
+            transform,
+        };
+        catalog.routes_by_source.entry(route.source_id).or_default().push(Arc::new(route));
+    }
+    Ok(catalog)
+}
+
+/// Upserts declared destinations and routes by slug, and notifies every node. Declared routes and destinations no
+/// longer in the configuration are disabled (their history stays). A destination that hookgate disabled itself
+/// (`disabled_reason` starting with `auto:`) keeps that state across restarts.
+pub async fn apply_declared(pool: &Pool, destinations: &[DestinationSpec], routes: &[RouteSpec]) -> anyhow::Result<()> {
+    let mut client = pool.get().await.context("Failed to get a connection to apply destinations")?;
+    let tx = client.transaction().await?;
+    for d in destinations {
+        tx.execute(
+            "INSERT INTO destinations (id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, signing_secrets,
+                                       fifo, state, declared)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, true)
+             ON CONFLICT (slug) DO UPDATE SET url = EXCLUDED.url, timeout_ms = EXCLUDED.timeout_ms,
+                max_in_flight = EXCLUDED.max_in_flight, rate_limit = EXCLUDED.rate_limit, retry = EXCLUDED.retry,
+                signing_secrets = EXCLUDED.signing_secrets, fifo = EXCLUDED.fifo, declared = true,
+                -- A destination hookgate disabled itself (410, continuous failure) stays disabled until an
+                -- operator acts; restarting a node must not silently resume it.
+                state = CASE WHEN destinations.disabled_reason LIKE 'auto:%' THEN destinations.state
+                             ELSE EXCLUDED.state END,
+                disabled_reason = CASE WHEN destinations.disabled_reason LIKE 'auto:%'
+                                       THEN destinations.disabled_reason END,
+                updated_at = now()",
+            &[
+                &Uuid::now_v7(),
+                &d.slug,
+                &d.url,
+                &i32::try_from(d.timeout_ms).context("timeout_ms too large")?,
+                &i32::try_from(d.max_in_flight).context("max_in_flight too large")?,
+                &d.rate_limit,
+                &serde_json::to_value(&d.retry)?,
+                &serde_json::to_value(&d.signing_secrets)?,
+                &d.fifo,
+                &d.state.as_str(),
+            ],
+        )
+        .await
+        .with_context(|| format!("Failed to apply destination {}", d.slug))?;
+    }
+    let slugs: Vec<&str> = destinations.iter().map(|d| d.slug.as_str()).collect();
+    tx.execute(
+        "UPDATE destinations SET state = 'disabled', disabled_reason = 'removed from the configuration',
+                updated_at = now()
+         WHERE declared AND state <> 'disabled' AND slug <> ALL($1)",
+        &[&slugs],
+    )
+    .await?;
+    for r in routes {
+        let n = tx
+            .execute(
+                "INSERT INTO routes (id, slug, source_id, destination_id, filter, transform, enabled, declared)
+                 SELECT $1, $2, s.id, d.id, $5, $6, true, true
+                 FROM sources s, destinations d WHERE s.slug = $3 AND d.slug = $4
+                 ON CONFLICT (slug) DO UPDATE SET source_id = EXCLUDED.source_id,
+                    destination_id = EXCLUDED.destination_id, filter = EXCLUDED.filter,
+                    transform = EXCLUDED.transform, enabled = true, declared = true, updated_at = now()",
+                &[&Uuid::now_v7(), &r.slug, &r.source, &r.destination, &r.filter, &r.transform],
+            )
+            .await
+            .with_context(|| format!("Failed to apply route {}", r.slug))?;
+        if n == 0 {
+            anyhow::bail!("route {}: source {:?} or destination {:?} does not exist", r.slug, r.source, r.destination);
+        }
+    }
+    let slugs: Vec<&str> = routes.iter().map(|r| r.slug.as_str()).collect();
+    tx.execute(
+        "UPDATE routes SET enabled = false, updated_at = now() WHERE declared AND enabled AND slug <> ALL($1)",
+        &[&slugs],
+    )
+    .await?;
+    tx.execute("SELECT pg_notify($1, 'declared')", &[&CATALOG_CHANNEL]).await?;
+    tx.commit().await.context("Failed to commit declared destinations and routes")?;
+    Ok(())
+}

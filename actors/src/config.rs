@@ -1,0 +1,68 @@
+//! Settings of the delivery side, shared by the Scheduler, Deliverers and ResultWriter.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::limits::CircuitConfig;
+use crate::ssrf::SsrfPolicy;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Run the delivery side on this node (scheduler, deliverers, result writer).
+    pub enabled: bool,
+    /// Deliverer actors, each on its own thread with its own HTTP client.
+    pub deliverers: usize,
+    /// Deliveries this node attempts at once, across all destinations.
+    pub max_in_flight: usize,
+    /// How often the scheduler looks for due retries and expired leases without being woken.
+    pub poll_interval_ms: u64,
+    /// A lease lasts the destination's timeout plus this margin.
+    pub lease_margin_ms: u64,
+    /// Networks that outbound requests may reach although they are private (e.g. `["127.0.0.1/32"]` in tests).
+    pub allow_private: Vec<ipnet::IpNet>,
+    /// Results batched into one transaction at most.
+    pub result_batch_max: usize,
+    /// Longest a result waits for its batch, in milliseconds.
+    pub result_flush_interval_ms: u64,
+    /// Longest one filter or transform may run.
+    pub jq_timeout_ms: u64,
+    /// Largest transform output, in bytes.
+    pub jq_max_output_bytes: usize,
+    /// Longest `Retry-After` honoured, in seconds.
+    pub max_retry_after_secs: u64,
+    /// A destination failing without a success for this long is disabled.
+    pub auto_disable_after_secs: u64,
+    pub circuit: CircuitConfig,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            deliverers: 2,
+            max_in_flight: 512,
+            poll_interval_ms: 1_000,
+            lease_margin_ms: 30_000,
+            allow_private: Vec::new(),
+            result_batch_max: 256,
+            result_flush_interval_ms: 5,
+            jq_timeout_ms: 100,
+            jq_max_output_bytes: 1024 * 1024,
+            max_retry_after_secs: 3_600,
+            auto_disable_after_secs: 5 * 24 * 3_600,
+            circuit: CircuitConfig::default(),
+        }
+    }
+}
+
+impl DeliveryConfig {
+    pub fn ssrf_policy(&self) -> SsrfPolicy {
+        SsrfPolicy::new(self.allow_private.clone())
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+}

@@ -1,0 +1,296 @@
+//! Batches attempt rows and delivery state changes into one transaction per flush, and applies what outcomes mean
+//! for destinations (410 disables, continuous failure auto-disables).
+//!
+//! Per result: 2xx → `delivered`; otherwise the retry policy decides the next attempt (with jitter, or after a
+//! `Retry-After` on 429/503, capped), or `dead` when attempts are exhausted. Every state change releases the lease,
+//! and only if this node still holds it. Attempt rows are inserted whatever happens.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::catalog::{SharedCatalog, CATALOG_CHANNEL};
+use crate::config::DeliveryConfig;
+use crate::deliverer::AttemptResult;
+use crate::health::{ActorState, ActorStatus};
+use crate::scheduler::Wake;
+use crate::Pool;
+
+/// Where the scheduler can be woken once results are committed (set after both are started).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConnectScheduler(pub Recipient<Wake>);
+
+pub struct ResultWriter {
+    pool: Pool,
+    catalog: Arc<SharedCatalog>,
+    node_id: String,
+    cfg: DeliveryConfig,
+    status: Arc<ActorStatus>,
+    scheduler: Option<Recipient<Wake>>,
+    buffer: Vec<AttemptResult>,
+    timer: Option<SpawnHandle>,
+    flushing: bool,
+}
+
+impl ResultWriter {
+    pub fn new(
+        pool: Pool,
+        catalog: Arc<SharedCatalog>,
+        node_id: String,
+        cfg: DeliveryConfig,
+        status: Arc<ActorStatus>,
+    ) -> Self {
+        Self {
+            pool,
+            catalog,
+            node_id,
+            cfg,
+            status,
+            scheduler: None,
+            buffer: Vec::new(),
+            timer: None,
+            flushing: false,
+        }
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        if self.flushing || self.buffer.is_empty() {
+            return;
+        }
+        self.flushing = true;
+        let n = self.buffer.len().min(self.cfg.result_batch_max.max(1));
+        let batch: Vec<AttemptResult> = self.buffer.drain(..n).collect();
+        let plan = Plan::new(&batch, &self.catalog, &self.cfg);
+        let (pool, node_id, auto_disable) = (self.pool.clone(), self.node_id.clone(), self.cfg.auto_disable_after_secs);
+        let fut = async move { write(&pool, &node_id, &batch, &plan, auto_disable).await.map(|()| batch) };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+            act.flushing = false;
+            match res {
+                Ok(batch) => {
+                    act.status.set_state(ActorState::Running);
+                    metrics::counter!("hookgate_results_stored_total").increment(batch.len() as u64);
+                    if let Some(s) = &act.scheduler {
+                        let _ = s.try_send(Wake);
+                    }
+                }
+                Err(error) => {
+                    // The attempts are lost from the log, but their leases expire and the deliveries are retried.
+                    act.status.set_state(ActorState::Degraded);
+                    metrics::counter!("hookgate_result_flush_failures_total").increment(1);
+                    tracing::warn!(message = "Attempt results not stored.", error = %format!("{error:#}"));
+                }
+            }
+            if !act.buffer.is_empty() {
+                act.flush(ctx);
+            }
+        }));
+    }
+}
+
+impl Actor for ResultWriter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.cfg.max_in_flight.max(16) * 2);
+        self.status.set_state(ActorState::Running);
+    }
+}
+
+impl actix::Supervised for ResultWriter {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.flushing = false;
+        self.timer = None;
+        self.status.record_restart();
+    }
+}
+
+impl Handler<ConnectScheduler> for ResultWriter {
+    type Result = ();
+    fn handle(&mut self, msg: ConnectScheduler, _: &mut Self::Context) {
+        self.scheduler = Some(msg.0);
+    }
+}
+
+impl Handler<AttemptResult> for ResultWriter {
+    type Result = ();
+
+    fn handle(&mut self, msg: AttemptResult, ctx: &mut Self::Context) {
+        self.buffer.push(msg);
+        if self.buffer.len() >= self.cfg.result_batch_max {
+            self.flush(ctx);
+        } else if self.timer.is_none() {
+            let after = Duration::from_millis(self.cfg.result_flush_interval_ms);
+            self.timer = Some(ctx.run_later(after, |act, ctx| {
+                act.timer = None;
+                act.flush(ctx);
+            }));
+        }
+    }
+}
+
+/// What a batch changes, decided before the transaction.
+struct Plan {
+    /// Per result: (new state, next attempt time, last error).
+    deliveries: Vec<(&'static str, DateTime<Utc>, Option<String>)>,
+    gone: Vec<Uuid>,
+    failing: Vec<Uuid>,
+    healthy: Vec<Uuid>,
+}
+
+impl Plan {
+    fn new(batch: &[AttemptResult], catalog: &SharedCatalog, cfg: &DeliveryConfig) -> Self {
+        let catalog = catalog.get();
+        let now = Utc::now();
+        let mut last_outcome: HashMap<Uuid, bool> = HashMap::new();
+        let mut gone = Vec::new();
+        let deliveries = batch
+            .iter()
+            .map(|r| {
+                last_outcome.insert(r.destination_id, r.succeeded());
+                if r.succeeded() {
+                    return ("delivered", now, None);
+                }
+                if r.status == Some(410) {
+                    gone.push(r.destination_id);
+                }
+                let error = Some(format!(
+                    "{}: {}",
+                    r.error_kind.unwrap_or("error"),
+                    r.error.as_deref().unwrap_or("attempt failed")
+                ));
+                let policy = catalog.destinations.get(&r.destination_id).map(|d| d.retry.clone()).unwrap_or_default();
+                let attempts = r.attempt.max(1) as u32;
+                match policy.next_delay(attempts) {
+                    None => ("dead", now, error),
+                    Some(delay) => {
+                        let cap = Duration::from_secs(cfg.max_retry_after_secs);
+                        let delay = r.retry_after.map(|ra| ra.min(cap)).unwrap_or(delay);
+                        let next = now + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::hours(1));
+                        ("pending", next, error)
+                    }
+                }
+            })
+            .collect();
+        let (healthy, failing): (Vec<_>, Vec<_>) = last_outcome.into_iter().partition(|(_, ok)| *ok);
+        Self {
+            deliveries,
+            gone,
+            failing: failing.into_iter().map(|(id, _)| id).collect(),
+            healthy: healthy.into_iter().map(|(id, _)| id).collect(),
+        }
+    }
+}
+
+async fn write(
+    pool: &Pool,
+    node_id: &str,
+    batch: &[AttemptResult],
+    plan: &Plan,
+    auto_disable_after_secs: u64,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+
+    let ids: Vec<Uuid> = batch.iter().map(|_| Uuid::now_v7()).collect();
+    let delivery_ids: Vec<Uuid> = batch.iter().map(|r| r.delivery_id).collect();
+    let attempts: Vec<i32> = batch.iter().map(|r| r.attempt).collect();
+    let started_at: Vec<DateTime<Utc>> = batch.iter().map(|r| r.started_at).collect();
+    let statuses: Vec<Option<i32>> = batch.iter().map(|r| r.status.map(i32::from)).collect();
+    let latencies: Vec<i32> = batch.iter().map(|r| r.latency_ms).collect();
+    let headers: Vec<&serde_json::Value> = batch.iter().map(|r| &r.response_headers).collect();
+    let excerpts: Vec<Option<&[u8]>> = batch.iter().map(|r| r.excerpt.as_deref()).collect();
+    let kinds: Vec<Option<&str>> = batch.iter().map(|r| r.error_kind).collect();
+    let errors: Vec<Option<&str>> = batch.iter().map(|r| r.error.as_deref()).collect();
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO attempts (id, delivery_id, attempt, node_id, started_at, status, latency_ms,
+                                   response_headers, response_excerpt, error_kind, error)
+             SELECT a.id, a.delivery_id, a.attempt, $4, a.started_at, a.status, a.latency_ms, a.headers, a.excerpt,
+                    a.kind, a.error
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $5::timestamptz[], $6::int[], $7::int[], $8::jsonb[],
+                         $9::bytea[], $10::text[], $11::text[])
+                  AS a(id, delivery_id, attempt, started_at, status, latency_ms, headers, excerpt, kind, error)",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &ids,
+            &delivery_ids,
+            &attempts,
+            &node_id,
+            &started_at,
+            &statuses,
+            &latencies,
+            &headers,
+            &excerpts,
+            &kinds,
+            &errors,
+        ],
+    )
+    .await?;
+
+    let states: Vec<&str> = plan.deliveries.iter().map(|d| d.0).collect();
+    let next: Vec<DateTime<Utc>> = plan.deliveries.iter().map(|d| d.1).collect();
+    let last_errors: Vec<Option<&str>> = plan.deliveries.iter().map(|d| d.2.as_deref()).collect();
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE deliveries d
+             SET state = u.state, attempts = GREATEST(d.attempts, u.attempt), next_attempt_at = u.next,
+                 last_error = u.err, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::timestamptz[], $5::text[])
+                  AS u(id, state, attempt, next, err)
+             WHERE d.id = u.id AND d.state = 'pending' AND d.lease_owner = $6",
+        )
+        .await?;
+    tx.execute(&stmt, &[&delivery_ids, &states, &attempts, &next, &last_errors, &node_id]).await?;
+
+    let mut changed = tx
+        .execute(
+            "UPDATE destinations SET state = 'disabled', disabled_reason = 'auto: 410 Gone', updated_at = now()
+             WHERE id = ANY($1) AND state = 'active'",
+            &[&plan.gone],
+        )
+        .await?;
+    if !plan.healthy.is_empty() {
+        tx.execute(
+            "UPDATE destinations SET failing_since = NULL WHERE id = ANY($1) AND failing_since IS NOT NULL",
+            &[&plan.healthy],
+        )
+        .await?;
+    }
+    if !plan.failing.is_empty() {
+        let secs = auto_disable_after_secs as f64;
+        tx.execute(
+            "UPDATE destinations SET failing_since = now() WHERE id = ANY($1) AND failing_since IS NULL",
+            &[&plan.failing],
+        )
+        .await?;
+        changed += tx
+            .execute(
+                "UPDATE destinations
+                 SET state = 'disabled', updated_at = now(),
+                     disabled_reason = 'auto: failing continuously since ' || failing_since::text
+                 WHERE id = ANY($1) AND state = 'active' AND failing_since < now() - $2 * interval '1 second'",
+                &[&plan.failing, &secs],
+            )
+            .await?;
+    }
+    if changed > 0 {
+        tracing::warn!(message = "Destinations disabled by their outcomes.", count = changed);
+        tx.execute("SELECT pg_notify($1, 'destination-disabled')", &[&CATALOG_CHANNEL]).await?;
+    }
+    tx.commit().await?;
+    metrics::histogram!("hookgate_result_flush_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("hookgate_result_batch_size").record(batch.len() as f64);
+    Ok(())
+}

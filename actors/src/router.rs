@@ -1,0 +1,92 @@
+//! Keeps the routing snapshot (destinations, routes, and through a hook the sources) current: reloads it when
+//! PostgreSQL announces a change (LISTEN `hookgate_catalog`), when its listener reconnects, and every minute.
+//!
+//! Deciding an event's deliveries is a pure function of the snapshot ([`Catalog::plan`](crate::catalog::Catalog::plan)),
+//! run by the front end on the HTTP worker that holds the event, so filter evaluation is spread over all workers and
+//! never waits in this actor's mailbox.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::future::LocalBoxFuture;
+
+use crate::catalog::{SharedCatalog, CATALOG_CHANNEL};
+use crate::health::{ActorState, ActorStatus};
+use crate::listen::{self, ListenEvent};
+use crate::Pool;
+
+/// Reloads something else that lives in the catalog tables (the front end's sources).
+pub type ReloadHook = Arc<dyn Fn(Pool) -> LocalBoxFuture<'static, anyhow::Result<()>>>;
+
+pub struct Router {
+    pool: Pool,
+    pg_config: tokio_postgres::Config,
+    catalog: Arc<SharedCatalog>,
+    hooks: Vec<ReloadHook>,
+    status: Arc<ActorStatus>,
+    reloading: bool,
+    again: bool,
+}
+
+impl Router {
+    pub fn new(
+        pool: Pool,
+        pg_config: tokio_postgres::Config,
+        catalog: Arc<SharedCatalog>,
+        hooks: Vec<ReloadHook>,
+        status: Arc<ActorStatus>,
+    ) -> Self {
+        Self { pool, pg_config, catalog, hooks, status, reloading: false, again: false }
+    }
+
+    fn reload(&mut self, ctx: &mut Context<Self>) {
+        if self.reloading {
+            self.again = true;
+            return;
+        }
+        self.reloading = true;
+        let (pool, catalog, hooks) = (self.pool.clone(), self.catalog.clone(), self.hooks.clone());
+        let fut = async move {
+            catalog.reload(&pool).await?;
+            for hook in hooks {
+                hook(pool.clone()).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+            act.reloading = false;
+            match res {
+                Ok(()) => {
+                    act.status.set_state(ActorState::Running);
+                    tracing::debug!(message = "Catalog reloaded.");
+                }
+                Err(error) => {
+                    act.status.set_state(ActorState::Degraded);
+                    tracing::warn!(message = "Catalog reload failed; keeping the previous snapshot.", error = %format!("{error:#}"));
+                }
+            }
+            if std::mem::take(&mut act.again) {
+                act.reload(ctx);
+            }
+        }));
+    }
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.status.set_state(ActorState::Running);
+        ctx.add_stream(listen::stream(listen::spawn_listener(self.pg_config.clone(), &[CATALOG_CHANNEL])));
+        ctx.run_interval(Duration::from_secs(60), |act, ctx| act.reload(ctx));
+    }
+}
+
+impl StreamHandler<ListenEvent> for Router {
+    fn handle(&mut self, _: ListenEvent, ctx: &mut Self::Context) {
+        self.reload(ctx);
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {}
+}

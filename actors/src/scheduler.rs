@@ -1,0 +1,340 @@
+//! Claims due deliveries from PostgreSQL with leases and hands them to the Deliverers, fairly across destinations.
+//!
+//! Woken by NOTIFY `hookgate_deliveries` (new deliveries committed), by `hookgate_catalog` (a destination resumed),
+//! by a Deliverer finishing an attempt, and by a timer (retries coming due, leases expiring after a crash). One claim
+//! round: find the active destinations with due work; give each a budget (its free `max_in_flight`, capped by the
+//! node's free capacity, by its circuit breaker and by its rate-limit tokens, all cluster-wide); then, in one
+//! transaction under a cluster-wide advisory lock, lease up to each budget with `FOR UPDATE SKIP LOCKED`. Because each
+//! destination gets its own budget, a backlog of 100,000 deliveries on one destination takes only that
+//! destination's slots and never delays another. FIFO destinations lease only their oldest pending delivery, and only
+//! when it is due and not leased: one in flight, in event order, and a failing head holds the rest.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use rand::seq::SliceRandom;
+use uuid::Uuid;
+
+use crate::cache::RedisHandle;
+use crate::catalog::{Destination, DestinationState, SharedCatalog, CATALOG_CHANNEL};
+use crate::config::DeliveryConfig;
+use crate::deliverer::{Deliver, Deliverer};
+use crate::health::{ActorState, ActorStatus};
+use crate::limits::Limits;
+use crate::listen::{self, ListenEvent};
+use crate::writer::DELIVERIES_CHANNEL;
+use crate::Pool;
+
+/// One leased delivery, with what its attempt needs.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub delivery_id: Uuid,
+    pub event_id: Uuid,
+    pub destination_id: Uuid,
+    /// This attempt's number (1 for the first).
+    pub attempt: i32,
+    pub body: Bytes,
+    pub content_type: Option<String>,
+    /// The body is a transform's output (JSON).
+    pub transformed: bool,
+}
+
+/// A Deliverer finished an attempt (its result is on its way to the ResultWriter).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Completed;
+
+/// Look for work now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Wake;
+
+/// The lock that serializes claim rounds across the cluster (claims are short; this makes per-destination limits
+/// and FIFO exact without races between nodes).
+const CLAIM_LOCK: i64 = 0x686f_6f6b_636c_6169; // "hookclai"
+
+const DUE: &str = "\
+SELECT d.id FROM UNNEST($1::uuid[]) AS d(id)
+WHERE EXISTS (
+    SELECT 1 FROM deliveries x
+    WHERE x.destination_id = d.id AND x.state = 'pending' AND x.next_attempt_at <= now()
+      AND (x.lease_expires_at IS NULL OR x.lease_expires_at <= now()))";
+
+const CLAIM: &str = "\
+WITH budget AS (
+    SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::int[]) AS b(destination_id, n, cap)
+), busy AS (
+    SELECT destination_id, count(*)::int AS n FROM deliveries
+    WHERE state = 'pending' AND lease_expires_at > now() AND destination_id = ANY($1::uuid[])
+    GROUP BY destination_id
+), picked AS (
+    SELECT x.id FROM budget b
+    LEFT JOIN busy ON busy.destination_id = b.destination_id
+    CROSS JOIN LATERAL (
+        SELECT id FROM deliveries d
+        WHERE d.destination_id = b.destination_id AND d.state = 'pending' AND d.next_attempt_at <= now()
+          AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
+        ORDER BY d.next_attempt_at
+        LIMIT GREATEST(LEAST(b.n, b.cap - COALESCE(busy.n, 0)), 0)
+        FOR UPDATE SKIP LOCKED
+    ) x
+    UNION ALL
+    SELECT h.id FROM UNNEST($4::uuid[]) AS f(destination_id)
+    CROSS JOIN LATERAL (
+        SELECT id, next_attempt_at, lease_expires_at FROM deliveries d
+        WHERE d.destination_id = f.destination_id AND d.state = 'pending'
+        ORDER BY d.event_id, d.id
+        LIMIT 1
+    ) h
+    WHERE h.next_attempt_at <= now() AND (h.lease_expires_at IS NULL OR h.lease_expires_at <= now())
+)
+UPDATE deliveries d
+SET lease_owner = $5, lease_expires_at = now() + (dst.timeout_ms + $6::int) * interval '1 millisecond',
+    updated_at = now()
+FROM picked, destinations dst, events e
+WHERE d.id = picked.id AND dst.id = d.destination_id AND dst.state = 'active' AND e.id = d.event_id
+RETURNING d.id, d.event_id, d.destination_id, d.attempts, coalesce(d.payload, e.body), d.payload IS NOT NULL,
+          e.content_type";
+
+pub struct Scheduler {
+    pool: Pool,
+    pg_config: tokio_postgres::Config,
+    catalog: Arc<SharedCatalog>,
+    limits: Arc<Limits>,
+    redis: Arc<RedisHandle>,
+    deliverers: Vec<Addr<Deliverer>>,
+    node_id: String,
+    cfg: DeliveryConfig,
+    status: Arc<ActorStatus>,
+    inflight: usize,
+    claiming: bool,
+    again: bool,
+    next_deliverer: usize,
+}
+
+impl Scheduler {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        pool: Pool,
+        pg_config: tokio_postgres::Config,
+        catalog: Arc<SharedCatalog>,
+        limits: Arc<Limits>,
+        redis: Arc<RedisHandle>,
+        deliverers: Vec<Addr<Deliverer>>,
+        node_id: String,
+        cfg: DeliveryConfig,
+        status: Arc<ActorStatus>,
+    ) -> Self {
+        Self {
+            pool,
+            pg_config,
+            catalog,
+            limits,
+            redis,
+            deliverers,
+            node_id,
+            cfg,
+            status,
+            inflight: 0,
+            claiming: false,
+            again: false,
+            next_deliverer: 0,
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.claiming {
+            self.again = true;
+            return;
+        }
+        let free = self.cfg.max_in_flight.saturating_sub(self.inflight);
+        if free == 0 || self.deliverers.is_empty() {
+            return;
+        }
+        let catalog = self.catalog.get();
+        let mut active: Vec<Arc<Destination>> =
+            catalog.destinations.values().filter(|d| d.state == DestinationState::Active).cloned().collect();
+        if active.is_empty() {
+            return;
+        }
+        // A different order every round, so no destination is always served last.
+        active.shuffle(&mut rand::thread_rng());
+        self.claiming = true;
+        let round = ClaimRound {
+            pool: self.pool.clone(),
+            limits: self.limits.clone(),
+            redis: self.redis.get(),
+            node_id: self.node_id.clone(),
+            lease_margin_ms: self.cfg.lease_margin_ms.min(i32::MAX as u64) as i32,
+        };
+        ctx.spawn(round.run(active, free).into_actor(self).map(move |res, act, ctx| {
+            act.claiming = false;
+            let full = match res {
+                Ok(jobs) => {
+                    act.status.set_state(ActorState::Running);
+                    let n = jobs.len();
+                    for job in jobs {
+                        act.dispatch(job);
+                    }
+                    n > 0 && n >= free
+                }
+                Err(error) => {
+                    act.status.set_state(ActorState::Degraded);
+                    tracing::warn!(message = "Claim round failed.", error = %format!("{error:#}"));
+                    false
+                }
+            };
+            if std::mem::take(&mut act.again) || full {
+                act.tick(ctx);
+            }
+        }));
+    }
+
+    fn dispatch(&mut self, job: Job) {
+        let Some(destination) = self.catalog.get().destinations.get(&job.destination_id).cloned() else {
+            // Deleted since the claim: the lease expires and the delivery waits.
+            return;
+        };
+        let i = self.next_deliverer % self.deliverers.len();
+        self.next_deliverer = self.next_deliverer.wrapping_add(1);
+        match self.deliverers[i].try_send(Deliver { job, destination }) {
+            Ok(()) => self.inflight += 1,
+            Err(_) => {
+                metrics::counter!("hookgate_scheduler_dispatch_refused_total").increment(1);
+                tracing::warn!(message = "Deliverer mailbox full; the lease will expire and the delivery retried.");
+            }
+        }
+    }
+}
+
+impl Actor for Scheduler {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.cfg.max_in_flight.max(16) * 2);
+        self.status.set_state(ActorState::Running);
+        let rx = listen::spawn_listener(self.pg_config.clone(), &[DELIVERIES_CHANNEL, CATALOG_CHANNEL]);
+        ctx.add_stream(listen::stream(rx));
+        ctx.run_interval(self.cfg.poll_interval(), |act, ctx| act.tick(ctx));
+        self.tick(ctx);
+    }
+}
+
+impl actix::Supervised for Scheduler {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.claiming = false;
+        self.status.record_restart();
+    }
+}
+
+impl StreamHandler<ListenEvent> for Scheduler {
+    fn handle(&mut self, _: ListenEvent, ctx: &mut Self::Context) {
+        self.tick(ctx);
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+impl Handler<Completed> for Scheduler {
+    type Result = ();
+    fn handle(&mut self, _: Completed, ctx: &mut Self::Context) {
+        self.inflight = self.inflight.saturating_sub(1);
+        self.tick(ctx);
+    }
+}
+
+impl Handler<Wake> for Scheduler {
+    type Result = ();
+    fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
+        self.tick(ctx);
+    }
+}
+
+/// The inputs of one claim round, moved into its future.
+struct ClaimRound {
+    pool: Pool,
+    limits: Arc<Limits>,
+    redis: Option<redis::aio::MultiplexedConnection>,
+    node_id: String,
+    lease_margin_ms: i32,
+}
+
+impl ClaimRound {
+    async fn run(self, active: Vec<Arc<Destination>>, free: usize) -> anyhow::Result<Vec<Job>> {
+        let mut client = self.pool.get().await?;
+        let ids: Vec<Uuid> = active.iter().map(|d| d.id).collect();
+        let due: std::collections::HashSet<Uuid> =
+            client.query(DUE, &[&ids]).await?.iter().map(|r| r.get(0)).collect();
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        // Budgets: node capacity, then circuit breaker, then rate-limit tokens.
+        let mut remaining = free as u32;
+        let mut budgets: Vec<(Arc<Destination>, u32)> = Vec::new();
+        for d in active.into_iter().filter(|d| due.contains(&d.id)) {
+            if remaining == 0 {
+                break;
+            }
+            let want = if d.fifo { 1 } else { d.max_in_flight.min(remaining) };
+            let (admitted, _) = self.limits.admit(self.redis.clone(), d.id, want).await;
+            if admitted == 0 {
+                continue;
+            }
+            let granted = match d.rate_limit {
+                Some(rate) => self.limits.take_tokens(self.redis.clone(), d.id, rate, admitted).await.0,
+                None => admitted,
+            };
+            if granted > 0 {
+                remaining -= granted;
+                budgets.push((d, granted));
+            }
+        }
+        if budgets.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        let (fifo, normal): (Vec<_>, Vec<_>) = budgets.iter().partition(|(d, _)| d.fifo);
+        let normal_ids: Vec<Uuid> = normal.iter().map(|(d, _)| d.id).collect();
+        let normal_n: Vec<i32> = normal.iter().map(|(_, n)| *n as i32).collect();
+        let normal_cap: Vec<i32> = normal.iter().map(|(d, _)| d.max_in_flight as i32).collect();
+        let fifo_ids: Vec<Uuid> = fifo.iter().map(|(d, _)| d.id).collect();
+
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK]).await?;
+        let claim = tx.prepare_cached(CLAIM).await?;
+        let rows = tx
+            .query(&claim, &[&normal_ids, &normal_n, &normal_cap, &fifo_ids, &self.node_id, &self.lease_margin_ms])
+            .await?;
+        tx.commit().await?;
+
+        let jobs: Vec<Job> = rows
+            .iter()
+            .map(|r| Job {
+                delivery_id: r.get(0),
+                event_id: r.get(1),
+                destination_id: r.get(2),
+                attempt: r.get::<_, i32>(3) + 1,
+                body: Bytes::from(r.get::<_, Vec<u8>>(4)),
+                transformed: r.get(5),
+                content_type: r.get(6),
+            })
+            .collect();
+
+        // Give back the tokens of rate-limited destinations that had less due work than their budget.
+        let mut claimed: HashMap<Uuid, u32> = HashMap::new();
+        for j in &jobs {
+            *claimed.entry(j.destination_id).or_default() += 1;
+        }
+        for (d, granted) in &budgets {
+            let used = claimed.get(&d.id).copied().unwrap_or(0);
+            if let (Some(rate), true) = (d.rate_limit, used < *granted) {
+                self.limits.return_tokens(self.redis.clone(), d.id, rate, granted - used).await;
+            }
+        }
+        metrics::counter!("hookgate_scheduler_claimed_total").increment(jobs.len() as u64);
+        Ok(jobs)
+    }
+}

@@ -1,0 +1,356 @@
+//! The delivery engine against local receivers: signed, retried, dead-lettered, guarded, ordered and fair.
+
+use std::time::Duration;
+
+use crate::helpers::{destination, eventually, route, spawn_app_with};
+use crate::receiver::{Receiver, Reply};
+
+const DELIVERED: &str = "SELECT count(*) FROM deliveries WHERE state = 'delivered'";
+
+#[actix_rt::test]
+async fn an_event_is_delivered_once_signed_so_that_the_reference_library_verifies_it() {
+    let rx = Receiver::start(vec![], None);
+    let secret = hookgate_actors::signing::SigningSecret::generate();
+    let (url, secret2) = (rx.url.clone(), secret.clone());
+    let app = spawn_app_with(move |s| {
+        let mut d = destination("sink", &url);
+        d.signing_secrets = vec![secret2];
+        s.destinations.push(d);
+        s.routes.push(route("hmac-to-sink", "hmac", "sink"));
+    })
+    .await;
+    let body = br#"{"order":42,"note":"caf\u00e9"}"#;
+    let a = app.post_signed(body, "o-42").await;
+    assert_eq!(a.status, 202);
+    app.wait_count("the delivery to be delivered", DELIVERED, 1).await;
+
+    let got = rx.requests();
+    assert_eq!(got.len(), 1, "delivered exactly once");
+    let req = &got[0];
+    assert_eq!(&req.body[..], body, "the body as routed (no transform: the exact bytes)");
+    assert_eq!(req.header("content-type"), Some("application/json"));
+    assert_eq!(req.header("webhook-id"), Some(format!("evt_{}", a.id().simple()).as_str()));
+    let traceparent = req.header("traceparent").unwrap();
+    assert!(traceparent.contains(&a.id().simple().to_string()), "{traceparent}");
+
+    let mut headers = http::HeaderMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        headers.insert(name, req.header(name).unwrap().parse().unwrap());
+    }
+    standardwebhooks::Webhook::new(&secret).unwrap().verify(&req.body, &headers).expect("signature verifies");
+
+    assert_eq!(app.attempts().await, vec![(1, Some(200), None)]);
+}
+
+#[actix_rt::test]
+async fn a_500_is_retried_on_schedule_then_delivered_and_every_attempt_is_recorded() {
+    let rx = Receiver::start(vec![Reply::Status(500), Reply::Status(500)], None);
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        let mut d = destination("sink", &url);
+        d.retry.delays_ms = vec![300, 600];
+        s.destinations.push(d);
+        s.routes.push(route("r", "hmac", "sink"));
+    })
+    .await;
+    assert_eq!(app.post_signed(br#"{"n":1}"#, "retry-1").await.status, 202);
+    app.wait_count("delivered after two failures", DELIVERED, 1).await;
+    let got = rx.requests();
+    assert_eq!(got.len(), 3);
+    // Never earlier than scheduled (later is fine on a busy machine).
+    assert!(got[1].at - got[0].at >= Duration::from_millis(300), "{:?}", got[1].at - got[0].at);
+    assert!(got[2].at - got[1].at >= Duration::from_millis(600), "{:?}", got[2].at - got[1].at);
+    assert_eq!(
+        app.attempts().await,
+        vec![(1, Some(500), Some("http_status".into())), (2, Some(500), Some("http_status".into())), (3, Some(200), None)]
+    );
+    assert_eq!(app.deliveries().await[0].1, 3);
+}
+
+#[actix_rt::test]
+async fn retry_after_on_503_is_honoured() {
+    let rx = Receiver::start(vec![Reply::With(503, vec![("retry-after", "2".into())])], None);
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        s.destinations.push(destination("sink", &url));
+        s.routes.push(route("r", "hmac", "sink"));
+    })
+    .await;
+    app.post_signed(br#"{"n":1}"#, "ra").await;
+    app.wait_count("delivered", DELIVERED, 1).await;
+    let got = rx.requests();
+    assert_eq!(got.len(), 2);
+    assert!(got[1].at - got[0].at >= Duration::from_secs(2), "retried after {:?}", got[1].at - got[0].at);
+}
+
+#[actix_rt::test]
+async fn a_410_disables_the_destination_and_its_deliveries_wait() {
+    let gone = Receiver::start(vec![], Some(Reply::Status(410)));
+    let canary = Receiver::start(vec![], None);
+    let (g_url, c_url) = (gone.url.clone(), canary.url.clone());
+    let app = spawn_app_with(move |s| {
+        s.destinations.push(destination("gone", &g_url));
+        s.destinations.push(destination("canary", &c_url));
+        s.routes.push(route("to-gone", "hmac", "gone"));
+        s.routes.push(route("to-canary", "hmac", "canary"));
+    })
+    .await;
+    app.post_signed(br#"{"n":1}"#, "g1").await;
+    app.wait_count(
+        "the destination to be disabled",
+        "SELECT count(*) FROM destinations WHERE state = 'disabled' AND disabled_reason LIKE 'auto: 410%'",
+        1,
+    )
+    .await;
+    app.post_signed(br#"{"n":2}"#, "g2").await;
+    // The canary's delivery of the second event proves a claim round ran after it was stored.
+    canary.wait_for(2).await;
+    assert_eq!(gone.count(), 1, "nothing more is sent to a disabled destination");
+    let gone_states: Vec<String> = app
+        .db
+        .query(
+            "SELECT d.state FROM deliveries d JOIN destinations x ON x.id = d.destination_id WHERE x.slug = 'gone'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(gone_states, ["pending", "pending"], "deliveries wait; they are not burned");
+}
+
+#[actix_rt::test]
+async fn exhausted_attempts_dead_letter_the_delivery() {
+    let rx = Receiver::start(vec![], Some(Reply::Status(500)));
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        let mut d = destination("sink", &url);
+        d.retry = hookgate_actors::retry::RetryPolicy { delays_ms: vec![50], max_attempts: 3, jitter: 0.0 };
+        s.destinations.push(d);
+        s.routes.push(route("r", "hmac", "sink"));
+    })
+    .await;
+    app.post_signed(br#"{"n":1}"#, "d1").await;
+    app.wait_count("dead", "SELECT count(*) FROM deliveries WHERE state = 'dead'", 1).await;
+    let (state, attempts, err) = app.deliveries().await.remove(0);
+    assert_eq!((state.as_str(), attempts), ("dead", 3));
+    assert!(err.unwrap().contains("500"));
+    assert_eq!(rx.count(), 3);
+    assert_eq!(app.attempts().await.len(), 3);
+}
+
+#[actix_rt::test]
+async fn a_timeout_is_a_failure_and_a_redirect_is_not_followed() {
+    let slow = Receiver::start(vec![], Some(Reply::Sleep(Duration::from_secs(3), 200)));
+    let elsewhere = Receiver::start(vec![], None);
+    let redirect = Receiver::start(vec![], Some(Reply::With(302, vec![("location", elsewhere.url.clone())])));
+    let (s_url, r_url) = (slow.url.clone(), redirect.url.clone());
+    let app = spawn_app_with(move |s| {
+        for (slug, url) in [("slow", s_url), ("redirecting", r_url)] {
+            let mut d = destination(slug, &url);
+            d.timeout_ms = 300;
+            d.retry.max_attempts = 1;
+            s.destinations.push(d);
+            s.routes.push(route(&format!("to-{slug}"), "hmac", slug));
+        }
+    })
+    .await;
+    app.post_signed(br#"{"n":1}"#, "t1").await;
+    app.wait_count("both dead", "SELECT count(*) FROM deliveries WHERE state = 'dead'", 2).await;
+    let kinds: std::collections::HashSet<Option<String>> = app.attempts().await.into_iter().map(|a| a.2).collect();
+    assert_eq!(kinds, [Some("timeout".to_owned()), Some("redirect".to_owned())].into_iter().collect());
+    assert_eq!(elsewhere.count(), 0, "the redirect target was never contacted");
+}
+
+#[actix_rt::test]
+async fn ssrf_targets_are_refused_at_configuration_and_at_delivery() {
+    // At configuration: IP literals in forbidden ranges (never contacted: the check needs no connection).
+    for url in [
+        "http://127.0.0.2:9/",
+        "http://10.0.0.1/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:127.0.0.1]:9/",
+    ] {
+        let mut s = hookgate::config::Settings::from_toml(&crate::helpers::test_config_toml()).unwrap();
+        s.delivery.allow_private.clear();
+        s.destinations.push(destination("bad", url));
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("bad"), "{url}: {err}");
+    }
+    // At delivery: a hostname that resolves to loopback, with an empty allowlist.
+    let rx = Receiver::start(vec![], None);
+    let url = rx.url.replace("127.0.0.1", "localhost");
+    let app = spawn_app_with(move |s| {
+        s.delivery.allow_private.clear();
+        let mut d = destination("sneaky", &url);
+        d.retry.max_attempts = 1;
+        s.destinations.push(d);
+        s.routes.push(route("r", "hmac", "sneaky"));
+    })
+    .await;
+    app.post_signed(br#"{"n":1}"#, "s1").await;
+    app.wait_count("dead", "SELECT count(*) FROM deliveries WHERE state = 'dead'", 1).await;
+    assert_eq!(app.attempts().await[0].2.as_deref(), Some("ssrf"));
+    assert_eq!(rx.count(), 0, "the receiver was never contacted");
+}
+
+#[actix_rt::test]
+async fn fifo_keeps_order_across_retries() {
+    let rx = Receiver::start(vec![Reply::Status(500), Reply::Status(500)], None);
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        let mut d = destination("ordered", &url);
+        d.fifo = true;
+        s.destinations.push(d);
+        s.routes.push(route("r", "hmac", "ordered"));
+    })
+    .await;
+    for i in 0..6 {
+        assert_eq!(app.post_signed(format!(r#"{{"seq":{i}}}"#).as_bytes(), &format!("f{i}")).await.status, 202);
+    }
+    app.wait_count("all delivered", DELIVERED, 6).await;
+    let bodies: Vec<String> = rx.requests().iter().map(|r| String::from_utf8_lossy(&r.body).into_owned()).collect();
+    let expected_head = r#"{"seq":0}"#;
+    assert_eq!(&bodies[..3], [expected_head; 3], "the failing head holds the rest: {bodies:?}");
+    let order: Vec<String> = (0..6).map(|i| format!(r#"{{"seq":{i}}}"#)).collect();
+    assert_eq!(bodies[2..].to_vec(), order, "then in event order");
+    assert_eq!(rx.state.overlaps.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[actix_rt::test]
+async fn a_big_backlog_on_one_destination_does_not_delay_another() {
+    let busy = Receiver::start(vec![], Some(Reply::Sleep(Duration::from_millis(200), 200)));
+    let quiet = Receiver::start(vec![], None);
+    let (b_url, q_url) = (busy.url.clone(), quiet.url.clone());
+    let app = spawn_app_with(move |s| {
+        s.destinations.push(destination("busy", &b_url));
+        s.destinations.push(destination("quiet", &q_url));
+        s.routes.push(route("to-busy", "open", "busy"));
+        s.routes.push(route("to-quiet", "hmac", "quiet"));
+    })
+    .await;
+    // 20,000 due deliveries on "busy", written straight into the tables.
+    app.db
+        .batch_execute(
+            "INSERT INTO events (id, source_id, idempotency_key, received_at, headers, body)
+             SELECT gen_random_uuid(), s.id, 'bulk-' || g, now(), '{}', '\\x7b7d'
+             FROM generate_series(1, 20000) g, sources s WHERE s.slug = 'open';
+             INSERT INTO deliveries (id, event_id, route_id, destination_id, state)
+             SELECT gen_random_uuid(), e.id, r.id, r.destination_id, 'pending'
+             FROM events e JOIN routes r ON r.source_id = e.source_id WHERE r.slug = 'to-busy';
+             NOTIFY hookgate_deliveries;",
+        )
+        .await
+        .unwrap();
+    busy.wait_for(1).await;
+    app.post_signed(br#"{"urgent":true}"#, "u1").await;
+    app.wait_count(
+        "the quiet destination's delivery",
+        "SELECT count(*) FROM deliveries d JOIN destinations x ON x.id = d.destination_id
+         WHERE x.slug = 'quiet' AND d.state = 'delivered'",
+        1,
+    )
+    .await;
+    let busy_left: i64 =
+        app.db.query_one("SELECT count(*) FROM deliveries WHERE state = 'pending'", &[]).await.unwrap().get(0);
+    assert!(busy_left > 19_000, "the quiet destination was served while the backlog waited ({busy_left} left)");
+}
+
+#[actix_rt::test]
+async fn a_receiver_that_sleeps_5s_does_not_slow_a_fast_one() {
+    let slow = Receiver::start(vec![], Some(Reply::Sleep(Duration::from_secs(5), 200)));
+    let fast = Receiver::start(vec![], None);
+    let (s_url, f_url) = (slow.url.clone(), fast.url.clone());
+    let app = spawn_app_with(move |s| {
+        let mut d = destination("slow", &s_url);
+        d.timeout_ms = 10_000;
+        s.destinations.push(d);
+        s.destinations.push(destination("fast", &f_url));
+        s.routes.push(route("to-slow", "hmac", "slow"));
+        s.routes.push(route("to-fast", "hmac", "fast"));
+    })
+    .await;
+    for i in 0..5 {
+        app.post_signed(format!(r#"{{"i":{i}}}"#).as_bytes(), &format!("k{i}")).await;
+    }
+    fast.wait_for(5).await;
+    assert_eq!(
+        slow.state.completed.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "all five reached the fast receiver while the slow one was still sleeping on its first"
+    );
+}
+
+#[actix_rt::test]
+async fn filters_and_transforms_are_applied_and_their_failures_recorded() {
+    let rx = Receiver::start(vec![], None);
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        s.destinations.push(destination("orders", &url));
+        let mut r = route("only-orders", "hmac", "orders");
+        r.filter = Some(r#".body.kind == "order""#.into());
+        r.transform = Some(r#"{id: .body.id, total: (.body.qty * .body.price), from: .source}"#.into());
+        s.routes.push(r);
+    })
+    .await;
+    app.post_signed(br#"{"kind":"order","id":"A1","qty":2,"price":5}"#, "e1").await;
+    app.post_signed(br#"{"kind":"refund","id":"R1"}"#, "e2").await;
+    app.post_signed(br#"{"kind":"order","id":"A2","qty":"two","price":5}"#, "e3").await;
+    app.wait_count("one delivered", DELIVERED, 1).await;
+    let got = rx.requests();
+    assert_eq!(got.len(), 1);
+    let json: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(json, serde_json::json!({"id": "A1", "total": 10, "from": "hmac"}));
+    assert_eq!(got[0].header("content-type"), Some("application/json"));
+    let deliveries = app.deliveries().await;
+    assert_eq!(deliveries.len(), 2, "the refund was filtered out: {deliveries:?}");
+    let failed = &deliveries[1];
+    assert_eq!(failed.0, "failed");
+    assert!(failed.2.as_deref().unwrap().contains("transform"), "{failed:?}");
+}
+
+#[test]
+fn a_jq_program_that_does_not_compile_is_a_configuration_error_naming_the_route() {
+    let mut s = hookgate::config::Settings::from_toml(&crate::helpers::test_config_toml()).unwrap();
+    s.destinations.push(destination("d", "http://127.0.0.1:9/"));
+    let mut r = route("broken-route", "hmac", "d");
+    r.filter = Some(".body | ".into());
+    s.routes.push(r);
+    let err = s.validate().unwrap_err().to_string();
+    assert!(err.contains("broken-route") && err.contains("filter"), "{err}");
+}
+
+#[actix_rt::test]
+async fn the_circuit_opens_half_opens_and_closes_and_waiting_deliveries_are_not_burned() {
+    use hookgate_actors::limits::{CircuitConfig, CircuitState, Limits};
+    // Three failures open it; after 1 s one probe goes through (held 1.5 s so the test can see half-open).
+    let rx = Receiver::start(
+        vec![Reply::Status(500), Reply::Status(500), Reply::Status(500), Reply::Sleep(Duration::from_millis(1500), 200)],
+        None,
+    );
+    let circuit = CircuitConfig { failure_threshold: 3, failure_ratio: 1.0, min_requests: 1000, window_secs: 60, open_secs: 1 };
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        s.delivery.circuit = circuit;
+        let mut d = destination("flaky", &url);
+        d.retry = hookgate_actors::retry::RetryPolicy { delays_ms: vec![20], max_attempts: 20, jitter: 0.0 };
+        s.destinations.push(d);
+        s.routes.push(route("r", "hmac", "flaky"));
+    })
+    .await;
+    let dest: uuid::Uuid = app.db.query_one("SELECT id FROM destinations", &[]).await.unwrap().get(0);
+    let limits = Limits::new(&app.settings.redis.key_prefix, circuit);
+    let redis = redis::Client::open(crate::helpers::redis_url()).unwrap();
+    let conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let state = || async { limits.state(Some(conn.clone()), dest).await.0 };
+
+    app.post_signed(br#"{"n":1}"#, "c1").await;
+    eventually("open", Duration::from_secs(30), || async { (state().await == CircuitState::Open).then_some(()) }).await;
+    eventually("half-open", Duration::from_secs(30), || async { (state().await == CircuitState::HalfOpen).then_some(()) })
+        .await;
+    eventually("closed", Duration::from_secs(30), || async { (state().await == CircuitState::Closed).then_some(()) }).await;
+    app.wait_count("delivered", DELIVERED, 1).await;
+    assert_eq!(rx.count(), 4, "while open the delivery waited: 3 failures, then the probe, nothing in between");
+    assert_eq!(app.deliveries().await[0].1, 4);
+}
