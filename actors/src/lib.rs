@@ -13,6 +13,7 @@
 pub mod cache;
 pub mod health;
 pub mod messages;
+pub mod ssrf;
 pub mod supervision;
 pub mod writer;
 
