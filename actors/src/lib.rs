@@ -21,11 +21,12 @@ pub mod deliverer;
 pub mod health;
 pub mod listen;
 pub mod messages;
-pub mod retry;
-pub mod signing;
 pub mod result_writer;
+pub mod retry;
 pub mod router;
 pub mod scheduler;
+pub mod signing;
+pub mod ssrf;
 pub mod supervision;
 pub mod writer;
 
