@@ -12,6 +12,7 @@
 
 pub mod cache;
 pub mod health;
+pub mod jq;
 pub mod messages;
 pub mod supervision;
 pub mod writer;
