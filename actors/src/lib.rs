@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod config;
 pub mod deliverer;
 pub mod health;
+pub mod jq;
 pub mod limits;
 pub mod listen;
 pub mod messages;
