@@ -4,7 +4,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, Arbiter, Supervisor};
+use actix::{Actor, Addr, Arbiter, AsyncContext, Supervisor};
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
@@ -150,14 +150,16 @@ impl Application {
             let handles: Vec<_> = arbiters.iter().map(|a| a.handle()).collect();
             let scheduler_status = health.register("scheduler", true, policy);
             let scheduler = {
-                let (pool, catalog, redis, node) = (pool.clone(), catalog.clone(), redis_handle.clone(), node_id.clone());
+                let (pool, catalog, redis, node) =
+                    (pool.clone(), catalog.clone(), redis_handle.clone(), node_id.clone());
                 let results = results.clone();
                 Supervisor::start(move |ctx: &mut actix::Context<Scheduler>| {
                     let me = ctx.address();
                     let deliverers = handles
                         .iter()
                         .map(|h| {
-                            let (ssrf, results, me) = (ssrf.clone(), results.clone().recipient(), me.clone().recipient());
+                            let (ssrf, results, me) =
+                                (ssrf.clone(), results.clone().recipient(), me.clone().recipient());
                             let (limits, redis) = (limits.clone(), redis.clone());
                             let (max, cap) = (cfg.max_in_flight, cfg.max_in_flight.max(16));
                             Supervisor::start_in_arbiter(h, move |_| {

@@ -172,8 +172,11 @@ async fn attempt(client: &awc::Client, job: &Job, dest: &Destination) -> Attempt
                 }
             }
             if matches!(status.as_u16(), 429 | 503) {
-                result.retry_after =
-                    resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, Utc::now()));
+                result.retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, Utc::now()));
             }
             result.response_headers = serde_json::Value::Object(kept);
             let left = dest.timeout.saturating_sub(clock.elapsed()).max(Duration::from_millis(100));
@@ -205,8 +208,7 @@ where
     S: futures::Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
 {
     let mut buf = BytesMut::new();
-    let mut payload = resp.take_payload();
-    while let Some(Ok(chunk)) = payload.next().await {
+    while let Some(Ok(chunk)) = resp.next().await {
         let room = EXCERPT_BYTES - buf.len();
         buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if buf.len() >= EXCERPT_BYTES {

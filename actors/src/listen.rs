@@ -13,12 +13,18 @@ use crate::supervision::Backoff;
 pub enum ListenEvent {
     /// (Re)connected and listening: anything may have changed while it was away.
     Connected,
-    Notification { channel: String, payload: String },
+    Notification {
+        channel: String,
+        payload: String,
+    },
 }
 
 /// Starts listening on the current arbiter; events arrive on the returned receiver. Notifications that find the
 /// receiver full are dropped: they only mean "look again", and a full queue already says so.
-pub fn spawn_listener(config: tokio_postgres::Config, channels: &'static [&'static str]) -> mpsc::Receiver<ListenEvent> {
+pub fn spawn_listener(
+    config: tokio_postgres::Config,
+    channels: &'static [&'static str],
+) -> mpsc::Receiver<ListenEvent> {
     let (tx, rx) = mpsc::channel(64);
     actix_rt::spawn(async move {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));

@@ -45,17 +45,7 @@ impl ResultWriter {
         cfg: DeliveryConfig,
         status: Arc<ActorStatus>,
     ) -> Self {
-        Self {
-            pool,
-            catalog,
-            node_id,
-            cfg,
-            status,
-            scheduler: None,
-            buffer: Vec::new(),
-            timer: None,
-            flushing: false,
-        }
+        Self { pool, catalog, node_id, cfg, status, scheduler: None, buffer: Vec::new(), timer: None, flushing: false }
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
@@ -173,7 +163,8 @@ impl Plan {
                     Some(delay) => {
                         let cap = Duration::from_secs(cfg.max_retry_after_secs);
                         let delay = r.retry_after.map(|ra| ra.min(cap)).unwrap_or(delay);
-                        let next = now + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::hours(1));
+                        let next =
+                            now + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::hours(1));
                         ("pending", next, error)
                     }
                 }

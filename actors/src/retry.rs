@@ -49,7 +49,8 @@ impl RetryPolicy {
         }
         let index = (attempts_made.max(1) - 1) as usize;
         let base = *self.delays_ms.get(index).or(self.delays_ms.last())? as f64;
-        let factor = if self.jitter > 0.0 { rand::thread_rng().gen_range(1.0 - self.jitter..=1.0 + self.jitter) } else { 1.0 };
+        let factor =
+            if self.jitter > 0.0 { rand::thread_rng().gen_range(1.0 - self.jitter..=1.0 + self.jitter) } else { 1.0 };
         Some(Duration::from_millis((base * factor).round() as u64))
     }
 }

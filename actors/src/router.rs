@@ -83,6 +83,13 @@ impl Actor for Router {
     }
 }
 
+impl actix::Supervised for Router {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.reloading = false;
+        self.status.record_restart();
+    }
+}
+
 impl StreamHandler<ListenEvent> for Router {
     fn handle(&mut self, _: ListenEvent, ctx: &mut Self::Context) {
         self.reload(ctx);

@@ -265,8 +265,7 @@ impl ClaimRound {
     async fn run(self, active: Vec<Arc<Destination>>, free: usize) -> anyhow::Result<Vec<Job>> {
         let mut client = self.pool.get().await?;
         let ids: Vec<Uuid> = active.iter().map(|d| d.id).collect();
-        let due: std::collections::HashSet<Uuid> =
-            client.query(DUE, &[&ids]).await?.iter().map(|r| r.get(0)).collect();
+        let due: std::collections::HashSet<Uuid> = client.query(DUE, &[&ids]).await?.iter().map(|r| r.get(0)).collect();
         if due.is_empty() {
             return Ok(Vec::new());
         }

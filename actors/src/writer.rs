@@ -322,7 +322,8 @@ async fn insert_deliveries(
     let event_ids: Vec<Uuid> = planned.iter().map(|(e, _)| e.id).collect();
     let routes: Vec<Uuid> = planned.iter().map(|(_, d)| d.route_id).collect();
     let destinations: Vec<Uuid> = planned.iter().map(|(_, d)| d.destination_id).collect();
-    let states: Vec<&str> = planned.iter().map(|(_, d)| if d.failed.is_some() { "failed" } else { "pending" }).collect();
+    let states: Vec<&str> =
+        planned.iter().map(|(_, d)| if d.failed.is_some() { "failed" } else { "pending" }).collect();
     let payloads: Vec<Option<&[u8]>> = planned.iter().map(|(_, d)| d.payload.as_deref()).collect();
     let errors: Vec<Option<&str>> = planned.iter().map(|(_, d)| d.failed.as_deref()).collect();
     let stmt = tx.prepare_cached(INSERT_DELIVERIES).await.map_err(db_error)?;

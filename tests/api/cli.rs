@@ -52,15 +52,15 @@ async fn migrate_applies_the_schema_once() {
     let run = || hookgate().args(["migrate"]).env("HOOKGATE_DATABASE__URL", db.url()).output().unwrap();
     let first = run();
     assert!(first.status.success(), "{first:?}");
-    assert!(String::from_utf8_lossy(&first.stdout).contains("applied 1 migration(s)"), "{first:?}");
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied 2 migration(s)"), "{first:?}");
     let second = run();
     assert!(second.status.success(), "{second:?}");
     assert!(String::from_utf8_lossy(&second.stdout).contains("applied 0 migration(s)"), "{second:?}");
     let client = connect(&db.url()).await;
     let tables: i64 = client
-        .query_one("SELECT count(*) FROM information_schema.tables WHERE table_name IN ('sources', 'events')", &[])
+        .query_one("SELECT count(*) FROM information_schema.tables WHERE table_name IN ('sources', 'events', 'destinations', 'routes', 'deliveries', 'attempts')", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(tables, 2);
+    assert_eq!(tables, 6);
 }

@@ -74,7 +74,9 @@ async fn a_delivery_cut_off_by_a_killed_node_is_made_after_its_lease_expires() {
     a.child.wait().unwrap();
 
     let _b = cluster.node("node-b").await;
-    cluster.wait_count("delivered by the survivor", "SELECT count(*) FROM deliveries WHERE state = 'delivered'", 1).await;
+    cluster
+        .wait_count("delivered by the survivor", "SELECT count(*) FROM deliveries WHERE state = 'delivered'", 1)
+        .await;
     let got = rx.requests();
     assert_eq!(got.len(), 2, "at least once: the cut-off attempt, then the retry");
     assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));

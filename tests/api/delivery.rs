@@ -62,7 +62,11 @@ async fn a_500_is_retried_on_schedule_then_delivered_and_every_attempt_is_record
     assert!(got[2].at - got[1].at >= Duration::from_millis(600), "{:?}", got[2].at - got[1].at);
     assert_eq!(
         app.attempts().await,
-        vec![(1, Some(500), Some("http_status".into())), (2, Some(500), Some("http_status".into())), (3, Some(200), None)]
+        vec![
+            (1, Some(500), Some("http_status".into())),
+            (2, Some(500), Some("http_status".into())),
+            (3, Some(200), None)
+        ]
     );
     assert_eq!(app.deliveries().await[0].1, 3);
 }
@@ -290,7 +294,7 @@ async fn filters_and_transforms_are_applied_and_their_failures_recorded() {
         s.destinations.push(destination("orders", &url));
         let mut r = route("only-orders", "hmac", "orders");
         r.filter = Some(r#".body.kind == "order""#.into());
-        r.transform = Some(r#"{id: .body.id, total: (.body.qty * .body.price), from: .source}"#.into());
+        r.transform = Some(r#"{id: .body.id, total: ((.body.qty + 0) * .body.price), from: .source}"#.into());
         s.routes.push(r);
     })
     .await;
@@ -326,10 +330,16 @@ async fn the_circuit_opens_half_opens_and_closes_and_waiting_deliveries_are_not_
     use hookgate_actors::limits::{CircuitConfig, CircuitState, Limits};
     // Three failures open it; after 1 s one probe goes through (held 1.5 s so the test can see half-open).
     let rx = Receiver::start(
-        vec![Reply::Status(500), Reply::Status(500), Reply::Status(500), Reply::Sleep(Duration::from_millis(1500), 200)],
+        vec![
+            Reply::Status(500),
+            Reply::Status(500),
+            Reply::Status(500),
+            Reply::Sleep(Duration::from_millis(1500), 200),
+        ],
         None,
     );
-    let circuit = CircuitConfig { failure_threshold: 3, failure_ratio: 1.0, min_requests: 1000, window_secs: 60, open_secs: 1 };
+    let circuit =
+        CircuitConfig { failure_threshold: 3, failure_ratio: 1.0, min_requests: 1000, window_secs: 60, open_secs: 1 };
     let url = rx.url.clone();
     let app = spawn_app_with(move |s| {
         s.delivery.circuit = circuit;
@@ -347,9 +357,12 @@ async fn the_circuit_opens_half_opens_and_closes_and_waiting_deliveries_are_not_
 
     app.post_signed(br#"{"n":1}"#, "c1").await;
     eventually("open", Duration::from_secs(30), || async { (state().await == CircuitState::Open).then_some(()) }).await;
-    eventually("half-open", Duration::from_secs(30), || async { (state().await == CircuitState::HalfOpen).then_some(()) })
+    eventually("half-open", Duration::from_secs(30), || async {
+        (state().await == CircuitState::HalfOpen).then_some(())
+    })
+    .await;
+    eventually("closed", Duration::from_secs(30), || async { (state().await == CircuitState::Closed).then_some(()) })
         .await;
-    eventually("closed", Duration::from_secs(30), || async { (state().await == CircuitState::Closed).then_some(()) }).await;
     app.wait_count("delivered", DELIVERED, 1).await;
     assert_eq!(rx.count(), 4, "while open the delivery waited: 3 failures, then the probe, nothing in between");
     assert_eq!(app.deliveries().await[0].1, 4);
