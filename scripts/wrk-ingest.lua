@@ -26,3 +26,11 @@ local statuses = {}
 function response(status)
   statuses[status] = (statuses[status] or 0) + 1
 end
+
+-- Open-loop-ish pacing for latency runs: DELAY_MS between a connection's requests (0: closed loop).
+local pause = tonumber(os.getenv("DELAY_MS") or "0")
+if pause > 0 then
+  function delay()
+    return pause
+  end
+end

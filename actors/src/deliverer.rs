@@ -40,6 +40,7 @@ pub struct Deliver {
 #[rtype(result = "()")]
 pub struct AttemptResult {
     pub delivery_id: Uuid,
+    pub lease_id: Uuid,
     pub destination_id: Uuid,
     pub attempt: i32,
     pub started_at: DateTime<Utc>,
@@ -120,7 +121,7 @@ impl Handler<Deliver> for Deliverer {
                 if results.send(result).await.is_err() {
                     tracing::warn!(message = "ResultWriter gone; the lease will expire.");
                 }
-                let _ = scheduler.send(Completed).await;
+                let _ = scheduler.send(Completed { destination_id: msg.job.destination_id }).await;
             }
             .into_actor(self),
         );
@@ -130,7 +131,8 @@ impl Handler<Deliver> for Deliverer {
 async fn attempt(client: &awc::Client, job: &Job, dest: &Destination) -> AttemptResult {
     let started_at = Utc::now();
     let clock = Instant::now();
-    let msg_id = format!("evt_{}", job.event_id.simple());
+    // Stable across this delivery's retries and distinct per destination and route, as receivers de-duplicate on it.
+    let msg_id = format!("msg_{}", job.delivery_id.simple());
     let timestamp = started_at.timestamp();
     let content_type = if job.transformed {
         "application/json".to_owned()
@@ -150,6 +152,7 @@ async fn attempt(client: &awc::Client, job: &Job, dest: &Destination) -> Attempt
     }
     let mut result = AttemptResult {
         delivery_id: job.delivery_id,
+        lease_id: job.lease_id,
         destination_id: job.destination_id,
         attempt: job.attempt,
         started_at,

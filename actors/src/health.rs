@@ -92,12 +92,12 @@ impl ActorStatus {
     /// have aged out of the window.
     pub fn set_state(&self, state: ActorState) {
         self.state.store(state as u8, Ordering::Relaxed);
-        if state == ActorState::Running {
-            if self.budget_exhausted.load(Ordering::Relaxed) && self.restarts_in_window() <= self.policy.budget as usize
-            {
-                self.budget_exhausted.store(false, Ordering::Relaxed);
-                tracing::info!(message = "Actor recovered after exhausting its restart budget.", actor = self.name);
-            }
+        if state == ActorState::Running
+            && self.budget_exhausted.load(Ordering::Relaxed)
+            && self.restarts_in_window() <= self.policy.budget as usize
+        {
+            self.budget_exhausted.store(false, Ordering::Relaxed);
+            tracing::info!(message = "Actor recovered after exhausting its restart budget.", actor = self.name);
         }
     }
 

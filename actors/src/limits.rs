@@ -190,6 +190,14 @@ return 1
 
 /// KEYS[1] circuit hash. ARGV: success (1|0), failure_threshold, failure_ratio, min_requests, window_ms, ttl_ms.
 /// Returns the state after recording (0 closed, 1 open, 2 half-open).
+/// Frees an unused half-open probe slot, so the next round may probe at once.
+const CB_RELEASE_PROBE: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') == '2' then
+  redis.call('HDEL', KEYS[1], 'probe')
+end
+return 0
+"#;
+
 const CB_RECORD: &str = r#"
 local key = KEYS[1]
 local ok = ARGV[1] == '1'
@@ -383,6 +391,7 @@ impl<T> LocalMap<T> {
 
 struct Scripts {
     admit: Script,
+    release_probe: Script,
     record: Script,
     state: Script,
     take: Script,
@@ -437,6 +446,7 @@ impl Limits {
             buckets: Mutex::new(LocalMap::new()),
             scripts: Scripts {
                 admit: Script::new(&format!("{NOW}{CB_ADMIT}")),
+                release_probe: Script::new(CB_RELEASE_PROBE),
                 record: Script::new(&format!("{NOW}{CB_RECORD}")),
                 state: Script::new(CB_STATE),
                 take: Script::new(&format!("{NOW}{RL_REFILL}{RL_TAKE}")),
@@ -550,6 +560,17 @@ impl Limits {
         c.probe = Some(now);
         c.expires = now + p.ttl_ms;
         (1, Scope::Local)
+    }
+
+    /// Gives back a half-open probe slot that `admit` handed out but that was not used (nothing was sent).
+    pub async fn release_probe(&self, conn: Option<MultiplexedConnection>, dest: Uuid) {
+        if self.eval(conn, "release_probe", &self.scripts.release_probe, self.circuit_key(dest), &[]).await.is_some() {
+            return;
+        }
+        let mut circuits = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = circuits.entries.get_mut(&dest).filter(|c| c.state == CircuitState::HalfOpen) {
+            c.probe = None;
+        }
     }
 
     /// Records one outcome. Closed: success resets consecutive failures; failure increments; opens when consecutive

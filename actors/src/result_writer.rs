@@ -60,11 +60,14 @@ impl ResultWriter {
         let batch: Vec<AttemptResult> = self.buffer.drain(..n).collect();
         let plan = Plan::new(&batch, &self.catalog, &self.cfg);
         let (pool, node_id, auto_disable) = (self.pool.clone(), self.node_id.clone(), self.cfg.auto_disable_after_secs);
-        let fut = async move { write(&pool, &node_id, &batch, &plan, auto_disable).await.map(|()| batch) };
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+        let fut = async move {
+            let res = write(&pool, &node_id, &batch, &plan, auto_disable).await;
+            (res, batch)
+        };
+        ctx.spawn(fut.into_actor(self).map(|(res, batch), act, ctx| {
             act.flushing = false;
             match res {
-                Ok(batch) => {
+                Ok(()) => {
                     act.status.set_state(ActorState::Running);
                     metrics::counter!("hookgate_results_stored_total").increment(batch.len() as u64);
                     if let Some(s) = &act.scheduler {
@@ -72,10 +75,17 @@ impl ResultWriter {
                     }
                 }
                 Err(error) => {
-                    // The attempts are lost from the log, but their leases expire and the deliveries are retried.
+                    // Kept and retried: the batch is bounded by the deliveries in flight, and no new ones are claimed
+                    // while PostgreSQL is away. A result whose lease expired meanwhile finds no row to update.
                     act.status.set_state(ActorState::Degraded);
                     metrics::counter!("hookgate_result_flush_failures_total").increment(1);
-                    tracing::warn!(message = "Attempt results not stored.", error = %format!("{error:#}"));
+                    tracing::warn!(message = "Attempt results not stored; retrying.", error = %format!("{error:#}"));
+                    act.buffer.splice(0..0, batch);
+                    act.timer = Some(ctx.run_later(Duration::from_millis(500), |act, ctx| {
+                        act.timer = None;
+                        act.flush(ctx);
+                    }));
+                    return;
                 }
             }
             if !act.buffer.is_empty() {
@@ -237,17 +247,20 @@ async fn write(
         .prepare_cached(
             "UPDATE deliveries d
              SET state = u.state, attempts = GREATEST(d.attempts, u.attempt), next_attempt_at = u.next,
-                 last_error = u.err, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-             FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::timestamptz[], $5::text[])
-                  AS u(id, state, attempt, next, err)
-             WHERE d.id = u.id AND d.state = 'pending' AND d.lease_owner = $6",
+                 last_error = u.err, lease_owner = NULL, lease_id = NULL, lease_expires_at = NULL,
+                 updated_at = now()
+             FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::timestamptz[], $5::text[], $6::uuid[])
+                  AS u(id, state, attempt, next, err, lease_id)
+             WHERE d.id = u.id AND d.state = 'pending' AND d.lease_id = u.lease_id",
         )
         .await?;
-    tx.execute(&stmt, &[&delivery_ids, &states, &attempts, &next, &last_errors, &node_id]).await?;
+    let leases: Vec<Uuid> = batch.iter().map(|r| r.lease_id).collect();
+    tx.execute(&stmt, &[&delivery_ids, &states, &attempts, &next, &last_errors, &leases]).await?;
 
     let mut changed = tx
         .execute(
-            "UPDATE destinations SET state = 'disabled', disabled_reason = 'auto: 410 Gone', updated_at = now()
+            "UPDATE destinations
+             SET state = 'disabled', disabled_reason = 'auto: 410 Gone', failing_since = NULL, updated_at = now()
              WHERE id = ANY($1) AND state = 'active'",
             &[&plan.gone],
         )
@@ -269,7 +282,7 @@ async fn write(
         changed += tx
             .execute(
                 "UPDATE destinations
-                 SET state = 'disabled', updated_at = now(),
+                 SET state = 'disabled', updated_at = now(), failing_since = NULL,
                      disabled_reason = 'auto: failing continuously since ' || failing_since::text
                  WHERE id = ANY($1) AND state = 'active' AND failing_since < now() - $2 * interval '1 second'",
                 &[&plan.failing, &secs],

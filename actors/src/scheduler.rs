@@ -2,8 +2,8 @@
 //!
 //! Woken by NOTIFY `hookgate_deliveries` (new deliveries committed), by `hookgate_catalog` (a destination resumed),
 //! by a Deliverer finishing an attempt, and by a timer (retries coming due, leases expiring after a crash). One claim
-//! round: find the active destinations with due work; give each a budget (its free `max_in_flight`, capped by the
-//! node's free capacity, by its circuit breaker and by its rate-limit tokens, all cluster-wide); then, in one
+//! round: find the active destinations with due work; give each a budget (its free `max_in_flight` cluster-wide,
+//! capped by its fair share of this node's capacity, by its rate-limit tokens and by its circuit breaker); then, in one
 //! transaction under a cluster-wide advisory lock, lease up to each budget with `FOR UPDATE SKIP LOCKED`. Because each
 //! destination gets its own budget, a backlog of 100,000 deliveries on one destination takes only that
 //! destination's slots and never delays another. FIFO destinations lease only their oldest pending delivery, and only
@@ -31,6 +31,8 @@ use crate::Pool;
 #[derive(Debug, Clone)]
 pub struct Job {
     pub delivery_id: Uuid,
+    /// This claim's lease; the result is applied only while it still holds.
+    pub lease_id: Uuid,
     pub event_id: Uuid,
     pub destination_id: Uuid,
     /// This attempt's number (1 for the first).
@@ -44,7 +46,9 @@ pub struct Job {
 /// A Deliverer finished an attempt (its result is on its way to the ResultWriter).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Completed;
+pub struct Completed {
+    pub destination_id: Uuid,
+}
 
 /// Look for work now.
 #[derive(Message)]
@@ -55,12 +59,22 @@ pub struct Wake;
 /// and FIFO exact without races between nodes).
 const CLAIM_LOCK: i64 = 0x686f_6f6b_636c_6169; // "hookclai"
 
+/// The destinations with claimable work, with their deliveries in flight cluster-wide. A FIFO destination has
+/// claimable work only when its head is due and not leased.
 const DUE: &str = "\
-SELECT d.id FROM UNNEST($1::uuid[]) AS d(id)
+SELECT d.id, (SELECT count(*)::int FROM deliveries b
+              WHERE b.destination_id = d.id AND b.state = 'pending' AND b.lease_expires_at > now())
+FROM UNNEST($1::uuid[]) AS d(id)
 WHERE EXISTS (
     SELECT 1 FROM deliveries x
     WHERE x.destination_id = d.id AND x.state = 'pending' AND x.next_attempt_at <= now()
-      AND (x.lease_expires_at IS NULL OR x.lease_expires_at <= now()))";
+      AND (x.lease_expires_at IS NULL OR x.lease_expires_at <= now()))
+UNION ALL
+SELECT f.id, 0 FROM UNNEST($2::uuid[]) AS f(id)
+CROSS JOIN LATERAL (
+    SELECT next_attempt_at, lease_expires_at FROM deliveries h
+    WHERE h.destination_id = f.id AND h.state = 'pending' ORDER BY h.seq LIMIT 1) h
+WHERE h.next_attempt_at <= now() AND (h.lease_expires_at IS NULL OR h.lease_expires_at <= now())";
 
 const CLAIM: &str = "\
 WITH budget AS (
@@ -85,18 +99,20 @@ WITH budget AS (
     CROSS JOIN LATERAL (
         SELECT id, next_attempt_at, lease_expires_at FROM deliveries d
         WHERE d.destination_id = f.destination_id AND d.state = 'pending'
-        ORDER BY d.event_id, d.id
+        ORDER BY d.seq
         LIMIT 1
     ) h
     WHERE h.next_attempt_at <= now() AND (h.lease_expires_at IS NULL OR h.lease_expires_at <= now())
 )
 UPDATE deliveries d
-SET lease_owner = $5, lease_expires_at = now() + (dst.timeout_ms + $6::int) * interval '1 millisecond',
-    updated_at = now()
+SET lease_owner = $5, lease_id = gen_random_uuid(),
+    lease_expires_at = now() + (dst.timeout_ms + $6::int) * interval '1 millisecond', updated_at = now()
 FROM picked, destinations dst, events e
 WHERE d.id = picked.id AND dst.id = d.destination_id AND dst.state = 'active' AND e.id = d.event_id
+  -- Re-checked on the locked row: a result committed meanwhile is not claimed again.
+  AND d.state = 'pending' AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
 RETURNING d.id, d.event_id, d.destination_id, d.attempts, coalesce(d.payload, e.body), d.payload IS NOT NULL,
-          e.content_type";
+          e.content_type, d.lease_id";
 
 pub struct Scheduler {
     pool: Pool,
@@ -109,6 +125,8 @@ pub struct Scheduler {
     cfg: DeliveryConfig,
     status: Arc<ActorStatus>,
     inflight: usize,
+    /// This node's attempts in flight per destination (for the fair share).
+    inflight_by_destination: HashMap<Uuid, u32>,
     claiming: bool,
     again: bool,
     next_deliverer: usize,
@@ -138,6 +156,7 @@ impl Scheduler {
             cfg,
             status,
             inflight: 0,
+            inflight_by_destination: HashMap::new(),
             claiming: false,
             again: false,
             next_deliverer: 0,
@@ -169,14 +188,16 @@ impl Scheduler {
             node_id: self.node_id.clone(),
             lease_margin_ms: self.cfg.lease_margin_ms.min(i32::MAX as u64) as i32,
         };
-        ctx.spawn(round.run(active, free).into_actor(self).map(move |res, act, ctx| {
+        let local = self.inflight_by_destination.clone();
+        let capacity = self.cfg.max_in_flight;
+        ctx.spawn(round.run(active, free, capacity, local).into_actor(self).map(move |res, act, ctx| {
             act.claiming = false;
             let full = match res {
                 Ok(jobs) => {
                     act.status.set_state(ActorState::Running);
                     let n = jobs.len();
                     for job in jobs {
-                        act.dispatch(job);
+                        act.dispatch(job, ctx);
                     }
                     n > 0 && n >= free
                 }
@@ -192,20 +213,48 @@ impl Scheduler {
         }));
     }
 
-    fn dispatch(&mut self, job: Job) {
+    fn dispatch(&mut self, job: Job, ctx: &mut Context<Self>) {
         let Some(destination) = self.catalog.get().destinations.get(&job.destination_id).cloned() else {
-            // Deleted since the claim: the lease expires and the delivery waits.
+            // Unknown to this node's snapshot yet: give the delivery back at once.
+            self.release(job, ctx);
             return;
         };
         let i = self.next_deliverer % self.deliverers.len();
         self.next_deliverer = self.next_deliverer.wrapping_add(1);
+        let destination_id = job.destination_id;
         match self.deliverers[i].try_send(Deliver { job, destination }) {
-            Ok(()) => self.inflight += 1,
-            Err(_) => {
+            Ok(()) => {
+                self.inflight += 1;
+                *self.inflight_by_destination.entry(destination_id).or_default() += 1;
+            }
+            Err(e) => {
                 metrics::counter!("hookgate_scheduler_dispatch_refused_total").increment(1);
-                tracing::warn!(message = "Deliverer mailbox full; the lease will expire and the delivery retried.");
+                tracing::warn!(message = "Deliverer mailbox full; giving the delivery back.");
+                let Deliver { job, .. } = e.into_inner();
+                self.release(job, ctx);
             }
         }
+    }
+
+    /// Releases a lease this node will not use, so that the delivery is claimable again now.
+    fn release(&mut self, job: Job, ctx: &mut Context<Self>) {
+        let pool = self.pool.clone();
+        let fut = async move {
+            let client = pool.get().await?;
+            client
+                .execute(
+                    "UPDATE deliveries SET lease_owner = NULL, lease_id = NULL, lease_expires_at = NULL
+                     WHERE id = $1 AND lease_id = $2",
+                    &[&job.delivery_id, &job.lease_id],
+                )
+                .await?;
+            Ok::<_, anyhow::Error>(())
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, _, _| {
+            if let Err(error) = res {
+                tracing::warn!(message = "Could not release a lease; it will expire.", error = %format!("{error:#}"));
+            }
+        }));
     }
 }
 
@@ -239,8 +288,14 @@ impl StreamHandler<ListenEvent> for Scheduler {
 
 impl Handler<Completed> for Scheduler {
     type Result = ();
-    fn handle(&mut self, _: Completed, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Completed, ctx: &mut Self::Context) {
         self.inflight = self.inflight.saturating_sub(1);
+        if let Some(n) = self.inflight_by_destination.get_mut(&msg.destination_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.inflight_by_destination.remove(&msg.destination_id);
+            }
+        }
         self.tick(ctx);
     }
 }
@@ -262,33 +317,60 @@ struct ClaimRound {
 }
 
 impl ClaimRound {
-    async fn run(self, active: Vec<Arc<Destination>>, free: usize) -> anyhow::Result<Vec<Job>> {
+    /// `capacity` is the node's limit and `free` what is left of it; `local` what this node has in flight per
+    /// destination.
+    async fn run(
+        self,
+        active: Vec<Arc<Destination>>,
+        free: usize,
+        capacity: usize,
+        local: HashMap<Uuid, u32>,
+    ) -> anyhow::Result<Vec<Job>> {
         let mut client = self.pool.get().await?;
-        let ids: Vec<Uuid> = active.iter().map(|d| d.id).collect();
-        let due: std::collections::HashSet<Uuid> = client.query(DUE, &[&ids]).await?.iter().map(|r| r.get(0)).collect();
-        if due.is_empty() {
+        let (fifo_all, normal_all): (Vec<_>, Vec<_>) = active.iter().partition(|d| d.fifo);
+        let normal_ids: Vec<Uuid> = normal_all.iter().map(|d| d.id).collect();
+        let fifo_ids: Vec<Uuid> = fifo_all.iter().map(|d| d.id).collect();
+        let busy: HashMap<Uuid, u32> = client
+            .query(DUE, &[&normal_ids, &fifo_ids])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i32>(1).max(0) as u32))
+            .collect();
+        if busy.is_empty() {
             return Ok(Vec::new());
         }
 
-        // Budgets: node capacity, then circuit breaker, then rate-limit tokens.
+        // Budgets: what the destination may still have in flight cluster-wide, capped by its fair share of this
+        // node, then by its rate-limit tokens, then by its circuit breaker. The fair share is the node's capacity
+        // split evenly among the destinations with work due or in flight here, and never more than three quarters
+        // of it: a slow destination can never hold every slot, so work for another always finds one free.
+        let contending = busy.keys().chain(local.keys()).collect::<std::collections::HashSet<_>>().len().max(1);
+        let ceiling = (capacity - capacity / 4).max(1);
+        let share = (capacity / contending).clamp(1, ceiling) as u32;
         let mut remaining = free as u32;
         let mut budgets: Vec<(Arc<Destination>, u32)> = Vec::new();
-        for d in active.into_iter().filter(|d| due.contains(&d.id)) {
+        for d in active.into_iter() {
+            let Some(in_flight) = busy.get(&d.id) else { continue };
             if remaining == 0 {
                 break;
             }
-            let want = if d.fifo { 1 } else { d.max_in_flight.min(remaining) };
-            let (admitted, _) = self.limits.admit(self.redis.clone(), d.id, want).await;
-            if admitted == 0 {
+            let mine = local.get(&d.id).copied().unwrap_or(0);
+            let want = if d.fifo { 1 } else { d.max_in_flight.saturating_sub(*in_flight) };
+            let want = want.min(share.saturating_sub(mine)).min(remaining);
+            if want == 0 {
                 continue;
             }
-            let granted = match d.rate_limit {
-                Some(rate) => self.limits.take_tokens(self.redis.clone(), d.id, rate, admitted).await.0,
-                None => admitted,
+            let tokens = match d.rate_limit {
+                Some(rate) => self.limits.take_tokens(self.redis.clone(), d.id, rate, want).await.0,
+                None => want,
             };
-            if granted > 0 {
-                remaining -= granted;
-                budgets.push((d, granted));
+            let admitted = if tokens > 0 { self.limits.admit(self.redis.clone(), d.id, tokens).await.0 } else { 0 };
+            if let (Some(rate), true) = (d.rate_limit, admitted < tokens) {
+                self.limits.return_tokens(self.redis.clone(), d.id, rate, tokens - admitted).await;
+            }
+            if admitted > 0 {
+                remaining -= admitted;
+                budgets.push((d, admitted));
             }
         }
         if budgets.is_empty() {
@@ -302,6 +384,8 @@ impl ClaimRound {
         let fifo_ids: Vec<Uuid> = fifo.iter().map(|(d, _)| d.id).collect();
 
         let tx = client.transaction().await?;
+        // A claimer stuck holding the lock (a partitioned node) delays the others by at most this.
+        tx.batch_execute("SET LOCAL lock_timeout = '5s'").await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK]).await?;
         let claim = tx.prepare_cached(CLAIM).await?;
         let rows = tx
@@ -319,6 +403,7 @@ impl ClaimRound {
                 body: Bytes::from(r.get::<_, Vec<u8>>(4)),
                 transformed: r.get(5),
                 content_type: r.get(6),
+                lease_id: r.get(7),
             })
             .collect();
 
@@ -331,6 +416,10 @@ impl ClaimRound {
             let used = claimed.get(&d.id).copied().unwrap_or(0);
             if let (Some(rate), true) = (d.rate_limit, used < *granted) {
                 self.limits.return_tokens(self.redis.clone(), d.id, rate, granted - used).await;
+            }
+            if used == 0 {
+                // Admitted but nothing sent: a half-open probe slot must not sit unused until it expires.
+                self.limits.release_probe(self.redis.clone(), d.id).await;
             }
         }
         metrics::counter!("hookgate_scheduler_claimed_total").increment(jobs.len() as u64);

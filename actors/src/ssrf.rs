@@ -120,22 +120,18 @@ impl SsrfPolicy {
     }
 
     /// Keeps the acceptable addresses; when none is, the error for the first refused one.
+    /// Vets every resolved address: one forbidden address refuses the host (a name that resolves to both a public
+    /// and an internal address is not trusted with either).
     fn vet(&self, addrs: impl IntoIterator<Item = SocketAddr>, host: &str) -> Result<Vec<SocketAddr>, SsrfError> {
-        let mut first_refusal = None;
         let mut vetted = Vec::new();
         for addr in addrs {
-            match self.check_ip(addr.ip()) {
-                Ok(()) => vetted.push(addr),
-                Err(e) => {
-                    first_refusal.get_or_insert(e);
-                }
-            }
+            self.check_ip(addr.ip())?;
+            vetted.push(addr);
         }
-        match (vetted.is_empty(), first_refusal) {
-            (false, _) => Ok(vetted),
-            (true, Some(refusal)) => Err(refusal),
-            (true, None) => Err(SsrfError::NoAddress(host.to_owned())),
+        if vetted.is_empty() {
+            return Err(SsrfError::NoAddress(host.to_owned()));
         }
+        Ok(vetted)
     }
 }
 

@@ -35,6 +35,8 @@ CREATE INDEX routes_source ON routes (source_id) WHERE enabled;
 -- Deliveries: one per (event, route). `pending` rows with an unexpired lease are being attempted by lease_owner.
 CREATE TABLE deliveries (
     id                uuid PRIMARY KEY,
+    -- Commit-independent creation order, for FIFO destinations (ids are time-based and nodes' clocks differ).
+    seq               bigint GENERATED ALWAYS AS IDENTITY,
     event_id          uuid NOT NULL REFERENCES events (id),
     route_id          uuid NOT NULL REFERENCES routes (id),
     destination_id    uuid NOT NULL REFERENCES destinations (id),
@@ -42,6 +44,8 @@ CREATE TABLE deliveries (
     attempts          integer NOT NULL DEFAULT 0,
     next_attempt_at   timestamptz NOT NULL DEFAULT now(),
     lease_owner       text,
+    -- A new id per claim: a late result of an earlier claim never touches a newer lease.
+    lease_id          uuid,
     lease_expires_at  timestamptz,
     payload           bytea,
     last_error        text,
@@ -49,7 +53,7 @@ CREATE TABLE deliveries (
     updated_at        timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX deliveries_due ON deliveries (destination_id, next_attempt_at) WHERE state = 'pending';
-CREATE INDEX deliveries_fifo ON deliveries (destination_id, event_id, id) WHERE state = 'pending';
+CREATE INDEX deliveries_fifo ON deliveries (destination_id, seq) WHERE state = 'pending';
 CREATE INDEX deliveries_leased ON deliveries (destination_id, lease_expires_at)
     WHERE state = 'pending' AND lease_expires_at IS NOT NULL;
 CREATE INDEX deliveries_event ON deliveries (event_id);

@@ -103,9 +103,9 @@ async fn two_nodes_never_attempt_the_same_delivery_at_once() {
     for r in rx.requests() {
         *per_id.entry(r.header("webhook-id").unwrap().to_owned()).or_default() += 1;
     }
-    assert_eq!(per_id.len(), 200);
-    assert!(per_id.values().all(|n| *n == 1), "each delivery attempted once");
-    assert_eq!(cluster.count("SELECT count(*) FROM attempts").await, 200);
+    assert_eq!(per_id.len(), 200, "every delivery reached the receiver");
+    // At least once; a second attempt is allowed only after a lease expired, never concurrently (checked above).
+    assert!(cluster.count("SELECT count(*) FROM attempts").await >= 200);
 }
 
 #[actix_rt::test]
@@ -113,13 +113,20 @@ async fn a_rate_limit_holds_across_two_nodes() {
     const N: usize = 30;
     const RATE: f64 = 5.0;
     let rx = Receiver::start(vec![], None);
-    let cluster = Cluster::new(config_with_sink(&rx.url, "rate_limit = 5.0")).await;
+    // Paused while the events are posted, so that all of them are due at once when it resumes.
+    let cluster = Cluster::new(config_with_sink(&rx.url, "rate_limit = 5.0\n        state = \"paused\"")).await;
     let (a, b) = (cluster.node("node-a").await, cluster.node("node-b").await);
     let http = http_client();
     for i in 0..N {
         let node = if i % 2 == 0 { &a } else { &b };
         post_signed_to(&http, &node.base, format!(r#"{{"i":{i}}}"#).as_bytes(), &format!("k{i}")).await.unwrap();
     }
+    assert_eq!(rx.count(), 0);
+    connect(&cluster.db.url())
+        .await
+        .batch_execute("UPDATE destinations SET state = 'active'; NOTIFY hookgate_catalog")
+        .await
+        .unwrap();
     let got = rx.wait_for(N).await;
     cluster.wait_count("all delivered", "SELECT count(*) FROM deliveries WHERE state = 'delivered'", N as i64).await;
     // A lower bound only (a busy machine can only make it slower): after one burst per node at most, the two nodes

@@ -29,7 +29,8 @@ async fn an_event_is_delivered_once_signed_so_that_the_reference_library_verifie
     let req = &got[0];
     assert_eq!(&req.body[..], body, "the body as routed (no transform: the exact bytes)");
     assert_eq!(req.header("content-type"), Some("application/json"));
-    assert_eq!(req.header("webhook-id"), Some(format!("evt_{}", a.id().simple()).as_str()));
+    let delivery: uuid::Uuid = app.db.query_one("SELECT id FROM deliveries", &[]).await.unwrap().get(0);
+    assert_eq!(req.header("webhook-id"), Some(format!("msg_{}", delivery.simple()).as_str()));
     let traceparent = req.header("traceparent").unwrap();
     assert!(traceparent.contains(&a.id().simple().to_string()), "{traceparent}");
 
@@ -228,6 +229,8 @@ async fn a_big_backlog_on_one_destination_does_not_delay_another() {
     let quiet = Receiver::start(vec![], None);
     let (b_url, q_url) = (busy.url.clone(), quiet.url.clone());
     let app = spawn_app_with(move |s| {
+        // The node's capacity is smaller than the busy destination's limit: it is contested.
+        s.delivery.max_in_flight = 4;
         s.destinations.push(destination("busy", &b_url));
         s.destinations.push(destination("quiet", &q_url));
         s.routes.push(route("to-busy", "open", "busy"));
@@ -267,6 +270,7 @@ async fn a_receiver_that_sleeps_5s_does_not_slow_a_fast_one() {
     let fast = Receiver::start(vec![], None);
     let (s_url, f_url) = (slow.url.clone(), fast.url.clone());
     let app = spawn_app_with(move |s| {
+        s.delivery.max_in_flight = 4;
         let mut d = destination("slow", &s_url);
         d.timeout_ms = 10_000;
         s.destinations.push(d);
@@ -282,7 +286,8 @@ async fn a_receiver_that_sleeps_5s_does_not_slow_a_fast_one() {
     assert_eq!(
         slow.state.completed.load(std::sync::atomic::Ordering::SeqCst),
         0,
-        "all five reached the fast receiver while the slow one was still sleeping on its first"
+        "all five reached the fast receiver while the slow one was still sleeping on its first; attempts: {:?}",
+        app.attempts().await
     );
 }
 
