@@ -4,7 +4,7 @@
 CARGO ?= cargo
 CONFIG ?= config/hookgate.example.toml
 
-.PHONY: run test services build release fmt lint bench-ingest
+.PHONY: run test services build release fmt lint bench-ingest bench-delivery
 
 services:
 	@scripts/services.sh
@@ -33,3 +33,8 @@ lint:
 # Ingest throughput and latency with wrk, beside raw PostgreSQL COPY of the same rows (see docs/benchmarks.md).
 bench-ingest: services release
 	@scripts/bench-ingest.sh
+
+# Delivery throughput and ingest-to-delivered latency beside the sink's own capacity (see docs/benchmarks.md).
+bench-delivery: services
+	$(CARGO) build --release -p hookgate -p hookgate-bench
+	@scripts/bench-delivery.sh

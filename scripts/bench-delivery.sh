@@ -92,9 +92,9 @@ while [ "$(q "SELECT count(*) FROM deliveries WHERE state = 'pending'")" -gt 0 ]
 t1=$(date +%s.%N)
 drain_rps=$(awk -v n="$backlog" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}')
 
-# 3. Latency at ~1,000 events/s: 10 connections, each pausing 10 ms between requests.
+# 3. Latency at ~1,000 events/s: 14 connections, each pausing 10 ms between requests.
 mark=$(q "SELECT now()")
-DELAY_MS=10 RUN_ID=lat wrk -t2 -c10 -d"${LATENCY_SECS}s" -s scripts/wrk-ingest.lua "http://127.0.0.1:$PORT" > "$work/lat.txt"
+DELAY_MS=10 RUN_ID=lat wrk -t2 -c14 -d"${LATENCY_SECS}s" -s scripts/wrk-ingest.lua "http://127.0.0.1:$PORT" > "$work/lat.txt"
 while [ "$(q "SELECT count(*) FROM deliveries WHERE state = 'pending'")" -gt 0 ]; do sleep 0.2; done
 read -r n rate p50 p99 <<<"$(q "
   SELECT count(*), round(count(*) / greatest(extract(epoch FROM max(received_at) - min(received_at)), 1)),

@@ -372,3 +372,39 @@ async fn the_circuit_opens_half_opens_and_closes_and_waiting_deliveries_are_not_
     assert_eq!(rx.count(), 4, "while open the delivery waited: 3 failures, then the probe, nothing in between");
     assert_eq!(app.deliveries().await[0].1, 4);
 }
+
+#[actix_rt::test]
+async fn a_destination_failing_continuously_for_the_configured_period_is_disabled() {
+    let rx = Receiver::start(vec![], Some(Reply::Status(500)));
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        s.delivery.auto_disable_after_secs = 1;
+        // A circuit that never opens, so the failures keep coming.
+        s.delivery.circuit.failure_threshold = 0;
+        s.delivery.circuit.min_requests = u32::MAX;
+        let mut d = destination("broken", &url);
+        d.retry = hookgate_actors::retry::RetryPolicy { delays_ms: vec![200], max_attempts: 1000, jitter: 0.0 };
+        s.destinations.push(d);
+        s.routes.push(route("r", "hmac", "broken"));
+    })
+    .await;
+    app.post_signed(br#"{"n":1}"#, "a1").await;
+    app.wait_count(
+        "the destination to be auto-disabled",
+        "SELECT count(*) FROM destinations WHERE state = 'disabled' AND disabled_reason LIKE 'auto: failing%'",
+        1,
+    )
+    .await;
+    let first_failure_to_disable: f64 = app
+        .db
+        .query_one(
+            "SELECT extract(epoch FROM d.updated_at - (SELECT min(started_at) FROM attempts))::float8
+             FROM destinations d",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(first_failure_to_disable >= 1.0, "disabled only after failing for the whole period");
+    assert_eq!(app.deliveries().await[0].0, "pending", "its delivery waits");
+}
