@@ -62,8 +62,15 @@ pub struct ServerSettings {
     pub log_format: String,
     /// Milliseconds between health probes of PostgreSQL and Redis.
     pub health_interval_ms: u64,
-    /// This node's id in leases, logs and metrics; default: `$HOSTNAME`, else `hookgate`.
+    /// This node's id in leases, logs and metrics; default: the StatefulSet ordinal of `$HOSTNAME`
+    /// (`hookgate-2` → `2`), else `$HOSTNAME`, else `hookgate`.
     pub node_id: Option<String>,
+    /// After SIGTERM, readiness is false at once; ingest keeps serving this long (so endpoints can update) before
+    /// it stops accepting.
+    pub drain_delay_ms: u64,
+    /// After ingest stops accepting: longest wait for requests and deliveries in flight; deliveries still running
+    /// then give their leases back.
+    pub shutdown_timeout_secs: u64,
 }
 
 impl Default for ServerSettings {
@@ -78,6 +85,8 @@ impl Default for ServerSettings {
             log_format: "json".into(),
             health_interval_ms: 1_000,
             node_id: None,
+            drain_delay_ms: 5_000,
+            shutdown_timeout_secs: 30,
         }
     }
 }
@@ -216,12 +225,25 @@ fn serialize_secret<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S:
     ser.serialize_str(s.expose_secret())
 }
 
+/// The sections that environment variables may set (`HOOKGATE_<SECTION>__<KEY>`).
+const ENV_SECTIONS: &[&str] = &["server", "database", "redis", "writer", "supervision", "delivery"];
+
 impl ServerSettings {
     pub fn node_id(&self) -> String {
-        self.node_id
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
-            .unwrap_or_else(|| "hookgate".into())
+        node_id_from(self.node_id.as_deref(), std::env::var("HOSTNAME").ok().as_deref())
+    }
+}
+
+/// The configured id, else the StatefulSet ordinal at the end of the host name (`hookgate-2` → `2`), else the host
+/// name, else `hookgate`.
+pub fn node_id_from(configured: Option<&str>, hostname: Option<&str>) -> String {
+    if let Some(id) = configured.filter(|s| !s.is_empty()) {
+        return id.to_owned();
+    }
+    let Some(host) = hostname.filter(|h| !h.is_empty()) else { return "hookgate".into() };
+    match host.rsplit_once('-') {
+        Some((_, ordinal)) if !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit()) => ordinal.to_owned(),
+        _ => host.to_owned(),
     }
 }
 
@@ -235,8 +257,13 @@ impl Settings {
             }
             fig = fig.merge(Toml::file(path));
         }
-        // HOOKGATE_CONFIG names the file (read by the CLI), not a setting.
-        fig = fig.merge(Env::prefixed("HOOKGATE_").split("__").ignore(&["config"]));
+        // Only variables naming a section are settings: HOOKGATE_CONFIG names the file (read by the CLI), and
+        // Kubernetes injects HOOKGATE_PORT, HOOKGATE_SERVICE_HOST, … for a Service called `hookgate`.
+        // (The filter sees keys after `split`, so levels are separated by dots.)
+        fig = fig.merge(Env::prefixed("HOOKGATE_").split("__").filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            key.split_once('.').is_some_and(|(section, _)| ENV_SECTIONS.contains(&section))
+        }));
         let settings: Settings = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         settings.validate()?;
         Ok(settings)
@@ -347,6 +374,16 @@ mod tests {
     }
 
     #[test]
+    fn the_node_id_comes_from_config_then_the_statefulset_ordinal_then_the_host_name() {
+        assert_eq!(node_id_from(Some("n7"), Some("hookgate-2")), "n7");
+        assert_eq!(node_id_from(None, Some("hookgate-2")), "2");
+        assert_eq!(node_id_from(None, Some("hookgate-prod-12")), "12");
+        assert_eq!(node_id_from(None, Some("laptop")), "laptop");
+        assert_eq!(node_id_from(None, Some("web-")), "web-");
+        assert_eq!(node_id_from(None, None), "hookgate");
+    }
+
+    #[test]
     fn debug_output_never_contains_secrets() {
         let s = Settings::from_toml(EXAMPLE).unwrap();
         let dbg = format!("{s:?}");
@@ -362,6 +399,10 @@ mod tests {
             jail.create_file("hookgate.toml", EXAMPLE)?;
             jail.set_env("HOOKGATE_SERVER__PORT", "9999");
             jail.set_env("HOOKGATE_WRITER__BATCH_MAX", "7");
+            // Injected by Kubernetes for a Service named `hookgate`: not settings, and not errors.
+            jail.set_env("HOOKGATE_PORT", "tcp://10.0.0.1:80");
+            jail.set_env("HOOKGATE_SERVICE_HOST", "10.0.0.1");
+            jail.set_env("HOOKGATE_CONFIG", "hookgate.toml");
             let s = Settings::load(Some(Path::new("hookgate.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(s.server.port, 9999);
             assert_eq!(s.writer.batch_max, 7);

@@ -12,9 +12,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use hookgate_actors::catalog::{self, SharedCatalog};
 use hookgate_actors::deliverer::Deliverer;
 use hookgate_actors::limits::Limits;
-use hookgate_actors::result_writer::{ConnectScheduler, ResultWriter};
+use hookgate_actors::result_writer::{ConnectScheduler, DrainResults, ResultWriter};
 use hookgate_actors::router::{ReloadHook, Router};
-use hookgate_actors::scheduler::Scheduler;
+use hookgate_actors::scheduler::{Scheduler, Shutdown};
 use hookgate_actors::{ActorStatus, Cache, CacheConfig, Drain, EventWriter, Health, HealthRegistry, RedisHandle};
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
@@ -46,6 +46,9 @@ pub struct Application {
     server: Server,
     writer: Addr<EventWriter>,
     health: Arc<HealthRegistry>,
+    delivery: Option<(Addr<Scheduler>, Addr<ResultWriter>)>,
+    drain_delay: Duration,
+    shutdown_timeout: Duration,
     writer_arbiter: ArbiterGuard,
     _deliverer_arbiters: Vec<ArbiterGuard>,
 }
@@ -137,6 +140,7 @@ impl Application {
         }
 
         let mut deliverer_arbiters = Vec::new();
+        let mut delivery = None;
         if settings.delivery.enabled {
             let cfg = settings.delivery.clone();
             let limits = Arc::new(Limits::new(&settings.redis.key_prefix, cfg.circuit));
@@ -170,7 +174,10 @@ impl Application {
                     Scheduler::new(pool, pg_config, catalog, limits, redis, deliverers, node, cfg, scheduler_status)
                 })
             };
-            results.try_send(ConnectScheduler(scheduler.recipient())).context("Failed to connect the scheduler")?;
+            results
+                .try_send(ConnectScheduler(scheduler.clone().recipient()))
+                .context("Failed to connect the scheduler")?;
+            delivery = Some((scheduler, results));
             deliverer_arbiters = arbiters.into_iter().map(ArbiterGuard).collect();
         }
 
@@ -202,7 +209,11 @@ impl Application {
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| format!("Failed to bind {}:{}", settings.server.host, settings.server.port))?;
         let port = listener.local_addr()?.port();
+        let shutdown_timeout = Duration::from_secs(settings.server.shutdown_timeout_secs);
         let mut server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes::configure))
+            // Signals are handled in `run_until_stopped`, which drains in order.
+            .disable_signals()
+            .shutdown_timeout(settings.server.shutdown_timeout_secs)
             .listen(listener)?;
         if let Some(workers) = settings.server.workers {
             server = server.workers(workers);
@@ -213,6 +224,9 @@ impl Application {
             server: server.run(),
             writer,
             health,
+            delivery,
+            drain_delay: Duration::from_millis(settings.server.drain_delay_ms),
+            shutdown_timeout,
             writer_arbiter: ArbiterGuard(writer_arbiter),
             _deliverer_arbiters: deliverer_arbiters,
         })
@@ -222,27 +236,72 @@ impl Application {
         self.port
     }
 
-    /// Serves until the server stops (SIGTERM/SIGINT, or the future is dropped).
+    /// Serves until SIGTERM or SIGINT, then shuts down in order:
     ///
-    /// On SIGTERM readiness turns false at once; actix-web stops accepting and waits for the requests in progress
-    /// (each of which waits for its COMMIT); then the writer is drained before its arbiter stops.
+    /// 1. readiness turns false at once (`/readyz` answers 503) while ingest keeps serving for `drain_delay_ms`,
+    ///    so that load balancers stop sending before anything is refused;
+    /// 2. ingest stops accepting; requests in progress finish (each waits for its COMMIT), for at most
+    ///    `shutdown_timeout_secs`;
+    /// 3. the EventWriter flushes what it holds;
+    /// 4. the Scheduler stops claiming; attempts in flight finish, and those still running when the rest of the
+    ///    grace period is over give their leases back so that another node takes them over at once;
+    /// 5. the ResultWriter flushes the last attempt results.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Self { server, writer, health, writer_arbiter, .. } = self;
-        #[cfg(unix)]
-        actix_rt::spawn(async move {
-            use actix_rt::signal::unix::{signal, SignalKind};
-            if let Ok(mut term) = signal(SignalKind::terminate()) {
-                term.recv().await;
-                tracing::info!(message = "SIGTERM received; draining.");
-                health.set_draining();
+        let Self { server, writer, health, delivery, drain_delay, shutdown_timeout, writer_arbiter, .. } = self;
+        let handle = server.handle();
+        let mut serving = actix_rt::spawn(server);
+        tokio::select! {
+            result = &mut serving => {
+                return result.unwrap_or_else(|e| Err(std::io::Error::other(e)));
             }
-        });
-        let result = server.await;
+            signal = shutdown_signal() => {
+                tracing::info!(message = "Shutting down.", signal);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + drain_delay + shutdown_timeout;
+        health.set_draining();
+        tokio::time::sleep(drain_delay).await;
+        tracing::info!(message = "Ingest stops accepting.");
+        handle.stop(true).await;
+        let _ = serving.await;
+
         let (tx, rx) = tokio::sync::oneshot::channel();
         if writer.send(Drain { reply: tx }).await.is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
+            let _ = tokio::time::timeout_at(deadline, rx).await;
+        }
+        if let Some((scheduler, results)) = delivery {
+            let grace = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if scheduler.send(Shutdown { grace, reply: tx }).await.is_ok() {
+                let _ = tokio::time::timeout(grace + Duration::from_secs(5), rx).await;
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if results.send(DrainResults { reply: tx }).await.is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+            }
         }
         drop(writer_arbiter);
-        result
+        tracing::info!(message = "Stopped.");
+        Ok(())
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT, with its name.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use actix_rt::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = actix_rt::signal::ctrl_c().await;
+        "ctrl-c"
     }
 }

@@ -121,7 +121,8 @@ impl Handler<Deliver> for Deliverer {
                 if results.send(result).await.is_err() {
                     tracing::warn!(message = "ResultWriter gone; the lease will expire.");
                 }
-                let _ = scheduler.send(Completed { destination_id: msg.job.destination_id }).await;
+                let done = Completed { delivery_id: msg.job.delivery_id, destination_id: msg.job.destination_id };
+                let _ = scheduler.send(done).await;
             }
             .into_actor(self),
         );

@@ -20,6 +20,13 @@ use crate::health::{ActorState, ActorStatus};
 use crate::scheduler::Wake;
 use crate::Pool;
 
+/// Flush everything buffered and answer when nothing is left (shutdown, after the deliverers finished).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DrainResults {
+    pub reply: tokio::sync::oneshot::Sender<()>,
+}
+
 /// Where the scheduler can be woken once results are committed (set after both are started).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -35,6 +42,7 @@ pub struct ResultWriter {
     buffer: Vec<AttemptResult>,
     timer: Option<SpawnHandle>,
     flushing: bool,
+    drains: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl ResultWriter {
@@ -45,7 +53,18 @@ impl ResultWriter {
         cfg: DeliveryConfig,
         status: Arc<ActorStatus>,
     ) -> Self {
-        Self { pool, catalog, node_id, cfg, status, scheduler: None, buffer: Vec::new(), timer: None, flushing: false }
+        Self {
+            pool,
+            catalog,
+            node_id,
+            cfg,
+            status,
+            scheduler: None,
+            buffer: Vec::new(),
+            timer: None,
+            flushing: false,
+            drains: Vec::new(),
+        }
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
@@ -90,8 +109,27 @@ impl ResultWriter {
             }
             if !act.buffer.is_empty() {
                 act.flush(ctx);
+            } else {
+                act.answer_drains();
             }
         }));
+    }
+
+    fn answer_drains(&mut self) {
+        if self.buffer.is_empty() && !self.flushing {
+            for reply in self.drains.drain(..) {
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
+impl Handler<DrainResults> for ResultWriter {
+    type Result = ();
+    fn handle(&mut self, msg: DrainResults, ctx: &mut Self::Context) {
+        self.drains.push(msg.reply);
+        self.flush(ctx);
+        self.answer_drains();
     }
 }
 

@@ -47,7 +47,17 @@ pub struct Job {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Completed {
+    pub delivery_id: Uuid,
     pub destination_id: Uuid,
+}
+
+/// Stop claiming; answer once the attempts in flight have finished, or, past `grace`, after releasing the leases of
+/// those still running so that another node takes them over at once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown {
+    pub grace: std::time::Duration,
+    pub reply: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Look for work now.
@@ -127,6 +137,10 @@ pub struct Scheduler {
     inflight: usize,
     /// This node's attempts in flight per destination (for the fair share).
     inflight_by_destination: HashMap<Uuid, u32>,
+    /// The lease of every delivery in flight here, to release them at shutdown.
+    leases: HashMap<Uuid, Uuid>,
+    /// Set by `Shutdown`: no more claims; answered when nothing is in flight.
+    stopping: Option<tokio::sync::oneshot::Sender<()>>,
     claiming: bool,
     again: bool,
     next_deliverer: usize,
@@ -157,6 +171,8 @@ impl Scheduler {
             status,
             inflight: 0,
             inflight_by_destination: HashMap::new(),
+            leases: HashMap::new(),
+            stopping: None,
             claiming: false,
             again: false,
             next_deliverer: 0,
@@ -164,6 +180,9 @@ impl Scheduler {
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping.is_some() {
+            return;
+        }
         if self.claiming {
             self.again = true;
             return;
@@ -221,10 +240,11 @@ impl Scheduler {
         };
         let i = self.next_deliverer % self.deliverers.len();
         self.next_deliverer = self.next_deliverer.wrapping_add(1);
-        let destination_id = job.destination_id;
+        let (destination_id, delivery_id, lease_id) = (job.destination_id, job.delivery_id, job.lease_id);
         match self.deliverers[i].try_send(Deliver { job, destination }) {
             Ok(()) => {
                 self.inflight += 1;
+                self.leases.insert(delivery_id, lease_id);
                 *self.inflight_by_destination.entry(destination_id).or_default() += 1;
             }
             Err(e) => {
@@ -290,6 +310,14 @@ impl Handler<Completed> for Scheduler {
     type Result = ();
     fn handle(&mut self, msg: Completed, ctx: &mut Self::Context) {
         self.inflight = self.inflight.saturating_sub(1);
+        self.leases.remove(&msg.delivery_id);
+        if self.inflight == 0 {
+            if let Some(reply) = self.stopping.take() {
+                let _ = reply.send(());
+                // Stay stopped: a later Completed or Wake must not claim again.
+                self.stopping = Some(tokio::sync::oneshot::channel().0);
+            }
+        }
         if let Some(n) = self.inflight_by_destination.get_mut(&msg.destination_id) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -297,6 +325,48 @@ impl Handler<Completed> for Scheduler {
             }
         }
         self.tick(ctx);
+    }
+}
+
+impl Handler<Shutdown> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) {
+        if self.inflight == 0 {
+            let _ = msg.reply.send(());
+            self.stopping = Some(tokio::sync::oneshot::channel().0);
+            return;
+        }
+        self.stopping = Some(msg.reply);
+        ctx.run_later(msg.grace, |act, ctx| {
+            if act.leases.is_empty() {
+                return;
+            }
+            let (deliveries, leases): (Vec<Uuid>, Vec<Uuid>) = act.leases.drain().unzip();
+            tracing::info!(message = "Releasing the leases of unfinished attempts.", count = deliveries.len());
+            let pool = act.pool.clone();
+            let fut = async move {
+                let client = pool.get().await?;
+                client
+                    .execute(
+                        "UPDATE deliveries SET lease_owner = NULL, lease_id = NULL, lease_expires_at = NULL
+                         FROM UNNEST($1::uuid[], $2::uuid[]) AS l(id, lease_id)
+                         WHERE deliveries.id = l.id AND deliveries.lease_id = l.lease_id",
+                        &[&deliveries, &leases],
+                    )
+                    .await?;
+                Ok::<_, anyhow::Error>(())
+            };
+            ctx.spawn(fut.into_actor(act).map(|res, act, _| {
+                if let Err(error) = res {
+                    tracing::warn!(message = "Could not release leases; they will expire.", error = %format!("{error:#}"));
+                }
+                if let Some(reply) = act.stopping.take() {
+                    let _ = reply.send(());
+                }
+                act.stopping = Some(tokio::sync::oneshot::channel().0);
+            }));
+        });
     }
 }
 

@@ -578,8 +578,12 @@ mod tests {
         assert_eq!(res.status().as_u16(), 200);
         assert_eq!(res.body().await.unwrap().as_ref(), b"ok");
         expect_ssrf(&client, &format!("http://127.0.0.2:{port}/")).await;
-        // localhost resolves to 127.0.0.1 (allowed) and ::1 (dropped): the request goes to 127.0.0.1.
+        // localhost resolves to 127.0.0.1 (allowed) and ::1 (not allowed): one forbidden address refuses the host.
         let hosts_only = guarded_client_with_dns(loopback_allowed(), 8, hosts_only_resolver());
+        expect_ssrf(&hosts_only, &format!("http://localhost:{port}/")).await;
+        // With both loopback addresses allowed it goes through.
+        let both = Arc::new(SsrfPolicy::new(vec!["127.0.0.1/32".parse().unwrap(), "::1/128".parse().unwrap()]));
+        let hosts_only = guarded_client_with_dns(both, 8, hosts_only_resolver());
         let res = hosts_only.get(format!("http://localhost:{port}/")).send().await.unwrap();
         assert_eq!(res.status().as_u16(), 200);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);

@@ -34,6 +34,8 @@ pub fn test_config_toml() -> String {
         workers = 2
         ingest_timeout_ms = 20000
         health_interval_ms = 100
+        drain_delay_ms = 300
+        shutdown_timeout_secs = 5
         [database]
         pool_size = 8
         [delivery]
@@ -399,6 +401,22 @@ impl Node {
         })
         .await;
         node
+    }
+
+    /// Sends SIGTERM (a graceful shutdown).
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        eventually("the node to exit", limit, || {
+            let exited = child.try_wait().unwrap();
+            async move { exited }
+        })
+        .await
     }
 
     /// POSTs a signed JSON body to the node's `hmac` source.
