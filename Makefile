@@ -4,7 +4,7 @@
 CARGO ?= cargo
 CONFIG ?= config/hookgate.example.toml
 
-.PHONY: run test services build release fmt lint bench-ingest bench-delivery
+.PHONY: run test validate-deploy services build release fmt lint bench-ingest bench-delivery
 
 services:
 	@scripts/services.sh
@@ -16,6 +16,12 @@ run: services
 test: services
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)"; exit 1; }
 	$(CARGO) test --workspace --all-targets
+	scripts/validate-manifests.sh
+	@for f in $$(find config deploy -name '*.toml'); do $(CARGO) run -q -p hookgate -- check-config $$f || exit 1; done
+
+# Kubernetes manifests against the schemas, compose and Dockerfile checks (offline after the first run).
+validate-deploy:
+	scripts/validate-manifests.sh
 
 build:
 	$(CARGO) build --workspace --all-targets

@@ -22,7 +22,12 @@ PY_REQS=("kubernetes-validate==1.37.0" "pyyaml>=6,<7" "tomli>=2; python_version<
 if ! { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import kubernetes_validate, yaml, sys
 if sys.version_info < (3, 11): import tomli' 2>/dev/null; }; then
     echo "validate-manifests: installing ${PY_REQS[*]} into $VENV" >&2
-    python3 -m venv "$VENV"
+    if ! python3 -m venv "$VENV" 2>/dev/null; then
+        # Debian ships venv support separately.
+        echo "validate-manifests: installing python3-venv" >&2
+        if [ "$(id -u)" = 0 ]; then apt-get install -y -qq python3-venv >/dev/null; else sudo apt-get install -y -qq python3-venv >/dev/null; fi
+        python3 -m venv "$VENV"
+    fi
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_REQS[@]}"
 fi
 
