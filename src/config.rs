@@ -35,6 +35,9 @@ pub struct Settings {
     /// Scheduler, deliverers, result writer, circuit breaker and SSRF allowlist.
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    /// Partitions, retention and the cluster's other periodic jobs.
+    #[serde(default)]
+    pub retention: RetentionSettings,
     /// Destinations declared here are applied into PostgreSQL at start (matched by slug).
     #[serde(default)]
     pub destinations: Vec<DestinationSpec>,
@@ -170,6 +173,26 @@ impl Default for RedisSettings {
     }
 }
 
+/// Retention and the periodic singleton jobs (run on one node at a time).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Seconds between rounds of the singleton jobs.
+    pub interval_secs: u64,
+    /// Events, deliveries and attempts are kept this many days (then their daily partitions are dropped).
+    pub days: u32,
+    /// Daily partitions created ahead of today.
+    pub partitions_ahead_days: u32,
+    /// How long PostgreSQL remembers an idempotency key: a repeat within this window is a duplicate.
+    pub dedupe_window_secs: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self { interval_secs: 60, days: 30, partitions_ahead_days: 3, dedupe_window_secs: 7 * 24 * 3600 }
+    }
+}
+
 /// A producer that may POST to `/ingest/{slug}`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -226,7 +249,7 @@ fn serialize_secret<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S:
 }
 
 /// The sections that environment variables may set (`HOOKGATE_<SECTION>__<KEY>`).
-const ENV_SECTIONS: &[&str] = &["server", "database", "redis", "writer", "supervision", "delivery"];
+const ENV_SECTIONS: &[&str] = &["server", "database", "redis", "writer", "supervision", "delivery", "retention"];
 
 impl ServerSettings {
     pub fn node_id(&self) -> String {

@@ -8,7 +8,11 @@ use deadpool_postgres::Pool;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "initial", include_str!("migrations/0001_initial.sql")),
     (2, "delivery", include_str!("migrations/0002_delivery.sql")),
+    (4, "partitions", include_str!("migrations/0004_partitions.sql")),
 ];
+
+/// How many migrations this binary carries.
+pub const MIGRATION_COUNT: usize = MIGRATIONS.len();
 
 /// Arbitrary constant naming hookgate's migration lock.
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_6761_7465; // "hookgate"

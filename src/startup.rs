@@ -11,6 +11,7 @@ use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use hookgate_actors::catalog::{self, SharedCatalog};
 use hookgate_actors::deliverer::Deliverer;
+use hookgate_actors::janitor::{Janitor, JanitorConfig};
 use hookgate_actors::limits::Limits;
 use hookgate_actors::result_writer::{ConnectScheduler, DrainResults, ResultWriter};
 use hookgate_actors::router::{ReloadHook, Router};
@@ -47,6 +48,7 @@ pub struct Application {
     writer: Addr<EventWriter>,
     health: Arc<HealthRegistry>,
     delivery: Option<(Addr<Scheduler>, Addr<ResultWriter>)>,
+    janitor: Addr<Janitor>,
     drain_delay: Duration,
     shutdown_timeout: Duration,
     writer_arbiter: ArbiterGuard,
@@ -139,6 +141,19 @@ impl Application {
             Supervisor::start(move |_| Router::new(pool, pg_config, catalog, vec![sources_hook], router_status));
         }
 
+        let janitor_status = health.register("janitor", false, policy);
+        let janitor = {
+            let cfg = JanitorConfig {
+                interval_secs: settings.retention.interval_secs,
+                retention_days: settings.retention.days,
+                partitions_ahead_days: settings.retention.partitions_ahead_days,
+                auto_disable_after_secs: settings.delivery.auto_disable_after_secs,
+            };
+            let window = Duration::from_secs(settings.retention.dedupe_window_secs);
+            let pool = pool.clone();
+            Supervisor::start(move |_| Janitor::new(pool, cfg, window, janitor_status))
+        };
+
         let mut deliverer_arbiters = Vec::new();
         let mut delivery = None;
         if settings.delivery.enabled {
@@ -225,6 +240,7 @@ impl Application {
             writer,
             health,
             delivery,
+            janitor,
             drain_delay: Duration::from_millis(settings.server.drain_delay_ms),
             shutdown_timeout,
             writer_arbiter: ArbiterGuard(writer_arbiter),
@@ -234,6 +250,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The singleton-jobs actor (tests run a round with `RunNow`).
+    pub fn janitor(&self) -> Addr<Janitor> {
+        self.janitor.clone()
     }
 
     /// Serves until SIGTERM or SIGINT, then shuts down in order:

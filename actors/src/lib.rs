@@ -8,6 +8,7 @@
 //! | [`router::Router`] | keeps the routing snapshot ([`catalog::SharedCatalog`]) current | LISTEN `hookgate_catalog` | the snapshot | reload on change, at most one at a time |
 //! | [`scheduler::Scheduler`] | claims due deliveries with leases, fairly per destination | `Completed`, `Wake`, LISTEN `hookgate_deliveries` | [`deliverer::Deliverer`] | one claim round at a time, polled every `poll_interval_ms` |
 //! | [`deliverer::Deliverer`] | makes one signed, SSRF-guarded HTTP attempt per delivery | `Deliver` | `ResultWriter`, `Scheduler` | none (many attempts at once) |
+//! | [`janitor::Janitor`] | the cluster's singleton jobs: partitions, retention, key pruning, lease reaper, auto-disable sweep | timer, `RunNow` | PostgreSQL | one round per `interval_secs`, on the node holding the advisory lock |
 //! | [`result_writer::ResultWriter`] | batches attempt rows and delivery state changes | `AttemptResult` | PostgreSQL | flush at `result_batch_max` or `result_flush_interval_ms` |
 //!
 //! Every message that can arrive in a flood carries its own reply channel and is sent with `try_send`: a full
@@ -19,6 +20,7 @@ pub mod catalog;
 pub mod config;
 pub mod deliverer;
 pub mod health;
+pub mod janitor;
 pub mod jq;
 pub mod limits;
 pub mod listen;

@@ -1,8 +1,9 @@
 //! Group-commits ingested events to PostgreSQL and answers each sender only after COMMIT.
 //!
 //! [`Persist`] messages are buffered and flushed when `batch_max` events are waiting or `flush_interval` has passed
-//! since the first of them arrived. A flush is one transaction with one `INSERT … SELECT FROM UNNEST(…) ON CONFLICT
-//! DO NOTHING` (one round trip for the whole batch) plus, only when some keys were already stored, one lookup of the
+//! since the first of them arrived. A flush is one transaction with one statement that inserts the batch's new
+//! idempotency keys into `event_keys` (`ON CONFLICT DO NOTHING`) and the events whose key was new (one round trip for
+//! the whole batch) plus, only when some keys were already stored, one lookup of the
 //! first events' ids. Up to `max_inflight_flushes` flushes run at once, each on its own pooled connection; while
 //! they are busy, new events accumulate into the next batch, so batches grow with load (classic group commit).
 //!
@@ -205,10 +206,19 @@ impl Handler<Persist> for EventWriter {
     }
 }
 
+/// Keys first: an event is stored exactly when its (source, idempotency key) is new (see ADR-0007).
 const INSERT_EVENTS: &str = "\
+WITH input AS (
+    SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::jsonb[], $7::bytea[])
+        AS u(id, source_id, idempotency_key, received_at, content_type, headers, body)
+), fresh AS (
+    INSERT INTO event_keys (source_id, idempotency_key, event_id, received_at)
+    SELECT source_id, idempotency_key, id, received_at FROM input
+    ON CONFLICT (source_id, idempotency_key) DO NOTHING
+    RETURNING event_id
+)
 INSERT INTO events (id, source_id, idempotency_key, received_at, content_type, headers, body)
-SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::jsonb[], $7::bytea[])
-ON CONFLICT (source_id, idempotency_key) DO NOTHING
+SELECT input.* FROM input JOIN fresh ON fresh.event_id = input.id
 RETURNING id";
 
 const INSERT_DELIVERIES: &str = "\
@@ -219,7 +229,7 @@ SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
 pub const DELIVERIES_CHANNEL: &str = "hookgate_deliveries";
 
 const FIND_EXISTING: &str = "\
-SELECT id, source_id, idempotency_key FROM events
+SELECT event_id, source_id, idempotency_key FROM event_keys
 WHERE (source_id, idempotency_key) IN (SELECT * FROM UNNEST($1::uuid[], $2::text[]))";
 
 /// Writes one batch in one transaction and answers every sender. Returns whether PostgreSQL answered.

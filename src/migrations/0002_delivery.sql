@@ -32,11 +32,15 @@ CREATE TABLE routes (
 );
 CREATE INDEX routes_source ON routes (source_id) WHERE enabled;
 
+-- Commit-independent creation order of deliveries, for FIFO destinations (a plain sequence rather than an identity
+-- column, so that the table can be partitioned on PostgreSQL 15).
+CREATE SEQUENCE deliveries_seq;
+
 -- Deliveries: one per (event, route). `pending` rows with an unexpired lease are being attempted by lease_owner.
 CREATE TABLE deliveries (
     id                uuid PRIMARY KEY,
-    -- Commit-independent creation order, for FIFO destinations (ids are time-based and nodes' clocks differ).
-    seq               bigint GENERATED ALWAYS AS IDENTITY,
+    -- Creation order, for FIFO destinations (ids are time-based and nodes' clocks differ).
+    seq               bigint NOT NULL DEFAULT nextval('deliveries_seq'),
     event_id          uuid NOT NULL REFERENCES events (id),
     route_id          uuid NOT NULL REFERENCES routes (id),
     destination_id    uuid NOT NULL REFERENCES destinations (id),

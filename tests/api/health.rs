@@ -15,7 +15,7 @@ async fn readyz_reports_postgres_redis_and_every_actor() {
     assert_eq!(a.json["postgres"], "up");
     assert_eq!(a.json["redis"], "up");
     let names: Vec<&str> = a.json["actors"].as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["event_writer", "cache", "router", "result_writer", "scheduler"]);
+    assert_eq!(names, ["event_writer", "cache", "router", "janitor", "result_writer", "scheduler"]);
     for actor in a.json["actors"].as_array().unwrap() {
         assert_eq!(actor["state"], "running", "{actor}");
         assert!(actor["mailbox_depth"].is_i64(), "{actor}");

@@ -134,6 +134,7 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 
 pub struct TestApp {
     pub address: String,
+    pub janitor: actix::Addr<hookgate_actors::janitor::Janitor>,
     pub port: u16,
     pub db: tokio_postgres::Client,
     pub http: awc::Client,
@@ -159,10 +160,12 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     tweak(&mut settings);
     let app = Application::build(settings.clone()).await.expect("build application");
     let port = app.port();
+    let janitor = app.janitor();
     actix_rt::spawn(app.run_until_stopped());
     let db = connect(&test_db.url()).await;
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
+        janitor,
         port,
         db,
         http: http_client(),

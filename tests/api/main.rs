@@ -10,3 +10,4 @@ mod helpers;
 mod ingest;
 mod load;
 mod receiver;
+mod retention;

@@ -1,0 +1,104 @@
+//! Retention by daily partitions, the dedupe window, and singleton jobs under an advisory lock.
+
+use hookgate_actors::janitor::{RoundReport, RunNow, JANITOR_LOCK};
+use uuid::Uuid;
+
+use crate::helpers::{clear_redis_prefix, connect, spawn_app_with, TestApp, TestDb};
+
+async fn janitor_round(app: &TestApp) -> RoundReport {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    app.janitor.send(RunNow(tx)).await.expect("janitor mailbox");
+    rx.await.expect("janitor answered").expect("janitor round")
+}
+
+#[actix_rt::test]
+async fn partitions_past_the_retention_age_are_dropped_whole_and_recent_data_stays() {
+    let app = spawn_app_with(|s| s.retention.days = 30).await;
+    // Day partitions back to 40 days ago, and an old event with a delivery and an attempt in them.
+    app.db.execute("SELECT hookgate_ensure_partitions((now() AT TIME ZONE 'UTC')::date - 40, 3)", &[]).await.unwrap();
+    let old = Uuid::now_v7();
+    app.db
+        .batch_execute(&format!(
+            "INSERT INTO events (id, source_id, idempotency_key, received_at, headers, body)
+             SELECT '{old}', id, 'old-key', now() - interval '35 days', '{{}}', '\\x7b7d' FROM sources WHERE slug = 'open';
+             INSERT INTO attempts (id, delivery_id, attempt, node_id, started_at, latency_ms)
+             VALUES (gen_random_uuid(), gen_random_uuid(), 1, 'n', now() - interval '35 days', 5);"
+        ))
+        .await
+        .unwrap();
+    let fresh = app.post_signed(br#"{"fresh":true}"#, "fresh").await;
+    assert_eq!(fresh.status, 202);
+
+    let report = janitor_round(&app).await;
+    assert!(report.ran);
+    assert!(report.partitions_dropped >= 3 * 9, "the days 31 to 40 ago of three tables: {report:?}");
+    let count = |sql: &'static str| async { app.db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) };
+    assert_eq!(count("SELECT count(*) FROM events WHERE received_at < now() - interval '30 days'").await, 0);
+    assert_eq!(count("SELECT count(*) FROM attempts").await, 0);
+    let ids: Vec<Uuid> = app.db.query("SELECT id FROM events", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, vec![fresh.id()], "recent events stay");
+    let partitions: i64 = count(
+        "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE c.relname ~ '^events_p[0-9]{8}$'",
+    )
+    .await;
+    assert!((30..=35).contains(&partitions), "30 days kept plus the days ahead: {partitions}");
+    // Idempotent: a second round has nothing to drop.
+    assert_eq!(janitor_round(&app).await.partitions_dropped, 0);
+}
+
+#[actix_rt::test]
+async fn dedupe_holds_within_its_window_even_without_redis_and_ends_after_it() {
+    let app = spawn_app_with(|s| s.retention.dedupe_window_secs = 7 * 24 * 3600).await;
+    let first = app.post_signed(br#"{"n":1}"#, "k").await;
+    clear_redis_prefix(&app.settings.redis.key_prefix).await;
+    let again = app.post_signed(br#"{"n":1}"#, "k").await;
+    assert_eq!((again.id(), again.duplicate()), (first.id(), true), "within the window PostgreSQL dedupes");
+
+    // The key ages past the window; the janitor forgets it; the same key is a new event now.
+    app.db.execute("UPDATE event_keys SET received_at = now() - interval '8 days'", &[]).await.unwrap();
+    assert!(janitor_round(&app).await.keys_pruned >= 1);
+    clear_redis_prefix(&app.settings.redis.key_prefix).await;
+    let later = app.post_signed(br#"{"n":1}"#, "k").await;
+    assert_eq!(later.status, 202);
+    assert!(!later.duplicate());
+    assert_ne!(later.id(), first.id());
+}
+
+#[actix_rt::test]
+async fn a_janitor_round_runs_on_one_node_at_a_time() {
+    let app = spawn_app_with(|_| {}).await;
+    let holder = connect(&app._db.url()).await;
+    holder.execute("SELECT pg_advisory_lock($1)", &[&JANITOR_LOCK]).await.unwrap();
+    assert!(!janitor_round(&app).await.ran, "another node holds the lock: this one skips");
+    holder.execute("SELECT pg_advisory_unlock($1)", &[&JANITOR_LOCK]).await.unwrap();
+    assert!(janitor_round(&app).await.ran);
+}
+
+#[actix_rt::test]
+async fn replicas_starting_together_migrate_once() {
+    let db = TestDb::create().await;
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+                .arg("migrate")
+                .env("HOOKGATE_DATABASE__URL", db.url())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut applied = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text.lines().find(|l| l.starts_with("applied ")).unwrap_or_default();
+        let n: usize = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(99);
+        applied.push(n);
+    }
+    applied.sort();
+    let total = hookgate::migrations::MIGRATION_COUNT;
+    assert_eq!(applied, vec![0, 0, total], "one replica migrated, the others waited and found nothing to do");
+}
