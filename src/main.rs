@@ -73,6 +73,9 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let node = settings.server.node_id();
+    telemetry::install_metrics(&node);
+    tracing::info!(message = "Starting.", node = %node, version = env!("CARGO_PKG_VERSION"));
     let app = Application::build(settings).await?;
     app.run_until_stopped().await?;
     Ok(())

@@ -233,7 +233,7 @@ impl Application {
         if let Some(workers) = settings.server.workers {
             server = server.workers(workers);
         }
-        tracing::info!(message = "Listening.", host = %settings.server.host, port);
+        tracing::info!(message = "Listening.", host = %settings.server.host, port, node = %node_id);
         Ok(Self {
             port,
             server: server.run(),

@@ -17,27 +17,37 @@ where
     let _ = result;
 }
 
-/// The process-wide Prometheus recorder, installed on first use.
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder with a `node` label on every series (first call wins).
+pub fn install_metrics(node_id: &str) -> PrometheusHandle {
+    HANDLE.get_or_init(|| build_recorder(Some(node_id))).clone()
+}
+
+/// The process-wide Prometheus recorder, installed (without a node label) on first use.
 pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Suffix("_seconds".into()),
-                    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
-                )
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full("hookgate_writer_batch_size".into()),
-                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
-                    )
-                })
-                .expect("bucket lists are non-empty")
-                .build_recorder();
-            let handle = recorder.handle();
-            let _ = metrics::set_global_recorder(recorder);
-            handle
+    HANDLE.get_or_init(|| build_recorder(None)).clone()
+}
+
+fn build_recorder(node_id: Option<&str>) -> PrometheusHandle {
+    let mut builder = PrometheusBuilder::new();
+    if let Some(node) = node_id {
+        builder = builder.add_global_label("node", node);
+    }
+    let recorder = builder
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("hookgate_writer_batch_size".into()),
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
+            )
         })
-        .clone()
+        .expect("bucket lists are non-empty")
+        .build_recorder();
+    let handle = recorder.handle();
+    let _ = metrics::set_global_recorder(recorder);
+    handle
 }

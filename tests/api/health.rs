@@ -30,7 +30,7 @@ async fn metrics_expose_ingest_outcomes_batches_flushes_mailboxes_and_restarts()
     let prefix = format!("hgtest-{}", uuid::Uuid::new_v4().simple());
     let _redis = RedisPrefix(prefix.clone());
     let config = TempConfig::new(&test_config_toml());
-    let node = Node::start(&config.0, &db.url(), &prefix, &[]).await;
+    let node = Node::start(&config.0, &db.url(), &prefix, &[("HOOKGATE_SERVER__NODE_ID", "node-7")]).await;
     let http = http_client();
     for _ in 0..2 {
         assert_eq!(node.post_signed(&http, br#"{"m":1}"#, "m-1").await.unwrap().status, 202);
@@ -39,17 +39,26 @@ async fn metrics_expose_ingest_outcomes_batches_flushes_mailboxes_and_restarts()
     let mut resp = http.get(format!("{}/metrics", node.base)).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let text = String::from_utf8(resp.body().await.unwrap().to_vec()).unwrap();
-    for needle in [
-        r#"hookgate_ingest_requests_total{source="hmac",outcome="accepted"} 1"#,
-        r#"hookgate_ingest_requests_total{source="hmac",outcome="duplicate"} 1"#,
-        r#"hookgate_ingest_requests_total{source="hmac",outcome="bad_request"} 1"#,
-        "hookgate_writer_batch_size_count 1",
-        "hookgate_writer_flush_seconds_count 1",
-        r#"hookgate_actor_mailbox_depth{actor="event_writer"} 0"#,
-        r#"hookgate_actor_restarts_total{actor="cache"} 0"#,
-        r#"hookgate_dependency_up{dependency="postgres"} 1"#,
+    // Every series carries the node id; the value is the last field of its line.
+    let series = |name: &str, labels: &[&str], value: &str| {
+        text.lines().any(|l| {
+            l.starts_with(name)
+                && l.contains(r#"node="node-7""#)
+                && labels.iter().all(|x| l.contains(x))
+                && l.rsplit(' ').next() == Some(value)
+        })
+    };
+    for (name, labels, value) in [
+        ("hookgate_ingest_requests_total{", &[r#"source="hmac""#, r#"outcome="accepted""#][..], "1"),
+        ("hookgate_ingest_requests_total{", &[r#"source="hmac""#, r#"outcome="duplicate""#][..], "1"),
+        ("hookgate_ingest_requests_total{", &[r#"source="hmac""#, r#"outcome="bad_request""#][..], "1"),
+        ("hookgate_writer_batch_size_count", &[][..], "1"),
+        ("hookgate_writer_flush_seconds_count", &[][..], "1"),
+        ("hookgate_actor_mailbox_depth{", &[r#"actor="event_writer""#][..], "0"),
+        ("hookgate_actor_restarts_total{", &[r#"actor="cache""#][..], "0"),
+        ("hookgate_dependency_up{", &[r#"dependency="postgres""#][..], "1"),
     ] {
-        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+        assert!(series(name, labels, value), "missing {name} {labels:?} = {value} in:\n{text}");
     }
     assert!(!text.contains("test-secret"), "metrics never carry secrets");
 }
