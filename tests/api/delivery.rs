@@ -265,14 +265,17 @@ async fn a_big_backlog_on_one_destination_does_not_delay_another() {
 }
 
 #[actix_rt::test]
-async fn a_receiver_that_sleeps_5s_does_not_slow_a_fast_one() {
-    let slow = Receiver::start(vec![], Some(Reply::Sleep(Duration::from_secs(5), 200)));
+async fn a_receiver_that_sleeps_does_not_slow_a_fast_one() {
+    // The slow receiver holds every request until the end of the test (longer than any fixed sleep would).
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let slow = Receiver::start(vec![], Some(Reply::Gate(gate.clone(), 200)));
     let fast = Receiver::start(vec![], None);
     let (s_url, f_url) = (slow.url.clone(), fast.url.clone());
     let app = spawn_app_with(move |s| {
+        // The node's capacity is smaller than the slow destination's limit: slots are contested.
         s.delivery.max_in_flight = 4;
         let mut d = destination("slow", &s_url);
-        d.timeout_ms = 10_000;
+        d.timeout_ms = 60_000;
         s.destinations.push(d);
         s.destinations.push(destination("fast", &f_url));
         s.routes.push(route("to-slow", "hmac", "slow"));
@@ -282,13 +285,14 @@ async fn a_receiver_that_sleeps_5s_does_not_slow_a_fast_one() {
     for i in 0..5 {
         app.post_signed(format!(r#"{{"i":{i}}}"#).as_bytes(), &format!("k{i}")).await;
     }
+    slow.wait_for(1).await;
     fast.wait_for(5).await;
     assert_eq!(
         slow.state.completed.load(std::sync::atomic::Ordering::SeqCst),
         0,
-        "all five reached the fast receiver while the slow one was still sleeping on its first; attempts: {:?}",
-        app.attempts().await
+        "all five reached the fast receiver while the slow one still held its requests"
     );
+    gate.add_permits(100);
 }
 
 #[actix_rt::test]
@@ -333,14 +337,10 @@ fn a_jq_program_that_does_not_compile_is_a_configuration_error_naming_the_route(
 #[actix_rt::test]
 async fn the_circuit_opens_half_opens_and_closes_and_waiting_deliveries_are_not_burned() {
     use hookgate_actors::limits::{CircuitConfig, CircuitState, Limits};
-    // Three failures open it; after 1 s one probe goes through (held 1.5 s so the test can see half-open).
+    // Three failures open it; after 1 s one probe goes through, held at the receiver until the test saw half-open.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let rx = Receiver::start(
-        vec![
-            Reply::Status(500),
-            Reply::Status(500),
-            Reply::Status(500),
-            Reply::Sleep(Duration::from_millis(1500), 200),
-        ],
+        vec![Reply::Status(500), Reply::Status(500), Reply::Status(500), Reply::Gate(gate.clone(), 200)],
         None,
     );
     let circuit =
@@ -349,6 +349,8 @@ async fn the_circuit_opens_half_opens_and_closes_and_waiting_deliveries_are_not_
     let app = spawn_app_with(move |s| {
         s.delivery.circuit = circuit;
         let mut d = destination("flaky", &url);
+        // The held probe must not time out while the test looks.
+        d.timeout_ms = 60_000;
         d.retry = hookgate_actors::retry::RetryPolicy { delays_ms: vec![20], max_attempts: 20, jitter: 0.0 };
         s.destinations.push(d);
         s.routes.push(route("r", "hmac", "flaky"));
@@ -366,6 +368,8 @@ async fn the_circuit_opens_half_opens_and_closes_and_waiting_deliveries_are_not_
         (state().await == CircuitState::HalfOpen).then_some(())
     })
     .await;
+    rx.wait_for(4).await;
+    gate.add_permits(1);
     eventually("closed", Duration::from_secs(30), || async { (state().await == CircuitState::Closed).then_some(()) })
         .await;
     app.wait_count("delivered", DELIVERED, 1).await;

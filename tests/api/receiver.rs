@@ -19,6 +19,8 @@ pub enum Reply {
     With(u16, Vec<(&'static str, String)>),
     /// Wait, then answer with the status.
     Sleep(Duration, u16),
+    /// Hold the request until the test adds a permit to the gate, then answer with the status.
+    Gate(Arc<tokio::sync::Semaphore>, u16),
 }
 
 /// A request as received.
@@ -82,6 +84,10 @@ async fn handle(req: HttpRequest, body: Bytes, state: web::Data<ReceiverState>) 
         Reply::Sleep(d, s) => {
             tokio::time::sleep(d).await;
             HttpResponse::build(actix_web::http::StatusCode::from_u16(s).unwrap()).body("slept")
+        }
+        Reply::Gate(gate, s) => {
+            let _ = gate.acquire().await.map(|p| p.forget());
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(s).unwrap()).body("released")
         }
     };
     state.in_progress.lock().unwrap().remove(&id);
