@@ -87,7 +87,11 @@ fn check(prefix: &str, name: &'static str, value: Option<&str>) -> Result<String
 fn check_specversion(prefix: &str, value: Option<&str>) -> Result<(), CloudEventError> {
     let v = check(prefix, "specversion", value)?;
     if v != "1.0" {
-        return Err(CloudEventError::Invalid { prefix: prefix.into(), name: "specversion", why: "only 1.0 is supported" });
+        return Err(CloudEventError::Invalid {
+            prefix: prefix.into(),
+            name: "specversion",
+            why: "only 1.0 is supported",
+        });
     }
     Ok(())
 }
@@ -122,7 +126,9 @@ fn attr_name(attr: &str) -> &'static str {
 }
 
 fn from_object(prefix: &str, value: &serde_json::Value) -> Result<Attributes, CloudEventError> {
-    let obj = value.as_object().ok_or_else(|| CloudEventError::Malformed(format!("{prefix}the event is not a JSON object")))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| CloudEventError::Malformed(format!("{prefix}the event is not a JSON object")))?;
     let get = |name: &'static str| -> Result<Option<&str>, CloudEventError> {
         match obj.get(name) {
             None | Some(serde_json::Value::Null) => Ok(None),

@@ -71,8 +71,8 @@ impl SourceRegistry {
                 .with_context(|| format!("source {slug}: invalid idempotency settings"))?;
             let verification: VerificationConfig = serde_json::from_value(row.get(5))
                 .with_context(|| format!("source {slug}: invalid verification settings"))?;
-            let options: SourceOptions = serde_json::from_value(row.get(6))
-                .with_context(|| format!("source {slug}: invalid options"))?;
+            let options: SourceOptions =
+                serde_json::from_value(row.get(6)).with_context(|| format!("source {slug}: invalid options"))?;
             sources.push(Source {
                 id: row.get(0),
                 max_body_bytes: row.get::<_, i32>(2) as usize,

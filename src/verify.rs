@@ -37,7 +37,9 @@ pub enum VerifyError {
     Mismatch(String),
     #[error("the credentials in the {0} header are not accepted")]
     Credentials(String),
-    #[error("the timestamp in the {header} header is {age} s old, past the {tolerance} s tolerance (stale or replayed)")]
+    #[error(
+        "the timestamp in the {header} header is {age} s old, past the {tolerance} s tolerance (stale or replayed)"
+    )]
     Stale { header: String, age: u64, tolerance: u64 },
     #[error("the timestamp in the {header} header is {ahead} s in the future, past the {tolerance} s tolerance")]
     Future { header: String, ahead: u64, tolerance: u64 },
@@ -168,7 +170,11 @@ pub fn parse_bearer_authorization(value: &str) -> Result<&str, ParseError> {
 }
 
 /// Parses a generic HMAC signature header: strips `prefix`, decodes `encoding`.
-pub fn parse_hmac_signature(value: &str, prefix: Option<&str>, encoding: SignatureEncoding) -> Result<Vec<u8>, ParseError> {
+pub fn parse_hmac_signature(
+    value: &str,
+    prefix: Option<&str>,
+    encoding: SignatureEncoding,
+) -> Result<Vec<u8>, ParseError> {
     if value.len() > MAX_HEADER_VALUE {
         return Err(ParseError("too long"));
     }
@@ -303,7 +309,8 @@ fn whsec_key(secret: &str) -> anyhow::Result<SecretSlice<u8>> {
 fn whpk_key(key: &str) -> anyhow::Result<VerifyingKey> {
     let b64 = key.strip_prefix("whpk_").unwrap_or(key);
     let raw = B64.decode(b64).map_err(|_| anyhow::anyhow!("a Standard Webhooks public key is not base64"))?;
-    let raw: [u8; 32] = raw.try_into().map_err(|_| anyhow::anyhow!("a Standard Webhooks public key is not 32 bytes"))?;
+    let raw: [u8; 32] =
+        raw.try_into().map_err(|_| anyhow::anyhow!("a Standard Webhooks public key is not 32 bytes"))?;
     VerifyingKey::from_bytes(&raw).map_err(|_| anyhow::anyhow!("a Standard Webhooks public key is not a valid point"))
 }
 
@@ -357,7 +364,9 @@ impl Verifier {
                 check.timestamp = match (needs_ts, timestamp_header) {
                     (true, Some(h)) => Some((header_name(h)?, tol(tolerance_secs))),
                     (true, None) => anyhow::bail!("the signed template uses {{timestamp}}: set timestamp_header"),
-                    (false, Some(_)) => anyhow::bail!("timestamp_header is set but the signed template has no {{timestamp}}"),
+                    (false, Some(_)) => {
+                        anyhow::bail!("timestamp_header is set but the signed template has no {{timestamp}}")
+                    }
                     (false, None) => None,
                 };
                 Scheme::Hmac(check)
@@ -566,9 +575,12 @@ mod tests {
         struct W {
             v: VerificationConfig,
         }
-        let w: W = figment::Figment::from(<figment::providers::Toml as figment::providers::Format>::string(&format!("v = {}", toml.replace('\n', " "))))
-            .extract()
-            .unwrap_or_else(|e| panic!("{toml}: {e}"));
+        let w: W = figment::Figment::from(<figment::providers::Toml as figment::providers::Format>::string(&format!(
+            "v = {}",
+            toml.replace('\n', " ")
+        )))
+        .extract()
+        .unwrap_or_else(|e| panic!("{toml}: {e}"));
         Verifier::from_config(&w.v).unwrap()
     }
 
@@ -640,10 +652,8 @@ mod tests {
 
     #[test]
     fn generic_hmac_signs_a_timestamp_template_with_any_algorithm_and_encoding() {
-        let v = cfg(
-            r#"{ kind = "hmac", header = "X-Sig", algorithm = "sha512", encoding = "base64", prefix = "v1=",
-                 secret = "k", signed = "{timestamp}.{body}", timestamp_header = "X-Ts", tolerance_secs = 10 }"#,
-        );
+        let v = cfg(r#"{ kind = "hmac", header = "X-Sig", algorithm = "sha512", encoding = "base64", prefix = "v1=",
+                 secret = "k", signed = "{timestamp}.{body}", timestamp_header = "X-Ts", tolerance_secs = 10 }"#);
         let mut mac = Hmac::<Sha512>::new_from_slice(b"k").unwrap();
         mac.update(b"100.hello");
         let sig = format!("v1={}", B64.encode(mac.finalize().into_bytes()));
@@ -655,7 +665,8 @@ mod tests {
 
     #[test]
     fn sha1_hmac_in_hex_verifies() {
-        let v = cfg(r#"{ kind = "hmac", header = "X-Hub-Signature", algorithm = "sha1", prefix = "sha1=", secret = "k" }"#);
+        let v =
+            cfg(r#"{ kind = "hmac", header = "X-Hub-Signature", algorithm = "sha1", prefix = "sha1=", secret = "k" }"#);
         let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"k").unwrap();
         mac.update(b"x");
         let h = headers(&[("X-Hub-Signature", &format!("sha1={}", hex::encode(mac.finalize().into_bytes())))]);
