@@ -585,6 +585,38 @@ mod tests {
     }
 
     #[test]
+    fn presets_set_key_and_type_defaults_that_configuration_overrides() {
+        let s = Settings::from_toml(
+            r#"
+            [[sources]]
+            slug = "gh"
+            verification = { kind = "github", secret = ["rotating-old", "rotating-new"] }
+            [[sources]]
+            slug = "st"
+            idempotency = { from = "header", header = "Idempotency-Key" }
+            verification = { kind = "stripe", secret = "whsec_abc" }
+            [[sources]]
+            slug = "ce"
+            cloudevents = true
+            "#,
+        )
+        .unwrap();
+        let header = |h: &str| IdempotencyConfig::Header { header: h.into() };
+        assert_eq!(s.sources[0].effective_idempotency(), header("X-GitHub-Delivery"));
+        assert_eq!(
+            s.sources[0].options().event_type,
+            Some(EventTypeConfig::Header { header: "X-GitHub-Event".into() })
+        );
+        assert_eq!(s.sources[1].effective_idempotency(), header("Idempotency-Key"));
+        assert_eq!(s.sources[1].options().event_type, Some(EventTypeConfig::JsonPointer { pointer: "/type".into() }));
+        assert_eq!(s.sources[2].effective_idempotency(), IdempotencyConfig::Cloudevents);
+        let dbg = format!("{s:?}");
+        for secret in ["rotating-old", "rotating-new", "whsec_abc"] {
+            assert!(!dbg.contains(secret), "{dbg}");
+        }
+    }
+
+    #[test]
     fn bad_configurations_are_refused_with_the_reason() {
         let cases = [
             ("[[sources]]\nslug = \"Bad Slug\"", "slug"),

@@ -69,11 +69,8 @@ pub fn parse_stripe_signature(value: &str) -> Result<StripeSignature, ParseError
     for item in value.split(',') {
         let (k, v) = item.trim().split_once('=').ok_or(ParseError("an item is not key=value"))?;
         match k {
-            "t" => {
-                if timestamp.replace(parse_timestamp(v)?).is_some() {
-                    return Err(ParseError("t appears twice"));
-                }
-            }
+            "t" if timestamp.is_some() => return Err(ParseError("t appears twice")),
+            "t" => timestamp = Some(parse_timestamp(v)?),
             "v1" => {
                 if v1.len() == MAX_SIGNATURES {
                     return Err(ParseError("too many v1 signatures"));
@@ -222,7 +219,7 @@ fn parse_template(template: &str) -> anyhow::Result<Vec<Part>> {
         match next {
             Some((i, len, part)) => {
                 if i > 0 {
-                    parts.push(Part::Literal(rest[..i].as_bytes().to_vec()));
+                    parts.push(Part::Literal(rest.as_bytes()[..i].to_vec()));
                 }
                 parts.push(part);
                 rest = &rest[i + len..];
@@ -321,9 +318,9 @@ impl Verifier {
 
     /// Compiles a configuration; refuses bad header names, templates, keys and secret counts.
     pub fn from_config(cfg: &VerificationConfig) -> anyhow::Result<Self> {
-        let hmac = |header: &str, prefix: Option<&str>, secret: &Secrets, encoding| -> anyhow::Result<Scheme> {
+        let check = |header: &str, prefix: Option<&str>, secret: &Secrets, encoding| -> anyhow::Result<HmacCheck> {
             check_secrets(secret, "secret", false)?;
-            Ok(Scheme::Hmac(HmacCheck {
+            Ok(HmacCheck {
                 header: header_name(header)?,
                 algorithm: HmacAlgorithm::Sha256,
                 encoding,
@@ -331,7 +328,10 @@ impl Verifier {
                 keys: raw_keys(secret),
                 template: vec![Part::Body],
                 timestamp: None,
-            }))
+            })
+        };
+        let hmac = |header: &str, prefix: Option<&str>, secret: &Secrets, encoding| {
+            check(header, prefix, secret, encoding).map(Scheme::Hmac)
         };
         let tol = |t: &Option<u64>| t.unwrap_or(DEFAULT_TOLERANCE_SECS);
         Ok(Self(match cfg {
@@ -355,9 +355,7 @@ impl Verifier {
                 timestamp_header,
                 tolerance_secs,
             } => {
-                let Scheme::Hmac(mut check) = hmac(header, prefix.as_deref(), secret, *encoding)? else {
-                    unreachable!("hmac() builds an HMAC scheme")
-                };
+                let mut check = check(header, prefix.as_deref(), secret, *encoding)?;
                 check.algorithm = *algorithm;
                 check.template = parse_template(signed.as_deref().unwrap_or("{body}"))?;
                 let needs_ts = check.template.contains(&Part::Timestamp);
