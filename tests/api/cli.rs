@@ -52,7 +52,7 @@ async fn migrate_applies_the_schema_once() {
     let run = || hookgate().args(["migrate"]).env("HOOKGATE_DATABASE__URL", db.url()).output().unwrap();
     let first = run();
     assert!(first.status.success(), "{first:?}");
-    assert!(String::from_utf8_lossy(&first.stdout).contains("applied 2 migration(s)"), "{first:?}");
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied 3 migration(s)"), "{first:?}");
     let second = run();
     assert!(second.status.success(), "{second:?}");
     assert!(String::from_utf8_lossy(&second.stdout).contains("applied 0 migration(s)"), "{second:?}");
