@@ -4,7 +4,7 @@
 CARGO ?= cargo
 CONFIG ?= config/hookgate.example.toml
 
-.PHONY: run test validate-deploy services build release fmt lint bench-ingest bench-delivery
+.PHONY: run test validate-deploy services build release fmt lint bench-ingest bench-delivery bench-verify fuzz
 
 services:
 	@scripts/services.sh
@@ -44,3 +44,13 @@ bench-ingest: services release
 bench-delivery: services
 	$(CARGO) build --release -p hookgate -p hookgate-bench
 	@scripts/bench-delivery.sh
+
+# Verification cost per scheme (criterion; figures in the README's "Verification cost").
+bench-verify:
+	$(CARGO) bench --bench verify
+
+# A bounded cargo-fuzz run of every target (needs a nightly toolchain and `cargo install cargo-fuzz`).
+FUZZ_SECONDS ?= 60
+fuzz:
+	cd fuzz && for t in $$($(CARGO) +nightly fuzz list); do \
+		$(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=16384 || exit 1; done

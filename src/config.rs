@@ -205,12 +205,76 @@ pub struct SourceConfig {
     /// Require `Content-Type: application/json` (or `+json`) and a well-formed JSON body.
     #[serde(default)]
     pub require_json: bool,
-    /// Where the idempotency key comes from.
+    /// Where the idempotency key comes from; default: the verification preset's (e.g. `X-GitHub-Delivery`), the
+    /// CloudEvents `source` + `id` when `cloudevents` is on, else a hash of the body.
     #[serde(default)]
-    pub idempotency: IdempotencyConfig,
+    pub idempotency: Option<IdempotencyConfig>,
+    /// Where the event type comes from; default: the verification preset's (e.g. `X-GitHub-Event`), else none.
+    /// CloudEvents always use their `type` attribute.
+    #[serde(default)]
+    pub event_type: Option<EventTypeConfig>,
+    /// How long the Redis fast path remembers a key (default: `redis.dedupe_ttl_secs`). PostgreSQL's unique
+    /// constraint keeps refusing a repeated key for as long as the first event is retained.
+    #[serde(default)]
+    pub dedupe_window_secs: Option<u64>,
+    /// Accept only CloudEvents (binary, structured or batch mode of the HTTP binding).
+    #[serde(default)]
+    pub cloudevents: bool,
+    /// Origins granted by the abuse-protection handshake (`OPTIONS` with `WebHook-Request-Origin`); `"*"` grants
+    /// any. Empty: the handshake is refused.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Requests per minute advertised in `WebHook-Allowed-Rate`; none by default.
+    #[serde(default)]
+    pub allowed_rate: Option<u32>,
     /// How requests are authenticated.
     #[serde(default)]
     pub verification: VerificationConfig,
+}
+
+impl SourceConfig {
+    /// The idempotency key's origin after defaults.
+    pub fn effective_idempotency(&self) -> IdempotencyConfig {
+        if let Some(cfg) = &self.idempotency {
+            return cfg.clone();
+        }
+        if self.cloudevents {
+            return IdempotencyConfig::Cloudevents;
+        }
+        self.verification.default_idempotency().unwrap_or_default()
+    }
+
+    /// The per-source options stored beside verification and idempotency (`sources.options`).
+    pub fn options(&self) -> SourceOptions {
+        SourceOptions {
+            event_type: self.event_type.clone().or_else(|| self.verification.default_event_type()),
+            dedupe_window_secs: self.dedupe_window_secs,
+            cloudevents: self.cloudevents,
+            allowed_origins: self.allowed_origins.clone(),
+            allowed_rate: self.allowed_rate,
+        }
+    }
+}
+
+/// A source's options as stored in `sources.options` (defaults already applied).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct SourceOptions {
+    pub event_type: Option<EventTypeConfig>,
+    pub dedupe_window_secs: Option<u64>,
+    pub cloudevents: bool,
+    pub allowed_origins: Vec<String>,
+    pub allowed_rate: Option<u32>,
+}
+
+/// Where a source's event type comes from.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(tag = "from", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EventTypeConfig {
+    /// A request header (optional: absent means no type).
+    Header { header: String },
+    /// A JSON pointer (RFC 6901) into the body, e.g. `/type` (optional: absent means no type).
+    JsonPointer { pointer: String },
 }
 
 fn default_source_body() -> usize {
@@ -223,29 +287,161 @@ fn default_source_body() -> usize {
 pub enum IdempotencyConfig {
     /// A request header (required on every request).
     Header { header: String },
+    /// A JSON pointer (RFC 6901) into the body, e.g. `/id`; the value must be a string or a number.
+    JsonPointer { pointer: String },
+    /// The CloudEvents `source` and `id` together (requires `cloudevents = true`).
+    Cloudevents,
     /// The hex SHA-256 of the body: identical bodies are the same event.
     #[default]
     BodyHash,
 }
 
-/// How a source's requests are verified.
+/// How a source's requests are verified. Every `secret`-like field takes one string or a list of two (rotation:
+/// a request passes if it matches any of them). See `docs/adr/0005-verification-schemes.md`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum VerificationConfig {
     #[default]
     None,
-    /// Hex HMAC-SHA256 of the raw body in `header`, optionally after `prefix` (e.g. `sha256=`).
+    /// Hex HMAC-SHA256 of the raw body in `header`, optionally after `prefix` (e.g. `sha256=`). Same as
+    /// `kind = "hmac"` with its defaults; kept for existing configurations.
     HmacSha256 {
         header: String,
         #[serde(default)]
         prefix: Option<String>,
-        #[serde(serialize_with = "serialize_secret")]
-        secret: SecretString,
+        secret: Secrets,
     },
+    /// Generic HMAC: `algorithm` over the `signed` template, `encoding` of the MAC in `header` after `prefix`.
+    Hmac {
+        header: String,
+        #[serde(default)]
+        algorithm: HmacAlgorithm,
+        #[serde(default)]
+        encoding: SignatureEncoding,
+        #[serde(default)]
+        prefix: Option<String>,
+        secret: Secrets,
+        /// What is signed: `{body}` (default) or a template such as `{timestamp}.{body}`.
+        #[serde(default)]
+        signed: Option<String>,
+        /// The header holding Unix seconds; required when `signed` uses `{timestamp}`.
+        #[serde(default)]
+        timestamp_header: Option<String>,
+        /// Largest accepted distance between the timestamp and now, in seconds (default 300).
+        #[serde(default)]
+        tolerance_secs: Option<u64>,
+    },
+    /// `X-Hub-Signature-256: sha256=<hex>`; key `X-GitHub-Delivery`, type `X-GitHub-Event`.
+    Github { secret: Secrets },
+    /// `Stripe-Signature: t=…,v1=…[,v1=…]` over `t.body`; key and type from the body's `/id` and `/type`.
+    Stripe {
+        secret: Secrets,
+        /// Default 300.
+        #[serde(default)]
+        tolerance_secs: Option<u64>,
+    },
+    /// `X-Shopify-Hmac-Sha256: <base64>`; key `X-Shopify-Webhook-Id`, type `X-Shopify-Topic`.
+    Shopify { secret: Secrets },
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature` (`v1,<base64>` HMAC with `whsec_`
+    /// secrets, `v1a,<base64>` ed25519 with `whpk_` public keys); key `webhook-id`.
+    StandardWebhooks {
+        #[serde(default)]
+        secret: Secrets,
+        #[serde(default)]
+        public_key: Secrets,
+        /// Default 300.
+        #[serde(default)]
+        tolerance_secs: Option<u64>,
+    },
+    /// HTTP Basic authentication.
+    Basic { username: String, password: Secrets },
+    /// `Authorization: Bearer <token>`.
+    Bearer { token: Secrets },
+    /// A static key in a header such as `X-Api-Key`.
+    ApiKey { header: String, key: Secrets },
 }
 
-fn serialize_secret<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
-    ser.serialize_str(s.expose_secret())
+impl VerificationConfig {
+    /// The preset's idempotency key, if it has one.
+    pub fn default_idempotency(&self) -> Option<IdempotencyConfig> {
+        let header = |h: &str| Some(IdempotencyConfig::Header { header: h.into() });
+        match self {
+            Self::Github { .. } => header("X-GitHub-Delivery"),
+            Self::Shopify { .. } => header("X-Shopify-Webhook-Id"),
+            Self::StandardWebhooks { .. } => header("webhook-id"),
+            Self::Stripe { .. } => Some(IdempotencyConfig::JsonPointer { pointer: "/id".into() }),
+            _ => None,
+        }
+    }
+
+    /// The preset's event type, if it has one.
+    pub fn default_event_type(&self) -> Option<EventTypeConfig> {
+        let header = |h: &str| Some(EventTypeConfig::Header { header: h.into() });
+        match self {
+            Self::Github { .. } => header("X-GitHub-Event"),
+            Self::Shopify { .. } => header("X-Shopify-Topic"),
+            Self::Stripe { .. } => Some(EventTypeConfig::JsonPointer { pointer: "/type".into() }),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HmacAlgorithm {
+    Sha1,
+    #[default]
+    Sha256,
+    Sha512,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureEncoding {
+    #[default]
+    Hex,
+    Base64,
+}
+
+/// One secret, or several while rotating. `Debug` prints `[REDACTED]`; serializing (into `sources.verification`)
+/// writes the secrets, since that is where they are kept.
+#[derive(Clone, Default)]
+pub struct Secrets(pub Vec<SecretString>);
+
+/// At most this many secrets are active per source (old and new while rotating).
+pub const MAX_SECRETS: usize = 2;
+
+impl Secrets {
+    pub fn exposed(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|s| s.expose_secret())
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[REDACTED; {}]", self.0.len())
+    }
+}
+
+impl<'de> Deserialize<'de> for Secrets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(s) => Secrets(vec![SecretString::from(s)]),
+            OneOrMany::Many(v) => Secrets(v.into_iter().map(SecretString::from).collect()),
+        })
+    }
+}
+
+impl Serialize for Secrets {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_seq(self.exposed())
+    }
 }
 
 /// The sections that environment variables may set (`HOOKGATE_<SECTION>__<KEY>`).
@@ -325,17 +521,35 @@ impl Settings {
                     self.server.max_body_bytes
                 );
             }
-            if let IdempotencyConfig::Header { header } = &s.idempotency {
-                actix_web::http::header::HeaderName::try_from(header.as_str())
-                    .map_err(|_| anyhow::anyhow!("source {:?}: {header:?} is not a header name", s.slug))?;
-            }
-            if let VerificationConfig::HmacSha256 { header, secret, .. } = &s.verification {
-                actix_web::http::header::HeaderName::try_from(header.as_str())
-                    .map_err(|_| anyhow::anyhow!("source {:?}: {header:?} is not a header name", s.slug))?;
-                if secret.expose_secret().is_empty() {
-                    anyhow::bail!("source {:?}: the HMAC secret is empty", s.slug);
+            let idempotency = s.effective_idempotency();
+            match &idempotency {
+                IdempotencyConfig::Header { header } => {
+                    actix_web::http::header::HeaderName::try_from(header.as_str())
+                        .map_err(|_| anyhow::anyhow!("source {:?}: {header:?} is not a header name", s.slug))?;
                 }
+                IdempotencyConfig::JsonPointer { pointer } if !pointer.starts_with('/') => {
+                    anyhow::bail!("source {:?}: the JSON pointer {pointer:?} must start with '/'", s.slug);
+                }
+                IdempotencyConfig::Cloudevents if !s.cloudevents => {
+                    anyhow::bail!("source {:?}: idempotency from cloudevents needs cloudevents = true", s.slug);
+                }
+                _ => {}
             }
+            match &s.options().event_type {
+                Some(EventTypeConfig::Header { header }) => {
+                    actix_web::http::header::HeaderName::try_from(header.as_str())
+                        .map_err(|_| anyhow::anyhow!("source {:?}: {header:?} is not a header name", s.slug))?;
+                }
+                Some(EventTypeConfig::JsonPointer { pointer }) if !pointer.starts_with('/') => {
+                    anyhow::bail!("source {:?}: the JSON pointer {pointer:?} must start with '/'", s.slug);
+                }
+                _ => {}
+            }
+            if s.dedupe_window_secs == Some(0) {
+                anyhow::bail!("source {:?}: dedupe_window_secs must be positive", s.slug);
+            }
+            crate::verify::Verifier::from_config(&s.verification)
+                .map_err(|e| anyhow::anyhow!("source {:?}: {e:#}", s.slug))?;
         }
         self.validate_delivery()
     }
@@ -435,6 +649,38 @@ mod tests {
     }
 
     #[test]
+    fn presets_set_key_and_type_defaults_that_configuration_overrides() {
+        let s = Settings::from_toml(
+            r#"
+            [[sources]]
+            slug = "gh"
+            verification = { kind = "github", secret = ["rotating-old", "rotating-new"] }
+            [[sources]]
+            slug = "st"
+            idempotency = { from = "header", header = "Idempotency-Key" }
+            verification = { kind = "stripe", secret = "whsec_abc" }
+            [[sources]]
+            slug = "ce"
+            cloudevents = true
+            "#,
+        )
+        .unwrap();
+        let header = |h: &str| IdempotencyConfig::Header { header: h.into() };
+        assert_eq!(s.sources[0].effective_idempotency(), header("X-GitHub-Delivery"));
+        assert_eq!(
+            s.sources[0].options().event_type,
+            Some(EventTypeConfig::Header { header: "X-GitHub-Event".into() })
+        );
+        assert_eq!(s.sources[1].effective_idempotency(), header("Idempotency-Key"));
+        assert_eq!(s.sources[1].options().event_type, Some(EventTypeConfig::JsonPointer { pointer: "/type".into() }));
+        assert_eq!(s.sources[2].effective_idempotency(), IdempotencyConfig::Cloudevents);
+        let dbg = format!("{s:?}");
+        for secret in ["rotating-old", "rotating-new", "whsec_abc"] {
+            assert!(!dbg.contains(secret), "{dbg}");
+        }
+    }
+
+    #[test]
     fn bad_configurations_are_refused_with_the_reason() {
         let cases = [
             ("[[sources]]\nslug = \"Bad Slug\"", "slug"),
@@ -446,6 +692,13 @@ mod tests {
                 "[[sources]]\nslug = \"a\"\nverification = { kind = \"hmac_sha256\", header = \"x-sig\", secret = \"\" }",
                 "empty",
             ),
+            ("[[sources]]\nslug = \"a\"\nverification = { kind = \"github\", secret = [\"a\", \"b\", \"c\"] }", "at most 2"),
+            (
+                "[[sources]]\nslug = \"a\"\nverification = { kind = \"hmac\", header = \"x\", secret = \"k\", signed = \"{timestamp}.{body}\" }",
+                "timestamp_header",
+            ),
+            ("[[sources]]\nslug = \"a\"\nverification = { kind = \"standard_webhooks\", secret = \"whsec_!!\" }", "base64"),
+            ("[[sources]]\nslug = \"a\"\nidempotency = { from = \"cloudevents\" }", "cloudevents = true"),
             ("[[sources]]\nslug = \"a\"\nverification = { kind = \"rot13\" }", "rot13"),
         ];
         for (text, needle) in cases {

@@ -4,6 +4,7 @@
 //! ([`startup`]), migrations ([`migrations`]), sources ([`sources`]) and the thin actix-web front end ([`routes`]).
 //! The actors live in the `hookgate-actors` crate.
 
+pub mod cloudevents;
 pub mod config;
 pub mod migrations;
 pub mod problem;
@@ -11,3 +12,4 @@ pub mod routes;
 pub mod sources;
 pub mod startup;
 pub mod telemetry;
+pub mod verify;

@@ -8,6 +8,7 @@ use deadpool_postgres::Pool;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "initial", include_str!("migrations/0001_initial.sql")),
     (2, "delivery", include_str!("migrations/0002_delivery.sql")),
+    (3, "event_type", include_str!("migrations/0003_event_type.sql")),
     (4, "partitions", include_str!("migrations/0004_partitions.sql")),
 ];
 

@@ -5,6 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::cloudevents::CloudEventError;
 use crate::sources::VerifyError;
 
 /// The JSON body of every error answer (`Content-Type: application/problem+json`).
@@ -32,6 +33,10 @@ pub enum IngestError {
     InvalidJson(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    InvalidCloudEvent(#[from] CloudEventError),
+    #[error("{0}")]
+    OriginNotAllowed(String),
     #[error("hookgate is at capacity; retry after the delay in Retry-After")]
     Overloaded { retry_after_secs: u64 },
     #[error("the event could not be stored right now; retry after the delay in Retry-After")]
@@ -50,6 +55,8 @@ impl IngestError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::InvalidJson(_) => "invalid_json",
             Self::BadRequest(_) => "bad_request",
+            Self::InvalidCloudEvent(_) => "invalid_cloudevent",
+            Self::OriginNotAllowed(_) => "origin_not_allowed",
             Self::Overloaded { .. } => "overloaded",
             Self::Unavailable { .. } => "unavailable",
             Self::Unexpected(_) => "error",
@@ -64,6 +71,8 @@ impl IngestError {
             Self::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
             Self::InvalidJson(_) => ("invalid-json", "Invalid JSON"),
             Self::BadRequest(_) => ("bad-request", "Bad request"),
+            Self::InvalidCloudEvent(_) => ("invalid-cloudevent", "Invalid CloudEvent"),
+            Self::OriginNotAllowed(_) => ("origin-not-allowed", "Origin not allowed"),
             Self::Overloaded { .. } => ("overloaded", "Service overloaded"),
             Self::Unavailable { .. } => ("storage-unavailable", "Storage unavailable"),
             Self::Unexpected(_) => ("internal", "Internal error"),
@@ -83,7 +92,8 @@ impl ResponseError for IngestError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::InvalidJson(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidJson(_) | Self::BadRequest(_) | Self::InvalidCloudEvent(_) => StatusCode::BAD_REQUEST,
+            Self::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::Overloaded { .. } | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -5,15 +5,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use actix_web::http::header::{HeaderMap, HeaderName};
 use anyhow::Context;
 use deadpool_postgres::Pool;
-use hmac::{Hmac, Mac};
-use secrecy::{ExposeSecret, SecretString};
-use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::config::{IdempotencyConfig, SourceConfig, VerificationConfig};
+use crate::config::{IdempotencyConfig, SourceConfig, SourceOptions, VerificationConfig};
+pub use crate::verify::{hmac_sha256_hex, Verifier, VerifyError};
 
 /// Checks a slug: 1 to 64 of `a-z`, `0-9`, `-`, `_`, starting with a letter or digit.
 pub fn validate_slug(slug: &str) -> Result<(), &'static str> {
@@ -35,84 +32,9 @@ pub struct Source {
     pub max_body_bytes: usize,
     pub require_json: bool,
     pub idempotency: IdempotencyConfig,
+    /// Event type, dedupe window, CloudEvents mode and handshake origins.
+    pub options: SourceOptions,
     pub verifier: Verifier,
-}
-
-/// Why a request failed verification. The message is safe to return to the client.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum VerifyError {
-    #[error("the {0} header is missing")]
-    Missing(String),
-    #[error("the {0} header is malformed")]
-    Malformed(String),
-    #[error("the signature in the {0} header does not match the body")]
-    Mismatch(String),
-}
-
-/// A source's request verification, ready to run.
-pub enum Verifier {
-    None,
-    HmacSha256 { header: HeaderName, prefix: Option<String>, secret: SecretString },
-}
-
-impl std::fmt::Debug for Verifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::None => f.write_str("None"),
-            Self::HmacSha256 { header, prefix, .. } => f
-                .debug_struct("HmacSha256")
-                .field("header", header)
-                .field("prefix", prefix)
-                .field("secret", &"[REDACTED]")
-                .finish(),
-        }
-    }
-}
-
-impl Verifier {
-    fn from_config(cfg: &VerificationConfig) -> anyhow::Result<Self> {
-        Ok(match cfg {
-            VerificationConfig::None => Self::None,
-            VerificationConfig::HmacSha256 { header, prefix, secret } => Self::HmacSha256 {
-                header: HeaderName::try_from(header.as_str()).context("invalid signature header name")?,
-                prefix: prefix.clone().filter(|p| !p.is_empty()),
-                secret: secret.clone(),
-            },
-        })
-    }
-
-    /// Verifies `body` against the request's headers. The comparison is constant-time (`Mac::verify_slice`).
-    pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), VerifyError> {
-        let Self::HmacSha256 { header, prefix, secret } = self else {
-            return Ok(());
-        };
-        let name = || header.as_str().to_owned();
-        let mut values = headers.get_all(header);
-        let value = values.next().ok_or_else(|| VerifyError::Missing(name()))?;
-        if values.next().is_some() {
-            return Err(VerifyError::Malformed(name()));
-        }
-        let value = value.to_str().map_err(|_| VerifyError::Malformed(name()))?.trim();
-        let hex_sig = match prefix {
-            Some(p) => value.strip_prefix(p.as_str()).ok_or_else(|| VerifyError::Malformed(name()))?,
-            None => value,
-        };
-        let sig = hex::decode(hex_sig).map_err(|_| VerifyError::Malformed(name()))?;
-        if sig.is_empty() {
-            return Err(VerifyError::Malformed(name()));
-        }
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
-            .map_err(|_| VerifyError::Mismatch(name()))?;
-        mac.update(body);
-        mac.verify_slice(&sig).map_err(|_| VerifyError::Mismatch(name()))
-    }
-}
-
-/// Signs `body` as an HMAC-SHA256 source expects (hex, without prefix). Used by tests, benchmarks and examples.
-pub fn hmac_sha256_hex(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts keys of any length");
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
 }
 
 /// The enabled sources by slug; swapped whole when sources change.
@@ -136,7 +58,8 @@ impl SourceRegistry {
         let client = pool.get().await.context("Failed to get a connection to load sources")?;
         let rows = client
             .query(
-                "SELECT id, slug, max_body_bytes, require_json, idempotency, verification FROM sources WHERE enabled",
+                "SELECT id, slug, max_body_bytes, require_json, idempotency, verification, options FROM sources
+                 WHERE enabled",
                 &[],
             )
             .await
@@ -148,11 +71,14 @@ impl SourceRegistry {
                 .with_context(|| format!("source {slug}: invalid idempotency settings"))?;
             let verification: VerificationConfig = serde_json::from_value(row.get(5))
                 .with_context(|| format!("source {slug}: invalid verification settings"))?;
+            let options: SourceOptions =
+                serde_json::from_value(row.get(6)).with_context(|| format!("source {slug}: invalid options"))?;
             sources.push(Source {
                 id: row.get(0),
                 max_body_bytes: row.get::<_, i32>(2) as usize,
                 require_json: row.get(3),
                 idempotency,
+                options,
                 verifier: Verifier::from_config(&verification).with_context(|| format!("source {slug}"))?,
                 slug,
             });
@@ -170,19 +96,21 @@ pub async fn apply_declared(pool: &Pool, declared: &[SourceConfig]) -> anyhow::R
     for s in declared {
         let max_body = i32::try_from(s.max_body_bytes).context("max_body_bytes too large")?;
         tx.execute(
-            "INSERT INTO sources (id, slug, max_body_bytes, require_json, idempotency, verification, enabled, declared)
-             VALUES ($1, $2, $3, $4, $5, $6, true, true)
+            "INSERT INTO sources (id, slug, max_body_bytes, require_json, idempotency, verification, options, enabled,
+                                  declared)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, true, true)
              ON CONFLICT (slug) DO UPDATE SET
                 max_body_bytes = EXCLUDED.max_body_bytes, require_json = EXCLUDED.require_json,
-                idempotency = EXCLUDED.idempotency, verification = EXCLUDED.verification,
+                idempotency = EXCLUDED.idempotency, verification = EXCLUDED.verification, options = EXCLUDED.options,
                 enabled = true, declared = true, updated_at = now()",
             &[
                 &Uuid::now_v7(),
                 &s.slug,
                 &max_body,
                 &s.require_json,
-                &serde_json::to_value(&s.idempotency)?,
+                &serde_json::to_value(s.effective_idempotency())?,
                 &serde_json::to_value(&s.verification)?,
+                &serde_json::to_value(s.options())?,
             ],
         )
         .await
@@ -202,14 +130,17 @@ pub async fn apply_declared(pool: &Pool, declared: &[SourceConfig]) -> anyhow::R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::http::header::HeaderValue;
+    use crate::config::Secrets;
+    use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+    use secrecy::SecretString;
 
     fn verifier(prefix: Option<&str>, secret: &str) -> Verifier {
-        Verifier::HmacSha256 {
-            header: HeaderName::from_static("x-hub-signature-256"),
+        Verifier::from_config(&VerificationConfig::HmacSha256 {
+            header: "x-hub-signature-256".into(),
             prefix: prefix.map(str::to_owned),
-            secret: SecretString::from(secret),
-        }
+            secret: Secrets(vec![SecretString::from(secret)]),
+        })
+        .unwrap()
     }
 
     fn headers(value: &[u8]) -> HeaderMap {

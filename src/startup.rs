@@ -158,7 +158,10 @@ impl Application {
         let mut delivery = None;
         if settings.delivery.enabled {
             let cfg = settings.delivery.clone();
-            let limits = Arc::new(Limits::new(&settings.redis.key_prefix, cfg.circuit));
+            let limits = Arc::new(
+                Limits::new(&settings.redis.key_prefix, cfg.circuit)
+                    .with_op_timeout(Duration::from_millis(cfg.limits_timeout_ms)),
+            );
             let results_status = health.register("result_writer", true, policy);
             let results = {
                 let (pool, catalog, node, cfg) = (pool.clone(), catalog.clone(), node_id.clone(), cfg.clone());

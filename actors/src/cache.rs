@@ -199,7 +199,7 @@ impl Handler<CacheRemember> for Cache {
             return;
         };
         let key = self.key(msg.source_id, &msg.idempotency_key);
-        let ttl = self.cfg.dedupe_ttl.as_secs().max(1);
+        let ttl = msg.ttl.unwrap_or(self.cfg.dedupe_ttl).as_secs().max(1);
         let fut = async move {
             redis::cmd("SET")
                 .arg(&key)

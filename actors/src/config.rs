@@ -34,6 +34,8 @@ pub struct DeliveryConfig {
     pub max_retry_after_secs: u64,
     /// A destination failing without a success for this long is disabled.
     pub auto_disable_after_secs: u64,
+    /// Longest wait for one circuit-breaker or rate-limit script in Redis; past it this node decides alone.
+    pub limits_timeout_ms: u64,
     pub circuit: CircuitConfig,
 }
 
@@ -52,6 +54,7 @@ impl Default for DeliveryConfig {
             jq_max_output_bytes: 1024 * 1024,
             max_retry_after_secs: 3_600,
             auto_disable_after_secs: 5 * 24 * 3_600,
+            limits_timeout_ms: 2_000,
             circuit: CircuitConfig::default(),
         }
     }

@@ -2,7 +2,7 @@
 //!
 //! | actor | its one job | receives | sends to | batching |
 //! |---|---|---|---|---|
-//! | [`EventWriter`] | group-commits ingested events to PostgreSQL and answers each sender after COMMIT | [`Persist`] | PostgreSQL | flush at `batch_max` events or `flush_interval` |
+//! | [`EventWriter`] | group-commits ingested events to PostgreSQL and answers each sender after COMMIT | [`Persist`], [`PersistMany`] | PostgreSQL | flush at `batch_max` events or `flush_interval` |
 //! | [`Cache`] | the Redis idempotency fast path, degrading to "miss" when Redis is away | [`CacheLookup`], [`CacheRemember`] | Redis | none (one pipelined connection) |
 //! | [`Health`] | probes PostgreSQL and publishes each actor's state and mailbox depth | timer only | [`HealthRegistry`] | probe every `probe_interval` |
 //! | [`router::Router`] | keeps the routing snapshot ([`catalog::SharedCatalog`]) current | LISTEN `hookgate_catalog` | the snapshot | reload on change, at most one at a time |
@@ -37,7 +37,7 @@ pub mod writer;
 pub use cache::{Cache, CacheConfig, RedisHandle};
 pub use config::DeliveryConfig;
 pub use health::{ActorState, ActorStatus, DependencyState, Health, HealthRegistry, ReadinessReport};
-pub use messages::{CacheLookup, CacheRemember, NewEvent, Persist, PersistError, Persisted};
+pub use messages::{CacheLookup, CacheRemember, NewEvent, Persist, PersistError, PersistMany, Persisted};
 pub use supervision::{Backoff, RestartPolicy};
 pub use writer::{Drain, EventWriter, WriterConfig};
 

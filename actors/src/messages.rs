@@ -16,6 +16,8 @@ pub struct NewEvent {
     pub id: Uuid,
     pub source_id: Uuid,
     pub idempotency_key: String,
+    /// The event's type (from a header, a JSON pointer or the CloudEvents `type`), when the source names one.
+    pub event_type: Option<String>,
     pub received_at: DateTime<Utc>,
     pub content_type: Option<String>,
     /// The selected request headers, as a JSON object of lower-case name to value.
@@ -57,6 +59,15 @@ pub struct Persist {
     pub reply: oneshot::Sender<Result<Persisted, PersistError>>,
 }
 
+/// Store several events as one unit: all of them are committed in one transaction or none is (a CloudEvents batch).
+/// The writer never splits a unit across flushes; answered on `reply` after COMMIT, one outcome per event, in order.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PersistMany {
+    pub events: Vec<NewEvent>,
+    pub reply: oneshot::Sender<Result<Vec<Persisted>, PersistError>>,
+}
+
 /// Ask whether an idempotency key was seen; answers the first event's id, or `None` on a miss or when Redis is away.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -73,4 +84,6 @@ pub struct CacheRemember {
     pub source_id: Uuid,
     pub idempotency_key: String,
     pub id: Uuid,
+    /// The source's dedupe window; `None` uses the cache's default TTL.
+    pub ttl: Option<std::time::Duration>,
 }

@@ -7,6 +7,10 @@
 //! first events' ids. Up to `max_inflight_flushes` flushes run at once, each on its own pooled connection; while
 //! they are busy, new events accumulate into the next batch, so batches grow with load (classic group commit).
 //!
+//! A [`PersistMany`] (a CloudEvents batch) is one *unit*: its events always travel in the same flush, so they are
+//! committed together or not at all; a unit larger than `batch_max` is flushed alone. Single events stay single
+//! units, so their path is unchanged.
+//!
 //! Memory is bounded twice: the mailbox holds at most `mailbox_capacity` messages (senders use `try_send`), and the
 //! writer holds at most `max_pending` events (buffered plus in flight); past that it answers
 //! [`PersistError::Overloaded`] at once.
@@ -21,7 +25,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
-use crate::messages::{NewEvent, Persist, PersistError, Persisted};
+use crate::messages::{NewEvent, Persist, PersistError, PersistMany, Persisted};
 
 use crate::Pool;
 
@@ -68,13 +72,50 @@ impl WriterConfig {
 }
 
 type Reply = oneshot::Sender<Result<Persisted, PersistError>>;
+type ManyReply = oneshot::Sender<Result<Vec<Persisted>, PersistError>>;
+
+/// What the writer buffers: events that must be committed together, with their sender's reply.
+enum Unit {
+    One(NewEvent, Reply),
+    Many(Vec<NewEvent>, ManyReply),
+}
+
+impl Unit {
+    fn len(&self) -> usize {
+        match self {
+            Self::One(..) => 1,
+            Self::Many(events, _) => events.len(),
+        }
+    }
+
+    fn events(&self) -> impl Iterator<Item = &NewEvent> {
+        let (one, many) = match self {
+            Self::One(e, _) => (Some(e), &[][..]),
+            Self::Many(events, _) => (None, events.as_slice()),
+        };
+        one.into_iter().chain(many.iter())
+    }
+
+    fn fail(self, error: PersistError) {
+        match self {
+            Self::One(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Self::Many(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
 
 pub struct EventWriter {
     pool: Pool,
     cfg: WriterConfig,
     status: Arc<ActorStatus>,
     registry: Arc<HealthRegistry>,
-    buffer: Vec<(NewEvent, Reply)>,
+    buffer: Vec<Unit>,
+    /// Events in `buffer` (a unit may hold several).
+    buffered: usize,
     flush_timer: Option<SpawnHandle>,
     /// Events buffered or in flight.
     pending: usize,
@@ -91,6 +132,7 @@ impl EventWriter {
             status,
             registry,
             buffer: Vec::new(),
+            buffered: 0,
             flush_timer: None,
             pending: 0,
             inflight: 0,
@@ -103,8 +145,17 @@ impl EventWriter {
             ctx.cancel_future(h);
         }
         while !self.buffer.is_empty() && self.inflight < self.cfg.max_inflight_flushes.max(1) {
-            let n = self.buffer.len().min(self.cfg.batch_max.max(1));
-            let batch: Vec<_> = self.buffer.drain(..n).collect();
+            // Whole units only: a unit is never split across transactions (one bigger than batch_max goes alone).
+            let (mut units, mut n) = (0, 0);
+            for unit in &self.buffer {
+                if units > 0 && n + unit.len() > self.cfg.batch_max.max(1) {
+                    break;
+                }
+                units += 1;
+                n += unit.len();
+            }
+            let batch: Vec<Unit> = self.buffer.drain(..units).collect();
+            self.buffered -= n;
             self.inflight += 1;
             let pool = self.pool.clone();
             let deadline = self.cfg.flush_timeout();
@@ -148,9 +199,10 @@ impl actix::Supervised for EventWriter {
 impl EventWriter {
     /// Answers every buffered event "unavailable" and forgets in-flight bookkeeping (their futures are gone).
     fn abandon(&mut self, why: &str) {
-        for (_, reply) in self.buffer.drain(..) {
-            let _ = reply.send(Err(PersistError::Unavailable(why.to_owned())));
+        for unit in self.buffer.drain(..) {
+            unit.fail(PersistError::Unavailable(why.to_owned()));
         }
+        self.buffered = 0;
         self.pending = 0;
         self.inflight = 0;
         self.flush_timer = None;
@@ -192,10 +244,34 @@ impl Handler<Persist> for EventWriter {
             let _ = msg.reply.send(Err(PersistError::Overloaded));
             return;
         }
-        self.pending += 1;
-        self.buffer.push((msg.event, msg.reply));
+        self.enqueue(Unit::One(msg.event, msg.reply), ctx);
+    }
+}
+
+impl Handler<PersistMany> for EventWriter {
+    type Result = ();
+
+    fn handle(&mut self, msg: PersistMany, ctx: &mut Self::Context) {
+        self.status.dequeued();
+        if msg.events.is_empty() {
+            let _ = msg.reply.send(Ok(Vec::new()));
+            return;
+        }
+        if self.pending + msg.events.len() > self.cfg.max_pending {
+            let _ = msg.reply.send(Err(PersistError::Overloaded));
+            return;
+        }
+        self.enqueue(Unit::Many(msg.events, msg.reply), ctx);
+    }
+}
+
+impl EventWriter {
+    fn enqueue(&mut self, unit: Unit, ctx: &mut Context<Self>) {
+        self.pending += unit.len();
+        self.buffered += unit.len();
+        self.buffer.push(unit);
         let eager = self.cfg.flush_interval_us == 0 && self.inflight < self.cfg.max_inflight_flushes;
-        if eager || self.buffer.len() >= self.cfg.batch_max {
+        if eager || self.buffered >= self.cfg.batch_max {
             self.flush(ctx);
         } else if self.flush_timer.is_none() {
             self.flush_timer = Some(ctx.run_later(self.cfg.flush_interval(), |act, ctx| {
@@ -209,15 +285,16 @@ impl Handler<Persist> for EventWriter {
 /// Keys first: an event is stored exactly when its (source, idempotency key) is new (see ADR-0007).
 const INSERT_EVENTS: &str = "\
 WITH input AS (
-    SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::jsonb[], $7::bytea[])
-        AS u(id, source_id, idempotency_key, received_at, content_type, headers, body)
+    SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::jsonb[], $7::bytea[],
+                         $8::text[])
+        AS u(id, source_id, idempotency_key, received_at, content_type, headers, body, type)
 ), fresh AS (
     INSERT INTO event_keys (source_id, idempotency_key, event_id, received_at)
     SELECT source_id, idempotency_key, id, received_at FROM input
     ON CONFLICT (source_id, idempotency_key) DO NOTHING
     RETURNING event_id
 )
-INSERT INTO events (id, source_id, idempotency_key, received_at, content_type, headers, body)
+INSERT INTO events (id, source_id, idempotency_key, received_at, content_type, headers, body, type)
 SELECT input.* FROM input JOIN fresh ON fresh.event_id = input.id
 RETURNING id";
 
@@ -233,30 +310,43 @@ SELECT event_id, source_id, idempotency_key FROM event_keys
 WHERE (source_id, idempotency_key) IN (SELECT * FROM UNNEST($1::uuid[], $2::text[]))";
 
 /// Writes one batch in one transaction and answers every sender. Returns whether PostgreSQL answered.
-async fn write_batch(pool: Pool, mut batch: Vec<(NewEvent, Reply)>, deadline: Duration) -> bool {
+async fn write_batch(pool: Pool, batch: Vec<Unit>, deadline: Duration) -> bool {
     let started = Instant::now();
-    let size = batch.len();
+    let mut events: Vec<&NewEvent> = batch.iter().flat_map(Unit::events).collect();
+    let size = events.len();
     // Concurrent flushes take row locks in one global order, so they cannot deadlock on shared keys.
-    batch.sort_unstable_by(|(a, _), (b, _)| (a.source_id, &a.idempotency_key).cmp(&(b.source_id, &b.idempotency_key)));
-    let events: Vec<&NewEvent> = batch.iter().map(|(e, _)| e).collect();
+    events.sort_unstable_by(|a, b| (a.source_id, &a.idempotency_key).cmp(&(b.source_id, &b.idempotency_key)));
     let result = match tokio::time::timeout(deadline, insert(&pool, &events)).await {
-        Ok(result) => result,
+        Ok(result) => result.map(|outcomes| {
+            events.iter().map(|e| e.id).zip(outcomes).collect::<HashMap<Uuid, Result<Persisted, PersistError>>>()
+        }),
         Err(_) => Err(PersistError::Unavailable(format!("flush did not finish within {deadline:?}"))),
     };
+    drop(events);
     let db_up = !matches!(result, Err(PersistError::Unavailable(_)));
     metrics::histogram!("hookgate_writer_batch_size").record(size as f64);
     metrics::histogram!("hookgate_writer_flush_seconds").record(started.elapsed().as_secs_f64());
     match result {
-        Ok(outcomes) => {
-            for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
-                let _ = reply.send(outcome);
+        Ok(mut outcomes) => {
+            let mut take = |e: &NewEvent| {
+                outcomes.remove(&e.id).unwrap_or_else(|| Err(PersistError::Internal("event missing from batch".into())))
+            };
+            for unit in batch {
+                match unit {
+                    Unit::One(event, reply) => {
+                        let _ = reply.send(take(&event));
+                    }
+                    Unit::Many(events, reply) => {
+                        let _ = reply.send(events.iter().map(&mut take).collect());
+                    }
+                }
             }
         }
         Err(error) => {
             metrics::counter!("hookgate_writer_flush_failures_total").increment(1);
             tracing::warn!(message = "Event batch not stored.", batch = size, %error);
-            for (_, reply) in batch {
-                let _ = reply.send(Err(error.clone()));
+            for unit in batch {
+                unit.fail(error.clone());
             }
         }
     }
@@ -274,8 +364,9 @@ async fn insert(pool: &Pool, events: &[&NewEvent]) -> Result<Vec<Result<Persiste
     let content_types: Vec<Option<&str>> = events.iter().map(|e| e.content_type.as_deref()).collect();
     let headers: Vec<&serde_json::Value> = events.iter().map(|e| &e.headers).collect();
     let bodies: Vec<&[u8]> = events.iter().map(|e| e.body.as_ref()).collect();
+    let types: Vec<Option<&str>> = events.iter().map(|e| e.event_type.as_deref()).collect();
     let rows = tx
-        .query(&insert, &[&ids, &sources, &keys, &received, &content_types, &headers, &bodies])
+        .query(&insert, &[&ids, &sources, &keys, &received, &content_types, &headers, &bodies, &types])
         .await
         .map_err(db_error)?;
     let inserted: HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();

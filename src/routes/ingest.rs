@@ -1,22 +1,28 @@
-//! `POST /ingest/{source}`: verify, de-duplicate, hand to the [`EventWriter`], answer after COMMIT.
+//! `POST /ingest/{source}`: verify, de-duplicate, hand to the [`EventWriter`], answer after COMMIT. Also the
+//! CloudEvents HTTP binding (binary, structured and batch modes) and the `OPTIONS` abuse-protection handshake.
 
 use actix::dev::SendError;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use hookgate_actors::{CacheLookup, CacheRemember, NewEvent, Persist, PersistError, Persisted};
+use hookgate_actors::{CacheLookup, CacheRemember, NewEvent, Persist, PersistError, PersistMany, Persisted};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::config::IdempotencyConfig;
+use crate::cloudevents::{self, Attributes, CloudEventError, Mode};
+use crate::config::{EventTypeConfig, IdempotencyConfig};
 use crate::problem::IngestError;
 use crate::sources::Source;
 use crate::startup::AppState;
 
 /// Longest accepted idempotency key, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
+/// Longest accepted event type, in bytes.
+pub const MAX_TYPE_LEN: usize = 256;
+/// Most events accepted in one CloudEvents batch.
+pub const MAX_BATCH_EVENTS: usize = 1000;
 /// Headers never stored with an event (credentials and hop-by-hop headers).
 const DROPPED_HEADERS: &[&str] = &[
     "authorization",
@@ -45,13 +51,21 @@ pub async fn ingest(
         None => Err(IngestError::UnknownSource(path.into_inner())),
     };
     let outcome = match &result {
-        Ok(p) if p.duplicate => "duplicate",
-        Ok(_) => "accepted",
+        Ok(Accepted::One(p)) if p.duplicate => "duplicate",
+        Ok(Accepted::One(_)) => "accepted",
+        Ok(Accepted::Many(_)) => "accepted_batch",
         Err(e) => e.outcome(),
     };
     metrics::counter!("hookgate_ingest_requests_total", "source" => label, "outcome" => outcome).increment(1);
     match result {
-        Ok(p) => Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": p.id, "duplicate": p.duplicate }))),
+        Ok(Accepted::One(p)) => {
+            Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": p.id, "duplicate": p.duplicate })))
+        }
+        Ok(Accepted::Many(ps)) => {
+            let events: Vec<_> =
+                ps.iter().map(|p| serde_json::json!({ "id": p.id, "duplicate": p.duplicate })).collect();
+            Ok(HttpResponse::Accepted().json(serde_json::json!({ "events": events })))
+        }
         Err(e) => {
             if let IngestError::Unexpected(error) = &e {
                 tracing::error!(message = "Ingest failed unexpectedly.", error = %format!("{error:#}"));
@@ -61,52 +75,165 @@ pub async fn ingest(
     }
 }
 
+/// What a request stored: one event, or a CloudEvents batch (one outcome per event, in order).
+enum Accepted {
+    One(Persisted),
+    Many(Vec<Persisted>),
+}
+
 async fn accept(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
     source: &Source,
-) -> Result<Persisted, IngestError> {
+) -> Result<Accepted, IngestError> {
     let headers = req.headers();
     check_encoding(headers)?;
-    if source.require_json {
+    let ce_mode = match source.options.cloudevents {
+        true => Some(cloudevents::mode(headers).ok_or(CloudEventError::NotACloudEvent)?),
+        false => None,
+    };
+    let json_body = source.require_json || matches!(ce_mode, Some(Mode::Structured | Mode::Batch));
+    if json_body {
         check_json_content_type(headers)?;
     }
     let body = read_body(headers, payload, source.max_body_bytes).await?;
     source.verifier.verify(headers, &body)?;
-    if source.require_json {
+    if json_body {
         // JSON text is UTF-8 (RFC 8259 §8.1); serde skips string contents it ignores, so check the encoding first.
         let text = std::str::from_utf8(&body).map_err(|e| IngestError::InvalidJson(format!("not UTF-8 ({e})")))?;
         serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| IngestError::InvalidJson(e.to_string()))?;
     }
-    let key = idempotency_key(&source.idempotency, headers, &body)?;
+    let body = body.freeze();
+    let attributes = match ce_mode {
+        Some(Mode::Batch) => return accept_batch(headers, state, source, &body).await.map(Accepted::Many),
+        Some(Mode::Structured) => Some(cloudevents::decode_structured(&body)?),
+        Some(Mode::Binary) => Some(cloudevents::decode_binary(headers)?),
+        None => None,
+    };
+    // The body as JSON, parsed once, only when a key, a type or a route needs it.
+    let mut doc = LazyJson::new(&body);
+    let key = idempotency_key(&source.idempotency, headers, &body, attributes.as_ref(), &mut doc)?;
+    let event_type = match attributes {
+        Some(a) => Some(a.event_type),
+        None => event_type(source.options.event_type.as_ref(), headers, &mut doc)?,
+    };
 
     if let Some(id) = cache_lookup(state, source.id, &key).await {
-        return Ok(Persisted { id, duplicate: true });
+        return Ok(Accepted::One(Persisted { id, duplicate: true }));
     }
 
-    let body = body.freeze();
     let kept_headers = stored_headers(headers);
     let catalog = state.catalog.get();
     let deliveries = catalog
-        .plan(source.id, || jq_input(&source.slug, &kept_headers, &body), state.jq_timeout, state.jq_max_output)
+        .plan(
+            source.id,
+            || jq_input(&source.slug, &kept_headers, doc.value(), event_type.as_deref()),
+            state.jq_timeout,
+            state.jq_max_output,
+        )
         .await;
     let event = NewEvent {
         id: Uuid::now_v7(),
         source_id: source.id,
         idempotency_key: key.clone(),
+        event_type,
         received_at: chrono::Utc::now(),
         content_type: headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned),
         headers: kept_headers,
-        body,
+        body: body.clone(),
         deliveries,
     };
     let persisted = persist(state, event).await?;
-    state.cache_status.enqueued();
-    if state.cache.try_send(CacheRemember { source_id: source.id, idempotency_key: key, id: persisted.id }).is_err() {
-        state.cache_status.dequeued();
+    remember(state, source, key, persisted.id);
+    Ok(Accepted::One(persisted))
+}
+
+/// A CloudEvents batch: every event is decoded and routed first, then all are stored as one unit (all or nothing).
+async fn accept_batch(
+    headers: &HeaderMap,
+    state: &AppState,
+    source: &Source,
+    body: &Bytes,
+) -> Result<Vec<Persisted>, IngestError> {
+    let items = cloudevents::decode_batch(body, MAX_BATCH_EVENTS)?;
+    let kept_headers = stored_headers(headers);
+    let catalog = state.catalog.get();
+    let received_at = chrono::Utc::now();
+    let mut events = Vec::with_capacity(items.len());
+    for (attributes, raw) in items {
+        let bytes = Bytes::copy_from_slice(raw.get().as_bytes());
+        let key = attributes.idempotency_key();
+        let event_type = Some(attributes.event_type);
+        let deliveries = catalog
+            .plan(
+                source.id,
+                || {
+                    let doc: Option<serde_json::Value> = serde_json::from_str(raw.get()).ok();
+                    jq_input(&source.slug, &kept_headers, doc.as_ref().ok_or(bytes.as_ref()), event_type.as_deref())
+                },
+                state.jq_timeout,
+                state.jq_max_output,
+            )
+            .await;
+        events.push(NewEvent {
+            id: Uuid::now_v7(),
+            source_id: source.id,
+            idempotency_key: key,
+            event_type,
+            received_at,
+            content_type: Some("application/cloudevents+json".into()),
+            headers: kept_headers.clone(),
+            body: bytes,
+            deliveries,
+        });
+    }
+    let keys: Vec<String> = events.iter().map(|e| e.idempotency_key.clone()).collect();
+    let persisted = persist_many(state, events).await?;
+    for (key, p) in keys.into_iter().zip(&persisted) {
+        remember(state, source, key, p.id);
     }
     Ok(persisted)
+}
+
+/// Tells the cache (best effort) that `key` now names a committed event, for the source's dedupe window.
+fn remember(state: &AppState, source: &Source, key: String, id: Uuid) {
+    let ttl = source.options.dedupe_window_secs.map(std::time::Duration::from_secs);
+    state.cache_status.enqueued();
+    if state.cache.try_send(CacheRemember { source_id: source.id, idempotency_key: key, id, ttl }).is_err() {
+        state.cache_status.dequeued();
+    }
+}
+
+/// `OPTIONS /ingest/{source}`: the CloudEvents webhook abuse-protection handshake. An origin listed in the source's
+/// `allowed_origins` (or `"*"`) is echoed in `WebHook-Allowed-Origin`, with `WebHook-Allowed-Rate` when configured.
+#[tracing::instrument(name = "handshake", skip_all, fields(source = %path.as_str()))]
+pub async fn handshake(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, IngestError> {
+    let source = state.sources.get(path.as_str()).ok_or_else(|| IngestError::UnknownSource(path.into_inner()))?;
+    let origin = req
+        .headers()
+        .get("webhook-request-origin")
+        .ok_or_else(|| IngestError::BadRequest("the WebHook-Request-Origin header is missing".into()))?
+        .to_str()
+        .map_err(|_| IngestError::BadRequest("the WebHook-Request-Origin header must be visible ASCII".into()))?
+        .trim();
+    if origin.is_empty() || origin.len() > 255 {
+        return Err(IngestError::BadRequest("the WebHook-Request-Origin header must hold 1 to 255 characters".into()));
+    }
+    let allowed = source.options.allowed_origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin));
+    if !allowed {
+        return Err(IngestError::OriginNotAllowed(format!("the origin {origin:?} may not send to this source")));
+    }
+    let mut resp = HttpResponse::Ok();
+    resp.insert_header(("WebHook-Allowed-Origin", origin)).insert_header((header::ALLOW, "POST, OPTIONS"));
+    if let Some(rate) = source.options.allowed_rate {
+        resp.insert_header(("WebHook-Allowed-Rate", rate.to_string()));
+    }
+    Ok(resp.finish())
 }
 
 /// Hands the event to the writer with `try_send` and waits (bounded) for its COMMIT.
@@ -128,6 +255,27 @@ async fn persist(state: &AppState, event: NewEvent) -> Result<Persisted, IngestE
         Ok(Ok(Err(PersistError::Internal(e)))) => Err(IngestError::Unexpected(anyhow::anyhow!(e))),
         // The writer dropped the reply (stopping) or did not commit in time: the outcome is unknown to us,
         // so the producer must retry; the idempotency key makes the retry safe.
+        Ok(Err(_)) | Err(_) => Err(IngestError::Unavailable { retry_after_secs }),
+    }
+}
+
+/// Hands a CloudEvents batch to the writer as one unit and waits (bounded) for its COMMIT.
+async fn persist_many(state: &AppState, events: Vec<NewEvent>) -> Result<Vec<Persisted>, IngestError> {
+    let retry_after_secs = state.retry_after_secs;
+    let (tx, rx) = oneshot::channel();
+    state.writer_status.enqueued();
+    if let Err(e) = state.writer.try_send(PersistMany { events, reply: tx }) {
+        state.writer_status.dequeued();
+        return Err(match e {
+            SendError::Full(_) => IngestError::Overloaded { retry_after_secs },
+            SendError::Closed(_) => IngestError::Unavailable { retry_after_secs },
+        });
+    }
+    match tokio::time::timeout(state.ingest_timeout, rx).await {
+        Ok(Ok(Ok(p))) => Ok(p),
+        Ok(Ok(Err(PersistError::Overloaded))) => Err(IngestError::Overloaded { retry_after_secs }),
+        Ok(Ok(Err(PersistError::Unavailable(_)))) => Err(IngestError::Unavailable { retry_after_secs }),
+        Ok(Ok(Err(PersistError::Internal(e)))) => Err(IngestError::Unexpected(anyhow::anyhow!(e))),
         Ok(Err(_)) | Err(_) => Err(IngestError::Unavailable { retry_after_secs }),
     }
 }
@@ -199,9 +347,70 @@ async fn read_body(headers: &HeaderMap, mut payload: web::Payload, limit: usize)
     Ok(body)
 }
 
-fn idempotency_key(cfg: &IdempotencyConfig, headers: &HeaderMap, body: &[u8]) -> Result<String, IngestError> {
+/// The request body parsed as JSON on first use (a body that is not JSON stays its bytes).
+struct LazyJson<'a> {
+    body: &'a [u8],
+    value: Option<Option<serde_json::Value>>,
+}
+
+impl<'a> LazyJson<'a> {
+    fn new(body: &'a [u8]) -> Self {
+        Self { body, value: None }
+    }
+
+    fn get(&mut self) -> Option<&serde_json::Value> {
+        let body = self.body;
+        self.value.get_or_insert_with(|| serde_json::from_slice(body).ok()).as_ref()
+    }
+
+    /// The parsed document, or the raw bytes when the body is not JSON.
+    fn value(&mut self) -> Result<&serde_json::Value, &'a [u8]> {
+        let body = self.body;
+        self.get().ok_or(body)
+    }
+}
+
+/// Checks a key or type: 1 to `max` bytes, no control characters.
+fn check_text(what: &str, value: &str, max: usize) -> Result<(), IngestError> {
+    if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
+        return Err(IngestError::BadRequest(format!("{what} must hold 1 to {max} bytes without control characters")));
+    }
+    Ok(())
+}
+
+/// A string (or number) at a JSON pointer of the body.
+fn at_pointer(doc: &mut LazyJson<'_>, pointer: &str, what: &str) -> Result<Option<String>, IngestError> {
+    let value = doc
+        .get()
+        .ok_or_else(|| IngestError::InvalidJson(format!("{what} is read from {pointer} but the body is not JSON")))?;
+    match value.pointer(pointer) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(IngestError::BadRequest(format!("{what} at {pointer} must be a string or a number"))),
+    }
+}
+
+fn idempotency_key(
+    cfg: &IdempotencyConfig,
+    headers: &HeaderMap,
+    body: &[u8],
+    attributes: Option<&Attributes>,
+    doc: &mut LazyJson<'_>,
+) -> Result<String, IngestError> {
     match cfg {
         IdempotencyConfig::BodyHash => Ok(hex::encode(Sha256::digest(body))),
+        IdempotencyConfig::Cloudevents => match attributes {
+            Some(a) => Ok(a.idempotency_key()),
+            None => Err(CloudEventError::NotACloudEvent.into()),
+        },
+        IdempotencyConfig::JsonPointer { pointer } => {
+            let what = "the idempotency key";
+            let key = at_pointer(doc, pointer, what)?
+                .ok_or_else(|| IngestError::BadRequest(format!("{what} at {pointer} is missing")))?;
+            check_text(&format!("{what} at {pointer}"), &key, MAX_KEY_LEN)?;
+            Ok(key)
+        }
         IdempotencyConfig::Header { header } => {
             let value = headers
                 .get(header.as_str())
@@ -220,11 +429,43 @@ fn idempotency_key(cfg: &IdempotencyConfig, headers: &HeaderMap, body: &[u8]) ->
     }
 }
 
+/// The event type, when the source names where it comes from; absent is `None`, malformed is a 400.
+fn event_type(
+    cfg: Option<&EventTypeConfig>,
+    headers: &HeaderMap,
+    doc: &mut LazyJson<'_>,
+) -> Result<Option<String>, IngestError> {
+    let value = match cfg {
+        None => return Ok(None),
+        Some(EventTypeConfig::Header { header }) => match headers.get(header.as_str()) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| IngestError::BadRequest(format!("the {header} header must be visible ASCII")))?
+                    .trim()
+                    .to_owned(),
+            ),
+        },
+        Some(EventTypeConfig::JsonPointer { pointer }) => at_pointer(doc, pointer, "the event type")?,
+    };
+    if let Some(v) = &value {
+        check_text("the event type", v, MAX_TYPE_LEN)?;
+    }
+    Ok(value)
+}
+
 /// What route filters and transforms see: `{body, headers, source, type}`; a body that is not JSON is a string.
-fn jq_input(source: &str, headers: &serde_json::Value, body: &[u8]) -> serde_json::Value {
-    let body = serde_json::from_slice(body)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(body).into_owned()));
-    serde_json::json!({ "body": body, "headers": headers, "source": source, "type": serde_json::Value::Null })
+fn jq_input(
+    source: &str,
+    headers: &serde_json::Value,
+    body: Result<&serde_json::Value, &[u8]>,
+    event_type: Option<&str>,
+) -> serde_json::Value {
+    let body = match body {
+        Ok(doc) => doc.clone(),
+        Err(raw) => serde_json::Value::String(String::from_utf8_lossy(raw).into_owned()),
+    };
+    serde_json::json!({ "body": body, "headers": headers, "source": source, "type": event_type })
 }
 
 /// The headers kept with an event: all but credentials and hop-by-hop headers, at most [`MAX_STORED_HEADERS`],

@@ -5,6 +5,7 @@ mod cluster;
 mod crash;
 mod delivery;
 mod dependencies;
+mod formats;
 mod health;
 mod helpers;
 mod ingest;

@@ -1,0 +1,9 @@
+//! `Stripe-Signature` header parser.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = hookgate::verify::parse_stripe_signature(s);
+    }
+});

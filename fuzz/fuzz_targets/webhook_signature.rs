@@ -1,0 +1,10 @@
+//! Standard Webhooks `webhook-signature` and `webhook-timestamp` parsers.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = hookgate::verify::parse_webhook_signatures(s);
+        let _ = hookgate::verify::parse_timestamp(s);
+    }
+});
