@@ -44,6 +44,43 @@ pub struct Settings {
     /// Routes declared here are applied into PostgreSQL at start (matched by slug).
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// The admin API (`/admin/v1`): its bearer tokens and secret-rotation grace.
+    #[serde(default)]
+    pub admin: AdminSettings,
+}
+
+/// The admin API. With no token configured it is closed: every request answers 401.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Bearer tokens, each with a role. Env: `HOOKGATE_ADMIN__TOKENS='[{token="...",role="write"}]'`.
+    pub tokens: Vec<AdminToken>,
+    /// How long a rotated-out secret stays valid beside its replacement, unless the request says otherwise.
+    pub rotation_grace_secs: u64,
+    /// Milliseconds between rounds of the admin background task (bulk replay jobs, expiry of rotated secrets).
+    pub job_interval_ms: u64,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self { tokens: Vec::new(), rotation_grace_secs: 24 * 3600, job_interval_ms: 500 }
+    }
+}
+
+/// One admin bearer token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    pub token: SecretString,
+    pub role: AdminRole,
+}
+
+/// What a token may do: `read` may GET; `write` may also create, change, delete, replay, retry and cancel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminRole {
+    Read,
+    Write,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -249,7 +286,7 @@ fn serialize_secret<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S:
 }
 
 /// The sections that environment variables may set (`HOOKGATE_<SECTION>__<KEY>`).
-const ENV_SECTIONS: &[&str] = &["server", "database", "redis", "writer", "supervision", "delivery", "retention"];
+const ENV_SECTIONS: &[&str] = &["server", "database", "redis", "writer", "supervision", "delivery", "retention", "admin"];
 
 impl ServerSettings {
     pub fn node_id(&self) -> String {
@@ -335,6 +372,11 @@ impl Settings {
                 if secret.expose_secret().is_empty() {
                     anyhow::bail!("source {:?}: the HMAC secret is empty", s.slug);
                 }
+            }
+        }
+        for t in &self.admin.tokens {
+            if t.token.expose_secret().len() < 16 {
+                anyhow::bail!("admin.tokens: every token must be at least 16 characters");
             }
         }
         self.validate_delivery()

@@ -9,6 +9,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "initial", include_str!("migrations/0001_initial.sql")),
     (2, "delivery", include_str!("migrations/0002_delivery.sql")),
     (4, "partitions", include_str!("migrations/0004_partitions.sql")),
+    (5, "admin", include_str!("migrations/0005_admin.sql")),
 ];
 
 /// How many migrations this binary carries.

@@ -52,38 +52,49 @@ pub enum VerifyError {
 /// A source's request verification, ready to run.
 pub enum Verifier {
     None,
-    HmacSha256 { header: HeaderName, prefix: Option<String>, secret: SecretString },
+    /// `previous`: while the secret rotates, the old secret and when it stops being accepted.
+    HmacSha256 {
+        header: HeaderName,
+        prefix: Option<String>,
+        secret: SecretString,
+        previous: Option<(SecretString, chrono::DateTime<chrono::Utc>)>,
+    },
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::None => f.write_str("None"),
-            Self::HmacSha256 { header, prefix, .. } => f
+            Self::HmacSha256 { header, prefix, previous, .. } => f
                 .debug_struct("HmacSha256")
                 .field("header", header)
                 .field("prefix", prefix)
                 .field("secret", &"[REDACTED]")
+                .field("previous_until", &previous.as_ref().map(|(_, until)| until))
                 .finish(),
         }
     }
 }
 
 impl Verifier {
-    fn from_config(cfg: &VerificationConfig) -> anyhow::Result<Self> {
+    fn from_config(
+        cfg: &VerificationConfig,
+        previous: Option<(SecretString, chrono::DateTime<chrono::Utc>)>,
+    ) -> anyhow::Result<Self> {
         Ok(match cfg {
             VerificationConfig::None => Self::None,
             VerificationConfig::HmacSha256 { header, prefix, secret } => Self::HmacSha256 {
                 header: HeaderName::try_from(header.as_str()).context("invalid signature header name")?,
                 prefix: prefix.clone().filter(|p| !p.is_empty()),
                 secret: secret.clone(),
+                previous,
             },
         })
     }
 
     /// Verifies `body` against the request's headers. The comparison is constant-time (`Mac::verify_slice`).
     pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), VerifyError> {
-        let Self::HmacSha256 { header, prefix, secret } = self else {
+        let Self::HmacSha256 { header, prefix, secret, previous } = self else {
             return Ok(());
         };
         let name = || header.as_str().to_owned();
@@ -101,10 +112,21 @@ impl Verifier {
         if sig.is_empty() {
             return Err(VerifyError::Malformed(name()));
         }
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
-            .map_err(|_| VerifyError::Mismatch(name()))?;
-        mac.update(body);
-        mac.verify_slice(&sig).map_err(|_| VerifyError::Mismatch(name()))
+        let matches = |key: &SecretString| {
+            Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes())
+                .map(|mut mac| {
+                    mac.update(body);
+                    mac.verify_slice(&sig).is_ok()
+                })
+                .unwrap_or(false)
+        };
+        if matches(secret) {
+            return Ok(());
+        }
+        match previous {
+            Some((old, until)) if chrono::Utc::now() < *until && matches(old) => Ok(()),
+            _ => Err(VerifyError::Mismatch(name())),
+        }
     }
 }
 
@@ -136,7 +158,9 @@ impl SourceRegistry {
         let client = pool.get().await.context("Failed to get a connection to load sources")?;
         let rows = client
             .query(
-                "SELECT id, slug, max_body_bytes, require_json, idempotency, verification FROM sources WHERE enabled",
+                "SELECT id, slug, max_body_bytes, require_json, idempotency, verification, previous_secret,
+                        previous_secret_until
+                 FROM sources WHERE enabled",
                 &[],
             )
             .await
@@ -148,12 +172,17 @@ impl SourceRegistry {
                 .with_context(|| format!("source {slug}: invalid idempotency settings"))?;
             let verification: VerificationConfig = serde_json::from_value(row.get(5))
                 .with_context(|| format!("source {slug}: invalid verification settings"))?;
+            let previous = match (row.get::<_, Option<String>>(6), row.get::<_, Option<chrono::DateTime<chrono::Utc>>>(7)) {
+                (Some(old), Some(until)) => Some((SecretString::from(old), until)),
+                _ => None,
+            };
             sources.push(Source {
                 id: row.get(0),
                 max_body_bytes: row.get::<_, i32>(2) as usize,
                 require_json: row.get(3),
                 idempotency,
-                verifier: Verifier::from_config(&verification).with_context(|| format!("source {slug}"))?,
+                verifier: Verifier::from_config(&verification, previous)
+                    .with_context(|| format!("source {slug}"))?,
                 slug,
             });
         }
@@ -209,6 +238,7 @@ mod tests {
             header: HeaderName::from_static("x-hub-signature-256"),
             prefix: prefix.map(str::to_owned),
             secret: SecretString::from(secret),
+            previous: None,
         }
     }
 

@@ -221,7 +221,7 @@ fn idempotency_key(cfg: &IdempotencyConfig, headers: &HeaderMap, body: &[u8]) ->
 }
 
 /// What route filters and transforms see: `{body, headers, source, type}`; a body that is not JSON is a string.
-fn jq_input(source: &str, headers: &serde_json::Value, body: &[u8]) -> serde_json::Value {
+pub(crate) fn jq_input(source: &str, headers: &serde_json::Value, body: &[u8]) -> serde_json::Value {
     let body = serde_json::from_slice(body)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(body).into_owned()));
     serde_json::json!({ "body": body, "headers": headers, "source": source, "type": serde_json::Value::Null })
