@@ -200,12 +200,30 @@ pub struct EventDetail {
     pub deliveries: Vec<DeliveryView>,
 }
 
+/// One event by id. `$2`/`$3` bound `received_at` around the time in the UUIDv7 id ([`time_window`]), so that only
+/// the daily partitions around it are probed.
 pub const GET_SQL: &str = "\
 SELECT e.id, e.source_id, s.slug, e.idempotency_key, e.received_at, e.content_type, e.headers, e.body
-FROM events e JOIN sources s ON s.id = e.source_id WHERE e.id = $1";
+FROM events e JOIN sources s ON s.id = e.source_id
+WHERE e.id = $1 AND e.received_at >= $2 AND e.received_at < $3";
+/// An event's deliveries; none is created before its event (`$2`: the window's start).
 pub const DELIVERIES_SQL: &str = "\
 SELECT id, event_id, route_id, destination_id, state, attempts, next_attempt_at, last_error, created_at, updated_at
-FROM deliveries WHERE event_id = $1 ORDER BY created_at, id";
+FROM deliveries WHERE event_id = $1 AND created_at >= $2 ORDER BY created_at, id";
+
+/// Where `received_at` of the event with this id lies: a day around the id's UUIDv7 time (ids and `received_at` are
+/// taken together at ingest, on one node's clock), or all time for an id that is not a UUIDv7.
+pub fn time_window(id: Uuid) -> (DateTime<Utc>, DateTime<Utc>) {
+    let all = (DateTime::<Utc>::UNIX_EPOCH, DateTime::<Utc>::MAX_UTC);
+    if id.get_version_num() != 7 {
+        return all;
+    }
+    let Some((secs, nanos)) = id.get_timestamp().map(|t| t.to_unix()) else { return all };
+    match DateTime::<Utc>::from_timestamp(secs as i64, nanos) {
+        Some(t) => (t - chrono::Duration::days(1), t + chrono::Duration::days(1)),
+        None => all,
+    }
+}
 pub const ATTEMPTS_SQL: &str = "\
 SELECT id, delivery_id, attempt, node_id, started_at, status, latency_ms, response_headers, response_excerpt,
        error_kind, error
@@ -216,12 +234,13 @@ FROM attempts WHERE delivery_id = ANY($1) ORDER BY delivery_id, attempt";
     responses((status = 200, body = EventDetail), (status = 404, body = ProblemBody), (status = 401, body = ProblemBody)))]
 pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
     let client = state.pool.get().await?;
+    let (from, to) = time_window(path.id);
     let row = client
-        .query_opt(GET_SQL, &[&path.id])
+        .query_opt(GET_SQL, &[&path.id, &from, &to])
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("no event has id {}", path.id)))?;
     let mut deliveries: Vec<DeliveryView> =
-        client.query(DELIVERIES_SQL, &[&path.id]).await?.iter().map(delivery_view).collect();
+        client.query(DELIVERIES_SQL, &[&path.id, &from]).await?.iter().map(delivery_view).collect();
     let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
     let mut attempts: std::collections::HashMap<Uuid, Vec<AttemptView>> = Default::default();
     for r in client.query(ATTEMPTS_SQL, &[&ids]).await? {
@@ -337,8 +356,9 @@ pub async fn replay(
 ) -> Result<HttpResponse, AdminError> {
     let mut client = state.pool.get().await?;
     let only = destination_ids(&client, &input.map(|i| i.into_inner()).unwrap_or_default().destinations).await?;
+    let (from, to) = time_window(path.id);
     let row = client
-        .query_opt(GET_SQL, &[&path.id])
+        .query_opt(GET_SQL, &[&path.id, &from, &to])
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("no event has id {}", path.id)))?;
     let event =

@@ -23,7 +23,7 @@ use super::{deliveries, destinations, error, events, jobs, routes, sources, stat
         jobs::list, jobs::create, jobs::get, jobs::cancel,
         stats::stats,
     ),
-    components(schemas(error::ProblemBody)),
+    components(schemas(error::ProblemBody, events::DeliveryState)),
     modifiers(&BearerAuth),
     tags((name = "sources"), (name = "destinations"), (name = "routes"), (name = "events"), (name = "replay"),
          (name = "deliveries"), (name = "stats"), (name = "meta"))
@@ -35,7 +35,21 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        // Operation ids must be unique: prefix each handler's name with its tag (`sources_list`, …).
+        for item in openapi.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete].into_iter().flatten() {
+                let tag = op.tags.as_ref().and_then(|t| t.first()).cloned().unwrap_or_default();
+                if let Some(id) = op.operation_id.as_mut() {
+                    if !id.starts_with(&format!("{tag}_")) {
+                        *id = format!("{tag}_{id}");
+                    }
+                }
+            }
+        }
     }
 }
 
