@@ -286,7 +286,8 @@ fn serialize_secret<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S:
 }
 
 /// The sections that environment variables may set (`HOOKGATE_<SECTION>__<KEY>`).
-const ENV_SECTIONS: &[&str] = &["server", "database", "redis", "writer", "supervision", "delivery", "retention", "admin"];
+const ENV_SECTIONS: &[&str] =
+    &["server", "database", "redis", "writer", "supervision", "delivery", "retention", "admin"];
 
 impl ServerSettings {
     pub fn node_id(&self) -> String {

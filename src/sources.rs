@@ -172,17 +172,17 @@ impl SourceRegistry {
                 .with_context(|| format!("source {slug}: invalid idempotency settings"))?;
             let verification: VerificationConfig = serde_json::from_value(row.get(5))
                 .with_context(|| format!("source {slug}: invalid verification settings"))?;
-            let previous = match (row.get::<_, Option<String>>(6), row.get::<_, Option<chrono::DateTime<chrono::Utc>>>(7)) {
-                (Some(old), Some(until)) => Some((SecretString::from(old), until)),
-                _ => None,
-            };
+            let previous =
+                match (row.get::<_, Option<String>>(6), row.get::<_, Option<chrono::DateTime<chrono::Utc>>>(7)) {
+                    (Some(old), Some(until)) => Some((SecretString::from(old), until)),
+                    _ => None,
+                };
             sources.push(Source {
                 id: row.get(0),
                 max_body_bytes: row.get::<_, i32>(2) as usize,
                 require_json: row.get(3),
                 idempotency,
-                verifier: Verifier::from_config(&verification, previous)
-                    .with_context(|| format!("source {slug}"))?,
+                verifier: Verifier::from_config(&verification, previous).with_context(|| format!("source {slug}"))?,
                 slug,
             });
         }

@@ -243,11 +243,13 @@ impl Application {
             .with_context(|| format!("Failed to bind {}:{}", settings.server.host, settings.server.port))?;
         let port = listener.local_addr()?.port();
         let shutdown_timeout = Duration::from_secs(settings.server.shutdown_timeout_secs);
-        let mut server = HttpServer::new(move || App::new().app_data(state.clone()).app_data(admin.clone()).configure(routes::configure))
-            // Signals are handled in `run_until_stopped`, which drains in order.
-            .disable_signals()
-            .shutdown_timeout(settings.server.shutdown_timeout_secs)
-            .listen(listener)?;
+        let mut server = HttpServer::new(move || {
+            App::new().app_data(state.clone()).app_data(admin.clone()).configure(routes::configure)
+        })
+        // Signals are handled in `run_until_stopped`, which drains in order.
+        .disable_signals()
+        .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        .listen(listener)?;
         if let Some(workers) = settings.server.workers {
             server = server.workers(workers);
         }

@@ -67,11 +67,9 @@ pub fn authorize(tokens: &Tokens, method: &Method, authorization: Option<&[u8]>)
 /// The scope-wide middleware.
 pub async fn guard(req: ServiceRequest, next: Next<BoxBody>) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let decision = match req.app_data::<web::Data<AdminState>>() {
-        Some(state) => authorize(
-            &state.tokens,
-            req.method(),
-            req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()),
-        ),
+        Some(state) => {
+            authorize(&state.tokens, req.method(), req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()))
+        }
         None => Err(AdminError::Unauthorized),
     };
     match decision {
@@ -102,7 +100,8 @@ mod tests {
         assert!(matches!(authorize(&t, &Method::DELETE, read), Err(AdminError::Forbidden)));
         assert!(authorize(&t, &Method::PUT, write).is_ok());
         assert!(authorize(&t, &Method::GET, write).is_ok());
-        for bad in [None, Some(&b"Bearer nope"[..]), Some(b"read-token-0123456789"), Some(b"Bearer "), Some(b"Basic x")] {
+        for bad in [None, Some(&b"Bearer nope"[..]), Some(b"read-token-0123456789"), Some(b"Bearer "), Some(b"Basic x")]
+        {
             assert!(matches!(authorize(&t, &Method::GET, bad), Err(AdminError::Unauthorized)), "{bad:?}");
         }
     }

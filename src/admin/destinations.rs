@@ -143,7 +143,10 @@ fn spec(state: &AdminState, input: &DestinationInput) -> Result<DestinationSpec,
     if spec.timeout_ms > 600_000 || spec.max_in_flight > 100_000 {
         return Err(AdminError::Invalid("timeout_ms must be at most 600000 and max_in_flight at most 100000".into()));
     }
-    if spec.retry.max_attempts > 1000 || spec.retry.delays_ms.len() > 100 || spec.retry.delays_ms.iter().any(|d| *d > 86_400_000 * 30) {
+    if spec.retry.max_attempts > 1000
+        || spec.retry.delays_ms.len() > 100
+        || spec.retry.delays_ms.iter().any(|d| *d > 86_400_000 * 30)
+    {
         return Err(AdminError::Invalid("retry: at most 1000 attempts, 100 delays of at most 30 days".into()));
     }
     Ok(spec)
@@ -218,7 +221,10 @@ pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Resul
 
 async fn lock_editable(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> Result<Row, AdminError> {
     let row = tx
-        .query_opt("SELECT declared, signing_secrets, retiring_secrets FROM destinations WHERE id = $1 FOR UPDATE", &[&id])
+        .query_opt(
+            "SELECT declared, signing_secrets, retiring_secrets FROM destinations WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("no destination has id {id}")))?;
     if row.get::<_, bool>(0) {

@@ -77,7 +77,9 @@ impl From<tokio_postgres::Error> for AdminError {
                 Self::InUse("other objects (events, deliveries or routes) refer to this one".into())
             }
             // Class 22 (data exception: NUL in text, out-of-range values, …) and check violations: the input.
-            Some(c) if c.code().starts_with("22") => Self::BadRequest("a value is not acceptable to the database".into()),
+            Some(c) if c.code().starts_with("22") => {
+                Self::BadRequest("a value is not acceptable to the database".into())
+            }
             Some(c) if *c == SqlState::CHECK_VIOLATION => Self::Invalid("a value is out of its allowed range".into()),
             _ if e.is_closed() || e.code().is_none() => {
                 tracing::warn!(message = "Admin query failed.", error = %e);

@@ -128,9 +128,7 @@ impl Body {
     pub fn of(bytes: &[u8]) -> Self {
         match std::str::from_utf8(bytes) {
             Ok(text) => Self { encoding: "text".into(), data: text.to_owned() },
-            Err(_) => {
-                Self { encoding: "base64".into(), data: base64::engine::general_purpose::STANDARD.encode(bytes) }
-            }
+            Err(_) => Self { encoding: "base64".into(), data: base64::engine::general_purpose::STANDARD.encode(bytes) },
         }
     }
 }
@@ -361,8 +359,13 @@ pub async fn replay(
         .query_opt(GET_SQL, &[&path.id, &from, &to])
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("no event has id {}", path.id)))?;
-    let event =
-        StoredEvent { id: row.get(0), source_id: row.get(1), source_slug: row.get(2), headers: row.get(6), body: row.get(7) };
+    let event = StoredEvent {
+        id: row.get(0),
+        source_id: row.get(1),
+        source_slug: row.get(2),
+        headers: row.get(6),
+        body: row.get(7),
+    };
     let tx = client.transaction().await?;
     let ids = replay_into(&state, &tx, &event, only.as_deref()).await?;
     notify_deliveries(&tx).await?;

@@ -90,7 +90,10 @@ fn view(r: &Row) -> ReplayJob {
     request_body = ReplayJobInput,
     responses((status = 202, body = ReplayJob), (status = 404, body = ProblemBody), (status = 422, body = ProblemBody),
               (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
-pub async fn create(state: web::Data<AdminState>, input: web::Json<ReplayJobInput>) -> Result<HttpResponse, AdminError> {
+pub async fn create(
+    state: web::Data<AdminState>,
+    input: web::Json<ReplayJobInput>,
+) -> Result<HttpResponse, AdminError> {
     if input.from >= input.to {
         return Err(AdminError::Invalid("from must be before to".into()));
     }
@@ -268,10 +271,8 @@ async fn execute(state: &AdminState, job: &ReplayJob, mut cursor: Option<Uuid>) 
     };
     loop {
         let mut client = state.pool.get().await?;
-        let cancel: bool = client
-            .query_one("SELECT cancel_requested FROM replay_jobs WHERE id = $1", &[&job.id])
-            .await?
-            .get(0);
+        let cancel: bool =
+            client.query_one("SELECT cancel_requested FROM replay_jobs WHERE id = $1", &[&job.id]).await?.get(0);
         if cancel {
             return Ok(true);
         }

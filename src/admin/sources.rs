@@ -147,7 +147,9 @@ fn view(row: &Row) -> Result<SourceView, AdminError> {
         max_body_bytes: row.get(2),
         require_json: row.get(3),
         idempotency: match idem {
-            IdempotencyConfig::Header { header } => IdempotencyInput { from: IdempotencyFrom::Header, header: Some(header) },
+            IdempotencyConfig::Header { header } => {
+                IdempotencyInput { from: IdempotencyFrom::Header, header: Some(header) }
+            }
             IdempotencyConfig::BodyHash => IdempotencyInput { from: IdempotencyFrom::BodyHash, header: None },
         },
         verification: match verification {

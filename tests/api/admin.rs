@@ -235,7 +235,8 @@ async fn a_rotated_source_secret_and_the_previous_one_are_both_accepted_during_t
     let old = created["secret"].as_str().unwrap().to_owned();
     let id = created["source"]["id"].as_str().unwrap().to_owned();
     wait_accepted(&app, "rot", &old, b"{}", "k0").await;
-    let rotated = app.admin_ok("post", &format!("/sources/{id}/rotate-secret"), Some(json!({"grace_secs": 3600}))).await;
+    let rotated =
+        app.admin_ok("post", &format!("/sources/{id}/rotate-secret"), Some(json!({"grace_secs": 3600}))).await;
     let new = rotated["secret"].as_str().unwrap().to_owned();
     assert_ne!(new, old);
     wait_accepted(&app, "rot", &new, b"{}", "k1").await;
@@ -416,11 +417,8 @@ async fn event_list_and_get_use_indexes_on_200k_events_and_the_first_page_is_tim
     ];
     for (what, sql, ids) in &plans {
         let limit: i64 = 51;
-        let rows = app
-            .db
-            .query(sql.as_str(), &[&ids[0], &none_time, &none_time, &ids[1], &none_text, &limit])
-            .await
-            .unwrap();
+        let rows =
+            app.db.query(sql.as_str(), &[&ids[0], &none_time, &none_time, &ids[1], &none_text, &limit]).await.unwrap();
         let plan: Value = rows[0].get(0);
         assert_no_seq_scan(&app, what, &plan).await;
     }
@@ -430,7 +428,8 @@ async fn event_list_and_get_use_indexes_on_200k_events_and_the_first_page_is_tim
     let rows = app.db.query(explain(hookgate::admin::events::DELIVERIES_SQL).as_str(), &[&some, &from]).await.unwrap();
     assert_no_seq_scan(&app, "get's deliveries", &rows[0].get(0)).await;
 
-    for (label, query) in [("first page", "/events?limit=50"), ("first page by source", "/events?source=hmac&limit=50")] {
+    for (label, query) in [("first page", "/events?limit=50"), ("first page by source", "/events?source=hmac&limit=50")]
+    {
         let started = Instant::now();
         let page = app.admin("get", query, Some(READ), None).await;
         let took = started.elapsed();
