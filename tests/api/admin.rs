@@ -151,15 +151,33 @@ async fn objects_are_created_validated_delivered_listed_and_replayed_through_the
     app.admin_ok("post", "/routes", Some(json!({"slug": "shop-to-sink", "source": "shop", "destination": "sink"})))
         .await;
 
-    // An event through the new source reaches the new destination.
-    wait_accepted(&app, "shop", &secret, br#"{"order":1}"#, "o-1").await;
+    // An event through the new source reaches the new destination. Each node loads the source and the route when
+    // their NOTIFYs arrive, so events are sent until one is accepted with its delivery planned.
+    let n = std::cell::Cell::new(0);
+    let event_id = eventually("an event routed to the new destination", Duration::from_secs(30), || async {
+        n.set(n.get() + 1);
+        let key = format!("o-{}", n.get());
+        if post_with_secret(&app, "shop", &secret, br#"{"order":1}"#, &key).await != 202 {
+            return None;
+        }
+        let row = app
+            .db
+            .query_one(
+                "SELECT e.id, (SELECT count(*) FROM deliveries d WHERE d.event_id = e.id)
+                 FROM events e WHERE e.idempotency_key = $1",
+                &[&key],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(1) > 0).then(|| row.get::<_, uuid::Uuid>(0).to_string())
+    })
+    .await;
     app.wait_count("delivered", "SELECT count(*) FROM deliveries WHERE state = 'delivered'", 1).await;
 
     let page = app.admin("get", "/events?source=shop&limit=10", Some(READ), None).await;
     assert_eq!(page.status, 200, "{page:?}");
     let items = page.json["items"].as_array().unwrap();
-    assert_eq!(items.len(), 1);
-    let event_id = items[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(items[0]["id"], event_id.as_str(), "newest first");
     let filtered = app.admin("get", "/events?status=dead", Some(READ), None).await;
     assert_eq!(filtered.json["items"].as_array().unwrap().len(), 0);
 
@@ -167,7 +185,7 @@ async fn objects_are_created_validated_delivered_listed_and_replayed_through_the
     assert_eq!(detail.status, 200);
     assert_eq!(detail.json["body"]["encoding"], "text");
     assert_eq!(detail.json["body"]["data"], r#"{"order":1}"#);
-    assert_eq!(detail.json["headers"]["x-request-id"], "o-1");
+    assert_eq!(detail.json["headers"]["x-request-id"], format!("o-{}", n.get()));
     let deliveries = detail.json["deliveries"].as_array().unwrap();
     assert_eq!(deliveries.len(), 1);
     assert_eq!(deliveries[0]["attempt_log"].as_array().unwrap().len(), 1);
@@ -205,7 +223,7 @@ async fn objects_are_created_validated_delivered_listed_and_replayed_through_the
     let stats = app.admin("get", "/stats?window_secs=3600", Some(READ), None).await;
     assert_eq!(stats.status, 200, "{stats:?}");
     let shop = stats.json["sources"].as_array().unwrap().iter().find(|s| s["slug"] == "shop").unwrap().clone();
-    assert_eq!(shop["events"], 1);
+    assert!(shop["events"].as_i64().is_some_and(|e| e >= 1), "{shop:?}");
 }
 
 #[actix_rt::test]
