@@ -16,6 +16,7 @@ run: services
 test: services
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)"; exit 1; }
 	$(CARGO) test --workspace --all-targets
+	scripts/schemathesis.sh
 	scripts/validate-manifests.sh
 	@for f in $$(find config deploy -name '*.toml'); do $(CARGO) run -q -p hookgate -- check-config $$f || exit 1; done
 

@@ -361,7 +361,7 @@ def schema_validate(o, where):
         fail(f"{where}: {o['kind']}/{o['metadata']['name']}: {e.message} at {'/'.join(map(str, e.path))}")
 
 # Top-level sections of hookgate's Settings (src/config.rs); HOOKGATE_CONFIG names the file.
-SECTIONS = {"server", "database", "redis", "writer", "supervision", "sources", "delivery", "destinations", "routes"}
+SECTIONS = {"server", "database", "redis", "writer", "supervision", "sources", "delivery", "destinations", "routes", "admin"}
 
 def check_env_name(name, where):
     if not name.startswith("HOOKGATE_") or name == "HOOKGATE_CONFIG":

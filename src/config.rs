@@ -44,6 +44,43 @@ pub struct Settings {
     /// Routes declared here are applied into PostgreSQL at start (matched by slug).
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// The admin API (`/admin/v1`): its bearer tokens and secret-rotation grace.
+    #[serde(default)]
+    pub admin: AdminSettings,
+}
+
+/// The admin API. With no token configured it is closed: every request answers 401.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Bearer tokens, each with a role. Env: `HOOKGATE_ADMIN__TOKENS='[{token="...",role="write"}]'`.
+    pub tokens: Vec<AdminToken>,
+    /// How long a rotated-out secret stays valid beside its replacement, unless the request says otherwise.
+    pub rotation_grace_secs: u64,
+    /// Milliseconds between rounds of the admin background task (bulk replay jobs, expiry of rotated secrets).
+    pub job_interval_ms: u64,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self { tokens: Vec::new(), rotation_grace_secs: 24 * 3600, job_interval_ms: 500 }
+    }
+}
+
+/// One admin bearer token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    pub token: SecretString,
+    pub role: AdminRole,
+}
+
+/// What a token may do: `read` may GET; `write` may also create, change, delete, replay, retry and cancel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminRole {
+    Read,
+    Write,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -362,6 +399,23 @@ pub enum VerificationConfig {
 }
 
 impl VerificationConfig {
+    /// Accepts one more secret (the previous one while a secret rotates); no effect on kinds without secrets.
+    pub fn add_secret(&mut self, secret: SecretString) {
+        let secrets = match self {
+            Self::None => return,
+            Self::HmacSha256 { secret, .. }
+            | Self::Hmac { secret, .. }
+            | Self::Github { secret }
+            | Self::Stripe { secret, .. }
+            | Self::Shopify { secret }
+            | Self::StandardWebhooks { secret, .. } => secret,
+            Self::Basic { password, .. } => password,
+            Self::Bearer { token } => token,
+            Self::ApiKey { key, .. } => key,
+        };
+        secrets.0.push(secret);
+    }
+
     /// The preset's idempotency key, if it has one.
     pub fn default_idempotency(&self) -> Option<IdempotencyConfig> {
         let header = |h: &str| Some(IdempotencyConfig::Header { header: h.into() });
@@ -445,7 +499,8 @@ impl Serialize for Secrets {
 }
 
 /// The sections that environment variables may set (`HOOKGATE_<SECTION>__<KEY>`).
-const ENV_SECTIONS: &[&str] = &["server", "database", "redis", "writer", "supervision", "delivery", "retention"];
+const ENV_SECTIONS: &[&str] =
+    &["server", "database", "redis", "writer", "supervision", "delivery", "retention", "admin"];
 
 impl ServerSettings {
     pub fn node_id(&self) -> String {
@@ -550,6 +605,11 @@ impl Settings {
             }
             crate::verify::Verifier::from_config(&s.verification)
                 .map_err(|e| anyhow::anyhow!("source {:?}: {e:#}", s.slug))?;
+        }
+        for t in &self.admin.tokens {
+            if t.token.expose_secret().len() < 16 {
+                anyhow::bail!("admin.tokens: every token must be at least 16 characters");
+            }
         }
         self.validate_delivery()
     }

@@ -4,6 +4,7 @@
 //! ([`startup`]), migrations ([`migrations`]), sources ([`sources`]) and the thin actix-web front end ([`routes`]).
 //! The actors live in the `hookgate-actors` crate.
 
+pub mod admin;
 pub mod cloudevents;
 pub mod config;
 pub mod migrations;

@@ -10,6 +10,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "delivery", include_str!("migrations/0002_delivery.sql")),
     (3, "event_type", include_str!("migrations/0003_event_type.sql")),
     (4, "partitions", include_str!("migrations/0004_partitions.sql")),
+    (5, "admin", include_str!("migrations/0005_admin.sql")),
 ];
 
 /// How many migrations this binary carries.

@@ -58,8 +58,9 @@ impl SourceRegistry {
         let client = pool.get().await.context("Failed to get a connection to load sources")?;
         let rows = client
             .query(
-                "SELECT id, slug, max_body_bytes, require_json, idempotency, verification, options FROM sources
-                 WHERE enabled",
+                "SELECT id, slug, max_body_bytes, require_json, idempotency, verification, options, previous_secret,
+                        previous_secret_until
+                 FROM sources WHERE enabled",
                 &[],
             )
             .await
@@ -73,6 +74,15 @@ impl SourceRegistry {
                 .with_context(|| format!("source {slug}: invalid verification settings"))?;
             let options: SourceOptions =
                 serde_json::from_value(row.get(6)).with_context(|| format!("source {slug}: invalid options"))?;
+            // While a secret rotates (admin API), the previous one stays valid until its time.
+            let mut verification = verification;
+            if let (Some(old), Some(until)) =
+                (row.get::<_, Option<String>>(7), row.get::<_, Option<chrono::DateTime<chrono::Utc>>>(8))
+            {
+                if until > chrono::Utc::now() {
+                    verification.add_secret(secrecy::SecretString::from(old));
+                }
+            }
             sources.push(Source {
                 id: row.get(0),
                 max_body_bytes: row.get::<_, i32>(2) as usize,

@@ -22,7 +22,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::{DatabaseSettings, Settings};
 use crate::sources::SourceRegistry;
-use crate::{migrations, routes, sources, telemetry};
+use crate::{admin, migrations, routes, sources, telemetry};
 
 /// What every request handler can reach. Built once, before the HTTP workers start.
 pub struct AppState {
@@ -207,6 +207,24 @@ impl Application {
         )
         .start();
 
+        let admin = {
+            let state = Arc::new(admin::AdminState {
+                pool: pool.clone(),
+                tokens: admin::auth::Tokens::new(&settings.admin.tokens),
+                ssrf: settings.delivery.ssrf_policy(),
+                catalog: catalog.clone(),
+                limits: Arc::new(Limits::new(&settings.redis.key_prefix, settings.delivery.circuit)),
+                redis: redis_handle.clone(),
+                rotation_grace: Duration::from_secs(settings.admin.rotation_grace_secs),
+                jq_timeout: Duration::from_millis(settings.delivery.jq_timeout_ms),
+                jq_max_output: settings.delivery.jq_max_output_bytes,
+                max_body_bytes: settings.server.max_body_bytes,
+            });
+            let interval = Duration::from_millis(settings.admin.job_interval_ms.max(10));
+            actix_rt::spawn(admin::jobs::run(state.clone(), node_id.clone(), interval));
+            web::Data::from(state)
+        };
+
         let state = web::Data::new(AppState {
             sources: registry,
             writer: writer.clone(),
@@ -228,11 +246,13 @@ impl Application {
             .with_context(|| format!("Failed to bind {}:{}", settings.server.host, settings.server.port))?;
         let port = listener.local_addr()?.port();
         let shutdown_timeout = Duration::from_secs(settings.server.shutdown_timeout_secs);
-        let mut server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes::configure))
-            // Signals are handled in `run_until_stopped`, which drains in order.
-            .disable_signals()
-            .shutdown_timeout(settings.server.shutdown_timeout_secs)
-            .listen(listener)?;
+        let mut server = HttpServer::new(move || {
+            App::new().app_data(state.clone()).app_data(admin.clone()).configure(routes::configure)
+        })
+        // Signals are handled in `run_until_stopped`, which drains in order.
+        .disable_signals()
+        .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        .listen(listener)?;
         if let Some(workers) = settings.server.workers {
             server = server.workers(workers);
         }

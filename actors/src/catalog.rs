@@ -253,7 +253,11 @@ async fn load(pool: &Pool) -> anyhow::Result<Catalog> {
     let mut catalog = Catalog::default();
     for row in client
         .query(
-            "SELECT id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, signing_secrets, fifo, state
+            // Rotated-out secrets (admin API) keep signing beside the new one until their grace period ends.
+            "SELECT id, slug, url, timeout_ms, max_in_flight, rate_limit, retry,
+                    signing_secrets || COALESCE((SELECT jsonb_agg(r->'secret') FROM jsonb_array_elements(retiring_secrets) r
+                                                 WHERE (r->>'until')::timestamptz > now()), '[]'::jsonb),
+                    fifo, state
              FROM destinations",
             &[],
         )

@@ -455,7 +455,7 @@ fn event_type(
 }
 
 /// What route filters and transforms see: `{body, headers, source, type}`; a body that is not JSON is a string.
-fn jq_input(
+pub(crate) fn jq_input(
     source: &str,
     headers: &serde_json::Value,
     body: Result<&serde_json::Value, &[u8]>,

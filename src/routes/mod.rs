@@ -1,4 +1,5 @@
-//! The thin HTTP front end: it validates, then hands work to actors. It never talks to PostgreSQL directly.
+//! The thin HTTP front end: ingest validates, then hands work to actors; it never talks to PostgreSQL directly.
+//! The admin API (`/admin/v1`, `crate::admin`) is mounted here too; it uses the pool directly.
 
 pub mod health;
 pub mod ingest;
@@ -10,5 +11,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/ingest/{source}", web::method(actix_web::http::Method::OPTIONS).to(ingest::handshake))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(health::metrics));
+        .route("/metrics", web::get().to(health::metrics))
+        .configure(crate::admin::configure);
 }

@@ -1,5 +1,6 @@
 //! hookgate's integration tests: one binary, real PostgreSQL and Redis, one fresh database per test.
 
+mod admin;
 mod cli;
 mod cluster;
 mod crash;

@@ -1,0 +1,439 @@
+//! Destinations: CRUD, signing-secret rotation, pause/resume and health.
+
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
+use hookgate_actors::catalog::{DestinationSpec, DestinationState};
+use hookgate_actors::retry::RetryPolicy;
+use hookgate_actors::signing::SigningSecret;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Row;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::error::ProblemBody;
+use super::sources::{declared, grace, IdPath, RotateInput, RotatedSecret};
+use super::{notify_catalog, AdminError, AdminState};
+use crate::sources::validate_slug;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DestinationView {
+    pub id: Uuid,
+    pub slug: String,
+    pub url: String,
+    pub timeout_ms: i32,
+    pub max_in_flight: i32,
+    pub rate_limit: Option<f64>,
+    pub retry: RetryInput,
+    pub fifo: bool,
+    /// `active`, `paused` or `disabled`.
+    pub state: String,
+    pub disabled_reason: Option<String>,
+    /// How many secrets sign each delivery now (the secrets themselves are never shown again).
+    pub signing_secrets: usize,
+    /// Rotated-out secrets still signing, and until when.
+    pub retiring_secrets_until: Vec<DateTime<Utc>>,
+    pub declared: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Retry schedule; omitted fields take the defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryInput {
+    /// Delay before attempt n+1 after attempt n failed; the last entry repeats.
+    #[serde(default)]
+    pub delays_ms: Option<Vec<u64>>,
+    /// Attempts in all (the first included); then the delivery is `dead`.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Random factor in `[1 - jitter, 1 + jitter]` applied to each delay (0 to 1).
+    #[serde(default)]
+    pub jitter: Option<f64>,
+}
+
+impl RetryInput {
+    fn policy(&self) -> RetryPolicy {
+        let d = RetryPolicy::default();
+        RetryPolicy {
+            delays_ms: self.delays_ms.clone().unwrap_or(d.delays_ms),
+            max_attempts: self.max_attempts.unwrap_or(d.max_attempts),
+            jitter: self.jitter.unwrap_or(d.jitter),
+        }
+    }
+
+    fn from_policy(p: RetryPolicy) -> Self {
+        Self { delays_ms: Some(p.delays_ms), max_attempts: Some(p.max_attempts), jitter: Some(p.jitter) }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationInput {
+    pub slug: String,
+    /// `http://` or `https://`; must pass the SSRF policy (no private, loopback or metadata addresses).
+    pub url: String,
+    #[serde(default)]
+    pub timeout_ms: Option<u32>,
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// Requests per second, cluster-wide.
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
+    #[serde(default)]
+    pub retry: Option<RetryInput>,
+    #[serde(default)]
+    pub fifo: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DestinationWithSecret {
+    pub destination: DestinationView,
+    /// The Standard Webhooks signing secret (`whsec_…`), shown now and never again.
+    pub secret: String,
+}
+
+const COLUMNS: &str = "id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, fifo, state, disabled_reason, \
+                       signing_secrets, retiring_secrets, declared, created_at, updated_at";
+
+fn view(row: &Row) -> Result<DestinationView, AdminError> {
+    let retry: RetryPolicy = serde_json::from_value(row.get(6)).map_err(|e| anyhow::anyhow!("stored retry: {e}"))?;
+    let secrets: Vec<String> = serde_json::from_value(row.get(10)).unwrap_or_default();
+    let retiring: Vec<Retiring> = serde_json::from_value(row.get(11)).unwrap_or_default();
+    Ok(DestinationView {
+        id: row.get(0),
+        slug: row.get(1),
+        url: row.get(2),
+        timeout_ms: row.get(3),
+        max_in_flight: row.get(4),
+        rate_limit: row.get(5),
+        retry: RetryInput::from_policy(retry),
+        fifo: row.get(7),
+        state: row.get(8),
+        disabled_reason: row.get(9),
+        signing_secrets: secrets.len(),
+        retiring_secrets_until: retiring.iter().map(|r| r.until).filter(|u| *u > Utc::now()).collect(),
+        declared: row.get(12),
+        created_at: row.get(13),
+        updated_at: row.get(14),
+    })
+}
+
+/// A rotated-out secret in `destinations.retiring_secrets`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Retiring {
+    pub secret: String,
+    pub until: DateTime<Utc>,
+}
+
+fn spec(state: &AdminState, input: &DestinationInput) -> Result<DestinationSpec, AdminError> {
+    validate_slug(&input.slug).map_err(|e| AdminError::Invalid(e.into()))?;
+    let spec = DestinationSpec {
+        slug: input.slug.clone(),
+        url: input.url.clone(),
+        timeout_ms: u64::from(input.timeout_ms.unwrap_or(10_000)),
+        max_in_flight: input.max_in_flight.unwrap_or(16),
+        rate_limit: input.rate_limit,
+        retry: input.retry.as_ref().map(RetryInput::policy).unwrap_or_default(),
+        signing_secrets: vec![],
+        fifo: input.fifo,
+        state: DestinationState::Active,
+    };
+    spec.validate(&state.ssrf).map_err(AdminError::Invalid)?;
+    if spec.timeout_ms > 600_000 || spec.max_in_flight > 100_000 {
+        return Err(AdminError::Invalid("timeout_ms must be at most 600000 and max_in_flight at most 100000".into()));
+    }
+    if spec.retry.max_attempts > 1000
+        || spec.retry.delays_ms.len() > 100
+        || spec.retry.delays_ms.iter().any(|d| *d > 86_400_000 * 30)
+    {
+        return Err(AdminError::Invalid("retry: at most 1000 attempts, 100 delays of at most 30 days".into()));
+    }
+    Ok(spec)
+}
+
+pub(super) async fn fetch(client: &deadpool_postgres::Object, id: Uuid) -> Result<DestinationView, AdminError> {
+    let row = client
+        .query_opt(&format!("SELECT {COLUMNS} FROM destinations WHERE id = $1"), &[&id])
+        .await?
+        .ok_or_else(|| AdminError::NotFound(format!("no destination has id {id}")))?;
+    view(&row)
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<serde_json::Value, AdminError> {
+    serde_json::to_value(v).map_err(|e| AdminError::Unexpected(e.into()))
+}
+
+/// Lists destinations.
+#[utoipa::path(get, path = "/admin/v1/destinations", tag = "destinations", security(("bearer" = [])),
+    responses((status = 200, body = Vec<DestinationView>), (status = 401, body = ProblemBody)))]
+pub async fn list(state: web::Data<AdminState>) -> Result<HttpResponse, AdminError> {
+    let client = state.pool.get().await?;
+    let rows = client.query(&format!("SELECT {COLUMNS} FROM destinations ORDER BY slug"), &[]).await?;
+    Ok(HttpResponse::Ok().json(rows.iter().map(view).collect::<Result<Vec<_>, _>>()?))
+}
+
+/// Creates a destination with a new signing secret, shown in this answer only.
+#[utoipa::path(post, path = "/admin/v1/destinations", tag = "destinations", security(("bearer" = [])),
+    request_body = DestinationInput,
+    responses((status = 201, body = DestinationWithSecret), (status = 409, body = ProblemBody),
+              (status = 422, body = ProblemBody), (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
+pub async fn create(
+    state: web::Data<AdminState>,
+    input: web::Json<DestinationInput>,
+) -> Result<HttpResponse, AdminError> {
+    let spec = spec(&state, &input)?;
+    let secret = SigningSecret::generate();
+    let id = Uuid::now_v7();
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO destinations (id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, signing_secrets, fifo,
+                                   state, declared)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', false)",
+        &[
+            &id,
+            &spec.slug,
+            &spec.url,
+            &(spec.timeout_ms as i32),
+            &(spec.max_in_flight as i32),
+            &spec.rate_limit,
+            &to_json(&spec.retry)?,
+            &to_json(&vec![secret.clone()])?,
+            &spec.fifo,
+        ],
+    )
+    .await?;
+    notify_catalog(&tx, "admin:destination").await?;
+    tx.commit().await?;
+    let destination = fetch(&client, id).await?;
+    Ok(HttpResponse::Created().json(DestinationWithSecret { destination, secret }))
+}
+
+/// Reads one destination.
+#[utoipa::path(get, path = "/admin/v1/destinations/{id}", tag = "destinations", security(("bearer" = [])),
+    params(IdPath),
+    responses((status = 200, body = DestinationView), (status = 404, body = ProblemBody), (status = 401, body = ProblemBody)))]
+pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
+    let client = state.pool.get().await?;
+    Ok(HttpResponse::Ok().json(fetch(&client, path.id).await?))
+}
+
+async fn lock_editable(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> Result<Row, AdminError> {
+    let row = tx
+        .query_opt(
+            "SELECT declared, signing_secrets, retiring_secrets FROM destinations WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| AdminError::NotFound(format!("no destination has id {id}")))?;
+    if row.get::<_, bool>(0) {
+        return Err(declared("destination"));
+    }
+    Ok(row)
+}
+
+/// Replaces a destination's settings (secrets and state stay).
+#[utoipa::path(put, path = "/admin/v1/destinations/{id}", tag = "destinations", security(("bearer" = [])),
+    params(IdPath), request_body = DestinationInput,
+    responses((status = 200, body = DestinationView), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody),
+              (status = 422, body = ProblemBody), (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
+pub async fn update(
+    state: web::Data<AdminState>,
+    path: web::Path<IdPath>,
+    input: web::Json<DestinationInput>,
+) -> Result<HttpResponse, AdminError> {
+    let spec = spec(&state, &input)?;
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    lock_editable(&tx, path.id).await?;
+    tx.execute(
+        "UPDATE destinations SET slug = $2, url = $3, timeout_ms = $4, max_in_flight = $5, rate_limit = $6, retry = $7,
+                fifo = $8, updated_at = now()
+         WHERE id = $1",
+        &[
+            &path.id,
+            &spec.slug,
+            &spec.url,
+            &(spec.timeout_ms as i32),
+            &(spec.max_in_flight as i32),
+            &spec.rate_limit,
+            &to_json(&spec.retry)?,
+            &spec.fifo,
+        ],
+    )
+    .await?;
+    notify_catalog(&tx, "admin:destination").await?;
+    tx.commit().await?;
+    Ok(HttpResponse::Ok().json(fetch(&client, path.id).await?))
+}
+
+/// Deletes a destination that no route and no delivery refers to (otherwise 409: pause it instead).
+#[utoipa::path(delete, path = "/admin/v1/destinations/{id}", tag = "destinations", security(("bearer" = [])),
+    params(IdPath),
+    responses((status = 204), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody),
+              (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
+pub async fn delete(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    lock_editable(&tx, path.id).await?;
+    let used: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM routes WHERE destination_id = $1)
+                 OR EXISTS (SELECT 1 FROM deliveries WHERE destination_id = $1)",
+            &[&path.id],
+        )
+        .await?
+        .get(0);
+    if used {
+        return Err(AdminError::InUse("routes or deliveries refer to this destination; pause it instead".into()));
+    }
+    tx.execute("DELETE FROM destinations WHERE id = $1", &[&path.id]).await?;
+    notify_catalog(&tx, "admin:destination").await?;
+    tx.commit().await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Rotates the signing secret: the new secret signs at once; the previous ones keep signing (a second signature in
+/// `webhook-signature`) until the grace period ends, then the admin task removes them.
+#[utoipa::path(post, path = "/admin/v1/destinations/{id}/rotate-secret", tag = "destinations",
+    security(("bearer" = [])), params(IdPath), request_body(content = Option<RotateInput>),
+    responses((status = 200, body = RotatedSecret), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody),
+              (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
+pub async fn rotate_secret(
+    state: web::Data<AdminState>,
+    path: web::Path<IdPath>,
+    input: Option<web::Json<RotateInput>>,
+) -> Result<HttpResponse, AdminError> {
+    let until = Utc::now() + grace(&state, input.as_ref().and_then(|i| i.grace_secs));
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let row = lock_editable(&tx, path.id).await?;
+    let old: Vec<String> = serde_json::from_value(row.get(1)).unwrap_or_default();
+    let mut retiring: Vec<Retiring> = serde_json::from_value(row.get(2)).unwrap_or_default();
+    retiring.retain(|r| r.until > Utc::now());
+    retiring.extend(old.into_iter().map(|secret| Retiring { secret, until }));
+    let new = SigningSecret::generate();
+    tx.execute(
+        "UPDATE destinations SET signing_secrets = $2, retiring_secrets = $3, updated_at = now() WHERE id = $1",
+        &[&path.id, &to_json(&vec![new.clone()])?, &to_json(&retiring)?],
+    )
+    .await?;
+    notify_catalog(&tx, "admin:destination").await?;
+    tx.commit().await?;
+    Ok(HttpResponse::Ok().json(RotatedSecret { secret: new, previous_valid_until: until }))
+}
+
+async fn set_state(state: &AdminState, id: Uuid, to: &str) -> Result<HttpResponse, AdminError> {
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute(
+            "UPDATE destinations SET state = $2, disabled_reason = NULL, failing_since = NULL, updated_at = now()
+             WHERE id = $1",
+            &[&id, &to],
+        )
+        .await?;
+    if n == 0 {
+        return Err(AdminError::NotFound(format!("no destination has id {id}")));
+    }
+    notify_catalog(&tx, "admin:destination-state").await?;
+    tx.commit().await?;
+    Ok(HttpResponse::Ok().json(fetch(&client, id).await?))
+}
+
+/// Pauses a destination: its deliveries wait (on every node) until it is resumed.
+#[utoipa::path(post, path = "/admin/v1/destinations/{id}/pause", tag = "destinations", security(("bearer" = [])),
+    params(IdPath),
+    responses((status = 200, body = DestinationView), (status = 404, body = ProblemBody),
+              (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
+pub async fn pause(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
+    set_state(&state, path.id, "paused").await
+}
+
+/// Resumes a paused or disabled destination.
+#[utoipa::path(post, path = "/admin/v1/destinations/{id}/resume", tag = "destinations", security(("bearer" = [])),
+    params(IdPath),
+    responses((status = 200, body = DestinationView), (status = 404, body = ProblemBody),
+              (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
+pub async fn resume(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
+    set_state(&state, path.id, "active").await
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthWindow {
+    /// The window's length in seconds, ending now.
+    pub window_secs: i64,
+    pub attempts: i64,
+    /// Share of attempts answered 2xx (null without attempts).
+    pub success_ratio: Option<f64>,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DestinationHealth {
+    pub id: Uuid,
+    pub state: String,
+    /// `closed`, `open` or `half_open`.
+    pub circuit: String,
+    /// `cluster` (read from Redis) or `local` (Redis unreachable: this node's own view).
+    pub circuit_scope: String,
+    /// Pending deliveries.
+    pub backlog: i64,
+    /// Pending deliveries already due.
+    pub due: i64,
+    pub dead: i64,
+    pub windows: Vec<HealthWindow>,
+}
+
+/// Health: success ratio and latency over the last 5 minutes, hour and day; circuit state; backlog.
+#[utoipa::path(get, path = "/admin/v1/destinations/{id}/health", tag = "destinations", security(("bearer" = [])),
+    params(IdPath),
+    responses((status = 200, body = DestinationHealth), (status = 404, body = ProblemBody), (status = 401, body = ProblemBody)))]
+pub async fn health(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
+    let client = state.pool.get().await?;
+    let dest = fetch(&client, path.id).await?;
+    let counts = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE state = 'pending'),
+                    count(*) FILTER (WHERE state = 'pending' AND next_attempt_at <= now()),
+                    count(*) FILTER (WHERE state = 'dead')
+             FROM deliveries WHERE destination_id = $1 AND state IN ('pending', 'dead')",
+            &[&path.id],
+        )
+        .await?;
+    let mut windows = Vec::new();
+    for secs in [300i64, 3600, 86_400] {
+        let row = client
+            .query_one(
+                "SELECT count(*),
+                        avg(CASE WHEN a.status BETWEEN 200 AND 299 THEN 1.0 ELSE 0.0 END)::float8,
+                        percentile_cont(0.5) WITHIN GROUP (ORDER BY a.latency_ms),
+                        percentile_cont(0.99) WITHIN GROUP (ORDER BY a.latency_ms)
+                 FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+                 WHERE a.started_at > now() - make_interval(secs => $2) AND d.destination_id = $1",
+                &[&path.id, &(secs as f64)],
+            )
+            .await?;
+        windows.push(HealthWindow {
+            window_secs: secs,
+            attempts: row.get(0),
+            success_ratio: row.get(1),
+            latency_p50_ms: row.get(2),
+            latency_p99_ms: row.get(3),
+        });
+    }
+    let (circuit, scope) = state.limits.state(state.redis.get(), path.id).await;
+    let circuit = serde_json::to_value(circuit).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    Ok(HttpResponse::Ok().json(DestinationHealth {
+        id: dest.id,
+        state: dest.state,
+        circuit,
+        circuit_scope: format!("{scope:?}").to_lowercase(),
+        backlog: counts.get(0),
+        due: counts.get(1),
+        dead: counts.get(2),
+        windows,
+    }))
+}

@@ -1,0 +1,154 @@
+//! [`AdminError`]: every refusal of the admin API, as an RFC 7807 problem with a stable `type`.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse, ResponseError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::problem::problem_type;
+
+/// An RFC 7807 problem (`Content-Type: application/problem+json`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProblemBody {
+    /// Stable URI naming the kind of problem, e.g. `urn:hookgate:problem:not-found`.
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    #[error("this token may only read")]
+    Forbidden,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// A slug already taken.
+    #[error("{0}")]
+    SlugTaken(String),
+    /// The object is referenced (events, deliveries, routes) and cannot be deleted.
+    #[error("{0}")]
+    InUse(String),
+    /// The object is declared in the configuration, which wins at every start.
+    #[error("{0}")]
+    Declared(String),
+    /// The object is not in a state that allows this (e.g. retrying a delivery that is not dead).
+    #[error("{0}")]
+    WrongState(String),
+    /// The object fails validation (SSRF check, jq compilation, limits).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the database is unavailable right now; retry later")]
+    Unavailable,
+    #[error("an unexpected error occurred")]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl AdminError {
+    fn slug_and_title(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::Unauthorized => ("unauthorized", "Unauthorized"),
+            Self::Forbidden => ("forbidden", "Forbidden"),
+            Self::BadRequest(_) => ("bad-request", "Bad request"),
+            Self::NotFound(_) => ("not-found", "Not found"),
+            Self::SlugTaken(_) => ("slug-taken", "Slug already taken"),
+            Self::InUse(_) => ("in-use", "Object in use"),
+            Self::Declared(_) => ("declared-in-config", "Object declared in the configuration"),
+            Self::WrongState(_) => ("wrong-state", "Not allowed in the current state"),
+            Self::Invalid(_) => ("validation-failed", "Validation failed"),
+            Self::Unavailable => ("storage-unavailable", "Storage unavailable"),
+            Self::Unexpected(_) => ("internal", "Internal error"),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for AdminError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        use tokio_postgres::error::SqlState;
+        match e.code() {
+            Some(c) if *c == SqlState::UNIQUE_VIOLATION => Self::SlugTaken("this slug is already taken".into()),
+            Some(c) if *c == SqlState::FOREIGN_KEY_VIOLATION => {
+                Self::InUse("other objects (events, deliveries or routes) refer to this one".into())
+            }
+            // Class 22 (data exception: NUL in text, out-of-range values, …) and check violations: the input.
+            Some(c) if c.code().starts_with("22") => {
+                Self::BadRequest("a value is not acceptable to the database".into())
+            }
+            Some(c) if *c == SqlState::CHECK_VIOLATION => Self::Invalid("a value is out of its allowed range".into()),
+            _ if e.is_closed() || e.code().is_none() => {
+                tracing::warn!(message = "Admin query failed.", error = %e);
+                Self::Unavailable
+            }
+            _ => Self::Unexpected(anyhow::Error::new(e).context("Admin query failed")),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for AdminError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        tracing::warn!(message = "No database connection for an admin request.", error = %e);
+        Self::Unavailable
+    }
+}
+
+impl ResponseError for AdminError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::SlugTaken(_) | Self::InUse(_) | Self::Declared(_) | Self::WrongState(_) => StatusCode::CONFLICT,
+            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if let Self::Unexpected(e) = self {
+            tracing::error!(message = "Admin request failed.", error = ?e);
+        }
+        let (slug, title) = self.slug_and_title();
+        let body = ProblemBody {
+            type_uri: problem_type(slug),
+            title: title.into(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+        };
+        let mut resp = HttpResponse::build(status);
+        resp.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json")));
+        match self {
+            Self::Unauthorized => {
+                resp.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+            }
+            Self::Unavailable => {
+                resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            _ => {}
+        }
+        resp.body(serde_json::to_vec(&body).unwrap_or_default())
+    }
+}
+
+/// Malformed JSON bodies answer a problem, not actix's plain-text error.
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(256 * 1024)
+        .error_handler(|e, _| AdminError::BadRequest(format!("invalid JSON body: {e}")).into())
+}
+
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|e, _| AdminError::BadRequest(format!("invalid query: {e}")).into())
+}
+
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|e, _| AdminError::BadRequest(format!("invalid path: {e}")).into())
+}

@@ -1,0 +1,388 @@
+//! Events: the list (newest first, cursor = last id seen), one event with its deliveries and every attempt, and
+//! single-event replay. A replay plans the event again against the current routes and inserts NEW deliveries; the
+//! original deliveries and their attempts are never touched.
+
+use actix_web::{web, HttpResponse};
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::error::ProblemBody;
+use super::sources::IdPath;
+use super::{notify_deliveries, page_limit, AdminError, AdminState};
+
+/// Delivery states, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Dead,
+    Failed,
+    Cancelled,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventQuery {
+    /// Only events of this source (slug).
+    pub source: Option<String>,
+    /// Only events received at or after this time (RFC 3339).
+    pub from: Option<DateTime<Utc>>,
+    /// Only events received before this time (RFC 3339).
+    pub to: Option<DateTime<Utc>>,
+    /// Only events with at least one delivery in this state.
+    pub status: Option<DeliveryState>,
+    /// The `next_cursor` of the previous page: events older than this id.
+    pub cursor: Option<Uuid>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventSummary {
+    pub id: Uuid,
+    pub source_id: Uuid,
+    pub received_at: DateTime<Utc>,
+    pub content_type: Option<String>,
+    pub body_bytes: i32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventPage {
+    pub items: Vec<EventSummary>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// The list query. Newest first by id (UUIDv7, so by arrival); each filter is a bound that the `events` primary key or
+/// `events_source_id (source_id, id)` serves, and the time range prunes daily partitions.
+pub const LIST_SQL: &str = "\
+SELECT e.id, e.source_id, e.received_at, e.content_type, octet_length(e.body)
+FROM events e
+WHERE ($1::uuid IS NULL OR e.source_id = $1)
+  AND ($2::timestamptz IS NULL OR e.received_at >= $2)
+  AND ($3::timestamptz IS NULL OR e.received_at < $3)
+  AND ($4::uuid IS NULL OR e.id < $4)
+  AND ($5::text IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state = $5))
+ORDER BY e.id DESC
+LIMIT $6";
+
+/// Lists events, newest first, with cursor pagination. (Filtering by event type waits for `events.type`.)
+#[utoipa::path(get, path = "/admin/v1/events", tag = "events", security(("bearer" = [])), params(EventQuery),
+    responses((status = 200, body = EventPage), (status = 400, body = ProblemBody), (status = 401, body = ProblemBody)))]
+pub async fn list(state: web::Data<AdminState>, query: web::Query<EventQuery>) -> Result<HttpResponse, AdminError> {
+    let client = state.pool.get().await?;
+    let source: Option<Uuid> = match &query.source {
+        Some(slug) => Some(
+            client
+                .query_opt("SELECT id FROM sources WHERE slug = $1", &[slug])
+                .await?
+                .ok_or_else(|| AdminError::NotFound(format!("no source is named {slug:?}")))?
+                .get(0),
+        ),
+        None => None,
+    };
+    let limit = page_limit(query.limit);
+    let status = query.status.map(DeliveryState::as_str);
+    let stmt = client.prepare_cached(LIST_SQL).await?;
+    let rows = client.query(&stmt, &[&source, &query.from, &query.to, &query.cursor, &status, &(limit + 1)]).await?;
+    let mut items: Vec<EventSummary> = rows
+        .iter()
+        .map(|r| EventSummary {
+            id: r.get(0),
+            source_id: r.get(1),
+            received_at: r.get(2),
+            content_type: r.get(3),
+            body_bytes: r.get(4),
+        })
+        .collect();
+    let more = items.len() as i64 > limit;
+    items.truncate(limit as usize);
+    let next_cursor = if more { items.last().map(|e| e.id) } else { None };
+    Ok(HttpResponse::Ok().json(EventPage { items, next_cursor }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Body {
+    /// `text` (valid UTF-8) or `base64`.
+    pub encoding: String,
+    pub data: String,
+}
+
+impl Body {
+    pub fn of(bytes: &[u8]) -> Self {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Self { encoding: "text".into(), data: text.to_owned() },
+            Err(_) => Self { encoding: "base64".into(), data: base64::engine::general_purpose::STANDARD.encode(bytes) },
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptView {
+    pub id: Uuid,
+    pub attempt: i32,
+    pub node_id: String,
+    pub started_at: DateTime<Utc>,
+    pub status: Option<i32>,
+    pub latency_ms: i32,
+    #[schema(value_type = Object)]
+    pub response_headers: serde_json::Value,
+    pub response_excerpt: Option<Body>,
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryView {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub route_id: Uuid,
+    pub destination_id: Uuid,
+    pub state: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Every attempt, oldest first (only in an event's detail).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt_log: Option<Vec<AttemptView>>,
+}
+
+pub const DELIVERY_COLUMNS: &str =
+    "id, event_id, route_id, destination_id, state, attempts, next_attempt_at, last_error, created_at, updated_at";
+
+pub fn delivery_view(r: &tokio_postgres::Row) -> DeliveryView {
+    DeliveryView {
+        id: r.get(0),
+        event_id: r.get(1),
+        route_id: r.get(2),
+        destination_id: r.get(3),
+        state: r.get(4),
+        attempts: r.get(5),
+        next_attempt_at: r.get(6),
+        last_error: r.get(7),
+        created_at: r.get(8),
+        updated_at: r.get(9),
+        attempt_log: None,
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventDetail {
+    pub id: Uuid,
+    pub source_id: Uuid,
+    pub source: String,
+    pub idempotency_key: String,
+    pub received_at: DateTime<Utc>,
+    pub content_type: Option<String>,
+    #[schema(value_type = Object)]
+    pub headers: serde_json::Value,
+    pub body: Body,
+    pub deliveries: Vec<DeliveryView>,
+}
+
+/// One event by id. `$2`/`$3` bound `received_at` around the time in the UUIDv7 id ([`time_window`]), so that only
+/// the daily partitions around it are probed.
+pub const GET_SQL: &str = "\
+SELECT e.id, e.source_id, s.slug, e.idempotency_key, e.received_at, e.content_type, e.headers, e.body, e.type
+FROM events e JOIN sources s ON s.id = e.source_id
+WHERE e.id = $1 AND e.received_at >= $2 AND e.received_at < $3";
+/// An event's deliveries; none is created before its event (`$2`: the window's start).
+pub const DELIVERIES_SQL: &str = "\
+SELECT id, event_id, route_id, destination_id, state, attempts, next_attempt_at, last_error, created_at, updated_at
+FROM deliveries WHERE event_id = $1 AND created_at >= $2 ORDER BY created_at, id";
+
+/// Where `received_at` of the event with this id lies: a day around the id's UUIDv7 time (ids and `received_at` are
+/// taken together at ingest, on one node's clock), or all time for an id that is not a UUIDv7.
+pub fn time_window(id: Uuid) -> (DateTime<Utc>, DateTime<Utc>) {
+    let all = (DateTime::<Utc>::UNIX_EPOCH, DateTime::<Utc>::MAX_UTC);
+    if id.get_version_num() != 7 {
+        return all;
+    }
+    let Some((secs, nanos)) = id.get_timestamp().map(|t| t.to_unix()) else { return all };
+    match DateTime::<Utc>::from_timestamp(secs as i64, nanos) {
+        Some(t) => (t - chrono::Duration::days(1), t + chrono::Duration::days(1)),
+        None => all,
+    }
+}
+pub const ATTEMPTS_SQL: &str = "\
+SELECT id, delivery_id, attempt, node_id, started_at, status, latency_ms, response_headers, response_excerpt,
+       error_kind, error
+FROM attempts WHERE delivery_id = ANY($1) ORDER BY delivery_id, attempt";
+
+/// One event with its headers, body, deliveries and every attempt.
+#[utoipa::path(get, path = "/admin/v1/events/{id}", tag = "events", security(("bearer" = [])), params(IdPath),
+    responses((status = 200, body = EventDetail), (status = 404, body = ProblemBody), (status = 401, body = ProblemBody)))]
+pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
+    let client = state.pool.get().await?;
+    let (from, to) = time_window(path.id);
+    let row = client
+        .query_opt(GET_SQL, &[&path.id, &from, &to])
+        .await?
+        .ok_or_else(|| AdminError::NotFound(format!("no event has id {}", path.id)))?;
+    let mut deliveries: Vec<DeliveryView> =
+        client.query(DELIVERIES_SQL, &[&path.id, &from]).await?.iter().map(delivery_view).collect();
+    let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
+    let mut attempts: std::collections::HashMap<Uuid, Vec<AttemptView>> = Default::default();
+    for r in client.query(ATTEMPTS_SQL, &[&ids]).await? {
+        let excerpt: Option<Vec<u8>> = r.get(8);
+        attempts.entry(r.get(1)).or_default().push(AttemptView {
+            id: r.get(0),
+            attempt: r.get(2),
+            node_id: r.get(3),
+            started_at: r.get(4),
+            status: r.get(5),
+            latency_ms: r.get(6),
+            response_headers: r.get(7),
+            response_excerpt: excerpt.as_deref().map(Body::of),
+            error_kind: r.get(9),
+            error: r.get(10),
+        });
+    }
+    for d in &mut deliveries {
+        d.attempt_log = Some(attempts.remove(&d.id).unwrap_or_default());
+    }
+    let body: Vec<u8> = row.get(7);
+    Ok(HttpResponse::Ok().json(EventDetail {
+        id: row.get(0),
+        source_id: row.get(1),
+        source: row.get(2),
+        idempotency_key: row.get(3),
+        received_at: row.get(4),
+        content_type: row.get(5),
+        headers: row.get(6),
+        body: Body::of(&body),
+        deliveries,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayInput {
+    /// Destination slugs; absent: every route of the event's source.
+    #[serde(default)]
+    pub destinations: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplayResult {
+    /// The new deliveries (state `pending`, or `failed` when a filter or transform failed).
+    pub deliveries: Vec<DeliveryView>,
+}
+
+/// Resolves destination slugs to ids (422 naming the first unknown one).
+pub async fn destination_ids(
+    client: &deadpool_postgres::Object,
+    slugs: &Option<Vec<String>>,
+) -> Result<Option<Vec<Uuid>>, AdminError> {
+    let Some(slugs) = slugs else { return Ok(None) };
+    let rows = client.query("SELECT id, slug FROM destinations WHERE slug = ANY($1)", &[slugs]).await?;
+    if let Some(missing) = slugs.iter().find(|s| !rows.iter().any(|r| r.get::<_, &str>(1) == s.as_str())) {
+        return Err(AdminError::Invalid(format!("no destination is named {missing:?}")));
+    }
+    Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
+}
+
+/// One stored event, as replay needs it.
+pub struct StoredEvent {
+    pub id: Uuid,
+    pub source_id: Uuid,
+    pub source_slug: String,
+    pub headers: serde_json::Value,
+    pub body: Vec<u8>,
+    pub event_type: Option<String>,
+}
+
+impl StoredEvent {
+    /// What route filters and transforms see, exactly as at ingest.
+    pub fn jq_input(&self) -> serde_json::Value {
+        let parsed: Option<serde_json::Value> = serde_json::from_slice(&self.body).ok();
+        let body = parsed.as_ref().ok_or(self.body.as_slice());
+        crate::routes::ingest::jq_input(&self.source_slug, &self.headers, body, self.event_type.as_deref())
+    }
+}
+
+/// Plans `event` against the current routes (restricted to `only` destinations) and inserts the new deliveries.
+pub async fn replay_into(
+    state: &AdminState,
+    tx: &deadpool_postgres::Transaction<'_>,
+    event: &StoredEvent,
+    only: Option<&[Uuid]>,
+) -> Result<Vec<Uuid>, AdminError> {
+    let catalog = state.catalog.get();
+    let planned = catalog
+        .plan(
+            event.source_id,
+            || event.jq_input(),
+            state.jq_timeout,
+            state.jq_max_output,
+        )
+        .await;
+    let mut ids = Vec::new();
+    for p in planned.into_iter().filter(|p| only.is_none_or(|only| only.contains(&p.destination_id))) {
+        let (st, payload) = match &p.failed {
+            Some(_) => ("failed", None),
+            None => ("pending", p.payload.as_ref().map(|b| b.to_vec())),
+        };
+        tx.execute(
+            "INSERT INTO deliveries (id, event_id, route_id, destination_id, state, payload, last_error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&p.id, &event.id, &p.route_id, &p.destination_id, &st, &payload, &p.failed],
+        )
+        .await?;
+        ids.push(p.id);
+    }
+    Ok(ids)
+}
+
+/// Replays one event to all its routes, or to the chosen destinations: new deliveries, original attempts untouched.
+#[utoipa::path(post, path = "/admin/v1/events/{id}/replay", tag = "replay", security(("bearer" = [])), params(IdPath),
+    request_body(content = Option<ReplayInput>),
+    responses((status = 201, body = ReplayResult), (status = 404, body = ProblemBody), (status = 422, body = ProblemBody),
+              (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
+pub async fn replay(
+    state: web::Data<AdminState>,
+    path: web::Path<IdPath>,
+    input: Option<web::Json<ReplayInput>>,
+) -> Result<HttpResponse, AdminError> {
+    let mut client = state.pool.get().await?;
+    let only = destination_ids(&client, &input.map(|i| i.into_inner()).unwrap_or_default().destinations).await?;
+    let (from, to) = time_window(path.id);
+    let row = client
+        .query_opt(GET_SQL, &[&path.id, &from, &to])
+        .await?
+        .ok_or_else(|| AdminError::NotFound(format!("no event has id {}", path.id)))?;
+    let event = StoredEvent {
+        id: row.get(0),
+        source_id: row.get(1),
+        source_slug: row.get(2),
+        headers: row.get(6),
+        body: row.get(7),
+        event_type: row.get(8),
+    };
+    let tx = client.transaction().await?;
+    let ids = replay_into(&state, &tx, &event, only.as_deref()).await?;
+    notify_deliveries(&tx).await?;
+    tx.commit().await?;
+    let rows = client
+        .query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ANY($1) ORDER BY id"), &[&ids])
+        .await?;
+    Ok(HttpResponse::Created().json(ReplayResult { deliveries: rows.iter().map(delivery_view).collect() }))
+}

@@ -1,0 +1,135 @@
+//! The admin API, `/admin/v1`: JSON over bearer tokens, for operators (and later a console).
+//!
+//! Unlike ingest, these handlers query PostgreSQL directly through the pool (see ARCHITECTURE.md): they are
+//! operator-driven, low-volume, and must answer from the stored truth rather than from a node's snapshot. Every write
+//! to sources, destinations or routes ends with `pg_notify('hookgate_catalog', …)` so every node reloads.
+//!
+//! - `auth.rs`: tokens, roles and the scope-wide guard (GET needs `read`, every other method needs `write`).
+//! - `error.rs`: [`AdminError`], the one error type, rendered as RFC 7807 problems.
+//! - `sources.rs`, `destinations.rs`, `routes.rs`: CRUD, secret rotation, pause/resume, health.
+//! - `events.rs`: event list (cursor pagination) and detail; single-event replay.
+//! - `deliveries.rs`: retry dead deliveries, cancel pending ones, dead-letter listing.
+//! - `jobs.rs`: bulk replay jobs and the background task that runs them (and expires rotated secrets).
+//! - `stats.rs`: counts per source and destination over time windows.
+//! - `openapi.rs`: the OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]` annotations.
+
+pub mod auth;
+pub mod deliveries;
+pub mod destinations;
+pub mod error;
+pub mod events;
+pub mod jobs;
+pub mod openapi;
+pub mod routes;
+pub mod sources;
+pub mod stats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web;
+use deadpool_postgres::Pool;
+use hookgate_actors::catalog::{SharedCatalog, CATALOG_CHANNEL};
+use hookgate_actors::limits::Limits;
+use hookgate_actors::ssrf::SsrfPolicy;
+use hookgate_actors::RedisHandle;
+
+pub use error::AdminError;
+
+/// What the admin handlers reach. Built once in `Application::build`.
+pub struct AdminState {
+    pub pool: Pool,
+    pub tokens: auth::Tokens,
+    pub ssrf: SsrfPolicy,
+    pub catalog: Arc<SharedCatalog>,
+    pub limits: Arc<Limits>,
+    pub redis: Arc<RedisHandle>,
+    pub rotation_grace: Duration,
+    pub jq_timeout: Duration,
+    pub jq_max_output: usize,
+    /// Ceiling on any source's body size (`server.max_body_bytes`).
+    pub max_body_bytes: usize,
+}
+
+/// Declares every admin route once: the same table registers the handlers and is what the tests enumerate.
+macro_rules! admin_routes {
+    ($( $method:ident $path:literal => $handler:path ;)*) => {
+        /// Every admin route as (method, path under `/admin/v1`).
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        fn register(cfg: &mut web::ServiceConfig) {
+            $( cfg.route($path, web::$method().to($handler)); )*
+        }
+    };
+}
+
+admin_routes! {
+    get "/openapi.json" => openapi::document;
+    get "/sources" => sources::list;
+    post "/sources" => sources::create;
+    get "/sources/{id}" => sources::get;
+    put "/sources/{id}" => sources::update;
+    delete "/sources/{id}" => sources::delete;
+    post "/sources/{id}/rotate-secret" => sources::rotate_secret;
+    get "/destinations" => destinations::list;
+    post "/destinations" => destinations::create;
+    get "/destinations/{id}" => destinations::get;
+    put "/destinations/{id}" => destinations::update;
+    delete "/destinations/{id}" => destinations::delete;
+    post "/destinations/{id}/rotate-secret" => destinations::rotate_secret;
+    post "/destinations/{id}/pause" => destinations::pause;
+    post "/destinations/{id}/resume" => destinations::resume;
+    get "/destinations/{id}/health" => destinations::health;
+    get "/destinations/{id}/deliveries" => deliveries::list_for_destination;
+    post "/destinations/{id}/retry-dead" => deliveries::retry_dead_of_destination;
+    post "/destinations/{id}/cancel-pending" => deliveries::cancel_pending_of_destination;
+    get "/routes" => routes::list;
+    post "/routes" => routes::create;
+    get "/routes/{id}" => routes::get;
+    put "/routes/{id}" => routes::update;
+    delete "/routes/{id}" => routes::delete;
+    get "/events" => events::list;
+    get "/events/{id}" => events::get;
+    post "/events/{id}/replay" => events::replay;
+    post "/deliveries/{id}/retry" => deliveries::retry;
+    post "/deliveries/{id}/cancel" => deliveries::cancel;
+    get "/replay-jobs" => jobs::list;
+    post "/replay-jobs" => jobs::create;
+    get "/replay-jobs/{id}" => jobs::get;
+    post "/replay-jobs/{id}/cancel" => jobs::cancel;
+    get "/stats" => stats::stats;
+}
+
+/// Mounts `/admin/v1`: the token guard wraps the whole scope, so a route added to the table is guarded too.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/admin/v1")
+            .app_data(error::json_config())
+            .app_data(error::query_config())
+            .app_data(error::path_config())
+            .wrap(actix_web::middleware::from_fn(auth::guard))
+            .configure(register)
+            .default_service(web::to(not_found)),
+    );
+}
+
+async fn not_found() -> Result<actix_web::HttpResponse, AdminError> {
+    Err(AdminError::NotFound("no such admin resource".into()))
+}
+
+/// Tells every node to reload sources, destinations and routes (delivered at the transaction's COMMIT).
+pub async fn notify_catalog(tx: &deadpool_postgres::Transaction<'_>, why: &str) -> Result<(), AdminError> {
+    tx.execute("SELECT pg_notify($1, $2)", &[&CATALOG_CHANNEL, &why]).await?;
+    Ok(())
+}
+
+/// The NOTIFY that wakes every Scheduler when deliveries became due.
+pub async fn notify_deliveries(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), AdminError> {
+    tx.execute("SELECT pg_notify($1, 'admin')", &[&hookgate_actors::writer::DELIVERIES_CHANNEL]).await?;
+    Ok(())
+}
+
+/// A page size from the query: default 50, at most 500.
+pub fn page_limit(limit: Option<u32>) -> i64 {
+    i64::from(limit.unwrap_or(50).clamp(1, 500))
+}
