@@ -177,7 +177,7 @@ async fn the_shopify_preset_verifies_base64_and_remembers_keys_for_its_dedupe_wi
     assert_eq!((key.as_str(), ty.as_deref()), ("b54557e4-bdd9-4b37-8a5f-bf7d70bcd043", Some("orders/create")));
     // The Redis fast path keeps the key for the source's window (7 s), not the global 24 h.
     let client = redis::Client::open(crate::helpers::redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
     let source_id: Uuid = app.db.query_one("SELECT id FROM sources WHERE slug = 'shopify'", &[]).await.unwrap().get(0);
     let key = format!("{}:idem:{source_id}:b54557e4-bdd9-4b37-8a5f-bf7d70bcd043", app.settings.redis.key_prefix);
     let ttl: i64 = eventually("the cache entry", std::time::Duration::from_secs(10), || {
