@@ -327,14 +327,7 @@ pub async fn replay_into(
     only: Option<&[Uuid]>,
 ) -> Result<Vec<Uuid>, AdminError> {
     let catalog = state.catalog.get();
-    let planned = catalog
-        .plan(
-            event.source_id,
-            || event.jq_input(),
-            state.jq_timeout,
-            state.jq_max_output,
-        )
-        .await;
+    let planned = catalog.plan(event.source_id, || event.jq_input(), state.jq_timeout, state.jq_max_output).await;
     let mut ids = Vec::new();
     for p in planned.into_iter().filter(|p| only.is_none_or(|only| only.contains(&p.destination_id))) {
         let (st, payload) = match &p.failed {
