@@ -2,6 +2,7 @@
 
 -- Events listed newest first by id (UUIDv7: time-ordered), with or without a source filter.
 CREATE INDEX events_source_id ON events (source_id, id);
+CREATE INDEX events_type ON events (type, id) WHERE type IS NOT NULL;
 -- Deliveries of a destination by state (dead-letter listing, retry-all, cancel-all, health backlog).
 CREATE INDEX deliveries_destination_state ON deliveries (destination_id, state, created_at);
 -- Attempts in a recent window (destination health).

@@ -429,14 +429,16 @@ async fn event_list_and_get_use_indexes_on_200k_events_and_the_first_page_is_tim
     let none_time: Option<chrono::DateTime<chrono::Utc>> = None;
     let none_text: Option<&str> = None;
     let plans = [
-        ("list", explain(hookgate::admin::events::LIST_SQL), vec![none_uuid, none_uuid]),
-        ("list by source", explain(hookgate::admin::events::LIST_SQL), vec![Some(source), none_uuid]),
-        ("list after a cursor", explain(hookgate::admin::events::LIST_SQL), vec![Some(source), Some(some)]),
+        ("list", explain(hookgate::admin::events::LIST_SQL), vec![none_uuid, none_uuid], None),
+        ("list by source", explain(hookgate::admin::events::LIST_SQL), vec![Some(source), none_uuid], None),
+        ("list after a cursor", explain(hookgate::admin::events::LIST_SQL), vec![Some(source), Some(some)], None),
+        ("list by type", explain(hookgate::admin::events::LIST_SQL), vec![none_uuid, none_uuid], Some("push")),
     ];
-    for (what, sql, ids) in &plans {
+    for (what, sql, ids, event_type) in &plans {
         let limit: i64 = 51;
-        let rows =
-            app.db.query(sql.as_str(), &[&ids[0], &none_time, &none_time, &ids[1], &none_text, &limit]).await.unwrap();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+            [&ids[0], &none_time, &none_time, &ids[1], &none_text, &limit, event_type];
+        let rows = app.db.query(sql.as_str(), &params).await.unwrap();
         let plan: Value = rows[0].get(0);
         assert_no_seq_scan(&app, what, &plan).await;
     }
