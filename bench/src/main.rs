@@ -58,6 +58,9 @@ struct Target {
     /// Header carrying each request's unique id ("" for none: the id is still in the body's "id" field).
     #[arg(long, default_value = "X-Request-Id")]
     id_header: String,
+    /// Extra header sent with every request, "Name: value" (repeatable), e.g. a peer's Authorization.
+    #[arg(long = "header")]
+    headers: Vec<String>,
     /// Body size in bytes (JSON, padded).
     #[arg(long, default_value_t = 1024)]
     body_size: usize,
@@ -81,7 +84,9 @@ impl Target {
             SignKind::None => Signing::None,
         };
         let id_header = Some(self.id_header.clone()).filter(|h| !h.is_empty());
-        Ok(Arc::new(Workload::new(&self.url, signing, id_header, self.body_size)?))
+        let mut w = Workload::new(&self.url, signing, id_header, self.body_size)?;
+        w.extra_headers = self.headers.clone();
+        Ok(Arc::new(w))
     }
 }
 
@@ -108,6 +113,9 @@ enum Command {
         /// Rows of the raw-PostgreSQL baseline.
         #[arg(long, default_value_t = 100_000)]
         baseline_rows: usize,
+        /// Connections of the overload run.
+        #[arg(long, default_value_t = 4096)]
+        overload_connections: usize,
         #[arg(long, default_value = "hookgate-bench.json")]
         out: PathBuf,
     },
@@ -191,9 +199,30 @@ fn write_json(out: &Option<PathBuf>, v: &serde_json::Value) -> anyhow::Result<()
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Standard { hookgate_bin, pg, database, port, secs, body_size, latency_rate, baseline_rows, out } => {
-            let opts =
-                StandardOptions { hookgate_bin, pg, database, port, secs, body_size, latency_rate, baseline_rows, out };
+        Command::Standard {
+            hookgate_bin,
+            pg,
+            database,
+            port,
+            secs,
+            body_size,
+            latency_rate,
+            baseline_rows,
+            overload_connections,
+            out,
+        } => {
+            let opts = StandardOptions {
+                hookgate_bin,
+                pg,
+                database,
+                port,
+                secs,
+                body_size,
+                latency_rate,
+                baseline_rows,
+                overload_connections,
+                out,
+            };
             standard::run(opts).await?;
         }
         Command::Ingest { target, connections, baseline_pg } => {

@@ -32,6 +32,8 @@ pub struct StandardOptions {
     pub body_size: usize,
     pub latency_rate: f64,
     pub baseline_rows: usize,
+    /// Connections of the overload run: more than hookgate's shedding thresholds can hold, so excess can be refused.
+    pub overload_connections: usize,
     pub out: PathBuf,
 }
 
@@ -91,7 +93,10 @@ async fn pg_admin(pg: &str, sql: &str) -> anyhow::Result<()> {
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    client.batch_execute(sql).await?;
+    // One statement at a time: DROP/CREATE DATABASE cannot run inside the implicit transaction of a batch.
+    for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        client.batch_execute(statement).await?;
+    }
     Ok(())
 }
 
@@ -222,6 +227,11 @@ async fn phases(opts: &StandardOptions, hg: &Hookgate, rx: &Receiver) -> anyhow:
     let idle_kib = rss_kib(pid).unwrap_or(0);
     eprintln!("bench: idle RSS {} MiB", mib(idle_kib));
 
+    // Warm-up (connections, prepared statements), delivered before the latency run starts.
+    let warm = closed_loop(w.clone(), 16, Duration::from_secs(2)).await;
+    accepted += warm.ok_count();
+    let _ = wait_delivered(rx, accepted, Duration::from_secs(3), Duration::from_secs(30)).await;
+
     // Ingest-to-delivered latency at a modest fixed rate, on an empty queue.
     eprintln!("bench: open loop at {} events/s for {secs:?}, ingest-to-delivered latency", opts.latency_rate);
     rx.state.take_latency();
@@ -238,8 +248,6 @@ async fn phases(opts: &StandardOptions, hg: &Hookgate, rx: &Receiver) -> anyhow:
     runs.push(("open loop (latency)".to_string(), format!("{}/s", opts.latency_rate), s));
 
     // Closed loop at three concurrencies (delivery on: each event also gets its delivery row and is delivered).
-    let warm = closed_loop(w.clone(), 64, Duration::from_secs(2)).await;
-    accepted += warm.ok_count();
     let mut closed_json = Vec::new();
     let mut max_rate: f64 = 0.0;
     for c in [16, 64, 256] {
@@ -282,7 +290,7 @@ async fn phases(opts: &StandardOptions, hg: &Hookgate, rx: &Receiver) -> anyhow:
     let rate2x = (max_rate * 2.0).round();
     eprintln!("bench: overload, open loop at {rate2x} events/s for {secs:?}");
     let sampler = RssSampler::start(pid, Duration::from_millis(250));
-    let so = open_loop(w.clone(), rate2x, 1024, secs).await;
+    let so = open_loop(w.clone(), rate2x, opts.overload_connections, secs).await;
     let samples = sampler.stop();
     let after_kib = {
         tokio::time::sleep(Duration::from_secs(2)).await;

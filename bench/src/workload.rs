@@ -82,6 +82,8 @@ pub struct Workload {
     /// Header carrying the unique idempotency key (none: the id is only in the body, and in `webhook-id`).
     pub id_header: Option<String>,
     pub body_size: usize,
+    /// Extra `Name: value` header lines sent with every request (e.g. a peer's `Authorization`).
+    pub extra_headers: Vec<String>,
     run_id: String,
     seq: AtomicU64,
 }
@@ -104,6 +106,7 @@ impl Workload {
             signing,
             id_header,
             body_size,
+            extra_headers: Vec::new(),
             run_id,
             seq: AtomicU64::new(0),
         })
@@ -130,6 +133,9 @@ impl Workload {
             self.host,
             body_buf.len()
         );
+        for h in &self.extra_headers {
+            let _ = write!(out, "{h}\r\n");
+        }
         if let Some(h) = &self.id_header {
             let _ = write!(out, "{h}: {id}\r\n");
         }
