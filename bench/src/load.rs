@@ -30,6 +30,8 @@ pub struct Stats {
     pub unavailable: Histogram<u64>,
     /// Service time of every answer (µs): from the moment the request was written.
     pub service: Histogram<u64>,
+    /// Service time of the 503 answers alone (µs): how fast the server refuses, without generator-side waiting.
+    pub service_503: Histogram<u64>,
     /// Wall time of the run.
     pub elapsed: Duration,
 }
@@ -42,6 +44,7 @@ impl Default for Stats {
             ok: histogram(),
             unavailable: histogram(),
             service: histogram(),
+            service_503: histogram(),
             elapsed: Duration::ZERO,
         }
     }
@@ -58,6 +61,7 @@ impl Stats {
                     let _ = self.ok.record(us(latency));
                 } else if status == 503 {
                     let _ = self.unavailable.record(us(latency));
+                    let _ = self.service_503.record(us(service));
                 }
             }
             Err(_) => self.errors += 1,
@@ -72,6 +76,7 @@ impl Stats {
         let _ = self.ok.add(&other.ok);
         let _ = self.unavailable.add(&other.unavailable);
         let _ = self.service.add(&other.service);
+        let _ = self.service_503.add(&other.service_503);
     }
 
     /// 2xx answers.

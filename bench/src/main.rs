@@ -266,6 +266,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let samples = sampler.map(|s| s.stop()).unwrap_or_default();
             print!("{}", table(&INGEST_HEADER, &[ingest_row("overload", &format!("{rate}/s"), &s, None)]));
             println!("503 latency (ms p50/p90/p99/p99.9/max): {}", latency_text(&s.unavailable));
+            println!("503 service time (ms, from the actual send): {}", latency_text(&s.service_503));
             if let (Some(first), Some(last)) = (samples.first(), samples.last()) {
                 let max = samples.iter().map(|s| s.1).max().unwrap_or(0);
                 println!("RSS KiB: before {idle:?}, first {}, max {max}, last {}", first.1, last.1);

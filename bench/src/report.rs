@@ -50,6 +50,7 @@ pub fn stats_json(s: &Stats, baseline: Option<&BaselineResult>) -> Value {
         "latency_ok": latency_json(&s.ok),
         "latency_503": latency_json(&s.unavailable),
         "service_time": latency_json(&s.service),
+        "service_time_503": latency_json(&s.service_503),
         "ratio_to_copy": baseline.map(|b| rate / b.copy_rows_per_s),
         "ratio_to_insert": baseline.map(|b| rate / b.insert_rows_per_s),
     })

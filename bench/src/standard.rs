@@ -283,6 +283,10 @@ async fn phases(opts: &StandardOptions, hg: &Hookgate, rx: &Receiver) -> anyhow:
     accepted += s80.ok_count();
     let mut open_json = stats_json(&s80, None);
     open_json["rate"] = json!(rate80);
+    lines.push(format!(
+        "open loop at {rate80}/s: service time (ms, from the actual send) {}",
+        latency_text(&s80.service)
+    ));
     runs.push(("open loop 80 % of max".to_string(), format!("{rate80}/s"), s80));
     let _ = wait_delivered(rx, accepted, Duration::from_secs(3), Duration::from_secs(30)).await;
 
@@ -300,11 +304,13 @@ async fn phases(opts: &StandardOptions, hg: &Hookgate, rx: &Receiver) -> anyhow:
     let rss_first = samples.first().map_or(0, |s| s.1);
     let rss_last = samples.last().map_or(0, |s| s.1);
     lines.push(format!(
-        "overload at {rate2x}/s: goodput {:.0}/s = {:.2} of max {max_rate:.0}/s; 503 share {:.1} %, 503 latency (ms p50/p90/p99/p99.9/max) {}",
+        "overload at {rate2x}/s: goodput {:.0}/s = {:.2} of max {max_rate:.0}/s; 503 share {:.1} %, 503 latency (ms p50/p90/p99/p99.9/max) from due {}, service {}; all answers' service time {}",
         so.ok_rate(),
         so.ok_rate() / max_rate.max(1.0),
         100.0 * so.count(503) as f64 / so.total().max(1) as f64,
         latency_text(&so.unavailable),
+        latency_text(&so.service_503),
+        latency_text(&so.service),
     ));
     lines.push(format!(
         "RSS: idle {} MiB; under overload first {} / max {} / last {} MiB; 2 s after {} MiB",
