@@ -4,7 +4,7 @@
 CARGO ?= cargo
 CONFIG ?= config/hookgate.example.toml
 
-.PHONY: run test validate-deploy services build release fmt lint bench-ingest bench-delivery bench-verify fuzz
+.PHONY: run test validate-deploy services build release fmt lint bench bench-ingest bench-delivery bench-verify fuzz
 
 services:
 	@scripts/services.sh
@@ -55,3 +55,12 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	cd fuzz && for t in $$($(CARGO) +nightly fuzz list); do \
 		$(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=16384 || exit 1; done
+
+# The standard set with hookgate-bench (closed loop 16/64/256, open loop, delivery, overload, raw PostgreSQL
+# baseline): starts a release hookgate on a fresh database and the built-in receiver; about 2 minutes.
+# Tune through the environment, e.g. `HOOKGATE_WRITER__BATCH_MAX=128 make bench`. See docs/benchmarks.md.
+BENCH_TARGET ?= $(or $(CARGO_TARGET_DIR),target)
+BENCH_OUT ?= $(BENCH_TARGET)/hookgate-bench.json
+bench: services
+	$(CARGO) build --release -p hookgate -p hookgate-bench
+	$(BENCH_TARGET)/release/hookgate-bench standard --hookgate-bin $(BENCH_TARGET)/release/hookgate --out $(BENCH_OUT)

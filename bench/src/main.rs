@@ -1,24 +1,176 @@
-//! `hookgate-bench`: the measuring tools that drive hookgate from outside.
+//! `hookgate-bench`: load generator, fast receiver and raw-PostgreSQL baseline for measuring hookgate.
 //!
-//! `hookgate-bench sink --port P`: a fast local receiver for delivery benchmarks. It answers every request with
-//! `204 No Content` at once and prints how many it received each second.
+//! - `standard`: the whole set against a hookgate it starts itself (what `make bench` runs).
+//! - `ingest` (closed loop), `open` (fixed rate, no coordinated omission), `overload`, `delivery`: against a
+//!   running server at `--url`; with `--sign none` any HTTP endpoint that takes a JSON POST can be measured.
+//! - `baseline`: raw PostgreSQL COPY and batched INSERT of the rows in an `events` table.
+//! - `sink`: a receiver that answers 204 at once and reports requests per second.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hookgate_bench::baseline;
+use hookgate_bench::load::{closed_loop, open_loop};
+use hookgate_bench::procfs::{rss_kib, RssSampler};
+use hookgate_bench::receiver::Receiver;
+use hookgate_bench::report::{ingest_row, latency_json, latency_text, stats_json, table, INGEST_HEADER};
+use hookgate_bench::standard::{self, StandardOptions};
+use hookgate_bench::workload::{Signing, Workload};
+use serde_json::json;
 
 #[derive(Parser)]
 #[command(about = "Measuring tools for hookgate")]
 struct Cli {
+    /// Load-generator threads (the server under test shares the machine: keep this small).
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum SignKind {
+    /// hookgate's hmac_sha256 source: hex HMAC-SHA256 of the body in --sig-header after --sig-prefix.
+    Hmac,
+    /// Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature (v1,<base64>); --secret is whsec_...
+    Standard,
+    /// No signature.
+    None,
+}
+
+#[derive(Args, Clone)]
+struct Target {
+    /// Where to POST (plain http://).
+    #[arg(long, default_value = "http://127.0.0.1:8080/ingest/bench")]
+    url: String,
+    #[arg(long, value_enum, default_value_t = SignKind::Hmac)]
+    sign: SignKind,
+    #[arg(long, default_value = standard::SECRET)]
+    secret: String,
+    #[arg(long, default_value = "X-Signature")]
+    sig_header: String,
+    #[arg(long, default_value = "sha256=")]
+    sig_prefix: String,
+    /// Header carrying each request's unique id ("" for none: the id is still in the body's "id" field).
+    #[arg(long, default_value = "X-Request-Id")]
+    id_header: String,
+    /// Extra header sent with every request, "Name: value" (repeatable), e.g. a peer's Authorization.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// Body size in bytes (JSON, padded).
+    #[arg(long, default_value_t = 1024)]
+    body_size: usize,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+impl Target {
+    fn workload(&self) -> anyhow::Result<Arc<Workload>> {
+        let signing = match self.sign {
+            SignKind::Hmac => Signing::Hmac {
+                header: self.sig_header.clone(),
+                prefix: self.sig_prefix.clone(),
+                secret: self.secret.as_bytes().to_vec(),
+            },
+            SignKind::Standard => Signing::standard(&self.secret)?,
+            SignKind::None => Signing::None,
+        };
+        let id_header = Some(self.id_header.clone()).filter(|h| !h.is_empty());
+        let mut w = Workload::new(&self.url, signing, id_header, self.body_size)?;
+        w.extra_headers = self.headers.clone();
+        Ok(Arc::new(w))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// The standard set against a hookgate started here (fresh database, bench config, built-in receiver).
+    Standard {
+        #[arg(long, default_value = "target/release/hookgate")]
+        hookgate_bin: PathBuf,
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+        pg: String,
+        #[arg(long, default_value = "hookgate_bench_std")]
+        database: String,
+        #[arg(long, default_value_t = 18090)]
+        port: u16,
+        /// Seconds per measured phase.
+        #[arg(long, default_value_t = 8)]
+        secs: u64,
+        #[arg(long, default_value_t = 1024)]
+        body_size: usize,
+        /// Rate of the ingest-to-delivered latency run.
+        #[arg(long, default_value_t = 1000.0)]
+        latency_rate: f64,
+        /// Rows of the raw-PostgreSQL baseline.
+        #[arg(long, default_value_t = 100_000)]
+        baseline_rows: usize,
+        /// Connections of the overload run.
+        #[arg(long, default_value_t = 4096)]
+        overload_connections: usize,
+        #[arg(long, default_value = "hookgate-bench.json")]
+        out: PathBuf,
+    },
+    /// Closed loop: maximum rate at each concurrency.
+    Ingest {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
+        connections: Vec<usize>,
+        /// Also run the raw-PostgreSQL baseline on this database's events table and print ratios to it.
+        #[arg(long)]
+        baseline_pg: Option<String>,
+    },
+    /// Open loop at a fixed rate; latency from each request's due time (no coordinated omission).
+    Open {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        rate: f64,
+        #[arg(long, default_value_t = 512)]
+        connections: usize,
+    },
+    /// Open loop past capacity: goodput, share and latency of 503s, and the server's RSS over time.
+    Overload {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        rate: f64,
+        #[arg(long, default_value_t = 1024)]
+        connections: usize,
+        /// The server's process id, for RSS samples.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Open loop at --rate with the built-in receiver on --receiver-port: ingest-to-delivered latency and
+    /// deliveries/s (the server must route the events to http://127.0.0.1:PORT/).
+    Delivery {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 19090)]
+        receiver_port: u16,
+    },
+    /// Raw PostgreSQL COPY and batched INSERT of the rows of an events table.
+    Baseline {
+        #[arg(long)]
+        pg: String,
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+    },
     /// A receiver that answers 204 at once and reports requests per second.
     Sink {
         #[arg(long, default_value_t = 19090)]
@@ -28,11 +180,133 @@ enum Command {
     },
 }
 
-#[actix_web::main]
-async fn main() -> std::io::Result<()> {
-    match Cli::parse().command {
-        Command::Sink { port, workers } => sink(port, workers).await,
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::Sink { port, workers } = cli.command {
+        return Ok(actix_rt::System::new().block_on(sink(port, workers))?);
     }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cli.threads.max(1)).enable_all().build()?;
+    rt.block_on(run(cli.command))
+}
+
+fn write_json(out: &Option<PathBuf>, v: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(path) = out {
+        std::fs::write(path, serde_json::to_vec_pretty(v)?)?;
+        eprintln!("results written to {}", path.display());
+    }
+    Ok(())
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Standard {
+            hookgate_bin,
+            pg,
+            database,
+            port,
+            secs,
+            body_size,
+            latency_rate,
+            baseline_rows,
+            overload_connections,
+            out,
+        } => {
+            let opts = StandardOptions {
+                hookgate_bin,
+                pg,
+                database,
+                port,
+                secs,
+                body_size,
+                latency_rate,
+                baseline_rows,
+                overload_connections,
+                out,
+            };
+            standard::run(opts).await?;
+        }
+        Command::Ingest { target, connections, baseline_pg } => {
+            let w = target.workload()?;
+            let _ = closed_loop(w.clone(), 16, Duration::from_secs(2)).await;
+            let mut runs = Vec::new();
+            for c in connections {
+                eprintln!("closed loop, {c} connections, {} s", target.secs);
+                runs.push((c, closed_loop(w.clone(), c, Duration::from_secs(target.secs)).await));
+            }
+            let b = match baseline_pg {
+                Some(pg) => Some(baseline::run(&pg, 100_000, 64, 4).await?),
+                None => None,
+            };
+            let rows: Vec<_> =
+                runs.iter().map(|(c, s)| ingest_row("closed loop", &format!("{c} conns"), s, b.as_ref())).collect();
+            print!("{}", table(&INGEST_HEADER, &rows));
+            if let Some(b) = &b {
+                println!("baseline: COPY {:.0} rows/s, INSERT {:.0} rows/s", b.copy_rows_per_s, b.insert_rows_per_s);
+            }
+            let runs_json: Vec<_> = runs
+                .iter()
+                .map(|(c, s)| {
+                    let mut j = stats_json(s, b.as_ref());
+                    j["connections"] = json!(c);
+                    j
+                })
+                .collect();
+            write_json(&target.out, &json!({"closed_loop": runs_json}))?;
+        }
+        Command::Open { target, rate, connections } => {
+            let s = open_loop(target.workload()?, rate, connections, Duration::from_secs(target.secs)).await;
+            print!("{}", table(&INGEST_HEADER, &[ingest_row("open loop", &format!("{rate}/s"), &s, None)]));
+            println!("service time (ms, from the actual send): {}", latency_text(&s.service));
+            write_json(&target.out, &json!({"open_loop": stats_json(&s, None), "rate": rate}))?;
+        }
+        Command::Overload { target, rate, connections, pid } => {
+            let sampler = pid.map(|p| RssSampler::start(p, Duration::from_millis(250)));
+            let idle = pid.and_then(rss_kib);
+            let s = open_loop(target.workload()?, rate, connections, Duration::from_secs(target.secs)).await;
+            let samples = sampler.map(|s| s.stop()).unwrap_or_default();
+            print!("{}", table(&INGEST_HEADER, &[ingest_row("overload", &format!("{rate}/s"), &s, None)]));
+            println!("503 latency (ms p50/p90/p99/p99.9/max): {}", latency_text(&s.unavailable));
+            println!("503 service time (ms, from the actual send): {}", latency_text(&s.service_503));
+            if let (Some(first), Some(last)) = (samples.first(), samples.last()) {
+                let max = samples.iter().map(|s| s.1).max().unwrap_or(0);
+                println!("RSS KiB: before {idle:?}, first {}, max {max}, last {}", first.1, last.1);
+            }
+            write_json(
+                &target.out,
+                &json!({"overload": stats_json(&s, None), "rate": rate, "rss_kib_samples": samples}),
+            )?;
+        }
+        Command::Delivery { target, rate, receiver_port } => {
+            let rx = Receiver::start(receiver_port, 1)?;
+            let s = open_loop(target.workload()?, rate, 64, Duration::from_secs(target.secs)).await;
+            let expected = s.ok_count();
+            let until = std::time::Instant::now() + Duration::from_secs(30);
+            while rx.state.received() < expected && std::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let h = rx.state.take_latency();
+            println!(
+                "{} accepted, {} delivered; ingest-to-delivered ms p50/p90/p99/p99.9/max: {}",
+                expected,
+                rx.state.received(),
+                latency_text(&h)
+            );
+            write_json(
+                &target.out,
+                &json!({"ingest": stats_json(&s, None), "delivered": rx.state.received(), "latency": latency_json(&h)}),
+            )?;
+            rx.stop().await;
+        }
+        Command::Baseline { pg, rows, batch, connections } => {
+            let b = baseline::run(&pg, rows, batch, connections).await?;
+            println!(
+                "{} rows: COPY {:.0} rows/s; INSERT ({batch} per statement, {connections} connections) {:.0} rows/s",
+                b.rows, b.copy_rows_per_s, b.insert_rows_per_s
+            );
+        }
+        Command::Sink { .. } => unreachable!("handled in main"),
+    }
+    Ok(())
 }
 
 async fn sink(port: u16, workers: usize) -> std::io::Result<()> {

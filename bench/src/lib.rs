@@ -1,0 +1,11 @@
+//! `hookgate-bench`: drives a running hookgate (or any webhook receiver) over HTTP and measures it, beside a raw
+//! PostgreSQL baseline. See `docs/benchmarks.md` for the workloads and how to run them against another server.
+
+pub mod baseline;
+pub mod client;
+pub mod load;
+pub mod procfs;
+pub mod receiver;
+pub mod report;
+pub mod standard;
+pub mod workload;

@@ -1,0 +1,85 @@
+//! The built-in fast receiver: answers every request `204` at once, counts them, and records each one's
+//! ingest-to-delivered latency from the `sent_ns` stamp the load generator put in the body.
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use hdrhistogram::Histogram;
+
+use crate::load::histogram;
+use crate::workload::{now_ns, sent_ns};
+
+#[derive(Debug)]
+pub struct ReceiverState {
+    received: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+}
+
+impl ReceiverState {
+    /// Requests received since start.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Takes the latency histogram recorded so far (µs) and starts a new one.
+    pub fn take_latency(&self) -> Histogram<u64> {
+        std::mem::replace(&mut *self.latency.lock().expect("not poisoned"), histogram())
+    }
+}
+
+/// A running receiver on its own thread(s).
+pub struct Receiver {
+    pub port: u16,
+    pub state: Arc<ReceiverState>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Receiver {
+    /// Binds `127.0.0.1:port` (0: any free port) and serves with `workers` threads.
+    pub fn start(port: u16, workers: usize) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", port))?;
+        let port = listener.local_addr()?.port();
+        let state = Arc::new(ReceiverState { received: AtomicU64::new(0), latency: Mutex::new(histogram()) });
+        let data = web::Data::from(state.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new().name("bench-receiver".into()).spawn(move || {
+            let system = actix_rt::System::new();
+            system.block_on(async move {
+                let server = HttpServer::new(move || {
+                    App::new().app_data(data.clone()).app_data(web::PayloadConfig::new(16 << 20)).default_service(
+                        web::to(|s: web::Data<ReceiverState>, body: web::Bytes| async move {
+                            if let Some(sent) = sent_ns(&body) {
+                                let us = now_ns().saturating_sub(sent) / 1000;
+                                let _ = s.latency.lock().expect("not poisoned").record(us.max(1));
+                            }
+                            s.received.fetch_add(1, Ordering::Relaxed);
+                            HttpResponse::NoContent().finish()
+                        }),
+                    )
+                })
+                .workers(workers.max(1))
+                .disable_signals()
+                .listen(listener);
+                match server {
+                    Ok(server) => {
+                        let server = server.run();
+                        let _ = tx.send(Ok(server.handle()));
+                        let _ = server.await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+        let handle = rx.recv().map_err(std::io::Error::other)??;
+        Ok(Self { port, state, handle })
+    }
+
+    /// Stops serving (without waiting for the server thread).
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}

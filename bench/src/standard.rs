@@ -1,0 +1,379 @@
+//! The standard set (`make bench`): starts a release hookgate on a fresh database with a bench configuration and
+//! the built-in receiver as its one destination, runs every workload in order, stops it, runs the raw-PostgreSQL
+//! baseline on the rows it stored, and prints one table (and writes one JSON file).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use crate::baseline::{self, BaselineResult};
+use crate::client::Conn;
+use crate::load::{closed_loop, open_loop, Stats};
+use crate::procfs::{rss_kib, RssSampler};
+use crate::receiver::Receiver;
+use crate::report::{ingest_row, latency_json, latency_text, stats_json, table, INGEST_HEADER};
+use crate::workload::{get_request, Signing, Workload};
+
+pub const SECRET: &str = "bench-secret";
+pub const DESTINATION_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[derive(Debug, Clone)]
+pub struct StandardOptions {
+    pub hookgate_bin: PathBuf,
+    /// Server URL without database, e.g. `postgres://postgres@127.0.0.1:5432`.
+    pub pg: String,
+    pub database: String,
+    pub port: u16,
+    pub secs: u64,
+    pub body_size: usize,
+    pub latency_rate: f64,
+    pub baseline_rows: usize,
+    /// Connections of the overload run: more than hookgate's shedding thresholds can hold, so excess can be refused.
+    pub overload_connections: usize,
+    pub out: PathBuf,
+}
+
+struct Hookgate {
+    child: Child,
+}
+
+impl Hookgate {
+    fn start(opts: &StandardOptions, config: &std::path::Path, log: &std::path::Path) -> anyhow::Result<Self> {
+        let log = std::fs::File::create(log)?;
+        let mut cmd = Command::new(&opts.hookgate_bin);
+        cmd.arg("--config").arg(config).arg("serve");
+        // The bench configuration's own keys win over a stray environment; tuning keys (writer, pool, workers,
+        // deliverers) still pass through.
+        for key in ["HOOKGATE_CONFIG", "HOOKGATE_DATABASE__URL", "HOOKGATE_SERVER__PORT", "HOOKGATE_SERVER__HOST"] {
+            cmd.env_remove(key);
+        }
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+        let child = cmd
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("starting {}", opts.hookgate_bin.display()))?;
+        Ok(Self { child })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM (graceful drain), then wait up to 15 s, then kill.
+    fn stop(mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Hookgate {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+async fn pg_admin(pg: &str, sql: &str) -> anyhow::Result<()> {
+    let (client, conn) = tokio_postgres::connect(&format!("{pg}/postgres"), tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    // One statement at a time: DROP/CREATE DATABASE cannot run inside the implicit transaction of a batch.
+    for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        client.batch_execute(statement).await?;
+    }
+    Ok(())
+}
+
+async fn wait_ready(port: u16, deadline: Duration) -> anyhow::Result<()> {
+    let addr = ([127, 0, 0, 1], port).into();
+    let req = get_request(&format!("127.0.0.1:{port}"), "/readyz");
+    let until = Instant::now() + deadline;
+    while Instant::now() < until {
+        if let Ok(200) = Conn::new(addr).send(&req).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("hookgate was not ready on port {port} within {deadline:?}")
+}
+
+/// Waits until the receiver has seen `expected` requests, or no progress for `stall`, or `cap`. Returns the
+/// deliveries seen and the time taken.
+async fn wait_delivered(rx: &Receiver, expected: u64, stall: Duration, cap: Duration) -> (u64, Duration) {
+    let (t0, start) = (Instant::now(), rx.state.received());
+    let (mut last, mut last_change) = (start, Instant::now());
+    while rx.state.received() < expected && t0.elapsed() < cap {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = rx.state.received();
+        if now != last {
+            (last, last_change) = (now, Instant::now());
+        } else if last_change.elapsed() > stall {
+            break;
+        }
+    }
+    let took = if rx.state.received() >= expected { t0.elapsed() } else { last_change - t0 };
+    (rx.state.received() - start, took)
+}
+
+fn mib(kib: u64) -> f64 {
+    (kib as f64 / 102.4).round() / 10.0
+}
+
+pub async fn run(opts: StandardOptions) -> anyhow::Result<Value> {
+    let db_url = format!("{}/{}", opts.pg, opts.database);
+    let dir = std::env::temp_dir().join(format!("hookgate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let receiver = Receiver::start(0, 1)?;
+    let config = dir.join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+host = "127.0.0.1"
+port = {port}
+[database]
+url = "{db_url}"
+[redis]
+key_prefix = "hookgate-bench-{pid}"
+dedupe_ttl_secs = 600
+[delivery]
+allow_private = ["127.0.0.1/32"]
+[[sources]]
+slug = "bench"
+require_json = true
+idempotency = {{ from = "header", header = "X-Request-Id" }}
+verification = {{ kind = "hmac_sha256", header = "X-Signature", prefix = "sha256=", secret = "{SECRET}" }}
+[[destinations]]
+slug = "receiver"
+url = "http://127.0.0.1:{rport}/hook"
+max_in_flight = 256
+signing_secrets = ["{DESTINATION_SECRET}"]
+[[routes]]
+slug = "bench-to-receiver"
+source = "bench"
+destination = "receiver"
+"#,
+            port = opts.port,
+            pid = std::process::id(),
+            rport = receiver.port,
+        ),
+    )?;
+    let db = &opts.database;
+    pg_admin(&opts.pg, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE); CREATE DATABASE {db}")).await?;
+    let hookgate = Hookgate::start(&opts, &config, &dir.join("hookgate.log"))?;
+    let result = phases(&opts, &hookgate, &receiver).await;
+    hookgate.stop();
+    let result = match result {
+        Ok(mut partial) => {
+            eprintln!("bench: baseline (raw PostgreSQL COPY and batched INSERT of the stored rows)");
+            let b = baseline::run(&db_url, opts.baseline_rows, 64, 4).await;
+            if let Err(e) = &b {
+                eprintln!("bench: baseline failed: {e:#}");
+            }
+            finish(&opts, &mut partial, b.ok());
+            Ok(partial)
+        }
+        Err(e) => Err(e),
+    };
+    receiver.stop().await;
+    if let Err(e) = pg_admin(&opts.pg, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await {
+        eprintln!("bench: could not drop {db}: {e}");
+    }
+    let log = std::fs::read_to_string(dir.join("hookgate.log")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    let partial = result.inspect_err(|_| eprintln!("bench: hookgate's log:\n{log}"))?;
+    let json = partial.json;
+    std::fs::write(&opts.out, serde_json::to_vec_pretty(&json)?)?;
+    eprintln!("bench: results written to {}", opts.out.display());
+    Ok(json)
+}
+
+/// The measured runs, kept for the table (printed once the baseline is known).
+struct Partial {
+    runs: Vec<(String, String, Stats)>,
+    json: Value,
+    lines: Vec<String>,
+}
+
+async fn phases(opts: &StandardOptions, hg: &Hookgate, rx: &Receiver) -> anyhow::Result<Partial> {
+    let secs = Duration::from_secs(opts.secs);
+    let url = format!("http://127.0.0.1:{}/ingest/bench", opts.port);
+    let signing = Signing::Hmac { header: "X-Signature".into(), prefix: "sha256=".into(), secret: SECRET.into() };
+    let w = Arc::new(Workload::new(&url, signing, Some("X-Request-Id".into()), opts.body_size)?);
+    wait_ready(opts.port, Duration::from_secs(30)).await?;
+    let pid = hg.pid();
+    let mut runs = Vec::new();
+    let mut lines = Vec::new();
+    let mut accepted = 0u64;
+
+    // Idle memory, once the process has settled.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_kib = rss_kib(pid).unwrap_or(0);
+    eprintln!("bench: idle RSS {} MiB", mib(idle_kib));
+
+    // Warm-up (connections, prepared statements), delivered before the latency run starts.
+    let warm = closed_loop(w.clone(), 16, Duration::from_secs(2)).await;
+    accepted += warm.ok_count();
+    let _ = wait_delivered(rx, accepted, Duration::from_secs(3), Duration::from_secs(30)).await;
+
+    // Ingest-to-delivered latency at a modest fixed rate, on an empty queue.
+    eprintln!("bench: open loop at {} events/s for {secs:?}, ingest-to-delivered latency", opts.latency_rate);
+    rx.state.take_latency();
+    let s = open_loop(w.clone(), opts.latency_rate, 64, secs).await;
+    accepted += s.ok_count();
+    let (_, _) = wait_delivered(rx, accepted, Duration::from_secs(3), Duration::from_secs(15)).await;
+    let e2e = rx.state.take_latency();
+    lines.push(format!(
+        "ingest-to-delivered at {} events/s (ms p50/p90/p99/p99.9/max): {}",
+        opts.latency_rate,
+        latency_text(&e2e)
+    ));
+    let e2e_json = json!({"rate": opts.latency_rate, "latency": latency_json(&e2e), "ingest": stats_json(&s, None)});
+    runs.push(("open loop (latency)".to_string(), format!("{}/s", opts.latency_rate), s));
+
+    // Closed loop at three concurrencies (delivery on: each event also gets its delivery row and is delivered).
+    let mut closed_json = Vec::new();
+    let mut max_rate: f64 = 0.0;
+    for c in [16, 64, 256] {
+        eprintln!("bench: closed loop, {c} connections, {secs:?}");
+        let before = rx.state.received();
+        let s = closed_loop(w.clone(), c, secs).await;
+        let delivered = rx.state.received() - before;
+        accepted += s.ok_count();
+        max_rate = max_rate.max(s.ok_rate());
+        let mut j = stats_json(&s, None);
+        j["connections"] = json!(c);
+        j["delivered_per_s_meanwhile"] = json!((delivered as f64 / s.elapsed.as_secs_f64()).round());
+        closed_json.push(j);
+        runs.push((format!("closed loop {c}"), format!("{c} conns"), s));
+    }
+
+    // Drain: the backlog the closed-loop runs left, delivered with no ingest going on.
+    eprintln!("bench: draining the delivery backlog");
+    let backlog = accepted.saturating_sub(rx.state.received());
+    let (drained, took) = wait_delivered(rx, accepted, Duration::from_secs(3), Duration::from_secs(45)).await;
+    let drain_rate = drained as f64 / took.as_secs_f64().max(1e-9);
+    lines.push(format!(
+        "drain: {drained} of a {backlog}-delivery backlog in {:.1} s = {drain_rate:.0} deliveries/s",
+        took.as_secs_f64()
+    ));
+    let drain_json = json!({"backlog": backlog, "delivered": drained, "seconds": took.as_secs_f64(),
+                            "deliveries_per_s": drain_rate.round()});
+
+    // Open loop at 80 % of the best closed-loop rate.
+    let rate80 = (max_rate * 0.8).round();
+    eprintln!("bench: open loop at {rate80} events/s (80 % of max) for {secs:?}");
+    let s80 = open_loop(w.clone(), rate80, 512, secs).await;
+    accepted += s80.ok_count();
+    let mut open_json = stats_json(&s80, None);
+    open_json["rate"] = json!(rate80);
+    lines.push(format!(
+        "open loop at {rate80}/s: service time (ms, from the actual send) {}",
+        latency_text(&s80.service)
+    ));
+    runs.push(("open loop 80 % of max".to_string(), format!("{rate80}/s"), s80));
+    let _ = wait_delivered(rx, accepted, Duration::from_secs(3), Duration::from_secs(30)).await;
+
+    // Overload at 2x the maximum, memory sampled.
+    let rate2x = (max_rate * 2.0).round();
+    eprintln!("bench: overload, open loop at {rate2x} events/s for {secs:?}");
+    let sampler = RssSampler::start(pid, Duration::from_millis(250));
+    let so = open_loop(w.clone(), rate2x, opts.overload_connections, secs).await;
+    let samples = sampler.stop();
+    let after_kib = {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        rss_kib(pid).unwrap_or(0)
+    };
+    let rss_max = samples.iter().map(|s| s.1).max().unwrap_or(0);
+    let rss_first = samples.first().map_or(0, |s| s.1);
+    let rss_last = samples.last().map_or(0, |s| s.1);
+    lines.push(format!(
+        "overload at {rate2x}/s: goodput {:.0}/s = {:.2} of max {max_rate:.0}/s; 503 share {:.1} %, 503 latency (ms p50/p90/p99/p99.9/max) from due {}, service {}; all answers' service time {}",
+        so.ok_rate(),
+        so.ok_rate() / max_rate.max(1.0),
+        100.0 * so.count(503) as f64 / so.total().max(1) as f64,
+        latency_text(&so.unavailable),
+        latency_text(&so.service_503),
+        latency_text(&so.service),
+    ));
+    lines.push(format!(
+        "RSS: idle {} MiB; under overload first {} / max {} / last {} MiB; 2 s after {} MiB",
+        mib(idle_kib),
+        mib(rss_first),
+        mib(rss_max),
+        mib(rss_last),
+        mib(after_kib)
+    ));
+    let mut over_json = stats_json(&so, None);
+    over_json["rate"] = json!(rate2x);
+    over_json["goodput_share_of_max"] = json!(so.ok_rate() / max_rate.max(1.0));
+    over_json["rss_kib_samples"] = json!(samples);
+    runs.push(("overload 2x max".to_string(), format!("{rate2x}/s"), so));
+
+    let json = json!({
+        "date": chrono::Utc::now().to_rfc3339(),
+        "body_bytes": opts.body_size,
+        "phase_seconds": opts.secs,
+        "max_ingest_per_s": max_rate.round(),
+        "idle_rss_kib": idle_kib,
+        "delivery_latency": e2e_json,
+        "closed_loop": closed_json,
+        "drain": drain_json,
+        "open_loop_80": open_json,
+        "overload": over_json,
+        "rss_after_overload_kib": after_kib,
+        "rss_overload_first_max_last_kib": [rss_first, rss_max, rss_last],
+        "env": std::env::vars().filter(|(k, _)| k.starts_with("HOOKGATE_")).collect::<std::collections::BTreeMap<_, _>>(),
+    });
+    Ok(Partial { runs, json, lines })
+}
+
+fn finish(opts: &StandardOptions, p: &mut Partial, b: Option<BaselineResult>) {
+    let rows: Vec<Vec<String>> = p.runs.iter().map(|(n, o, s)| ingest_row(n, o, s, b.as_ref())).collect();
+    println!("\nhookgate-bench standard set ({} B JSON bodies, {} s per phase)\n", opts.body_size, opts.secs);
+    print!("{}", table(&INGEST_HEADER, &rows));
+    println!();
+    for l in &p.lines {
+        println!("{l}");
+    }
+    if let Some(b) = &b {
+        println!(
+            "baseline, {} stored rows: COPY {:.0} rows/s; INSERT ({} rows per statement, {} connections) {:.0} rows/s",
+            b.rows, b.copy_rows_per_s, b.insert_batch, b.insert_connections, b.insert_rows_per_s
+        );
+        let max = p.json["max_ingest_per_s"].as_f64().unwrap_or(0.0);
+        println!("max ingest / COPY = {:.2}; / INSERT = {:.2}", max / b.copy_rows_per_s, max / b.insert_rows_per_s);
+        p.json["baseline"] = json!({"rows": b.rows, "copy_rows_per_s": b.copy_rows_per_s.round(),
+            "insert_rows_per_s": b.insert_rows_per_s.round(), "insert_batch": b.insert_batch,
+            "insert_connections": b.insert_connections,
+            "max_ingest_ratio_to_copy": max / b.copy_rows_per_s, "max_ingest_ratio_to_insert": max / b.insert_rows_per_s});
+        for (key, i) in [("closed_loop", None), ("open_loop_80", Some(())), ("overload", Some(()))] {
+            let apply = |v: &mut Value| {
+                if let Some(r) = v["ok_per_s"].as_f64() {
+                    v["ratio_to_copy"] = json!(r / b.copy_rows_per_s);
+                    v["ratio_to_insert"] = json!(r / b.insert_rows_per_s);
+                }
+            };
+            match (i, p.json[key].as_array_mut()) {
+                (None, Some(arr)) => arr.iter_mut().for_each(apply),
+                _ => apply(&mut p.json[key]),
+            }
+        }
+    }
+}
