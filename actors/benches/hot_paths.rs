@@ -65,6 +65,7 @@ fn event(i: usize, body: &Bytes, source: Uuid) -> NewEvent {
                                     "x-signature": "sha256=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}),
         body: body.clone(),
         deliveries: Vec::new(),
+        event_type: Some("bench.event".into()),
     }
 }
 
@@ -78,6 +79,7 @@ fn encode_batch(events: &[&NewEvent], out: &mut BytesMut) {
     let content_types: Vec<Option<&str>> = events.iter().map(|e| e.content_type.as_deref()).collect();
     let headers: Vec<&serde_json::Value> = events.iter().map(|e| &e.headers).collect();
     let bodies: Vec<&[u8]> = events.iter().map(|e| e.body.as_ref()).collect();
+    let types: Vec<Option<&str>> = events.iter().map(|e| e.event_type.as_deref()).collect();
     ids.to_sql(&Type::UUID_ARRAY, out).unwrap();
     sources.to_sql(&Type::UUID_ARRAY, out).unwrap();
     keys.to_sql(&Type::TEXT_ARRAY, out).unwrap();
@@ -85,6 +87,7 @@ fn encode_batch(events: &[&NewEvent], out: &mut BytesMut) {
     content_types.to_sql(&Type::TEXT_ARRAY, out).unwrap();
     headers.to_sql(&Type::JSONB_ARRAY, out).unwrap();
     bodies.to_sql(&Type::BYTEA_ARRAY, out).unwrap();
+    types.to_sql(&Type::TEXT_ARRAY, out).unwrap();
 }
 
 fn batch_encoding(c: &mut Criterion) {
