@@ -98,6 +98,9 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Seconds advertised in `Retry-After` on 503.
     pub retry_after_secs: u64,
+    /// Ingest requests in progress at once on this node; past it a request is refused with 503 before its body is
+    /// read (cheap overload answers, bounded memory).
+    pub max_inflight_ingest: usize,
     /// `json` (one object per line) or `pretty`.
     pub log_format: String,
     /// Milliseconds between health probes of PostgreSQL and Redis.
@@ -122,6 +125,7 @@ impl Default for ServerSettings {
             ingest_timeout_ms: 10_000,
             max_body_bytes: 4 * 1024 * 1024,
             retry_after_secs: 1,
+            max_inflight_ingest: 4_096,
             log_format: "json".into(),
             health_interval_ms: 1_000,
             node_id: None,

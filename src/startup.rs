@@ -34,6 +34,8 @@ pub struct AppState {
     pub health: Arc<HealthRegistry>,
     pub metrics: PrometheusHandle,
     pub catalog: Arc<SharedCatalog>,
+    /// One permit per ingest request in progress (`server.max_inflight_ingest`).
+    pub ingest_permits: Arc<tokio::sync::Semaphore>,
     pub ingest_timeout: Duration,
     pub cache_timeout: Duration,
     pub retry_after_secs: u64,
@@ -234,6 +236,7 @@ impl Application {
             health: health.clone(),
             metrics,
             catalog,
+            ingest_permits: Arc::new(tokio::sync::Semaphore::new(settings.server.max_inflight_ingest.max(1))),
             ingest_timeout: Duration::from_millis(settings.server.ingest_timeout_ms),
             // The cache answers "miss" on its own after its op timeout; this only bounds a stuck mailbox.
             cache_timeout: Duration::from_millis(settings.redis.op_timeout_ms.saturating_mul(2)),

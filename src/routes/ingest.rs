@@ -46,9 +46,13 @@ pub async fn ingest(
 ) -> Result<HttpResponse, IngestError> {
     let source = state.sources.get(path.as_str());
     let label = source.as_ref().map(|s| s.slug.clone()).unwrap_or_else(|| "unknown".into());
-    let result = match source {
-        Some(source) => accept(&req, payload, &state, &source).await,
-        None => Err(IngestError::UnknownSource(path.into_inner())),
+    // Admission first: past `server.max_inflight_ingest` requests in progress, refuse at once, before reading the
+    // body, so that overload costs almost nothing and memory stays bounded.
+    let permit = state.ingest_permits.clone().try_acquire_owned();
+    let result = match (source, permit) {
+        (None, _) => Err(IngestError::UnknownSource(path.into_inner())),
+        (Some(_), Err(_)) => Err(IngestError::Overloaded { retry_after_secs: state.retry_after_secs }),
+        (Some(source), Ok(_permit)) => accept(&req, payload, &state, &source).await,
     };
     let outcome = match &result {
         Ok(Accepted::One(p)) if p.duplicate => "duplicate",

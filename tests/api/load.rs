@@ -68,3 +68,45 @@ async fn a_tiny_writer_under_a_burst_refuses_some_with_503_and_loses_no_acknowle
     }
     assert_eq!(app.event_count().await, accepted.len() as i64);
 }
+
+#[actix_rt::test]
+async fn past_the_admission_limit_requests_are_refused_before_their_body_is_read() {
+    let app = spawn_app_with(|s| {
+        s.server.max_inflight_ingest = 2;
+        s.database.statement_timeout_ms = 60_000;
+        s.writer.flush_timeout_ms = 60_000;
+    })
+    .await;
+    // Hold the events so that the two admitted requests stay in progress.
+    let locker = crate::helpers::connect(&app._db.url()).await;
+    locker.batch_execute("BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let app_ref = &app;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let burst = futures::future::join_all((0..12).map(|i| {
+        let tx = tx.clone();
+        async move {
+            let a = app_ref.post_signed(br#"{"a":1}"#.as_slice(), &format!("adm-{i}")).await;
+            let _ = tx.send(a.status);
+            (format!("adm-{i}"), a)
+        }
+    }));
+    let release = async {
+        // Ten of twelve must be refused while two are held.
+        let mut refused = 0;
+        eventually("ten refusals", Duration::from_secs(60), || {
+            refused += std::iter::from_fn(|| rx.try_recv().ok()).filter(|s| *s == 503).count();
+            let done = refused >= 10;
+            async move { done.then_some(()) }
+        })
+        .await;
+        locker.batch_execute("COMMIT").await.unwrap();
+    };
+    let (answers, ()) = futures::join!(burst, release);
+    let accepted: Vec<_> = answers.iter().filter(|(_, a)| a.status == 202).collect();
+    assert_eq!(accepted.len(), 2, "{answers:?}");
+    for (_, a) in answers.iter().filter(|(_, a)| a.status != 202) {
+        a.assert_problem(503, "overloaded");
+        assert_eq!(a.retry_after.as_deref(), Some("1"));
+    }
+    assert_eq!(app.event_count().await, 2);
+}
