@@ -6,7 +6,9 @@ use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use hookgate_actors::{CacheLookup, CacheRemember, NewEvent, Persist, PersistError, PersistMany, Persisted};
+use hookgate_actors::{
+    CacheLookup, CacheRemember, EventWriter, NewEvent, Persist, PersistError, PersistMany, Persisted,
+};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -242,10 +244,29 @@ pub async fn handshake(
 
 /// Hands the event to the writer with `try_send` and waits (bounded) for its COMMIT.
 async fn persist(state: &AppState, event: NewEvent) -> Result<Persisted, IngestError> {
+    let (reply, rx) = oneshot::channel();
+    hand_to_writer(state, Persist { event, reply }, rx).await
+}
+
+/// Hands a CloudEvents batch to the writer as one unit and waits (bounded) for its COMMIT.
+async fn persist_many(state: &AppState, events: Vec<NewEvent>) -> Result<Vec<Persisted>, IngestError> {
+    let (reply, rx) = oneshot::channel();
+    hand_to_writer(state, PersistMany { events, reply }, rx).await
+}
+
+/// `try_send`s `msg` (a full mailbox is an immediate 503) and waits at most `ingest_timeout` for its answer on `rx`.
+async fn hand_to_writer<M, T>(
+    state: &AppState,
+    msg: M,
+    rx: oneshot::Receiver<Result<T, PersistError>>,
+) -> Result<T, IngestError>
+where
+    M: actix::Message<Result = ()> + Send + 'static,
+    EventWriter: actix::Handler<M>,
+{
     let retry_after_secs = state.retry_after_secs;
-    let (tx, rx) = oneshot::channel();
     state.writer_status.enqueued();
-    if let Err(e) = state.writer.try_send(Persist { event, reply: tx }) {
+    if let Err(e) = state.writer.try_send(msg) {
         state.writer_status.dequeued();
         return Err(match e {
             SendError::Full(_) => IngestError::Overloaded { retry_after_secs },
@@ -259,27 +280,6 @@ async fn persist(state: &AppState, event: NewEvent) -> Result<Persisted, IngestE
         Ok(Ok(Err(PersistError::Internal(e)))) => Err(IngestError::Unexpected(anyhow::anyhow!(e))),
         // The writer dropped the reply (stopping) or did not commit in time: the outcome is unknown to us,
         // so the producer must retry; the idempotency key makes the retry safe.
-        Ok(Err(_)) | Err(_) => Err(IngestError::Unavailable { retry_after_secs }),
-    }
-}
-
-/// Hands a CloudEvents batch to the writer as one unit and waits (bounded) for its COMMIT.
-async fn persist_many(state: &AppState, events: Vec<NewEvent>) -> Result<Vec<Persisted>, IngestError> {
-    let retry_after_secs = state.retry_after_secs;
-    let (tx, rx) = oneshot::channel();
-    state.writer_status.enqueued();
-    if let Err(e) = state.writer.try_send(PersistMany { events, reply: tx }) {
-        state.writer_status.dequeued();
-        return Err(match e {
-            SendError::Full(_) => IngestError::Overloaded { retry_after_secs },
-            SendError::Closed(_) => IngestError::Unavailable { retry_after_secs },
-        });
-    }
-    match tokio::time::timeout(state.ingest_timeout, rx).await {
-        Ok(Ok(Ok(p))) => Ok(p),
-        Ok(Ok(Err(PersistError::Overloaded))) => Err(IngestError::Overloaded { retry_after_secs }),
-        Ok(Ok(Err(PersistError::Unavailable(_)))) => Err(IngestError::Unavailable { retry_after_secs }),
-        Ok(Ok(Err(PersistError::Internal(e)))) => Err(IngestError::Unexpected(anyhow::anyhow!(e))),
         Ok(Err(_)) | Err(_) => Err(IngestError::Unavailable { retry_after_secs }),
     }
 }
