@@ -116,13 +116,17 @@ WITH budget AS (
 )
 UPDATE deliveries d
 SET lease_owner = $5, lease_id = gen_random_uuid(),
-    lease_expires_at = now() + (dst.timeout_ms + $6::int) * interval '1 millisecond', updated_at = now()
-FROM picked, destinations dst, events e
-WHERE d.id = picked.id AND dst.id = d.destination_id AND dst.state = 'active' AND e.id = d.event_id
+    lease_expires_at = now()
+        + ((SELECT x.timeout_ms FROM destinations x WHERE x.id = d.destination_id) + $6::int) * interval '1 millisecond',
+    updated_at = now()
+-- Driven by the picked ids (primary-key lookups in each partition), never by a join the planner could hash.
+WHERE d.id = ANY (ARRAY(SELECT id FROM picked))
+  AND EXISTS (SELECT 1 FROM destinations x WHERE x.id = d.destination_id AND x.state = 'active')
   -- Re-checked on the locked row: a result committed meanwhile is not claimed again.
   AND d.state = 'pending' AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
-RETURNING d.id, d.event_id, d.destination_id, d.attempts, coalesce(d.payload, e.body), d.payload IS NOT NULL,
-          e.content_type, d.lease_id";
+RETURNING d.id, d.event_id, d.destination_id, d.attempts,
+          coalesce(d.payload, (SELECT e.body FROM events e WHERE e.id = d.event_id)), d.payload IS NOT NULL,
+          (SELECT e.content_type FROM events e WHERE e.id = d.event_id), d.lease_id";
 
 pub struct Scheduler {
     pool: Pool,
