@@ -64,3 +64,5 @@ BENCH_OUT ?= $(BENCH_TARGET)/hookgate-bench.json
 bench: services
 	$(CARGO) build --release -p hookgate -p hookgate-bench
 	$(BENCH_TARGET)/release/hookgate-bench standard --hookgate-bin $(BENCH_TARGET)/release/hookgate --out $(BENCH_OUT)
+	@# The run's idempotency keys expire in 10 minutes; remove them now so Redis is left as it was found.
+	@-command -v redis-cli >/dev/null && redis-cli --scan --pattern 'hookgate-bench-*' | xargs -r -n 1000 redis-cli del >/dev/null
