@@ -11,8 +11,8 @@ use chrono::Utc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use hookgate_actors::jq::{route_input, JqProgram};
 use hookgate_actors::signing::{signature_header, SigningSecret};
+use hookgate_actors::writer::EventColumns;
 use hookgate_actors::NewEvent;
-use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 fn body_1k() -> Vec<u8> {
@@ -69,25 +69,12 @@ fn event(i: usize, body: &Bytes, source: Uuid) -> NewEvent {
     }
 }
 
-/// The INSERT_EVENTS parameters of one batch, built and encoded as the writer's `insert` does (the writer's code
-/// is private; this mirrors it line for line).
+/// The INSERT_EVENTS parameters of one batch, built by the writer's own `EventColumns` and encoded.
 fn encode_batch(events: &[&NewEvent], out: &mut BytesMut) {
-    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-    let sources: Vec<Uuid> = events.iter().map(|e| e.source_id).collect();
-    let keys: Vec<&str> = events.iter().map(|e| e.idempotency_key.as_str()).collect();
-    let received: Vec<_> = events.iter().map(|e| e.received_at).collect();
-    let content_types: Vec<Option<&str>> = events.iter().map(|e| e.content_type.as_deref()).collect();
-    let headers: Vec<&serde_json::Value> = events.iter().map(|e| &e.headers).collect();
-    let bodies: Vec<&[u8]> = events.iter().map(|e| e.body.as_ref()).collect();
-    let types: Vec<Option<&str>> = events.iter().map(|e| e.event_type.as_deref()).collect();
-    ids.to_sql(&Type::UUID_ARRAY, out).unwrap();
-    sources.to_sql(&Type::UUID_ARRAY, out).unwrap();
-    keys.to_sql(&Type::TEXT_ARRAY, out).unwrap();
-    received.to_sql(&Type::TIMESTAMPTZ_ARRAY, out).unwrap();
-    content_types.to_sql(&Type::TEXT_ARRAY, out).unwrap();
-    headers.to_sql(&Type::JSONB_ARRAY, out).unwrap();
-    bodies.to_sql(&Type::BYTEA_ARRAY, out).unwrap();
-    types.to_sql(&Type::TEXT_ARRAY, out).unwrap();
+    let columns = EventColumns::new(events);
+    for (param, ty) in columns.params().iter().zip(EventColumns::TYPES.iter()) {
+        param.to_sql_checked(ty, out).unwrap();
+    }
 }
 
 fn batch_encoding(c: &mut Criterion) {

@@ -353,22 +353,67 @@ async fn write_batch(pool: Pool, batch: Vec<Unit>, deadline: Duration) -> bool {
     db_up
 }
 
+/// The `INSERT_EVENTS` parameters of one batch: one array per column, in statement order.
+pub struct EventColumns<'a> {
+    ids: Vec<Uuid>,
+    sources: Vec<Uuid>,
+    keys: Vec<&'a str>,
+    received: Vec<chrono::DateTime<chrono::Utc>>,
+    content_types: Vec<Option<&'a str>>,
+    headers: Vec<&'a serde_json::Value>,
+    bodies: Vec<&'a [u8]>,
+    types: Vec<Option<&'a str>>,
+}
+
+impl<'a> EventColumns<'a> {
+    /// The PostgreSQL types of [`EventColumns::params`], in order.
+    pub const TYPES: [tokio_postgres::types::Type; 8] = {
+        use tokio_postgres::types::Type;
+        [
+            Type::UUID_ARRAY,
+            Type::UUID_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TIMESTAMPTZ_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::JSONB_ARRAY,
+            Type::BYTEA_ARRAY,
+            Type::TEXT_ARRAY,
+        ]
+    };
+
+    pub fn new(events: &[&'a NewEvent]) -> Self {
+        Self {
+            ids: events.iter().map(|e| e.id).collect(),
+            sources: events.iter().map(|e| e.source_id).collect(),
+            keys: events.iter().map(|e| e.idempotency_key.as_str()).collect(),
+            received: events.iter().map(|e| e.received_at).collect(),
+            content_types: events.iter().map(|e| e.content_type.as_deref()).collect(),
+            headers: events.iter().map(|e| &e.headers).collect(),
+            bodies: events.iter().map(|e| e.body.as_ref()).collect(),
+            types: events.iter().map(|e| e.event_type.as_deref()).collect(),
+        }
+    }
+
+    pub fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 8] {
+        [
+            &self.ids,
+            &self.sources,
+            &self.keys,
+            &self.received,
+            &self.content_types,
+            &self.headers,
+            &self.bodies,
+            &self.types,
+        ]
+    }
+}
+
 async fn insert(pool: &Pool, events: &[&NewEvent]) -> Result<Vec<Result<Persisted, PersistError>>, PersistError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(db_error)?;
     let insert = tx.prepare_cached(INSERT_EVENTS).await.map_err(db_error)?;
-    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-    let sources: Vec<Uuid> = events.iter().map(|e| e.source_id).collect();
-    let keys: Vec<&str> = events.iter().map(|e| e.idempotency_key.as_str()).collect();
-    let received: Vec<_> = events.iter().map(|e| e.received_at).collect();
-    let content_types: Vec<Option<&str>> = events.iter().map(|e| e.content_type.as_deref()).collect();
-    let headers: Vec<&serde_json::Value> = events.iter().map(|e| &e.headers).collect();
-    let bodies: Vec<&[u8]> = events.iter().map(|e| e.body.as_ref()).collect();
-    let types: Vec<Option<&str>> = events.iter().map(|e| e.event_type.as_deref()).collect();
-    let rows = tx
-        .query(&insert, &[&ids, &sources, &keys, &received, &content_types, &headers, &bodies, &types])
-        .await
-        .map_err(db_error)?;
+    let columns = EventColumns::new(events);
+    let rows = tx.query(&insert, &columns.params()).await.map_err(db_error)?;
     let inserted: HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();
 
     let mut existing: HashMap<(Uuid, &str), Uuid> = HashMap::new();
