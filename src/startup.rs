@@ -16,7 +16,10 @@ use hookgate_actors::limits::Limits;
 use hookgate_actors::result_writer::{ConnectScheduler, DrainResults, ResultWriter};
 use hookgate_actors::router::{ReloadHook, Router};
 use hookgate_actors::scheduler::{Scheduler, Shutdown};
-use hookgate_actors::{ActorStatus, Cache, CacheConfig, Drain, EventWriter, Health, HealthRegistry, RedisHandle};
+use hookgate_actors::{
+    ActorStatus, Cache, CacheConfig, Drain, EventWriter, Health, HealthRegistry, RedisHandle, RedisLink,
+    RedisLinkConfig,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
 
@@ -116,6 +119,7 @@ impl Application {
         let cache_status = health.register("cache", false, policy);
         let redis_client = redis::Client::open(settings.redis.url.expose_secret())
             .map_err(|_| anyhow::anyhow!("redis.url is not a valid Redis URL"))?;
+        let limits_client = redis_client.clone();
         let cache_cfg = CacheConfig {
             key_prefix: settings.redis.key_prefix.clone(),
             op_timeout: Duration::from_millis(settings.redis.op_timeout_ms),
@@ -164,7 +168,16 @@ impl Application {
                 Limits::new(&settings.redis.key_prefix, cfg.circuit)
                     .with_op_timeout(Duration::from_millis(cfg.limits_timeout_ms)),
             );
-            let results_status = health.register("result_writer", true, policy);
+            // The limits' own connection, with their own timeout: never the cache's, never its fate.
+            let limits_redis = RedisLink::start(
+                limits_client,
+                RedisLinkConfig {
+                    response_timeout: Duration::from_millis(cfg.limits_timeout_ms),
+                    connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
+                    ping_interval: Duration::from_millis(settings.server.health_interval_ms.max(100)),
+                },
+            );
+            let results_status = health.register_delivery("result_writer", None, policy);
             let results = {
                 let (pool, catalog, node, cfg) = (pool.clone(), catalog.clone(), node_id.clone(), cfg.clone());
                 Supervisor::start(move |_| ResultWriter::new(pool, catalog, node, cfg, results_status))
@@ -172,10 +185,13 @@ impl Application {
             let ssrf = Arc::new(cfg.ssrf_policy());
             let arbiters: Vec<Arbiter> = (0..cfg.deliverers.max(1)).map(|_| Arbiter::new()).collect();
             let handles: Vec<_> = arbiters.iter().map(|a| a.handle()).collect();
-            let scheduler_status = health.register("scheduler", true, policy);
+            // The claim loop turns at least every poll interval; a round may wait on the claim lock (5 s) and the
+            // pool, so only a loop silent for much longer than that counts as stalled.
+            let stall_after =
+                Duration::from_millis(cfg.poll_interval_ms.saturating_mul(10)).max(Duration::from_secs(30));
+            let scheduler_status = health.register_delivery("scheduler", Some(stall_after), policy);
             let scheduler = {
-                let (pool, catalog, redis, node) =
-                    (pool.clone(), catalog.clone(), redis_handle.clone(), node_id.clone());
+                let (pool, catalog, redis, node) = (pool.clone(), catalog.clone(), limits_redis, node_id.clone());
                 let results = results.clone();
                 Supervisor::start(move |ctx: &mut actix::Context<Scheduler>| {
                     let me = ctx.address();

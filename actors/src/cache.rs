@@ -6,7 +6,9 @@
 //!
 //! Connection handling: the actor connects in `started`, retrying with back-off while Redis is down (state
 //! `degraded`). When an established connection is lost it stops itself; its supervisor restarts it after the delay
-//! given by its [`ActorStatus`], which also counts the restart against the budget.
+//! given by its [`ActorStatus`], which also counts the restart against the budget. A Redis that accepts but never
+//! answers (blackholed) closes nothing: after [`TIMEOUTS_BEFORE_RECONNECT`] commands in a row time out (PINGs
+//! included), the connection counts as lost too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,9 @@ use uuid::Uuid;
 use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
 use crate::messages::{CacheLookup, CacheRemember};
 use crate::supervision::Backoff;
+
+/// Commands in a row that time out before the connection is treated as lost.
+pub const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
 
 /// How the cache reaches Redis.
 #[derive(Debug, Clone)]
@@ -60,6 +65,8 @@ pub struct Cache {
     registry: Arc<HealthRegistry>,
     connect_backoff: Backoff,
     resume_delay: Duration,
+    /// Commands in a row that timed out on the current connection.
+    timeouts_in_a_row: u32,
 }
 
 impl Cache {
@@ -79,6 +86,7 @@ impl Cache {
             status,
             registry,
             resume_delay: Duration::ZERO,
+            timeouts_in_a_row: 0,
         }
     }
 
@@ -116,9 +124,15 @@ impl Cache {
     /// Drops a connection that failed at the transport level; the supervisor restarts the actor. A slow answer
     /// (timeout) is only a miss: the connection stays.
     fn on_error(&mut self, error: &redis::RedisError, ctx: &mut Context<Self>) {
-        if error.is_timeout() {
+        let timed_out = error.is_timeout();
+        if timed_out {
             metrics::counter!("hookgate_cache_timeouts_total").increment(1);
-        } else if error.is_connection_dropped() || error.is_unrecoverable_error() || error.is_io_error() {
+            self.timeouts_in_a_row += 1;
+        }
+        let blackholed = timed_out && self.timeouts_in_a_row >= TIMEOUTS_BEFORE_RECONNECT;
+        if blackholed
+            || (!timed_out && (error.is_connection_dropped() || error.is_unrecoverable_error() || error.is_io_error()))
+        {
             if self.conn.take().is_some() {
                 self.shared.set(None);
                 tracing::warn!(message = "Lost the Redis connection; restarting the cache.", %error);
@@ -134,10 +148,9 @@ impl Cache {
     fn ping(&mut self, ctx: &mut Context<Self>) {
         let Some(mut conn) = self.conn.clone() else { return };
         let fut = async move { redis::cmd("PING").query_async::<String>(&mut conn).await };
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
-            if let Err(error) = res {
-                act.on_error(&error, ctx);
-            }
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(_) => act.timeouts_in_a_row = 0,
+            Err(error) => act.on_error(&error, ctx),
         }));
     }
 }
@@ -160,6 +173,7 @@ impl Actor for Cache {
 impl actix::Supervised for Cache {
     fn restarting(&mut self, _: &mut Self::Context) {
         self.conn = None;
+        self.timeouts_in_a_row = 0;
         self.shared.set(None);
         self.resume_delay = self.status.record_restart();
     }
@@ -179,7 +193,10 @@ impl Handler<CacheLookup> for Cache {
         let reply = msg.reply;
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             let hit = match res {
-                Ok(v) => v.and_then(|s| Uuid::parse_str(&s).ok()),
+                Ok(v) => {
+                    act.timeouts_in_a_row = 0;
+                    v.and_then(|s| Uuid::parse_str(&s).ok())
+                }
                 Err(error) => {
                     act.on_error(&error, ctx);
                     None

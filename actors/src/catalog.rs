@@ -183,13 +183,17 @@ impl Catalog {
     }
 
     /// Decides the deliveries of one event. `input` builds the jq input only when a route needs it.
+    ///
+    /// A route whose program could not be evaluated now (time bound, runaway budget) makes the whole plan
+    /// [`PlanError::Unavailable`]: nothing may be committed for this event yet, and the caller answers "retry"
+    /// (ingest: 503 before COMMIT). A program that fails deterministically plans a `failed` delivery instead.
     pub async fn plan(
         &self,
         source_id: Uuid,
         input: impl FnOnce() -> serde_json::Value,
         jq_timeout: Duration,
         jq_max_output: usize,
-    ) -> Vec<PlannedDelivery> {
+    ) -> Result<Vec<PlannedDelivery>, PlanError> {
         let routes = self.routes_for(source_id);
         let needs_input = routes.iter().any(|r| r.filter.is_some() || r.transform.is_some());
         let input = if needs_input { Some(Arc::new(input())) } else { None };
@@ -211,7 +215,11 @@ impl Catalog {
             let (payload, failed) = match outcome {
                 RouteOutcome::Skip => continue,
                 RouteOutcome::Deliver(payload) => (payload.map(Bytes::from), None),
-                RouteOutcome::Failed(why) => (None, Some(why)),
+                RouteOutcome::Failed(why) => (None, Some(strip_nul(why))),
+                RouteOutcome::Unavailable(why) => {
+                    metrics::counter!("hookgate_route_evaluations_deferred_total").increment(1);
+                    return Err(PlanError::Unavailable { route: route.slug.clone(), why });
+                }
             };
             planned.push(PlannedDelivery {
                 id: Uuid::now_v7(),
@@ -221,7 +229,24 @@ impl Catalog {
                 failed,
             });
         }
-        planned
+        Ok(planned)
+    }
+}
+
+/// Why an event's deliveries could not be decided now.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    /// A route's program was not evaluated in time (or its runaway budget is spent): decide again later.
+    #[error("route {route} could not be evaluated now: {why}")]
+    Unavailable { route: String, why: String },
+}
+
+/// PostgreSQL text cannot hold NUL; error messages quoting event data may contain it.
+pub fn strip_nul(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "")
+    } else {
+        text
     }
 }
 
@@ -264,23 +289,23 @@ async fn load(pool: &Pool) -> anyhow::Result<Catalog> {
         .await
         .context("Failed to load destinations")?
     {
-        let slug: String = row.get(1);
-        let secrets: Vec<String> = serde_json::from_value(row.get(7)).unwrap_or_default();
+        let slug: String = row.try_get(1)?;
+        let secrets: Vec<String> = serde_json::from_value(row.try_get(7)?).unwrap_or_default();
         let secrets = secrets
             .iter()
             .map(|s| SigningSecret::parse(s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("destination {slug}: {e}"))?;
         let d = Destination {
-            id: row.get(0),
-            url: row.get(2),
-            timeout: Duration::from_millis(row.get::<_, i32>(3) as u64),
-            max_in_flight: row.get::<_, i32>(4) as u32,
-            rate_limit: row.get(5),
-            retry: serde_json::from_value(row.get(6)).with_context(|| format!("destination {slug}: retry"))?,
+            id: row.try_get(0)?,
+            url: row.try_get(2)?,
+            timeout: Duration::from_millis(row.try_get::<_, i32>(3)? as u64),
+            max_in_flight: row.try_get::<_, i32>(4)? as u32,
+            rate_limit: row.try_get(5)?,
+            retry: serde_json::from_value(row.try_get(6)?).with_context(|| format!("destination {slug}: retry"))?,
             secrets,
-            fifo: row.get(8),
-            state: DestinationState::parse(row.get(9)),
+            fifo: row.try_get(8)?,
+            state: DestinationState::parse(row.try_get::<_, &str>(9)?),
             slug,
         };
         catalog.destinations.insert(d.id, Arc::new(d));
@@ -291,18 +316,18 @@ async fn load(pool: &Pool) -> anyhow::Result<Catalog> {
         .context("Failed to load routes")?
     {
         let spec = RouteSpec {
-            slug: row.get(1),
+            slug: row.try_get(1)?,
             source: String::new(),
             destination: String::new(),
-            filter: row.get(4),
-            transform: row.get(5),
+            filter: row.try_get(4)?,
+            transform: row.try_get(5)?,
         };
         let (filter, transform) = spec.compile().map_err(|e| anyhow::anyhow!("route {}: {e}", spec.slug))?;
         let route = Route {
-            id: row.get(0),
+            id: row.try_get(0)?,
             slug: spec.slug,
-            source_id: row.get(2),
-            destination_id: row.get(3),
+            source_id: row.try_get(2)?,
+            destination_id: row.try_get(3)?,
             filter,
             transform,
         };

@@ -13,13 +13,14 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use uuid::Uuid;
 
-use crate::cache::RedisHandle;
 use crate::catalog::Destination;
 use crate::limits::Limits;
+use crate::redis_link::RedisLink;
 use crate::retry::parse_retry_after;
 use crate::scheduler::{Completed, Job};
 use crate::signing::{signature_header, traceparent};
 use crate::ssrf::{classify_send_error, guarded_client, SsrfPolicy};
+use crate::supervision::{guarded, Panicked};
 
 /// The largest part of a response body kept with an attempt.
 pub const EXCERPT_BYTES: usize = 4096;
@@ -72,7 +73,7 @@ impl AttemptResult {
 pub struct Deliverer {
     policy: Arc<SsrfPolicy>,
     limits: Arc<Limits>,
-    redis: Arc<RedisHandle>,
+    redis: Arc<RedisLink>,
     max_connections: usize,
     mailbox_capacity: usize,
     client: Option<awc::Client>,
@@ -84,7 +85,7 @@ impl Deliverer {
     pub fn new(
         policy: Arc<SsrfPolicy>,
         limits: Arc<Limits>,
-        redis: Arc<RedisHandle>,
+        redis: Arc<RedisLink>,
         max_connections: usize,
         mailbox_capacity: usize,
         results: Recipient<AttemptResult>,
@@ -114,12 +115,21 @@ impl Handler<Deliver> for Deliverer {
         let (limits, redis) = (self.limits.clone(), self.redis.clone());
         ctx.spawn(
             async move {
-                let result = attempt(&client, &msg.job, &msg.destination).await;
-                // The circuit learns the outcome before the delivery's next attempt can be scheduled.
-                limits.record(redis.get(), result.destination_id, !result.counts_against_circuit()).await;
-                // The result must reach the ResultWriter (it releases the lease): wait for mailbox space.
-                if results.send(result).await.is_err() {
-                    tracing::warn!(message = "ResultWriter gone; the lease will expire.");
+                let delivery = msg.job.delivery_id;
+                let sent = guarded(async {
+                    let result = attempt(&client, &msg.job, &msg.destination).await;
+                    // The circuit learns the outcome before the delivery's next attempt can be scheduled.
+                    limits.record(redis.get(), result.destination_id, !result.counts_against_circuit()).await;
+                    // The result must reach the ResultWriter (it releases the lease): wait for mailbox space.
+                    if results.send(result).await.is_err() {
+                        tracing::warn!(message = "ResultWriter gone; the lease will expire.");
+                    }
+                })
+                .await;
+                if let Err(Panicked(what)) = sent {
+                    // This attempt only: its lease expires and the delivery is attempted again.
+                    metrics::counter!("hookgate_actor_panics_total", "actor" => "deliverer").increment(1);
+                    tracing::error!(message = "An attempt panicked; its lease will expire.", %delivery, panic = %what);
                 }
                 let done = Completed { delivery_id: msg.job.delivery_id, destination_id: msg.job.destination_id };
                 let _ = scheduler.send(done).await;

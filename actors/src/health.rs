@@ -2,6 +2,12 @@
 //!
 //! The shared [`HealthRegistry`] lives outside the actors so that it survives their restarts; the HTTP front end reads
 //! it without messaging anyone, so a readiness probe never waits behind a busy mailbox.
+//!
+//! Readiness answers one question: can this node take ingest traffic? Only what ingest needs (PostgreSQL, the
+//! critical ingest actors) can make it false. The delivery side reports in its own section of the report
+//! ([`ReadinessReport::delivery`]): a stalled or failing Scheduler makes the node `degraded`, visible to operators
+//! and in metrics, but never takes ingest out of the load balancer. An actor with a heartbeat (the Scheduler's
+//! claim loop) that has not beaten for its `stall_after` is reported [`ActorState::Stalled`].
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
@@ -28,6 +34,8 @@ pub enum ActorState {
     Failed,
     /// Shutting down.
     Stopped,
+    /// Alive by its own account, but its heartbeat is older than allowed (e.g. a claim loop that stopped turning).
+    Stalled,
 }
 
 impl ActorState {
@@ -38,9 +46,22 @@ impl ActorState {
             2 => Self::Degraded,
             3 => Self::Restarting,
             4 => Self::Failed,
+            6 => Self::Stalled,
             _ => Self::Stopped,
         }
     }
+}
+
+/// Which side of the node an actor serves, which decides what its health affects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Needed to take events in: when it is not running, the node is unready (critical) or degraded.
+    Ingest,
+    /// Delivers events: reported in the delivery section; never makes the node unready.
+    Delivery,
+    /// Background work (routing snapshot, janitor): degrades, never unready.
+    Background,
 }
 
 /// One actor's externally visible status. Shared (`Arc`) between the actor, its senders and the health report.
@@ -49,6 +70,12 @@ pub struct ActorStatus {
     name: &'static str,
     /// A critical actor that is not running makes the node unready; a non-critical one only degrades it.
     critical: bool,
+    role: Role,
+    /// Milliseconds since `epoch` of the last heartbeat (actors with `stall_after` only).
+    heartbeat_ms: AtomicU64,
+    epoch: Instant,
+    stall_after: Option<Duration>,
+    panics: AtomicU64,
     state: AtomicU8,
     queued: AtomicI64,
     restarts: AtomicU64,
@@ -60,9 +87,26 @@ pub struct ActorStatus {
 
 impl ActorStatus {
     pub fn new(name: &'static str, critical: bool, policy: RestartPolicy) -> Arc<Self> {
+        let role = if critical { Role::Ingest } else { Role::Background };
+        Self::with_role(name, critical, role, None, policy)
+    }
+
+    /// A status with a role and, optionally, a heartbeat that must beat at least every `stall_after`.
+    pub fn with_role(
+        name: &'static str,
+        critical: bool,
+        role: Role,
+        stall_after: Option<Duration>,
+        policy: RestartPolicy,
+    ) -> Arc<Self> {
         Arc::new(Self {
             name,
             critical,
+            role,
+            heartbeat_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            stall_after,
+            panics: AtomicU64::new(0),
             state: AtomicU8::new(ActorState::Starting as u8),
             queued: AtomicI64::new(0),
             restarts: AtomicU64::new(0),
@@ -81,11 +125,44 @@ impl ActorStatus {
         self.critical
     }
 
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
     pub fn state(&self) -> ActorState {
         if self.budget_exhausted.load(Ordering::Relaxed) {
             return ActorState::Failed;
         }
-        ActorState::from_u8(self.state.load(Ordering::Relaxed))
+        let state = ActorState::from_u8(self.state.load(Ordering::Relaxed));
+        match (state, self.stall_after, self.heartbeat_age()) {
+            (ActorState::Running | ActorState::Degraded, Some(limit), Some(age)) if age > limit => ActorState::Stalled,
+            _ => state,
+        }
+    }
+
+    /// Records that the actor's loop turned (actors registered with a heartbeat).
+    pub fn beat(&self) {
+        let ms = self.epoch.elapsed().as_millis().min(u64::MAX as u128 - 1) as u64 + 1;
+        self.heartbeat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long ago the actor last beat; `None` without a heartbeat. An actor that never beat counts from its
+    /// registration.
+    pub fn heartbeat_age(&self) -> Option<Duration> {
+        self.stall_after?;
+        let last = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed).saturating_sub(1));
+        Some(self.epoch.elapsed().saturating_sub(last))
+    }
+
+    /// Records a panic caught in the actor (it is then stopped and restarted by its supervisor).
+    pub fn record_panic(&self, what: &str) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("hookgate_actor_panics_total", "actor" => self.name).increment(1);
+        tracing::error!(message = "Actor panicked; restarting it.", actor = self.name, panic = what);
+    }
+
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
     }
 
     /// Records the actor's own view of its state. Reaching `Running` clears an exhausted budget once the restarts
@@ -217,16 +294,25 @@ pub struct ReadinessReport {
     pub ready: bool,
     pub postgres: DependencyState,
     pub redis: DependencyState,
+    /// The delivery side: `running`, `degraded` (an actor restarting or without a dependency), `stalled` (the claim
+    /// loop stopped turning), `failed` (out of restart budget) or `disabled` (this node does not deliver). Never
+    /// affects `ready`.
+    pub delivery: &'static str,
     pub actors: Vec<ActorReport>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct ActorReport {
     pub name: &'static str,
+    pub role: Role,
     pub state: ActorState,
     pub critical: bool,
     pub mailbox_depth: i64,
     pub restarts: u64,
+    pub panics: u64,
+    /// Milliseconds since the actor's loop last turned (actors with a heartbeat only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_age_ms: Option<u64>,
 }
 
 impl HealthRegistry {
@@ -241,8 +327,22 @@ impl HealthRegistry {
 
     /// Creates and registers the status of a new actor.
     pub fn register(&self, name: &'static str, critical: bool, policy: RestartPolicy) -> Arc<ActorStatus> {
-        let status = ActorStatus::new(name, critical, policy);
-        metrics::counter!("hookgate_actor_restarts_total", "actor" => name).absolute(0);
+        self.add(ActorStatus::new(name, critical, policy))
+    }
+
+    /// Registers a delivery-side actor; with `stall_after`, it must [`ActorStatus::beat`] at least that often.
+    pub fn register_delivery(
+        &self,
+        name: &'static str,
+        stall_after: Option<Duration>,
+        policy: RestartPolicy,
+    ) -> Arc<ActorStatus> {
+        self.add(ActorStatus::with_role(name, false, Role::Delivery, stall_after, policy))
+    }
+
+    fn add(&self, status: Arc<ActorStatus>) -> Arc<ActorStatus> {
+        metrics::counter!("hookgate_actor_restarts_total", "actor" => status.name()).absolute(0);
+        metrics::counter!("hookgate_actor_panics_total", "actor" => status.name()).absolute(0);
         self.actors.lock().unwrap_or_else(|e| e.into_inner()).push(status.clone());
         status
     }
@@ -270,10 +370,13 @@ impl HealthRegistry {
             .iter()
             .map(|a| ActorReport {
                 name: a.name(),
+                role: a.role(),
                 state: a.state(),
                 critical: a.is_critical(),
                 mailbox_depth: a.mailbox_depth(),
                 restarts: a.restarts(),
+                panics: a.panics(),
+                heartbeat_age_ms: a.heartbeat_age().map(|d| d.as_millis().min(u64::MAX as u128) as u64),
             })
             .collect();
         let critical_ok = actors.iter().filter(|a| a.critical).all(|a| a.state == ActorState::Running);
@@ -281,6 +384,7 @@ impl HealthRegistry {
         let postgres = self.postgres.get();
         let redis = self.redis.get();
         let ready = critical_ok && postgres == DependencyState::Up && !self.draining.load(Ordering::Relaxed);
+        let delivery = delivery_status(actors.iter().filter(|a| a.role == Role::Delivery).map(|a| a.state));
         let status = if !ready {
             "unready"
         } else if !optional_ok || redis != DependencyState::Up {
@@ -288,22 +392,40 @@ impl HealthRegistry {
         } else {
             "ready"
         };
-        ReadinessReport { status, ready, postgres, redis, actors }
+        ReadinessReport { status, ready, postgres, redis, delivery, actors }
     }
 
     /// Copies mailbox depths and states into gauges.
     pub fn publish_metrics(&self) {
         for a in self.actors() {
+            let state = a.state();
+            let flag = |on: bool| if on { 1.0 } else { 0.0 };
             metrics::gauge!("hookgate_actor_mailbox_depth", "actor" => a.name()).set(a.mailbox_depth() as f64);
-            metrics::gauge!("hookgate_actor_running", "actor" => a.name()).set(if a.state() == ActorState::Running {
-                1.0
-            } else {
-                0.0
-            });
+            metrics::gauge!("hookgate_actor_running", "actor" => a.name()).set(flag(state == ActorState::Running));
+            if let Some(age) = a.heartbeat_age() {
+                metrics::gauge!("hookgate_actor_stalled", "actor" => a.name()).set(flag(state == ActorState::Stalled));
+                metrics::gauge!("hookgate_actor_heartbeat_age_seconds", "actor" => a.name()).set(age.as_secs_f64());
+            }
         }
         let up = |s| if s == DependencyState::Up { 1.0 } else { 0.0 };
         metrics::gauge!("hookgate_dependency_up", "dependency" => "postgres").set(up(self.postgres.get()));
         metrics::gauge!("hookgate_dependency_up", "dependency" => "redis").set(up(self.redis.get()));
+    }
+}
+
+/// The delivery section of the report, from the states of the delivery-side actors.
+fn delivery_status(states: impl Iterator<Item = ActorState>) -> &'static str {
+    let states: Vec<ActorState> = states.collect();
+    if states.is_empty() {
+        "disabled"
+    } else if states.contains(&ActorState::Failed) {
+        "failed"
+    } else if states.contains(&ActorState::Stalled) {
+        "stalled"
+    } else if states.iter().all(|s| *s == ActorState::Running) {
+        "running"
+    } else {
+        "degraded"
     }
 }
 
@@ -459,5 +581,49 @@ mod tests {
         assert!(reg.report().ready);
         reg.set_draining();
         assert!(!reg.report().ready);
+    }
+
+    #[test]
+    fn the_delivery_side_never_makes_the_node_unready() {
+        let reg = HealthRegistry::new();
+        reg.set_postgres(DependencyState::Up);
+        reg.set_redis(DependencyState::Up);
+        reg.register("writer", true, policy(5)).set_state(ActorState::Running);
+        let scheduler = reg.register_delivery("scheduler", Some(Duration::from_secs(3600)), policy(1));
+        scheduler.set_state(ActorState::Running);
+        scheduler.beat();
+        let r = reg.report();
+        assert_eq!((r.ready, r.status, r.delivery), (true, "ready", "running"));
+        scheduler.set_state(ActorState::Degraded);
+        let r = reg.report();
+        assert_eq!((r.ready, r.status, r.delivery), (true, "degraded", "degraded"));
+        scheduler.record_restart();
+        scheduler.record_restart();
+        let r = reg.report();
+        assert_eq!((r.ready, r.status, r.delivery), (true, "degraded", "failed"));
+    }
+
+    #[test]
+    fn an_actor_whose_heartbeat_is_too_old_is_stalled() {
+        let reg = HealthRegistry::new();
+        reg.set_postgres(DependencyState::Up);
+        let fresh = reg.register_delivery("scheduler", Some(Duration::from_secs(3600)), policy(5));
+        fresh.set_state(ActorState::Running);
+        fresh.beat();
+        assert_eq!(fresh.state(), ActorState::Running);
+        assert!(fresh.heartbeat_age().unwrap() < Duration::from_secs(3600));
+        // A zero allowance: any age is too old.
+        let stuck = reg.register_delivery("claim", Some(Duration::ZERO), policy(5));
+        stuck.set_state(ActorState::Running);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stuck.heartbeat_age().unwrap().is_zero() {
+            assert!(Instant::now() < deadline);
+            std::thread::yield_now();
+        }
+        assert_eq!(stuck.state(), ActorState::Stalled);
+        let r = reg.report();
+        assert!(r.ready, "a stalled delivery side never makes the node unready");
+        assert_eq!(r.delivery, "stalled");
+        assert_eq!(r.actors.iter().find(|a| a.name == "claim").unwrap().state, ActorState::Stalled);
     }
 }

@@ -3,6 +3,12 @@
 //!
 //! Every node runs a Janitor; each round, the one that takes `pg_try_advisory_xact_lock` does the work and the others
 //! skip it. A node that dies mid-round releases the lock with its connection, so the next round runs elsewhere.
+//!
+//! Retention never removes an unfinished delivery in silence: before the daily partitions past the retention age
+//! are dropped, every `pending` delivery in them (leased or not, e.g. of a paused or disabled destination) is made
+//! `dead` with the reason [`EXPIRED_REASON`], counted in `hookgate_deliveries_expired_total{destination}` and logged
+//! as a warning per destination. A delivery lives in its event's partition (its `created_at` is the event's
+//! `received_at`), so the two are dropped together.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +18,11 @@ use serde::Deserialize;
 
 use crate::catalog::CATALOG_CHANNEL;
 use crate::health::{ActorState, ActorStatus};
+use crate::supervision::{guarded, Panicked};
 use crate::Pool;
+
+/// Why a delivery still pending when retention dropped its partition ended `dead`.
+pub const EXPIRED_REASON: &str = "expired by retention";
 
 /// The lock that makes a janitor round a singleton.
 pub const JANITOR_LOCK: i64 = 0x686f_6f6b_6a61_6e69; // "hookjani"
@@ -44,6 +54,8 @@ pub struct RoundReport {
     pub ran: bool,
     pub partitions_created: i32,
     pub partitions_dropped: i32,
+    /// Pending deliveries made `dead` because their partition was dropped.
+    pub deliveries_expired: i64,
     pub keys_pruned: i64,
     pub leases_reaped: u64,
     pub destinations_disabled: u64,
@@ -75,8 +87,14 @@ impl Actor for Janitor {
         ctx.set_mailbox_capacity(16);
         self.status.set_state(ActorState::Running);
         ctx.run_interval(Duration::from_secs(self.cfg.interval_secs.max(1)), |act, ctx| {
-            let fut = round(act.pool.clone(), act.cfg.clone(), act.dedupe_window);
-            ctx.spawn(fut.into_actor(act).map(|res, act, _| act.log(res)));
+            let fut = guarded(round(act.pool.clone(), act.cfg.clone(), act.dedupe_window));
+            ctx.spawn(fut.into_actor(act).map(|res, act, ctx| match res {
+                Ok(res) => act.log(res),
+                Err(Panicked(what)) => {
+                    act.status.record_panic(&what);
+                    ctx.stop();
+                }
+            }));
         });
     }
 }
@@ -106,8 +124,17 @@ impl actix::Supervised for Janitor {
 impl Handler<RunNow> for Janitor {
     type Result = ();
     fn handle(&mut self, msg: RunNow, ctx: &mut Self::Context) {
-        let fut = round(self.pool.clone(), self.cfg.clone(), self.dedupe_window);
-        ctx.spawn(fut.into_actor(self).map(|res, act, _| {
+        let fut = guarded(round(self.pool.clone(), self.cfg.clone(), self.dedupe_window));
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+            let res = match res {
+                Ok(res) => res,
+                Err(Panicked(what)) => {
+                    act.status.record_panic(&what);
+                    let _ = msg.0.send(Err(anyhow::anyhow!("the janitor round panicked: {what}")));
+                    ctx.stop();
+                    return;
+                }
+            };
             let copy = res.as_ref().map(Clone::clone).map_err(|e| anyhow::anyhow!("{e:#}"));
             act.log(copy);
             let _ = msg.0.send(res);
@@ -119,7 +146,7 @@ impl Handler<RunNow> for Janitor {
 pub async fn round(pool: Pool, cfg: JanitorConfig, dedupe_window: Duration) -> anyhow::Result<RoundReport> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let locked: bool = tx.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&JANITOR_LOCK]).await?.get(0);
+    let locked: bool = tx.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&JANITOR_LOCK]).await?.try_get(0)?;
     if !locked {
         return Ok(RoundReport::default());
     }
@@ -130,12 +157,41 @@ pub async fn round(pool: Pool, cfg: JanitorConfig, dedupe_window: Duration) -> a
             &[&(cfg.partitions_ahead_days as i32)],
         )
         .await?
-        .get(0);
+        .try_get(0)?;
     let keep_days = cfg.retention_days.max(1) as i32;
+    // Unfinished deliveries in the partitions about to go: dead, with a reason, counted and logged first.
+    let expired = tx
+        .query(
+            "WITH expired AS (
+                 UPDATE deliveries d
+                 SET state = 'dead', last_error = $2, lease_owner = NULL, lease_id = NULL, lease_expires_at = NULL,
+                     updated_at = now()
+                 WHERE d.state = 'pending'
+                   AND d.created_at < ((now() AT TIME ZONE 'UTC')::date - $1::int)::timestamp AT TIME ZONE 'UTC'
+                   AND d.tableoid::regclass::text ~ '_p[0-9]{8}$'
+                 RETURNING d.destination_id)
+             SELECT x.slug, count(*) FROM expired JOIN destinations x ON x.id = expired.destination_id
+             GROUP BY x.slug",
+            &[&keep_days, &EXPIRED_REASON],
+        )
+        .await?;
+    for row in &expired {
+        let slug: String = row.try_get(0).unwrap_or_default();
+        let count: i64 = row.try_get(1).unwrap_or(0);
+        report.deliveries_expired += count;
+        metrics::counter!("hookgate_deliveries_expired_total", "destination" => slug.clone())
+            .increment(count.max(0) as u64);
+        tracing::warn!(
+            message = "Retention expired deliveries that were never delivered; they are dead.",
+            destination = %slug,
+            count,
+            retention_days = keep_days,
+        );
+    }
     report.partitions_dropped = tx
         .query_one("SELECT hookgate_drop_partitions((now() AT TIME ZONE 'UTC')::date - $1::int)", &[&keep_days])
         .await?
-        .get(0);
+        .try_get(0)?;
     let window_secs = dedupe_window.as_secs_f64();
     report.keys_pruned = tx
         .query_one(
@@ -149,7 +205,7 @@ pub async fn round(pool: Pool, cfg: JanitorConfig, dedupe_window: Duration) -> a
             &[&window_secs],
         )
         .await?
-        .get(0);
+        .try_get(0)?;
     // Expired leases are claimable anyway; clearing them keeps "who holds what" honest for operators.
     report.leases_reaped = tx
         .execute(

@@ -21,10 +21,18 @@
 //!
 //! jaq cannot be interrupted: a program such as `last(range(1e12))` computes until it is done. [`evaluate`]
 //! therefore runs each evaluation on a thread of a small pool of its own and stops *waiting* after `timeout`,
-//! answering [`RouteOutcome::Failed`]. The abandoned computation keeps its thread (and a CPU core) until it finishes,
-//! which may be never. [`abandoned_evaluations`] counts every evaluation given up on; [`runaway_evaluations`] is how
-//! many of those are still running, and once it reaches [`MAX_RUNAWAY_EVALUATIONS`], [`evaluate`] refuses to start
-//! new evaluations (answering `Failed`) so that runaway programs cannot take every core of the gateway.
+//! answering [`RouteOutcome::Unavailable`]. The abandoned computation keeps its thread (and a CPU core) until it
+//! finishes, which may be never. [`abandoned_evaluations`] counts every evaluation given up on; [`runaway_evaluations`]
+//! is how many of those are still running.
+//!
+//! A time-out says nothing certain about the event: on a saturated machine a quick program can miss its bound too.
+//! It is therefore never a verdict. `Unavailable` means "not decided now, ask again": ingest answers 503 with
+//! `Retry-After` before anything is committed, so the producer retries, and a replay is retried later.
+//!
+//! Budgets are per program (so per route: every route compiles its own): once [`MAX_RUNAWAY_PER_PROGRAM`] abandoned
+//! evaluations of one program are still running, that program is not started again (`Unavailable`) until one of them
+//! ends. One slow route thus holds at most that many threads and never makes another route unavailable. A global
+//! bound, [`MAX_RUNAWAY_EVALUATIONS`], caps the threads all runaways together may hold.
 //!
 //! The pool is deliberately not tokio's blocking pool (`spawn_blocking`): dropping a tokio runtime waits for every
 //! blocking task without limit, so one endless program would hang shutdown of the worker that started it. The pool's
@@ -63,8 +71,11 @@ type Filter = jaq_core::Filter<Data>;
 const DENIED_FILTERS: &[&str] = &["env"];
 /// Runtime error messages are cut to this many characters (jaq quotes whole values in them).
 const MAX_MESSAGE_CHARS: usize = 300;
-/// How many abandoned evaluations may still be running before [`evaluate`] refuses to start new ones.
-pub const MAX_RUNAWAY_EVALUATIONS: u64 = 16;
+/// How many abandoned evaluations, of all programs together, may still be running before [`evaluate`] refuses to
+/// start new ones.
+pub const MAX_RUNAWAY_EVALUATIONS: u64 = 32;
+/// How many abandoned evaluations of one program may still be running before that program is not started again.
+pub const MAX_RUNAWAY_PER_PROGRAM: u64 = 4;
 /// How long an idle evaluation thread waits for work before it exits.
 pub const POOL_KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// Stack size of evaluation threads (jaq evaluates recursively).
@@ -99,6 +110,8 @@ pub struct JqProgram {
 struct Compiled {
     source: String,
     filter: Filter,
+    /// Abandoned evaluations of this program still running.
+    runaway: AtomicU64,
 }
 
 // Compile-time proof of the promise above: a compiled jaq filter is plain data and function pointers.
@@ -136,7 +149,12 @@ impl JqProgram {
             .with_funs(funs)
             .compile(modules)
             .map_err(|errs| JqError::Compile(describe_undefined(&errs)))?;
-        Ok(Self { inner: Arc::new(Compiled { source: code.to_owned(), filter }) })
+        Ok(Self { inner: Arc::new(Compiled { source: code.to_owned(), filter, runaway: AtomicU64::new(0) }) })
+    }
+
+    /// Abandoned evaluations of this program that are still running.
+    pub fn runaway(&self) -> u64 {
+        self.inner.runaway.load(Ordering::Relaxed)
     }
 
     /// The program's source text, as given to [`JqProgram::compile`].
@@ -212,8 +230,12 @@ pub enum RouteOutcome {
     Skip,
     /// `Some(payload)`: the transform's output serialized as JSON; `None`: deliver the event body unchanged.
     Deliver(Option<Vec<u8>>),
-    /// The filter or the transform failed; the message names which, and why.
+    /// The filter or the transform failed; the message names which, and why. Deterministic: the same input fails
+    /// the same way.
     Failed(String),
+    /// Not decided: the evaluation overran its time bound, or the program's (or the process's) budget of runaway
+    /// evaluations is spent. Ask again later; this says nothing about the event.
+    Unavailable(String),
 }
 
 static ABANDONED: AtomicU64 = AtomicU64::new(0);
@@ -230,11 +252,13 @@ pub fn runaway_evaluations() -> u64 {
 }
 
 /// Evaluates filter then transform on an evaluation thread with a time bound: past `timeout` the outcome is
-/// `Failed("... timed out ...")`.
+/// `Unavailable("... timed out ...")`.
 ///
 /// The abandoned computation keeps its thread until it finishes (jaq cannot be interrupted); it is counted in
-/// [`abandoned_evaluations`] and, while it runs, in [`runaway_evaluations`]. With [`MAX_RUNAWAY_EVALUATIONS`] of
-/// them running, new evaluations are refused (`Failed`). Dropping the returned future also abandons the evaluation.
+/// [`abandoned_evaluations`] and, while it runs, in [`runaway_evaluations`] and in each of its programs'
+/// [`JqProgram::runaway`]. A program with [`MAX_RUNAWAY_PER_PROGRAM`] runaways, or a process with
+/// [`MAX_RUNAWAY_EVALUATIONS`], refuses new evaluations (`Unavailable`). Dropping the returned future also abandons
+/// the evaluation.
 /// Without filter and transform the answer is `Deliver(None)` at once. Must be called within a tokio runtime with
 /// its timer enabled.
 pub async fn evaluate(
@@ -249,12 +273,20 @@ pub async fn evaluate(
     }
     let runaway = runaway_evaluations();
     if runaway >= MAX_RUNAWAY_EVALUATIONS {
-        return RouteOutcome::Failed(format!(
+        return RouteOutcome::Unavailable(format!(
             "not evaluated: {runaway} earlier jq evaluations overran their time bound and are still running"
         ));
     }
+    let programs: Vec<Arc<Compiled>> = filter.iter().chain(transform.iter()).map(|p| p.inner.clone()).collect();
+    if let Some(busy) = programs.iter().find(|p| p.runaway.load(Ordering::Relaxed) >= MAX_RUNAWAY_PER_PROGRAM) {
+        return RouteOutcome::Unavailable(format!(
+            "not evaluated: {} earlier evaluations of this route's program overran their time bound and are still \
+             running",
+            busy.runaway.load(Ordering::Relaxed)
+        ));
+    }
 
-    let job = Arc::new(Job { state: AtomicU8::new(RUNNING), stage: AtomicU8::new(STAGE_FILTER) });
+    let job = Arc::new(Job { state: AtomicU8::new(RUNNING), stage: AtomicU8::new(STAGE_FILTER), programs });
     let (tx, mut rx) = tokio::sync::oneshot::channel();
     let worker_job = Arc::clone(&job);
     pool().submit(Box::new(move || {
@@ -273,7 +305,7 @@ pub async fn evaluate(
         Ok(Err(_)) => RouteOutcome::Failed(format!("{} panicked during jq evaluation", watch.stage())),
         Err(_elapsed) => {
             if watch.abandon() {
-                RouteOutcome::Failed(format!(
+                RouteOutcome::Unavailable(format!(
                     "{} timed out after {timeout:?}; the evaluation was abandoned and keeps its thread until it ends",
                     watch.stage()
                 ))
@@ -479,6 +511,25 @@ const ABANDONED_STATE: u8 = 2;
 struct Job {
     state: AtomicU8,
     stage: AtomicU8,
+    /// The programs evaluated, whose runaway counts follow the process's.
+    programs: Vec<Arc<Compiled>>,
+}
+
+impl Job {
+    fn count_runaway(&self, delta: i64) {
+        for p in &self.programs {
+            if delta > 0 {
+                p.runaway.fetch_add(1, Ordering::Relaxed);
+            } else {
+                p.runaway.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if delta > 0 {
+            RUNAWAY.fetch_add(1, Ordering::Relaxed);
+        } else {
+            RUNAWAY.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Held by the computing thread; on drop (also while unwinding from a panic) marks the job done, or, if the caller
@@ -488,7 +539,7 @@ struct Finish(Arc<Job>);
 impl Drop for Finish {
     fn drop(&mut self) {
         if self.0.state.compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire).is_err() {
-            RUNAWAY.fetch_sub(1, Ordering::Relaxed);
+            self.0.count_runaway(-1);
         }
     }
 }
@@ -500,12 +551,12 @@ impl Watch {
     /// Gives up on the job unless it is done already; true if this call abandoned it.
     fn abandon(&self) -> bool {
         // Counted before the exchange so that the computing thread's decrement can never precede the increment.
-        RUNAWAY.fetch_add(1, Ordering::Relaxed);
+        self.0.count_runaway(1);
         if self.0.state.compare_exchange(RUNNING, ABANDONED_STATE, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             ABANDONED.fetch_add(1, Ordering::Relaxed);
             true
         } else {
-            RUNAWAY.fetch_sub(1, Ordering::Relaxed);
+            self.0.count_runaway(-1);
             false
         }
     }
@@ -749,7 +800,7 @@ mod tests {
         // Constant memory, and no first output until the loop ends (hours from now).
         let endless = program("last(range(1e15))");
         let outcome = evaluate(Some(endless), None, order_event(), Duration::from_millis(100), LIMIT).await;
-        let RouteOutcome::Failed(why) = outcome else { panic!("expected a timeout, got {outcome:?}") };
+        let RouteOutcome::Unavailable(why) = outcome else { panic!("expected a timeout, got {outcome:?}") };
         assert!(why.starts_with("filter timed out"), "{why}");
         assert!(abandoned_evaluations() > before);
         assert!(runaway_evaluations() >= 1);
@@ -757,5 +808,23 @@ mod tests {
         // The runaway holds its own thread: other evaluations go on.
         let outcome = evaluate(None, Some(program(".source")), order_event(), TIMEOUT, LIMIT).await;
         assert_eq!(outcome, RouteOutcome::Deliver(Some(br#""shop""#.to_vec())));
+    }
+
+    #[tokio::test]
+    async fn jq_a_slow_route_spends_only_its_own_budget() {
+        let slow = program("last(range(1e15))");
+        for _ in 0..MAX_RUNAWAY_PER_PROGRAM {
+            let outcome = evaluate(Some(slow.clone()), None, order_event(), Duration::from_millis(20), LIMIT).await;
+            assert!(matches!(outcome, RouteOutcome::Unavailable(_)), "{outcome:?}");
+        }
+        assert_eq!(slow.runaway(), MAX_RUNAWAY_PER_PROGRAM);
+        // Its budget is spent: refused at once, without a new thread.
+        let outcome = evaluate(Some(slow.clone()), None, order_event(), TIMEOUT, LIMIT).await;
+        let RouteOutcome::Unavailable(why) = outcome else { panic!("expected a refusal, got {outcome:?}") };
+        assert!(why.contains("this route's program"), "{why}");
+        assert_eq!(slow.runaway(), MAX_RUNAWAY_PER_PROGRAM);
+        // Another route is not affected.
+        let other = program(".source == \"shop\"");
+        assert_eq!(evaluate(Some(other), None, order_event(), TIMEOUT, LIMIT).await, RouteOutcome::Deliver(None));
     }
 }

@@ -25,6 +25,7 @@ pub mod jq;
 pub mod limits;
 pub mod listen;
 pub mod messages;
+pub mod redis_link;
 pub mod result_writer;
 pub mod retry;
 pub mod router;
@@ -38,6 +39,7 @@ pub use cache::{Cache, CacheConfig, RedisHandle};
 pub use config::DeliveryConfig;
 pub use health::{ActorState, ActorStatus, DependencyState, Health, HealthRegistry, ReadinessReport};
 pub use messages::{CacheLookup, CacheRemember, NewEvent, Persist, PersistError, PersistMany, Persisted};
+pub use redis_link::{RedisLink, RedisLinkConfig};
 pub use supervision::{Backoff, RestartPolicy};
 pub use writer::{Drain, EventWriter, WriterConfig};
 

@@ -2,7 +2,8 @@
 //! for destinations (410 disables, continuous failure auto-disables).
 //!
 //! Per result: 2xx → `delivered`; otherwise the retry policy decides the next attempt (with jitter, or after a
-//! `Retry-After` on 429/503, capped), or `dead` when attempts are exhausted. Every state change releases the lease,
+//! `Retry-After` on 429/503, capped, and never sooner than the policy's own lower bound nor 1 s:
+//! [`RetryPolicy::delay_after`](crate::retry::RetryPolicy::delay_after)), or `dead` when attempts are exhausted. Every state change releases the lease,
 //! and only if this node still holds it. Attempt rows are inserted whatever happens.
 
 use std::collections::HashMap;
@@ -13,11 +14,12 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::catalog::{SharedCatalog, CATALOG_CHANNEL};
+use crate::catalog::{strip_nul, SharedCatalog, CATALOG_CHANNEL};
 use crate::config::DeliveryConfig;
 use crate::deliverer::AttemptResult;
 use crate::health::{ActorState, ActorStatus};
 use crate::scheduler::Wake;
+use crate::supervision::{guarded, Panicked};
 use crate::Pool;
 
 /// Flush everything buffered and answer when nothing is left (shutdown, after the deliverers finished).
@@ -83,8 +85,17 @@ impl ResultWriter {
             let res = write(&pool, &node_id, &batch, &plan, auto_disable).await;
             (res, batch)
         };
-        ctx.spawn(fut.into_actor(self).map(|(res, batch), act, ctx| {
+        ctx.spawn(guarded(fut).into_actor(self).map(|outcome, act, ctx| {
             act.flushing = false;
+            let (res, batch) = match outcome {
+                Ok(done) => done,
+                Err(Panicked(what)) => {
+                    // The batch's leases expire and their deliveries are attempted again.
+                    act.status.record_panic(&what);
+                    ctx.stop();
+                    return;
+                }
+            };
             match res {
                 Ok(()) => {
                     act.status.set_state(ActorState::Running);
@@ -199,18 +210,17 @@ impl Plan {
                 if r.status == Some(410) {
                     gone.push(r.destination_id);
                 }
-                let error = Some(format!(
+                let error = Some(strip_nul(format!(
                     "{}: {}",
                     r.error_kind.unwrap_or("error"),
                     r.error.as_deref().unwrap_or("attempt failed")
-                ));
+                )));
                 let policy = catalog.destinations.get(&r.destination_id).map(|d| d.retry.clone()).unwrap_or_default();
                 let attempts = r.attempt.max(1) as u32;
-                match policy.next_delay(attempts) {
+                let cap = Duration::from_secs(cfg.max_retry_after_secs);
+                match policy.delay_after(attempts, r.retry_after, cap) {
                     None => ("dead", now, error),
                     Some(delay) => {
-                        let cap = Duration::from_secs(cfg.max_retry_after_secs);
-                        let delay = r.retry_after.map(|ra| ra.min(cap)).unwrap_or(delay);
                         let next =
                             now + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::hours(1));
                         ("pending", next, error)
@@ -248,7 +258,7 @@ async fn write(
     let headers: Vec<&serde_json::Value> = batch.iter().map(|r| &r.response_headers).collect();
     let excerpts: Vec<Option<&[u8]>> = batch.iter().map(|r| r.excerpt.as_deref()).collect();
     let kinds: Vec<Option<&str>> = batch.iter().map(|r| r.error_kind).collect();
-    let errors: Vec<Option<&str>> = batch.iter().map(|r| r.error.as_deref()).collect();
+    let errors: Vec<Option<String>> = batch.iter().map(|r| r.error.clone().map(strip_nul)).collect();
     let stmt = tx
         .prepare_cached(
             "INSERT INTO attempts (id, delivery_id, attempt, node_id, started_at, status, latency_ms,

@@ -55,6 +55,33 @@ impl RetryPolicy {
     }
 }
 
+/// The shortest wait a `Retry-After` can ask for: a receiver answering `Retry-After: 0` (or a date in the past)
+/// must not turn the retry schedule into a tight loop that ends the delivery `dead` within minutes.
+pub const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+impl RetryPolicy {
+    /// The lower bound of [`RetryPolicy::next_delay`] (its delay with the most jitter taken off), or `None` when
+    /// attempts are exhausted.
+    pub fn min_delay(&self, attempts_made: u32) -> Option<Duration> {
+        if attempts_made >= self.max_attempts {
+            return None;
+        }
+        let index = (attempts_made.max(1) - 1) as usize;
+        let base = *self.delays_ms.get(index).or(self.delays_ms.last())? as f64;
+        Some(Duration::from_millis((base * (1.0 - self.jitter.clamp(0.0, 1.0))).round() as u64))
+    }
+
+    /// The delay before the next attempt when the receiver asked for `retry_after` (429 or 503): honoured up to
+    /// `cap`, but never sooner than the policy's own lower bound or [`MIN_RETRY_AFTER`]. `None` when attempts are
+    /// exhausted.
+    pub fn delay_after(&self, attempts_made: u32, retry_after: Option<Duration>, cap: Duration) -> Option<Duration> {
+        let scheduled = self.next_delay(attempts_made)?;
+        let Some(asked) = retry_after else { return Some(scheduled) };
+        let floor = self.min_delay(attempts_made).unwrap_or_default().max(MIN_RETRY_AFTER);
+        Some(asked.min(cap).max(floor))
+    }
+}
+
 /// Parses a `Retry-After` value: delay-seconds or an HTTP-date. Past dates give zero.
 pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
@@ -93,6 +120,25 @@ mod tests {
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-1", now), None);
+    }
+
+    #[test]
+    fn retry_after_is_honoured_but_floored_and_capped() {
+        let p = RetryPolicy { delays_ms: vec![5_000], max_attempts: 3, jitter: 0.2 };
+        let cap = Duration::from_secs(3_600);
+        // Zero (or a past date) never retries at once: the policy's lower bound (5 s less 20 %).
+        assert_eq!(p.delay_after(1, Some(Duration::ZERO), cap), Some(Duration::from_secs(4)));
+        // A longer wait is honoured, up to the cap.
+        assert_eq!(p.delay_after(1, Some(Duration::from_secs(120)), cap), Some(Duration::from_secs(120)));
+        assert_eq!(p.delay_after(1, Some(Duration::from_secs(86_400)), cap), Some(cap));
+        // A policy of tiny delays still waits at least MIN_RETRY_AFTER.
+        let fast = RetryPolicy { delays_ms: vec![10], max_attempts: 3, jitter: 0.0 };
+        assert_eq!(fast.delay_after(1, Some(Duration::ZERO), cap), Some(MIN_RETRY_AFTER));
+        // Exhausted is exhausted, whatever the receiver asks.
+        assert_eq!(p.delay_after(3, Some(Duration::from_secs(1)), cap), None);
+        // Without Retry-After the schedule applies.
+        let d = p.delay_after(1, None, cap).unwrap();
+        assert!(d >= Duration::from_secs(4) && d <= Duration::from_secs(6), "{d:?}");
     }
 
     #[test]

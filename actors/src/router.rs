@@ -14,6 +14,7 @@ use futures::future::LocalBoxFuture;
 use crate::catalog::{SharedCatalog, CATALOG_CHANNEL};
 use crate::health::{ActorState, ActorStatus};
 use crate::listen::{self, ListenEvent};
+use crate::supervision::{guarded, Panicked};
 use crate::Pool;
 
 /// Reloads something else that lives in the catalog tables (the front end's sources).
@@ -54,8 +55,16 @@ impl Router {
             }
             Ok::<_, anyhow::Error>(())
         };
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+        ctx.spawn(guarded(fut).into_actor(self).map(|res, act, ctx| {
             act.reloading = false;
+            let res = match res {
+                Ok(res) => res,
+                Err(Panicked(what)) => {
+                    act.status.record_panic(&what);
+                    ctx.stop();
+                    return;
+                }
+            };
             match res {
                 Ok(()) => {
                     act.status.set_state(ActorState::Running);

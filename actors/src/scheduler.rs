@@ -17,15 +17,19 @@ use bytes::Bytes;
 use rand::seq::SliceRandom;
 use uuid::Uuid;
 
-use crate::cache::RedisHandle;
 use crate::catalog::{Destination, DestinationState, SharedCatalog, CATALOG_CHANNEL};
 use crate::config::DeliveryConfig;
 use crate::deliverer::{Deliver, Deliverer};
 use crate::health::{ActorState, ActorStatus};
 use crate::limits::Limits;
 use crate::listen::{self, ListenEvent};
+use crate::redis_link::RedisLink;
+use crate::supervision::{guarded, Panicked};
 use crate::writer::DELIVERIES_CHANNEL;
 use crate::Pool;
+
+/// Why a delivery whose event row is gone (retention, a row deleted by hand) ends `dead`.
+pub const ORPHAN_REASON: &str = "event no longer stored";
 
 /// One leased delivery, with what its attempt needs.
 #[derive(Debug, Clone)]
@@ -67,7 +71,7 @@ pub struct Wake;
 
 /// The lock that serializes claim rounds across the cluster (claims are short; this makes per-destination limits
 /// and FIFO exact without races between nodes).
-const CLAIM_LOCK: i64 = 0x686f_6f6b_636c_6169; // "hookclai"
+pub const CLAIM_LOCK: i64 = 0x686f_6f6b_636c_6169; // "hookclai"
 
 /// The destinations with claimable work, with their deliveries in flight cluster-wide. A FIFO destination has
 /// claimable work only when its head is due and not leased.
@@ -133,11 +137,13 @@ pub struct Scheduler {
     pg_config: tokio_postgres::Config,
     catalog: Arc<SharedCatalog>,
     limits: Arc<Limits>,
-    redis: Arc<RedisHandle>,
+    redis: Arc<RedisLink>,
     deliverers: Vec<Addr<Deliverer>>,
     node_id: String,
     cfg: DeliveryConfig,
     status: Arc<ActorStatus>,
+    /// How long to wait before resuming after a restart (from the restart policy's back-off).
+    resume_delay: std::time::Duration,
     inflight: usize,
     /// This node's attempts in flight per destination (for the fair share).
     inflight_by_destination: HashMap<Uuid, u32>,
@@ -157,7 +163,7 @@ impl Scheduler {
         pg_config: tokio_postgres::Config,
         catalog: Arc<SharedCatalog>,
         limits: Arc<Limits>,
-        redis: Arc<RedisHandle>,
+        redis: Arc<RedisLink>,
         deliverers: Vec<Addr<Deliverer>>,
         node_id: String,
         cfg: DeliveryConfig,
@@ -173,6 +179,7 @@ impl Scheduler {
             node_id,
             cfg,
             status,
+            resume_delay: std::time::Duration::ZERO,
             inflight: 0,
             inflight_by_destination: HashMap::new(),
             leases: HashMap::new(),
@@ -191,6 +198,8 @@ impl Scheduler {
             self.again = true;
             return;
         }
+        // The claim loop turned: nothing is stuck in a round.
+        self.status.beat();
         let free = self.cfg.max_in_flight.saturating_sub(self.inflight);
         if free == 0 || self.deliverers.is_empty() {
             return;
@@ -213,10 +222,18 @@ impl Scheduler {
         };
         let local = self.inflight_by_destination.clone();
         let capacity = self.cfg.max_in_flight;
-        ctx.spawn(round.run(active, free, capacity, local).into_actor(self).map(move |res, act, ctx| {
+        let fut = guarded(round.run(active, free, capacity, local));
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.claiming = false;
+            act.status.beat();
             let full = match res {
-                Ok(jobs) => {
+                Err(Panicked(what)) => {
+                    // Counted and restarted by the supervisor; the claim (if committed) expires with its leases.
+                    act.status.record_panic(&what);
+                    ctx.stop();
+                    return;
+                }
+                Ok(Ok(jobs)) => {
                     act.status.set_state(ActorState::Running);
                     let n = jobs.len();
                     for job in jobs {
@@ -224,8 +241,10 @@ impl Scheduler {
                     }
                     n > 0 && n >= free
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
+                    // The delivery side's own health: reported in /readyz's delivery section, never unready.
                     act.status.set_state(ActorState::Degraded);
+                    metrics::counter!("hookgate_scheduler_claim_failures_total").increment(1);
                     tracing::warn!(message = "Claim round failed.", error = %format!("{error:#}"));
                     false
                 }
@@ -274,11 +293,26 @@ impl Scheduler {
                 .await?;
             Ok::<_, anyhow::Error>(())
         };
-        ctx.spawn(fut.into_actor(self).map(|res, _, _| {
-            if let Err(error) = res {
-                tracing::warn!(message = "Could not release a lease; it will expire.", error = %format!("{error:#}"));
+        ctx.spawn(guarded(fut).into_actor(self).map(|res, act, ctx| match res {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(message = "Could not release a lease; it will expire.", error = %format!("{error:#}"))
+            }
+            Err(Panicked(what)) => {
+                act.status.record_panic(&what);
+                ctx.stop();
             }
         }));
+    }
+
+    /// Starts listening and claiming (at start, and after a restart's back-off delay).
+    fn resume(&mut self, ctx: &mut Context<Self>) {
+        self.status.set_state(ActorState::Running);
+        self.status.beat();
+        let rx = listen::spawn_listener(self.pg_config.clone(), &[DELIVERIES_CHANNEL, CATALOG_CHANNEL]);
+        ctx.add_stream(listen::stream(rx));
+        ctx.run_interval(self.cfg.poll_interval(), |act, ctx| act.tick(ctx));
+        self.tick(ctx);
     }
 }
 
@@ -287,18 +321,21 @@ impl Actor for Scheduler {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.cfg.max_in_flight.max(16) * 2);
-        self.status.set_state(ActorState::Running);
-        let rx = listen::spawn_listener(self.pg_config.clone(), &[DELIVERIES_CHANNEL, CATALOG_CHANNEL]);
-        ctx.add_stream(listen::stream(rx));
-        ctx.run_interval(self.cfg.poll_interval(), |act, ctx| act.tick(ctx));
-        self.tick(ctx);
+        let delay = std::mem::take(&mut self.resume_delay);
+        if delay.is_zero() {
+            self.resume(ctx);
+        } else {
+            ctx.run_later(delay, |act, ctx| act.resume(ctx));
+        }
     }
 }
 
 impl actix::Supervised for Scheduler {
     fn restarting(&mut self, _: &mut Self::Context) {
+        // Attempts in flight keep their bookkeeping: their `Completed` still arrives here.
         self.claiming = false;
-        self.status.record_restart();
+        self.again = false;
+        self.resume_delay = self.status.record_restart();
     }
 }
 
@@ -390,6 +427,46 @@ struct ClaimRound {
     lease_margin_ms: i32,
 }
 
+/// One claimed row, read without trusting any column.
+enum Claimed {
+    Job(Job),
+    /// The delivery's event row is gone (and it has no payload of its own): nothing can be sent.
+    Orphan(Uuid),
+    /// A column could not be read: the delivery cannot be attempted; why.
+    Unreadable(Uuid, String),
+}
+
+/// Reads one row of `CLAIM`'s RETURNING. Never panics: a NULL or a wrong type is a value, not a crash.
+fn read_claimed(r: &tokio_postgres::Row) -> Option<Claimed> {
+    let id: Uuid = r.try_get(0).ok()?;
+    let job = (|| -> Result<Option<Job>, tokio_postgres::Error> {
+        let Some(body) = r.try_get::<_, Option<Vec<u8>>>(4)? else { return Ok(None) };
+        Ok(Some(Job {
+            delivery_id: id,
+            event_id: r.try_get(1)?,
+            destination_id: r.try_get(2)?,
+            attempt: r.try_get::<_, i32>(3)?.saturating_add(1),
+            body: Bytes::from(body),
+            transformed: r.try_get::<_, Option<bool>>(5)?.unwrap_or(false),
+            content_type: r.try_get(6)?,
+            lease_id: r.try_get(7)?,
+        }))
+    })();
+    Some(match job {
+        Ok(Some(job)) => Claimed::Job(job),
+        Ok(None) => Claimed::Orphan(id),
+        Err(e) => Claimed::Unreadable(id, format!("unreadable delivery row: {e}")),
+    })
+}
+
+/// Ends claimed deliveries that can never be attempted, in the claim's transaction: `dead` with their reason.
+const BURY: &str = "\
+UPDATE deliveries d
+SET state = 'dead', last_error = u.reason, lease_owner = NULL, lease_id = NULL, lease_expires_at = NULL,
+    updated_at = now()
+FROM UNNEST($1::uuid[], $2::text[]) AS u(id, reason)
+WHERE d.id = u.id AND d.state = 'pending'";
+
 impl ClaimRound {
     /// `capacity` is the node's limit and `free` what is left of it; `local` what this node has in flight per
     /// destination.
@@ -400,16 +477,19 @@ impl ClaimRound {
         capacity: usize,
         local: HashMap<Uuid, u32>,
     ) -> anyhow::Result<Vec<Job>> {
-        let mut client = self.pool.get().await?;
         let (fifo_all, normal_all): (Vec<_>, Vec<_>) = active.iter().partition(|d| d.fifo);
         let normal_ids: Vec<Uuid> = normal_all.iter().map(|d| d.id).collect();
         let fifo_ids: Vec<Uuid> = fifo_all.iter().map(|d| d.id).collect();
-        let busy: HashMap<Uuid, u32> = client
-            .query(DUE, &[&normal_ids, &fifo_ids])
-            .await?
-            .iter()
-            .map(|r| (r.get(0), r.get::<_, i32>(1).max(0) as u32))
-            .collect();
+        // The connection goes back to the pool before any Redis call: a slow Redis never holds PostgreSQL.
+        let busy: HashMap<Uuid, u32> = {
+            let client = self.pool.get().await?;
+            let rows = client.query(DUE, &[&normal_ids, &fifo_ids]).await?;
+            rows.iter()
+                .filter_map(|r| {
+                    Some((r.try_get(0).ok()?, r.try_get::<_, Option<i32>>(1).ok()?.unwrap_or(0).max(0) as u32))
+                })
+                .collect()
+        };
         if busy.is_empty() {
             return Ok(Vec::new());
         }
@@ -422,7 +502,7 @@ impl ClaimRound {
         let ceiling = (capacity - capacity / 4).max(1);
         let share = (capacity / contending).clamp(1, ceiling) as u32;
         let mut remaining = free as u32;
-        let mut budgets: Vec<(Arc<Destination>, u32)> = Vec::new();
+        let mut wants: Vec<(Arc<Destination>, u32)> = Vec::new();
         for d in active.into_iter() {
             let Some(in_flight) = busy.get(&d.id) else { continue };
             if remaining == 0 {
@@ -431,22 +511,28 @@ impl ClaimRound {
             let mine = local.get(&d.id).copied().unwrap_or(0);
             let want = if d.fifo { 1 } else { d.max_in_flight.saturating_sub(*in_flight) };
             let want = want.min(share.saturating_sub(mine)).min(remaining);
-            if want == 0 {
-                continue;
-            }
-            let tokens = match d.rate_limit {
-                Some(rate) => self.limits.take_tokens(self.redis.clone(), d.id, rate, want).await.0,
-                None => want,
-            };
-            let admitted = if tokens > 0 { self.limits.admit(self.redis.clone(), d.id, tokens).await.0 } else { 0 };
-            if let (Some(rate), true) = (d.rate_limit, admitted < tokens) {
-                self.limits.return_tokens(self.redis.clone(), d.id, rate, tokens - admitted).await;
-            }
-            if admitted > 0 {
-                remaining -= admitted;
-                budgets.push((d, admitted));
+            if want > 0 {
+                remaining -= want;
+                wants.push((d, want));
             }
         }
+        // Every destination's limits at once: a round waits for Redis at most once, however many destinations.
+        let admitted = futures::future::join_all(wants.into_iter().map(|(d, want)| {
+            let (limits, redis) = (self.limits.clone(), self.redis.clone());
+            async move {
+                let tokens = match d.rate_limit {
+                    Some(rate) => limits.take_tokens(redis.clone(), d.id, rate, want).await.0,
+                    None => want,
+                };
+                let admitted = if tokens > 0 { limits.admit(redis.clone(), d.id, tokens).await.0 } else { 0 };
+                if let (Some(rate), true) = (d.rate_limit, admitted < tokens) {
+                    limits.return_tokens(redis, d.id, rate, tokens - admitted).await;
+                }
+                (d, admitted)
+            }
+        }))
+        .await;
+        let budgets: Vec<(Arc<Destination>, u32)> = admitted.into_iter().filter(|(_, n)| *n > 0).collect();
         if budgets.is_empty() {
             return Ok(Vec::new());
         }
@@ -454,48 +540,60 @@ impl ClaimRound {
         let (fifo, normal): (Vec<_>, Vec<_>) = budgets.iter().partition(|(d, _)| d.fifo);
         let normal_ids: Vec<Uuid> = normal.iter().map(|(d, _)| d.id).collect();
         let normal_n: Vec<i32> = normal.iter().map(|(_, n)| *n as i32).collect();
-        let normal_cap: Vec<i32> = normal.iter().map(|(d, _)| d.max_in_flight as i32).collect();
+        let normal_cap: Vec<i32> = normal.iter().map(|(d, _)| d.max_in_flight.min(i32::MAX as u32) as i32).collect();
         let fifo_ids: Vec<Uuid> = fifo.iter().map(|(d, _)| d.id).collect();
 
-        let tx = client.transaction().await?;
-        // A claimer stuck holding the lock (a partitioned node) delays the others by at most this.
-        tx.batch_execute("SET LOCAL lock_timeout = '5s'").await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK]).await?;
-        let claim = tx.prepare_cached(CLAIM).await?;
-        let rows = tx
-            .query(&claim, &[&normal_ids, &normal_n, &normal_cap, &fifo_ids, &self.node_id, &self.lease_margin_ms])
-            .await?;
-        tx.commit().await?;
-
-        let jobs: Vec<Job> = rows
-            .iter()
-            .map(|r| Job {
-                delivery_id: r.get(0),
-                event_id: r.get(1),
-                destination_id: r.get(2),
-                attempt: r.get::<_, i32>(3) + 1,
-                body: Bytes::from(r.get::<_, Vec<u8>>(4)),
-                transformed: r.get(5),
-                content_type: r.get(6),
-                lease_id: r.get(7),
-            })
-            .collect();
+        let mut jobs = Vec::new();
+        let mut buried: Vec<(Uuid, String)> = Vec::new();
+        {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            // A claimer stuck holding the lock (a partitioned node) delays the others by at most this.
+            tx.batch_execute("SET LOCAL lock_timeout = '5s'").await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK]).await?;
+            let claim = tx.prepare_cached(CLAIM).await?;
+            let rows = tx
+                .query(&claim, &[&normal_ids, &normal_n, &normal_cap, &fifo_ids, &self.node_id, &self.lease_margin_ms])
+                .await?;
+            for row in &rows {
+                match read_claimed(row) {
+                    Some(Claimed::Job(job)) => jobs.push(job),
+                    Some(Claimed::Orphan(id)) => buried.push((id, ORPHAN_REASON.to_owned())),
+                    Some(Claimed::Unreadable(id, why)) => buried.push((id, why)),
+                    // No id: nothing to name or bury; its lease expires and the reaper clears it.
+                    None => tracing::error!(message = "A claimed delivery row has no readable id."),
+                }
+            }
+            if !buried.is_empty() {
+                let (ids, reasons): (Vec<Uuid>, Vec<&str>) = buried.iter().map(|(id, r)| (*id, r.as_str())).unzip();
+                tx.execute(BURY, &[&ids, &reasons]).await?;
+            }
+            tx.commit().await?;
+        }
+        for (id, reason) in &buried {
+            metrics::counter!("hookgate_deliveries_unattemptable_total").increment(1);
+            tracing::warn!(message = "Delivery cannot be attempted; it is dead.", delivery = %id, reason = %reason);
+        }
 
         // Give back the tokens of rate-limited destinations that had less due work than their budget.
         let mut claimed: HashMap<Uuid, u32> = HashMap::new();
         for j in &jobs {
             *claimed.entry(j.destination_id).or_default() += 1;
         }
-        for (d, granted) in &budgets {
+        futures::future::join_all(budgets.iter().map(|(d, granted)| {
             let used = claimed.get(&d.id).copied().unwrap_or(0);
-            if let (Some(rate), true) = (d.rate_limit, used < *granted) {
-                self.limits.return_tokens(self.redis.clone(), d.id, rate, granted - used).await;
+            let (limits, redis) = (self.limits.clone(), self.redis.clone());
+            async move {
+                if let (Some(rate), true) = (d.rate_limit, used < *granted) {
+                    limits.return_tokens(redis.clone(), d.id, rate, granted - used).await;
+                }
+                if used == 0 {
+                    // Admitted but nothing sent: a half-open probe slot must not sit unused until it expires.
+                    limits.release_probe(redis, d.id).await;
+                }
             }
-            if used == 0 {
-                // Admitted but nothing sent: a half-open probe slot must not sit unused until it expires.
-                self.limits.release_probe(self.redis.clone(), d.id).await;
-            }
-        }
+        }))
+        .await;
         metrics::counter!("hookgate_scheduler_claimed_total").increment(jobs.len() as u64);
         Ok(jobs)
     }

@@ -5,9 +5,19 @@
 //! before it resumes work ([`ActorStatus::record_restart`](crate::ActorStatus::record_restart)), which grows
 //! exponentially up to a cap. More than `budget` restarts within `window` marks the actor as failed: readiness turns
 //! false (for a critical actor) and an error is logged once.
+//!
+//! actix does not catch panics: a panic inside an actor's future ends the actor's task, its supervisor with it, and
+//! leaves every address pointing at nothing. Each actor therefore runs its fallible futures through [`guarded`],
+//! which turns a panic into an `Err` that the actor answers by counting it ([`ActorStatus::record_panic`]) and
+//! stopping itself, so that its supervisor restarts it with back-off like any other failure.
+//!
+//! [`ActorStatus::record_panic`]: crate::ActorStatus::record_panic
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use futures::FutureExt;
 use rand::Rng;
 use serde::Deserialize;
 
@@ -74,6 +84,22 @@ impl Backoff {
     }
 }
 
+/// A panic caught by [`guarded`], with its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Panicked(pub String);
+
+/// Runs `fut`, turning a panic inside it into `Err(Panicked)`.
+pub async fn guarded<F: Future>(fut: F) -> Result<F::Output, Panicked> {
+    AssertUnwindSafe(fut).catch_unwind().await.map_err(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        Panicked(what)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +125,88 @@ mod tests {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         for _ in 0..1_000 {
             assert!(b.next_delay() <= Duration::from_secs(30));
+        }
+    }
+
+    #[tokio::test]
+    async fn guarded_turns_a_panic_into_an_error() {
+        assert_eq!(guarded(async { 7 }).await, Ok(7));
+        let caught = guarded(async {
+            let v: Option<u8> = std::hint::black_box(None);
+            v.expect("a NULL where a value was expected")
+        })
+        .await;
+        assert_eq!(caught, Err(Panicked("a NULL where a value was expected".into())));
+    }
+
+    mod restart {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+
+        use actix::prelude::*;
+
+        use super::super::{guarded, Panicked, RestartPolicy};
+        use crate::health::ActorStatus;
+
+        struct Flaky {
+            status: Arc<ActorStatus>,
+            starts: Arc<AtomicUsize>,
+        }
+
+        impl Actor for Flaky {
+            type Context = Context<Self>;
+            fn started(&mut self, _: &mut Self::Context) {
+                self.starts.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+
+        impl actix::Supervised for Flaky {
+            fn restarting(&mut self, _: &mut Self::Context) {
+                self.status.record_restart();
+            }
+        }
+
+        #[derive(Message)]
+        #[rtype(result = "()")]
+        struct Work(bool);
+
+        impl Handler<Work> for Flaky {
+            type Result = ();
+            fn handle(&mut self, msg: Work, ctx: &mut Self::Context) {
+                let fut = guarded(async move {
+                    let row: Option<Vec<u8>> = std::hint::black_box(None);
+                    if msg.0 {
+                        row.expect("NULL in a NOT NULL column");
+                    }
+                });
+                ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+                    if let Err(Panicked(what)) = res {
+                        act.status.record_panic(&what);
+                        ctx.stop();
+                    }
+                }));
+            }
+        }
+
+        #[actix_rt::test]
+        async fn a_panic_in_a_guarded_future_is_counted_and_the_actor_restarted_behind_the_same_address() {
+            let status = ActorStatus::new("flaky", true, RestartPolicy::default());
+            let starts = Arc::new(AtomicUsize::new(0));
+            let addr = {
+                let (status, starts) = (status.clone(), starts.clone());
+                Supervisor::start(move |_| Flaky { status, starts })
+            };
+            addr.send(Work(true)).await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while starts.load(Ordering::SeqCst) < 2 {
+                assert!(Instant::now() < deadline, "the actor was not restarted");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!((status.panics(), status.restarts()), (1, 1));
+            // The same address reaches the restarted actor.
+            addr.send(Work(false)).await.expect("the restarted actor answers");
+            assert_eq!(status.panics(), 1);
         }
     }
 }

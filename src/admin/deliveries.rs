@@ -75,33 +75,94 @@ async fn state_of(client: &deadpool_postgres::Object, id: Uuid) -> Result<String
         .get(0))
 }
 
-/// Retries a dead delivery: `pending`, due now, attempts kept.
+/// Retries a `dead` or `failed` delivery: `pending`, due now, attempts kept. A `failed` delivery (its route's filter
+/// or transform failed on the event) is evaluated again with the route's current programs first: it becomes
+/// `pending` with the new payload when they now succeed, and the answer is 422 naming the failure when they still
+/// fail, 409 when the filter no longer takes the event, 503 when the evaluation could not finish in time.
 #[utoipa::path(post, path = "/admin/v1/deliveries/{id}/retry", tag = "deliveries", security(("bearer" = [])),
     params(IdPath),
     responses((status = 200, body = DeliveryView), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody),
+              (status = 422, body = ProblemBody), (status = 503, body = ProblemBody),
               (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
 pub async fn retry(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
     let mut client = state.pool.get().await?;
+    let st = state_of(&client, path.id).await?;
+    // For a failed delivery: the payload its route yields now (None: the event's body).
+    let payload: Option<Vec<u8>> = match st.as_str() {
+        "dead" => None,
+        "failed" => reevaluate(&state, &client, path.id).await?,
+        other => {
+            return Err(AdminError::WrongState(format!(
+                "only dead or failed deliveries can be retried; this one is {other}"
+            )))
+        }
+    };
     let tx = client.transaction().await?;
     let row = tx
         .query_opt(
             &format!(
                 "UPDATE deliveries SET state = 'pending', next_attempt_at = now(), lease_owner = NULL, lease_id = NULL,
-                        lease_expires_at = NULL, updated_at = now()
-                 WHERE id = $1 AND state = 'dead'
+                        lease_expires_at = NULL, updated_at = now(),
+                        payload = CASE WHEN state = 'failed' THEN $3 ELSE payload END,
+                        last_error = CASE WHEN state = 'failed' THEN NULL ELSE last_error END
+                 WHERE id = $1 AND state = $2
                  RETURNING {DELIVERY_COLUMNS}"
             ),
-            &[&path.id],
+            &[&path.id, &st, &payload],
         )
         .await?;
     let Some(row) = row else {
         drop(tx);
-        let st = state_of(&client, path.id).await?;
-        return Err(AdminError::WrongState(format!("only dead deliveries can be retried; this one is {st}")));
+        let now = state_of(&client, path.id).await?;
+        return Err(AdminError::WrongState(format!("the delivery changed meanwhile; it is {now} now")));
     };
     notify_deliveries(&tx).await?;
     tx.commit().await?;
     Ok(HttpResponse::Ok().json(delivery_view(&row)))
+}
+
+/// Runs a failed delivery's route again on its event; the payload to deliver when it now succeeds.
+async fn reevaluate(
+    state: &AdminState,
+    client: &deadpool_postgres::Object,
+    id: Uuid,
+) -> Result<Option<Vec<u8>>, AdminError> {
+    use hookgate_actors::jq::{evaluate, RouteOutcome};
+    let row = client
+        .query_opt(
+            "SELECT d.route_id, e.id, e.source_id, s.slug, e.headers, e.body, e.type, e.received_at
+             FROM deliveries d
+             JOIN events e ON e.id = d.event_id
+             JOIN sources s ON s.id = e.source_id
+             WHERE d.id = $1",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| AdminError::WrongState("the delivery's event is no longer stored".into()))?;
+    let route_id: Uuid = row.get(0);
+    let event = super::events::StoredEvent {
+        id: row.get(1),
+        source_id: row.get(2),
+        source_slug: row.get(3),
+        headers: row.get(4),
+        body: row.get(5),
+        event_type: row.get(6),
+        received_at: row.get(7),
+    };
+    let catalog = state.catalog.get();
+    let route = catalog
+        .routes_for(event.source_id)
+        .iter()
+        .find(|r| r.id == route_id)
+        .cloned()
+        .ok_or_else(|| AdminError::WrongState("the delivery's route is disabled or gone".into()))?;
+    let input = std::sync::Arc::new(event.jq_input());
+    match evaluate(route.filter.clone(), route.transform.clone(), input, state.jq_timeout, state.jq_max_output).await {
+        RouteOutcome::Deliver(payload) => Ok(payload),
+        RouteOutcome::Skip => Err(AdminError::WrongState("the route's filter no longer takes this event".into())),
+        RouteOutcome::Failed(why) => Err(AdminError::Invalid(format!("the route still fails: {why}"))),
+        RouteOutcome::Unavailable(why) => Err(AdminError::Busy(why)),
+    }
 }
 
 /// Cancels a pending delivery that is not being attempted right now.

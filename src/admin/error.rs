@@ -46,6 +46,9 @@ pub enum AdminError {
     Invalid(String),
     #[error("the database is unavailable right now; retry later")]
     Unavailable,
+    /// Something could not be decided now (e.g. a route's jq program overran its time bound); retry later.
+    #[error("{0}; retry later")]
+    Busy(String),
     #[error("an unexpected error occurred")]
     Unexpected(#[from] anyhow::Error),
 }
@@ -63,6 +66,7 @@ impl AdminError {
             Self::WrongState(_) => ("wrong-state", "Not allowed in the current state"),
             Self::Invalid(_) => ("validation-failed", "Validation failed"),
             Self::Unavailable => ("storage-unavailable", "Storage unavailable"),
+            Self::Busy(_) => ("busy", "Try again later"),
             Self::Unexpected(_) => ("internal", "Internal error"),
         }
     }
@@ -106,7 +110,7 @@ impl ResponseError for AdminError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::SlugTaken(_) | Self::InUse(_) | Self::Declared(_) | Self::WrongState(_) => StatusCode::CONFLICT,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -129,7 +133,7 @@ impl ResponseError for AdminError {
             Self::Unauthorized => {
                 resp.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
             }
-            Self::Unavailable => {
+            Self::Unavailable | Self::Busy(_) => {
                 resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             _ => {}

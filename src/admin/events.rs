@@ -218,7 +218,7 @@ WHERE e.id = $1 AND e.received_at >= $2 AND e.received_at < $3";
 /// An event's deliveries; none is created before its event (`$2`: the window's start).
 pub const DELIVERIES_SQL: &str = "\
 SELECT id, event_id, route_id, destination_id, state, attempts, next_attempt_at, last_error, created_at, updated_at
-FROM deliveries WHERE event_id = $1 AND created_at >= $2 ORDER BY created_at, id";
+FROM deliveries WHERE event_id = $1 AND created_at >= $2 ORDER BY id";
 
 /// Where `received_at` of the event with this id lies: a day around the id's UUIDv7 time (ids and `received_at` are
 /// taken together at ingest, on one node's clock), or all time for an id that is not a UUIDv7.
@@ -319,6 +319,8 @@ pub struct StoredEvent {
     pub headers: serde_json::Value,
     pub body: Vec<u8>,
     pub event_type: Option<String>,
+    /// Also the partition key of the event's deliveries (one clock for both).
+    pub received_at: DateTime<Utc>,
 }
 
 impl StoredEvent {
@@ -338,17 +340,21 @@ pub async fn replay_into(
     only: Option<&[Uuid]>,
 ) -> Result<Vec<Uuid>, AdminError> {
     let catalog = state.catalog.get();
-    let planned = catalog.plan(event.source_id, || event.jq_input(), state.jq_timeout, state.jq_max_output).await;
+    let planned = catalog
+        .plan(event.source_id, || event.jq_input(), state.jq_timeout, state.jq_max_output)
+        .await
+        .map_err(|e| AdminError::Busy(e.to_string()))?;
     let mut ids = Vec::new();
     for p in planned.into_iter().filter(|p| only.is_none_or(|only| only.contains(&p.destination_id))) {
         let (st, payload) = match &p.failed {
             Some(_) => ("failed", None),
             None => ("pending", p.payload.as_ref().map(|b| b.to_vec())),
         };
+        // created_at is the event's received_at: a delivery lives in its event's partition and never outlives it.
         tx.execute(
-            "INSERT INTO deliveries (id, event_id, route_id, destination_id, state, payload, last_error)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[&p.id, &event.id, &p.route_id, &p.destination_id, &st, &payload, &p.failed],
+            "INSERT INTO deliveries (id, event_id, route_id, destination_id, state, payload, last_error, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[&p.id, &event.id, &p.route_id, &p.destination_id, &st, &payload, &p.failed, &event.received_at],
         )
         .await?;
         ids.push(p.id);
@@ -380,6 +386,7 @@ pub async fn replay(
         headers: row.get(6),
         body: row.get(7),
         event_type: row.get(8),
+        received_at: row.get(4),
     };
     let tx = client.transaction().await?;
     let ids = replay_into(&state, &tx, &event, only.as_deref()).await?;

@@ -279,7 +279,7 @@ async fn execute(state: &AdminState, job: &ReplayJob, mut cursor: Option<Uuid>) 
         // Oldest first, after the cursor: the (source_id, id) index with the time range pruning partitions.
         let rows = client
             .query(
-                "SELECT e.id, e.source_id, s.slug, e.headers, e.body, e.type
+                "SELECT e.id, e.source_id, s.slug, e.headers, e.body, e.type, e.received_at
                  FROM events e JOIN sources s ON s.id = e.source_id
                  WHERE e.source_id = $1 AND e.received_at >= $2 AND e.received_at < $3
                    AND ($4::uuid IS NULL OR e.id > $4)
@@ -300,6 +300,7 @@ async fn execute(state: &AdminState, job: &ReplayJob, mut cursor: Option<Uuid>) 
                 headers: r.get(3),
                 body: r.get(4),
                 event_type: r.get(5),
+                received_at: r.get(6),
             };
             if let Some(f) = &filter {
                 let input = event.jq_input();

@@ -138,7 +138,8 @@ async fn accept(
             state.jq_timeout,
             state.jq_max_output,
         )
-        .await;
+        .await
+        .map_err(|e| deferred(state, e))?;
     let event = NewEvent {
         id: Uuid::now_v7(),
         source_id: source.id,
@@ -153,6 +154,12 @@ async fn accept(
     let persisted = persist(state, event).await?;
     remember(state, source, key, persisted.id);
     Ok(Accepted::One(persisted))
+}
+
+/// A route that could not be evaluated now: nothing is stored, the producer retries (a time-out is never a verdict).
+fn deferred(state: &AppState, error: hookgate_actors::catalog::PlanError) -> IngestError {
+    tracing::warn!(message = "Routing deferred; answering 503.", %error);
+    IngestError::RoutingDeferred { retry_after_secs: state.retry_after_secs }
 }
 
 /// A CloudEvents batch: every event is decoded and routed first, then all are stored as one unit (all or nothing).
@@ -181,7 +188,8 @@ async fn accept_batch(
                 state.jq_timeout,
                 state.jq_max_output,
             )
-            .await;
+            .await
+            .map_err(|e| deferred(state, e))?;
         events.push(NewEvent {
             id: Uuid::now_v7(),
             source_id: source.id,

@@ -13,3 +13,4 @@ mod ingest;
 mod load;
 mod receiver;
 mod retention;
+mod stranding;
