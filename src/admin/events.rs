@@ -332,28 +332,43 @@ impl StoredEvent {
 
 /// Plans `event` against the current routes (restricted to `only` destinations) and inserts the new deliveries.
 pub async fn replay_into(
-    state: &AdminState,
+    planner: &ReplayPlanner<'_>,
     tx: &deadpool_postgres::Transaction<'_>,
     event: &StoredEvent,
     only: Option<&[Uuid]>,
 ) -> Result<Vec<Uuid>, AdminError> {
-    let catalog = state.catalog.get();
-    let planned = catalog.plan(event.source_id, || event.jq_input(), state.jq_timeout, state.jq_max_output).await;
+    let catalog = planner.catalog.get();
+    let planned = catalog.plan(event.source_id, || event.jq_input(), planner.jq_timeout, planner.jq_max_output).await;
     let mut ids = Vec::new();
     for p in planned.into_iter().filter(|p| only.is_none_or(|only| only.contains(&p.destination_id))) {
         let (st, payload) = match &p.failed {
             Some(_) => ("failed", None),
             None => ("pending", p.payload.as_ref().map(|b| b.to_vec())),
         };
+        // PostgreSQL refuses NUL in text; a jq error message may quote one.
+        let failed = p.failed.as_deref().map(|f| f.replace('\0', ""));
         tx.execute(
             "INSERT INTO deliveries (id, event_id, route_id, destination_id, state, payload, last_error)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[&p.id, &event.id, &p.route_id, &p.destination_id, &st, &payload, &p.failed],
+            &[&p.id, &event.id, &p.route_id, &p.destination_id, &st, &payload, &failed],
         )
         .await?;
         ids.push(p.id);
     }
     Ok(ids)
+}
+
+/// What planning a replay needs: the routing snapshot and the jq limits.
+pub struct ReplayPlanner<'a> {
+    pub catalog: &'a hookgate_actors::catalog::SharedCatalog,
+    pub jq_timeout: std::time::Duration,
+    pub jq_max_output: usize,
+}
+
+impl<'a> ReplayPlanner<'a> {
+    pub fn of(state: &'a AdminState) -> Self {
+        Self { catalog: &state.catalog, jq_timeout: state.jq_timeout, jq_max_output: state.jq_max_output }
+    }
 }
 
 /// Replays one event to all its routes, or to the chosen destinations: new deliveries, original attempts untouched.
@@ -382,7 +397,7 @@ pub async fn replay(
         event_type: row.get(8),
     };
     let tx = client.transaction().await?;
-    let ids = replay_into(&state, &tx, &event, only.as_deref()).await?;
+    let ids = replay_into(&ReplayPlanner::of(&state), &tx, &event, only.as_deref()).await?;
     notify_deliveries(&tx).await?;
     tx.commit().await?;
     let rows = client
