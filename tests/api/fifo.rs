@@ -86,7 +86,7 @@ async fn deliveries_of_one_batch_are_numbered_by_received_at_then_arrival() {
     let t0 = Utc::now();
     let ms = chrono::Duration::milliseconds;
     // One batch of four, in this arrival order; `z` and `y` were received at the same instant.
-    let writer = start_writer(&app, batch_of(4));
+    let writer = start_writer(&app, batch_of(4)).await;
     let replies: Vec<_> = [("b", t0), ("a", t0 + ms(1)), ("z", t0 + ms(2)), ("y", t0 + ms(2))]
         .into_iter()
         .map(|(key, at)| persist(&writer, event(source, key, at, vec![planned(route_id, dest, true)])))
@@ -110,7 +110,7 @@ async fn fifo_deliveries_keep_arrival_order_across_concurrent_flushes() {
     // One event per flush, four flushes at once: FIFO-carrying flushes must still commit one after the other,
     // while events without a FIFO delivery (here: none at all) keep flowing beside them.
     let cfg = WriterConfig { batch_max: 1, flush_interval_us: 0, max_inflight_flushes: 4, ..WriterConfig::default() };
-    let writer = start_writer(&app, cfg);
+    let writer = start_writer(&app, cfg).await;
     let keys: Vec<String> = (0..24).map(|i| format!("k{:02}", 23 - i)).collect();
     let mut replies = Vec::new();
     for (i, key) in keys.iter().enumerate() {

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use hookgate_actors::catalog::PlannedDelivery;
 use hookgate_actors::{
-    ActorStatus, EventWriter, HealthRegistry, NewEvent, Persist, PersistError, PersistMany, Persisted, RestartPolicy,
-    WriterConfig,
+    ActorStatus, Drain, EventWriter, HealthRegistry, NewEvent, Persist, PersistError, PersistMany, Persisted,
+    RestartPolicy, WriterConfig,
 };
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -20,11 +20,15 @@ use uuid::Uuid;
 use crate::helpers::{destination, route, spawn_app_with, TestApp};
 use crate::receiver::Receiver;
 
-/// An event writer of the test's own, on the app's database.
-pub fn start_writer(app: &TestApp, cfg: WriterConfig) -> Addr<EventWriter> {
+/// An event writer of the test's own, on the app's database, started (its mailbox capacity is set).
+pub async fn start_writer(app: &TestApp, cfg: WriterConfig) -> Addr<EventWriter> {
     let pool = hookgate::startup::build_pool(&app.settings.database).expect("pool");
     let status = ActorStatus::new("test_writer", false, RestartPolicy::default());
-    EventWriter::new(pool, cfg, status, HealthRegistry::new()).start()
+    let writer = EventWriter::new(pool, cfg, status, HealthRegistry::new()).start();
+    let (reply, drained) = oneshot::channel();
+    writer.send(Drain { reply }).await.expect("the writer runs");
+    answer(drained).await;
+    writer
 }
 
 /// A writer that flushes exactly when `batch_max` events are buffered (the interval is far beyond any test).
@@ -56,7 +60,7 @@ pub fn planned(route_id: Uuid, destination_id: Uuid, fifo: bool) -> PlannedDeliv
 
 pub fn persist(writer: &Addr<EventWriter>, event: NewEvent) -> oneshot::Receiver<Result<Persisted, PersistError>> {
     let (reply, rx) = oneshot::channel();
-    writer.do_send(Persist { event, reply });
+    writer.try_send(Persist { event, reply }).map_err(|_| "mailbox full").unwrap();
     rx
 }
 
@@ -65,7 +69,7 @@ fn persist_many(
     events: Vec<NewEvent>,
 ) -> oneshot::Receiver<Result<Vec<Persisted>, PersistError>> {
     let (reply, rx) = oneshot::channel();
-    writer.do_send(PersistMany { events, reply });
+    writer.try_send(PersistMany { events, reply }).map_err(|_| "mailbox full").unwrap();
     rx
 }
 
@@ -95,7 +99,7 @@ async fn a_poison_unit_fails_alone_and_the_rest_of_its_batch_commits() {
     let poison = || vec![planned(Uuid::now_v7(), dest, false)];
     let now = Utc::now();
 
-    let writer = start_writer(&app, batch_of(7));
+    let writer = start_writer(&app, batch_of(7)).await;
     let g1 = persist(&writer, event(source, "g1", now, good()));
     let p1 = persist(&writer, event(source, "p1", now, poison()));
     let many_ok = persist_many(&writer, vec![event(source, "g2", now, good()), event(source, "g3", now, good())]);
@@ -143,7 +147,7 @@ async fn a_batch_of_good_units_is_still_one_transaction_and_duplicates_are_answe
     let app = spawn_app_with(|_| {}).await;
     let source = id_of(&app, "SELECT id FROM sources WHERE slug = 'hmac'").await;
     let now = Utc::now();
-    let writer = start_writer(&app, batch_of(3));
+    let writer = start_writer(&app, batch_of(3)).await;
     let a = persist(&writer, event(source, "same", now, vec![]));
     let b = persist(&writer, event(source, "other", now, vec![]));
     let c = persist(&writer, event(source, "same", now, vec![]));
