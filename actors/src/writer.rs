@@ -383,7 +383,8 @@ async fn write_batch(pool: Pool, batch: Vec<Unit>, deadline: Duration) -> bool {
     let mut failed: Vec<Option<PersistError>> = vec![None; batch.len()];
     let mut db_up = true;
     // Ranges of units still to write, the next one last; the first half goes first so that arrival order holds.
-    let mut todo = vec![0..batch.len()];
+    let mut todo = Vec::new();
+    todo.push(0..batch.len());
     while let Some(range) = todo.pop() {
         let units = &batch[range.clone()];
         let result = match tokio::time::timeout(deadline, write_units(&pool, units)).await {
