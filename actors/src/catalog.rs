@@ -171,6 +171,8 @@ pub struct PlannedDelivery {
     pub id: Uuid,
     pub route_id: Uuid,
     pub destination_id: Uuid,
+    /// The destination is FIFO at planning time (the writer serializes flushes that carry such deliveries).
+    pub fifo: bool,
     /// The transform's output, when the route has one.
     pub payload: Option<Bytes>,
     /// Why the filter or transform failed (the delivery is stored as `failed`, never attempted).
@@ -225,6 +227,7 @@ impl Catalog {
                 id: Uuid::now_v7(),
                 route_id: route.id,
                 destination_id: route.destination_id,
+                fifo: self.destinations.get(&route.destination_id).is_some_and(|d| d.fifo),
                 payload,
                 failed,
             });

@@ -11,10 +11,25 @@
 //! committed together or not at all; a unit larger than `batch_max` is flushed alone. Single events stay single
 //! units, so their path is unchanged.
 //!
+//! Order: `event_keys` and `events` rows are inserted sorted by (source, idempotency key), so concurrent flushes
+//! take row locks in one global order and cannot deadlock. Deliveries are inserted in *arrival* order instead (the
+//! events' `received_at`, then the order the writer received them), with `deliveries.seq` drawn in that order, and
+//! `created_at` equal to their event's `received_at` (both tables are partitioned by those columns, so a delivery
+//! lands in its event's partition). A flush whose units carry a pending delivery to a FIFO destination never runs
+//! beside another such flush: at most one is in flight, so such deliveries commit in the order they arrived (their
+//! units wait in the buffer meanwhile; the other units keep flushing).
+//!
+//! A poison unit (one the database refuses for good, e.g. a delivery whose route was deleted meanwhile) does not fail
+//! its batch: on a non-transient error ([`PersistError::Internal`]) the batch is retried in halves, whole units only,
+//! until only the refused units fail. A transient error ([`PersistError::Unavailable`]) fails every unit not yet
+//! committed, as clients retry those. NUL characters, which PostgreSQL refuses in text, are stripped from the stored
+//! event type and delivery errors (ingest already refuses control characters in keys and types).
+//!
 //! Memory is bounded twice: the mailbox holds at most `mailbox_capacity` messages (senders use `try_send`), and the
 //! writer holds at most `max_pending` events (buffered plus in flight); past that it answers
 //! [`PersistError::Overloaded`] at once.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -96,6 +111,11 @@ impl Unit {
         one.into_iter().chain(many.iter())
     }
 
+    /// Carries a delivery to a FIFO destination that will be attempted (a failed one never is).
+    fn has_fifo(&self) -> bool {
+        self.events().any(|e| e.deliveries.iter().any(|d| d.fifo && d.failed.is_none()))
+    }
+
     fn fail(self, error: PersistError) {
         match self {
             Self::One(_, reply) => {
@@ -120,6 +140,8 @@ pub struct EventWriter {
     /// Events buffered or in flight.
     pending: usize,
     inflight: usize,
+    /// A flush carrying FIFO deliveries is in flight; the next such flush waits for it.
+    fifo_inflight: bool,
     /// Waiting `Drain` requests, answered when `pending` reaches zero.
     drains: Vec<oneshot::Sender<()>>,
 }
@@ -136,6 +158,7 @@ impl EventWriter {
             flush_timer: None,
             pending: 0,
             inflight: 0,
+            fifo_inflight: false,
             drains: Vec::new(),
         }
     }
@@ -145,23 +168,18 @@ impl EventWriter {
             ctx.cancel_future(h);
         }
         while !self.buffer.is_empty() && self.inflight < self.cfg.max_inflight_flushes.max(1) {
-            // Whole units only: a unit is never split across transactions (one bigger than batch_max goes alone).
-            let (mut units, mut n) = (0, 0);
-            for unit in &self.buffer {
-                if units > 0 && n + unit.len() > self.cfg.batch_max.max(1) {
-                    break;
-                }
-                units += 1;
-                n += unit.len();
-            }
-            let batch: Vec<Unit> = self.buffer.drain(..units).collect();
+            let Some((batch, n, fifo)) = self.take_batch() else { break };
             self.buffered -= n;
             self.inflight += 1;
+            self.fifo_inflight |= fifo;
             let pool = self.pool.clone();
             let deadline = self.cfg.flush_timeout();
             ctx.spawn(write_batch(pool, batch, deadline).into_actor(self).map(move |db_up, act, ctx| {
                 act.inflight -= 1;
                 act.pending -= n;
+                if fifo {
+                    act.fifo_inflight = false;
+                }
                 act.registry.set_postgres(if db_up { DependencyState::Up } else { DependencyState::Down });
                 if !act.buffer.is_empty() && (act.flush_timer.is_none() || act.cfg.flush_interval_us == 0) {
                     act.flush(ctx);
@@ -169,6 +187,43 @@ impl EventWriter {
                 act.answer_drains();
             }));
         }
+    }
+
+    /// Takes the next batch from the buffer, in arrival order: whole units only (a unit is never split across
+    /// transactions; one bigger than `batch_max` goes alone), and none that carries FIFO deliveries while another
+    /// such flush is in flight (those wait, in order, for it to finish). Returns the units, their event count and
+    /// whether they carry FIFO deliveries.
+    fn take_batch(&mut self) -> Option<(Vec<Unit>, usize, bool)> {
+        let max = self.cfg.batch_max.max(1);
+        let mut take = vec![false; self.buffer.len()];
+        let (mut units, mut n, mut fifo) = (0, 0, false);
+        for (i, unit) in self.buffer.iter().enumerate() {
+            let unit_fifo = unit.has_fifo();
+            if unit_fifo && self.fifo_inflight {
+                continue;
+            }
+            if units > 0 && n + unit.len() > max {
+                break;
+            }
+            take[i] = true;
+            units += 1;
+            n += unit.len();
+            fifo |= unit_fifo;
+        }
+        if units == 0 {
+            return None;
+        }
+        let mut batch = Vec::with_capacity(units);
+        let mut rest = Vec::with_capacity(self.buffer.len() - units);
+        for (unit, take) in self.buffer.drain(..).zip(take) {
+            if take {
+                batch.push(unit);
+            } else {
+                rest.push(unit);
+            }
+        }
+        self.buffer = rest;
+        Some((batch, n, fifo))
     }
 }
 
@@ -205,6 +260,7 @@ impl EventWriter {
         self.buffered = 0;
         self.pending = 0;
         self.inflight = 0;
+        self.fifo_inflight = false;
         self.flush_timer = None;
         self.answer_drains();
     }
@@ -298,9 +354,16 @@ INSERT INTO events (id, source_id, idempotency_key, received_at, content_type, h
 SELECT input.* FROM input JOIN fresh ON fresh.event_id = input.id
 RETURNING id";
 
+/// Deliveries in the order of the arrays (arrival order): `seq` values are drawn for the whole batch and assigned in
+/// ascending order by position, and `created_at` is the event's `received_at` (its partition key).
 const INSERT_DELIVERIES: &str = "\
-INSERT INTO deliveries (id, event_id, route_id, destination_id, state, payload, last_error)
-SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bytea[], $7::text[])";
+INSERT INTO deliveries (id, seq, event_id, route_id, destination_id, state, payload, last_error, created_at)
+SELECT u.id, s.seq, u.event_id, u.route_id, u.destination_id, u.state, u.payload, u.last_error, u.created_at
+FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bytea[], $7::text[], $8::timestamptz[])
+         WITH ORDINALITY AS u(id, event_id, route_id, destination_id, state, payload, last_error, created_at, ord)
+JOIN (SELECT row_number() OVER (ORDER BY v) AS ord, v AS seq
+      FROM (SELECT nextval('deliveries_seq') AS v FROM generate_series(1, cardinality($1::uuid[]))) drawn) s
+  ON s.ord = u.ord";
 
 /// The NOTIFY channel that wakes schedulers when new deliveries are committed.
 pub const DELIVERIES_CHANNEL: &str = "hookgate_deliveries";
@@ -309,48 +372,85 @@ const FIND_EXISTING: &str = "\
 SELECT event_id, source_id, idempotency_key FROM event_keys
 WHERE (source_id, idempotency_key) IN (SELECT * FROM UNNEST($1::uuid[], $2::text[]))";
 
-/// Writes one batch in one transaction and answers every sender. Returns whether PostgreSQL answered.
+/// Writes one batch and answers every sender. Returns whether PostgreSQL answered.
+///
+/// The batch is one transaction; when PostgreSQL refuses it for good ([`PersistError::Internal`]), its halves are
+/// retried (whole units, in order) until only the refused units remain, so one poison unit fails alone.
 async fn write_batch(pool: Pool, batch: Vec<Unit>, deadline: Duration) -> bool {
     let started = Instant::now();
-    let mut events: Vec<&NewEvent> = batch.iter().flat_map(Unit::events).collect();
-    let size = events.len();
-    // Concurrent flushes take row locks in one global order, so they cannot deadlock on shared keys.
-    events.sort_unstable_by(|a, b| (a.source_id, &a.idempotency_key).cmp(&(b.source_id, &b.idempotency_key)));
-    let result = match tokio::time::timeout(deadline, insert(&pool, &events)).await {
-        Ok(result) => result.map(|outcomes| {
-            events.iter().map(|e| e.id).zip(outcomes).collect::<HashMap<Uuid, Result<Persisted, PersistError>>>()
-        }),
-        Err(_) => Err(PersistError::Unavailable(format!("flush did not finish within {deadline:?}"))),
-    };
-    drop(events);
-    let db_up = !matches!(result, Err(PersistError::Unavailable(_)));
-    metrics::histogram!("hookgate_writer_batch_size").record(size as f64);
-    metrics::histogram!("hookgate_writer_flush_seconds").record(started.elapsed().as_secs_f64());
-    match result {
-        Ok(mut outcomes) => {
-            let mut take = |e: &NewEvent| {
-                outcomes.remove(&e.id).unwrap_or_else(|| Err(PersistError::Internal("event missing from batch".into())))
-            };
-            for unit in batch {
-                match unit {
-                    Unit::One(event, reply) => {
-                        let _ = reply.send(take(&event));
-                    }
-                    Unit::Many(events, reply) => {
-                        let _ = reply.send(events.iter().map(&mut take).collect());
-                    }
+    let size: usize = batch.iter().map(Unit::len).sum();
+    let mut outcomes: HashMap<Uuid, Result<Persisted, PersistError>> = HashMap::with_capacity(size);
+    let mut failed: Vec<Option<PersistError>> = vec![None; batch.len()];
+    let mut db_up = true;
+    // Ranges of units still to write, the next one last; the first half goes first so that arrival order holds.
+    let mut todo = Vec::new();
+    todo.push(0..batch.len());
+    while let Some(range) = todo.pop() {
+        let units = &batch[range.clone()];
+        let result = match tokio::time::timeout(deadline, write_units(&pool, units)).await {
+            Ok(result) => result,
+            Err(_) => Err(PersistError::Unavailable(format!("flush did not finish within {deadline:?}"))),
+        };
+        match result {
+            Ok(stored) => outcomes.extend(stored),
+            Err(PersistError::Internal(error)) if units.len() > 1 => {
+                tracing::debug!(message = "Event batch refused; retrying it in halves.", units = units.len(), %error);
+                let mid = range.start + units.len() / 2;
+                todo.push(mid..range.end);
+                todo.push(range.start..mid);
+            }
+            Err(error) => {
+                let (n, unavailable) = (units.len(), matches!(error, PersistError::Unavailable(_)));
+                metrics::counter!("hookgate_writer_flush_failures_total").increment(1);
+                tracing::warn!(message = "Events not stored.", units = n, batch = size, %error);
+                // A transient error fails the rest of the batch too: the database is away, the clients retry.
+                let rest = if unavailable { std::mem::take(&mut todo) } else { Vec::new() };
+                for i in range.chain(rest.into_iter().flatten()) {
+                    failed[i] = Some(error.clone());
                 }
+                db_up &= !unavailable;
             }
         }
-        Err(error) => {
-            metrics::counter!("hookgate_writer_flush_failures_total").increment(1);
-            tracing::warn!(message = "Event batch not stored.", batch = size, %error);
-            for unit in batch {
-                unit.fail(error.clone());
+    }
+    metrics::histogram!("hookgate_writer_batch_size").record(size as f64);
+    metrics::histogram!("hookgate_writer_flush_seconds").record(started.elapsed().as_secs_f64());
+    let mut take = |e: &NewEvent| {
+        outcomes.remove(&e.id).unwrap_or_else(|| Err(PersistError::Internal("event missing from batch".into())))
+    };
+    for (unit, failed) in batch.into_iter().zip(failed) {
+        match (unit, failed) {
+            (unit, Some(error)) => unit.fail(error),
+            (Unit::One(event, reply), None) => {
+                let _ = reply.send(take(&event));
+            }
+            (Unit::Many(events, reply), None) => {
+                let _ = reply.send(events.iter().map(&mut take).collect());
             }
         }
     }
     db_up
+}
+
+/// Writes `units` in one transaction; returns each event's outcome by id.
+async fn write_units(
+    pool: &Pool,
+    units: &[Unit],
+) -> Result<HashMap<Uuid, Result<Persisted, PersistError>>, PersistError> {
+    let arrival: Vec<&NewEvent> = units.iter().flat_map(Unit::events).collect();
+    let mut sorted = arrival.clone();
+    // Concurrent flushes take row locks in one global order, so they cannot deadlock on shared keys.
+    sorted.sort_unstable_by(|a, b| (a.source_id, &a.idempotency_key).cmp(&(b.source_id, &b.idempotency_key)));
+    let outcomes = insert(pool, &sorted, &arrival).await?;
+    Ok(sorted.iter().map(|e| e.id).zip(outcomes).collect())
+}
+
+/// `s` without NUL characters, which PostgreSQL refuses in text (borrowed when it has none).
+fn without_nul(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', ""))
+    } else {
+        Cow::Borrowed(s)
+    }
 }
 
 /// The `INSERT_EVENTS` parameters of one batch: one array per column, in statement order.
@@ -362,7 +462,7 @@ pub struct EventColumns<'a> {
     content_types: Vec<Option<&'a str>>,
     headers: Vec<&'a serde_json::Value>,
     bodies: Vec<&'a [u8]>,
-    types: Vec<Option<&'a str>>,
+    types: Vec<Option<Cow<'a, str>>>,
 }
 
 impl<'a> EventColumns<'a> {
@@ -390,7 +490,7 @@ impl<'a> EventColumns<'a> {
             content_types: events.iter().map(|e| e.content_type.as_deref()).collect(),
             headers: events.iter().map(|e| &e.headers).collect(),
             bodies: events.iter().map(|e| e.body.as_ref()).collect(),
-            types: events.iter().map(|e| e.event_type.as_deref()).collect(),
+            types: events.iter().map(|e| e.event_type.as_deref().map(without_nul)).collect(),
         }
     }
 
@@ -408,7 +508,13 @@ impl<'a> EventColumns<'a> {
     }
 }
 
-async fn insert(pool: &Pool, events: &[&NewEvent]) -> Result<Vec<Result<Persisted, PersistError>>, PersistError> {
+/// Inserts `events` (sorted by key) and the deliveries of the new ones (in `arrival` order, the same events) in one
+/// transaction; one outcome per event of `events`, in its order.
+async fn insert(
+    pool: &Pool,
+    events: &[&NewEvent],
+    arrival: &[&NewEvent],
+) -> Result<Vec<Result<Persisted, PersistError>>, PersistError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(db_error)?;
     let insert = tx.prepare_cached(INSERT_EVENTS).await.map_err(db_error)?;
@@ -431,7 +537,7 @@ async fn insert(pool: &Pool, events: &[&NewEvent]) -> Result<Vec<Result<Persiste
             }
         }
     }
-    insert_deliveries(&tx, events, &inserted).await?;
+    insert_deliveries(&tx, arrival, &inserted).await?;
     tx.commit().await.map_err(db_error)?;
 
     Ok(events
@@ -450,17 +556,17 @@ async fn insert(pool: &Pool, events: &[&NewEvent]) -> Result<Vec<Result<Persiste
 }
 
 /// Inserts the planned deliveries of the events stored now (a duplicate's deliveries exist already) and wakes the
-/// schedulers at COMMIT.
+/// schedulers at COMMIT. `events` is in arrival order; deliveries are inserted (and numbered) by the events'
+/// `received_at`, ties in that order.
 async fn insert_deliveries(
     tx: &deadpool_postgres::Transaction<'_>,
     events: &[&NewEvent],
     inserted: &HashSet<Uuid>,
 ) -> Result<(), PersistError> {
-    let planned: Vec<(&NewEvent, &crate::catalog::PlannedDelivery)> = events
-        .iter()
-        .filter(|e| inserted.contains(&e.id))
-        .flat_map(|e| e.deliveries.iter().map(move |d| (*e, d)))
-        .collect();
+    let mut stored: Vec<&NewEvent> = events.iter().copied().filter(|e| inserted.contains(&e.id)).collect();
+    stored.sort_by_key(|e| e.received_at); // stable: arrival order among equal timestamps
+    let planned: Vec<(&NewEvent, &crate::catalog::PlannedDelivery)> =
+        stored.iter().flat_map(|e| e.deliveries.iter().map(move |d| (*e, d))).collect();
     if planned.is_empty() {
         return Ok(());
     }
@@ -471,9 +577,10 @@ async fn insert_deliveries(
     let states: Vec<&str> =
         planned.iter().map(|(_, d)| if d.failed.is_some() { "failed" } else { "pending" }).collect();
     let payloads: Vec<Option<&[u8]>> = planned.iter().map(|(_, d)| d.payload.as_deref()).collect();
-    let errors: Vec<Option<&str>> = planned.iter().map(|(_, d)| d.failed.as_deref()).collect();
+    let errors: Vec<Option<Cow<'_, str>>> = planned.iter().map(|(_, d)| d.failed.as_deref().map(without_nul)).collect();
+    let created: Vec<chrono::DateTime<chrono::Utc>> = planned.iter().map(|(e, _)| e.received_at).collect();
     let stmt = tx.prepare_cached(INSERT_DELIVERIES).await.map_err(db_error)?;
-    tx.execute(&stmt, &[&ids, &event_ids, &routes, &destinations, &states, &payloads, &errors])
+    tx.execute(&stmt, &[&ids, &event_ids, &routes, &destinations, &states, &payloads, &errors, &created])
         .await
         .map_err(db_error)?;
     if states.contains(&"pending") {

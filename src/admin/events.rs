@@ -334,14 +334,14 @@ impl StoredEvent {
 
 /// Plans `event` against the current routes (restricted to `only` destinations) and inserts the new deliveries.
 pub async fn replay_into(
-    state: &AdminState,
+    planner: &ReplayPlanner<'_>,
     tx: &deadpool_postgres::Transaction<'_>,
     event: &StoredEvent,
     only: Option<&[Uuid]>,
 ) -> Result<Vec<Uuid>, AdminError> {
-    let catalog = state.catalog.get();
+    let catalog = planner.catalog.get();
     let planned = catalog
-        .plan(event.source_id, || event.jq_input(), state.jq_timeout, state.jq_max_output)
+        .plan(event.source_id, || event.jq_input(), planner.jq_timeout, planner.jq_max_output)
         .await
         .map_err(|e| AdminError::Busy(e.to_string()))?;
     let mut ids = Vec::new();
@@ -351,6 +351,7 @@ pub async fn replay_into(
             None => ("pending", p.payload.as_ref().map(|b| b.to_vec())),
         };
         // created_at is the event's received_at: a delivery lives in its event's partition and never outlives it.
+        // (`failed` has no NUL: the plan strips it, as PostgreSQL text cannot hold one.)
         tx.execute(
             "INSERT INTO deliveries (id, event_id, route_id, destination_id, state, payload, last_error, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -360,6 +361,19 @@ pub async fn replay_into(
         ids.push(p.id);
     }
     Ok(ids)
+}
+
+/// What planning a replay needs: the routing snapshot and the jq limits.
+pub struct ReplayPlanner<'a> {
+    pub catalog: &'a hookgate_actors::catalog::SharedCatalog,
+    pub jq_timeout: std::time::Duration,
+    pub jq_max_output: usize,
+}
+
+impl<'a> ReplayPlanner<'a> {
+    pub fn of(state: &'a AdminState) -> Self {
+        Self { catalog: &state.catalog, jq_timeout: state.jq_timeout, jq_max_output: state.jq_max_output }
+    }
 }
 
 /// Replays one event to all its routes, or to the chosen destinations: new deliveries, original attempts untouched.
@@ -389,7 +403,7 @@ pub async fn replay(
         received_at: row.get(4),
     };
     let tx = client.transaction().await?;
-    let ids = replay_into(&state, &tx, &event, only.as_deref()).await?;
+    let ids = replay_into(&ReplayPlanner::of(&state), &tx, &event, only.as_deref()).await?;
     notify_deliveries(&tx).await?;
     tx.commit().await?;
     let rows = client

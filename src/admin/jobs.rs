@@ -4,6 +4,14 @@
 //! current routes, or to chosen destinations, by inserting new deliveries. Any node's task may take a queued job,
 //! or a running one whose owner stopped heart-beating; it works in batches after `cursor_id`, records progress after
 //! each batch (in the batch's transaction) and stops at the next batch once `cancel_requested` is set.
+//!
+//! Jobs are fenced like delivery leases. Taking a job sets a new random `lease_id` (the fencing token). Each batch
+//! is one transaction that first heart-beats the job `WHERE id = $1 AND lease_id = $2` (which also locks the row
+//! until COMMIT, so no node can take the job over while a batch is being written: the take-over query skips locked
+//! rows), then reads the events after the stored cursor, inserts their deliveries and records progress under the
+//! same condition. When the lease was taken over between two batches, the check finds no row: the batch is rolled
+//! back and the node abandons the job (logged); the final status update is fenced the same way. [`JobRunner`]
+//! exposes the steps (`take`, `step`, `finish`) so that tests can interleave two nodes deterministically.
 //! The same task removes rotated-out destination secrets once their grace period is over.
 
 use std::sync::Arc;
@@ -11,6 +19,8 @@ use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use hookgate_actors::catalog::SharedCatalog;
 use hookgate_actors::jq::{JqProgram, RouteOutcome};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
@@ -18,10 +28,14 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::ProblemBody;
-use super::events::{destination_ids, replay_into, StoredEvent};
+use super::events::{destination_ids, replay_into, ReplayPlanner, StoredEvent};
 use super::sources::IdPath;
 use super::{notify_catalog, notify_deliveries, AdminError, AdminState};
 
+/// Batches in a row that may be deferred (a jq time-out, the database away) before the job fails.
+const MAX_TRANSIENT_RETRIES: u32 = 30;
+/// The pause before a deferred batch is tried again.
+const TRANSIENT_PAUSE: Duration = Duration::from_secs(1);
 /// Events per batch (one transaction each).
 const BATCH: i64 = 200;
 /// A running job whose heartbeat is older than this is taken over by another node.
@@ -217,80 +231,152 @@ async fn expire_secrets(state: &AdminState) -> Result<(), AdminError> {
 
 /// Takes one job (queued, or running with a stale heartbeat) and runs it to its end. Returns whether one ran.
 pub async fn run_one(state: &AdminState, node: &str) -> Result<bool, AdminError> {
-    let client = state.pool.get().await?;
-    let row = client
-        .query_opt(
-            &format!(
-                "UPDATE replay_jobs SET status = 'running', owner = $1, heartbeat_at = now(), updated_at = now()
-                 WHERE id = (SELECT id FROM replay_jobs
-                             WHERE status = 'queued'
-                                OR (status = 'running' AND heartbeat_at < now() - make_interval(secs => $2))
-                             ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-                 RETURNING {COLUMNS}, cursor_id"
-            ),
-            &[&node, &STALE_SECS],
-        )
-        .await?;
-    let Some(row) = row else { return Ok(false) };
-    let job = view(&row);
-    let cursor: Option<Uuid> = row.get(14);
-    drop(client);
-    tracing::info!(message = "Replay job started.", job = %job.id);
-    let outcome = execute(state, &job, cursor).await;
-    let client = state.pool.get().await?;
-    match outcome {
-        Ok(cancelled) => {
-            let status = if cancelled { "cancelled" } else { "succeeded" };
-            client
-                .execute(
-                    "UPDATE replay_jobs SET status = $2, updated_at = now() WHERE id = $1 AND status = 'running'",
-                    &[&job.id, &status],
-                )
-                .await?;
-            tracing::info!(message = "Replay job ended.", job = %job.id, status);
-        }
-        Err(e) => {
-            tracing::warn!(message = "Replay job failed.", job = %job.id, error = %e);
-            client
-                .execute(
-                    "UPDATE replay_jobs SET status = 'failed', error = $2, updated_at = now()
-                     WHERE id = $1 AND status = 'running'",
-                    &[&job.id, &e.to_string()],
-                )
-                .await?;
-        }
-    }
-    Ok(true)
+    JobRunner::new(state).run_one(node).await
 }
 
-/// Runs batches until the range is done (Ok(false)) or the job was cancelled (Ok(true)).
-async fn execute(state: &AdminState, job: &ReplayJob, mut cursor: Option<Uuid>) -> Result<bool, AdminError> {
-    let filter = match job.filter.as_deref().filter(|f| !f.trim().is_empty()) {
-        Some(f) => Some(JqProgram::compile(f).map_err(|e| AdminError::Invalid(format!("filter: {e}")))?),
-        None => None,
-    };
-    loop {
-        let mut client = state.pool.get().await?;
-        let cancel: bool =
-            client.query_one("SELECT cancel_requested FROM replay_jobs WHERE id = $1", &[&job.id]).await?.get(0);
-        if cancel {
-            return Ok(true);
+/// A job this node took: the job as it was then, and the fencing token every later write must still match.
+#[derive(Debug)]
+pub struct JobLease {
+    pub job: ReplayJob,
+    pub node: String,
+    pub lease_id: Uuid,
+}
+
+/// What one batch ([`JobRunner::step`]) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A batch was committed; more may follow.
+    Progressed,
+    /// No event is left after the cursor.
+    Done,
+    /// `cancel_requested` is set.
+    Cancelled,
+    /// Another node took the job over: nothing was written, and this node must stop working on it.
+    LeaseLost,
+}
+
+/// Runs replay jobs: take one, run its batches, record how it ended, every write fenced by the job's lease.
+pub struct JobRunner {
+    pub pool: Pool,
+    pub catalog: Arc<SharedCatalog>,
+    pub jq_timeout: Duration,
+    pub jq_max_output: usize,
+    /// Events per batch (one transaction each).
+    pub batch: i64,
+}
+
+impl JobRunner {
+    pub fn new(state: &AdminState) -> Self {
+        Self {
+            pool: state.pool.clone(),
+            catalog: state.catalog.clone(),
+            jq_timeout: state.jq_timeout,
+            jq_max_output: state.jq_max_output,
+            batch: BATCH,
         }
+    }
+
+    /// Takes one job and runs it until it ends, is cancelled or is taken over. Returns whether one was taken.
+    pub async fn run_one(&self, node: &str) -> Result<bool, AdminError> {
+        let Some(lease) = self.take(node).await? else { return Ok(false) };
+        tracing::info!(message = "Replay job started.", job = %lease.job.id, lease = %lease.lease_id);
+        let mut transient = 0u32;
+        let outcome = loop {
+            match self.step(&lease).await {
+                Ok(Step::Progressed) => transient = 0,
+                Ok(step) => break Ok(step),
+                // A time-out (jq, database) says nothing about the job: the batch was rolled back; try it again.
+                Err(e @ (AdminError::Busy(_) | AdminError::Unavailable)) if transient < MAX_TRANSIENT_RETRIES => {
+                    transient += 1;
+                    tracing::warn!(message = "Replay batch deferred; retrying.", job = %lease.job.id, error = %e);
+                    tokio::time::sleep(TRANSIENT_PAUSE).await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match outcome {
+            Ok(Step::LeaseLost) => {}
+            Ok(step) => {
+                let status = if step == Step::Cancelled { "cancelled" } else { "succeeded" };
+                if self.finish(&lease, status, None).await? {
+                    tracing::info!(message = "Replay job ended.", job = %lease.job.id, status);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(message = "Replay job failed.", job = %lease.job.id, error = %e);
+                self.finish(&lease, "failed", Some(&e.to_string())).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Takes the oldest queued job, or a running one whose owner stopped heart-beating, with a new lease.
+    pub async fn take(&self, node: &str) -> Result<Option<JobLease>, AdminError> {
+        let client = self.pool.get().await?;
+        let lease_id = Uuid::new_v4();
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE replay_jobs SET status = 'running', owner = $1, lease_id = $3, heartbeat_at = now(),
+                            updated_at = now()
+                     WHERE id = (SELECT id FROM replay_jobs
+                                 WHERE status = 'queued'
+                                    OR (status = 'running' AND heartbeat_at < now() - make_interval(secs => $2))
+                                 ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+                     RETURNING {COLUMNS}"
+                ),
+                &[&node, &STALE_SECS, &lease_id],
+            )
+            .await?;
+        Ok(row.map(|row| JobLease { job: view(&row), node: node.to_owned(), lease_id }))
+    }
+
+    /// Runs one batch in one transaction, fenced by the lease (see the module documentation).
+    pub async fn step(&self, lease: &JobLease) -> Result<Step, AdminError> {
+        let job = &lease.job;
+        let filter = match job.filter.as_deref().filter(|f| !f.trim().is_empty()) {
+            Some(f) => Some(JqProgram::compile(f).map_err(|e| AdminError::Invalid(format!("filter: {e}")))?),
+            None => None,
+        };
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // The heartbeat checks the lease and locks the row until COMMIT: no take-over while this batch runs.
+        let row = tx
+            .query_opt(
+                "UPDATE replay_jobs SET heartbeat_at = clock_timestamp(), updated_at = now()
+                 WHERE id = $1 AND lease_id = $2 AND status = 'running'
+                 RETURNING cancel_requested, cursor_id",
+                &[&job.id, &lease.lease_id],
+            )
+            .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            tracing::warn!(message = "Replay job taken over by another node; abandoning it here.", job = %job.id,
+                           node = %lease.node, lease = %lease.lease_id);
+            return Ok(Step::LeaseLost);
+        };
+        if row.get::<_, bool>(0) {
+            tx.commit().await?;
+            return Ok(Step::Cancelled);
+        }
+        let cursor: Option<Uuid> = row.get(1);
         // Oldest first, after the cursor: the (source_id, id) index with the time range pruning partitions.
-        let rows = client
+        let rows = tx
             .query(
                 "SELECT e.id, e.source_id, s.slug, e.headers, e.body, e.type, e.received_at
                  FROM events e JOIN sources s ON s.id = e.source_id
                  WHERE e.source_id = $1 AND e.received_at >= $2 AND e.received_at < $3
                    AND ($4::uuid IS NULL OR e.id > $4)
                  ORDER BY e.id LIMIT $5",
-                &[&job.source_id, &job.from, &job.to, &cursor, &BATCH],
+                &[&job.source_id, &job.from, &job.to, &cursor, &self.batch.max(1)],
             )
             .await?;
         if rows.is_empty() {
-            return Ok(false);
+            tx.commit().await?;
+            return Ok(Step::Done);
         }
-        let tx = client.transaction().await?;
+        let planner =
+            ReplayPlanner { catalog: &self.catalog, jq_timeout: self.jq_timeout, jq_max_output: self.jq_max_output };
         let (mut matched, mut created) = (0i64, 0i64);
         for r in &rows {
             let event = StoredEvent {
@@ -308,29 +394,57 @@ async fn execute(state: &AdminState, job: &ReplayJob, mut cursor: Option<Uuid>) 
                     Some(f.clone()),
                     None,
                     Arc::new(input),
-                    state.jq_timeout,
-                    state.jq_max_output,
+                    self.jq_timeout,
+                    self.jq_max_output,
                 )
                 .await;
-                if !matches!(outcome, RouteOutcome::Deliver(_)) {
-                    continue;
+                match outcome {
+                    RouteOutcome::Deliver(_) => {}
+                    // Not evaluated in time: this batch is not decided; it rolls back and is tried again.
+                    RouteOutcome::Unavailable(why) => return Err(AdminError::Busy(format!("job filter: {why}"))),
+                    RouteOutcome::Skip | RouteOutcome::Failed(_) => continue,
                 }
             }
             matched += 1;
-            created += replay_into(state, &tx, &event, job.destinations.as_deref()).await?.len() as i64;
+            created += replay_into(&planner, &tx, &event, job.destinations.as_deref()).await?.len() as i64;
         }
-        cursor = rows.last().map(|r| r.get(0));
-        tx.execute(
-            "UPDATE replay_jobs SET cursor_id = $2, events_scanned = events_scanned + $3,
-                    events_matched = events_matched + $4, deliveries_created = deliveries_created + $5,
-                    heartbeat_at = now(), updated_at = now()
-             WHERE id = $1",
-            &[&job.id, &cursor, &(rows.len() as i64), &matched, &created],
-        )
-        .await?;
+        let cursor: Option<Uuid> = rows.last().map(|r| r.get(0));
+        let n = tx
+            .execute(
+                "UPDATE replay_jobs SET cursor_id = $3, events_scanned = events_scanned + $4,
+                        events_matched = events_matched + $5, deliveries_created = deliveries_created + $6,
+                        heartbeat_at = clock_timestamp(), updated_at = clock_timestamp()
+                 WHERE id = $1 AND lease_id = $2",
+                &[&job.id, &lease.lease_id, &cursor, &(rows.len() as i64), &matched, &created],
+            )
+            .await?;
+        if n == 0 {
+            // Cannot happen while the row is locked; never commit a batch whose progress was not recorded.
+            tx.rollback().await?;
+            tracing::warn!(message = "Replay job lease lost mid-batch; abandoning it here.", job = %job.id);
+            return Ok(Step::LeaseLost);
+        }
         if created > 0 {
             notify_deliveries(&tx).await?;
         }
         tx.commit().await?;
+        Ok(Step::Progressed)
+    }
+
+    /// Records how the job ended, if this node still holds its lease. Returns whether it did.
+    pub async fn finish(&self, lease: &JobLease, status: &str, error: Option<&str>) -> Result<bool, AdminError> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                "UPDATE replay_jobs SET status = $3, error = COALESCE($4, error), updated_at = now()
+                 WHERE id = $1 AND lease_id = $2 AND status = 'running'",
+                &[&lease.job.id, &lease.lease_id, &status, &error],
+            )
+            .await?;
+        if n == 0 {
+            tracing::warn!(message = "Replay job taken over by another node; its end is not recorded here.",
+                           job = %lease.job.id, status);
+        }
+        Ok(n > 0)
     }
 }

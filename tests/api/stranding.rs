@@ -6,6 +6,7 @@ use std::time::Duration;
 use hookgate::config::{AdminRole, AdminToken};
 use hookgate_actors::janitor::{RunNow, EXPIRED_REASON};
 use hookgate_actors::scheduler::{CLAIM_LOCK, ORPHAN_REASON};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{destination, eventually, route, spawn_app_with, TestApp};
@@ -224,4 +225,34 @@ async fn retention_makes_unfinished_deliveries_dead_loudly_before_dropping_their
         "the expiry is counted per destination"
     );
     assert!(!EXPIRED_REASON.is_empty());
+}
+#[actix_rt::test]
+async fn an_event_and_its_deliveries_share_one_partition_key() {
+    let rx = Receiver::start(vec![], None);
+    let app = spawn_app_with(with_sink(rx.url.clone())).await;
+    let a = app.post_signed(br#"{"n":1}"#, "same-clock").await;
+    assert_eq!(a.status, 202);
+    let same: bool = app
+        .db
+        .query_one(
+            "SELECT bool_and(d.created_at = e.received_at) FROM deliveries d JOIN events e ON e.id = d.event_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(same, "a delivery's created_at is its event's received_at");
+    // A replay of the event keeps the rule.
+    let r = app.admin("post", &format!("/events/{}/replay", a.id()), Some(WRITE), Some(json!({}))).await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    let n: i64 = app
+        .db
+        .query_one(
+            "SELECT count(*) FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.created_at = e.received_at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
 }
