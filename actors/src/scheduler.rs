@@ -491,9 +491,9 @@ impl ClaimRound {
             if let (Some(rate), true) = (d.rate_limit, used < *granted) {
                 self.limits.return_tokens(self.redis.clone(), d.id, rate, granted - used).await;
             }
-            if used == 0 {
-                // Admitted but nothing sent: a half-open probe slot must not sit unused until it expires.
-                self.limits.release_probe(self.redis.clone(), d.id).await;
+            if used < *granted {
+                // Admitted but not sent: half-open and ramping grants must not sit unused until they expire.
+                self.limits.release_grants(self.redis.clone(), d.id, granted - used).await;
             }
         }
         metrics::counter!("hookgate_scheduler_claimed_total").increment(jobs.len() as u64);
