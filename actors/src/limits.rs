@@ -285,7 +285,7 @@ end
 local allow
 if state == 1 then
   local since = now - (tonumber(h[2]) or 0)
-  if since >= 0 and since < (tonumber(h[3]) or 0) then
+  if since >= 0 and since < (tonumber(h[3]) or grant_ms) then
     return {0, 1}
   end
   redis.call('DEL', gkey)
