@@ -150,11 +150,12 @@ async fn a_backlog_built_while_the_circuit_was_open_drains_without_thrashing_int
         matches!(state().await, CircuitState::Ramping | CircuitState::Closed).then_some(())
     })
     .await;
-    // From the breaker's close, the whole backlog within 25 s. The old breaker closed fully on the probe's success,
-    // sent 64 connections at once, counted those whose SYN was dropped twice (they time out together at 2 s) as
-    // consecutive failures and re-opened for open_secs (30 s): emulated (burst rule, ramp and back-off off), it
-    // delivered ~450 before re-opening ~3 s after the close, so it cannot meet this deadline. (The issue asks for
-    // 15 s; this debug build on a loaded 2-core machine took 10.6 to 15.3 s, hence the margin.)
+    // From the breaker's close, the whole backlog within 25 s (the issue asks for 15 s; this debug build on a loaded
+    // 2-core machine took 10.6 to 15.3 s, hence the margin). The old breaker closed fully on the probe's success and
+    // sent 64 connections at once; when those whose SYN was dropped twice timed out together at 2 s it counted them
+    // as 5+ consecutive failures and re-opened for open_secs (30 s), which this deadline does not allow. Emulated
+    // here (burst rule, ramp and back-off off) it did so in one run of two (~450 delivered, re-opened ~3 s after the
+    // close); in the other the timeouts were interleaved with successes. The unit tests in limits.rs pin the rules.
     eventually(&format!("all {EVENTS} delivered within 25 s of the close"), Duration::from_secs(25), || async {
         let n: i64 = app.db.query_one(DELIVERED, &[]).await.unwrap().get(0);
         (n == EVENTS as i64).then_some(())
