@@ -635,6 +635,9 @@ pub struct Limits {
     scripts: Scripts,
     /// Whether the last Redis attempt failed (to log transitions, not every call).
     degraded: AtomicBool,
+    /// Destinations whose last `admit` here answered half-open or ramping: only those can have grants to release,
+    /// so releasing skips Redis for the others (the claim round releases after every round with unused budget).
+    probing: Mutex<std::collections::HashSet<Uuid>>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -677,6 +680,7 @@ impl Limits {
                 give_back: Script::new(&format!("{NOW}{RL_REFILL}{RL_RETURN}")),
             },
             degraded: AtomicBool::new(false),
+            probing: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -794,6 +798,12 @@ impl Limits {
                 }
             };
         observe(dest, state);
+        let mut probing = self.probing.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(state, CircuitState::HalfOpen | CircuitState::Ramping) {
+            probing.insert(dest);
+        } else {
+            probing.remove(&dest);
+        }
         (n, scope)
     }
 
@@ -828,9 +838,10 @@ impl Limits {
     }
 
     /// Gives back `n` grants that `admit` handed out while half-open or ramping but that were not used (nothing was
-    /// sent), so that the next round may use them at once. Does nothing in other states.
+    /// sent), so that the next round may use them at once. Does nothing in other states (nor when this process's
+    /// last `admit` for `dest` answered closed or open: then it handed out no grants).
     pub async fn release_grants(&self, conn: Option<MultiplexedConnection>, dest: Uuid, n: u32) {
-        if n == 0 {
+        if n == 0 || !self.probing.lock().unwrap_or_else(|e| e.into_inner()).contains(&dest) {
             return;
         }
         let p = self.params;
