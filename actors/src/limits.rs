@@ -37,7 +37,7 @@
 //! - [`Limits::state`] returns the stored state: an open circuit whose period has passed stays `Open` until a caller
 //!   of [`Limits::admit`] takes the probe. [`Limits::health`] adds the allowance, grants and back-off.
 //!
-//! Keys (both with a PEXPIRE refreshed on every write, so an idle destination leaves nothing behind):
+//! Keys (all with a PEXPIRE refreshed on every write, so an idle destination leaves nothing behind):
 //! - `{prefix}:cb:{dest}` (hash): `state`, `consec` (counted consecutive failures), `lastfail` (ms the last counted
 //!   failure was recorded), the window `wstart`/`wtotal`/`wfail`, `opened` (ms), `period` (ms of the current open
 //!   period), `opens` (opens since the last full close: the back-off), `since` (ms the probe phase began), `allow`
