@@ -119,7 +119,8 @@ impl Handler<Deliver> for Deliverer {
                 let sent = guarded(async {
                     let result = attempt(&client, &msg.job, &msg.destination).await;
                     // The circuit learns the outcome before the delivery's next attempt can be scheduled.
-                    limits.record(redis.get(), result.destination_id, !result.counts_against_circuit()).await;
+                    let elapsed = Duration::from_millis(result.latency_ms.max(0) as u64);
+                    limits.record(redis.get(), result.destination_id, !result.counts_against_circuit(), elapsed).await;
                     // The result must reach the ResultWriter (it releases the lease): wait for mailbox space.
                     if results.send(result).await.is_err() {
                         tracing::warn!(message = "ResultWriter gone; the lease will expire.");

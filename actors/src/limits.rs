@@ -1,34 +1,63 @@
 //! Per-destination circuit breakers and rate limits, cluster-wide through Redis with a local fallback.
 //!
 //! The delivery scheduler asks [`Limits::admit`] (the circuit breaker) and [`Limits::take_tokens`] (the token
-//! bucket) how many deliveries to one destination may start now; the result writer reports each outcome with
-//! [`Limits::record`]. Several hookgate processes sharing one Redis share one breaker and one bucket per
-//! destination: every Redis-side operation is a single Lua script (EVALSHA) that reads the clock with
-//! `redis.call('TIME')`, so all processes agree on time and no two of them can interleave a read-modify-write.
+//! bucket) how many deliveries to one destination may start now; the deliverer reports each outcome, with the
+//! attempt's duration, through [`Limits::record`]. Several hookgate processes sharing one Redis share one breaker
+//! and one bucket per destination: every Redis-side operation is a single Lua script (EVALSHA) that reads the clock
+//! with `redis.call('TIME')`, so all processes agree on time and no two of them can interleave a read-modify-write.
 //!
-//! Keys (both hashes, both with a PEXPIRE refreshed on every write, so an idle destination leaves nothing behind):
-//! - `{prefix}:cb:{dest}`: `state` (0 closed, 1 open, 2 half-open), `consec` (consecutive failures), the tumbling
-//!   window `wstart`/`wtotal`/`wfail`, `opened` (ms) and `probe` (ms the half-open probe was handed out). A missing
-//!   key is a closed circuit with clean counters. TTL: `2 * max(window_secs, open_secs) + 60` seconds.
-//! - `{prefix}:rl:{dest}`: `tokens` (fractional) and `ts` (ms of the last update). A missing key is a full bucket;
-//!   the TTL is the time a bucket takes to refill completely (plus a second), after which it would be full anyway.
+//! The circuit's states (codes as stored, and as in the gauge `hookgate_circuit_state`):
+//! - **closed** (0): everything is admitted; outcomes are counted (see below).
+//! - **open** (1): nothing is admitted for the current open period. The first period after a full close lasts
+//!   `open_initial_ms`; each re-open before the circuit is fully closed again doubles it, up to `open_secs`.
+//! - **half-open** (2): the open period has passed; exactly one probe is admitted cluster-wide. Its success starts
+//!   the ramp, its failure re-opens (with the doubled period).
+//! - **ramping** (3): the circuit admits at most `allowance - outstanding grants` at a time. The allowance starts at
+//!   `ramp_initial` and doubles each time as many successes as the allowance were recorded; once it reaches
+//!   `ramp_max` the circuit is fully closed (and the back-off starts again from `open_initial_ms`). A counted
+//!   failure (see the burst rule) sends the allowance back to `ramp_initial`; the open rules apply as when closed.
+//!   This keeps a receiver that just recovered from getting `max_in_flight` new connections at once.
+//!
+//! Grants: every request admitted while half-open or ramping holds a grant, freed by its outcome (any recorded
+//! outcome of an attempt started since the probe phase began frees the oldest grant), by [`Limits::release_grants`]
+//! (admitted but not sent), or by expiry after `open_secs` (its node died), so a lost answer never stalls the ramp.
+//!
+//! Counting outcomes (closed and ramping):
+//! - Consecutive rule, counting a synchronized burst once: a failure increments the consecutive count only if its
+//!   attempt started (now − its elapsed time, on the same clock) at or after the moment the last *counted* failure
+//!   was recorded. N requests in flight together that time out together at the same deadline count as one failure,
+//!   not N; the next failure counts only for a request started after that. A success resets the count.
+//! - Ratio rule: the tumbling window (it restarts `window_secs` after its first outcome) counts every outcome; the
+//!   circuit opens when it holds >= `min_requests` with failed/total >= `failure_ratio`. Both rules are evaluated
+//!   when a failure is recorded; a success never opens the circuit. `failure_threshold = 0` disables the
+//!   consecutive rule; `failure_ratio > 1` disables the ratio rule. The counters survive the ramp's full close.
+//! - Outcomes recorded while open are ignored (they belong to requests started before the circuit opened); so are,
+//!   while half-open or ramping, outcomes of attempts started before the probe phase began. While half-open, the
+//!   first other outcome decides (success starts the ramp, failure re-opens); hookgate only starts the probe then.
+//! - [`Limits::state`] returns the stored state: an open circuit whose period has passed stays `Open` until a caller
+//!   of [`Limits::admit`] takes the probe. [`Limits::health`] adds the allowance, grants and back-off.
+//!
+//! Keys (all with a PEXPIRE refreshed on every write, so an idle destination leaves nothing behind):
+//! - `{prefix}:cb:{dest}` (hash): `state`, `consec` (counted consecutive failures), `lastfail` (ms the last counted
+//!   failure was recorded), the window `wstart`/`wtotal`/`wfail`, `opened` (ms), `period` (ms of the current open
+//!   period), `opens` (opens since the last full close: the back-off), `since` (ms the probe phase began), `allow`
+//!   and `rsucc` (the ramp's allowance and the successes recorded at it), `gseq` (grant ids). A missing key is a
+//!   closed circuit with clean counters. TTL: `2 * max(window_secs, open_secs) + 60` seconds.
+//! - `{prefix}:cbg:{dest}` (sorted set): the outstanding grants, scored by the ms they were handed out.
+//! - `{prefix}:rl:{dest}` (hash): `tokens` (fractional) and `ts` (ms of the last update). A missing key is a full
+//!   bucket; the TTL is the time a bucket takes to refill completely (plus a second), after which it would be full.
+//!
+//! Metrics: gauge `hookgate_circuit_state{destination}` (the codes above, as last seen by this process) and counter
+//! `hookgate_circuit_opens_total{destination}` (the label is the destination's id; destinations are declared by
+//! the operator, so the label set is bounded).
 //!
 //! When the caller has no connection, or a script fails (error or `op_timeout`), the very same logic runs on
 //! in-process state and the answer says [`Scope::Local`]: hookgate keeps protecting destinations, per process, while
 //! Redis is away. Local state is not merged back; once Redis answers again the cluster state is used.
 //!
-//! Semantics worth knowing:
-//! - The failure window is tumbling (it restarts `window_secs` after its first outcome), not sliding. Both rules are
-//!   evaluated when a failure is recorded; a success never opens the circuit. `failure_threshold = 0` disables the
-//!   consecutive rule; `failure_ratio > 1` disables the ratio rule.
-//! - Outcomes recorded while open are ignored (they belong to requests started before the circuit opened). While
-//!   half-open, the first outcome recorded decides (success closes, failure re-opens); hookgate only starts the
-//!   probe in that state, so that outcome is normally the probe's.
-//! - [`Limits::state`] returns the stored state: an open circuit whose `open_secs` have passed stays `Open` until a
-//!   caller of [`Limits::admit`] takes the probe.
-//! - Requires Redis >= 5 (scripts that write after `TIME` rely on effects replication).
+//! Requires Redis >= 5 (scripts that write after `TIME` rely on effects replication; ZPOPMIN/ZPOPMAX).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,11 +66,12 @@ use redis::aio::MultiplexedConnection;
 use redis::Script;
 use uuid::Uuid;
 
-/// When the circuit of one destination opens, and for how long.
+/// When the circuit of one destination opens, for how long, and how it closes again.
 #[derive(Debug, Clone, Copy, serde::Deserialize)]
 #[serde(default)]
 pub struct CircuitConfig {
-    /// Consecutive failures that open the circuit (0 disables this rule).
+    /// Consecutive failures that open the circuit (0 disables this rule). A burst of failures of requests that
+    /// were in flight together counts once.
     pub failure_threshold: u32,
     /// Failed share of the window's outcomes that opens the circuit, once the window holds `min_requests`.
     pub failure_ratio: f64,
@@ -49,13 +79,31 @@ pub struct CircuitConfig {
     pub min_requests: u32,
     /// Length of the (tumbling) window of the ratio rule.
     pub window_secs: u64,
-    /// How long the circuit stays open before one half-open probe; also how long a probe may stay unanswered.
+    /// The longest open period (the back-off's cap); also how long a grant (the probe's, or one of the ramp's)
+    /// may stay unanswered before it expires.
     pub open_secs: u64,
+    /// The first open period after a full close, in milliseconds; each re-open before the next full close doubles
+    /// it, up to `open_secs`.
+    pub open_initial_ms: u64,
+    /// Concurrency admitted right after a successful probe; it doubles each time as many successes were recorded.
+    pub ramp_initial: u32,
+    /// Allowance at which the ramping circuit counts as fully closed (`ramp_initial >= ramp_max`: no ramp, the
+    /// probe's success closes the circuit at once).
+    pub ramp_max: u32,
 }
 
 impl Default for CircuitConfig {
     fn default() -> Self {
-        Self { failure_threshold: 5, failure_ratio: 0.5, min_requests: 20, window_secs: 60, open_secs: 30 }
+        Self {
+            failure_threshold: 5,
+            failure_ratio: 0.5,
+            min_requests: 20,
+            window_secs: 60,
+            open_secs: 30,
+            open_initial_ms: 1_000,
+            ramp_initial: 2,
+            ramp_max: 64,
+        }
     }
 }
 
@@ -66,6 +114,8 @@ pub enum CircuitState {
     Closed,
     Open,
     HalfOpen,
+    /// After a successful probe: admitting a limited, growing concurrency.
+    Ramping,
 }
 
 impl CircuitState {
@@ -73,8 +123,39 @@ impl CircuitState {
         match code {
             1 => Self::Open,
             2 => Self::HalfOpen,
+            3 => Self::Ramping,
             _ => Self::Closed,
         }
+    }
+
+    /// The stored code: 0 closed, 1 open, 2 half-open, 3 ramping (also the value of `hookgate_circuit_state`).
+    pub fn code(self) -> i64 {
+        match self {
+            Self::Closed => 0,
+            Self::Open => 1,
+            Self::HalfOpen => 2,
+            Self::Ramping => 3,
+        }
+    }
+}
+
+/// A destination's circuit in detail (for the admin API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitHealth {
+    pub state: CircuitState,
+    /// The ramp's current allowance (`Some` only while ramping).
+    pub ramp_allowance: Option<u32>,
+    /// Outstanding grants (requests admitted while half-open or ramping whose outcome is not recorded yet).
+    pub grants: u32,
+    /// Opens since the circuit was last fully closed (the exponential back-off's exponent + 1).
+    pub opens: u32,
+    /// The current (or last) open period in milliseconds; 0 when closed.
+    pub open_period_ms: u64,
+}
+
+impl CircuitHealth {
+    fn closed() -> Self {
+        Self { state: CircuitState::Closed, ramp_allowance: None, grants: 0, opens: 0, open_period_ms: 0 }
     }
 }
 
@@ -136,7 +217,11 @@ struct Params {
     ratio: f64,
     min_requests: u32,
     window_ms: i64,
+    /// The cap of the open period, and the life of an unanswered grant.
     open_ms: i64,
+    open_initial_ms: i64,
+    ramp_initial: u32,
+    ramp_max: u32,
     ttl_ms: i64,
 }
 
@@ -147,14 +232,24 @@ impl Params {
         let ratio = if c.failure_ratio.is_nan() { 2.0 } else { c.failure_ratio.clamp(0.0, 2.0) };
         let window_ms = ms(c.window_secs);
         let open_ms = ms(c.open_secs);
+        let ramp_initial = c.ramp_initial.clamp(1, 1 << 20);
         Self {
             threshold: c.failure_threshold,
             ratio,
             min_requests: c.min_requests,
             window_ms,
             open_ms,
+            open_initial_ms: (c.open_initial_ms.min(1 << 42) as i64).min(open_ms),
+            ramp_initial,
+            ramp_max: c.ramp_max.min(1 << 20),
             ttl_ms: 2 * window_ms.max(open_ms) + 60_000,
         }
+    }
+
+    /// The open period after `opens` opens since the last full close (1 = the first).
+    fn period(&self, opens: u32) -> i64 {
+        let shift = opens.saturating_sub(1).min(40);
+        self.open_initial_ms.saturating_mul(1 << shift).min(self.open_ms)
     }
 }
 
@@ -162,71 +257,132 @@ impl Params {
 const NOW: &str =
     "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
 
-/// KEYS[1] circuit hash. ARGV: want, open_ms, ttl_ms. Returns how many requests may start.
-const CB_ADMIT: &str = r#"
+/// Lua preamble of the circuit scripts: KEYS[1] circuit hash, KEYS[2] grants (sorted set); ARGV[1] ttl_ms,
+/// ARGV[2] grant life (ms). `live_grants()` drops expired grants and counts the rest.
+const CB_COMMON: &str = r#"
 local key = KEYS[1]
-local want = tonumber(ARGV[1])
-local open_ms = tonumber(ARGV[2])
-local h = redis.call('HMGET', key, 'state', 'opened', 'probe')
-local state = tonumber(h[1]) or 0
-if state == 0 then
-  return want
+local gkey = KEYS[2]
+local ttl = ARGV[1]
+local grant_ms = tonumber(ARGV[2])
+local function live_grants()
+  redis.call('ZREMRANGEBYSCORE', gkey, '-inf', string.format('%.0f', now - grant_ms))
+  return redis.call('ZCARD', gkey)
 end
-if state == 1 then
-  local since = now - (tonumber(h[2]) or 0)
-  if since >= 0 and since < open_ms then
-    return 0
-  end
-else
-  local probe = tonumber(h[3])
-  if probe ~= nil and now - probe >= 0 and now - probe < open_ms then
-    return 0
-  end
+local function keep()
+  redis.call('PEXPIRE', key, ttl)
+  redis.call('PEXPIRE', gkey, ttl)
 end
-redis.call('HSET', key, 'state', 2, 'probe', string.format('%.0f', now))
-redis.call('PEXPIRE', key, ARGV[3])
-return 1
 "#;
 
-/// KEYS[1] circuit hash. ARGV: success (1|0), failure_threshold, failure_ratio, min_requests, window_ms, ttl_ms.
-/// Returns the state after recording (0 closed, 1 open, 2 half-open).
-/// Frees an unused half-open probe slot, so the next round may probe at once.
-const CB_RELEASE_PROBE: &str = r#"
-if redis.call('HGET', KEYS[1], 'state') == '2' then
-  redis.call('HDEL', KEYS[1], 'probe')
+/// ARGV[3..]: want, ramp_initial. Returns {granted, state}.
+const CB_ADMIT: &str = r#"
+local want = tonumber(ARGV[3])
+local h = redis.call('HMGET', key, 'state', 'opened', 'period', 'allow')
+local state = tonumber(h[1]) or 0
+if state == 0 then
+  return {want, 0}
+end
+local allow
+if state == 1 then
+  local since = now - (tonumber(h[2]) or 0)
+  if since >= 0 and since < (tonumber(h[3]) or grant_ms) then
+    return {0, 1}
+  end
+  redis.call('DEL', gkey)
+  state = 2
+  redis.call('HSET', key, 'state', 2, 'since', string.format('%.0f', now))
+  allow = 1
+elseif state == 2 then
+  allow = 1
+else
+  allow = tonumber(h[4]) or tonumber(ARGV[4])
+end
+local n = math.min(want, allow - live_grants())
+if n <= 0 then
+  return {0, state}
+end
+local last = redis.call('HINCRBY', key, 'gseq', n)
+local args = {}
+for i = last - n + 1, last do
+  args[#args + 1] = string.format('%.0f', now)
+  args[#args + 1] = i
+end
+redis.call('ZADD', gkey, unpack(args))
+keep()
+return {n, state}
+"#;
+
+/// ARGV[3]: n. Frees the newest n grants (admitted but not sent) while half-open or ramping.
+const CB_RELEASE: &str = r#"
+local state = redis.call('HGET', key, 'state')
+if state == '2' or state == '3' then
+  redis.call('ZPOPMAX', gkey, tonumber(ARGV[3]))
 end
 return 0
 "#;
 
+/// ARGV[3..]: success (1|0), elapsed_ms, failure_threshold, failure_ratio, min_requests, window_ms,
+/// open_initial_ms, open_ms, ramp_initial, ramp_max. Returns {state after recording, 1 if this outcome opened it}.
 const CB_RECORD: &str = r#"
-local key = KEYS[1]
-local ok = ARGV[1] == '1'
-local threshold = tonumber(ARGV[2])
-local ratio = tonumber(ARGV[3])
-local min_requests = tonumber(ARGV[4])
-local window_ms = tonumber(ARGV[5])
-local h = redis.call('HMGET', key, 'state', 'consec', 'wstart', 'wtotal', 'wfail')
+local ok = ARGV[3] == '1'
+local started = now - tonumber(ARGV[4])
+local threshold = tonumber(ARGV[5])
+local ratio = tonumber(ARGV[6])
+local min_requests = tonumber(ARGV[7])
+local window_ms = tonumber(ARGV[8])
+local open_initial = tonumber(ARGV[9])
+local open_max = tonumber(ARGV[10])
+local ramp_initial = tonumber(ARGV[11])
+local ramp_max = tonumber(ARGV[12])
+local h = redis.call('HMGET', key, 'state', 'consec', 'lastfail', 'wstart', 'wtotal', 'wfail', 'opens', 'since',
+  'allow', 'rsucc')
 local state = tonumber(h[1]) or 0
-local function open()
-  redis.call('DEL', key)
-  redis.call('HSET', key, 'state', 1, 'opened', string.format('%.0f', now))
-  redis.call('PEXPIRE', key, ARGV[6])
-  return 1
-end
 if state == 1 then
-  return 1
+  return {1, 0}
+end
+local function open()
+  local opens = (tonumber(h[7]) or 0) + 1
+  local period = open_initial * math.pow(2, math.min(opens - 1, 40))
+  if period > open_max then
+    period = open_max
+  end
+  redis.call('DEL', key, gkey)
+  redis.call('HSET', key, 'state', 1, 'opened', string.format('%.0f', now), 'period', string.format('%.0f', period),
+    'opens', opens)
+  redis.call('PEXPIRE', key, ttl)
+  return {1, 1}
+end
+local function fully_close()
+  redis.call('DEL', gkey)
+  redis.call('HDEL', key, 'opened', 'period', 'opens', 'since', 'allow', 'rsucc', 'gseq')
+  redis.call('HSET', key, 'state', 0)
+  redis.call('PEXPIRE', key, ttl)
+  return {0, 0}
+end
+if state == 2 or state == 3 then
+  if started < (tonumber(h[8]) or 0) then
+    return {state, 0}
+  end
+  redis.call('ZPOPMIN', gkey, 1)
 end
 if state == 2 then
-  if ok then
-    redis.call('DEL', key)
-    return 0
+  if not ok then
+    return open()
   end
-  return open()
+  if ramp_initial >= ramp_max then
+    return fully_close()
+  end
+  redis.call('HSET', key, 'state', 3, 'allow', ramp_initial, 'rsucc', 0)
+  keep()
+  return {3, 0}
 end
 local consec = tonumber(h[2]) or 0
-local wstart = tonumber(h[3])
-local wtotal = tonumber(h[4]) or 0
-local wfail = tonumber(h[5]) or 0
+local lastfail = tonumber(h[3])
+local wstart = tonumber(h[4])
+local wtotal = tonumber(h[5]) or 0
+local wfail = tonumber(h[6]) or 0
+local allow = tonumber(h[9]) or ramp_initial
+local rsucc = tonumber(h[10]) or 0
 if wstart == nil or now - wstart >= window_ms or now < wstart then
   wstart = now
   wtotal = 0
@@ -235,21 +391,59 @@ end
 wtotal = wtotal + 1
 if ok then
   consec = 0
+  if state == 3 then
+    rsucc = rsucc + 1
+    if rsucc >= allow then
+      allow = allow * 2
+      rsucc = 0
+    end
+  end
 else
-  consec = consec + 1
   wfail = wfail + 1
+  local counted = lastfail == nil or started >= lastfail
+  if counted then
+    consec = consec + 1
+    lastfail = now
+  end
   if (threshold > 0 and consec >= threshold) or (wtotal >= min_requests and wfail / wtotal >= ratio) then
     return open()
   end
+  if counted and state == 3 then
+    allow = ramp_initial
+    rsucc = 0
+  end
 end
-redis.call('HSET', key, 'state', 0, 'consec', consec, 'wstart', string.format('%.0f', wstart), 'wtotal', wtotal,
-  'wfail', wfail)
-redis.call('PEXPIRE', key, ARGV[6])
-return 0
+redis.call('HSET', key, 'consec', consec, 'wstart', string.format('%.0f', wstart), 'wtotal', wtotal, 'wfail', wfail)
+if lastfail ~= nil then
+  redis.call('HSET', key, 'lastfail', string.format('%.0f', lastfail))
+end
+if state == 3 then
+  if allow >= ramp_max then
+    return fully_close()
+  end
+  redis.call('HSET', key, 'allow', allow, 'rsucc', rsucc)
+  keep()
+  return {3, 0}
+end
+redis.call('HSET', key, 'state', 0)
+redis.call('PEXPIRE', key, ttl)
+return {0, 0}
 "#;
 
-/// KEYS[1] circuit hash. Returns the stored state.
-const CB_STATE: &str = "return tonumber(redis.call('HGET', KEYS[1], 'state')) or 0\n";
+/// Returns {state, allowance (0 unless ramping), live grants, opens, period}.
+const CB_HEALTH: &str = r#"
+local h = redis.call('HMGET', key, 'state', 'allow', 'opens', 'period')
+local state = tonumber(h[1]) or 0
+local allow = 0
+if state == 3 then
+  allow = tonumber(h[2]) or 0
+end
+local grants = 0
+if state == 2 or state == 3 then
+  grants = redis.call('ZCOUNT', gkey, string.format('(%.0f', now - grant_ms), '+inf')
+end
+return {state, allow, grants, tonumber(h[3]) or 0, tonumber(h[4]) or 0}
+"#;
 
 /// Lua: refill the bucket in KEYS[1] (ARGV[1] = rate) up to `now`; leaves `tokens` (nil when the key is missing,
 /// i.e. the bucket is full) and `burst`.
@@ -336,15 +530,22 @@ impl Bucket {
 }
 
 /// A destination's circuit in the local fallback; absent (or expired) means closed with clean counters.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Circuit {
     state: CircuitState,
     consec: u32,
+    lastfail: Option<i64>,
     wstart: i64,
     wtotal: u32,
     wfail: u32,
     opened: i64,
-    probe: Option<i64>,
+    period: i64,
+    opens: u32,
+    since: i64,
+    allow: u32,
+    rsucc: u32,
+    /// When each outstanding grant was handed out, oldest first.
+    grants: VecDeque<i64>,
     expires: i64,
 }
 
@@ -353,17 +554,40 @@ impl Circuit {
         Self {
             state: CircuitState::Closed,
             consec: 0,
+            lastfail: None,
             wstart: i64::MIN,
             wtotal: 0,
             wfail: 0,
             opened: 0,
-            probe: None,
+            period: 0,
+            opens: 0,
+            since: 0,
+            allow: 0,
+            rsucc: 0,
+            grants: VecDeque::new(),
             expires: 0,
         }
     }
 
-    fn opened(now: i64, p: &Params) -> Self {
-        Self { state: CircuitState::Open, opened: now, expires: now + p.ttl_ms, ..Self::closed() }
+    /// A new open period, `opens` being the previous count of opens since the last full close.
+    fn opened(now: i64, opens: u32, p: &Params) -> Self {
+        let opens = opens.saturating_add(1);
+        Self {
+            state: CircuitState::Open,
+            opened: now,
+            period: p.period(opens),
+            opens,
+            expires: now + p.ttl_ms,
+            ..Self::closed()
+        }
+    }
+
+    /// Drops expired grants; returns how many are left.
+    fn live_grants(&mut self, now: i64, p: &Params) -> u32 {
+        while self.grants.front().is_some_and(|&g| g <= now - p.open_ms) {
+            self.grants.pop_front();
+        }
+        self.grants.len() as u32
     }
 }
 
@@ -391,9 +615,9 @@ impl<T> LocalMap<T> {
 
 struct Scripts {
     admit: Script,
-    release_probe: Script,
+    release: Script,
     record: Script,
-    state: Script,
+    health: Script,
     take: Script,
     give_back: Script,
 }
@@ -411,6 +635,9 @@ pub struct Limits {
     scripts: Scripts,
     /// Whether the last Redis attempt failed (to log transitions, not every call).
     degraded: AtomicBool,
+    /// Destinations whose last `admit` here answered half-open or ramping: only those can have grants to release,
+    /// so releasing skips Redis for the others (the claim round releases after every round with unused budget).
+    probing: Mutex<std::collections::HashSet<Uuid>>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -445,14 +672,15 @@ impl Limits {
             circuits: Mutex::new(LocalMap::new()),
             buckets: Mutex::new(LocalMap::new()),
             scripts: Scripts {
-                admit: Script::new(&format!("{NOW}{CB_ADMIT}")),
-                release_probe: Script::new(CB_RELEASE_PROBE),
-                record: Script::new(&format!("{NOW}{CB_RECORD}")),
-                state: Script::new(CB_STATE),
+                admit: Script::new(&format!("{NOW}{CB_COMMON}{CB_ADMIT}")),
+                release: Script::new(&format!("{NOW}{CB_COMMON}{CB_RELEASE}")),
+                record: Script::new(&format!("{NOW}{CB_COMMON}{CB_RECORD}")),
+                health: Script::new(&format!("{NOW}{CB_COMMON}{CB_HEALTH}")),
                 take: Script::new(&format!("{NOW}{RL_REFILL}{RL_TAKE}")),
                 give_back: Script::new(&format!("{NOW}{RL_REFILL}{RL_RETURN}")),
             },
             degraded: AtomicBool::new(false),
+            probing: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -473,6 +701,11 @@ impl Limits {
     /// The Redis key of `dest`'s circuit.
     pub fn circuit_key(&self, dest: Uuid) -> String {
         format!("{}:cb:{}", self.prefix, dest)
+    }
+
+    /// The Redis key of `dest`'s outstanding grants (half-open and ramping).
+    pub fn grants_key(&self, dest: Uuid) -> String {
+        format!("{}:cbg:{}", self.prefix, dest)
     }
 
     /// The Redis key of `dest`'s token bucket.
@@ -499,7 +732,9 @@ impl Limits {
             return (want, scope);
         }
         let args = [rate.to_string(), want.to_string(), bucket_ttl_ms(rate).to_string()];
-        if let Some(granted) = self.eval(conn, "take_tokens", &self.scripts.take, self.bucket_key(dest), &args).await {
+        if let Some(granted) =
+            self.eval::<i64>(conn, "take_tokens", &self.scripts.take, &[self.bucket_key(dest)], &args).await
+        {
             return (granted.clamp(0, want as i64) as u32, Scope::Cluster);
         }
         let now = self.now_ms();
@@ -518,7 +753,11 @@ impl Limits {
             return;
         }
         let args = [rate.to_string(), n.to_string(), bucket_ttl_ms(rate).to_string()];
-        if self.eval(conn, "return_tokens", &self.scripts.give_back, self.bucket_key(dest), &args).await.is_some() {
+        if self
+            .eval::<i64>(conn, "return_tokens", &self.scripts.give_back, &[self.bucket_key(dest)], &args)
+            .await
+            .is_some()
+        {
             return;
         }
         let now = self.now_ms();
@@ -530,86 +769,193 @@ impl Limits {
         }
     }
 
-    /// How many requests may start now: `want` when closed, 0 when open, and when half-open exactly one probe
-    /// cluster-wide (the first caller after open_secs gets 1 and the state becomes half-open with a probe in flight;
-    /// others get 0 until that probe's outcome is recorded or the probe slot expires after open_secs).
+    /// Both Redis keys of `dest`'s circuit, as its scripts take them.
+    fn circuit_keys(&self, dest: Uuid) -> [String; 2] {
+        [self.circuit_key(dest), self.grants_key(dest)]
+    }
+
+    /// How many requests may start now: `want` when closed; 0 while open; when half-open exactly one probe
+    /// cluster-wide (the first caller after the open period gets 1 and the state becomes half-open with a probe in
+    /// flight; others get 0 until that probe's outcome is recorded, it is released, or it expires after
+    /// `open_secs`); when ramping at most the allowance minus the outstanding grants. Every request admitted while
+    /// half-open or ramping holds a grant until its outcome is recorded (or [`Limits::release_grants`]).
     pub async fn admit(&self, conn: Option<MultiplexedConnection>, dest: Uuid, want: u32) -> (u32, Scope) {
         if want == 0 {
             return (0, if conn.is_some() { Scope::Cluster } else { Scope::Local });
         }
         let p = self.params;
-        let args = [want.to_string(), p.open_ms.to_string(), p.ttl_ms.to_string()];
-        if let Some(n) = self.eval(conn, "admit", &self.scripts.admit, self.circuit_key(dest), &args).await {
-            return (n.clamp(0, want as i64) as u32, Scope::Cluster);
+        let args = [p.ttl_ms.to_string(), p.open_ms.to_string(), want.to_string(), p.ramp_initial.to_string()];
+        let (n, state, scope) =
+            match self.eval::<Vec<i64>>(conn, "admit", &self.scripts.admit, &self.circuit_keys(dest), &args).await {
+                Some(v) => (
+                    v.first().copied().unwrap_or(0).clamp(0, want as i64) as u32,
+                    CircuitState::from_code(v.get(1).copied().unwrap_or(0)),
+                    Scope::Cluster,
+                ),
+                None => {
+                    let (n, state) = self.admit_local(dest, want);
+                    (n, state, Scope::Local)
+                }
+            };
+        observe(dest, state);
+        let mut probing = self.probing.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(state, CircuitState::HalfOpen | CircuitState::Ramping) {
+            probing.insert(dest);
+        } else {
+            probing.remove(&dest);
         }
+        (n, scope)
+    }
+
+    fn admit_local(&self, dest: Uuid, want: u32) -> (u32, CircuitState) {
+        let p = self.params;
         let now = self.now_ms();
         let mut circuits = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
         circuits.sweep(now, |c| c.expires);
         let Some(c) = circuits.entries.get_mut(&dest).filter(|c| c.expires > now) else {
-            return (want, Scope::Local);
+            return (want, CircuitState::Closed);
         };
-        let may_probe = match c.state {
-            CircuitState::Closed => return (want, Scope::Local),
-            CircuitState::Open => !(0..p.open_ms).contains(&(now - c.opened)),
-            CircuitState::HalfOpen => c.probe.is_none_or(|probe| !(0..p.open_ms).contains(&(now - probe))),
+        let allow = match c.state {
+            CircuitState::Closed => return (want, CircuitState::Closed),
+            CircuitState::Open => {
+                if (0..c.period).contains(&(now - c.opened)) {
+                    return (0, CircuitState::Open);
+                }
+                c.state = CircuitState::HalfOpen;
+                c.since = now;
+                c.grants.clear();
+                1
+            }
+            CircuitState::HalfOpen => 1,
+            CircuitState::Ramping => c.allow,
         };
-        if !may_probe {
-            return (0, Scope::Local);
+        let n = allow.saturating_sub(c.live_grants(now, &p)).min(want);
+        if n > 0 {
+            c.grants.extend(std::iter::repeat_n(now, n as usize));
+            c.expires = now + p.ttl_ms;
         }
-        c.state = CircuitState::HalfOpen;
-        c.probe = Some(now);
-        c.expires = now + p.ttl_ms;
-        (1, Scope::Local)
+        (n, c.state)
     }
 
-    /// Gives back a half-open probe slot that `admit` handed out but that was not used (nothing was sent).
-    pub async fn release_probe(&self, conn: Option<MultiplexedConnection>, dest: Uuid) {
-        if self.eval(conn, "release_probe", &self.scripts.release_probe, self.circuit_key(dest), &[]).await.is_some() {
+    /// Gives back `n` grants that `admit` handed out while half-open or ramping but that were not used (nothing was
+    /// sent), so that the next round may use them at once. Does nothing in other states (nor when this process's
+    /// last `admit` for `dest` answered closed or open: then it handed out no grants).
+    pub async fn release_grants(&self, conn: Option<MultiplexedConnection>, dest: Uuid, n: u32) {
+        if n == 0 || !self.probing.lock().unwrap_or_else(|e| e.into_inner()).contains(&dest) {
             return;
         }
+        let p = self.params;
+        let args = [p.ttl_ms.to_string(), p.open_ms.to_string(), n.to_string()];
+        if self
+            .eval::<i64>(conn, "release_grants", &self.scripts.release, &self.circuit_keys(dest), &args)
+            .await
+            .is_some()
+        {
+            return;
+        }
+        let now = self.now_ms();
         let mut circuits = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = circuits.entries.get_mut(&dest).filter(|c| c.state == CircuitState::HalfOpen) {
-            c.probe = None;
+        if let Some(c) = circuits
+            .entries
+            .get_mut(&dest)
+            .filter(|c| c.expires > now && matches!(c.state, CircuitState::HalfOpen | CircuitState::Ramping))
+        {
+            for _ in 0..n {
+                c.grants.pop_back();
+            }
         }
     }
 
-    /// Records one outcome. Closed: success resets consecutive failures; failure increments; opens when consecutive
-    /// failures >= failure_threshold, or when the window holds >= min_requests with failed/total >= failure_ratio.
-    /// Half-open: success closes (reset counters), failure re-opens (new open period). Returns the state after
-    /// recording.
+    /// Gives back a half-open probe slot that `admit` handed out but that was not used (`release_grants(.., 1)`).
+    pub async fn release_probe(&self, conn: Option<MultiplexedConnection>, dest: Uuid) {
+        self.release_grants(conn, dest, 1).await
+    }
+
+    /// Records one outcome of an attempt that took `elapsed` (it started `elapsed` before now). Returns the state
+    /// after recording.
+    ///
+    /// Closed or ramping: success resets consecutive failures; a failure counts as consecutive only if its attempt
+    /// started at or after the last counted failure was recorded (a synchronized burst counts once); the circuit
+    /// opens when counted consecutive failures >= failure_threshold, or when the window holds >= min_requests with
+    /// failed/total >= failure_ratio. Ramping: successes grow the allowance (fully closed at `ramp_max`), a counted
+    /// failure sends it back to `ramp_initial`. Half-open: success starts the ramp, failure re-opens. Open: ignored;
+    /// half-open and ramping also ignore attempts started before the probe phase began.
     pub async fn record(
         &self,
         conn: Option<MultiplexedConnection>,
         dest: Uuid,
         success: bool,
+        elapsed: Duration,
     ) -> (CircuitState, Scope) {
         let p = self.params;
+        let elapsed_ms = elapsed.as_millis().min(1 << 40) as i64;
         let args = [
+            p.ttl_ms.to_string(),
+            p.open_ms.to_string(),
             if success { "1" } else { "0" }.to_owned(),
+            elapsed_ms.to_string(),
             p.threshold.to_string(),
             p.ratio.to_string(),
             p.min_requests.to_string(),
             p.window_ms.to_string(),
-            p.ttl_ms.to_string(),
+            p.open_initial_ms.to_string(),
+            p.open_ms.to_string(),
+            p.ramp_initial.to_string(),
+            p.ramp_max.to_string(),
         ];
-        if let Some(code) = self.eval(conn, "record", &self.scripts.record, self.circuit_key(dest), &args).await {
-            return (CircuitState::from_code(code), Scope::Cluster);
+        let (state, opened, scope) = match self
+            .eval::<Vec<i64>>(conn, "record", &self.scripts.record, &self.circuit_keys(dest), &args)
+            .await
+        {
+            Some(v) => {
+                (CircuitState::from_code(v.first().copied().unwrap_or(0)), v.get(1).copied() == Some(1), Scope::Cluster)
+            }
+            None => {
+                let (state, opened) = self.record_local(dest, success, elapsed_ms);
+                (state, opened, Scope::Local)
+            }
+        };
+        observe(dest, state);
+        if opened {
+            metrics::counter!("hookgate_circuit_opens_total", "destination" => dest.to_string()).increment(1);
         }
+        (state, scope)
+    }
+
+    /// The local fallback of [`Limits::record`]: the state after recording, and whether this outcome opened it.
+    fn record_local(&self, dest: Uuid, success: bool, elapsed_ms: i64) -> (CircuitState, bool) {
+        let p = self.params;
         let now = self.now_ms();
+        let started = now - elapsed_ms;
         let mut circuits = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
         circuits.sweep(now, |c| c.expires);
-        let mut c = circuits.entries.get(&dest).filter(|c| c.expires > now).copied().unwrap_or_else(Circuit::closed);
+        let mut c = circuits.entries.get(&dest).filter(|c| c.expires > now).cloned().unwrap_or_else(Circuit::closed);
         match c.state {
-            CircuitState::Open => return (CircuitState::Open, Scope::Local),
-            CircuitState::HalfOpen if success => {
-                circuits.entries.remove(&dest);
-                return (CircuitState::Closed, Scope::Local);
-            }
-            CircuitState::HalfOpen => {
-                circuits.entries.insert(dest, Circuit::opened(now, &p));
-                return (CircuitState::Open, Scope::Local);
+            CircuitState::Open => return (CircuitState::Open, false),
+            CircuitState::HalfOpen | CircuitState::Ramping => {
+                if started < c.since {
+                    return (c.state, false);
+                }
+                c.grants.pop_front();
             }
             CircuitState::Closed => {}
+        }
+        if c.state == CircuitState::HalfOpen {
+            if !success {
+                circuits.entries.insert(dest, Circuit::opened(now, c.opens, &p));
+                return (CircuitState::Open, true);
+            }
+            if p.ramp_initial >= p.ramp_max {
+                c = Circuit::closed();
+            } else {
+                c.state = CircuitState::Ramping;
+                c.allow = p.ramp_initial;
+                c.rsucc = 0;
+            }
+            c.expires = now + p.ttl_ms;
+            let state = c.state;
+            circuits.entries.insert(dest, c);
+            return (state, false);
         }
         if !(0..p.window_ms).contains(&(now.saturating_sub(c.wstart))) {
             c.wstart = now;
@@ -617,49 +963,108 @@ impl Limits {
             c.wfail = 0;
         }
         c.wtotal += 1;
+        let ramping = c.state == CircuitState::Ramping;
         if success {
             c.consec = 0;
+            if ramping {
+                c.rsucc += 1;
+                if c.rsucc >= c.allow {
+                    c.allow = c.allow.saturating_mul(2);
+                    c.rsucc = 0;
+                }
+            }
         } else {
-            c.consec += 1;
             c.wfail += 1;
+            let counted = c.lastfail.is_none_or(|last| started >= last);
+            if counted {
+                c.consec += 1;
+                c.lastfail = Some(now);
+            }
             let consecutive = p.threshold > 0 && c.consec >= p.threshold;
             let ratio = c.wtotal >= p.min_requests && c.wfail as f64 / c.wtotal as f64 >= p.ratio;
             if consecutive || ratio {
-                circuits.entries.insert(dest, Circuit::opened(now, &p));
-                return (CircuitState::Open, Scope::Local);
+                circuits.entries.insert(dest, Circuit::opened(now, c.opens, &p));
+                return (CircuitState::Open, true);
+            }
+            if counted && ramping {
+                c.allow = p.ramp_initial;
+                c.rsucc = 0;
             }
         }
+        if ramping && c.allow >= p.ramp_max {
+            // Fully closed: the back-off starts over; the failure counters carry on.
+            c = Circuit {
+                consec: c.consec,
+                lastfail: c.lastfail,
+                wstart: c.wstart,
+                wtotal: c.wtotal,
+                wfail: c.wfail,
+                ..Circuit::closed()
+            };
+        }
         c.expires = now + p.ttl_ms;
+        let state = c.state;
         circuits.entries.insert(dest, c);
-        (CircuitState::Closed, Scope::Local)
+        (state, false)
     }
 
-    /// The stored state of `dest`'s circuit (see the module notes on `Open` past `open_secs`).
+    /// The stored state of `dest`'s circuit (see the module notes on `Open` past its open period).
     pub async fn state(&self, conn: Option<MultiplexedConnection>, dest: Uuid) -> (CircuitState, Scope) {
-        if let Some(code) = self.eval(conn, "state", &self.scripts.state, self.circuit_key(dest), &[]).await {
-            return (CircuitState::from_code(code), Scope::Cluster);
+        let (health, scope) = self.health(conn, dest).await;
+        (health.state, scope)
+    }
+
+    /// The stored state of `dest`'s circuit with its ramp allowance, outstanding grants and back-off.
+    pub async fn health(&self, conn: Option<MultiplexedConnection>, dest: Uuid) -> (CircuitHealth, Scope) {
+        let p = self.params;
+        let args = [p.ttl_ms.to_string(), p.open_ms.to_string()];
+        if let Some(v) =
+            self.eval::<Vec<i64>>(conn, "state", &self.scripts.health, &self.circuit_keys(dest), &args).await
+        {
+            let at = |i: usize| v.get(i).copied().unwrap_or(0).clamp(0, u32::MAX as i64);
+            let state = CircuitState::from_code(at(0));
+            let health = CircuitHealth {
+                state,
+                ramp_allowance: (state == CircuitState::Ramping).then_some(at(1) as u32),
+                grants: at(2) as u32,
+                opens: at(3) as u32,
+                open_period_ms: v.get(4).copied().unwrap_or(0).max(0) as u64,
+            };
+            return (health, Scope::Cluster);
         }
         let now = self.now_ms();
         let circuits = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
-        let state = circuits.entries.get(&dest).filter(|c| c.expires > now).map_or(CircuitState::Closed, |c| c.state);
-        (state, Scope::Local)
+        let health = circuits.entries.get(&dest).filter(|c| c.expires > now).map_or(CircuitHealth::closed(), |c| {
+            let probing = matches!(c.state, CircuitState::HalfOpen | CircuitState::Ramping);
+            CircuitHealth {
+                state: c.state,
+                ramp_allowance: (c.state == CircuitState::Ramping).then_some(c.allow),
+                grants: if probing { c.grants.iter().filter(|&&g| g > now - p.open_ms).count() as u32 } else { 0 },
+                opens: c.opens,
+                open_period_ms: c.period.max(0) as u64,
+            }
+        });
+        (health, Scope::Local)
     }
 
     /// Runs one script; `None` (after logging a transition to degraded) when there is no connection or it fails.
-    async fn eval(
+    async fn eval<T: redis::FromRedisValue>(
         &self,
         conn: Option<MultiplexedConnection>,
         op: &'static str,
         script: &Script,
-        key: String,
+        keys: &[String],
         args: &[String],
-    ) -> Option<i64> {
+    ) -> Option<T> {
         let mut conn = conn?;
-        let mut invocation = script.key(key);
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
         for arg in args {
             invocation.arg(arg);
         }
-        let outcome = tokio::time::timeout(self.op_timeout, invocation.invoke_async::<i64>(&mut conn)).await;
+        let outcome = tokio::time::timeout(self.op_timeout, invocation.invoke_async::<T>(&mut conn)).await;
         let error = match outcome {
             Ok(Ok(value)) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
@@ -687,6 +1092,11 @@ impl Limits {
     }
 }
 
+/// Publishes the state of `dest`'s circuit as this process last saw it.
+fn observe(dest: Uuid, state: CircuitState) {
+    metrics::gauge!("hookgate_circuit_state", "destination" => dest.to_string()).set(state.code() as f64);
+}
+
 /// How long a bucket of `rate` takes to refill from empty, plus a second: after that it is full, so it may vanish.
 fn bucket_ttl_ms(rate: f64) -> i64 {
     let burst = rate.max(1.0);
@@ -697,12 +1107,23 @@ fn bucket_ttl_ms(rate: f64) -> i64 {
 mod tests {
     use super::*;
 
+    /// The classic breaker (no ramp, a constant 1 s open period): the tests written before the ramp, the burst
+    /// rule and the back-off use it, since those did not change it.
     fn config() -> CircuitConfig {
-        CircuitConfig { failure_threshold: 3, failure_ratio: 0.5, min_requests: 10, window_secs: 60, open_secs: 1 }
+        CircuitConfig {
+            failure_threshold: 3,
+            failure_ratio: 0.5,
+            min_requests: 10,
+            window_secs: 60,
+            open_secs: 1,
+            open_initial_ms: 1_000,
+            ramp_initial: 1,
+            ramp_max: 1,
+        }
     }
 
     fn ratio_config() -> CircuitConfig {
-        CircuitConfig { failure_threshold: 0, failure_ratio: 0.5, min_requests: 10, window_secs: 60, open_secs: 30 }
+        CircuitConfig { failure_threshold: 0, open_secs: 30, ..config() }
     }
 
     fn local(config: CircuitConfig) -> (Limits, Arc<ManualClock>) {
@@ -717,17 +1138,17 @@ mod tests {
         let (l, clock) = local(config());
         let dest = Uuid::new_v4();
         assert_eq!(l.admit(None, dest, 4).await, (4, Scope::Local));
-        assert_eq!(l.record(None, dest, false).await, (CircuitState::Closed, Scope::Local));
-        assert_eq!(l.record(None, dest, false).await, (CircuitState::Closed, Scope::Local));
+        assert_eq!(l.record(None, dest, false, Duration::ZERO).await, (CircuitState::Closed, Scope::Local));
+        assert_eq!(l.record(None, dest, false, Duration::ZERO).await, (CircuitState::Closed, Scope::Local));
         // A success resets the consecutive count.
-        assert_eq!(l.record(None, dest, true).await, (CircuitState::Closed, Scope::Local));
-        assert_eq!(l.record(None, dest, false).await, (CircuitState::Closed, Scope::Local));
-        assert_eq!(l.record(None, dest, false).await, (CircuitState::Closed, Scope::Local));
-        assert_eq!(l.record(None, dest, false).await, (CircuitState::Open, Scope::Local));
+        assert_eq!(l.record(None, dest, true, Duration::ZERO).await, (CircuitState::Closed, Scope::Local));
+        assert_eq!(l.record(None, dest, false, Duration::ZERO).await, (CircuitState::Closed, Scope::Local));
+        assert_eq!(l.record(None, dest, false, Duration::ZERO).await, (CircuitState::Closed, Scope::Local));
+        assert_eq!(l.record(None, dest, false, Duration::ZERO).await, (CircuitState::Open, Scope::Local));
         assert_eq!(l.state(None, dest).await, (CircuitState::Open, Scope::Local));
         assert_eq!(l.admit(None, dest, 4).await, (0, Scope::Local));
         // Late outcomes while open change nothing.
-        assert_eq!(l.record(None, dest, true).await, (CircuitState::Open, Scope::Local));
+        assert_eq!(l.record(None, dest, true, Duration::ZERO).await, (CircuitState::Open, Scope::Local));
 
         clock.advance(Duration::from_millis(999));
         assert_eq!(l.admit(None, dest, 4).await, (0, Scope::Local));
@@ -737,12 +1158,12 @@ mod tests {
         assert_eq!(l.state(None, dest).await.0, CircuitState::HalfOpen);
         assert_eq!(l.admit(None, dest, 4).await.0, 0);
 
-        assert_eq!(l.record(None, dest, true).await, (CircuitState::Closed, Scope::Local));
+        assert_eq!(l.record(None, dest, true, Duration::ZERO).await, (CircuitState::Closed, Scope::Local));
         assert_eq!(l.admit(None, dest, 4).await, (4, Scope::Local));
         // Counters were reset: it takes the full threshold again.
-        assert_eq!(l.record(None, dest, false).await.0, CircuitState::Closed);
-        assert_eq!(l.record(None, dest, false).await.0, CircuitState::Closed);
-        assert_eq!(l.record(None, dest, false).await.0, CircuitState::Open);
+        assert_eq!(l.record(None, dest, false, Duration::ZERO).await.0, CircuitState::Closed);
+        assert_eq!(l.record(None, dest, false, Duration::ZERO).await.0, CircuitState::Closed);
+        assert_eq!(l.record(None, dest, false, Duration::ZERO).await.0, CircuitState::Open);
     }
 
     #[tokio::test]
@@ -750,11 +1171,11 @@ mod tests {
         let (l, clock) = local(config());
         let dest = Uuid::new_v4();
         for _ in 0..3 {
-            l.record(None, dest, false).await;
+            l.record(None, dest, false, Duration::ZERO).await;
         }
         clock.advance(Duration::from_secs(1));
         assert_eq!(l.admit(None, dest, 2).await.0, 1);
-        assert_eq!(l.record(None, dest, false).await, (CircuitState::Open, Scope::Local));
+        assert_eq!(l.record(None, dest, false, Duration::ZERO).await, (CircuitState::Open, Scope::Local));
         // A new open period.
         assert_eq!(l.admit(None, dest, 2).await.0, 0);
         clock.advance(Duration::from_millis(500));
@@ -775,25 +1196,25 @@ mod tests {
         let dest = Uuid::new_v4();
         // 9 outcomes, 5 failed: over the ratio but under min_requests.
         for i in 0..9 {
-            assert_eq!(l.record(None, dest, i % 2 == 1).await.0, CircuitState::Closed);
+            assert_eq!(l.record(None, dest, i % 2 == 1, Duration::ZERO).await.0, CircuitState::Closed);
         }
         // 10th: a success never opens (5/10 failed).
-        assert_eq!(l.record(None, dest, true).await.0, CircuitState::Closed);
+        assert_eq!(l.record(None, dest, true, Duration::ZERO).await.0, CircuitState::Closed);
         // 11th: failure, 6/11 >= 0.5.
-        assert_eq!(l.record(None, dest, false).await.0, CircuitState::Open);
+        assert_eq!(l.record(None, dest, false, Duration::ZERO).await.0, CircuitState::Open);
 
         // The window is tumbling: failures older than window_secs are forgotten.
         let dest = Uuid::new_v4();
         for _ in 0..9 {
-            l.record(None, dest, false).await;
+            l.record(None, dest, false, Duration::ZERO).await;
         }
         clock.advance(Duration::from_secs(60));
-        assert_eq!(l.record(None, dest, false).await.0, CircuitState::Closed);
+        assert_eq!(l.record(None, dest, false, Duration::ZERO).await.0, CircuitState::Closed);
 
         // Below the ratio it stays closed.
         let dest = Uuid::new_v4();
         for i in 0..30 {
-            assert_eq!(l.record(None, dest, i % 3 != 0).await.0, CircuitState::Closed);
+            assert_eq!(l.record(None, dest, i % 3 != 0, Duration::ZERO).await.0, CircuitState::Closed);
         }
     }
 
@@ -834,7 +1255,7 @@ mod tests {
         let (l, clock) = local(config());
         let dest = Uuid::new_v4();
         for _ in 0..3 {
-            l.record(None, dest, false).await;
+            l.record(None, dest, false, Duration::ZERO).await;
         }
         l.take_tokens(None, dest, 5.0, 1).await;
         assert_eq!(l.circuits.lock().unwrap().entries.len(), 1);
@@ -843,7 +1264,7 @@ mod tests {
         assert_eq!(l.state(None, dest).await.0, CircuitState::Closed);
         // The next operation sweeps expired entries.
         let other = Uuid::new_v4();
-        l.record(None, other, true).await;
+        l.record(None, other, true, Duration::ZERO).await;
         l.take_tokens(None, other, 5.0, 1).await;
         assert!(!l.circuits.lock().unwrap().entries.contains_key(&dest));
         assert!(!l.buckets.lock().unwrap().entries.contains_key(&dest));
@@ -854,10 +1275,12 @@ mod tests {
         fn is_send<T: Send>(_: T) {}
         let l = Limits::new("x", CircuitConfig::default());
         is_send(l.admit(None, Uuid::nil(), 1));
-        is_send(l.record(None, Uuid::nil(), true));
+        is_send(l.record(None, Uuid::nil(), true, Duration::ZERO));
         is_send(l.take_tokens(None, Uuid::nil(), 1.0, 1));
         is_send(l.return_tokens(None, Uuid::nil(), 1.0, 1));
         is_send(l.state(None, Uuid::nil()));
+        is_send(l.health(None, Uuid::nil()));
+        is_send(l.release_grants(None, Uuid::nil(), 1));
     }
 
     #[test]
@@ -865,7 +1288,214 @@ mod tests {
         let c: CircuitConfig = serde_json::from_str(r#"{"open_secs": 5}"#).unwrap();
         assert_eq!((c.failure_threshold, c.min_requests, c.window_secs, c.open_secs), (5, 20, 60, 5));
         assert_eq!(c.failure_ratio, 0.5);
+        assert_eq!((c.open_initial_ms, c.ramp_initial, c.ramp_max), (1_000, 2, 64));
         assert_eq!(serde_json::to_string(&CircuitState::HalfOpen).unwrap(), r#""half_open""#);
+        assert_eq!(serde_json::to_string(&CircuitState::Ramping).unwrap(), r#""ramping""#);
+        // The first open period never exceeds open_secs.
+        let p = Params::new(&CircuitConfig { open_secs: 1, open_initial_ms: 5_000, ..c });
+        assert_eq!((p.period(1), p.period(2), p.period(1000)), (1_000, 1_000, 1_000));
+        let p = Params::new(&CircuitConfig::default());
+        assert_eq!(
+            (p.period(1), p.period(2), p.period(5), p.period(6), p.period(u32::MAX)),
+            (1_000, 2_000, 16_000, 30_000, 30_000)
+        );
+    }
+
+    // ---- ramp, burst rule, back-off and grants (local fallback) ----
+
+    /// Ramp from 2 to 16, back-off from 1 s to 8 s, no ratio rule.
+    fn ramp_config() -> CircuitConfig {
+        CircuitConfig {
+            failure_threshold: 3,
+            failure_ratio: 2.0,
+            min_requests: 10,
+            window_secs: 60,
+            open_secs: 8,
+            open_initial_ms: 1_000,
+            ramp_initial: 2,
+            ramp_max: 16,
+        }
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    async fn open_now(l: &Limits, conn: Option<MultiplexedConnection>, dest: Uuid) {
+        for _ in 0..3 {
+            l.record(conn.clone(), dest, false, Duration::ZERO).await;
+        }
+        assert_eq!(l.state(conn, dest).await.0, CircuitState::Open);
+    }
+
+    /// Records `n` successes of requests started now.
+    async fn succeed(l: &Limits, conn: Option<MultiplexedConnection>, dest: Uuid, n: u32) -> CircuitState {
+        let mut state = CircuitState::Closed;
+        for _ in 0..n {
+            state = l.record(conn.clone(), dest, true, Duration::ZERO).await.0;
+        }
+        state
+    }
+
+    /// Takes the probe after the open period of `period_ms` (local clock).
+    async fn local_probe(l: &Limits, clock: &ManualClock, dest: Uuid, period_ms: u64) {
+        clock.advance(MS * (period_ms as u32 - 1));
+        assert_eq!(l.admit(None, dest, 10).await.0, 0, "still open before {period_ms} ms");
+        clock.advance(MS);
+        assert_eq!(l.admit(None, dest, 10).await, (1, Scope::Local), "one probe after {period_ms} ms");
+        assert_eq!(l.admit(None, dest, 10).await.0, 0, "only one probe");
+        assert_eq!(l.state(None, dest).await.0, CircuitState::HalfOpen);
+    }
+
+    #[tokio::test]
+    async fn limits_local_probe_success_ramps_up_then_closes_fully() {
+        let (l, clock) = local(ramp_config());
+        let dest = Uuid::new_v4();
+        open_now(&l, None, dest).await;
+        local_probe(&l, &clock, dest, 1_000).await;
+        assert_eq!(l.record(None, dest, true, Duration::ZERO).await, (CircuitState::Ramping, Scope::Local));
+        let h = l.health(None, dest).await.0;
+        assert_eq!((h.state, h.ramp_allowance, h.grants, h.opens), (CircuitState::Ramping, Some(2), 0, 1));
+
+        // Allowance 2: two grants, then nothing until an outcome frees one.
+        assert_eq!(l.admit(None, dest, 64).await, (2, Scope::Local));
+        assert_eq!(l.admit(None, dest, 64).await.0, 0);
+        assert_eq!(l.health(None, dest).await.0.grants, 2);
+        assert_eq!(succeed(&l, None, dest, 1).await, CircuitState::Ramping);
+        assert_eq!(l.admit(None, dest, 64).await.0, 1);
+        // The second success at allowance 2 doubles it to 4; one grant is still outstanding.
+        assert_eq!(succeed(&l, None, dest, 1).await, CircuitState::Ramping);
+        assert_eq!(l.health(None, dest).await.0.ramp_allowance, Some(4));
+        assert_eq!(l.admit(None, dest, 64).await.0, 3);
+        assert_eq!(l.admit(None, dest, 2).await.0, 0);
+        // 4 successes: 8; 8 successes: 16 = ramp_max, fully closed.
+        assert_eq!(succeed(&l, None, dest, 4).await, CircuitState::Ramping);
+        assert_eq!(l.health(None, dest).await.0.ramp_allowance, Some(8));
+        assert_eq!(succeed(&l, None, dest, 7).await, CircuitState::Ramping);
+        assert_eq!(succeed(&l, None, dest, 1).await, CircuitState::Closed);
+        assert_eq!(l.health(None, dest).await.0, CircuitHealth::closed());
+        assert_eq!(l.admit(None, dest, 64).await, (64, Scope::Local));
+
+        // The back-off starts over after a full close: the next open period is 1 s again.
+        open_now(&l, None, dest).await;
+        assert_eq!(l.health(None, dest).await.0.opens, 1);
+        local_probe(&l, &clock, dest, 1_000).await;
+    }
+
+    #[tokio::test]
+    async fn limits_local_counted_failure_restarts_the_ramp_and_the_open_rules_still_apply() {
+        let (l, clock) = local(ramp_config());
+        let dest = Uuid::new_v4();
+        open_now(&l, None, dest).await;
+        local_probe(&l, &clock, dest, 1_000).await;
+        succeed(&l, None, dest, 3).await;
+        assert_eq!(l.health(None, dest).await.0.ramp_allowance, Some(4));
+        assert_eq!(l.admit(None, dest, 64).await.0, 4);
+        // One failure: back to the start of the ramp (its grant is freed; 3 are still out).
+        assert_eq!(l.record(None, dest, false, Duration::ZERO).await.0, CircuitState::Ramping);
+        let h = l.health(None, dest).await.0;
+        assert_eq!((h.ramp_allowance, h.grants), (Some(2), 3));
+        assert_eq!(l.admit(None, dest, 64).await.0, 0);
+        // A success in between resets the consecutive count but not the allowance level reached.
+        assert_eq!(succeed(&l, None, dest, 1).await, CircuitState::Ramping);
+        assert_eq!(l.health(None, dest).await.0.ramp_allowance, Some(2));
+        // Three counted failures in a row re-open, with the doubled period (no full close in between).
+        clock.advance(MS);
+        l.record(None, dest, false, Duration::ZERO).await;
+        clock.advance(MS);
+        l.record(None, dest, false, Duration::ZERO).await;
+        clock.advance(MS);
+        assert_eq!(l.record(None, dest, false, Duration::ZERO).await, (CircuitState::Open, Scope::Local));
+        let h = l.health(None, dest).await.0;
+        assert_eq!((h.state, h.opens, h.open_period_ms, h.grants), (CircuitState::Open, 2, 2_000, 0));
+        local_probe(&l, &clock, dest, 2_000).await;
+    }
+
+    #[tokio::test]
+    async fn limits_local_a_synchronized_burst_of_failures_counts_once() {
+        let (l, clock) = local(ramp_config());
+        let dest = Uuid::new_v4();
+        clock.advance(Duration::from_secs(10));
+        // 30 requests started together time out together after 2 s: one counted failure.
+        for _ in 0..30 {
+            assert_eq!(l.record(None, dest, false, Duration::from_secs(2)).await.0, CircuitState::Closed);
+        }
+        // Another straggler of the same burst, recorded a little later, still started before: not counted.
+        clock.advance(Duration::from_millis(30));
+        assert_eq!(l.record(None, dest, false, Duration::from_millis(2_030)).await.0, CircuitState::Closed);
+        // A request started after the counted failure was recorded counts (2), and the next one (3) opens.
+        clock.advance(Duration::from_millis(20));
+        assert_eq!(l.record(None, dest, false, Duration::from_millis(40)).await.0, CircuitState::Closed);
+        assert_eq!(l.record(None, dest, false, Duration::ZERO).await, (CircuitState::Open, Scope::Local));
+
+        // The ratio rule still counts each failure of a burst.
+        let (l, clock) = local(CircuitConfig { failure_threshold: 5, failure_ratio: 0.5, ..ramp_config() });
+        clock.advance(Duration::from_secs(10));
+        for _ in 0..9 {
+            assert_eq!(l.record(None, dest, false, Duration::from_secs(2)).await.0, CircuitState::Closed);
+        }
+        assert_eq!(l.record(None, dest, false, Duration::from_secs(2)).await.0, CircuitState::Open);
+    }
+
+    #[tokio::test]
+    async fn limits_local_open_period_backs_off_exponentially_up_to_open_secs() {
+        let (l, clock) = local(ramp_config());
+        let dest = Uuid::new_v4();
+        open_now(&l, None, dest).await;
+        for (opens, period) in [(1, 1_000), (2, 2_000), (3, 4_000), (4, 8_000), (5, 8_000)] {
+            let h = l.health(None, dest).await.0;
+            assert_eq!((h.state, h.opens, h.open_period_ms), (CircuitState::Open, opens, period));
+            local_probe(&l, &clock, dest, period).await;
+            if opens < 5 {
+                // The probe fails: re-open with the next period.
+                assert_eq!(l.record(None, dest, false, Duration::ZERO).await, (CircuitState::Open, Scope::Local));
+            }
+        }
+        // A success ramps; only the full close resets the back-off.
+        assert_eq!(succeed(&l, None, dest, 1).await, CircuitState::Ramping);
+        assert_eq!(l.health(None, dest).await.0.opens, 5);
+        clock.advance(MS);
+        open_now(&l, None, dest).await;
+        assert_eq!(l.health(None, dest).await.0.open_period_ms, 8_000);
+        local_probe(&l, &clock, dest, 8_000).await;
+        succeed(&l, None, dest, 1 + 2 + 4 + 8).await;
+        assert_eq!(l.state(None, dest).await.0, CircuitState::Closed);
+        open_now(&l, None, dest).await;
+        assert_eq!(l.health(None, dest).await.0.open_period_ms, 1_000);
+    }
+
+    #[tokio::test]
+    async fn limits_local_grants_are_released_and_expire() {
+        let (l, clock) = local(ramp_config());
+        let dest = Uuid::new_v4();
+        open_now(&l, None, dest).await;
+        local_probe(&l, &clock, dest, 1_000).await;
+        // An unused probe goes back at once.
+        l.release_probe(None, dest).await;
+        assert_eq!(l.admit(None, dest, 10).await.0, 1);
+        // The probe's answer arrives; outcomes of attempts started before the probe phase are ignored.
+        clock.advance(Duration::from_millis(100));
+        assert_eq!(l.record(None, dest, false, Duration::from_secs(3)).await.0, CircuitState::HalfOpen);
+        assert_eq!(l.record(None, dest, true, Duration::from_millis(50)).await.0, CircuitState::Ramping);
+
+        assert_eq!(l.admit(None, dest, 10).await.0, 2);
+        l.release_grants(None, dest, 1).await;
+        assert_eq!(l.admit(None, dest, 10).await.0, 1);
+        l.release_grants(None, dest, 5).await;
+        assert_eq!(l.health(None, dest).await.0.grants, 0);
+        assert_eq!(l.admit(None, dest, 10).await.0, 2);
+        // Stale outcomes neither free grants nor grow the ramp.
+        assert_eq!(l.record(None, dest, true, Duration::from_secs(60)).await.0, CircuitState::Ramping);
+        let h = l.health(None, dest).await.0;
+        assert_eq!((h.grants, h.ramp_allowance), (2, Some(2)));
+        // Never answered (their node died): the grants expire after open_secs and the ramp goes on.
+        clock.advance(Duration::from_millis(7_999));
+        assert_eq!(l.admit(None, dest, 10).await.0, 0);
+        clock.advance(MS);
+        assert_eq!(l.health(None, dest).await.0.grants, 0);
+        assert_eq!(l.admit(None, dest, 10).await.0, 2);
+        // Releasing is a no-op when closed.
+        let other = Uuid::new_v4();
+        l.release_grants(None, other, 3).await;
+        assert_eq!(l.admit(None, other, 10).await.0, 10);
     }
 
     // ---- Redis (cluster scope) ----
@@ -918,14 +1548,14 @@ mod tests {
         let c = || Some(conn.clone());
 
         assert_eq!(l.admit(c(), dest, 4).await, (4, Scope::Cluster));
-        assert_eq!(l.record(c(), dest, false).await, (CircuitState::Closed, Scope::Cluster));
-        assert_eq!(l.record(c(), dest, false).await, (CircuitState::Closed, Scope::Cluster));
-        assert_eq!(l.record(c(), dest, true).await, (CircuitState::Closed, Scope::Cluster));
-        assert_eq!(l.record(c(), dest, false).await, (CircuitState::Closed, Scope::Cluster));
-        assert_eq!(l.record(c(), dest, false).await, (CircuitState::Closed, Scope::Cluster));
+        assert_eq!(l.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Closed, Scope::Cluster));
+        assert_eq!(l.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Closed, Scope::Cluster));
+        assert_eq!(l.record(c(), dest, true, Duration::ZERO).await, (CircuitState::Closed, Scope::Cluster));
+        assert_eq!(l.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Closed, Scope::Cluster));
+        assert_eq!(l.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Closed, Scope::Cluster));
         let ttl: i64 = redis::cmd("PTTL").arg(l.circuit_key(dest)).query_async(&mut conn.clone()).await.unwrap();
         assert!(ttl > 0, "the circuit key has an expiry");
-        assert_eq!(l.record(c(), dest, false).await, (CircuitState::Open, Scope::Cluster));
+        assert_eq!(l.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Open, Scope::Cluster));
         assert_eq!(l.state(c(), dest).await, (CircuitState::Open, Scope::Cluster));
         assert_eq!(l.admit(c(), dest, 4).await, (0, Scope::Cluster));
 
@@ -935,17 +1565,17 @@ mod tests {
         assert_eq!(l.state(c(), dest).await, (CircuitState::HalfOpen, Scope::Cluster));
         assert_eq!(l.admit(c(), dest, 4).await.0, 0);
         // Probe success closes.
-        assert_eq!(l.record(c(), dest, true).await, (CircuitState::Closed, Scope::Cluster));
+        assert_eq!(l.record(c(), dest, true, Duration::ZERO).await, (CircuitState::Closed, Scope::Cluster));
         assert_eq!(l.admit(c(), dest, 4).await, (4, Scope::Cluster));
 
         // Open again; probe failure re-opens.
         for _ in 0..3 {
-            l.record(c(), dest, false).await;
+            l.record(c(), dest, false, Duration::ZERO).await;
         }
         assert_eq!(l.state(c(), dest).await.0, CircuitState::Open);
         let (x, y) = race_for_probe(&l, &l, &conn, dest).await;
         assert_eq!(x + y, 1);
-        assert_eq!(l.record(c(), dest, false).await, (CircuitState::Open, Scope::Cluster));
+        assert_eq!(l.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Open, Scope::Cluster));
         assert_eq!(l.admit(c(), dest, 4).await.0, 0);
         let (x, y) = race_for_probe(&l, &l, &conn, dest).await;
         assert_eq!(x + y, 1);
@@ -961,15 +1591,15 @@ mod tests {
         let dest = Uuid::new_v4();
         let c = || Some(conn.clone());
         for i in 0..9 {
-            assert_eq!(l.record(c(), dest, i % 2 == 1).await, (CircuitState::Closed, Scope::Cluster));
+            assert_eq!(l.record(c(), dest, i % 2 == 1, Duration::ZERO).await, (CircuitState::Closed, Scope::Cluster));
         }
-        assert_eq!(l.record(c(), dest, true).await.0, CircuitState::Closed);
-        assert_eq!(l.record(c(), dest, false).await, (CircuitState::Open, Scope::Cluster));
+        assert_eq!(l.record(c(), dest, true, Duration::ZERO).await.0, CircuitState::Closed);
+        assert_eq!(l.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Open, Scope::Cluster));
         assert_eq!(l.admit(c(), dest, 3).await, (0, Scope::Cluster));
 
         let calm = Uuid::new_v4();
         for i in 0..30 {
-            assert_eq!(l.record(c(), calm, i % 3 != 0).await.0, CircuitState::Closed);
+            assert_eq!(l.record(c(), calm, i % 3 != 0, Duration::ZERO).await.0, CircuitState::Closed);
         }
         cleanup(conn, &prefix).await;
     }
@@ -1025,16 +1655,16 @@ mod tests {
         b.return_tokens(c(), dest, 0.001, 1).await;
         assert_eq!(a.take_tokens(c(), dest, 0.001, 1).await, (1, Scope::Cluster));
 
-        a.record(c(), dest, false).await;
-        b.record(c(), dest, false).await;
-        assert_eq!(a.record(c(), dest, false).await, (CircuitState::Open, Scope::Cluster));
+        a.record(c(), dest, false, Duration::ZERO).await;
+        b.record(c(), dest, false, Duration::ZERO).await;
+        assert_eq!(a.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Open, Scope::Cluster));
         assert_eq!(b.state(c(), dest).await, (CircuitState::Open, Scope::Cluster));
         assert_eq!(b.admit(c(), dest, 3).await, (0, Scope::Cluster));
         // Exactly one probe across both instances.
         let (x, y) = race_for_probe(&a, &b, &conn, dest).await;
         assert_eq!(x + y, 1);
         assert_eq!(a.admit(c(), dest, 3).await.0 + b.admit(c(), dest, 3).await.0, 0);
-        assert_eq!(b.record(c(), dest, true).await, (CircuitState::Closed, Scope::Cluster));
+        assert_eq!(b.record(c(), dest, true, Duration::ZERO).await, (CircuitState::Closed, Scope::Cluster));
         assert_eq!(a.admit(c(), dest, 3).await, (3, Scope::Cluster));
 
         cleanup(conn, &prefix).await;
@@ -1056,9 +1686,9 @@ mod tests {
         assert_eq!(l.take_tokens(c(), dest, 5.0, 10).await.1, Scope::Local);
         assert_eq!(l.admit(c(), dest, 2).await, (2, Scope::Local));
         for _ in 0..2 {
-            assert_eq!(l.record(c(), dest, false).await, (CircuitState::Closed, Scope::Local));
+            assert_eq!(l.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Closed, Scope::Local));
         }
-        assert_eq!(l.record(c(), dest, false).await, (CircuitState::Open, Scope::Local));
+        assert_eq!(l.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Open, Scope::Local));
         assert_eq!(l.state(c(), dest).await, (CircuitState::Open, Scope::Local));
         assert_eq!(l.admit(c(), dest, 2).await, (0, Scope::Local));
         assert!(l.degraded.load(Ordering::Relaxed));
@@ -1067,6 +1697,167 @@ mod tests {
         cleanup(conn.clone(), &prefix).await;
         assert_eq!(l.admit(c(), dest, 2).await, (2, Scope::Cluster));
         assert!(!l.degraded.load(Ordering::Relaxed));
+        cleanup(conn, &prefix).await;
+    }
+
+    // ---- ramp, burst rule, back-off and grants (Redis) ----
+
+    /// Like `ramp_config`, with short periods since Redis's clock cannot be moved: 300 ms doubling up to 1 s.
+    fn redis_ramp_config() -> CircuitConfig {
+        CircuitConfig { open_secs: 1, open_initial_ms: 300, ..ramp_config() }
+    }
+
+    /// Waits (bounded) until `admit` hands out the half-open probe.
+    async fn redis_probe(l: &Limits, conn: &MultiplexedConnection, dest: Uuid) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (n, scope) = l.admit(Some(conn.clone()), dest, 10).await;
+            assert_eq!(scope, Scope::Cluster);
+            if n > 0 {
+                assert_eq!(n, 1);
+                break;
+            }
+            assert!(Instant::now() < deadline, "no half-open probe was admitted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(l.admit(Some(conn.clone()), dest, 10).await.0, 0, "only one probe");
+        assert_eq!(l.state(Some(conn.clone()), dest).await, (CircuitState::HalfOpen, Scope::Cluster));
+    }
+
+    #[tokio::test]
+    async fn limits_redis_probe_success_ramps_up_then_closes_fully() {
+        let conn = redis().await;
+        let prefix = prefix();
+        let l = Limits::new(&prefix, redis_ramp_config());
+        let dest = Uuid::new_v4();
+        let c = || Some(conn.clone());
+        open_now(&l, c(), dest).await;
+        redis_probe(&l, &conn, dest).await;
+        assert_eq!(l.record(c(), dest, true, Duration::ZERO).await, (CircuitState::Ramping, Scope::Cluster));
+        let h = l.health(c(), dest).await;
+        assert_eq!(h.1, Scope::Cluster);
+        assert_eq!((h.0.state, h.0.ramp_allowance, h.0.grants, h.0.opens), (CircuitState::Ramping, Some(2), 0, 1));
+
+        assert_eq!(l.admit(c(), dest, 64).await, (2, Scope::Cluster));
+        assert_eq!(l.admit(c(), dest, 64).await.0, 0);
+        assert_eq!(l.health(c(), dest).await.0.grants, 2);
+        let ttl: i64 = redis::cmd("PTTL").arg(l.grants_key(dest)).query_async(&mut conn.clone()).await.unwrap();
+        assert!(ttl > 0, "the grants key has an expiry");
+        assert_eq!(succeed(&l, c(), dest, 1).await, CircuitState::Ramping);
+        assert_eq!(l.admit(c(), dest, 64).await.0, 1);
+        assert_eq!(succeed(&l, c(), dest, 1).await, CircuitState::Ramping);
+        assert_eq!(l.health(c(), dest).await.0.ramp_allowance, Some(4));
+        assert_eq!(l.admit(c(), dest, 64).await.0, 3);
+        assert_eq!(l.admit(c(), dest, 2).await.0, 0);
+        assert_eq!(succeed(&l, c(), dest, 4).await, CircuitState::Ramping);
+        assert_eq!(l.health(c(), dest).await.0.ramp_allowance, Some(8));
+        assert_eq!(succeed(&l, c(), dest, 7).await, CircuitState::Ramping);
+        assert_eq!(succeed(&l, c(), dest, 1).await, CircuitState::Closed);
+        assert_eq!(l.health(c(), dest).await, (CircuitHealth::closed(), Scope::Cluster));
+        assert_eq!(l.admit(c(), dest, 64).await, (64, Scope::Cluster));
+
+        // The back-off starts over after a full close.
+        open_now(&l, c(), dest).await;
+        let h = l.health(c(), dest).await.0;
+        assert_eq!((h.opens, h.open_period_ms), (1, 300));
+        cleanup(conn, &prefix).await;
+    }
+
+    #[tokio::test]
+    async fn limits_redis_counted_failure_restarts_the_ramp_and_open_backs_off() {
+        let conn = redis().await;
+        let prefix = prefix();
+        let l = Limits::new(&prefix, redis_ramp_config());
+        let dest = Uuid::new_v4();
+        let c = || Some(conn.clone());
+        open_now(&l, c(), dest).await;
+        // Failed probes: 300, 600, 1000 (capped), 1000 ms.
+        for (opens, period) in [(1, 300), (2, 600), (3, 1_000), (4, 1_000)] {
+            let h = l.health(c(), dest).await.0;
+            assert_eq!((h.state, h.opens, h.open_period_ms), (CircuitState::Open, opens, period));
+            redis_probe(&l, &conn, dest).await;
+            if opens < 4 {
+                assert_eq!(l.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Open, Scope::Cluster));
+            }
+        }
+        succeed(&l, c(), dest, 3).await;
+        assert_eq!(l.health(c(), dest).await.0.ramp_allowance, Some(4));
+        assert_eq!(l.admit(c(), dest, 64).await.0, 4);
+        assert_eq!(l.record(c(), dest, false, Duration::ZERO).await.0, CircuitState::Ramping);
+        let h = l.health(c(), dest).await.0;
+        assert_eq!((h.ramp_allowance, h.grants, h.opens), (Some(2), 3, 4));
+        assert_eq!(l.admit(c(), dest, 64).await.0, 0);
+        l.record(c(), dest, false, Duration::ZERO).await;
+        assert_eq!(l.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Open, Scope::Cluster));
+        let h = l.health(c(), dest).await.0;
+        assert_eq!((h.opens, h.open_period_ms, h.grants), (5, 1_000, 0));
+        cleanup(conn, &prefix).await;
+    }
+
+    #[tokio::test]
+    async fn limits_redis_a_synchronized_burst_of_failures_counts_once() {
+        let conn = redis().await;
+        let prefix = prefix();
+        let l = Limits::new(&prefix, redis_ramp_config());
+        let dest = Uuid::new_v4();
+        let c = || Some(conn.clone());
+        for _ in 0..30 {
+            assert_eq!(
+                l.record(c(), dest, false, Duration::from_secs(2)).await,
+                (CircuitState::Closed, Scope::Cluster)
+            );
+        }
+        assert_eq!(l.record(c(), dest, false, Duration::ZERO).await.0, CircuitState::Closed);
+        assert_eq!(l.record(c(), dest, false, Duration::ZERO).await.0, CircuitState::Open);
+
+        // The ratio rule still counts each.
+        let l = Limits::new(&prefix, CircuitConfig { failure_threshold: 5, failure_ratio: 0.5, ..redis_ramp_config() });
+        let dest = Uuid::new_v4();
+        for _ in 0..9 {
+            assert_eq!(l.record(c(), dest, false, Duration::from_secs(2)).await.0, CircuitState::Closed);
+        }
+        assert_eq!(l.record(c(), dest, false, Duration::from_secs(2)).await.0, CircuitState::Open);
+        cleanup(conn, &prefix).await;
+    }
+
+    #[tokio::test]
+    async fn limits_redis_grants_are_released_and_expire() {
+        let conn = redis().await;
+        let prefix = prefix();
+        let l = Limits::new(&prefix, redis_ramp_config());
+        let dest = Uuid::new_v4();
+        let c = || Some(conn.clone());
+        open_now(&l, c(), dest).await;
+        redis_probe(&l, &conn, dest).await;
+        l.release_probe(c(), dest).await;
+        assert_eq!(l.admit(c(), dest, 10).await.0, 1);
+        // An attempt started long before the probe phase: ignored.
+        assert_eq!(l.record(c(), dest, false, Duration::from_secs(60)).await.0, CircuitState::HalfOpen);
+        assert_eq!(l.record(c(), dest, true, Duration::ZERO).await.0, CircuitState::Ramping);
+
+        assert_eq!(l.admit(c(), dest, 10).await.0, 2);
+        l.release_grants(c(), dest, 1).await;
+        assert_eq!(l.admit(c(), dest, 10).await.0, 1);
+        l.release_grants(c(), dest, 5).await;
+        assert_eq!(l.health(c(), dest).await.0.grants, 0);
+        assert_eq!(l.admit(c(), dest, 10).await.0, 2);
+        assert_eq!(l.record(c(), dest, true, Duration::from_secs(60)).await.0, CircuitState::Ramping);
+        let h = l.health(c(), dest).await.0;
+        assert_eq!((h.grants, h.ramp_allowance), (2, Some(2)));
+        // Never answered: they expire after open_secs (1 s), waiting on the condition.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let n = l.admit(c(), dest, 10).await.0;
+            if n > 0 {
+                assert_eq!(n, 2);
+                break;
+            }
+            assert!(Instant::now() < deadline, "the grants never expired");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let other = Uuid::new_v4();
+        l.release_grants(c(), other, 3).await;
+        assert_eq!(l.admit(c(), other, 10).await.0, 10);
         cleanup(conn, &prefix).await;
     }
 }

@@ -543,9 +543,9 @@ impl ClaimRound {
         let normal_cap: Vec<i32> = normal.iter().map(|(d, _)| d.max_in_flight.min(i32::MAX as u32) as i32).collect();
         let fifo_ids: Vec<Uuid> = fifo.iter().map(|(d, _)| d.id).collect();
 
-        let mut jobs = Vec::new();
-        let mut buried: Vec<(Uuid, String)> = Vec::new();
-        {
+        let claimed_rows = async {
+            let mut jobs = Vec::new();
+            let mut buried: Vec<(Uuid, String)> = Vec::new();
             let mut client = self.pool.get().await?;
             let tx = client.transaction().await?;
             // A claimer stuck holding the lock (a partitioned node) delays the others by at most this.
@@ -569,17 +569,34 @@ impl ClaimRound {
                 tx.execute(BURY, &[&ids, &reasons]).await?;
             }
             tx.commit().await?;
+            Ok::<_, anyhow::Error>((jobs, buried))
         }
+        .await;
+        let (jobs, buried) = match claimed_rows {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                // Nothing was claimed: every grant and token of this round goes back now, not at its expiry.
+                self.give_back(&budgets, &HashMap::new()).await;
+                return Err(error);
+            }
+        };
         for (id, reason) in &buried {
             metrics::counter!("hookgate_deliveries_unattemptable_total").increment(1);
             tracing::warn!(message = "Delivery cannot be attempted; it is dead.", delivery = %id, reason = %reason);
         }
 
-        // Give back the tokens of rate-limited destinations that had less due work than their budget.
         let mut claimed: HashMap<Uuid, u32> = HashMap::new();
         for j in &jobs {
             *claimed.entry(j.destination_id).or_default() += 1;
         }
+        self.give_back(&budgets, &claimed).await;
+        metrics::counter!("hookgate_scheduler_claimed_total").increment(jobs.len() as u64);
+        Ok(jobs)
+    }
+
+    /// Gives back what a round was granted and did not use: rate-limit tokens, and half-open or ramping grants of
+    /// the circuit breaker (which must not sit unused until they expire).
+    async fn give_back(&self, budgets: &[(Arc<Destination>, u32)], claimed: &HashMap<Uuid, u32>) {
         futures::future::join_all(budgets.iter().map(|(d, granted)| {
             let used = claimed.get(&d.id).copied().unwrap_or(0);
             let (limits, redis) = (self.limits.clone(), self.redis.clone());
@@ -587,14 +604,11 @@ impl ClaimRound {
                 if let (Some(rate), true) = (d.rate_limit, used < *granted) {
                     limits.return_tokens(redis.clone(), d.id, rate, granted - used).await;
                 }
-                if used == 0 {
-                    // Admitted but nothing sent: a half-open probe slot must not sit unused until it expires.
-                    limits.release_probe(redis, d.id).await;
+                if used < *granted {
+                    limits.release_grants(redis, d.id, granted - used).await;
                 }
             }
         }))
         .await;
-        metrics::counter!("hookgate_scheduler_claimed_total").increment(jobs.len() as u64);
-        Ok(jobs)
     }
 }

@@ -375,10 +375,19 @@ pub struct HealthWindow {
 pub struct DestinationHealth {
     pub id: Uuid,
     pub state: String,
-    /// `closed`, `open` or `half_open`.
+    /// `closed`, `open`, `half_open` (one probe may go) or `ramping` (after a successful probe: a limited,
+    /// growing concurrency until `delivery.circuit.ramp_max`).
     pub circuit: String,
     /// `cluster` (read from Redis) or `local` (Redis unreachable: this node's own view).
     pub circuit_scope: String,
+    /// While `ramping`: how many deliveries may be in flight at once right now (null otherwise).
+    pub circuit_ramp_allowance: Option<u32>,
+    /// Deliveries admitted while `half_open` or `ramping` whose outcome is not recorded yet.
+    pub circuit_grants: u32,
+    /// Opens since the circuit was last fully closed; each re-open doubles the open period.
+    pub circuit_opens: u32,
+    /// The current (or last) open period in milliseconds; 0 when fully closed.
+    pub circuit_open_period_ms: u64,
     /// Pending deliveries.
     pub backlog: i64,
     /// Pending deliveries already due.
@@ -424,13 +433,18 @@ pub async fn health(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Re
             latency_p99_ms: row.get(3),
         });
     }
-    let (circuit, scope) = state.limits.state(state.redis.get(), path.id).await;
-    let circuit = serde_json::to_value(circuit).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    let (breaker, scope) = state.limits.health(state.redis.get(), path.id).await;
+    let circuit =
+        serde_json::to_value(breaker.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
     Ok(HttpResponse::Ok().json(DestinationHealth {
         id: dest.id,
         state: dest.state,
         circuit,
         circuit_scope: format!("{scope:?}").to_lowercase(),
+        circuit_ramp_allowance: breaker.ramp_allowance,
+        circuit_grants: breaker.grants,
+        circuit_opens: breaker.opens,
+        circuit_open_period_ms: breaker.open_period_ms,
         backlog: counts.get(0),
         due: counts.get(1),
         dead: counts.get(2),

@@ -220,6 +220,9 @@ async fn objects_are_created_validated_delivered_listed_and_replayed_through_the
     assert_eq!(health.json["windows"][0]["attempts"], 2);
     assert_eq!(health.json["windows"][0]["success_ratio"], 1.0);
     assert_eq!(health.json["circuit"], "closed");
+    assert_eq!(health.json["circuit_ramp_allowance"], serde_json::Value::Null);
+    assert_eq!((health.json["circuit_grants"].as_u64(), health.json["circuit_opens"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(health.json["circuit_open_period_ms"], 0);
     let stats = app.admin("get", "/stats?window_secs=3600", Some(READ), None).await;
     assert_eq!(stats.status, 200, "{stats:?}");
     let shop = stats.json["sources"].as_array().unwrap().iter().find(|s| s["slug"] == "shop").unwrap().clone();

@@ -335,7 +335,7 @@ fn a_jq_program_that_does_not_compile_is_a_configuration_error_naming_the_route(
 }
 
 #[actix_rt::test]
-async fn the_circuit_opens_half_opens_and_closes_and_waiting_deliveries_are_not_burned() {
+async fn the_circuit_opens_half_opens_and_ramps_and_waiting_deliveries_are_not_burned() {
     use hookgate_actors::limits::{CircuitConfig, CircuitState, Limits};
     // Three failures open it; after 1 s one probe goes through, held at the receiver until the test saw half-open.
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
@@ -343,8 +343,14 @@ async fn the_circuit_opens_half_opens_and_closes_and_waiting_deliveries_are_not_
         vec![Reply::Status(500), Reply::Status(500), Reply::Status(500), Reply::Gate(gate.clone(), 200)],
         None,
     );
-    let circuit =
-        CircuitConfig { failure_threshold: 3, failure_ratio: 1.0, min_requests: 1000, window_secs: 60, open_secs: 1 };
+    let circuit = CircuitConfig {
+        failure_threshold: 3,
+        failure_ratio: 1.0,
+        min_requests: 1000,
+        window_secs: 60,
+        open_secs: 1,
+        ..CircuitConfig::default()
+    };
     let url = rx.url.clone();
     let app = spawn_app_with(move |s| {
         s.delivery.circuit = circuit;
@@ -370,7 +376,8 @@ async fn the_circuit_opens_half_opens_and_closes_and_waiting_deliveries_are_not_
     .await;
     rx.wait_for(4).await;
     gate.add_permits(1);
-    eventually("closed", Duration::from_secs(30), || async { (state().await == CircuitState::Closed).then_some(()) })
+    // The probe's success starts the ramp (the circuit closes fully only after ramp_max - ramp_initial successes).
+    eventually("ramping", Duration::from_secs(30), || async { (state().await == CircuitState::Ramping).then_some(()) })
         .await;
     app.wait_count("delivered", DELIVERED, 1).await;
     assert_eq!(rx.count(), 4, "while open the delivery waited: 3 failures, then the probe, nothing in between");
