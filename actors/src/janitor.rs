@@ -61,7 +61,8 @@ pub struct RoundReport {
     pub destinations_disabled: u64,
 }
 
-/// Run one round now and answer with its report (tests, and `hookgate` at start-up).
+/// Run one round now and answer with its report (the tests send it). Nothing sends it at start-up: the first round
+/// runs one `interval_secs` after the actor starts.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RunNow(pub tokio::sync::oneshot::Sender<anyhow::Result<RoundReport>>);
