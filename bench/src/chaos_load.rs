@@ -123,14 +123,15 @@ impl Load {
                         let req = request(&target, &source, &key, 256);
                         let status = send_once(&mut conn, target.addr, &req).await;
                         let at = Instant::now();
-                        let mut l = ledger.lock().expect("not poisoned");
-                        match status {
-                            Some(202) => {
-                                l.acked.insert(key, at);
+                        {
+                            let mut l = ledger.lock().expect("not poisoned");
+                            match status {
+                                Some(202) => {
+                                    l.acked.insert(key, at);
+                                }
+                                status => l.others.push(Other { at, status }),
                             }
-                            status => l.others.push(Other { at, status }),
                         }
-                        drop(l);
                         if status.is_none() {
                             // Nobody answering (hookgate killed): do not spin.
                             tokio::time::sleep(Duration::from_millis(20)).await;
