@@ -148,6 +148,14 @@ impl Load {
         self.ledger.lock().expect("not poisoned").acked.len()
     }
 
+    /// Waits until the load's duration is over (the posters stop by themselves) and returns the ledger.
+    pub async fn join(mut self) -> Ledger {
+        for t in std::mem::take(&mut self.tasks) {
+            let _ = t.await;
+        }
+        std::mem::take(&mut *self.ledger.lock().expect("not poisoned"))
+    }
+
     /// Stops the posters (each finishes the request it is in, bounded by [`REQUEST_TIMEOUT`]) and returns the
     /// ledger.
     pub async fn finish(mut self) -> Ledger {

@@ -189,6 +189,9 @@ enum Command {
         /// Kill cycles of scenario 1 (default 30, or 5 with --quick).
         #[arg(long)]
         kill_cycles: Option<usize>,
+        /// Run only these scenarios, e.g. `--only 2,4` (default: all five).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<u8>,
     },
     /// A receiver that answers 204 at once and reports requests per second.
     Sink {
@@ -204,11 +207,11 @@ fn main() -> anyhow::Result<()> {
     if let Command::Sink { port, workers } = cli.command {
         return Ok(actix_rt::System::new().block_on(sink(port, workers))?);
     }
-    if let Command::Chaos { hookgate_bin, quick, seed, kill_cycles } = cli.command {
+    if let Command::Chaos { hookgate_bin, quick, seed, kill_cycles, only } = cli.command {
         // Two workers: the load, the receivers and the Redis proxy share them, and a blocking pg_ctl call must not
         // stall the others.
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cli.threads.max(2)).enable_all().build()?;
-        let opts = ChaosOptions { hookgate_bin, quick, seed, kill_cycles };
+        let opts = ChaosOptions { hookgate_bin, quick, seed, kill_cycles, only };
         let passed = rt.block_on(chaos::run(opts))?;
         // The runtime (and with it every server the suite started) is gone before the exit code is set.
         drop(rt);
