@@ -290,9 +290,10 @@ async fn setup(opts: &ChaosOptions, params: Params) -> anyhow::Result<Env> {
 }
 
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, tokio_postgres::NoTls))
-        .await
-        .context("connecting to the suite's PostgreSQL timed out")??;
+    let (client, conn) =
+        tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, tokio_postgres::NoTls))
+            .await
+            .context("connecting to the suite's PostgreSQL timed out")??;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -352,7 +353,8 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<bool> {
         }
         panics_note(env.hg.log_path(), log_from, &mut row);
         if !env.hg.running() {
-            row.notes.push(format!("hookgate is not running after the scenario; log tail:\n{}", tail(env.hg.log_path(), 8)));
+            row.notes
+                .push(format!("hookgate is not running after the scenario; log tail:\n{}", tail(env.hg.log_path(), 8)));
         }
         eprintln!("chaos: scenario {name}: {}", if row.pass { "pass" } else { "FAIL" });
         rows.push(row);
@@ -456,8 +458,7 @@ async fn verify(env: &Env, row: &mut Row, source: &str, ledger: &Ledger) -> anyh
         ok = false;
     }
     if delivered < acked.len() as u64 {
-        let missing: Vec<&String> =
-            acked.keys().filter(|k| env.healthy.state.arrival(k).is_none()).take(3).collect();
+        let missing: Vec<&String> = acked.keys().filter(|k| env.healthy.state.arrival(k).is_none()).take(3).collect();
         let pending = db
             .query(
                 "SELECT d.state, count(*) FROM deliveries d JOIN routes r ON r.id = d.route_id
@@ -624,7 +625,8 @@ async fn bad_destinations(env: &mut Env, row: &mut Row) -> anyhow::Result<()> {
     let p = env.params.clone();
     let posters = 4;
     // Warm-up (connections, prepared statements, the receiver's pool), not measured.
-    let mut solo = Load::start(&env.target, "s4-solo", "s4w", p.perf_rate, posters, Duration::from_secs(2)).join().await;
+    let mut solo =
+        Load::start(&env.target, "s4-solo", "s4w", p.perf_rate, posters, Duration::from_secs(2)).join().await;
     let warm = solo.acked.clone();
     let _ = wait_delivered(&env.healthy.state, &warm, &p).await;
     let measured = Load::start(&env.target, "s4-solo", "s4a", p.perf_rate, posters, p.perf_secs).join().await;
@@ -657,7 +659,7 @@ async fn bad_destinations(env: &mut Env, row: &mut Row) -> anyhow::Result<()> {
     let attempts = db
         .query(
             "SELECT dst.slug, dst.state, count(a.id),
-                    string_agg(DISTINCT coalesce(a.status::text, a.error_kind, '?'), '/')
+                    string_agg(DISTINCT coalesce(a.status::text, a.error_kind, 'no attempt yet'), '/')
                FROM destinations dst
                JOIN deliveries d ON d.destination_id = dst.id
                LEFT JOIN attempts a ON a.delivery_id = d.id

@@ -111,7 +111,10 @@ pub fn pg_bindir() -> anyhow::Result<PathBuf> {
         })
         .collect();
     candidates.sort();
-    candidates.pop().map(|(_, b)| b).context("no PostgreSQL binaries: neither pg_config --bindir nor /usr/lib/postgresql/*/bin")
+    candidates
+        .pop()
+        .map(|(_, b)| b)
+        .context("no PostgreSQL binaries: neither pg_config --bindir nor /usr/lib/postgresql/*/bin")
 }
 
 /// A PostgreSQL command, run as `postgres` when the suite runs as root (initdb and postgres refuse root).
