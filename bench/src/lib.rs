@@ -2,6 +2,10 @@
 //! PostgreSQL baseline. See `docs/benchmarks.md` for the workloads and how to run them against another server.
 
 pub mod baseline;
+pub mod chaos;
+pub mod chaos_infra;
+pub mod chaos_load;
+pub mod chaos_receiver;
 pub mod client;
 pub mod load;
 pub mod procfs;

@@ -5,6 +5,8 @@
 //!   running server at `--url`; with `--sign none` any HTTP endpoint that takes a JSON POST can be measured.
 //! - `baseline`: raw PostgreSQL COPY and batched INSERT of the rows in an `events` table.
 //! - `sink`: a receiver that answers 204 at once and reports requests per second.
+//! - `chaos`: the chaos suite (`make chaos`; `--quick` in `make test`): faults under load against a hookgate, a
+//!   PostgreSQL and a Redis it starts itself; every acknowledged event must be stored once and delivered.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +16,7 @@ use std::time::Duration;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hookgate_bench::baseline;
+use hookgate_bench::chaos::{self, ChaosOptions};
 use hookgate_bench::load::{closed_loop, open_loop};
 use hookgate_bench::procfs::{rss_kib, RssSampler};
 use hookgate_bench::receiver::Receiver;
@@ -171,6 +174,25 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         connections: usize,
     },
+    /// The chaos suite: kill -9 cycles, PostgreSQL and Redis outages, bad destinations, an orphan delivery and a
+    /// slow jq route, each under load; checks that every acknowledged event is stored once and delivered. Starts
+    /// its own PostgreSQL cluster, Redis and release hookgate; prints one table and `N passed, N failed`.
+    Chaos {
+        #[arg(long, default_value = "target/release/hookgate")]
+        hookgate_bin: PathBuf,
+        /// The reduced run (part of `make test`): 5 kill cycles, shorter loads, scenario 4's latency reported only.
+        #[arg(long)]
+        quick: bool,
+        /// Seed of the random kill moments.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Kill cycles of scenario 1 (default 30, or 5 with --quick).
+        #[arg(long)]
+        kill_cycles: Option<usize>,
+        /// Run only these scenarios, e.g. `--only 2,4` (default: all five).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<u8>,
+    },
     /// A receiver that answers 204 at once and reports requests per second.
     Sink {
         #[arg(long, default_value_t = 19090)]
@@ -184,6 +206,19 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::Sink { port, workers } = cli.command {
         return Ok(actix_rt::System::new().block_on(sink(port, workers))?);
+    }
+    if let Command::Chaos { hookgate_bin, quick, seed, kill_cycles, only } = cli.command {
+        // Two workers: the load, the receivers and the Redis proxy share them, and a blocking pg_ctl call must not
+        // stall the others.
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cli.threads.max(2)).enable_all().build()?;
+        let opts = ChaosOptions { hookgate_bin, quick, seed, kill_cycles, only };
+        let passed = rt.block_on(chaos::run(opts))?;
+        // The runtime (and with it every server the suite started) is gone before the exit code is set.
+        drop(rt);
+        if !passed {
+            std::process::exit(1);
+        }
+        return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cli.threads.max(1)).enable_all().build()?;
     rt.block_on(run(cli.command))
@@ -304,7 +339,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 b.rows, b.copy_rows_per_s, b.insert_rows_per_s
             );
         }
-        Command::Sink { .. } => unreachable!("handled in main"),
+        Command::Sink { .. } | Command::Chaos { .. } => unreachable!("handled in main"),
     }
     Ok(())
 }
