@@ -361,14 +361,15 @@ def schema_validate(o, where):
         fail(f"{where}: {o['kind']}/{o['metadata']['name']}: {e.message} at {'/'.join(map(str, e.path))}")
 
 # Top-level sections of hookgate's Settings (src/config.rs); HOOKGATE_CONFIG names the file.
-SECTIONS = {"server", "database", "redis", "writer", "supervision", "sources", "delivery", "destinations", "routes", "admin"}
+SECTIONS = {"server", "database", "redis", "writer", "supervision", "sources", "delivery", "destinations", "routes", "admin",
+            "retention"}
 
 def check_env_name(name, where):
     if not name.startswith("HOOKGATE_") or name == "HOOKGATE_CONFIG":
         return
     section = name[len("HOOKGATE_"):].split("__")[0].lower()
     if "__" not in name or section not in SECTIONS:
-        fail(f"{where}: {name} is not a hookgate setting (unknown settings make hookgate refuse to start)")
+        fail(f"{where}: {name} is not a hookgate setting (hookgate ignores it: a typo would silently not apply)")
 
 def check_toml(text, where):
     try:

@@ -254,8 +254,8 @@ pub struct SourceConfig {
     /// CloudEvents always use their `type` attribute.
     #[serde(default)]
     pub event_type: Option<EventTypeConfig>,
-    /// How long the Redis fast path remembers a key (default: `redis.dedupe_ttl_secs`). PostgreSQL's unique
-    /// constraint keeps refusing a repeated key for as long as the first event is retained.
+    /// How long the Redis fast path remembers a key (default: `redis.dedupe_ttl_secs`). PostgreSQL remembers keys
+    /// for `retention.dedupe_window_secs` (7 days by default); keep this no longer than that.
     #[serde(default)]
     pub dedupe_window_secs: Option<u64>,
     /// Accept only CloudEvents (binary, structured or batch mode of the HTTP binding).

@@ -11,6 +11,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "event_type", include_str!("migrations/0003_event_type.sql")),
     (4, "partitions", include_str!("migrations/0004_partitions.sql")),
     (5, "admin", include_str!("migrations/0005_admin.sql")),
+    (6, "deferred_routing", include_str!("migrations/0006_deferred_routing.sql")),
     (7, "replay_fencing", include_str!("migrations/0007_replay_fencing.sql")),
 ];
 

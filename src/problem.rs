@@ -41,11 +41,6 @@ pub enum IngestError {
     Overloaded { retry_after_secs: u64 },
     #[error("the event could not be stored right now; retry after the delay in Retry-After")]
     Unavailable { retry_after_secs: u64 },
-    /// A route's filter or transform could not be evaluated in time; nothing was stored.
-    #[error(
-        "the event's routes could not be evaluated in time; nothing was stored; retry after the delay in Retry-After"
-    )]
-    RoutingDeferred { retry_after_secs: u64 },
     #[error("an unexpected error occurred")]
     Unexpected(#[from] anyhow::Error),
 }
@@ -64,7 +59,6 @@ impl IngestError {
             Self::OriginNotAllowed(_) => "origin_not_allowed",
             Self::Overloaded { .. } => "overloaded",
             Self::Unavailable { .. } => "unavailable",
-            Self::RoutingDeferred { .. } => "routing_deferred",
             Self::Unexpected(_) => "error",
         }
     }
@@ -81,7 +75,6 @@ impl IngestError {
             Self::OriginNotAllowed(_) => ("origin-not-allowed", "Origin not allowed"),
             Self::Overloaded { .. } => ("overloaded", "Service overloaded"),
             Self::Unavailable { .. } => ("storage-unavailable", "Storage unavailable"),
-            Self::RoutingDeferred { .. } => ("routing-deferred", "Routing could not be decided in time"),
             Self::Unexpected(_) => ("internal", "Internal error"),
         }
     }
@@ -101,9 +94,7 @@ impl ResponseError for IngestError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidJson(_) | Self::BadRequest(_) | Self::InvalidCloudEvent(_) => StatusCode::BAD_REQUEST,
             Self::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
-            Self::Overloaded { .. } | Self::Unavailable { .. } | Self::RoutingDeferred { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Overloaded { .. } | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -115,10 +106,7 @@ impl ResponseError for IngestError {
             Problem { type_uri: problem_type(slug), title, status: status.as_u16(), detail: self.to_string() };
         let mut resp = HttpResponse::build(status);
         resp.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json")));
-        if let Self::Overloaded { retry_after_secs }
-        | Self::Unavailable { retry_after_secs }
-        | Self::RoutingDeferred { retry_after_secs } = self
-        {
+        if let Self::Overloaded { retry_after_secs } | Self::Unavailable { retry_after_secs } = self {
             resp.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
         }
         resp.body(serde_json::to_vec(&problem).unwrap_or_default())

@@ -202,8 +202,11 @@ impl Application {
                                 (ssrf.clone(), results.clone().recipient(), me.clone().recipient());
                             let (limits, redis) = (limits.clone(), redis.clone());
                             let (max, cap) = (cfg.max_in_flight, cfg.max_in_flight.max(16));
+                            let (jq_timeout, jq_max) =
+                                (Duration::from_millis(cfg.jq_timeout_ms), cfg.jq_max_output_bytes);
                             Supervisor::start_in_arbiter(h, move |_| {
                                 Deliverer::new(ssrf, limits, redis, max, cap, results, me)
+                                    .with_jq_bounds(jq_timeout, jq_max)
                             })
                         })
                         .collect();

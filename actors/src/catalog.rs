@@ -177,6 +177,9 @@ pub struct PlannedDelivery {
     pub payload: Option<Bytes>,
     /// Why the filter or transform failed (the delivery is stored as `failed`, never attempted).
     pub failed: Option<String>,
+    /// The route's programs could not be evaluated now (time bound, runaway budget): the delivery is stored
+    /// `pending` with `needs_routing`, and evaluated again when it is claimed (a time-out is never a verdict).
+    pub deferred: bool,
 }
 
 impl Catalog {
@@ -186,16 +189,17 @@ impl Catalog {
 
     /// Decides the deliveries of one event. `input` builds the jq input only when a route needs it.
     ///
-    /// A route whose program could not be evaluated now (time bound, runaway budget) makes the whole plan
-    /// [`PlanError::Unavailable`]: nothing may be committed for this event yet, and the caller answers "retry"
-    /// (ingest: 503 before COMMIT). A program that fails deterministically plans a `failed` delivery instead.
+    /// A route whose programs could not be evaluated now (time bound, runaway budget) plans a *deferred* delivery:
+    /// stored `pending` with `needs_routing`, and evaluated again at delivery. A time-out on a saturated machine
+    /// says nothing about the event, so it never fails it, and one slow route never holds up ingest. A program that
+    /// fails deterministically plans a `failed` delivery.
     pub async fn plan(
         &self,
         source_id: Uuid,
         input: impl FnOnce() -> serde_json::Value,
         jq_timeout: Duration,
         jq_max_output: usize,
-    ) -> Result<Vec<PlannedDelivery>, PlanError> {
+    ) -> Vec<PlannedDelivery> {
         let routes = self.routes_for(source_id);
         let needs_input = routes.iter().any(|r| r.filter.is_some() || r.transform.is_some());
         let input = if needs_input { Some(Arc::new(input())) } else { None };
@@ -214,13 +218,14 @@ impl Catalog {
                 }
                 _ => RouteOutcome::Deliver(None),
             };
-            let (payload, failed) = match outcome {
+            let (payload, failed, deferred) = match outcome {
                 RouteOutcome::Skip => continue,
-                RouteOutcome::Deliver(payload) => (payload.map(Bytes::from), None),
-                RouteOutcome::Failed(why) => (None, Some(strip_nul(why))),
+                RouteOutcome::Deliver(payload) => (payload.map(Bytes::from), None, false),
+                RouteOutcome::Failed(why) => (None, Some(strip_nul(why)), false),
                 RouteOutcome::Unavailable(why) => {
                     metrics::counter!("hookgate_route_evaluations_deferred_total").increment(1);
-                    return Err(PlanError::Unavailable { route: route.slug.clone(), why });
+                    tracing::debug!(message = "Route evaluation deferred to delivery.", route = %route.slug, %why);
+                    (None, None, true)
                 }
             };
             planned.push(PlannedDelivery {
@@ -230,18 +235,16 @@ impl Catalog {
                 fifo: self.destinations.get(&route.destination_id).is_some_and(|d| d.fifo),
                 payload,
                 failed,
+                deferred,
             });
         }
-        Ok(planned)
+        planned
     }
-}
 
-/// Why an event's deliveries could not be decided now.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum PlanError {
-    /// A route's program was not evaluated in time (or its runaway budget is spent): decide again later.
-    #[error("route {route} could not be evaluated now: {why}")]
-    Unavailable { route: String, why: String },
+    /// An enabled route by id.
+    pub fn route(&self, id: Uuid) -> Option<&Arc<Route>> {
+        self.routes_by_source.values().flatten().find(|r| r.id == id)
+    }
 }
 
 /// PostgreSQL text cannot hold NUL; error messages quoting event data may contain it.

@@ -3,6 +3,12 @@
 //!
 //! Each Deliverer runs on its own arbiter and owns its `awc::Client` (which is `!Send`). It runs many attempts at
 //! once; the Scheduler bounds how many it is given.
+//!
+//! A delivery whose route could not be evaluated at ingest (`needs_routing`) is evaluated here first, with the
+//! same input and the same bounds: its filter may cancel it, its programs may fail it, their output becomes the
+//! payload (stored, so that retries send the same bytes), or, when the evaluation still cannot finish in time, it
+//! counts as a failed try of kind `route_timeout` on the destination's retry schedule (never against the
+//! destination's circuit or health).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +19,8 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use uuid::Uuid;
 
-use crate::catalog::Destination;
+use crate::catalog::{Destination, Route};
+use crate::jq::RouteOutcome;
 use crate::limits::Limits;
 use crate::redis_link::RedisLink;
 use crate::retry::parse_retry_after;
@@ -34,6 +41,21 @@ const KEPT_HEADERS: &[&str] =
 pub struct Deliver {
     pub job: Job,
     pub destination: Arc<Destination>,
+    /// The route, when the job's programs must be evaluated now (`None` then: the route is disabled or gone).
+    pub route: Option<Arc<Route>>,
+}
+
+/// What a deferred route evaluation decided (see the module documentation).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Routed {
+    /// Evaluated: the attempt was made with this payload (`None`: the event's body), which is stored.
+    Payload(Option<Bytes>),
+    /// The filter does not take the event: no attempt; the delivery is cancelled.
+    Skipped,
+    /// A program failed: no attempt; the delivery is `failed` with the reason.
+    Failed(String),
+    /// Still not evaluated in time: a failed try of kind `route_timeout`, retried on schedule.
+    Deferred(String),
 }
 
 /// The outcome of one attempt.
@@ -53,9 +75,16 @@ pub struct AttemptResult {
     pub error_kind: Option<&'static str>,
     pub error: Option<String>,
     pub retry_after: Option<Duration>,
+    /// Set when the route was evaluated at delivery (deferred at ingest).
+    pub routed: Option<Routed>,
 }
 
 impl AttemptResult {
+    /// Whether this outcome says anything about the destination (an HTTP attempt was made).
+    pub fn reached_destination(&self) -> bool {
+        matches!(self.routed, None | Some(Routed::Payload(_)))
+    }
+
     pub fn succeeded(&self) -> bool {
         self.status.is_some_and(|s| (200..300).contains(&s))
     }
@@ -79,6 +108,8 @@ pub struct Deliverer {
     client: Option<awc::Client>,
     results: Recipient<AttemptResult>,
     scheduler: Recipient<Completed>,
+    jq_timeout: Duration,
+    jq_max_output: usize,
 }
 
 impl Deliverer {
@@ -91,7 +122,25 @@ impl Deliverer {
         results: Recipient<AttemptResult>,
         scheduler: Recipient<Completed>,
     ) -> Self {
-        Self { policy, limits, redis, max_connections, mailbox_capacity, client: None, results, scheduler }
+        Self {
+            policy,
+            limits,
+            redis,
+            max_connections,
+            mailbox_capacity,
+            client: None,
+            results,
+            scheduler,
+            jq_timeout: Duration::from_millis(100),
+            jq_max_output: 1024 * 1024,
+        }
+    }
+
+    /// The bounds of deferred route evaluations (`delivery.jq_timeout_ms`, `delivery.jq_max_output_bytes`).
+    pub fn with_jq_bounds(mut self, timeout: Duration, max_output: usize) -> Self {
+        self.jq_timeout = timeout;
+        self.jq_max_output = max_output;
+        self
     }
 }
 
@@ -113,14 +162,31 @@ impl Handler<Deliver> for Deliverer {
         let client = self.client.clone().unwrap_or_else(|| guarded_client(self.policy.clone(), self.max_connections));
         let (results, scheduler) = (self.results.clone(), self.scheduler.clone());
         let (limits, redis) = (self.limits.clone(), self.redis.clone());
+        let (jq_timeout, jq_max_output) = (self.jq_timeout, self.jq_max_output);
         ctx.spawn(
             async move {
                 let delivery = msg.job.delivery_id;
                 let sent = guarded(async {
-                    let result = attempt(&client, &msg.job, &msg.destination).await;
+                    let result = match route_now(&msg, jq_timeout, jq_max_output).await {
+                        None => attempt(&client, &msg.job, &msg.destination).await,
+                        Some(Routed::Payload(payload)) => {
+                            let mut job = msg.job.clone();
+                            if let Some(p) = &payload {
+                                job.body = p.clone();
+                                job.transformed = true;
+                            }
+                            let mut result = attempt(&client, &job, &msg.destination).await;
+                            result.routed = Some(Routed::Payload(payload));
+                            result
+                        }
+                        Some(other) => not_attempted(&msg.job, other),
+                    };
                     // The circuit learns the outcome before the delivery's next attempt can be scheduled.
-                    let elapsed = Duration::from_millis(result.latency_ms.max(0) as u64);
-                    limits.record(redis.get(), result.destination_id, !result.counts_against_circuit(), elapsed).await;
+                    if result.reached_destination() {
+                        let elapsed = Duration::from_millis(result.latency_ms.max(0) as u64);
+                        let ok = !result.counts_against_circuit();
+                        limits.record(redis.get(), result.destination_id, ok, elapsed).await;
+                    }
                     // The result must reach the ResultWriter (it releases the lease): wait for mailbox space.
                     if results.send(result).await.is_err() {
                         tracing::warn!(message = "ResultWriter gone; the lease will expire.");
@@ -137,6 +203,53 @@ impl Handler<Deliver> for Deliverer {
             }
             .into_actor(self),
         );
+    }
+}
+
+/// Evaluates a deferred route's programs now; `None` when the job needs no evaluation.
+async fn route_now(msg: &Deliver, timeout: Duration, max_output: usize) -> Option<Routed> {
+    let input = msg.job.routing.as_ref()?;
+    let Some(route) = &msg.route else {
+        return Some(Routed::Failed("the route was disabled or removed before it could be evaluated".into()));
+    };
+    let value = crate::jq::stored_route_input_from_bytes(
+        &input.source,
+        &input.headers,
+        &msg.job.body,
+        input.event_type.as_deref(),
+    );
+    let outcome =
+        crate::jq::evaluate(route.filter.clone(), route.transform.clone(), Arc::new(value), timeout, max_output).await;
+    Some(match outcome {
+        RouteOutcome::Deliver(payload) => Routed::Payload(payload.map(Bytes::from)),
+        RouteOutcome::Skip => Routed::Skipped,
+        RouteOutcome::Failed(why) => Routed::Failed(why),
+        RouteOutcome::Unavailable(why) => Routed::Deferred(why),
+    })
+}
+
+/// The result of a job whose route evaluation decided that no HTTP attempt is made now.
+fn not_attempted(job: &Job, routed: Routed) -> AttemptResult {
+    let (kind, error) = match &routed {
+        Routed::Deferred(why) => (Some("route_timeout"), Some(why.clone())),
+        Routed::Failed(why) => (Some("route_failed"), Some(why.clone())),
+        Routed::Skipped => (None, None),
+        Routed::Payload(_) => (None, None),
+    };
+    AttemptResult {
+        delivery_id: job.delivery_id,
+        lease_id: job.lease_id,
+        destination_id: job.destination_id,
+        attempt: job.attempt,
+        started_at: Utc::now(),
+        status: None,
+        latency_ms: 0,
+        response_headers: serde_json::json!({}),
+        excerpt: None,
+        error_kind: kind,
+        error,
+        retry_after: None,
+        routed: Some(routed),
     }
 }
 
@@ -175,6 +288,7 @@ async fn attempt(client: &awc::Client, job: &Job, dest: &Destination) -> Attempt
         error_kind: None,
         error: None,
         retry_after: None,
+        routed: None,
     };
     match req.send_body(job.body.clone()).await {
         Ok(mut resp) => {

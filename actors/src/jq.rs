@@ -223,6 +223,29 @@ pub fn route_input<'h>(
     })
 }
 
+/// The value route programs read for an event as it is stored: `{"body", "headers", "source", "type"}`, where
+/// `headers` are the headers stored with the event and `body` is the parsed JSON document or, when the body is not
+/// JSON, the body as a string. Ingest, replay and deferred evaluation at delivery all build it here, so a program
+/// sees the same input whenever it runs.
+pub fn stored_route_input(
+    source: &str,
+    headers: &Value,
+    body: Result<&Value, &[u8]>,
+    event_type: Option<&str>,
+) -> Value {
+    let body = match body {
+        Ok(doc) => doc.clone(),
+        Err(raw) => Value::String(String::from_utf8_lossy(raw).into_owned()),
+    };
+    serde_json::json!({ "body": body, "headers": headers, "source": source, "type": event_type })
+}
+
+/// [`stored_route_input`] from the stored body's bytes.
+pub fn stored_route_input_from_bytes(source: &str, headers: &Value, body: &[u8], event_type: Option<&str>) -> Value {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    stored_route_input(source, headers, parsed.as_ref().ok_or(body), event_type)
+}
+
 /// What a route decides for one event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RouteOutcome {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::catalog::{strip_nul, SharedCatalog, CATALOG_CHANNEL};
 use crate::config::DeliveryConfig;
-use crate::deliverer::AttemptResult;
+use crate::deliverer::{AttemptResult, Routed};
 use crate::health::{ActorState, ActorStatus};
 use crate::scheduler::Wake;
 use crate::supervision::{guarded, Panicked};
@@ -185,10 +185,15 @@ impl Handler<AttemptResult> for ResultWriter {
     }
 }
 
+/// Why a delivery whose route was evaluated at delivery (deferred at ingest) was cancelled.
+pub const SKIPPED_AT_DELIVERY: &str = "the route's filter does not take this event (evaluated at delivery)";
+
 /// What a batch changes, decided before the transaction.
 struct Plan {
     /// Per result: (new state, next attempt time, last error).
     deliveries: Vec<(&'static str, DateTime<Utc>, Option<String>)>,
+    /// Per result: whether it is a try on the retry schedule (an attempt row is written and counted).
+    counted: Vec<bool>,
     gone: Vec<Uuid>,
     failing: Vec<Uuid>,
     healthy: Vec<Uuid>,
@@ -200,10 +205,21 @@ impl Plan {
         let now = Utc::now();
         let mut last_outcome: HashMap<Uuid, bool> = HashMap::new();
         let mut gone = Vec::new();
+        let counted = batch.iter().map(|r| !matches!(r.routed, Some(Routed::Skipped | Routed::Failed(_)))).collect();
         let deliveries = batch
             .iter()
             .map(|r| {
-                last_outcome.insert(r.destination_id, r.succeeded());
+                match &r.routed {
+                    // Decided by the route's programs at delivery: final, and nothing to do with the destination.
+                    Some(Routed::Skipped) => {
+                        return ("cancelled", now, Some(SKIPPED_AT_DELIVERY.to_owned()));
+                    }
+                    Some(Routed::Failed(why)) => return ("failed", now, Some(strip_nul(why.clone()))),
+                    _ => {}
+                }
+                if r.reached_destination() {
+                    last_outcome.insert(r.destination_id, r.succeeded());
+                }
                 if r.succeeded() {
                     return ("delivered", now, None);
                 }
@@ -231,6 +247,7 @@ impl Plan {
         let (healthy, failing): (Vec<_>, Vec<_>) = last_outcome.into_iter().partition(|(_, ok)| *ok);
         Self {
             deliveries,
+            counted,
             gone,
             failing: failing.into_iter().map(|(id, _)| id).collect(),
             healthy: healthy.into_iter().map(|(id, _)| id).collect(),
@@ -266,8 +283,10 @@ async fn write(
              SELECT a.id, a.delivery_id, a.attempt, $4, a.started_at, a.status, a.latency_ms, a.headers, a.excerpt,
                     a.kind, a.error
              FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $5::timestamptz[], $6::int[], $7::int[], $8::jsonb[],
-                         $9::bytea[], $10::text[], $11::text[])
-                  AS a(id, delivery_id, attempt, started_at, status, latency_ms, headers, excerpt, kind, error)",
+                         $9::bytea[], $10::text[], $11::text[], $12::bool[])
+                  AS a(id, delivery_id, attempt, started_at, status, latency_ms, headers, excerpt, kind, error,
+                       counted)
+             WHERE a.counted",
         )
         .await?;
     tx.execute(
@@ -284,6 +303,7 @@ async fn write(
             &excerpts,
             &kinds,
             &errors,
+            &plan.counted,
         ],
     )
     .await?;
@@ -296,14 +316,32 @@ async fn write(
             "UPDATE deliveries d
              SET state = u.state, attempts = GREATEST(d.attempts, u.attempt), next_attempt_at = u.next,
                  last_error = u.err, lease_owner = NULL, lease_id = NULL, lease_expires_at = NULL,
+                 payload = CASE WHEN u.routed THEN u.payload ELSE d.payload END,
+                 needs_routing = d.needs_routing AND NOT u.routed,
                  updated_at = now()
-             FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::timestamptz[], $5::text[], $6::uuid[])
-                  AS u(id, state, attempt, next, err, lease_id)
+             FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::timestamptz[], $5::text[], $6::uuid[], $7::bool[],
+                         $8::bytea[])
+                  AS u(id, state, attempt, next, err, lease_id, routed, payload)
              WHERE d.id = u.id AND d.state = 'pending' AND d.lease_id = u.lease_id",
         )
         .await?;
     let leases: Vec<Uuid> = batch.iter().map(|r| r.lease_id).collect();
-    tx.execute(&stmt, &[&delivery_ids, &states, &attempts, &next, &last_errors, &leases]).await?;
+    // A try that was not counted (the route cancelled or failed the delivery) leaves the attempt count alone.
+    let counts: Vec<i32> =
+        batch.iter().zip(&plan.counted).map(|(r, c)| if *c { r.attempt } else { r.attempt - 1 }).collect();
+    // The route evaluated at delivery: its decision is final (its payload is what every retry sends).
+    let routed: Vec<bool> = batch
+        .iter()
+        .map(|r| matches!(r.routed, Some(Routed::Payload(_) | Routed::Skipped | Routed::Failed(_))))
+        .collect();
+    let payloads: Vec<Option<&[u8]>> = batch
+        .iter()
+        .map(|r| match &r.routed {
+            Some(Routed::Payload(p)) => p.as_deref(),
+            _ => None,
+        })
+        .collect();
+    tx.execute(&stmt, &[&delivery_ids, &states, &counts, &next, &last_errors, &leases, &routed, &payloads]).await?;
 
     let mut changed = tx
         .execute(

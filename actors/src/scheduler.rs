@@ -45,6 +45,17 @@ pub struct Job {
     pub content_type: Option<String>,
     /// The body is a transform's output (JSON).
     pub transformed: bool,
+    pub route_id: Uuid,
+    /// Set when the route's programs could not be evaluated at ingest: what they read, to evaluate them now.
+    pub routing: Option<RoutingInput>,
+}
+
+/// What a deferred route evaluation reads besides the body: the event as stored.
+#[derive(Debug, Clone)]
+pub struct RoutingInput {
+    pub source: String,
+    pub headers: serde_json::Value,
+    pub event_type: Option<String>,
 }
 
 /// A Deliverer finished an attempt (its result is on its way to the ResultWriter).
@@ -130,7 +141,11 @@ WHERE d.id = ANY (ARRAY(SELECT id FROM picked))
   AND d.state = 'pending' AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
 RETURNING d.id, d.event_id, d.destination_id, d.attempts,
           coalesce(d.payload, (SELECT e.body FROM events e WHERE e.id = d.event_id)), d.payload IS NOT NULL,
-          (SELECT e.content_type FROM events e WHERE e.id = d.event_id), d.lease_id";
+          (SELECT e.content_type FROM events e WHERE e.id = d.event_id), d.lease_id, d.route_id, d.needs_routing,
+          CASE WHEN d.needs_routing THEN
+              (SELECT jsonb_build_object('source', s.slug, 'headers', e.headers, 'type', e.type)
+               FROM events e JOIN sources s ON s.id = e.source_id WHERE e.id = d.event_id)
+          END";
 
 pub struct Scheduler {
     pool: Pool,
@@ -256,15 +271,18 @@ impl Scheduler {
     }
 
     fn dispatch(&mut self, job: Job, ctx: &mut Context<Self>) {
-        let Some(destination) = self.catalog.get().destinations.get(&job.destination_id).cloned() else {
+        let catalog = self.catalog.get();
+        let Some(destination) = catalog.destinations.get(&job.destination_id).cloned() else {
             // Unknown to this node's snapshot yet: give the delivery back at once.
             self.release(job, ctx);
             return;
         };
+        // A deferred evaluation needs the route's programs (None: the route is disabled or gone).
+        let route = job.routing.as_ref().and_then(|_| catalog.route(job.route_id).cloned());
         let i = self.next_deliverer % self.deliverers.len();
         self.next_deliverer = self.next_deliverer.wrapping_add(1);
         let (destination_id, delivery_id, lease_id) = (job.destination_id, job.delivery_id, job.lease_id);
-        match self.deliverers[i].try_send(Deliver { job, destination }) {
+        match self.deliverers[i].try_send(Deliver { job, destination, route }) {
             Ok(()) => {
                 self.inflight += 1;
                 self.leases.insert(delivery_id, lease_id);
@@ -441,6 +459,18 @@ fn read_claimed(r: &tokio_postgres::Row) -> Option<Claimed> {
     let id: Uuid = r.try_get(0).ok()?;
     let job = (|| -> Result<Option<Job>, tokio_postgres::Error> {
         let Some(body) = r.try_get::<_, Option<Vec<u8>>>(4)? else { return Ok(None) };
+        let routing = match r.try_get::<_, bool>(9)? {
+            false => None,
+            true => match r.try_get::<_, Option<serde_json::Value>>(10)? {
+                // The event is gone: nothing to evaluate, nothing to send.
+                None => return Ok(None),
+                Some(v) => Some(RoutingInput {
+                    source: v["source"].as_str().unwrap_or_default().to_owned(),
+                    headers: v["headers"].clone(),
+                    event_type: v["type"].as_str().map(str::to_owned),
+                }),
+            },
+        };
         Ok(Some(Job {
             delivery_id: id,
             event_id: r.try_get(1)?,
@@ -450,6 +480,8 @@ fn read_claimed(r: &tokio_postgres::Row) -> Option<Claimed> {
             transformed: r.try_get::<_, Option<bool>>(5)?.unwrap_or(false),
             content_type: r.try_get(6)?,
             lease_id: r.try_get(7)?,
+            route_id: r.try_get(8)?,
+            routing,
         }))
     })();
     Some(match job {

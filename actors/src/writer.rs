@@ -357,10 +357,14 @@ RETURNING id";
 /// Deliveries in the order of the arrays (arrival order): `seq` values are drawn for the whole batch and assigned in
 /// ascending order by position, and `created_at` is the event's `received_at` (its partition key).
 const INSERT_DELIVERIES: &str = "\
-INSERT INTO deliveries (id, seq, event_id, route_id, destination_id, state, payload, last_error, created_at)
-SELECT u.id, s.seq, u.event_id, u.route_id, u.destination_id, u.state, u.payload, u.last_error, u.created_at
-FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bytea[], $7::text[], $8::timestamptz[])
-         WITH ORDINALITY AS u(id, event_id, route_id, destination_id, state, payload, last_error, created_at, ord)
+INSERT INTO deliveries (id, seq, event_id, route_id, destination_id, state, payload, last_error, created_at,
+                        needs_routing)
+SELECT u.id, s.seq, u.event_id, u.route_id, u.destination_id, u.state, u.payload, u.last_error, u.created_at,
+       u.needs_routing
+FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bytea[], $7::text[], $8::timestamptz[],
+            $9::bool[])
+         WITH ORDINALITY AS u(id, event_id, route_id, destination_id, state, payload, last_error, created_at,
+                              needs_routing, ord)
 JOIN (SELECT row_number() OVER (ORDER BY v) AS ord, v AS seq
       FROM (SELECT nextval('deliveries_seq') AS v FROM generate_series(1, cardinality($1::uuid[]))) drawn) s
   ON s.ord = u.ord";
@@ -579,8 +583,9 @@ async fn insert_deliveries(
     let payloads: Vec<Option<&[u8]>> = planned.iter().map(|(_, d)| d.payload.as_deref()).collect();
     let errors: Vec<Option<Cow<'_, str>>> = planned.iter().map(|(_, d)| d.failed.as_deref().map(without_nul)).collect();
     let created: Vec<chrono::DateTime<chrono::Utc>> = planned.iter().map(|(e, _)| e.received_at).collect();
+    let deferred: Vec<bool> = planned.iter().map(|(_, d)| d.deferred).collect();
     let stmt = tx.prepare_cached(INSERT_DELIVERIES).await.map_err(db_error)?;
-    tx.execute(&stmt, &[&ids, &event_ids, &routes, &destinations, &states, &payloads, &errors, &created])
+    tx.execute(&stmt, &[&ids, &event_ids, &routes, &destinations, &states, &payloads, &errors, &created, &deferred])
         .await
         .map_err(db_error)?;
     if states.contains(&"pending") {

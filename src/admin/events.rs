@@ -326,9 +326,12 @@ pub struct StoredEvent {
 impl StoredEvent {
     /// What route filters and transforms see, exactly as at ingest.
     pub fn jq_input(&self) -> serde_json::Value {
-        let parsed: Option<serde_json::Value> = serde_json::from_slice(&self.body).ok();
-        let body = parsed.as_ref().ok_or(self.body.as_slice());
-        crate::routes::ingest::jq_input(&self.source_slug, &self.headers, body, self.event_type.as_deref())
+        hookgate_actors::jq::stored_route_input_from_bytes(
+            &self.source_slug,
+            &self.headers,
+            &self.body,
+            self.event_type.as_deref(),
+        )
     }
 }
 
@@ -340,10 +343,7 @@ pub async fn replay_into(
     only: Option<&[Uuid]>,
 ) -> Result<Vec<Uuid>, AdminError> {
     let catalog = planner.catalog.get();
-    let planned = catalog
-        .plan(event.source_id, || event.jq_input(), planner.jq_timeout, planner.jq_max_output)
-        .await
-        .map_err(|e| AdminError::Busy(e.to_string()))?;
+    let planned = catalog.plan(event.source_id, || event.jq_input(), planner.jq_timeout, planner.jq_max_output).await;
     let mut ids = Vec::new();
     for p in planned.into_iter().filter(|p| only.is_none_or(|only| only.contains(&p.destination_id))) {
         let (st, payload) = match &p.failed {
@@ -353,9 +353,20 @@ pub async fn replay_into(
         // created_at is the event's received_at: a delivery lives in its event's partition and never outlives it.
         // (`failed` has no NUL: the plan strips it, as PostgreSQL text cannot hold one.)
         tx.execute(
-            "INSERT INTO deliveries (id, event_id, route_id, destination_id, state, payload, last_error, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[&p.id, &event.id, &p.route_id, &p.destination_id, &st, &payload, &p.failed, &event.received_at],
+            "INSERT INTO deliveries (id, event_id, route_id, destination_id, state, payload, last_error, created_at,
+                                     needs_routing)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &p.id,
+                &event.id,
+                &p.route_id,
+                &p.destination_id,
+                &st,
+                &payload,
+                &p.failed,
+                &event.received_at,
+                &p.deferred,
+            ],
         )
         .await?;
         ids.push(p.id);

@@ -138,8 +138,7 @@ async fn accept(
             state.jq_timeout,
             state.jq_max_output,
         )
-        .await
-        .map_err(|e| deferred(state, e))?;
+        .await;
     let event = NewEvent {
         id: Uuid::now_v7(),
         source_id: source.id,
@@ -154,12 +153,6 @@ async fn accept(
     let persisted = persist(state, event).await?;
     remember(state, source, key, persisted.id);
     Ok(Accepted::One(persisted))
-}
-
-/// A route that could not be evaluated now: nothing is stored, the producer retries (a time-out is never a verdict).
-fn deferred(state: &AppState, error: hookgate_actors::catalog::PlanError) -> IngestError {
-    tracing::warn!(message = "Routing deferred; answering 503.", %error);
-    IngestError::RoutingDeferred { retry_after_secs: state.retry_after_secs }
 }
 
 /// A CloudEvents batch: every event is decoded and routed first, then all are stored as one unit (all or nothing).
@@ -188,8 +181,7 @@ async fn accept_batch(
                 state.jq_timeout,
                 state.jq_max_output,
             )
-            .await
-            .map_err(|e| deferred(state, e))?;
+            .await;
         events.push(NewEvent {
             id: Uuid::now_v7(),
             source_id: source.id,
@@ -466,19 +458,7 @@ fn event_type(
     Ok(value)
 }
 
-/// What route filters and transforms see: `{body, headers, source, type}`; a body that is not JSON is a string.
-pub(crate) fn jq_input(
-    source: &str,
-    headers: &serde_json::Value,
-    body: Result<&serde_json::Value, &[u8]>,
-    event_type: Option<&str>,
-) -> serde_json::Value {
-    let body = match body {
-        Ok(doc) => doc.clone(),
-        Err(raw) => serde_json::Value::String(String::from_utf8_lossy(raw).into_owned()),
-    };
-    serde_json::json!({ "body": body, "headers": headers, "source": source, "type": event_type })
-}
+pub(crate) use hookgate_actors::jq::stored_route_input as jq_input;
 
 /// The headers kept with an event: all but credentials and hop-by-hop headers, at most [`MAX_STORED_HEADERS`],
 /// repeated headers joined with ", ".

@@ -55,7 +55,7 @@ pub fn event(source_id: Uuid, key: &str, received_at: DateTime<Utc>, deliveries:
 }
 
 pub fn planned(route_id: Uuid, destination_id: Uuid, fifo: bool) -> PlannedDelivery {
-    PlannedDelivery { id: Uuid::now_v7(), route_id, destination_id, fifo, payload: None, failed: None }
+    PlannedDelivery { id: Uuid::now_v7(), route_id, destination_id, fifo, payload: None, failed: None, deferred: false }
 }
 
 pub fn persist(writer: &Addr<EventWriter>, event: NewEvent) -> oneshot::Receiver<Result<Persisted, PersistError>> {

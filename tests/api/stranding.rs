@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use hookgate::config::{AdminRole, AdminToken};
 use hookgate_actors::janitor::{RunNow, EXPIRED_REASON};
+use hookgate_actors::result_writer::SKIPPED_AT_DELIVERY;
 use hookgate_actors::scheduler::{CLAIM_LOCK, ORPHAN_REASON};
 use serde_json::json;
 use uuid::Uuid;
@@ -78,30 +79,90 @@ async fn a_delivery_whose_event_is_gone_ends_dead_and_delivery_goes_on_for_the_o
 }
 
 #[actix_rt::test]
-async fn a_route_program_that_overruns_its_time_bound_stores_nothing_and_answers_503() {
+async fn a_route_program_that_overruns_its_time_bound_is_deferred_to_delivery_never_failed() {
     let rx = Receiver::start(vec![], None);
     let url = rx.url.clone();
     let app = spawn_app_with(move |s| {
         // Any program misses a 1 ms bound when it counts to a million; it ends soon after, keeping no core.
         s.delivery.jq_timeout_ms = 1;
-        s.destinations.push(destination("sink", &url));
+        let mut d = destination("sink", &url);
+        d.retry.delays_ms = vec![60_000];
+        s.destinations.push(d);
         let mut slow = route("slow", "hmac", "sink");
         slow.filter = Some("last(range(1000000)) | true".into());
         s.routes.push(slow);
-        s.routes.push(route("plain", "open", "sink"));
+        s.destinations.push(destination("plain-sink", &url));
+        s.routes.push(route("plain", "open", "plain-sink"));
     })
     .await;
 
+    // Acknowledged and stored: the time-out decides nothing, the delivery waits for its evaluation.
     let a = app.post_signed(br#"{"n":1}"#, "slow-1").await;
-    a.assert_problem(503, "routing-deferred");
-    assert!(a.retry_after.is_some(), "a 503 says when to retry");
-    assert_eq!(app.event_count().await, 0, "nothing acknowledged, nothing stored");
-    assert_eq!(app.db.query_one("SELECT count(*) FROM deliveries", &[]).await.unwrap().get::<_, i64>(0), 0);
+    assert_eq!(a.status, 202, "{:?}", a.json);
+    let (state, needs_routing): (String, bool) = {
+        let r = app.db.query_one("SELECT state, needs_routing FROM deliveries", &[]).await.unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((state.as_str(), needs_routing), ("pending", true));
+    // Evaluated again at delivery, where it overruns again: a try of kind route_timeout on the retry schedule.
+    app.wait_count("the deferred try recorded", "SELECT count(*) FROM attempts WHERE error_kind = 'route_timeout'", 1)
+        .await;
+    let r = app.db.query_one("SELECT state, attempts, needs_routing FROM deliveries", &[]).await.unwrap();
+    assert_eq!((r.get::<_, String>(0).as_str(), r.get::<_, i32>(1), r.get::<_, bool>(2)), ("pending", 1, true));
+    assert!(rx.requests().is_empty(), "nothing was sent for an undecided route");
 
     // Another route (another program, or none) is not affected by the slow one's budget.
     let resp = app.http.post(app.url("/ingest/open")).send_body(r#"{"plain":true}"#).await.unwrap();
     assert_eq!(resp.status().as_u16(), 202);
     app.wait_count("the plain route delivered", DELIVERED, 1).await;
+}
+
+#[actix_rt::test]
+async fn a_deferred_route_is_evaluated_at_delivery_its_payload_kept_or_its_filter_obeyed() {
+    let rx = Receiver::start(vec![], None);
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        s.destinations.push(destination("sink", &url));
+        let mut shaped = route("shaped", "hmac", "sink");
+        shaped.transform = Some("{n: .body.n, type: .type, source: .source}".into());
+        s.routes.push(shaped);
+        let mut picky = route("picky", "open", "sink");
+        picky.filter = Some(".body.n > 100".into());
+        s.routes.push(picky);
+    })
+    .await;
+    set_destination_state(&app, "paused").await;
+    assert_eq!(app.post_signed(br#"{"n":7}"#, "deferred-1").await.status, 202);
+    let resp = app.http.post(app.url("/ingest/open")).send_body(r#"{"n":8}"#).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    // As if both evaluations had overrun at ingest: the shaped delivery loses its payload, and the picky route
+    // (whose filter refused the event at ingest) gets a deferred delivery.
+    app.db
+        .batch_execute(
+            "UPDATE deliveries SET needs_routing = true, payload = NULL;
+             INSERT INTO deliveries (id, event_id, route_id, destination_id, state, needs_routing, created_at)
+             SELECT gen_random_uuid(), e.id, r.id, r.destination_id, 'pending', true, e.received_at
+             FROM events e JOIN routes r ON r.source_id = e.source_id WHERE r.slug = 'picky';",
+        )
+        .await
+        .unwrap();
+    set_destination_state(&app, "active").await;
+
+    app.wait_count("the shaped delivery delivered", DELIVERED, 1).await;
+    app.wait_count("the picky one cancelled", "SELECT count(*) FROM deliveries WHERE state = 'cancelled'", 1).await;
+    let got = rx.requests();
+    assert_eq!(got.len(), 1);
+    let body: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body, json!({"n": 7, "type": null, "source": "hmac"}));
+    assert_eq!(got[0].header("content-type"), Some("application/json"));
+    let r =
+        app.db.query_one("SELECT payload, needs_routing FROM deliveries WHERE state = 'delivered'", &[]).await.unwrap();
+    assert_eq!(r.get::<_, Option<Vec<u8>>>(0).as_deref(), Some(&got[0].body[..]), "the payload is kept for retries");
+    assert!(!r.get::<_, bool>(1));
+    let r =
+        app.db.query_one("SELECT last_error, attempts FROM deliveries WHERE state = 'cancelled'", &[]).await.unwrap();
+    assert_eq!(r.get::<_, Option<String>>(0).as_deref(), Some(SKIPPED_AT_DELIVERY));
+    assert_eq!(r.get::<_, i32>(1), 0, "no attempt was made");
 }
 
 #[actix_rt::test]
