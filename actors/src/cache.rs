@@ -227,10 +227,9 @@ impl Handler<CacheRemember> for Cache {
                 .query_async::<Option<String>>(&mut conn)
                 .await
         };
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
-            if let Err(error) = res {
-                act.on_error(&error, ctx);
-            }
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(_) => act.timeouts_in_a_row = 0,
+            Err(error) => act.on_error(&error, ctx),
         }));
     }
 }

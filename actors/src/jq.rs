@@ -29,10 +29,12 @@
 //! It is therefore never a verdict. `Unavailable` means "not decided now, ask again": ingest answers 503 with
 //! `Retry-After` before anything is committed, so the producer retries, and a replay is retried later.
 //!
-//! Budgets are per program (so per route: every route compiles its own): once [`MAX_RUNAWAY_PER_PROGRAM`] abandoned
-//! evaluations of one program are still running, that program is not started again (`Unavailable`) until one of them
-//! ends. One slow route thus holds at most that many threads and never makes another route unavailable. A global
-//! bound, [`MAX_RUNAWAY_EVALUATIONS`], caps the threads all runaways together may hold.
+//! Budgets are per program text (so per route), and survive the catalog's reloads, which compile every program
+//! again: at most [`MAX_RUNNING_PER_PROGRAM`] evaluations of one program may be running at once, those in flight
+//! and those abandoned alike (a slot is reserved before the evaluation is submitted); past it the program is not
+//! started (`Unavailable`) until one of them ends. One slow route thus holds at most that many threads and never
+//! makes another route unavailable. A global bound, [`MAX_RUNAWAY_EVALUATIONS`], caps the threads all abandoned
+//! evaluations together may hold.
 //!
 //! The pool is deliberately not tokio's blocking pool (`spawn_blocking`): dropping a tokio runtime waits for every
 //! blocking task without limit, so one endless program would hang shutdown of the worker that started it. The pool's
@@ -74,8 +76,8 @@ const MAX_MESSAGE_CHARS: usize = 300;
 /// How many abandoned evaluations, of all programs together, may still be running before [`evaluate`] refuses to
 /// start new ones.
 pub const MAX_RUNAWAY_EVALUATIONS: u64 = 32;
-/// How many abandoned evaluations of one program may still be running before that program is not started again.
-pub const MAX_RUNAWAY_PER_PROGRAM: u64 = 4;
+/// How many evaluations of one program (by its text) may be running at once, in flight or abandoned.
+pub const MAX_RUNNING_PER_PROGRAM: u64 = 8;
 /// How long an idle evaluation thread waits for work before it exits.
 pub const POOL_KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// Stack size of evaluation threads (jaq evaluates recursively).
@@ -110,8 +112,24 @@ pub struct JqProgram {
 struct Compiled {
     source: String,
     filter: Filter,
-    /// Abandoned evaluations of this program still running.
-    runaway: AtomicU64,
+    /// Abandoned evaluations of this program text still running (shared by every compilation of the same text).
+    runaway: Arc<AtomicU64>,
+    /// Evaluations of this program text running, in flight or abandoned (shared likewise).
+    running: Arc<AtomicU64>,
+}
+
+/// The counters of a program text, shared by all its compilations so that reloading the catalog (which compiles
+/// every route again) never resets a budget.
+fn counters(source: &str) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
+    type Counters = std::collections::HashMap<String, (Arc<AtomicU64>, Arc<AtomicU64>)>;
+    static COUNTERS: OnceLock<Mutex<Counters>> = OnceLock::new();
+    let mut map = COUNTERS.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+    // Forget texts no compiled program uses any more and that run nothing (operators replace programs).
+    if map.len() > 1_000 {
+        map.retain(|_, (a, b)| Arc::strong_count(a) > 1 || b.load(Ordering::Relaxed) > 0);
+    }
+    let (a, b) = map.entry(source.to_owned()).or_default();
+    (a.clone(), b.clone())
 }
 
 // Compile-time proof of the promise above: a compiled jaq filter is plain data and function pointers.
@@ -149,12 +167,18 @@ impl JqProgram {
             .with_funs(funs)
             .compile(modules)
             .map_err(|errs| JqError::Compile(describe_undefined(&errs)))?;
-        Ok(Self { inner: Arc::new(Compiled { source: code.to_owned(), filter, runaway: AtomicU64::new(0) }) })
+        let (runaway, running) = counters(code);
+        Ok(Self { inner: Arc::new(Compiled { source: code.to_owned(), filter, runaway, running }) })
     }
 
-    /// Abandoned evaluations of this program that are still running.
+    /// Abandoned evaluations of this program (by its text) that are still running.
     pub fn runaway(&self) -> u64 {
         self.inner.runaway.load(Ordering::Relaxed)
+    }
+
+    /// Evaluations of this program (by its text) running now, in flight or abandoned.
+    pub fn running(&self) -> u64 {
+        self.inner.running.load(Ordering::Relaxed)
     }
 
     /// The program's source text, as given to [`JqProgram::compile`].
@@ -279,9 +303,9 @@ pub fn runaway_evaluations() -> u64 {
 ///
 /// The abandoned computation keeps its thread until it finishes (jaq cannot be interrupted); it is counted in
 /// [`abandoned_evaluations`] and, while it runs, in [`runaway_evaluations`] and in each of its programs'
-/// [`JqProgram::runaway`]. A program with [`MAX_RUNAWAY_PER_PROGRAM`] runaways, or a process with
-/// [`MAX_RUNAWAY_EVALUATIONS`], refuses new evaluations (`Unavailable`). Dropping the returned future also abandons
-/// the evaluation.
+/// [`JqProgram::runaway`]. A program with [`MAX_RUNNING_PER_PROGRAM`] evaluations running, or a process with
+/// [`MAX_RUNAWAY_EVALUATIONS`] runaways, refuses new evaluations (`Unavailable`). Dropping the returned future also
+/// abandons the evaluation.
 /// Without filter and transform the answer is `Deliver(None)` at once. Must be called within a tokio runtime with
 /// its timer enabled.
 pub async fn evaluate(
@@ -290,6 +314,18 @@ pub async fn evaluate(
     input: Arc<Value>,
     timeout: Duration,
     max_output_bytes: usize,
+) -> RouteOutcome {
+    evaluate_within(filter, transform, input, timeout, max_output_bytes, MAX_RUNNING_PER_PROGRAM).await
+}
+
+/// [`evaluate`] with a per-program budget of `per_program` running evaluations.
+async fn evaluate_within(
+    filter: Option<JqProgram>,
+    transform: Option<JqProgram>,
+    input: Arc<Value>,
+    timeout: Duration,
+    max_output_bytes: usize,
+    per_program: u64,
 ) -> RouteOutcome {
     if filter.is_none() && transform.is_none() {
         return RouteOutcome::Deliver(None);
@@ -301,12 +337,19 @@ pub async fn evaluate(
         ));
     }
     let programs: Vec<Arc<Compiled>> = filter.iter().chain(transform.iter()).map(|p| p.inner.clone()).collect();
-    if let Some(busy) = programs.iter().find(|p| p.runaway.load(Ordering::Relaxed) >= MAX_RUNAWAY_PER_PROGRAM) {
-        return RouteOutcome::Unavailable(format!(
-            "not evaluated: {} earlier evaluations of this route's program overran their time bound and are still \
-             running",
-            busy.runaway.load(Ordering::Relaxed)
-        ));
+    // Reserve a running slot of each program before submitting, so concurrent callers cannot overshoot the budget.
+    for (i, p) in programs.iter().enumerate() {
+        let reserved =
+            p.running.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < per_program).then_some(n + 1));
+        if let Err(running) = reserved {
+            for q in &programs[..i] {
+                q.running.fetch_sub(1, Ordering::AcqRel);
+            }
+            return RouteOutcome::Unavailable(format!(
+                "not evaluated: {running} evaluations of this route's program are still running (in flight or past \
+                 their time bound)"
+            ));
+        }
     }
 
     let job = Arc::new(Job { state: AtomicU8::new(RUNNING), stage: AtomicU8::new(STAGE_FILTER), programs });
@@ -564,6 +607,9 @@ impl Drop for Finish {
         if self.0.state.compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire).is_err() {
             self.0.count_runaway(-1);
         }
+        for p in &self.0.programs {
+            p.running.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -820,8 +866,8 @@ mod tests {
     #[tokio::test]
     async fn jq_endless_program_times_out_and_is_counted() {
         let before = abandoned_evaluations();
-        // Constant memory, and no first output until the loop ends (hours from now).
-        let endless = program("last(range(1e15))");
+        // Constant memory, and no first output until the loop ends (seconds from now, far past the bound).
+        let endless = program("last(range(1e8))");
         let outcome = evaluate(Some(endless), None, order_event(), Duration::from_millis(100), LIMIT).await;
         let RouteOutcome::Unavailable(why) = outcome else { panic!("expected a timeout, got {outcome:?}") };
         assert!(why.starts_with("filter timed out"), "{why}");
@@ -834,20 +880,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn jq_a_slow_route_spends_only_its_own_budget() {
-        let slow = program("last(range(1e15))");
-        for _ in 0..MAX_RUNAWAY_PER_PROGRAM {
-            let outcome = evaluate(Some(slow.clone()), None, order_event(), Duration::from_millis(20), LIMIT).await;
-            assert!(matches!(outcome, RouteOutcome::Unavailable(_)), "{outcome:?}");
+    async fn jq_a_slow_route_spends_only_its_own_budget_which_a_recompilation_keeps() {
+        // Seconds of work on one thread, then it ends: the budget of one is spent while it runs.
+        let code = "last(range(100000000)) | true";
+        let slow = program(code);
+        let outcome =
+            evaluate_within(Some(slow.clone()), None, order_event(), Duration::from_millis(20), LIMIT, 1).await;
+        assert!(matches!(outcome, RouteOutcome::Unavailable(_)), "{outcome:?}");
+        // Refused at once, without a new thread, by this compilation and by a fresh one of the same text (a reload).
+        for p in [slow.clone(), program(code)] {
+            let outcome = evaluate_within(Some(p.clone()), None, order_event(), TIMEOUT, LIMIT, 1).await;
+            let RouteOutcome::Unavailable(why) = outcome else { panic!("expected a refusal, got {outcome:?}") };
+            assert!(why.contains("this route's program"), "{why}");
+            assert_eq!(p.running(), 1);
         }
-        assert_eq!(slow.runaway(), MAX_RUNAWAY_PER_PROGRAM);
-        // Its budget is spent: refused at once, without a new thread.
-        let outcome = evaluate(Some(slow.clone()), None, order_event(), TIMEOUT, LIMIT).await;
-        let RouteOutcome::Unavailable(why) = outcome else { panic!("expected a refusal, got {outcome:?}") };
-        assert!(why.contains("this route's program"), "{why}");
-        assert_eq!(slow.runaway(), MAX_RUNAWAY_PER_PROGRAM);
         // Another route is not affected.
         let other = program(".source == \"shop\"");
-        assert_eq!(evaluate(Some(other), None, order_event(), TIMEOUT, LIMIT).await, RouteOutcome::Deliver(None));
+        assert_eq!(
+            evaluate_within(Some(other), None, order_event(), TIMEOUT, LIMIT, 1).await,
+            RouteOutcome::Deliver(None)
+        );
     }
 }

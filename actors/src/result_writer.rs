@@ -45,6 +45,8 @@ pub struct ResultWriter {
     timer: Option<SpawnHandle>,
     flushing: bool,
     drains: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// The back-off delay of the last restart.
+    resume_delay: Duration,
 }
 
 impl ResultWriter {
@@ -66,6 +68,7 @@ impl ResultWriter {
             timer: None,
             flushing: false,
             drains: Vec::new(),
+            resume_delay: Duration::ZERO,
         }
     }
 
@@ -150,6 +153,15 @@ impl Actor for ResultWriter {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.cfg.max_in_flight.max(16) * 2);
         self.status.set_state(ActorState::Running);
+        // After a restart: what was buffered is flushed once the back-off delay is over, not when the next result
+        // happens to arrive (on a quiet node their leases would expire first, and the deliveries be sent again).
+        let delay = std::mem::take(&mut self.resume_delay);
+        if !self.buffer.is_empty() {
+            self.timer = Some(ctx.run_later(delay, |act, ctx| {
+                act.timer = None;
+                act.flush(ctx);
+            }));
+        }
     }
 }
 
@@ -157,7 +169,7 @@ impl actix::Supervised for ResultWriter {
     fn restarting(&mut self, _: &mut Self::Context) {
         self.flushing = false;
         self.timer = None;
-        self.status.record_restart();
+        self.resume_delay = self.status.record_restart();
     }
 }
 

@@ -159,6 +159,8 @@ pub struct Scheduler {
     status: Arc<ActorStatus>,
     /// How long to wait before resuming after a restart (from the restart policy's back-off).
     resume_delay: std::time::Duration,
+    /// False while waiting out that delay: nothing may claim before `resume`.
+    resumed: bool,
     inflight: usize,
     /// This node's attempts in flight per destination (for the fair share).
     inflight_by_destination: HashMap<Uuid, u32>,
@@ -195,6 +197,7 @@ impl Scheduler {
             cfg,
             status,
             resume_delay: std::time::Duration::ZERO,
+            resumed: false,
             inflight: 0,
             inflight_by_destination: HashMap::new(),
             leases: HashMap::new(),
@@ -206,7 +209,7 @@ impl Scheduler {
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        if self.stopping.is_some() {
+        if self.stopping.is_some() || !self.resumed {
             return;
         }
         if self.claiming {
@@ -248,13 +251,14 @@ impl Scheduler {
                     ctx.stop();
                     return;
                 }
-                Ok(Ok(jobs)) => {
+                Ok(Ok((jobs, buried))) => {
                     act.status.set_state(ActorState::Running);
                     let n = jobs.len();
                     for job in jobs {
                         act.dispatch(job, ctx);
                     }
-                    n > 0 && n >= free
+                    // Buried rows took budget without being sent: look again at once for the work behind them.
+                    (n > 0 && n >= free) || buried > 0
                 }
                 Ok(Err(error)) => {
                     // The delivery side's own health: reported in /readyz's delivery section, never unready.
@@ -297,10 +301,17 @@ impl Scheduler {
         }
     }
 
-    /// Releases a lease this node will not use, so that the delivery is claimable again now.
+    /// Releases a lease this node will not use, so that the delivery is claimable again now, and gives back what
+    /// its claim took from the destination's limits (a circuit grant, a rate-limit token).
     fn release(&mut self, job: Job, ctx: &mut Context<Self>) {
         let pool = self.pool.clone();
+        let (limits, redis) = (self.limits.clone(), self.redis.get());
+        let rate = self.catalog.get().destinations.get(&job.destination_id).and_then(|d| d.rate_limit);
         let fut = async move {
+            if let Some(rate) = rate {
+                limits.return_tokens(redis.clone(), job.destination_id, rate, 1).await;
+            }
+            limits.release_grants(redis, job.destination_id, 1).await;
             let client = pool.get().await?;
             client
                 .execute(
@@ -325,6 +336,7 @@ impl Scheduler {
 
     /// Starts listening and claiming (at start, and after a restart's back-off delay).
     fn resume(&mut self, ctx: &mut Context<Self>) {
+        self.resumed = true;
         self.status.set_state(ActorState::Running);
         self.status.beat();
         let rx = listen::spawn_listener(self.pg_config.clone(), &[DELIVERIES_CHANNEL, CATALOG_CHANNEL]);
@@ -353,6 +365,7 @@ impl actix::Supervised for Scheduler {
         // Attempts in flight keep their bookkeeping: their `Completed` still arrives here.
         self.claiming = false;
         self.again = false;
+        self.resumed = false;
         self.resume_delay = self.status.record_restart();
     }
 }
@@ -508,7 +521,7 @@ impl ClaimRound {
         free: usize,
         capacity: usize,
         local: HashMap<Uuid, u32>,
-    ) -> anyhow::Result<Vec<Job>> {
+    ) -> anyhow::Result<(Vec<Job>, usize)> {
         let (fifo_all, normal_all): (Vec<_>, Vec<_>) = active.iter().partition(|d| d.fifo);
         let normal_ids: Vec<Uuid> = normal_all.iter().map(|d| d.id).collect();
         let fifo_ids: Vec<Uuid> = fifo_all.iter().map(|d| d.id).collect();
@@ -523,7 +536,7 @@ impl ClaimRound {
                 .collect()
         };
         if busy.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
 
         // Budgets: what the destination may still have in flight cluster-wide, capped by its fair share of this
@@ -566,7 +579,7 @@ impl ClaimRound {
         .await;
         let budgets: Vec<(Arc<Destination>, u32)> = admitted.into_iter().filter(|(_, n)| *n > 0).collect();
         if budgets.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
 
         let (fifo, normal): (Vec<_>, Vec<_>) = budgets.iter().partition(|(d, _)| d.fifo);
@@ -623,7 +636,7 @@ impl ClaimRound {
         }
         self.give_back(&budgets, &claimed).await;
         metrics::counter!("hookgate_scheduler_claimed_total").increment(jobs.len() as u64);
-        Ok(jobs)
+        Ok((jobs, buried.len()))
     }
 
     /// Gives back what a round was granted and did not use: rate-limit tokens, and half-open or ramping grants of

@@ -174,12 +174,22 @@ impl EventWriter {
             self.fifo_inflight |= fifo;
             let pool = self.pool.clone();
             let deadline = self.cfg.flush_timeout();
-            ctx.spawn(write_batch(pool, batch, deadline).into_actor(self).map(move |db_up, act, ctx| {
+            let fut = crate::supervision::guarded(write_batch(pool, batch, deadline));
+            ctx.spawn(fut.into_actor(self).map(move |db_up, act, ctx| {
                 act.inflight -= 1;
                 act.pending -= n;
                 if fifo {
                     act.fifo_inflight = false;
                 }
+                let db_up = match db_up {
+                    Ok(up) => up,
+                    Err(crate::supervision::Panicked(what)) => {
+                        // The batch's senders see their reply dropped (503, nothing acknowledged); count, restart.
+                        act.status.record_panic(&what);
+                        ctx.stop();
+                        return;
+                    }
+                };
                 act.registry.set_postgres(if db_up { DependencyState::Up } else { DependencyState::Down });
                 if !act.buffer.is_empty() && (act.flush_timer.is_none() || act.cfg.flush_interval_us == 0) {
                     act.flush(ctx);
@@ -524,7 +534,7 @@ async fn insert(
     let insert = tx.prepare_cached(INSERT_EVENTS).await.map_err(db_error)?;
     let columns = EventColumns::new(events);
     let rows = tx.query(&insert, &columns.params()).await.map_err(db_error)?;
-    let inserted: HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    let inserted: HashSet<Uuid> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
 
     let mut existing: HashMap<(Uuid, &str), Uuid> = HashMap::new();
     if inserted.len() < events.len() {
@@ -535,9 +545,13 @@ async fn insert(
             .unzip();
         let find = tx.prepare_cached(FIND_EXISTING).await.map_err(db_error)?;
         for row in tx.query(&find, &[&s, &k]).await.map_err(db_error)? {
-            let key: String = row.get(2);
-            if let Some(e) = events.iter().find(|e| e.idempotency_key == key && e.source_id == row.get::<_, Uuid>(1)) {
-                existing.insert((e.source_id, e.idempotency_key.as_str()), row.get(0));
+            let (Ok(event_id), Ok(source_id), Ok(key)) =
+                (row.try_get::<_, Uuid>(0), row.try_get::<_, Uuid>(1), row.try_get::<_, String>(2))
+            else {
+                continue; // unreadable: the event is answered "vanished" (500), never a panic
+            };
+            if let Some(e) = events.iter().find(|e| e.idempotency_key == key && e.source_id == source_id) {
+                existing.insert((e.source_id, e.idempotency_key.as_str()), event_id);
             }
         }
     }
