@@ -17,6 +17,9 @@ use redis::AsyncConnectionConfig;
 
 use crate::supervision::Backoff;
 
+/// The longest wait for one watchdog PING.
+pub const PING_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Failed PINGs in a row after which the connection is replaced.
 pub const FAILURES_BEFORE_RECONNECT: u32 = 3;
 
