@@ -17,8 +17,7 @@ use hookgate_actors::result_writer::{ConnectScheduler, DrainResults, ResultWrite
 use hookgate_actors::router::{ReloadHook, Router};
 use hookgate_actors::scheduler::{Scheduler, Shutdown};
 use hookgate_actors::{
-    ActorStatus, Cache, CacheConfig, Drain, EventWriter, Health, HealthRegistry, RedisHandle, RedisLink,
-    RedisLinkConfig,
+    ActorStatus, Cache, CacheConfig, Drain, EventWriter, Health, HealthRegistry, RedisLink, RedisLinkConfig,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
@@ -128,10 +127,9 @@ impl Application {
             mailbox_capacity: settings.redis.mailbox_capacity,
             ping_interval: Duration::from_millis(settings.server.health_interval_ms),
         };
-        let redis_handle = Arc::new(RedisHandle::default());
         let cache = {
-            let (status, health, shared) = (cache_status.clone(), health.clone(), redis_handle.clone());
-            Supervisor::start(move |_| Cache::new(redis_client, cache_cfg, status, health, shared))
+            let (status, health) = (cache_status.clone(), health.clone());
+            Supervisor::start(move |_| Cache::new(redis_client, cache_cfg, status, health))
         };
 
         let router_status = health.register("router", false, policy);
@@ -160,23 +158,25 @@ impl Application {
             Supervisor::start(move |_| Janitor::new(pool, cfg, window, janitor_status))
         };
 
+        // Circuit breakers and rate limits: one instance and one Redis connection of their own (never the cache's,
+        // never its fate), shared by the delivery side and the admin API's destination health.
+        let limits = Arc::new(
+            Limits::new(&settings.redis.key_prefix, settings.delivery.circuit)
+                .with_op_timeout(Duration::from_millis(settings.delivery.limits_timeout_ms)),
+        );
+        let limits_redis = RedisLink::start(
+            limits_client,
+            RedisLinkConfig {
+                response_timeout: Duration::from_millis(settings.delivery.limits_timeout_ms),
+                connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
+                ping_interval: Duration::from_millis(settings.server.health_interval_ms.max(100)),
+            },
+        );
+
         let mut deliverer_arbiters = Vec::new();
         let mut delivery = None;
         if settings.delivery.enabled {
             let cfg = settings.delivery.clone();
-            let limits = Arc::new(
-                Limits::new(&settings.redis.key_prefix, cfg.circuit)
-                    .with_op_timeout(Duration::from_millis(cfg.limits_timeout_ms)),
-            );
-            // The limits' own connection, with their own timeout: never the cache's, never its fate.
-            let limits_redis = RedisLink::start(
-                limits_client,
-                RedisLinkConfig {
-                    response_timeout: Duration::from_millis(cfg.limits_timeout_ms),
-                    connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
-                    ping_interval: Duration::from_millis(settings.server.health_interval_ms.max(100)),
-                },
-            );
             let results_status = health.register_delivery("result_writer", None, policy);
             let results = {
                 let (pool, catalog, node, cfg) = (pool.clone(), catalog.clone(), node_id.clone(), cfg.clone());
@@ -191,7 +191,9 @@ impl Application {
                 Duration::from_millis(cfg.poll_interval_ms.saturating_mul(10)).max(Duration::from_secs(30));
             let scheduler_status = health.register_delivery("scheduler", Some(stall_after), policy);
             let scheduler = {
-                let (pool, catalog, redis, node) = (pool.clone(), catalog.clone(), limits_redis, node_id.clone());
+                let (pool, catalog, redis, node) =
+                    (pool.clone(), catalog.clone(), limits_redis.clone(), node_id.clone());
+                let limits = limits.clone();
                 let results = results.clone();
                 Supervisor::start(move |ctx: &mut actix::Context<Scheduler>| {
                     let me = ctx.address();
@@ -234,8 +236,8 @@ impl Application {
                 tokens: admin::auth::Tokens::new(&settings.admin.tokens),
                 ssrf: settings.delivery.ssrf_policy(),
                 catalog: catalog.clone(),
-                limits: Arc::new(Limits::new(&settings.redis.key_prefix, settings.delivery.circuit)),
-                redis: redis_handle.clone(),
+                limits: limits.clone(),
+                redis: limits_redis.clone(),
                 rotation_grace: Duration::from_secs(settings.admin.rotation_grace_secs),
                 jq_timeout: Duration::from_millis(settings.delivery.jq_timeout_ms),
                 jq_max_output: settings.delivery.jq_max_output_bytes,

@@ -41,24 +41,8 @@ pub struct CacheConfig {
     pub ping_interval: Duration,
 }
 
-/// The cache's current Redis connection, shared with the delivery side (rate limits, circuit breakers). The Cache
-/// actor owns its lifecycle: it sets it when connected and clears it when the connection is lost.
-#[derive(Default)]
-pub struct RedisHandle(std::sync::RwLock<Option<MultiplexedConnection>>);
-
-impl RedisHandle {
-    pub fn get(&self) -> Option<MultiplexedConnection> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn set(&self, conn: Option<MultiplexedConnection>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = conn;
-    }
-}
-
 pub struct Cache {
     client: redis::Client,
-    shared: Arc<RedisHandle>,
     conn: Option<MultiplexedConnection>,
     cfg: CacheConfig,
     status: Arc<ActorStatus>,
@@ -75,11 +59,9 @@ impl Cache {
         cfg: CacheConfig,
         status: Arc<ActorStatus>,
         registry: Arc<HealthRegistry>,
-        shared: Arc<RedisHandle>,
     ) -> Self {
         Self {
             client,
-            shared,
             conn: None,
             connect_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
             cfg,
@@ -102,7 +84,6 @@ impl Cache {
         let fut = async move { client.get_multiplexed_async_connection_with_config(&config).await };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(conn) => {
-                act.shared.set(Some(conn.clone()));
                 act.conn = Some(conn);
                 act.connect_backoff.reset();
                 act.status.set_state(ActorState::Running);
@@ -134,7 +115,6 @@ impl Cache {
             || (!timed_out && (error.is_connection_dropped() || error.is_unrecoverable_error() || error.is_io_error()))
         {
             if self.conn.take().is_some() {
-                self.shared.set(None);
                 tracing::warn!(message = "Lost the Redis connection; restarting the cache.", %error);
                 self.registry.set_redis(DependencyState::Down);
                 ctx.stop();
@@ -174,7 +154,6 @@ impl actix::Supervised for Cache {
     fn restarting(&mut self, _: &mut Self::Context) {
         self.conn = None;
         self.timeouts_in_a_row = 0;
-        self.shared.set(None);
         self.resume_delay = self.status.record_restart();
     }
 }

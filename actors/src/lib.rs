@@ -35,7 +35,7 @@ pub mod ssrf;
 pub mod supervision;
 pub mod writer;
 
-pub use cache::{Cache, CacheConfig, RedisHandle};
+pub use cache::{Cache, CacheConfig};
 pub use config::DeliveryConfig;
 pub use health::{ActorState, ActorStatus, DependencyState, Health, HealthRegistry, ReadinessReport};
 pub use messages::{CacheLookup, CacheRemember, NewEvent, Persist, PersistError, PersistMany, Persisted};

@@ -32,7 +32,7 @@ use deadpool_postgres::Pool;
 use hookgate_actors::catalog::{SharedCatalog, CATALOG_CHANNEL};
 use hookgate_actors::limits::Limits;
 use hookgate_actors::ssrf::SsrfPolicy;
-use hookgate_actors::RedisHandle;
+use hookgate_actors::RedisLink;
 
 pub use error::AdminError;
 
@@ -43,7 +43,8 @@ pub struct AdminState {
     pub ssrf: SsrfPolicy,
     pub catalog: Arc<SharedCatalog>,
     pub limits: Arc<Limits>,
-    pub redis: Arc<RedisHandle>,
+    /// The delivery limits' own Redis connection (circuit state for destination health).
+    pub redis: Arc<RedisLink>,
     pub rotation_grace: Duration,
     pub jq_timeout: Duration,
     pub jq_max_output: usize,
