@@ -139,9 +139,16 @@ WHERE d.id = ANY (ARRAY(SELECT id FROM picked))
   AND EXISTS (SELECT 1 FROM destinations x WHERE x.id = d.destination_id AND x.state = 'active')
   -- Re-checked on the locked row: a result committed meanwhile is not claimed again.
   AND d.state = 'pending' AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
+-- The event is looked up in its own partition (a delivery's created_at is its event's received_at), then, for rows
+-- older than that rule, by id alone: one index probe instead of one per partition.
 RETURNING d.id, d.event_id, d.destination_id, d.attempts,
-          coalesce(d.payload, (SELECT e.body FROM events e WHERE e.id = d.event_id)), d.payload IS NOT NULL,
-          (SELECT e.content_type FROM events e WHERE e.id = d.event_id), d.lease_id, d.route_id, d.needs_routing,
+          coalesce(d.payload,
+                   (SELECT e.body FROM events e WHERE e.id = d.event_id AND e.received_at = d.created_at),
+                   (SELECT e.body FROM events e WHERE e.id = d.event_id)),
+          d.payload IS NOT NULL,
+          coalesce((SELECT e.content_type FROM events e WHERE e.id = d.event_id AND e.received_at = d.created_at),
+                   (SELECT e.content_type FROM events e WHERE e.id = d.event_id)),
+          d.lease_id, d.route_id, d.needs_routing,
           CASE WHEN d.needs_routing THEN
               (SELECT jsonb_build_object('source', s.slug, 'headers', e.headers, 'type', e.type)
                FROM events e JOIN sources s ON s.id = e.source_id WHERE e.id = d.event_id)
