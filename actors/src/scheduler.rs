@@ -535,7 +535,9 @@ impl ClaimRound {
         // The connection goes back to the pool before any Redis call: a slow Redis never holds PostgreSQL.
         let busy: HashMap<Uuid, u32> = {
             let client = self.pool.get().await?;
-            let rows = client.query(DUE, &[&normal_ids, &fifo_ids]).await?;
+            // Prepared once per connection: planning a statement over every daily partition costs more than running it.
+            let due = client.prepare_cached(DUE).await?;
+            let rows = client.query(&due, &[&normal_ids, &fifo_ids]).await?;
             rows.iter()
                 .filter_map(|r| {
                     Some((r.try_get(0).ok()?, r.try_get::<_, Option<i32>>(1).ok()?.unwrap_or(0).max(0) as u32))
