@@ -221,7 +221,7 @@ impl Catalog {
             let (payload, failed, deferred) = match outcome {
                 RouteOutcome::Skip => continue,
                 RouteOutcome::Deliver(payload) => (payload.map(Bytes::from), None, false),
-                RouteOutcome::Failed(why) => (None, Some(strip_nul(why)), false),
+                RouteOutcome::Failed(why) => (None, Some(without_nul(&why).into_owned()), false),
                 RouteOutcome::Unavailable(why) => {
                     metrics::counter!("hookgate_route_evaluations_deferred_total").increment(1);
                     tracing::debug!(message = "Route evaluation deferred to delivery.", route = %route.slug, %why);
@@ -247,12 +247,13 @@ impl Catalog {
     }
 }
 
-/// PostgreSQL text cannot hold NUL; error messages quoting event data may contain it.
-pub fn strip_nul(text: String) -> String {
-    if text.contains('\0') {
-        text.replace('\0', "")
+/// `s` without NUL characters, which PostgreSQL refuses in text (borrowed when it has none). Error messages that
+/// quote event data may contain them.
+pub fn without_nul(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', ""))
     } else {
-        text
+        std::borrow::Cow::Borrowed(s)
     }
 }
 

@@ -14,7 +14,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::catalog::{strip_nul, SharedCatalog, CATALOG_CHANNEL};
+use crate::catalog::{without_nul, SharedCatalog, CATALOG_CHANNEL};
 use crate::config::DeliveryConfig;
 use crate::deliverer::{AttemptResult, Routed};
 use crate::health::{ActorState, ActorStatus};
@@ -226,7 +226,7 @@ impl Plan {
                     Some(Routed::Skipped) => {
                         return ("cancelled", now, Some(SKIPPED_AT_DELIVERY.to_owned()));
                     }
-                    Some(Routed::Failed(why)) => return ("failed", now, Some(strip_nul(why.clone()))),
+                    Some(Routed::Failed(why)) => return ("failed", now, Some(without_nul(why).into_owned())),
                     _ => {}
                 }
                 if r.reached_destination() {
@@ -238,11 +238,14 @@ impl Plan {
                 if r.status == Some(410) {
                     gone.push(r.destination_id);
                 }
-                let error = Some(strip_nul(format!(
-                    "{}: {}",
-                    r.error_kind.unwrap_or("error"),
-                    r.error.as_deref().unwrap_or("attempt failed")
-                )));
+                let error = Some(
+                    without_nul(&format!(
+                        "{}: {}",
+                        r.error_kind.unwrap_or("error"),
+                        r.error.as_deref().unwrap_or("attempt failed")
+                    ))
+                    .into_owned(),
+                );
                 let policy = catalog.destinations.get(&r.destination_id).map(|d| d.retry.clone()).unwrap_or_default();
                 let attempts = r.attempt.max(1) as u32;
                 let cap = Duration::from_secs(cfg.max_retry_after_secs);
@@ -287,7 +290,8 @@ async fn write(
     let headers: Vec<&serde_json::Value> = batch.iter().map(|r| &r.response_headers).collect();
     let excerpts: Vec<Option<&[u8]>> = batch.iter().map(|r| r.excerpt.as_deref()).collect();
     let kinds: Vec<Option<&str>> = batch.iter().map(|r| r.error_kind).collect();
-    let errors: Vec<Option<String>> = batch.iter().map(|r| r.error.clone().map(strip_nul)).collect();
+    let errors: Vec<Option<std::borrow::Cow<'_, str>>> =
+        batch.iter().map(|r| r.error.as_deref().map(without_nul)).collect();
     let stmt = tx
         .prepare_cached(
             "INSERT INTO attempts (id, delivery_id, attempt, node_id, started_at, status, latency_ms,

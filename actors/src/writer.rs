@@ -39,6 +39,7 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::catalog::without_nul;
 use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
 use crate::messages::{NewEvent, Persist, PersistError, PersistMany, Persisted};
 
@@ -456,15 +457,6 @@ async fn write_units(
     sorted.sort_unstable_by(|a, b| (a.source_id, &a.idempotency_key).cmp(&(b.source_id, &b.idempotency_key)));
     let outcomes = insert(pool, &sorted, &arrival).await?;
     Ok(sorted.iter().map(|e| e.id).zip(outcomes).collect())
-}
-
-/// `s` without NUL characters, which PostgreSQL refuses in text (borrowed when it has none).
-fn without_nul(s: &str) -> Cow<'_, str> {
-    if s.contains('\0') {
-        Cow::Owned(s.replace('\0', ""))
-    } else {
-        Cow::Borrowed(s)
-    }
 }
 
 /// The `INSERT_EVENTS` parameters of one batch: one array per column, in statement order.

@@ -6,6 +6,7 @@ use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use hookgate_actors::jq::stored_route_input;
 use hookgate_actors::{
     CacheLookup, CacheRemember, EventWriter, NewEvent, Persist, PersistError, PersistMany, Persisted,
 };
@@ -134,7 +135,7 @@ async fn accept(
     let deliveries = catalog
         .plan(
             source.id,
-            || jq_input(&source.slug, &kept_headers, doc.value(), event_type.as_deref()),
+            || stored_route_input(&source.slug, &kept_headers, doc.value(), event_type.as_deref()),
             state.jq_timeout,
             state.jq_max_output,
         )
@@ -176,7 +177,12 @@ async fn accept_batch(
                 source.id,
                 || {
                     let doc: Option<serde_json::Value> = serde_json::from_str(raw.get()).ok();
-                    jq_input(&source.slug, &kept_headers, doc.as_ref().ok_or(bytes.as_ref()), event_type.as_deref())
+                    stored_route_input(
+                        &source.slug,
+                        &kept_headers,
+                        doc.as_ref().ok_or(bytes.as_ref()),
+                        event_type.as_deref(),
+                    )
                 },
                 state.jq_timeout,
                 state.jq_max_output,
@@ -457,8 +463,6 @@ fn event_type(
     }
     Ok(value)
 }
-
-pub(crate) use hookgate_actors::jq::stored_route_input as jq_input;
 
 /// The headers kept with an event: all but credentials and hop-by-hop headers, at most [`MAX_STORED_HEADERS`],
 /// repeated headers joined with ", ".
