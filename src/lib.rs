@@ -7,7 +7,7 @@
 pub mod admin;
 pub mod cloudevents;
 pub mod config;
-pub mod migrations;
+pub use hookgate_store::migrations;
 pub mod problem;
 pub mod routes;
 pub mod sources;

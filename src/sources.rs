@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
-use deadpool_postgres::Pool;
+use hookgate_store::Pool;
 use uuid::Uuid;
 
 use crate::config::{IdempotencyConfig, SourceConfig, SourceOptions, VerificationConfig};
@@ -55,38 +55,25 @@ impl SourceRegistry {
 
     /// Loads the enabled sources from PostgreSQL.
     pub async fn reload(&self, pool: &Pool) -> anyhow::Result<usize> {
-        let client = pool.get().await.context("Failed to get a connection to load sources")?;
-        let rows = client
-            .query(
-                "SELECT id, slug, max_body_bytes, require_json, idempotency, verification, options, previous_secret,
-                        previous_secret_until
-                 FROM sources WHERE enabled",
-                &[],
-            )
-            .await
-            .context("Failed to load sources")?;
-        let mut sources = Vec::with_capacity(rows.len());
-        for row in rows {
-            let slug: String = row.get(1);
-            let idempotency: IdempotencyConfig = serde_json::from_value(row.get(4))
+        let mut sources = Vec::new();
+        for row in hookgate_store::sources::load_enabled(pool).await? {
+            let slug = row.slug;
+            let idempotency: IdempotencyConfig = serde_json::from_value(row.idempotency)
                 .with_context(|| format!("source {slug}: invalid idempotency settings"))?;
-            let verification: VerificationConfig = serde_json::from_value(row.get(5))
+            let mut verification: VerificationConfig = serde_json::from_value(row.verification)
                 .with_context(|| format!("source {slug}: invalid verification settings"))?;
             let options: SourceOptions =
-                serde_json::from_value(row.get(6)).with_context(|| format!("source {slug}: invalid options"))?;
+                serde_json::from_value(row.options).with_context(|| format!("source {slug}: invalid options"))?;
             // While a secret rotates (admin API), the previous one stays valid until its time.
-            let mut verification = verification;
-            if let (Some(old), Some(until)) =
-                (row.get::<_, Option<String>>(7), row.get::<_, Option<chrono::DateTime<chrono::Utc>>>(8))
-            {
+            if let (Some(old), Some(until)) = (row.previous_secret, row.previous_secret_until) {
                 if until > chrono::Utc::now() {
                     verification.add_secret(secrecy::SecretString::from(old));
                 }
             }
             sources.push(Source {
-                id: row.get(0),
-                max_body_bytes: row.get::<_, i32>(2) as usize,
-                require_json: row.get(3),
+                id: row.id,
+                max_body_bytes: usize::try_from(row.max_body_bytes).unwrap_or(0),
+                require_json: row.require_json,
                 idempotency,
                 options,
                 verifier: Verifier::from_config(&verification).with_context(|| format!("source {slug}"))?,
@@ -101,40 +88,20 @@ impl SourceRegistry {
 
 /// Upserts the declared sources by slug and disables declared sources no longer in the configuration.
 pub async fn apply_declared(pool: &Pool, declared: &[SourceConfig]) -> anyhow::Result<()> {
-    let mut client = pool.get().await.context("Failed to get a connection to apply sources")?;
-    let tx = client.transaction().await?;
-    for s in declared {
-        let max_body = i32::try_from(s.max_body_bytes).context("max_body_bytes too large")?;
-        tx.execute(
-            "INSERT INTO sources (id, slug, max_body_bytes, require_json, idempotency, verification, options, enabled,
-                                  declared)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, true, true)
-             ON CONFLICT (slug) DO UPDATE SET
-                max_body_bytes = EXCLUDED.max_body_bytes, require_json = EXCLUDED.require_json,
-                idempotency = EXCLUDED.idempotency, verification = EXCLUDED.verification, options = EXCLUDED.options,
-                enabled = true, declared = true, updated_at = now()",
-            &[
-                &Uuid::now_v7(),
-                &s.slug,
-                &max_body,
-                &s.require_json,
-                &serde_json::to_value(s.effective_idempotency())?,
-                &serde_json::to_value(&s.verification)?,
-                &serde_json::to_value(s.options())?,
-            ],
-        )
-        .await
-        .with_context(|| format!("Failed to apply source {}", s.slug))?;
-    }
-    let slugs: Vec<&str> = declared.iter().map(|s| s.slug.as_str()).collect();
-    tx.execute(
-        "UPDATE sources SET enabled = false, updated_at = now() WHERE declared AND enabled AND slug <> ALL($1)",
-        &[&slugs],
-    )
-    .await
-    .context("Failed to disable sources removed from the configuration")?;
-    tx.commit().await.context("Failed to commit declared sources")?;
-    Ok(())
+    let rows = declared
+        .iter()
+        .map(|s| {
+            Ok(hookgate_store::sources::DeclaredSource {
+                slug: &s.slug,
+                max_body_bytes: i32::try_from(s.max_body_bytes).context("max_body_bytes too large")?,
+                require_json: s.require_json,
+                idempotency: serde_json::to_value(s.effective_idempotency())?,
+                verification: serde_json::to_value(&s.verification)?,
+                options: serde_json::to_value(s.options())?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    hookgate_store::sources::apply_declared(pool, &rows).await
 }
 
 #[cfg(test)]

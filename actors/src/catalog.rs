@@ -17,38 +17,9 @@ use crate::signing::SigningSecret;
 use crate::ssrf::SsrfPolicy;
 use crate::Pool;
 
-/// The NOTIFY channel that tells every node to reload the catalog.
-pub const CATALOG_CHANNEL: &str = "hookgate_catalog";
+pub use hookgate_store::channels::CATALOG_CHANNEL;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum DestinationState {
-    /// Deliveries are attempted.
-    #[default]
-    Active,
-    /// Deliveries wait (an operator paused it).
-    Paused,
-    /// Deliveries wait (410 Gone, continuous failure, or an operator).
-    Disabled,
-}
-
-impl DestinationState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Paused => "paused",
-            Self::Disabled => "disabled",
-        }
-    }
-
-    fn parse(s: &str) -> Self {
-        match s {
-            "paused" => Self::Paused,
-            "disabled" => Self::Disabled,
-            _ => Self::Active,
-        }
-    }
-}
+pub use hookgate_core::state::DestinationState;
 
 /// A destination as declared in the configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -281,60 +252,44 @@ impl SharedCatalog {
 }
 
 async fn load(pool: &Pool) -> anyhow::Result<Catalog> {
-    let client = pool.get().await.context("Failed to get a connection to load the catalog")?;
+    let (destinations, routes) = hookgate_store::catalog::load(pool).await?;
     let mut catalog = Catalog::default();
-    for row in client
-        .query(
-            // Rotated-out secrets (admin API) keep signing beside the new one until their grace period ends.
-            "SELECT id, slug, url, timeout_ms, max_in_flight, rate_limit, retry,
-                    signing_secrets || COALESCE((SELECT jsonb_agg(r->'secret') FROM jsonb_array_elements(retiring_secrets) r
-                                                 WHERE (r->>'until')::timestamptz > now()), '[]'::jsonb),
-                    fifo, state
-             FROM destinations",
-            &[],
-        )
-        .await
-        .context("Failed to load destinations")?
-    {
-        let slug: String = row.try_get(1)?;
-        let secrets: Vec<String> = serde_json::from_value(row.try_get(7)?).unwrap_or_default();
+    for row in destinations {
+        let slug = row.slug;
+        let secrets: Vec<String> = serde_json::from_value(row.signing_secrets).unwrap_or_default();
         let secrets = secrets
             .iter()
             .map(|s| SigningSecret::parse(s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("destination {slug}: {e}"))?;
         let d = Destination {
-            id: row.try_get(0)?,
-            url: row.try_get(2)?,
-            timeout: Duration::from_millis(row.try_get::<_, i32>(3)? as u64),
-            max_in_flight: row.try_get::<_, i32>(4)? as u32,
-            rate_limit: row.try_get(5)?,
-            retry: serde_json::from_value(row.try_get(6)?).with_context(|| format!("destination {slug}: retry"))?,
+            id: row.id,
+            url: row.url,
+            timeout: Duration::from_millis(u64::try_from(row.timeout_ms).unwrap_or(0)),
+            max_in_flight: u32::try_from(row.max_in_flight).unwrap_or(0),
+            rate_limit: row.rate_limit,
+            retry: serde_json::from_value(row.retry).with_context(|| format!("destination {slug}: retry"))?,
             secrets,
-            fifo: row.try_get(8)?,
-            state: DestinationState::parse(row.try_get::<_, &str>(9)?),
+            fifo: row.fifo,
+            state: DestinationState::parse(&row.state).unwrap_or_default(),
             slug,
         };
         catalog.destinations.insert(d.id, Arc::new(d));
     }
-    for row in client
-        .query("SELECT id, slug, source_id, destination_id, filter, transform FROM routes WHERE enabled", &[])
-        .await
-        .context("Failed to load routes")?
-    {
+    for row in routes {
         let spec = RouteSpec {
-            slug: row.try_get(1)?,
+            slug: row.slug,
             source: String::new(),
             destination: String::new(),
-            filter: row.try_get(4)?,
-            transform: row.try_get(5)?,
+            filter: row.filter,
+            transform: row.transform,
         };
         let (filter, transform) = spec.compile().map_err(|e| anyhow::anyhow!("route {}: {e}", spec.slug))?;
         let route = Route {
-            id: row.try_get(0)?,
+            id: row.id,
             slug: spec.slug,
-            source_id: row.try_get(2)?,
-            destination_id: row.try_get(3)?,
+            source_id: row.source_id,
+            destination_id: row.destination_id,
             filter,
             transform,
         };
@@ -347,71 +302,32 @@ async fn load(pool: &Pool) -> anyhow::Result<Catalog> {
 /// longer in the configuration are disabled (their history stays). A destination that hookgate disabled itself
 /// (`disabled_reason` starting with `auto:`) keeps that state across restarts.
 pub async fn apply_declared(pool: &Pool, destinations: &[DestinationSpec], routes: &[RouteSpec]) -> anyhow::Result<()> {
-    let mut client = pool.get().await.context("Failed to get a connection to apply destinations")?;
-    let tx = client.transaction().await?;
-    for d in destinations {
-        tx.execute(
-            "INSERT INTO destinations (id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, signing_secrets,
-                                       fifo, state, declared)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, true)
-             ON CONFLICT (slug) DO UPDATE SET url = EXCLUDED.url, timeout_ms = EXCLUDED.timeout_ms,
-                max_in_flight = EXCLUDED.max_in_flight, rate_limit = EXCLUDED.rate_limit, retry = EXCLUDED.retry,
-                signing_secrets = EXCLUDED.signing_secrets, fifo = EXCLUDED.fifo, declared = true,
-                -- A destination hookgate disabled itself (410, continuous failure) stays disabled until an
-                -- operator acts; restarting a node must not silently resume it.
-                state = CASE WHEN destinations.disabled_reason LIKE 'auto:%' THEN destinations.state
-                             ELSE EXCLUDED.state END,
-                disabled_reason = CASE WHEN destinations.disabled_reason LIKE 'auto:%'
-                                       THEN destinations.disabled_reason END,
-                updated_at = now()",
-            &[
-                &Uuid::now_v7(),
-                &d.slug,
-                &d.url,
-                &i32::try_from(d.timeout_ms).context("timeout_ms too large")?,
-                &i32::try_from(d.max_in_flight).context("max_in_flight too large")?,
-                &d.rate_limit,
-                &serde_json::to_value(&d.retry)?,
-                &serde_json::to_value(&d.signing_secrets)?,
-                &d.fifo,
-                &d.state.as_str(),
-            ],
-        )
-        .await
-        .with_context(|| format!("Failed to apply destination {}", d.slug))?;
-    }
-    let slugs: Vec<&str> = destinations.iter().map(|d| d.slug.as_str()).collect();
-    tx.execute(
-        "UPDATE destinations SET state = 'disabled', disabled_reason = 'removed from the configuration',
-                updated_at = now()
-         WHERE declared AND state <> 'disabled' AND slug <> ALL($1)",
-        &[&slugs],
-    )
-    .await?;
-    for r in routes {
-        let n = tx
-            .execute(
-                "INSERT INTO routes (id, slug, source_id, destination_id, filter, transform, enabled, declared)
-                 SELECT $1, $2, s.id, d.id, $5, $6, true, true
-                 FROM sources s, destinations d WHERE s.slug = $3 AND d.slug = $4
-                 ON CONFLICT (slug) DO UPDATE SET source_id = EXCLUDED.source_id,
-                    destination_id = EXCLUDED.destination_id, filter = EXCLUDED.filter,
-                    transform = EXCLUDED.transform, enabled = true, declared = true, updated_at = now()",
-                &[&Uuid::now_v7(), &r.slug, &r.source, &r.destination, &r.filter, &r.transform],
-            )
-            .await
-            .with_context(|| format!("Failed to apply route {}", r.slug))?;
-        if n == 0 {
-            anyhow::bail!("route {}: source {:?} or destination {:?} does not exist", r.slug, r.source, r.destination);
-        }
-    }
-    let slugs: Vec<&str> = routes.iter().map(|r| r.slug.as_str()).collect();
-    tx.execute(
-        "UPDATE routes SET enabled = false, updated_at = now() WHERE declared AND enabled AND slug <> ALL($1)",
-        &[&slugs],
-    )
-    .await?;
-    tx.execute("SELECT pg_notify($1, 'declared')", &[&CATALOG_CHANNEL]).await?;
-    tx.commit().await.context("Failed to commit declared destinations and routes")?;
-    Ok(())
+    use hookgate_store::catalog::{DeclaredDestination, DeclaredRoute};
+    let destinations = destinations
+        .iter()
+        .map(|d| {
+            Ok(DeclaredDestination {
+                slug: &d.slug,
+                url: &d.url,
+                timeout_ms: i32::try_from(d.timeout_ms).context("timeout_ms too large")?,
+                max_in_flight: i32::try_from(d.max_in_flight).context("max_in_flight too large")?,
+                rate_limit: d.rate_limit,
+                retry: serde_json::to_value(&d.retry)?,
+                signing_secrets: serde_json::to_value(&d.signing_secrets)?,
+                fifo: d.fifo,
+                state: d.state.as_str(),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let routes: Vec<DeclaredRoute<'_>> = routes
+        .iter()
+        .map(|r| DeclaredRoute {
+            slug: &r.slug,
+            source: &r.source,
+            destination: &r.destination,
+            filter: r.filter.as_deref(),
+            transform: r.transform.as_deref(),
+        })
+        .collect();
+    hookgate_store::catalog::apply_declared(pool, &destinations, &routes).await
 }

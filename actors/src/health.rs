@@ -453,9 +453,7 @@ impl Health {
         let limit = self.probe_timeout;
         let fut = async move {
             let check = async {
-                let client = pool.get().await.map_err(|e| e.to_string())?;
-                client.simple_query("SELECT 1").await.map_err(|e| e.to_string())?;
-                Ok::<_, String>(())
+                hookgate_store::ping(&pool).await
             };
             match tokio::time::timeout(limit, check).await {
                 Ok(Ok(())) => Ok(()),

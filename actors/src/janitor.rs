@@ -24,8 +24,7 @@ use crate::Pool;
 /// Why a delivery still pending when retention dropped its partition ended `dead`.
 pub const EXPIRED_REASON: &str = "expired by retention";
 
-/// The lock that makes a janitor round a singleton.
-pub const JANITOR_LOCK: i64 = 0x686f_6f6b_6a61_6e69; // "hookjani"
+pub use hookgate_store::locks::JANITOR_LOCK;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

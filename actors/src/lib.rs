@@ -21,19 +21,19 @@ pub mod config;
 pub mod deliverer;
 pub mod health;
 pub mod janitor;
-pub mod jq;
 pub mod limits;
-pub mod listen;
 pub mod messages;
 pub mod redis_link;
 pub mod result_writer;
-pub mod retry;
 pub mod router;
 pub mod scheduler;
-pub mod signing;
 pub mod ssrf;
 pub mod supervision;
 pub mod writer;
+
+// The domain rules live in hookgate-core; these paths stay for the code that names them here.
+pub use hookgate_core::{jq, retry, signing};
+pub use hookgate_store::listen;
 
 pub use cache::{Cache, CacheConfig};
 pub use config::DeliveryConfig;
@@ -44,4 +44,4 @@ pub use supervision::{Backoff, RestartPolicy};
 pub use writer::{Drain, EventWriter, WriterConfig};
 
 /// The PostgreSQL connection pool every database-facing actor borrows from.
-pub type Pool = deadpool_postgres::Pool;
+pub use hookgate_store::Pool;

@@ -80,9 +80,7 @@ pub struct Shutdown {
 #[rtype(result = "()")]
 pub struct Wake;
 
-/// The lock that serializes claim rounds across the cluster (claims are short; this makes per-destination limits
-/// and FIFO exact without races between nodes).
-pub const CLAIM_LOCK: i64 = 0x686f_6f6b_636c_6169; // "hookclai"
+pub use hookgate_store::locks::CLAIM_LOCK;
 
 /// The destinations with claimable work, with their deliveries in flight cluster-wide. A FIFO destination has
 /// claimable work only when its head is due and not leased.

@@ -380,8 +380,7 @@ JOIN (SELECT row_number() OVER (ORDER BY v) AS ord, v AS seq
       FROM (SELECT nextval('deliveries_seq') AS v FROM generate_series(1, cardinality($1::uuid[]))) drawn) s
   ON s.ord = u.ord";
 
-/// The NOTIFY channel that wakes schedulers when new deliveries are committed.
-pub const DELIVERIES_CHANNEL: &str = "hookgate_deliveries";
+pub use hookgate_store::channels::DELIVERIES_CHANNEL;
 
 const FIND_EXISTING: &str = "\
 SELECT event_id, source_id, idempotency_key FROM event_keys

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use actix_web::web;
 use deadpool_postgres::Pool;
-use hookgate_actors::catalog::{SharedCatalog, CATALOG_CHANNEL};
+use hookgate_actors::catalog::SharedCatalog;
 use hookgate_actors::limits::Limits;
 use hookgate_actors::ssrf::SsrfPolicy;
 use hookgate_actors::RedisLink;
@@ -120,14 +120,12 @@ async fn not_found() -> Result<actix_web::HttpResponse, AdminError> {
 
 /// Tells every node to reload sources, destinations and routes (delivered at the transaction's COMMIT).
 pub async fn notify_catalog(tx: &deadpool_postgres::Transaction<'_>, why: &str) -> Result<(), AdminError> {
-    tx.execute("SELECT pg_notify($1, $2)", &[&CATALOG_CHANNEL, &why]).await?;
-    Ok(())
+    Ok(hookgate_store::channels::notify_catalog(tx, why).await?)
 }
 
 /// The NOTIFY that wakes every Scheduler when deliveries became due.
 pub async fn notify_deliveries(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), AdminError> {
-    tx.execute("SELECT pg_notify($1, 'admin')", &[&hookgate_actors::writer::DELIVERIES_CHANNEL]).await?;
-    Ok(())
+    Ok(hookgate_store::channels::notify_deliveries(tx, "admin").await?)
 }
 
 /// A page size from the query: default 50, at most 500.

@@ -49,43 +49,17 @@ pub async fn stats(state: web::Data<AdminState>, query: web::Query<StatsQuery>) 
     if !(60..=604_800).contains(&window) {
         return Err(AdminError::BadRequest("window_secs must be between 60 and 604800".into()));
     }
-    let secs = f64::from(window);
     let client = state.pool.get().await?;
-    let sources = client
-        .query(
-            "SELECT s.id, s.slug,
-                    (SELECT count(*) FROM events e
-                     WHERE e.source_id = s.id AND e.received_at > now() - make_interval(secs => $1))
-             FROM sources s ORDER BY s.slug",
-            &[&secs],
-        )
-        .await?
-        .iter()
-        .map(|r| SourceStats { id: r.get(0), slug: r.get(1), events: r.get(2) })
+    let counts = hookgate_store::stats::window_counts(&client, f64::from(window)).await?;
+    let sources = counts.sources.into_iter().map(|(id, slug, events)| SourceStats { id, slug, events }).collect();
+    let mut destinations: Vec<DestinationStats> = counts
+        .destinations
+        .into_iter()
+        .map(|(id, slug, attempts)| DestinationStats { id, slug, deliveries: BTreeMap::new(), attempts })
         .collect();
-    let mut destinations: Vec<DestinationStats> = client
-        .query(
-            "SELECT d.id, d.slug,
-                    (SELECT count(*) FROM attempts a JOIN deliveries x ON x.id = a.delivery_id
-                     WHERE x.destination_id = d.id AND a.started_at > now() - make_interval(secs => $1))
-             FROM destinations d ORDER BY d.slug",
-            &[&secs],
-        )
-        .await?
-        .iter()
-        .map(|r| DestinationStats { id: r.get(0), slug: r.get(1), deliveries: BTreeMap::new(), attempts: r.get(2) })
-        .collect();
-    for r in client
-        .query(
-            "SELECT destination_id, state, count(*) FROM deliveries
-             WHERE created_at > now() - make_interval(secs => $1) GROUP BY destination_id, state",
-            &[&secs],
-        )
-        .await?
-    {
-        let id: Uuid = r.get(0);
+    for (id, state, n) in counts.deliveries {
         if let Some(d) = destinations.iter_mut().find(|d| d.id == id) {
-            d.deliveries.insert(r.get(1), r.get(2));
+            d.deliveries.insert(state, n);
         }
     }
     Ok(HttpResponse::Ok().json(Stats { window_secs: window, sources, destinations }))

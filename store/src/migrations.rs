@@ -6,20 +6,19 @@ use deadpool_postgres::Pool;
 
 /// (version, name, SQL), in order. Never edit an applied migration: add a new one.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (1, "initial", include_str!("migrations/0001_initial.sql")),
-    (2, "delivery", include_str!("migrations/0002_delivery.sql")),
-    (3, "event_type", include_str!("migrations/0003_event_type.sql")),
-    (4, "partitions", include_str!("migrations/0004_partitions.sql")),
-    (5, "admin", include_str!("migrations/0005_admin.sql")),
-    (6, "deferred_routing", include_str!("migrations/0006_deferred_routing.sql")),
-    (7, "replay_fencing", include_str!("migrations/0007_replay_fencing.sql")),
+    (1, "initial", include_str!("../migrations/0001_initial.sql")),
+    (2, "delivery", include_str!("../migrations/0002_delivery.sql")),
+    (3, "event_type", include_str!("../migrations/0003_event_type.sql")),
+    (4, "partitions", include_str!("../migrations/0004_partitions.sql")),
+    (5, "admin", include_str!("../migrations/0005_admin.sql")),
+    (6, "deferred_routing", include_str!("../migrations/0006_deferred_routing.sql")),
+    (7, "replay_fencing", include_str!("../migrations/0007_replay_fencing.sql")),
 ];
 
 /// How many migrations this binary carries.
 pub const MIGRATION_COUNT: usize = MIGRATIONS.len();
 
-/// Arbitrary constant naming hookgate's migration lock.
-const MIGRATION_LOCK: i64 = 0x686f_6f6b_6761_7465; // "hookgate"
+use crate::locks::MIGRATION_LOCK;
 
 /// Applies every pending migration; returns the versions applied now.
 pub async fn run(pool: &Pool) -> anyhow::Result<Vec<i32>> {

@@ -6,7 +6,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
-use crate::supervision::Backoff;
+use hookgate_core::backoff::Backoff;
 
 /// What the listener reports.
 #[derive(Debug, Clone)]
@@ -29,13 +29,13 @@ pub fn spawn_listener(
     channels: &'static [&'static str],
 ) -> mpsc::Receiver<ListenEvent> {
     let (tx, rx) = mpsc::channel(64);
-    actix_rt::spawn(async move {
+    tokio::task::spawn_local(async move {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         while !tx.is_closed() {
             match config.connect(tokio_postgres::NoTls).await {
                 Ok((client, mut conn)) => {
                     let events = tx.clone();
-                    let driver = actix_rt::spawn(async move {
+                    let driver = tokio::task::spawn_local(async move {
                         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
                         while let Some(message) = messages.next().await {
                             match message {

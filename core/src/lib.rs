@@ -1,0 +1,19 @@
+//! hookgate's domain, without I/O: the rules that the store, the actors and the server share.
+//!
+//! The layers, each depending only on those before it: **`hookgate-core`** (this crate) ← `hookgate-actors` ←
+//! `hookgate`. Nothing here opens a socket, a file or a database connection, so every rule is tested in isolation
+//! and reused by every layer above; `tests/layering.rs` keeps it that way.
+//!
+//! | module | what it decides |
+//! |---|---|
+//! | [`retry`] | when a failed delivery is tried again (delays, jitter, `Retry-After` with its floor) |
+//! | [`signing`] | Standard Webhooks signatures of outgoing deliveries |
+//! | [`jq`] | route filters and transforms: compiled once, evaluated with a time and output budget |
+//! | [`backoff`] | exponential back-off with jitter, for restarts and reconnects |
+//! | [`state`] | the typed states of deliveries and destinations, and their stored text |
+
+pub mod backoff;
+pub mod jq;
+pub mod retry;
+pub mod signing;
+pub mod state;

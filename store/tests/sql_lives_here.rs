@@ -1,0 +1,91 @@
+//! The layer rule for SQL: every statement lives in `hookgate-store`. The files above it that still hold SQL are
+//! listed until they move, and the list only shrinks: a file that gains SQL fails this test, and so does a listed
+//! file that no longer has any (take it off the list).
+
+use std::path::{Path, PathBuf};
+
+/// Files outside the store that still run SQL of their own, to be moved into the store.
+const NOT_YET_MOVED: &[&str] = &[
+    "actors/src/janitor.rs",
+    "actors/src/result_writer.rs",
+    "actors/src/scheduler.rs",
+    "actors/src/writer.rs",
+    "src/admin/deliveries.rs",
+    "src/admin/destinations.rs",
+    "src/admin/events.rs",
+    "src/admin/jobs.rs",
+    "src/admin/routes.rs",
+    "src/admin/sources.rs",
+];
+
+/// The crates above the store.
+const LAYERS_ABOVE: &[&str] = &["core/src", "actors/src", "src"];
+
+/// Whether a line of code (not a comment) holds a SQL statement's keywords.
+fn is_sql(line: &str) -> bool {
+    let code = line.trim_start();
+    if code.starts_with("//") {
+        return false;
+    }
+    let followed_by_name = |keyword: &str| {
+        code.match_indices(keyword).any(|(i, _)| {
+            code[i + keyword.len()..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "(*{$".contains(c))
+        })
+    };
+    ["INSERT INTO ", "DELETE FROM ", "pg_notify(", "LISTEN {"].iter().any(|k| code.contains(k))
+        || followed_by_name("SELECT ")
+        || followed_by_name("UPDATE ")
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn sql_lives_in_the_store_only() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root");
+    let mut files = Vec::new();
+    for layer in LAYERS_ABOVE {
+        rust_files(&root.join(layer), &mut files);
+    }
+    assert!(files.len() > 20, "the workspace was found: {} files", files.len());
+    let mut with_sql = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let rel = file.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+        if let Some(line) = text.lines().find(|l| is_sql(l)) {
+            with_sql.push(rel.clone());
+            assert!(
+                NOT_YET_MOVED.contains(&rel.as_str()),
+                "{rel} runs SQL of its own (`{}`): statements belong in hookgate-store",
+                line.trim()
+            );
+        }
+    }
+    for listed in NOT_YET_MOVED {
+        assert!(with_sql.iter().any(|f| f == listed), "{listed} has no SQL left: take it off NOT_YET_MOVED");
+    }
+}
+
+#[test]
+fn the_sql_detector_sees_statements_and_not_prose() {
+    assert!(is_sql(r#"    "SELECT id FROM deliveries WHERE state = 'pending'","#));
+    assert!(is_sql("UPDATE deliveries d"));
+    assert!(is_sql(r#"tx.execute("SELECT pg_notify($1, 'x')", &[])"#));
+    assert!(is_sql("INSERT INTO events (id) VALUES ($1)"));
+    assert!(is_sql(r#"client.simple_query("SELECT 1")"#));
+    assert!(is_sql(r#"&format!("SELECT {COLUMNS} FROM replay_jobs")"#));
+    assert!(!is_sql("//! LISTEN `hookgate_catalog` and SELECT nothing"));
+    assert!(!is_sql("let update = UPDATE_INTERVAL;"));
+    assert!(!is_sql("/// Answers the SELECT's rows."));
+}
