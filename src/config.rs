@@ -226,11 +226,19 @@ pub struct RetentionSettings {
     pub partitions_ahead_days: u32,
     /// How long PostgreSQL remembers an idempotency key: a repeat within this window is a duplicate.
     pub dedupe_window_secs: u64,
+    /// Seconds between planner-statistics refreshes of the partitions that doubled (0: autovacuum alone).
+    pub statistics_interval_secs: u64,
 }
 
 impl Default for RetentionSettings {
     fn default() -> Self {
-        Self { interval_secs: 60, days: 30, partitions_ahead_days: 3, dedupe_window_secs: 7 * 24 * 3600 }
+        Self {
+            interval_secs: 60,
+            days: 30,
+            partitions_ahead_days: 3,
+            dedupe_window_secs: 7 * 24 * 3600,
+            statistics_interval_secs: 10,
+        }
     }
 }
 

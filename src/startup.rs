@@ -152,6 +152,7 @@ impl Application {
                 retention_days: settings.retention.days,
                 partitions_ahead_days: settings.retention.partitions_ahead_days,
                 auto_disable_after_secs: settings.delivery.auto_disable_after_secs,
+                statistics_interval_secs: settings.retention.statistics_interval_secs,
             };
             let window = Duration::from_secs(settings.retention.dedupe_window_secs);
             let pool = pool.clone();

@@ -63,6 +63,8 @@ pub enum Routed {
 #[rtype(result = "()")]
 pub struct AttemptResult {
     pub delivery_id: Uuid,
+    /// The delivery's partition key (see [`Job::created_at`]).
+    pub created_at: DateTime<Utc>,
     pub lease_id: Uuid,
     pub destination_id: Uuid,
     pub attempt: i32,
@@ -238,6 +240,7 @@ fn not_attempted(job: &Job, routed: Routed) -> AttemptResult {
     };
     AttemptResult {
         delivery_id: job.delivery_id,
+        created_at: job.created_at,
         lease_id: job.lease_id,
         destination_id: job.destination_id,
         attempt: job.attempt,
@@ -277,6 +280,7 @@ async fn attempt(client: &awc::Client, job: &Job, dest: &Destination) -> Attempt
     }
     let mut result = AttemptResult {
         delivery_id: job.delivery_id,
+        created_at: job.created_at,
         lease_id: job.lease_id,
         destination_id: job.destination_id,
         attempt: job.attempt,

@@ -9,6 +9,11 @@
 //! `dead` with the reason [`EXPIRED_REASON`], counted in `hookgate_deliveries_expired_total{destination}` and logged
 //! as a warning per destination. A delivery lives in its event's partition (its `created_at` is the event's
 //! `received_at`), so the two are dropped together.
+//!
+//! Every `statistics_interval_secs` (10 s) it also refreshes the planner statistics of the partitions that at least
+//! doubled since their last `ANALYZE` ([`refresh_statistics`]): autovacuum looks only once a minute, and a plan cached
+//! while a daily partition was still empty (every midnight, every new cluster) reads the whole partition where it
+//! should probe one row.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +31,9 @@ pub const EXPIRED_REASON: &str = "expired by retention";
 
 pub use hookgate_store::locks::JANITOR_LOCK;
 
+/// The lock that makes a statistics refresh a singleton.
+pub const STATISTICS_LOCK: i64 = 0x686f_6f6b_7374_6174; // "hookstat"
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JanitorConfig {
@@ -38,11 +46,19 @@ pub struct JanitorConfig {
     /// A destination failing without a success for this long is disabled (the same setting as the result
     /// writer's, applied here also to destinations whose deliveries are all waiting).
     pub auto_disable_after_secs: u64,
+    /// Seconds between planner-statistics refreshes of the partitions (0: leave it to autovacuum alone).
+    pub statistics_interval_secs: u64,
 }
 
 impl Default for JanitorConfig {
     fn default() -> Self {
-        Self { interval_secs: 60, retention_days: 30, partitions_ahead_days: 3, auto_disable_after_secs: 5 * 24 * 3600 }
+        Self {
+            interval_secs: 60,
+            retention_days: 30,
+            partitions_ahead_days: 3,
+            auto_disable_after_secs: 5 * 24 * 3600,
+            statistics_interval_secs: 10,
+        }
     }
 }
 
@@ -96,6 +112,24 @@ impl Actor for Janitor {
                 }
             }));
         });
+        if self.cfg.statistics_interval_secs > 0 {
+            ctx.run_interval(Duration::from_secs(self.cfg.statistics_interval_secs), |act, ctx| {
+                let fut = guarded(refresh_statistics(act.pool.clone()));
+                ctx.spawn(fut.into_actor(act).map(|res, act, ctx| match res {
+                    Ok(Ok(analyzed)) if !analyzed.is_empty() => {
+                        tracing::debug!(message = "Planner statistics refreshed.", partitions = ?analyzed)
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => {
+                        tracing::warn!(message = "Could not refresh planner statistics.", error = %format!("{error:#}"))
+                    }
+                    Err(Panicked(what)) => {
+                        act.status.record_panic(&what);
+                        ctx.stop();
+                    }
+                }));
+            });
+        }
     }
 }
 
@@ -229,4 +263,39 @@ pub async fn round(pool: Pool, cfg: JanitorConfig, dedupe_window: Duration) -> a
     }
     tx.commit().await?;
     Ok(report)
+}
+
+/// Runs `ANALYZE` on every partition of `events`, `deliveries` and `attempts` whose changes since it was last
+/// analyzed exceed its size then (at least 1,000 rows), if this node takes the lock; answers the partitions analyzed.
+/// Analyzing invalidates the plans cached on every connection, so the hot statements are planned again with sizes
+/// at most about twice off: enough to keep a primary-key probe from turning into a scan, while the replanning it
+/// costs every connection happens a few times per partition (1k, 2k, 4k, … rows), not every few seconds.
+pub async fn refresh_statistics(pool: Pool) -> anyhow::Result<Vec<String>> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let locked: bool = tx.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&STATISTICS_LOCK]).await?.try_get(0)?;
+    if !locked {
+        return Ok(Vec::new());
+    }
+    let stale = tx
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname)
+             FROM pg_inherits i
+             JOIN pg_class c ON c.oid = i.inhrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_stat_all_tables s ON s.relid = c.oid
+             WHERE i.inhparent IN ('events'::regclass, 'deliveries'::regclass, 'attempts'::regclass)
+               AND s.n_mod_since_analyze > greatest(c.reltuples, 1000)",
+            &[],
+        )
+        .await?;
+    let mut analyzed = Vec::with_capacity(stale.len());
+    for row in &stale {
+        let name: String = row.try_get(0)?;
+        // The name comes from the catalog, quoted by format('%I'): nothing from outside reaches this statement.
+        tx.batch_execute(&format!("ANALYZE {name}")).await?;
+        analyzed.push(name);
+    }
+    tx.commit().await?;
+    Ok(analyzed)
 }

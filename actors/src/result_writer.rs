@@ -336,9 +336,11 @@ async fn write(
                  needs_routing = d.needs_routing AND NOT u.routed,
                  updated_at = now()
              FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::timestamptz[], $5::text[], $6::uuid[], $7::bool[],
-                         $8::bytea[])
-                  AS u(id, state, attempt, next, err, lease_id, routed, payload)
-             WHERE d.id = u.id AND d.state = 'pending' AND d.lease_id = u.lease_id",
+                         $8::bytea[], $9::timestamptz[])
+                  AS u(id, state, attempt, next, err, lease_id, routed, payload, created_at)
+             -- The whole primary key (id and partition key): one probe per row in one partition, whatever the
+             -- backlog (a join on the id alone lets a generic plan scan the pending index for every row).
+             WHERE d.id = u.id AND d.created_at = u.created_at AND d.state = 'pending' AND d.lease_id = u.lease_id",
         )
         .await?;
     let leases: Vec<Uuid> = batch.iter().map(|r| r.lease_id).collect();
@@ -357,7 +359,9 @@ async fn write(
             _ => None,
         })
         .collect();
-    tx.execute(&stmt, &[&delivery_ids, &states, &counts, &next, &last_errors, &leases, &routed, &payloads]).await?;
+    let created: Vec<DateTime<Utc>> = batch.iter().map(|r| r.created_at).collect();
+    tx.execute(&stmt, &[&delivery_ids, &states, &counts, &next, &last_errors, &leases, &routed, &payloads, &created])
+        .await?;
 
     let mut changed = tx
         .execute(

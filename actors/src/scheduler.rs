@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use rand::seq::SliceRandom;
 use uuid::Uuid;
 
@@ -35,6 +36,8 @@ pub const ORPHAN_REASON: &str = "event no longer stored";
 #[derive(Debug, Clone)]
 pub struct Job {
     pub delivery_id: Uuid,
+    /// The delivery's partition key (its event's `received_at`): with the id, one primary-key probe finds the row.
+    pub created_at: DateTime<Utc>,
     /// This claim's lease; the result is applied only while it still holds.
     pub lease_id: Uuid,
     pub event_id: Uuid,
@@ -82,16 +85,25 @@ pub struct Wake;
 
 pub use hookgate_store::locks::CLAIM_LOCK;
 
-/// The destinations with claimable work, with their deliveries in flight cluster-wide. A FIFO destination has
-/// claimable work only when its head is due and not leased.
+/// The destinations with claimable work, with their deliveries in flight cluster-wide (counted up to `cap`, the
+/// destination's `max_in_flight`: past it the number no longer matters). A FIFO destination has claimable work only
+/// when its head is due and not leased.
+///
+/// Every lookup here and in [`CLAIM`] is an ordered index walk per destination (`ORDER BY … LIMIT`), which the
+/// planner takes whatever the statistics say: a daily partition is new and unanalyzed every midnight, and a plan
+/// chosen on guessed statistics (a hash join over every due row, a count through the wrong index) made each claim
+/// round cost as much as the whole backlog.
 const DUE: &str = "\
-SELECT d.id, (SELECT count(*)::int FROM deliveries b
-              WHERE b.destination_id = d.id AND b.state = 'pending' AND b.lease_expires_at > now())
-FROM UNNEST($1::uuid[]) AS d(id)
-WHERE EXISTS (
+SELECT d.id, (SELECT count(*)::int FROM (
+                  SELECT 1 FROM deliveries b
+                  WHERE b.destination_id = d.id AND b.state = 'pending' AND b.lease_expires_at > now()
+                  ORDER BY b.lease_expires_at LIMIT d.cap) l)
+FROM UNNEST($1::uuid[], $3::int[]) AS d(id, cap)
+CROSS JOIN LATERAL (
     SELECT 1 FROM deliveries x
     WHERE x.destination_id = d.id AND x.state = 'pending' AND x.next_attempt_at <= now()
-      AND (x.lease_expires_at IS NULL OR x.lease_expires_at <= now()))
+      AND (x.lease_expires_at IS NULL OR x.lease_expires_at <= now())
+    ORDER BY x.next_attempt_at LIMIT 1) due
 UNION ALL
 SELECT f.id, 0 FROM UNNEST($2::uuid[]) AS f(id)
 CROSS JOIN LATERAL (
@@ -99,28 +111,33 @@ CROSS JOIN LATERAL (
     WHERE h.destination_id = f.id AND h.state = 'pending' ORDER BY h.seq LIMIT 1) h
 WHERE h.next_attempt_at <= now() AND (h.lease_expires_at IS NULL OR h.lease_expires_at <= now())";
 
+/// Leases up to each budget. The rows are then updated by their whole primary key (id and partition key): a probe
+/// per row, never a join the planner could drive from another table.
 const CLAIM: &str = "\
 WITH budget AS (
-    SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::int[]) AS b(destination_id, n, cap)
-), busy AS (
-    SELECT destination_id, count(*)::int AS n FROM deliveries
-    WHERE state = 'pending' AND lease_expires_at > now() AND destination_id = ANY($1::uuid[])
-    GROUP BY destination_id
+    SELECT b.* FROM UNNEST($1::uuid[], $2::int[], $3::int[]) AS b(destination_id, n, cap)
+    JOIN destinations x ON x.id = b.destination_id AND x.state = 'active'
 ), picked AS (
-    SELECT x.id FROM budget b
-    LEFT JOIN busy ON busy.destination_id = b.destination_id
+    SELECT x.id, x.created_at FROM budget b
     CROSS JOIN LATERAL (
-        SELECT id FROM deliveries d
+        SELECT count(*)::int AS n FROM (
+            SELECT 1 FROM deliveries l
+            WHERE l.destination_id = b.destination_id AND l.state = 'pending' AND l.lease_expires_at > now()
+            ORDER BY l.lease_expires_at LIMIT b.cap) l
+    ) busy
+    CROSS JOIN LATERAL (
+        SELECT id, created_at FROM deliveries d
         WHERE d.destination_id = b.destination_id AND d.state = 'pending' AND d.next_attempt_at <= now()
           AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
         ORDER BY d.next_attempt_at
-        LIMIT GREATEST(LEAST(b.n, b.cap - COALESCE(busy.n, 0)), 0)
+        LIMIT GREATEST(LEAST(b.n, b.cap - busy.n), 0)
         FOR UPDATE SKIP LOCKED
     ) x
     UNION ALL
-    SELECT h.id FROM UNNEST($4::uuid[]) AS f(destination_id)
+    SELECT h.id, h.created_at FROM UNNEST($4::uuid[]) AS f(destination_id)
+    JOIN destinations x ON x.id = f.destination_id AND x.state = 'active'
     CROSS JOIN LATERAL (
-        SELECT id, next_attempt_at, lease_expires_at FROM deliveries d
+        SELECT id, created_at, next_attempt_at, lease_expires_at FROM deliveries d
         WHERE d.destination_id = f.destination_id AND d.state = 'pending'
         ORDER BY d.seq
         LIMIT 1
@@ -132,9 +149,8 @@ SET lease_owner = $5, lease_id = gen_random_uuid(),
     lease_expires_at = now()
         + ((SELECT x.timeout_ms FROM destinations x WHERE x.id = d.destination_id) + $6::int) * interval '1 millisecond',
     updated_at = now()
--- Driven by the picked ids (primary-key lookups in each partition), never by a join the planner could hash.
-WHERE d.id = ANY (ARRAY(SELECT id FROM picked))
-  AND EXISTS (SELECT 1 FROM destinations x WHERE x.id = d.destination_id AND x.state = 'active')
+FROM picked p
+WHERE d.id = p.id AND d.created_at = p.created_at
   -- Re-checked on the locked row: a result committed meanwhile is not claimed again.
   AND d.state = 'pending' AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
 -- The event is looked up in its own partition (a delivery's created_at is its event's received_at), then, for rows
@@ -150,7 +166,8 @@ RETURNING d.id, d.event_id, d.destination_id, d.attempts,
           CASE WHEN d.needs_routing THEN
               (SELECT jsonb_build_object('source', s.slug, 'headers', e.headers, 'type', e.type)
                FROM events e JOIN sources s ON s.id = e.source_id WHERE e.id = d.event_id)
-          END";
+          END,
+          d.created_at";
 
 pub struct Scheduler {
     pool: Pool,
@@ -170,7 +187,7 @@ pub struct Scheduler {
     /// This node's attempts in flight per destination (for the fair share).
     inflight_by_destination: HashMap<Uuid, u32>,
     /// The lease of every delivery in flight here, to release them at shutdown.
-    leases: HashMap<Uuid, Uuid>,
+    leases: HashMap<Uuid, (Uuid, DateTime<Utc>)>,
     /// Set by `Shutdown`: no more claims; answered when nothing is in flight.
     stopping: Option<tokio::sync::oneshot::Sender<()>>,
     claiming: bool,
@@ -290,11 +307,12 @@ impl Scheduler {
         let route = job.routing.as_ref().and_then(|_| catalog.route(job.route_id).cloned());
         let i = self.next_deliverer % self.deliverers.len();
         self.next_deliverer = self.next_deliverer.wrapping_add(1);
-        let (destination_id, delivery_id, lease_id) = (job.destination_id, job.delivery_id, job.lease_id);
+        let (destination_id, delivery_id, lease) =
+            (job.destination_id, job.delivery_id, (job.lease_id, job.created_at));
         match self.deliverers[i].try_send(Deliver { job, destination, route }) {
             Ok(()) => {
                 self.inflight += 1;
-                self.leases.insert(delivery_id, lease_id);
+                self.leases.insert(delivery_id, lease);
                 *self.inflight_by_destination.entry(destination_id).or_default() += 1;
             }
             Err(e) => {
@@ -321,8 +339,8 @@ impl Scheduler {
             client
                 .execute(
                     "UPDATE deliveries SET lease_owner = NULL, lease_id = NULL, lease_expires_at = NULL
-                     WHERE id = $1 AND lease_id = $2",
-                    &[&job.delivery_id, &job.lease_id],
+                     WHERE id = $1 AND created_at = $3 AND lease_id = $2",
+                    &[&job.delivery_id, &job.lease_id, &job.created_at],
                 )
                 .await?;
             Ok::<_, anyhow::Error>(())
@@ -419,7 +437,8 @@ impl Handler<Shutdown> for Scheduler {
             if act.leases.is_empty() {
                 return;
             }
-            let (deliveries, leases): (Vec<Uuid>, Vec<Uuid>) = act.leases.drain().unzip();
+            let (deliveries, held): (Vec<Uuid>, Vec<(Uuid, DateTime<Utc>)>) = act.leases.drain().unzip();
+            let (leases, created): (Vec<Uuid>, Vec<DateTime<Utc>>) = held.into_iter().unzip();
             tracing::info!(message = "Releasing the leases of unfinished attempts.", count = deliveries.len());
             let pool = act.pool.clone();
             let fut = async move {
@@ -427,9 +446,10 @@ impl Handler<Shutdown> for Scheduler {
                 client
                     .execute(
                         "UPDATE deliveries SET lease_owner = NULL, lease_id = NULL, lease_expires_at = NULL
-                         FROM UNNEST($1::uuid[], $2::uuid[]) AS l(id, lease_id)
-                         WHERE deliveries.id = l.id AND deliveries.lease_id = l.lease_id",
-                        &[&deliveries, &leases],
+                         FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[]) AS l(id, lease_id, created_at)
+                         WHERE deliveries.id = l.id AND deliveries.created_at = l.created_at
+                           AND deliveries.lease_id = l.lease_id",
+                        &[&deliveries, &leases, &created],
                     )
                     .await?;
                 Ok::<_, anyhow::Error>(())
@@ -500,6 +520,7 @@ fn read_claimed(r: &tokio_postgres::Row) -> Option<Claimed> {
             lease_id: r.try_get(7)?,
             route_id: r.try_get(8)?,
             routing,
+            created_at: r.try_get(11)?,
         }))
     })();
     Some(match job {
@@ -529,13 +550,14 @@ impl ClaimRound {
     ) -> anyhow::Result<(Vec<Job>, usize)> {
         let (fifo_all, normal_all): (Vec<_>, Vec<_>) = active.iter().partition(|d| d.fifo);
         let normal_ids: Vec<Uuid> = normal_all.iter().map(|d| d.id).collect();
+        let normal_caps: Vec<i32> = normal_all.iter().map(|d| d.max_in_flight.min(i32::MAX as u32) as i32).collect();
         let fifo_ids: Vec<Uuid> = fifo_all.iter().map(|d| d.id).collect();
         // The connection goes back to the pool before any Redis call: a slow Redis never holds PostgreSQL.
         let busy: HashMap<Uuid, u32> = {
             let client = self.pool.get().await?;
             // Prepared once per connection: planning a statement over every daily partition costs more than running it.
             let due = client.prepare_cached(DUE).await?;
-            let rows = client.query(&due, &[&normal_ids, &fifo_ids]).await?;
+            let rows = client.query(&due, &[&normal_ids, &fifo_ids, &normal_caps]).await?;
             rows.iter()
                 .filter_map(|r| {
                     Some((r.try_get(0).ok()?, r.try_get::<_, Option<i32>>(1).ok()?.unwrap_or(0).max(0) as u32))

@@ -646,6 +646,7 @@ async fn bad_destinations(env: &mut Env, row: &mut Row) -> anyhow::Result<()> {
     let mixed = Load::start(&env.target, "s4-mixed", "s4b", p.perf_rate, posters, p.perf_secs).join().await;
     let mixed_ok = verify(env, row, "s4-mixed", &mixed).await?;
     let h_mixed = env.healthy.state.latency(&mixed.acked);
+    let slowest = env.healthy.state.slowest(&mixed.acked, 10);
     let mut others = solo;
     others.merge(busy);
     others.merge(mixed);
@@ -664,6 +665,8 @@ async fn bad_destinations(env: &mut Env, row: &mut Row) -> anyhow::Result<()> {
         h_mixed.len(),
         if p.assert_perf { "" } else { ", reported only in --quick" }
     ));
+    let slowest: Vec<String> = slowest.iter().map(|(at, ms)| format!("{ms:.1} ms at {at:.1} s")).collect();
+    row.notes.push(format!("the 10 slowest beside bad destinations: {}", slowest.join(", ")));
     let db = connect(&env.db_url).await?;
     let attempts = db
         .query(

@@ -100,6 +100,26 @@ impl RxState {
         }
         h
     }
+
+    /// The `n` slowest of these events: when each was acknowledged (seconds after the first acknowledgement) and
+    /// how long it took to arrive (ms), slowest first. Tells a burst (all at one moment) from a steady tail.
+    pub fn slowest(&self, acked: &HashMap<String, Instant>, n: usize) -> Vec<(f64, f64)> {
+        let Some(start) = acked.values().min().copied() else { return Vec::new() };
+        let map = self.keys.lock().expect("not poisoned");
+        let mut all: Vec<(f64, f64)> = acked
+            .iter()
+            .filter_map(|(k, at)| {
+                let a = map.get(k)?;
+                Some((
+                    at.duration_since(start).as_secs_f64(),
+                    a.first.saturating_duration_since(*at).as_secs_f64() * 1e3,
+                ))
+            })
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1));
+        all.truncate(n);
+        all
+    }
 }
 
 /// A running receiver on 127.0.0.1:`port`; stops when dropped.

@@ -1,6 +1,6 @@
 //! Retention by daily partitions, the dedupe window, and singleton jobs under an advisory lock.
 
-use hookgate_actors::janitor::{RoundReport, RunNow, JANITOR_LOCK};
+use hookgate_actors::janitor::{refresh_statistics, RoundReport, RunNow, JANITOR_LOCK, STATISTICS_LOCK};
 use uuid::Uuid;
 
 use crate::helpers::{clear_redis_prefix, connect, spawn_app_with, TestApp, TestDb};
@@ -101,4 +101,61 @@ async fn replicas_starting_together_migrate_once() {
     applied.sort();
     let total = hookgate::migrations::MIGRATION_COUNT;
     assert_eq!(applied, vec![0, 0, total], "one replica migrated, the others waited and found nothing to do");
+}
+
+#[actix_rt::test]
+async fn partitions_that_doubled_get_fresh_planner_statistics_on_one_node() {
+    let app = spawn_app_with(|s| s.retention.statistics_interval_secs = 0).await;
+    let settings = hookgate::config::DatabaseSettings { url: app._db.url().into(), ..Default::default() };
+    let pool = hookgate::startup::build_pool(&settings).unwrap();
+    let today: String = app
+        .db
+        .query_one("SELECT 'events_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let analyzed_rows = |name: String| {
+        let db = &app.db;
+        async move {
+            db.query_one("SELECT reltuples::bigint FROM pg_class WHERE relname = $1", &[&name])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert!(analyzed_rows(today.clone()).await <= 0, "a new partition has no statistics yet");
+    // Autovacuum must not analyze it first: this test is about hookgate's own refresh.
+    app.db.batch_execute(&format!("ALTER TABLE {today} SET (autovacuum_enabled = false)")).await.unwrap();
+    {
+        // A connection of its own: its table statistics reach the server at the latest when it closes.
+        let writer = connect(&app._db.url()).await;
+        writer
+            .batch_execute(
+                "INSERT INTO events (id, source_id, idempotency_key, received_at, headers, body)
+                 SELECT gen_random_uuid(), s.id, 'stats-' || g, now(), '{}', '\x7b7d'
+                 FROM sources s, generate_series(1, 2000) g WHERE s.slug = 'open'",
+            )
+            .await
+            .unwrap();
+    }
+
+    // Another node holds the lock: this one skips.
+    let holder = connect(&app._db.url()).await;
+    holder.execute("SELECT pg_advisory_lock($1)", &[&STATISTICS_LOCK]).await.unwrap();
+    assert!(refresh_statistics(pool.clone()).await.unwrap().is_empty());
+    holder.execute("SELECT pg_advisory_unlock($1)", &[&STATISTICS_LOCK]).await.unwrap();
+
+    // The server publishes a closed connection's counters asynchronously: wait for them, with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let analyzed = refresh_statistics(pool.clone()).await.unwrap();
+        if analyzed.iter().any(|p| p.ends_with(&today)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{today} was never analyzed (last round: {analyzed:?})");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(analyzed_rows(today.clone()).await, 2000, "the planner now knows the partition's size");
+    let again = refresh_statistics(pool).await.unwrap();
+    assert!(!again.iter().any(|p| p.ends_with(&today)), "unchanged since: not analyzed again ({again:?})");
 }
