@@ -452,9 +452,7 @@ impl Health {
         let pool = self.pool.clone();
         let limit = self.probe_timeout;
         let fut = async move {
-            let check = async {
-                hookgate_store::ping(&pool).await
-            };
+            let check = async { hookgate_store::ping(&pool).await };
             match tokio::time::timeout(limit, check).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e),

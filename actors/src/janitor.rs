@@ -29,10 +29,7 @@ use crate::Pool;
 /// Why a delivery still pending when retention dropped its partition ended `dead`.
 pub const EXPIRED_REASON: &str = "expired by retention";
 
-pub use hookgate_store::locks::JANITOR_LOCK;
-
-/// The lock that makes a statistics refresh a singleton.
-pub const STATISTICS_LOCK: i64 = 0x686f_6f6b_7374_6174; // "hookstat"
+pub use hookgate_store::locks::{JANITOR_LOCK, STATISTICS_LOCK};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

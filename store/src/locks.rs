@@ -9,3 +9,6 @@ pub const CLAIM_LOCK: i64 = 0x686f_6f6b_636c_6169; // "hookclai"
 
 /// Makes a janitor round a singleton.
 pub const JANITOR_LOCK: i64 = 0x686f_6f6b_6a61_6e69; // "hookjani"
+
+/// Makes a planner-statistics refresh a singleton.
+pub const STATISTICS_LOCK: i64 = 0x686f_6f6b_7374_6174; // "hookstat"
