@@ -246,15 +246,7 @@ pub async fn round(pool: Pool, cfg: JanitorConfig, dedupe_window: Duration) -> a
         )
         .await?;
     let auto_disable = cfg.auto_disable_after_secs as f64;
-    report.destinations_disabled = tx
-        .execute(
-            "UPDATE destinations
-             SET state = 'disabled', updated_at = now(), failing_since = NULL,
-                 disabled_reason = 'auto: failing continuously since ' || failing_since::text
-             WHERE state = 'active' AND failing_since < now() - $1 * interval '1 second'",
-            &[&auto_disable],
-        )
-        .await?;
+    report.destinations_disabled = hookgate_store::deliveries::disable_failing(&tx, None, auto_disable).await?;
     if report.destinations_disabled > 0 {
         tx.execute("SELECT pg_notify($1, 'destination-disabled')", &[&CATALOG_CHANNEL]).await?;
     }

@@ -385,15 +385,7 @@ async fn write(
             &[&plan.failing],
         )
         .await?;
-        changed += tx
-            .execute(
-                "UPDATE destinations
-                 SET state = 'disabled', updated_at = now(), failing_since = NULL,
-                     disabled_reason = 'auto: failing continuously since ' || failing_since::text
-                 WHERE id = ANY($1) AND state = 'active' AND failing_since < now() - $2 * interval '1 second'",
-                &[&plan.failing, &secs],
-            )
-            .await?;
+        changed += hookgate_store::deliveries::disable_failing(&tx, Some(&plan.failing), secs).await?;
     }
     if changed > 0 {
         tracing::warn!(message = "Destinations disabled by their outcomes.", count = changed);

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use hookgate_store::deliveries::{release_leases, Lease};
 use rand::seq::SliceRandom;
 use uuid::Uuid;
 
@@ -336,13 +337,8 @@ impl Scheduler {
             }
             limits.release_grants(redis, job.destination_id, 1).await;
             let client = pool.get().await?;
-            client
-                .execute(
-                    "UPDATE deliveries SET lease_owner = NULL, lease_id = NULL, lease_expires_at = NULL
-                     WHERE id = $1 AND created_at = $3 AND lease_id = $2",
-                    &[&job.delivery_id, &job.lease_id, &job.created_at],
-                )
-                .await?;
+            let lease = Lease { delivery_id: job.delivery_id, created_at: job.created_at, lease_id: job.lease_id };
+            release_leases(&client, &[lease]).await?;
             Ok::<_, anyhow::Error>(())
         };
         ctx.spawn(guarded(fut).into_actor(self).map(|res, act, ctx| match res {
@@ -437,21 +433,16 @@ impl Handler<Shutdown> for Scheduler {
             if act.leases.is_empty() {
                 return;
             }
-            let (deliveries, held): (Vec<Uuid>, Vec<(Uuid, DateTime<Utc>)>) = act.leases.drain().unzip();
-            let (leases, created): (Vec<Uuid>, Vec<DateTime<Utc>>) = held.into_iter().unzip();
-            tracing::info!(message = "Releasing the leases of unfinished attempts.", count = deliveries.len());
+            let leases: Vec<Lease> = act
+                .leases
+                .drain()
+                .map(|(delivery_id, (lease_id, created_at))| Lease { delivery_id, created_at, lease_id })
+                .collect();
+            tracing::info!(message = "Releasing the leases of unfinished attempts.", count = leases.len());
             let pool = act.pool.clone();
             let fut = async move {
                 let client = pool.get().await?;
-                client
-                    .execute(
-                        "UPDATE deliveries SET lease_owner = NULL, lease_id = NULL, lease_expires_at = NULL
-                         FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[]) AS l(id, lease_id, created_at)
-                         WHERE deliveries.id = l.id AND deliveries.created_at = l.created_at
-                           AND deliveries.lease_id = l.lease_id",
-                        &[&deliveries, &leases, &created],
-                    )
-                    .await?;
+                release_leases(&client, &leases).await?;
                 Ok::<_, anyhow::Error>(())
             };
             ctx.spawn(fut.into_actor(act).map(|res, act, _| {

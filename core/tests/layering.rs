@@ -31,7 +31,9 @@ fn dependencies() -> Vec<(String, String)> {
         }
         if inside && !line.is_empty() && !line.starts_with('#') {
             if let Some((name, spec)) = line.split_once('=') {
-                deps.push((name.trim().to_owned(), spec.trim().to_owned()));
+                // `serde.workspace = true` names `serde`.
+                let name = name.trim().trim_end_matches(".workspace");
+                deps.push((name.to_owned(), spec.trim().to_owned()));
             }
         }
     }

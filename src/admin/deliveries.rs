@@ -8,12 +8,11 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::error::ProblemBody;
-use super::events::{delivery_view, DeliveryState, DeliveryView, DELIVERY_COLUMNS};
+use hookgate_store::deliveries as store;
+
+use super::events::{DeliveryState, DeliveryView};
 use super::sources::IdPath;
 use super::{notify_deliveries, page_limit, AdminError, AdminState};
-
-/// Not leased, or the lease has expired.
-const LEASE_FREE: &str = "(lease_expires_at IS NULL OR lease_expires_at < now())";
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -50,17 +49,8 @@ pub async fn list_for_destination(
     let client = state.pool.get().await?;
     let limit = page_limit(query.limit);
     let st = query.state.unwrap_or(DeliveryState::Dead).as_str();
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {DELIVERY_COLUMNS} FROM deliveries
-                 WHERE destination_id = $1 AND state = $2 AND ($3::uuid IS NULL OR id < $3)
-                 ORDER BY id DESC LIMIT $4"
-            ),
-            &[&path.id, &st, &query.cursor, &(limit + 1)],
-        )
-        .await?;
-    let mut items: Vec<DeliveryView> = rows.iter().map(delivery_view).collect();
+    let rows = store::list_for_destination(&client, path.id, st, query.cursor, limit + 1).await?;
+    let mut items: Vec<DeliveryView> = rows.into_iter().map(DeliveryView::from).collect();
     let more = items.len() as i64 > limit;
     items.truncate(limit as usize);
     let next_cursor = if more { items.last().map(|d| d.id) } else { None };
@@ -68,11 +58,7 @@ pub async fn list_for_destination(
 }
 
 async fn state_of(client: &deadpool_postgres::Object, id: Uuid) -> Result<String, AdminError> {
-    Ok(client
-        .query_opt("SELECT state FROM deliveries WHERE id = $1", &[&id])
-        .await?
-        .ok_or_else(|| AdminError::NotFound(format!("no delivery has id {id}")))?
-        .get(0))
+    store::state_of(client, id).await?.ok_or_else(|| AdminError::NotFound(format!("no delivery has id {id}")))
 }
 
 /// Retries a `dead` or `failed` delivery: `pending`, due now, attempts kept. A `failed` delivery (its route's filter
@@ -98,19 +84,7 @@ pub async fn retry(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Res
         }
     };
     let tx = client.transaction().await?;
-    let row = tx
-        .query_opt(
-            &format!(
-                "UPDATE deliveries SET state = 'pending', next_attempt_at = now(), lease_owner = NULL, lease_id = NULL,
-                        lease_expires_at = NULL, updated_at = now(),
-                        payload = CASE WHEN state = 'failed' THEN $3 ELSE payload END,
-                        last_error = CASE WHEN state = 'failed' THEN NULL ELSE last_error END
-                 WHERE id = $1 AND state = $2
-                 RETURNING {DELIVERY_COLUMNS}"
-            ),
-            &[&path.id, &st, &payload],
-        )
-        .await?;
+    let row = store::retry(&tx, path.id, &st, payload.as_deref()).await?;
     let Some(row) = row else {
         drop(tx);
         let now = state_of(&client, path.id).await?;
@@ -118,7 +92,7 @@ pub async fn retry(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Res
     };
     notify_deliveries(&tx).await?;
     tx.commit().await?;
-    Ok(HttpResponse::Ok().json(delivery_view(&row)))
+    Ok(HttpResponse::Ok().json(DeliveryView::from(row)))
 }
 
 /// Runs a failed delivery's route again on its event; the payload to deliver when it now succeeds.
@@ -128,26 +102,18 @@ async fn reevaluate(
     id: Uuid,
 ) -> Result<Option<Vec<u8>>, AdminError> {
     use hookgate_actors::jq::{evaluate, RouteOutcome};
-    let row = client
-        .query_opt(
-            "SELECT d.route_id, e.id, e.source_id, s.slug, e.headers, e.body, e.type, e.received_at
-             FROM deliveries d
-             JOIN events e ON e.id = d.event_id
-             JOIN sources s ON s.id = e.source_id
-             WHERE d.id = $1",
-            &[&id],
-        )
+    let row = store::route_input(client, id)
         .await?
         .ok_or_else(|| AdminError::WrongState("the delivery's event is no longer stored".into()))?;
-    let route_id: Uuid = row.get(0);
+    let route_id = row.route_id;
     let event = super::events::StoredEvent {
-        id: row.get(1),
-        source_id: row.get(2),
-        source_slug: row.get(3),
-        headers: row.get(4),
-        body: row.get(5),
-        event_type: row.get(6),
-        received_at: row.get(7),
+        id: row.event_id,
+        source_id: row.source_id,
+        source_slug: row.source_slug,
+        headers: row.headers,
+        body: row.body,
+        event_type: row.event_type,
+        received_at: row.received_at,
     };
     let catalog = state.catalog.get();
     let route = catalog
@@ -172,18 +138,9 @@ async fn reevaluate(
               (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
 pub async fn cancel(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
     let client = state.pool.get().await?;
-    let row = client
-        .query_opt(
-            &format!(
-                "UPDATE deliveries SET state = 'cancelled', last_error = 'cancelled by an operator', updated_at = now()
-                 WHERE id = $1 AND state = 'pending' AND {LEASE_FREE}
-                 RETURNING {DELIVERY_COLUMNS}"
-            ),
-            &[&path.id],
-        )
-        .await?;
+    let row = store::cancel(&client, path.id).await?;
     match row {
-        Some(row) => Ok(HttpResponse::Ok().json(delivery_view(&row))),
+        Some(row) => Ok(HttpResponse::Ok().json(DeliveryView::from(row))),
         None => {
             let st = state_of(&client, path.id).await?;
             Err(AdminError::WrongState(if st == "pending" {
@@ -196,11 +153,10 @@ pub async fn cancel(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Re
 }
 
 async fn destination_exists(client: &deadpool_postgres::Object, id: Uuid) -> Result<(), AdminError> {
-    client
-        .query_opt("SELECT 1 FROM destinations WHERE id = $1", &[&id])
-        .await?
-        .map(|_| ())
-        .ok_or_else(|| AdminError::NotFound(format!("no destination has id {id}")))
+    match store::destination_exists(client, id).await? {
+        true => Ok(()),
+        false => Err(AdminError::NotFound(format!("no destination has id {id}"))),
+    }
 }
 
 /// Retries every dead delivery of a destination.
@@ -215,14 +171,7 @@ pub async fn retry_dead_of_destination(
     let mut client = state.pool.get().await?;
     destination_exists(&client, path.id).await?;
     let tx = client.transaction().await?;
-    let count = tx
-        .execute(
-            "UPDATE deliveries SET state = 'pending', next_attempt_at = now(), lease_owner = NULL, lease_id = NULL,
-                    lease_expires_at = NULL, updated_at = now()
-             WHERE destination_id = $1 AND state = 'dead'",
-            &[&path.id],
-        )
-        .await?;
+    let count = store::retry_dead_of_destination(&tx, path.id).await?;
     notify_deliveries(&tx).await?;
     tx.commit().await?;
     Ok(HttpResponse::Ok().json(Affected { count }))
@@ -239,14 +188,6 @@ pub async fn cancel_pending_of_destination(
 ) -> Result<HttpResponse, AdminError> {
     let client = state.pool.get().await?;
     destination_exists(&client, path.id).await?;
-    let count = client
-        .execute(
-            &format!(
-                "UPDATE deliveries SET state = 'cancelled', last_error = 'cancelled by an operator', updated_at = now()
-                 WHERE destination_id = $1 AND state = 'pending' AND {LEASE_FREE}"
-            ),
-            &[&path.id],
-        )
-        .await?;
+    let count = store::cancel_pending_of_destination(&client, path.id).await?;
     Ok(HttpResponse::Ok().json(Affected { count }))
 }

@@ -155,23 +155,28 @@ pub struct DeliveryView {
     pub attempt_log: Option<Vec<AttemptView>>,
 }
 
-pub const DELIVERY_COLUMNS: &str =
-    "id, event_id, route_id, destination_id, state, attempts, next_attempt_at, last_error, created_at, updated_at";
+pub use hookgate_store::deliveries::DELIVERY_COLUMNS;
 
-pub fn delivery_view(r: &tokio_postgres::Row) -> DeliveryView {
-    DeliveryView {
-        id: r.get(0),
-        event_id: r.get(1),
-        route_id: r.get(2),
-        destination_id: r.get(3),
-        state: r.get(4),
-        attempts: r.get(5),
-        next_attempt_at: r.get(6),
-        last_error: r.get(7),
-        created_at: r.get(8),
-        updated_at: r.get(9),
-        attempt_log: None,
+impl From<hookgate_store::deliveries::DeliveryRow> for DeliveryView {
+    fn from(r: hookgate_store::deliveries::DeliveryRow) -> Self {
+        Self {
+            id: r.id,
+            event_id: r.event_id,
+            route_id: r.route_id,
+            destination_id: r.destination_id,
+            state: r.state,
+            attempts: r.attempts,
+            next_attempt_at: r.next_attempt_at,
+            last_error: r.last_error,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            attempt_log: None,
+        }
     }
+}
+
+pub fn delivery_view(r: &tokio_postgres::Row) -> Result<DeliveryView, tokio_postgres::Error> {
+    hookgate_store::deliveries::DeliveryRow::read(r).map(DeliveryView::from)
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -228,7 +233,7 @@ pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Resul
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("no event has id {}", path.id)))?;
     let mut deliveries: Vec<DeliveryView> =
-        client.query(DELIVERIES_SQL, &[&path.id, &from]).await?.iter().map(delivery_view).collect();
+        client.query(DELIVERIES_SQL, &[&path.id, &from]).await?.iter().map(delivery_view).collect::<Result<_, _>>()?;
     let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
     let mut attempts: std::collections::HashMap<Uuid, Vec<AttemptView>> = Default::default();
     for r in client.query(ATTEMPTS_SQL, &[&ids]).await? {
@@ -396,8 +401,6 @@ pub async fn replay(
     let ids = replay_into(&ReplayPlanner::of(&state), &tx, &event, only.as_deref()).await?;
     notify_deliveries(&tx).await?;
     tx.commit().await?;
-    let rows = client
-        .query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ANY($1) ORDER BY id"), &[&ids])
-        .await?;
-    Ok(HttpResponse::Created().json(ReplayResult { deliveries: rows.iter().map(delivery_view).collect() }))
+    let rows = hookgate_store::deliveries::by_ids(&client, &ids).await?;
+    Ok(HttpResponse::Created().json(ReplayResult { deliveries: rows.into_iter().map(DeliveryView::from).collect() }))
 }

@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod channels;
+pub mod deliveries;
 pub mod listen;
 pub mod locks;
 pub mod migrations;

@@ -10,7 +10,6 @@ const NOT_YET_MOVED: &[&str] = &[
     "actors/src/result_writer.rs",
     "actors/src/scheduler.rs",
     "actors/src/writer.rs",
-    "src/admin/deliveries.rs",
     "src/admin/destinations.rs",
     "src/admin/events.rs",
     "src/admin/jobs.rs",

@@ -1,0 +1,252 @@
+//! Statements on `deliveries` (and the destination changes their outcomes cause) that several parts of hookgate run:
+//! one definition each.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use uuid::Uuid;
+
+/// A lease a node holds on a delivery: with the row's whole primary key, so the release is one probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub delivery_id: Uuid,
+    /// The delivery's partition key.
+    pub created_at: DateTime<Utc>,
+    pub lease_id: Uuid,
+}
+
+/// Gives leases back unused, so that their deliveries are claimable again now. A lease that is no longer held
+/// (its result was recorded, or it expired and was claimed again) is left alone. Answers how many were released.
+pub async fn release_leases(client: &impl GenericClient, leases: &[Lease]) -> Result<u64, tokio_postgres::Error> {
+    let ids: Vec<Uuid> = leases.iter().map(|l| l.delivery_id).collect();
+    let created: Vec<DateTime<Utc>> = leases.iter().map(|l| l.created_at).collect();
+    let lease_ids: Vec<Uuid> = leases.iter().map(|l| l.lease_id).collect();
+    client
+        .execute(
+            "UPDATE deliveries SET lease_owner = NULL, lease_id = NULL, lease_expires_at = NULL
+             FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[]) AS l(id, created_at, lease_id)
+             WHERE deliveries.id = l.id AND deliveries.created_at = l.created_at
+               AND deliveries.lease_id = l.lease_id",
+            &[&ids, &created, &lease_ids],
+        )
+        .await
+}
+
+/// Disables the active destinations that have been failing without a success for longer than `after_secs`
+/// (all of them, or only those in `among`), with the reason `auto: failing continuously since …`. Answers how many
+/// were disabled; the caller notifies the catalog when any were.
+pub async fn disable_failing(
+    client: &impl GenericClient,
+    among: Option<&[Uuid]>,
+    after_secs: f64,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE destinations
+             SET state = 'disabled', updated_at = now(), failing_since = NULL,
+                 disabled_reason = 'auto: failing continuously since ' || failing_since::text
+             WHERE state = 'active' AND failing_since < now() - $2 * interval '1 second'
+               AND ($1::uuid[] IS NULL OR id = ANY($1))",
+            &[&among, &after_secs],
+        )
+        .await
+}
+
+/// The columns of a [`DeliveryRow`], in its order, for statements that return deliveries.
+pub const DELIVERY_COLUMNS: &str =
+    "id, event_id, route_id, destination_id, state, attempts, next_attempt_at, last_error, created_at, updated_at";
+
+/// Not leased, or the lease has expired: only the holder of a live lease may change a delivery.
+const LEASE_FREE: &str = "(lease_expires_at IS NULL OR lease_expires_at < now())";
+
+/// A delivery as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub route_id: Uuid,
+    pub destination_id: Uuid,
+    pub state: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl DeliveryRow {
+    /// Reads a row selected with [`DELIVERY_COLUMNS`] (first, in that order).
+    pub fn read(r: &tokio_postgres::Row) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            id: r.try_get(0)?,
+            event_id: r.try_get(1)?,
+            route_id: r.try_get(2)?,
+            destination_id: r.try_get(3)?,
+            state: r.try_get(4)?,
+            attempts: r.try_get(5)?,
+            next_attempt_at: r.try_get(6)?,
+            last_error: r.try_get(7)?,
+            created_at: r.try_get(8)?,
+            updated_at: r.try_get(9)?,
+        })
+    }
+
+    fn read_all(rows: &[tokio_postgres::Row]) -> Result<Vec<Self>, tokio_postgres::Error> {
+        rows.iter().map(Self::read).collect()
+    }
+}
+
+/// A destination's deliveries in one state, newest first, older than `before` when given.
+pub async fn list_for_destination(
+    client: &impl GenericClient,
+    destination: Uuid,
+    state: &str,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<DeliveryRow>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries
+                 WHERE destination_id = $1 AND state = $2 AND ($3::uuid IS NULL OR id < $3)
+                 ORDER BY id DESC LIMIT $4"
+            ),
+            &[&destination, &state, &before, &limit],
+        )
+        .await?;
+    DeliveryRow::read_all(&rows)
+}
+
+/// Deliveries by id, in id order.
+pub async fn by_ids(client: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<DeliveryRow>, tokio_postgres::Error> {
+    let rows = client
+        .query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ANY($1) ORDER BY id"), &[&ids])
+        .await?;
+    DeliveryRow::read_all(&rows)
+}
+
+/// A delivery's state; `None` when there is no such delivery.
+pub async fn state_of(client: &impl GenericClient, id: Uuid) -> Result<Option<String>, tokio_postgres::Error> {
+    client.query_opt("SELECT state FROM deliveries WHERE id = $1", &[&id]).await?.map(|r| r.try_get(0)).transpose()
+}
+
+/// Makes a delivery that is still in state `from` (`dead` or `failed`) `pending` and due now, its attempts kept; a
+/// `failed` one gets `payload` (its route's output now) and loses its error. `None` when its state changed meanwhile.
+pub async fn retry(
+    client: &impl GenericClient,
+    id: Uuid,
+    from: &str,
+    payload: Option<&[u8]>,
+) -> Result<Option<DeliveryRow>, tokio_postgres::Error> {
+    client
+        .query_opt(
+            &format!(
+                "UPDATE deliveries SET state = 'pending', next_attempt_at = now(), lease_owner = NULL, lease_id = NULL,
+                        lease_expires_at = NULL, updated_at = now(),
+                        payload = CASE WHEN state = 'failed' THEN $3 ELSE payload END,
+                        last_error = CASE WHEN state = 'failed' THEN NULL ELSE last_error END
+                 WHERE id = $1 AND state = $2
+                 RETURNING {DELIVERY_COLUMNS}"
+            ),
+            &[&id, &from, &payload],
+        )
+        .await?
+        .as_ref()
+        .map(DeliveryRow::read)
+        .transpose()
+}
+
+/// What a delivery's route reads, to evaluate it again: its route, and its event as stored.
+#[derive(Debug, Clone)]
+pub struct RouteInputRow {
+    pub route_id: Uuid,
+    pub event_id: Uuid,
+    pub source_id: Uuid,
+    pub source_slug: String,
+    pub headers: serde_json::Value,
+    pub body: Vec<u8>,
+    pub event_type: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// The route and event of a delivery; `None` when the event is no longer stored.
+pub async fn route_input(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<RouteInputRow>, tokio_postgres::Error> {
+    let Some(r) = client
+        .query_opt(
+            "SELECT d.route_id, e.id, e.source_id, s.slug, e.headers, e.body, e.type, e.received_at
+             FROM deliveries d
+             JOIN events e ON e.id = d.event_id
+             JOIN sources s ON s.id = e.source_id
+             WHERE d.id = $1",
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(RouteInputRow {
+        route_id: r.try_get(0)?,
+        event_id: r.try_get(1)?,
+        source_id: r.try_get(2)?,
+        source_slug: r.try_get(3)?,
+        headers: r.try_get(4)?,
+        body: r.try_get(5)?,
+        event_type: r.try_get(6)?,
+        received_at: r.try_get(7)?,
+    }))
+}
+
+/// Cancels a pending delivery that is not being attempted right now; `None` when it is not such a delivery.
+pub async fn cancel(client: &impl GenericClient, id: Uuid) -> Result<Option<DeliveryRow>, tokio_postgres::Error> {
+    client
+        .query_opt(
+            &format!(
+                "UPDATE deliveries SET state = 'cancelled', last_error = 'cancelled by an operator', updated_at = now()
+                 WHERE id = $1 AND state = 'pending' AND {LEASE_FREE}
+                 RETURNING {DELIVERY_COLUMNS}"
+            ),
+            &[&id],
+        )
+        .await?
+        .as_ref()
+        .map(DeliveryRow::read)
+        .transpose()
+}
+
+/// Whether a destination with this id exists.
+pub async fn destination_exists(client: &impl GenericClient, id: Uuid) -> Result<bool, tokio_postgres::Error> {
+    Ok(client.query_opt("SELECT 1 FROM destinations WHERE id = $1", &[&id]).await?.is_some())
+}
+
+/// Makes every dead delivery of a destination `pending` and due now; answers how many.
+pub async fn retry_dead_of_destination(
+    client: &impl GenericClient,
+    destination: Uuid,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE deliveries SET state = 'pending', next_attempt_at = now(), lease_owner = NULL, lease_id = NULL,
+                    lease_expires_at = NULL, updated_at = now()
+             WHERE destination_id = $1 AND state = 'dead'",
+            &[&destination],
+        )
+        .await
+}
+
+/// Cancels every pending delivery of a destination that is not being attempted right now; answers how many.
+pub async fn cancel_pending_of_destination(
+    client: &impl GenericClient,
+    destination: Uuid,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            &format!(
+                "UPDATE deliveries SET state = 'cancelled', last_error = 'cancelled by an operator', updated_at = now()
+                 WHERE destination_id = $1 AND state = 'pending' AND {LEASE_FREE}"
+            ),
+            &[&destination],
+        )
+        .await
+}
