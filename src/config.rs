@@ -214,33 +214,8 @@ impl Default for RedisSettings {
     }
 }
 
-/// Retention and the periodic singleton jobs (run on one node at a time).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetentionSettings {
-    /// Seconds between rounds of the singleton jobs.
-    pub interval_secs: u64,
-    /// Events, deliveries and attempts are kept this many days (then their daily partitions are dropped).
-    pub days: u32,
-    /// Daily partitions created ahead of today.
-    pub partitions_ahead_days: u32,
-    /// How long PostgreSQL remembers an idempotency key: a repeat within this window is a duplicate.
-    pub dedupe_window_secs: u64,
-    /// Seconds between planner-statistics refreshes of the partitions that doubled (0: autovacuum alone).
-    pub statistics_interval_secs: u64,
-}
-
-impl Default for RetentionSettings {
-    fn default() -> Self {
-        Self {
-            interval_secs: 60,
-            days: 30,
-            partitions_ahead_days: 3,
-            dedupe_window_secs: 7 * 24 * 3600,
-            statistics_interval_secs: 10,
-        }
-    }
-}
+/// Retention and the periodic singleton jobs: the janitor's own settings.
+pub use hookgate_actors::janitor::RetentionSettings;
 
 /// A producer that may POST to `/ingest/{slug}`.
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -11,7 +11,7 @@ use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use hookgate_actors::catalog::{self, SharedCatalog};
 use hookgate_actors::deliverer::Deliverer;
-use hookgate_actors::janitor::{Janitor, JanitorConfig};
+use hookgate_actors::janitor::Janitor;
 use hookgate_actors::limits::Limits;
 use hookgate_actors::result_writer::{ConnectScheduler, DrainResults, ResultWriter};
 use hookgate_actors::router::{ReloadHook, Router};
@@ -147,16 +147,10 @@ impl Application {
 
         let janitor_status = health.register("janitor", false, policy);
         let janitor = {
-            let cfg = JanitorConfig {
-                interval_secs: settings.retention.interval_secs,
-                retention_days: settings.retention.days,
-                partitions_ahead_days: settings.retention.partitions_ahead_days,
-                auto_disable_after_secs: settings.delivery.auto_disable_after_secs,
-                statistics_interval_secs: settings.retention.statistics_interval_secs,
-            };
-            let window = Duration::from_secs(settings.retention.dedupe_window_secs);
+            let cfg = settings.retention.clone();
+            let auto_disable = Duration::from_secs(settings.delivery.auto_disable_after_secs);
             let pool = pool.clone();
-            Supervisor::start(move |_| Janitor::new(pool, cfg, window, janitor_status))
+            Supervisor::start(move |_| Janitor::new(pool, cfg, auto_disable, janitor_status))
         };
 
         // Circuit breakers and rate limits: one instance and one Redis connection of their own (never the cache's,

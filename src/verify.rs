@@ -296,9 +296,7 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 
 /// Decodes `whsec_<base64>` (the prefix is optional) into the HMAC key.
 fn whsec_key(secret: &str) -> anyhow::Result<SecretSlice<u8>> {
-    let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
-    let key = B64.decode(b64).map_err(|_| anyhow::anyhow!("a Standard Webhooks secret is not base64 after whsec_"))?;
-    anyhow::ensure!(!key.is_empty(), "a Standard Webhooks secret is empty");
+    let key = hookgate_core::signing::decode_secret(secret).map_err(|e| anyhow::anyhow!(e))?;
     Ok(SecretSlice::from(key))
 }
 
@@ -621,6 +619,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ours, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn a_standard_webhooks_source_secret_follows_the_signing_key_rule() {
+        use base64::Engine;
+        let config = |bytes: usize| {
+            let secret = format!("whsec_{}", B64.encode(vec![7u8; bytes]));
+            let toml = format!(r#"{{ kind = "standard_webhooks", secret = "{secret}" }}"#);
+            let w: std::collections::HashMap<String, VerificationConfig> = figment::Figment::from(
+                <figment::providers::Toml as figment::providers::Format>::string(&format!("v = {toml}")),
+            )
+            .extract()
+            .unwrap();
+            Verifier::from_config(&w["v"])
+        };
+        // The same 24-to-64-byte rule as the secrets hookgate signs with (hookgate_core::signing::decode_secret).
+        assert!(config(24).is_ok() && config(64).is_ok());
+        for bytes in [1, 23, 65] {
+            let err = config(bytes).unwrap_err();
+            assert!(format!("{err:#}").contains("24 to 64 bytes"), "{bytes} bytes: {err:#}");
+        }
     }
 
     #[test]

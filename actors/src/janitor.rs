@@ -31,29 +31,29 @@ pub const EXPIRED_REASON: &str = "expired by retention";
 
 pub use hookgate_store::locks::{JANITOR_LOCK, STATISTICS_LOCK};
 
+/// Retention and the periodic singleton jobs (run on one node at a time): the `[retention]` settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct JanitorConfig {
-    /// Seconds between rounds.
+pub struct RetentionSettings {
+    /// Seconds between rounds of the singleton jobs.
     pub interval_secs: u64,
-    /// Events, deliveries and attempts older than this many days are removed (whole daily partitions).
-    pub retention_days: u32,
+    /// Events, deliveries and attempts are kept this many days (then their daily partitions are dropped).
+    pub days: u32,
     /// Daily partitions created ahead of today.
     pub partitions_ahead_days: u32,
-    /// A destination failing without a success for this long is disabled (the same setting as the result
-    /// writer's, applied here also to destinations whose deliveries are all waiting).
-    pub auto_disable_after_secs: u64,
-    /// Seconds between planner-statistics refreshes of the partitions (0: leave it to autovacuum alone).
+    /// How long PostgreSQL remembers an idempotency key: a repeat within this window is a duplicate.
+    pub dedupe_window_secs: u64,
+    /// Seconds between planner-statistics refreshes of the partitions that doubled (0: autovacuum alone).
     pub statistics_interval_secs: u64,
 }
 
-impl Default for JanitorConfig {
+impl Default for RetentionSettings {
     fn default() -> Self {
         Self {
             interval_secs: 60,
-            retention_days: 30,
+            days: 30,
             partitions_ahead_days: 3,
-            auto_disable_after_secs: 5 * 24 * 3600,
+            dedupe_window_secs: 7 * 24 * 3600,
             statistics_interval_secs: 10,
         }
     }
@@ -81,15 +81,16 @@ pub struct RunNow(pub tokio::sync::oneshot::Sender<anyhow::Result<RoundReport>>)
 
 pub struct Janitor {
     pool: Pool,
-    cfg: JanitorConfig,
-    /// How long an idempotency key is kept (the PostgreSQL side of the dedupe window).
-    dedupe_window: Duration,
+    cfg: RetentionSettings,
+    /// A destination failing without a success for this long is disabled (`delivery.auto_disable_after_secs`, the
+    /// result writer's setting, applied here also to destinations whose deliveries are all waiting).
+    auto_disable_after: Duration,
     status: Arc<ActorStatus>,
 }
 
 impl Janitor {
-    pub fn new(pool: Pool, cfg: JanitorConfig, dedupe_window: Duration, status: Arc<ActorStatus>) -> Self {
-        Self { pool, cfg, dedupe_window, status }
+    pub fn new(pool: Pool, cfg: RetentionSettings, auto_disable_after: Duration, status: Arc<ActorStatus>) -> Self {
+        Self { pool, cfg, auto_disable_after, status }
     }
 }
 
@@ -100,7 +101,7 @@ impl Actor for Janitor {
         ctx.set_mailbox_capacity(16);
         self.status.set_state(ActorState::Running);
         ctx.run_interval(Duration::from_secs(self.cfg.interval_secs.max(1)), |act, ctx| {
-            let fut = guarded(round(act.pool.clone(), act.cfg.clone(), act.dedupe_window));
+            let fut = guarded(round(act.pool.clone(), act.cfg.clone(), act.auto_disable_after));
             ctx.spawn(fut.into_actor(act).map(|res, act, ctx| match res {
                 Ok(res) => act.log(res),
                 Err(Panicked(what)) => {
@@ -155,7 +156,7 @@ impl actix::Supervised for Janitor {
 impl Handler<RunNow> for Janitor {
     type Result = ();
     fn handle(&mut self, msg: RunNow, ctx: &mut Self::Context) {
-        let fut = guarded(round(self.pool.clone(), self.cfg.clone(), self.dedupe_window));
+        let fut = guarded(round(self.pool.clone(), self.cfg.clone(), self.auto_disable_after));
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
             let res = match res {
                 Ok(res) => res,
@@ -174,7 +175,7 @@ impl Handler<RunNow> for Janitor {
 }
 
 /// One janitor round, if this node takes the lock.
-pub async fn round(pool: Pool, cfg: JanitorConfig, dedupe_window: Duration) -> anyhow::Result<RoundReport> {
+pub async fn round(pool: Pool, cfg: RetentionSettings, auto_disable_after: Duration) -> anyhow::Result<RoundReport> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let locked: bool = tx.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&JANITOR_LOCK]).await?.try_get(0)?;
@@ -189,7 +190,7 @@ pub async fn round(pool: Pool, cfg: JanitorConfig, dedupe_window: Duration) -> a
         )
         .await?
         .try_get(0)?;
-    let keep_days = cfg.retention_days.max(1) as i32;
+    let keep_days = cfg.days.max(1) as i32;
     // Unfinished deliveries in the partitions about to go: dead, with a reason, counted and logged first.
     let expired = tx
         .query(
@@ -223,7 +224,7 @@ pub async fn round(pool: Pool, cfg: JanitorConfig, dedupe_window: Duration) -> a
         .query_one("SELECT hookgate_drop_partitions((now() AT TIME ZONE 'UTC')::date - $1::int)", &[&keep_days])
         .await?
         .try_get(0)?;
-    let window_secs = dedupe_window.as_secs_f64();
+    let window_secs = cfg.dedupe_window_secs as f64;
     report.keys_pruned = tx
         .query_one(
             "WITH old AS (
@@ -245,7 +246,7 @@ pub async fn round(pool: Pool, cfg: JanitorConfig, dedupe_window: Duration) -> a
             &[],
         )
         .await?;
-    let auto_disable = cfg.auto_disable_after_secs as f64;
+    let auto_disable = auto_disable_after.as_secs_f64();
     report.destinations_disabled = hookgate_store::deliveries::disable_failing(&tx, None, auto_disable).await?;
     if report.destinations_disabled > 0 {
         tx.execute("SELECT pg_notify($1, 'destination-disabled')", &[&CATALOG_CHANNEL]).await?;

@@ -2,6 +2,9 @@
 //!
 //! `webhook-signature` is `v1,<base64 HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{body}">`; while a secret
 //! rotates, one such value per active secret, separated by spaces (receivers accept any one of them).
+//!
+//! [`decode_secret`] is the one key rule for Standard Webhooks secrets, for those hookgate signs with and for those its
+//! sources verify with.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -11,6 +14,17 @@ use uuid::Uuid;
 
 /// The prefix of Standard Webhooks secrets.
 pub const SECRET_PREFIX: &str = "whsec_";
+
+/// Decodes a Standard Webhooks secret, `whsec_<base64>` (the prefix is optional): 24 to 64 bytes, as the
+/// specification asks of its keys.
+pub fn decode_secret(text: &str) -> Result<Vec<u8>, &'static str> {
+    let b64 = text.strip_prefix(SECRET_PREFIX).unwrap_or(text);
+    let key = STANDARD.decode(b64).map_err(|_| "a Standard Webhooks secret must be whsec_ followed by base64")?;
+    if !(24..=64).contains(&key.len()) {
+        return Err("a Standard Webhooks secret must hold 24 to 64 bytes");
+    }
+    Ok(key)
+}
 
 /// A destination's signing secret: the bytes behind `whsec_<base64>`.
 #[derive(Clone)]
@@ -25,12 +39,7 @@ impl std::fmt::Debug for SigningSecret {
 impl SigningSecret {
     /// Parses `whsec_<base64>` (the prefix is optional); the key must be 24 to 64 bytes.
     pub fn parse(text: &str) -> Result<Self, &'static str> {
-        let b64 = text.strip_prefix(SECRET_PREFIX).unwrap_or(text);
-        let key = STANDARD.decode(b64).map_err(|_| "a signing secret must be whsec_ followed by base64")?;
-        if !(24..=64).contains(&key.len()) {
-            return Err("a signing secret must hold 24 to 64 bytes");
-        }
-        Ok(Self(key))
+        decode_secret(text).map(Self)
     }
 
     /// A new random secret, formatted `whsec_<base64 of 32 bytes>`.
@@ -64,6 +73,16 @@ pub fn traceparent(event_id: Uuid) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_hold_24_to_64_bytes_with_or_without_their_prefix() {
+        let b64 = |n: usize| STANDARD.encode(vec![1u8; n]);
+        assert_eq!(decode_secret(&format!("whsec_{}", b64(24))).unwrap().len(), 24);
+        assert_eq!(decode_secret(&b64(64)).unwrap().len(), 64);
+        assert!(decode_secret(&b64(23)).is_err());
+        assert!(decode_secret(&b64(65)).is_err());
+        assert!(decode_secret("whsec_not base64!").is_err());
+    }
 
     #[test]
     fn signatures_verify_with_the_reference_standard_webhooks_library() {
