@@ -367,19 +367,6 @@ RETURNING id";
 
 /// Deliveries in the order of the arrays (arrival order): `seq` values are drawn for the whole batch and assigned in
 /// ascending order by position, and `created_at` is the event's `received_at` (its partition key).
-const INSERT_DELIVERIES: &str = "\
-INSERT INTO deliveries (id, seq, event_id, route_id, destination_id, state, payload, last_error, created_at,
-                        needs_routing)
-SELECT u.id, s.seq, u.event_id, u.route_id, u.destination_id, u.state, u.payload, u.last_error, u.created_at,
-       u.needs_routing
-FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bytea[], $7::text[], $8::timestamptz[],
-            $9::bool[])
-         WITH ORDINALITY AS u(id, event_id, route_id, destination_id, state, payload, last_error, created_at,
-                              needs_routing, ord)
-JOIN (SELECT row_number() OVER (ORDER BY v) AS ord, v AS seq
-      FROM (SELECT nextval('deliveries_seq') AS v FROM generate_series(1, cardinality($1::uuid[]))) drawn) s
-  ON s.ord = u.ord";
-
 pub use hookgate_store::channels::DELIVERIES_CHANNEL;
 
 const FIND_EXISTING: &str = "\
@@ -579,22 +566,25 @@ async fn insert_deliveries(
     if planned.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = planned.iter().map(|(_, d)| d.id).collect();
-    let event_ids: Vec<Uuid> = planned.iter().map(|(e, _)| e.id).collect();
-    let routes: Vec<Uuid> = planned.iter().map(|(_, d)| d.route_id).collect();
-    let destinations: Vec<Uuid> = planned.iter().map(|(_, d)| d.destination_id).collect();
-    let states: Vec<&str> =
-        planned.iter().map(|(_, d)| if d.failed.is_some() { "failed" } else { "pending" }).collect();
-    let payloads: Vec<Option<&[u8]>> = planned.iter().map(|(_, d)| d.payload.as_deref()).collect();
     let errors: Vec<Option<Cow<'_, str>>> = planned.iter().map(|(_, d)| d.failed.as_deref().map(without_nul)).collect();
-    let created: Vec<chrono::DateTime<chrono::Utc>> = planned.iter().map(|(e, _)| e.received_at).collect();
-    let deferred: Vec<bool> = planned.iter().map(|(_, d)| d.deferred).collect();
-    let stmt = tx.prepare_cached(INSERT_DELIVERIES).await.map_err(db_error)?;
-    tx.execute(&stmt, &[&ids, &event_ids, &routes, &destinations, &states, &payloads, &errors, &created, &deferred])
-        .await
-        .map_err(db_error)?;
-    if states.contains(&"pending") {
-        tx.batch_execute(&format!("NOTIFY {DELIVERIES_CHANNEL}")).await.map_err(db_error)?;
+    let rows: Vec<hookgate_store::deliveries::NewDelivery<'_>> = planned
+        .iter()
+        .zip(&errors)
+        .map(|((e, d), error)| hookgate_store::deliveries::NewDelivery {
+            id: d.id,
+            event_id: e.id,
+            route_id: d.route_id,
+            destination_id: d.destination_id,
+            state: if d.failed.is_some() { "failed" } else { "pending" },
+            payload: d.payload.as_deref(),
+            last_error: error.as_deref(),
+            created_at: e.received_at,
+            needs_routing: d.deferred,
+        })
+        .collect();
+    hookgate_store::deliveries::insert_planned(tx, &rows).await.map_err(db_error)?;
+    if rows.iter().any(|d| d.state == "pending") {
+        hookgate_store::channels::notify_deliveries(tx, "").await.map_err(db_error)?;
     }
     Ok(())
 }

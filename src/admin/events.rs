@@ -328,33 +328,25 @@ pub async fn replay_into(
 ) -> Result<Vec<Uuid>, AdminError> {
     let catalog = planner.catalog.get();
     let planned = catalog.plan(event.source_id, || event.jq_input(), planner.jq_timeout, planner.jq_max_output).await;
-    let mut ids = Vec::new();
-    for p in planned.into_iter().filter(|p| only.is_none_or(|only| only.contains(&p.destination_id))) {
-        let (st, payload) = match &p.failed {
-            Some(_) => ("failed", None),
-            None => ("pending", p.payload.as_ref().map(|b| b.to_vec())),
-        };
-        // created_at is the event's received_at: a delivery lives in its event's partition and never outlives it.
-        // (`failed` has no NUL: the plan strips it, as PostgreSQL text cannot hold one.)
-        tx.execute(
-            "INSERT INTO deliveries (id, event_id, route_id, destination_id, state, payload, last_error, created_at,
-                                     needs_routing)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[
-                &p.id,
-                &event.id,
-                &p.route_id,
-                &p.destination_id,
-                &st,
-                &payload,
-                &p.failed,
-                &event.received_at,
-                &p.deferred,
-            ],
-        )
-        .await?;
-        ids.push(p.id);
-    }
+    let planned: Vec<_> =
+        planned.into_iter().filter(|p| only.is_none_or(|only| only.contains(&p.destination_id))).collect();
+    let rows: Vec<hookgate_store::deliveries::NewDelivery<'_>> = planned
+        .iter()
+        .map(|p| hookgate_store::deliveries::NewDelivery {
+            id: p.id,
+            event_id: event.id,
+            route_id: p.route_id,
+            destination_id: p.destination_id,
+            state: if p.failed.is_some() { "failed" } else { "pending" },
+            payload: if p.failed.is_some() { None } else { p.payload.as_deref() },
+            // No NUL: the plan strips it, as PostgreSQL text cannot hold one.
+            last_error: p.failed.as_deref(),
+            created_at: event.received_at,
+            needs_routing: p.deferred,
+        })
+        .collect();
+    hookgate_store::deliveries::insert_planned(tx, &rows).await?;
+    let ids = planned.iter().map(|p| p.id).collect();
     Ok(ids)
 }
 

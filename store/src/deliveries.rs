@@ -250,3 +250,64 @@ pub async fn cancel_pending_of_destination(
         )
         .await
 }
+
+/// A delivery planned for a stored event, to insert.
+#[derive(Debug, Clone)]
+pub struct NewDelivery<'a> {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub route_id: Uuid,
+    pub destination_id: Uuid,
+    /// `pending`, or `failed` when a route program failed at planning.
+    pub state: &'a str,
+    /// A transform's output, sent instead of the event's body.
+    pub payload: Option<&'a [u8]>,
+    /// Why it failed at planning (no NUL: PostgreSQL text cannot hold one).
+    pub last_error: Option<&'a str>,
+    /// The event's `received_at`: a delivery lives in its event's partition and never outlives it.
+    pub created_at: DateTime<Utc>,
+    /// The route's programs could not be evaluated in time: the Deliverer evaluates them at claim.
+    pub needs_routing: bool,
+}
+
+/// Inserts planned deliveries in one statement, numbering them (`seq`, the FIFO order) in the order given: the
+/// writer's batches and the admin API's replays alike. The caller notifies the schedulers.
+pub async fn insert_planned(
+    client: &impl GenericClient,
+    planned: &[NewDelivery<'_>],
+) -> Result<(), tokio_postgres::Error> {
+    if planned.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = planned.iter().map(|d| d.id).collect();
+    let event_ids: Vec<Uuid> = planned.iter().map(|d| d.event_id).collect();
+    let routes: Vec<Uuid> = planned.iter().map(|d| d.route_id).collect();
+    let destinations: Vec<Uuid> = planned.iter().map(|d| d.destination_id).collect();
+    let states: Vec<&str> = planned.iter().map(|d| d.state).collect();
+    let payloads: Vec<Option<&[u8]>> = planned.iter().map(|d| d.payload).collect();
+    let errors: Vec<Option<&str>> = planned.iter().map(|d| d.last_error).collect();
+    let created: Vec<DateTime<Utc>> = planned.iter().map(|d| d.created_at).collect();
+    let deferred: Vec<bool> = planned.iter().map(|d| d.needs_routing).collect();
+    // The sequence values are drawn in one go and handed out in the given order (`nextval` per row in a SELECT
+    // would follow the plan's order, not the array's).
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO deliveries (id, seq, event_id, route_id, destination_id, state, payload, last_error, created_at,
+                                     needs_routing)
+             SELECT u.id, s.seq, u.event_id, u.route_id, u.destination_id, u.state, u.payload, u.last_error,
+                    u.created_at, u.needs_routing
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bytea[], $7::text[],
+                         $8::timestamptz[], $9::bool[])
+                      WITH ORDINALITY AS u(id, event_id, route_id, destination_id, state, payload, last_error,
+                                           created_at, needs_routing, ord)
+             JOIN (SELECT row_number() OVER (ORDER BY v) AS ord, v AS seq
+                   FROM (SELECT nextval('deliveries_seq') AS v
+                         FROM generate_series(1, cardinality($1::uuid[]))) drawn) s
+               ON s.ord = u.ord",
+        )
+        .await?;
+    client
+        .execute(&stmt, &[&ids, &event_ids, &routes, &destinations, &states, &payloads, &errors, &created, &deferred])
+        .await
+        .map(drop)
+}
