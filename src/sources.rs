@@ -86,9 +86,9 @@ impl SourceRegistry {
     }
 }
 
-/// Upserts the declared sources by slug and disables declared sources no longer in the configuration.
-pub async fn apply_declared(pool: &Pool, declared: &[SourceConfig]) -> anyhow::Result<()> {
-    let rows = declared
+/// The declared sources as the store applies them ([`hookgate_store::apply_declared`]).
+pub fn declared_rows(declared: &[SourceConfig]) -> anyhow::Result<Vec<hookgate_store::sources::DeclaredSource<'_>>> {
+    declared
         .iter()
         .map(|s| {
             Ok(hookgate_store::sources::DeclaredSource {
@@ -100,8 +100,7 @@ pub async fn apply_declared(pool: &Pool, declared: &[SourceConfig]) -> anyhow::R
                 options: serde_json::to_value(s.options())?,
             })
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    hookgate_store::sources::apply_declared(pool, &rows).await
+        .collect()
 }
 
 #[cfg(test)]

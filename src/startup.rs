@@ -94,10 +94,11 @@ impl Application {
         if settings.database.migrate_on_start {
             migrations::run(&pool).await?;
         }
-        sources::apply_declared(&pool, &settings.sources).await?;
+        let (destinations, routes) = catalog::declared_rows(&settings.destinations, &settings.routes)?;
+        hookgate_store::apply_declared(&pool, &sources::declared_rows(&settings.sources)?, &destinations, &routes)
+            .await?;
         let registry = Arc::new(SourceRegistry::default());
         let n = registry.reload(&pool).await?;
-        catalog::apply_declared(&pool, &settings.destinations, &settings.routes).await?;
         let catalog = Arc::new(SharedCatalog::default());
         catalog.reload(&pool).await?;
         tracing::info!(message = "Sources, destinations and routes loaded.", sources = n);

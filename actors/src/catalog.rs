@@ -16,6 +16,7 @@ use crate::retry::RetryPolicy;
 use crate::signing::SigningSecret;
 use crate::ssrf::SsrfPolicy;
 use crate::Pool;
+use hookgate_store::catalog::{DeclaredDestination, DeclaredRoute};
 
 pub use hookgate_store::channels::CATALOG_CHANNEL;
 
@@ -298,11 +299,11 @@ async fn load(pool: &Pool) -> anyhow::Result<Catalog> {
     Ok(catalog)
 }
 
-/// Upserts declared destinations and routes by slug, and notifies every node. Declared routes and destinations no
-/// longer in the configuration are disabled (their history stays). A destination that hookgate disabled itself
-/// (`disabled_reason` starting with `auto:`) keeps that state across restarts.
-pub async fn apply_declared(pool: &Pool, destinations: &[DestinationSpec], routes: &[RouteSpec]) -> anyhow::Result<()> {
-    use hookgate_store::catalog::{DeclaredDestination, DeclaredRoute};
+/// The declared destinations and routes as the store applies them ([`hookgate_store::apply_declared`]).
+pub fn declared_rows<'a>(
+    destinations: &'a [DestinationSpec],
+    routes: &'a [RouteSpec],
+) -> anyhow::Result<(Vec<DeclaredDestination<'a>>, Vec<DeclaredRoute<'a>>)> {
     let destinations = destinations
         .iter()
         .map(|d| {
@@ -319,7 +320,7 @@ pub async fn apply_declared(pool: &Pool, destinations: &[DestinationSpec], route
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let routes: Vec<DeclaredRoute<'_>> = routes
+    let routes = routes
         .iter()
         .map(|r| DeclaredRoute {
             slug: &r.slug,
@@ -329,5 +330,5 @@ pub async fn apply_declared(pool: &Pool, destinations: &[DestinationSpec], route
             transform: r.transform.as_deref(),
         })
         .collect();
-    hookgate_store::catalog::apply_declared(pool, &destinations, &routes).await
+    Ok((destinations, routes))
 }

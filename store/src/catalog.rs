@@ -110,16 +110,15 @@ pub struct DeclaredRoute<'a> {
     pub transform: Option<&'a str>,
 }
 
-/// Upserts declared destinations and routes by slug, and notifies every node, in one transaction. Declared routes
-/// and destinations no longer in the configuration are disabled (their history stays). A destination that hookgate
-/// disabled itself (`disabled_reason` starting with `auto:`) keeps that state across restarts.
-pub async fn apply_declared(
-    pool: &Pool,
+/// Upserts declared destinations and routes by slug, and notifies every node (part of [`crate::apply_declared`]'s
+/// transaction). Declared routes and destinations no longer in the configuration are disabled (their history stays).
+/// A destination that hookgate disabled itself (`disabled_reason` starting with `auto:`) keeps that state across
+/// restarts.
+pub(crate) async fn apply_declared(
+    tx: &deadpool_postgres::Transaction<'_>,
     destinations: &[DeclaredDestination<'_>],
     routes: &[DeclaredRoute<'_>],
 ) -> anyhow::Result<()> {
-    let mut client = pool.get().await.context("Failed to get a connection to apply destinations")?;
-    let tx = client.transaction().await?;
     for d in destinations {
         tx.execute(
             "INSERT INTO destinations (id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, signing_secrets,
@@ -183,6 +182,5 @@ pub async fn apply_declared(
     )
     .await?;
     tx.execute("SELECT pg_notify($1, 'declared')", &[&CATALOG_CHANNEL]).await?;
-    tx.commit().await.context("Failed to commit declared destinations and routes")?;
     Ok(())
 }

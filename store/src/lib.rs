@@ -16,6 +16,22 @@ pub mod stats;
 /// The PostgreSQL connection pool every database-facing part of hookgate borrows from.
 pub type Pool = deadpool_postgres::Pool;
 
+/// Applies the configuration's declared sources, destinations and routes in one transaction: a configuration is
+/// applied whole or not at all (a route naming a missing source fails it), and every node is told at COMMIT.
+pub async fn apply_declared(
+    pool: &Pool,
+    sources: &[sources::DeclaredSource<'_>],
+    destinations: &[catalog::DeclaredDestination<'_>],
+    routes: &[catalog::DeclaredRoute<'_>],
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut client = pool.get().await.context("Failed to get a connection to apply the configuration")?;
+    let tx = client.transaction().await?;
+    sources::apply_declared(&tx, sources).await?;
+    catalog::apply_declared(&tx, destinations, routes).await?;
+    tx.commit().await.context("Failed to commit the declared sources, destinations and routes")
+}
+
 /// One round trip through a pooled connection: what "PostgreSQL is up" means to the readiness probe.
 pub async fn ping(pool: &Pool) -> Result<(), String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;

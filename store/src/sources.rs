@@ -63,11 +63,12 @@ pub struct DeclaredSource<'a> {
     pub options: Value,
 }
 
-/// Upserts the declared sources by slug and disables declared sources no longer in the configuration, in one
-/// transaction.
-pub async fn apply_declared(pool: &Pool, declared: &[DeclaredSource<'_>]) -> anyhow::Result<()> {
-    let mut client = pool.get().await.context("Failed to get a connection to apply sources")?;
-    let tx = client.transaction().await?;
+/// Upserts the declared sources by slug and disables declared sources no longer in the configuration (part of
+/// [`crate::apply_declared`]'s transaction).
+pub(crate) async fn apply_declared(
+    tx: &deadpool_postgres::Transaction<'_>,
+    declared: &[DeclaredSource<'_>],
+) -> anyhow::Result<()> {
     for s in declared {
         tx.execute(
             "INSERT INTO sources (id, slug, max_body_bytes, require_json, idempotency, verification, options, enabled,
@@ -97,6 +98,5 @@ pub async fn apply_declared(pool: &Pool, declared: &[DeclaredSource<'_>]) -> any
     )
     .await
     .context("Failed to disable sources removed from the configuration")?;
-    tx.commit().await.context("Failed to commit declared sources")?;
     Ok(())
 }
