@@ -9,6 +9,7 @@ pub mod channels;
 pub mod deliveries;
 pub mod listen;
 pub mod locks;
+pub mod maintenance;
 pub mod migrations;
 pub mod sources;
 pub mod stats;
