@@ -14,7 +14,9 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::catalog::{without_nul, SharedCatalog, CATALOG_CHANNEL};
+use hookgate_store::results::{DestinationOutcomes, Outcome};
+
+use crate::catalog::{without_nul, SharedCatalog};
 use crate::config::DeliveryConfig;
 use crate::deliverer::{AttemptResult, Routed};
 use crate::health::{ActorState, ActorStatus};
@@ -278,120 +280,49 @@ async fn write(
     auto_disable_after_secs: u64,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-
-    let ids: Vec<Uuid> = batch.iter().map(|_| Uuid::now_v7()).collect();
-    let delivery_ids: Vec<Uuid> = batch.iter().map(|r| r.delivery_id).collect();
-    let attempts: Vec<i32> = batch.iter().map(|r| r.attempt).collect();
-    let started_at: Vec<DateTime<Utc>> = batch.iter().map(|r| r.started_at).collect();
-    let statuses: Vec<Option<i32>> = batch.iter().map(|r| r.status.map(i32::from)).collect();
-    let latencies: Vec<i32> = batch.iter().map(|r| r.latency_ms).collect();
-    let headers: Vec<&serde_json::Value> = batch.iter().map(|r| &r.response_headers).collect();
-    let excerpts: Vec<Option<&[u8]>> = batch.iter().map(|r| r.excerpt.as_deref()).collect();
-    let kinds: Vec<Option<&str>> = batch.iter().map(|r| r.error_kind).collect();
     let errors: Vec<Option<std::borrow::Cow<'_, str>>> =
         batch.iter().map(|r| r.error.as_deref().map(without_nul)).collect();
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO attempts (id, delivery_id, attempt, node_id, started_at, status, latency_ms,
-                                   response_headers, response_excerpt, error_kind, error)
-             SELECT a.id, a.delivery_id, a.attempt, $4, a.started_at, a.status, a.latency_ms, a.headers, a.excerpt,
-                    a.kind, a.error
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $5::timestamptz[], $6::int[], $7::int[], $8::jsonb[],
-                         $9::bytea[], $10::text[], $11::text[], $12::bool[])
-                  AS a(id, delivery_id, attempt, started_at, status, latency_ms, headers, excerpt, kind, error,
-                       counted)
-             WHERE a.counted",
-        )
-        .await?;
-    tx.execute(
-        &stmt,
-        &[
-            &ids,
-            &delivery_ids,
-            &attempts,
-            &node_id,
-            &started_at,
-            &statuses,
-            &latencies,
-            &headers,
-            &excerpts,
-            &kinds,
-            &errors,
-            &plan.counted,
-        ],
-    )
-    .await?;
-
-    let states: Vec<&str> = plan.deliveries.iter().map(|d| d.0).collect();
-    let next: Vec<DateTime<Utc>> = plan.deliveries.iter().map(|d| d.1).collect();
-    let last_errors: Vec<Option<&str>> = plan.deliveries.iter().map(|d| d.2.as_deref()).collect();
-    let stmt = tx
-        .prepare_cached(
-            "UPDATE deliveries d
-             SET state = u.state, attempts = GREATEST(d.attempts, u.attempt), next_attempt_at = u.next,
-                 last_error = u.err, lease_owner = NULL, lease_id = NULL, lease_expires_at = NULL,
-                 payload = CASE WHEN u.routed THEN u.payload ELSE d.payload END,
-                 needs_routing = d.needs_routing AND NOT u.routed,
-                 updated_at = now()
-             FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::timestamptz[], $5::text[], $6::uuid[], $7::bool[],
-                         $8::bytea[], $9::timestamptz[])
-                  AS u(id, state, attempt, next, err, lease_id, routed, payload, created_at)
-             -- The whole primary key (id and partition key): one probe per row in one partition, whatever the
-             -- backlog (a join on the id alone lets a generic plan scan the pending index for every row).
-             WHERE d.id = u.id AND d.created_at = u.created_at AND d.state = 'pending' AND d.lease_id = u.lease_id",
-        )
-        .await?;
-    let leases: Vec<Uuid> = batch.iter().map(|r| r.lease_id).collect();
-    // A try that was not counted (the route cancelled or failed the delivery) leaves the attempt count alone.
-    let counts: Vec<i32> =
-        batch.iter().zip(&plan.counted).map(|(r, c)| if *c { r.attempt } else { r.attempt - 1 }).collect();
-    // The route evaluated at delivery: its decision is final (its payload is what every retry sends).
-    let routed: Vec<bool> = batch
+    let outcomes: Vec<Outcome<'_>> = batch
         .iter()
-        .map(|r| matches!(r.routed, Some(Routed::Payload(_) | Routed::Skipped | Routed::Failed(_))))
-        .collect();
-    let payloads: Vec<Option<&[u8]>> = batch
-        .iter()
-        .map(|r| match &r.routed {
-            Some(Routed::Payload(p)) => p.as_deref(),
-            _ => None,
+        .zip(&plan.counted)
+        .zip(&plan.deliveries)
+        .zip(&errors)
+        .map(|(((r, counted), (state, next, last_error)), error)| Outcome {
+            delivery_id: r.delivery_id,
+            created_at: r.created_at,
+            lease_id: r.lease_id,
+            counted: *counted,
+            attempt: r.attempt,
+            started_at: r.started_at,
+            status: r.status.map(i32::from),
+            latency_ms: r.latency_ms,
+            response_headers: &r.response_headers,
+            excerpt: r.excerpt.as_deref(),
+            error_kind: r.error_kind,
+            error: error.as_deref(),
+            state,
+            next_attempt_at: *next,
+            last_error: last_error.as_deref(),
+            // A try that was not counted (the route cancelled or failed the delivery) leaves the count alone.
+            attempts: if *counted { r.attempt } else { r.attempt - 1 },
+            // The route evaluated at delivery: its decision is final (its payload is what every retry sends).
+            routed: matches!(r.routed, Some(Routed::Payload(_) | Routed::Skipped | Routed::Failed(_))),
+            payload: match &r.routed {
+                Some(Routed::Payload(p)) => p.as_deref(),
+                _ => None,
+            },
         })
         .collect();
-    let created: Vec<DateTime<Utc>> = batch.iter().map(|r| r.created_at).collect();
-    tx.execute(&stmt, &[&delivery_ids, &states, &counts, &next, &last_errors, &leases, &routed, &payloads, &created])
-        .await?;
-
-    let mut changed = tx
-        .execute(
-            "UPDATE destinations
-             SET state = 'disabled', disabled_reason = 'auto: 410 Gone', failing_since = NULL, updated_at = now()
-             WHERE id = ANY($1) AND state = 'active'",
-            &[&plan.gone],
-        )
-        .await?;
-    if !plan.healthy.is_empty() {
-        tx.execute(
-            "UPDATE destinations SET failing_since = NULL WHERE id = ANY($1) AND failing_since IS NOT NULL",
-            &[&plan.healthy],
-        )
-        .await?;
+    let destinations = DestinationOutcomes {
+        gone: plan.gone.clone(),
+        healthy: plan.healthy.clone(),
+        failing: plan.failing.clone(),
+        auto_disable_after_secs: auto_disable_after_secs as f64,
+    };
+    let disabled = hookgate_store::results::record(pool, node_id, &outcomes, &destinations).await?;
+    if disabled > 0 {
+        tracing::warn!(message = "Destinations disabled by their outcomes.", count = disabled);
     }
-    if !plan.failing.is_empty() {
-        let secs = auto_disable_after_secs as f64;
-        tx.execute(
-            "UPDATE destinations SET failing_since = now() WHERE id = ANY($1) AND failing_since IS NULL",
-            &[&plan.failing],
-        )
-        .await?;
-        changed += hookgate_store::deliveries::disable_failing(&tx, Some(&plan.failing), secs).await?;
-    }
-    if changed > 0 {
-        tracing::warn!(message = "Destinations disabled by their outcomes.", count = changed);
-        tx.execute("SELECT pg_notify($1, 'destination-disabled')", &[&CATALOG_CHANNEL]).await?;
-    }
-    tx.commit().await?;
     metrics::histogram!("hookgate_result_flush_seconds").record(started.elapsed().as_secs_f64());
     metrics::histogram!("hookgate_result_batch_size").record(batch.len() as f64);
     Ok(())

@@ -11,6 +11,7 @@ pub mod listen;
 pub mod locks;
 pub mod maintenance;
 pub mod migrations;
+pub mod results;
 pub mod sources;
 pub mod stats;
 
