@@ -11,7 +11,7 @@ use chrono::Utc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use hookgate_actors::jq::{route_input, JqProgram};
 use hookgate_actors::signing::{signature_header, SigningSecret};
-use hookgate_actors::writer::EventColumns;
+use hookgate_actors::writer::{event_rows, EventColumns};
 use hookgate_actors::NewEvent;
 use uuid::Uuid;
 
@@ -69,9 +69,10 @@ fn event(i: usize, body: &Bytes, source: Uuid) -> NewEvent {
     }
 }
 
-/// The INSERT_EVENTS parameters of one batch, built by the writer's own `EventColumns` and encoded.
+/// The event insert's parameters of one batch, built as the writer builds them and encoded.
 fn encode_batch(events: &[&NewEvent], out: &mut BytesMut) {
-    let columns = EventColumns::new(events);
+    let rows = event_rows(events);
+    let columns = EventColumns::new(&rows);
     for (param, ty) in columns.params().iter().zip(EventColumns::TYPES.iter()) {
         param.to_sql_checked(ty, out).unwrap();
     }

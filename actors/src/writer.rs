@@ -349,29 +349,9 @@ impl EventWriter {
     }
 }
 
-/// Keys first: an event is stored exactly when its (source, idempotency key) is new (see ADR-0007).
-const INSERT_EVENTS: &str = "\
-WITH input AS (
-    SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::jsonb[], $7::bytea[],
-                         $8::text[])
-        AS u(id, source_id, idempotency_key, received_at, content_type, headers, body, type)
-), fresh AS (
-    INSERT INTO event_keys (source_id, idempotency_key, event_id, received_at)
-    SELECT source_id, idempotency_key, id, received_at FROM input
-    ON CONFLICT (source_id, idempotency_key) DO NOTHING
-    RETURNING event_id
-)
-INSERT INTO events (id, source_id, idempotency_key, received_at, content_type, headers, body, type)
-SELECT input.* FROM input JOIN fresh ON fresh.event_id = input.id
-RETURNING id";
-
-/// Deliveries in the order of the arrays (arrival order): `seq` values are drawn for the whole batch and assigned in
-/// ascending order by position, and `created_at` is the event's `received_at` (its partition key).
 pub use hookgate_store::channels::DELIVERIES_CHANNEL;
-
-const FIND_EXISTING: &str = "\
-SELECT event_id, source_id, idempotency_key FROM event_keys
-WHERE (source_id, idempotency_key) IN (SELECT * FROM UNNEST($1::uuid[], $2::text[]))";
+pub use hookgate_store::events::EventColumns;
+use hookgate_store::events::EventRow;
 
 /// Writes one batch and answers every sender. Returns whether PostgreSQL answered.
 ///
@@ -445,59 +425,21 @@ async fn write_units(
     Ok(sorted.iter().map(|e| e.id).zip(outcomes).collect())
 }
 
-/// The `INSERT_EVENTS` parameters of one batch: one array per column, in statement order.
-pub struct EventColumns<'a> {
-    ids: Vec<Uuid>,
-    sources: Vec<Uuid>,
-    keys: Vec<&'a str>,
-    received: Vec<chrono::DateTime<chrono::Utc>>,
-    content_types: Vec<Option<&'a str>>,
-    headers: Vec<&'a serde_json::Value>,
-    bodies: Vec<&'a [u8]>,
-    types: Vec<Option<Cow<'a, str>>>,
-}
-
-impl<'a> EventColumns<'a> {
-    /// The PostgreSQL types of [`EventColumns::params`], in order.
-    pub const TYPES: [tokio_postgres::types::Type; 8] = {
-        use tokio_postgres::types::Type;
-        [
-            Type::UUID_ARRAY,
-            Type::UUID_ARRAY,
-            Type::TEXT_ARRAY,
-            Type::TIMESTAMPTZ_ARRAY,
-            Type::TEXT_ARRAY,
-            Type::JSONB_ARRAY,
-            Type::BYTEA_ARRAY,
-            Type::TEXT_ARRAY,
-        ]
-    };
-
-    pub fn new(events: &[&'a NewEvent]) -> Self {
-        Self {
-            ids: events.iter().map(|e| e.id).collect(),
-            sources: events.iter().map(|e| e.source_id).collect(),
-            keys: events.iter().map(|e| e.idempotency_key.as_str()).collect(),
-            received: events.iter().map(|e| e.received_at).collect(),
-            content_types: events.iter().map(|e| e.content_type.as_deref()).collect(),
-            headers: events.iter().map(|e| &e.headers).collect(),
-            bodies: events.iter().map(|e| e.body.as_ref()).collect(),
-            types: events.iter().map(|e| e.event_type.as_deref().map(without_nul)).collect(),
-        }
-    }
-
-    pub fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 8] {
-        [
-            &self.ids,
-            &self.sources,
-            &self.keys,
-            &self.received,
-            &self.content_types,
-            &self.headers,
-            &self.bodies,
-            &self.types,
-        ]
-    }
+/// The rows the store inserts for these events.
+pub fn event_rows<'a>(events: &[&'a NewEvent]) -> Vec<EventRow<'a>> {
+    events
+        .iter()
+        .map(|e| EventRow {
+            id: e.id,
+            source_id: e.source_id,
+            idempotency_key: &e.idempotency_key,
+            received_at: e.received_at,
+            content_type: e.content_type.as_deref(),
+            headers: &e.headers,
+            body: &e.body,
+            event_type: e.event_type.as_deref().map(without_nul),
+        })
+        .collect()
 }
 
 /// Inserts `events` (sorted by key) and the deliveries of the new ones (in `arrival` order, the same events) in one
@@ -509,25 +451,16 @@ async fn insert(
 ) -> Result<Vec<Result<Persisted, PersistError>>, PersistError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(db_error)?;
-    let insert = tx.prepare_cached(INSERT_EVENTS).await.map_err(db_error)?;
-    let columns = EventColumns::new(events);
-    let rows = tx.query(&insert, &columns.params()).await.map_err(db_error)?;
-    let inserted: HashSet<Uuid> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
+    let inserted = hookgate_store::events::insert_new(&tx, &event_rows(events)).await.map_err(db_error)?;
 
     let mut existing: HashMap<(Uuid, &str), Uuid> = HashMap::new();
     if inserted.len() < events.len() {
-        let (s, k): (Vec<Uuid>, Vec<&str>) = events
+        let keys: Vec<(Uuid, &str)> = events
             .iter()
             .filter(|e| !inserted.contains(&e.id))
             .map(|e| (e.source_id, e.idempotency_key.as_str()))
-            .unzip();
-        let find = tx.prepare_cached(FIND_EXISTING).await.map_err(db_error)?;
-        for row in tx.query(&find, &[&s, &k]).await.map_err(db_error)? {
-            let (Ok(event_id), Ok(source_id), Ok(key)) =
-                (row.try_get::<_, Uuid>(0), row.try_get::<_, Uuid>(1), row.try_get::<_, String>(2))
-            else {
-                continue; // unreadable: the event is answered "vanished" (500), never a panic
-            };
+            .collect();
+        for (event_id, source_id, key) in hookgate_store::events::find_existing(&tx, &keys).await.map_err(db_error)? {
             if let Some(e) = events.iter().find(|e| e.idempotency_key == key && e.source_id == source_id) {
                 existing.insert((e.source_id, e.idempotency_key.as_str()), event_id);
             }

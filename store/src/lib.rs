@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod channels;
 pub mod deliveries;
+pub mod events;
 pub mod listen;
 pub mod locks;
 pub mod maintenance;
