@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use hookgate_store::claims;
 use hookgate_store::deliveries::{release_leases, Lease};
 use rand::seq::SliceRandom;
 use uuid::Uuid;
@@ -30,37 +30,7 @@ use crate::supervision::{guarded, Panicked};
 use crate::writer::DELIVERIES_CHANNEL;
 use crate::Pool;
 
-/// Why a delivery whose event row is gone (retention, a row deleted by hand) ends `dead`.
-pub const ORPHAN_REASON: &str = "event no longer stored";
-
-/// One leased delivery, with what its attempt needs.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub delivery_id: Uuid,
-    /// The delivery's partition key (its event's `received_at`): with the id, one primary-key probe finds the row.
-    pub created_at: DateTime<Utc>,
-    /// This claim's lease; the result is applied only while it still holds.
-    pub lease_id: Uuid,
-    pub event_id: Uuid,
-    pub destination_id: Uuid,
-    /// This attempt's number (1 for the first).
-    pub attempt: i32,
-    pub body: Bytes,
-    pub content_type: Option<String>,
-    /// The body is a transform's output (JSON).
-    pub transformed: bool,
-    pub route_id: Uuid,
-    /// Set when the route's programs could not be evaluated at ingest: what they read, to evaluate them now.
-    pub routing: Option<RoutingInput>,
-}
-
-/// What a deferred route evaluation reads besides the body: the event as stored.
-#[derive(Debug, Clone)]
-pub struct RoutingInput {
-    pub source: String,
-    pub headers: serde_json::Value,
-    pub event_type: Option<String>,
-}
+pub use hookgate_core::delivery::{Job, RoutingInput, ORPHAN_REASON};
 
 /// A Deliverer finished an attempt (its result is on its way to the ResultWriter).
 #[derive(Message)]
@@ -83,92 +53,6 @@ pub struct Shutdown {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Wake;
-
-pub use hookgate_store::locks::CLAIM_LOCK;
-
-/// The destinations with claimable work, with their deliveries in flight cluster-wide (counted up to `cap`, the
-/// destination's `max_in_flight`: past it the number no longer matters). A FIFO destination has claimable work only
-/// when its head is due and not leased.
-///
-/// Every lookup here and in [`CLAIM`] is an ordered index walk per destination (`ORDER BY … LIMIT`), which the
-/// planner takes whatever the statistics say: a daily partition is new and unanalyzed every midnight, and a plan
-/// chosen on guessed statistics (a hash join over every due row, a count through the wrong index) made each claim
-/// round cost as much as the whole backlog.
-const DUE: &str = "\
-SELECT d.id, (SELECT count(*)::int FROM (
-                  SELECT 1 FROM deliveries b
-                  WHERE b.destination_id = d.id AND b.state = 'pending' AND b.lease_expires_at > now()
-                  ORDER BY b.lease_expires_at LIMIT d.cap) l)
-FROM UNNEST($1::uuid[], $3::int[]) AS d(id, cap)
-CROSS JOIN LATERAL (
-    SELECT 1 FROM deliveries x
-    WHERE x.destination_id = d.id AND x.state = 'pending' AND x.next_attempt_at <= now()
-      AND (x.lease_expires_at IS NULL OR x.lease_expires_at <= now())
-    ORDER BY x.next_attempt_at LIMIT 1) due
-UNION ALL
-SELECT f.id, 0 FROM UNNEST($2::uuid[]) AS f(id)
-CROSS JOIN LATERAL (
-    SELECT next_attempt_at, lease_expires_at FROM deliveries h
-    WHERE h.destination_id = f.id AND h.state = 'pending' ORDER BY h.seq LIMIT 1) h
-WHERE h.next_attempt_at <= now() AND (h.lease_expires_at IS NULL OR h.lease_expires_at <= now())";
-
-/// Leases up to each budget. The rows are then updated by their whole primary key (id and partition key): a probe
-/// per row, never a join the planner could drive from another table.
-const CLAIM: &str = "\
-WITH budget AS (
-    SELECT b.* FROM UNNEST($1::uuid[], $2::int[], $3::int[]) AS b(destination_id, n, cap)
-    JOIN destinations x ON x.id = b.destination_id AND x.state = 'active'
-), picked AS (
-    SELECT x.id, x.created_at FROM budget b
-    CROSS JOIN LATERAL (
-        SELECT count(*)::int AS n FROM (
-            SELECT 1 FROM deliveries l
-            WHERE l.destination_id = b.destination_id AND l.state = 'pending' AND l.lease_expires_at > now()
-            ORDER BY l.lease_expires_at LIMIT b.cap) l
-    ) busy
-    CROSS JOIN LATERAL (
-        SELECT id, created_at FROM deliveries d
-        WHERE d.destination_id = b.destination_id AND d.state = 'pending' AND d.next_attempt_at <= now()
-          AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
-        ORDER BY d.next_attempt_at
-        LIMIT GREATEST(LEAST(b.n, b.cap - busy.n), 0)
-        FOR UPDATE SKIP LOCKED
-    ) x
-    UNION ALL
-    SELECT h.id, h.created_at FROM UNNEST($4::uuid[]) AS f(destination_id)
-    JOIN destinations x ON x.id = f.destination_id AND x.state = 'active'
-    CROSS JOIN LATERAL (
-        SELECT id, created_at, next_attempt_at, lease_expires_at FROM deliveries d
-        WHERE d.destination_id = f.destination_id AND d.state = 'pending'
-        ORDER BY d.seq
-        LIMIT 1
-    ) h
-    WHERE h.next_attempt_at <= now() AND (h.lease_expires_at IS NULL OR h.lease_expires_at <= now())
-)
-UPDATE deliveries d
-SET lease_owner = $5, lease_id = gen_random_uuid(),
-    lease_expires_at = now()
-        + ((SELECT x.timeout_ms FROM destinations x WHERE x.id = d.destination_id) + $6::int) * interval '1 millisecond',
-    updated_at = now()
-FROM picked p
-WHERE d.id = p.id AND d.created_at = p.created_at
-  -- Re-checked on the locked row: a result committed meanwhile is not claimed again.
-  AND d.state = 'pending' AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
--- The event is looked up in its own partition (a delivery's created_at is its event's received_at), then, for rows
--- older than that rule, by id alone: one index probe instead of one per partition.
-RETURNING d.id, d.event_id, d.destination_id, d.attempts,
-          coalesce(d.payload,
-                   (SELECT e.body FROM events e WHERE e.id = d.event_id AND e.received_at = d.created_at),
-                   (SELECT e.body FROM events e WHERE e.id = d.event_id)),
-          d.payload IS NOT NULL,
-          coalesce((SELECT e.content_type FROM events e WHERE e.id = d.event_id AND e.received_at = d.created_at),
-                   (SELECT e.content_type FROM events e WHERE e.id = d.event_id)),
-          d.lease_id, d.route_id, d.needs_routing,
-          CASE WHEN d.needs_routing THEN
-              (SELECT jsonb_build_object('source', s.slug, 'headers', e.headers, 'type', e.type)
-               FROM events e JOIN sources s ON s.id = e.source_id WHERE e.id = d.event_id)
-          END,
-          d.created_at";
 
 pub struct Scheduler {
     pool: Pool,
@@ -474,61 +358,6 @@ struct ClaimRound {
     lease_margin_ms: i32,
 }
 
-/// One claimed row, read without trusting any column.
-enum Claimed {
-    Job(Job),
-    /// The delivery's event row is gone (and it has no payload of its own): nothing can be sent.
-    Orphan(Uuid),
-    /// A column could not be read: the delivery cannot be attempted; why.
-    Unreadable(Uuid, String),
-}
-
-/// Reads one row of `CLAIM`'s RETURNING. Never panics: a NULL or a wrong type is a value, not a crash.
-fn read_claimed(r: &tokio_postgres::Row) -> Option<Claimed> {
-    let id: Uuid = r.try_get(0).ok()?;
-    let job = (|| -> Result<Option<Job>, tokio_postgres::Error> {
-        let Some(body) = r.try_get::<_, Option<Vec<u8>>>(4)? else { return Ok(None) };
-        let routing = match r.try_get::<_, bool>(9)? {
-            false => None,
-            true => match r.try_get::<_, Option<serde_json::Value>>(10)? {
-                // The event is gone: nothing to evaluate, nothing to send.
-                None => return Ok(None),
-                Some(v) => Some(RoutingInput {
-                    source: v["source"].as_str().unwrap_or_default().to_owned(),
-                    headers: v["headers"].clone(),
-                    event_type: v["type"].as_str().map(str::to_owned),
-                }),
-            },
-        };
-        Ok(Some(Job {
-            delivery_id: id,
-            event_id: r.try_get(1)?,
-            destination_id: r.try_get(2)?,
-            attempt: r.try_get::<_, i32>(3)?.saturating_add(1),
-            body: Bytes::from(body),
-            transformed: r.try_get::<_, Option<bool>>(5)?.unwrap_or(false),
-            content_type: r.try_get(6)?,
-            lease_id: r.try_get(7)?,
-            route_id: r.try_get(8)?,
-            routing,
-            created_at: r.try_get(11)?,
-        }))
-    })();
-    Some(match job {
-        Ok(Some(job)) => Claimed::Job(job),
-        Ok(None) => Claimed::Orphan(id),
-        Err(e) => Claimed::Unreadable(id, format!("unreadable delivery row: {e}")),
-    })
-}
-
-/// Ends claimed deliveries that can never be attempted, in the claim's transaction: `dead` with their reason.
-const BURY: &str = "\
-UPDATE deliveries d
-SET state = 'dead', last_error = u.reason, lease_owner = NULL, lease_id = NULL, lease_expires_at = NULL,
-    updated_at = now()
-FROM UNNEST($1::uuid[], $2::text[]) AS u(id, reason)
-WHERE d.id = u.id AND d.state = 'pending'";
-
 impl ClaimRound {
     /// `capacity` is the node's limit and `free` what is left of it; `local` what this node has in flight per
     /// destination.
@@ -544,17 +373,7 @@ impl ClaimRound {
         let normal_caps: Vec<i32> = normal_all.iter().map(|d| d.max_in_flight.min(i32::MAX as u32) as i32).collect();
         let fifo_ids: Vec<Uuid> = fifo_all.iter().map(|d| d.id).collect();
         // The connection goes back to the pool before any Redis call: a slow Redis never holds PostgreSQL.
-        let busy: HashMap<Uuid, u32> = {
-            let client = self.pool.get().await?;
-            // Prepared once per connection: planning a statement over every daily partition costs more than running it.
-            let due = client.prepare_cached(DUE).await?;
-            let rows = client.query(&due, &[&normal_ids, &fifo_ids, &normal_caps]).await?;
-            rows.iter()
-                .filter_map(|r| {
-                    Some((r.try_get(0).ok()?, r.try_get::<_, Option<i32>>(1).ok()?.unwrap_or(0).max(0) as u32))
-                })
-                .collect()
-        };
+        let busy: HashMap<Uuid, u32> = claims::due(&self.pool, &normal_ids, &normal_caps, &fifo_ids).await?;
         if busy.is_empty() {
             return Ok((Vec::new(), 0));
         }
@@ -608,35 +427,15 @@ impl ClaimRound {
         let normal_cap: Vec<i32> = normal.iter().map(|(d, _)| d.max_in_flight.min(i32::MAX as u32) as i32).collect();
         let fifo_ids: Vec<Uuid> = fifo.iter().map(|(d, _)| d.id).collect();
 
-        let claimed_rows = async {
-            let mut jobs = Vec::new();
-            let mut buried: Vec<(Uuid, String)> = Vec::new();
-            let mut client = self.pool.get().await?;
-            let tx = client.transaction().await?;
-            // A claimer stuck holding the lock (a partitioned node) delays the others by at most this.
-            tx.batch_execute("SET LOCAL lock_timeout = '5s'").await?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK]).await?;
-            let claim = tx.prepare_cached(CLAIM).await?;
-            let rows = tx
-                .query(&claim, &[&normal_ids, &normal_n, &normal_cap, &fifo_ids, &self.node_id, &self.lease_margin_ms])
-                .await?;
-            for row in &rows {
-                match read_claimed(row) {
-                    Some(Claimed::Job(job)) => jobs.push(job),
-                    Some(Claimed::Orphan(id)) => buried.push((id, ORPHAN_REASON.to_owned())),
-                    Some(Claimed::Unreadable(id, why)) => buried.push((id, why)),
-                    // No id: nothing to name or bury; its lease expires and the reaper clears it.
-                    None => tracing::error!(message = "A claimed delivery row has no readable id."),
-                }
-            }
-            if !buried.is_empty() {
-                let (ids, reasons): (Vec<Uuid>, Vec<&str>) = buried.iter().map(|(id, r)| (*id, r.as_str())).unzip();
-                tx.execute(BURY, &[&ids, &reasons]).await?;
-            }
-            tx.commit().await?;
-            Ok::<_, anyhow::Error>((jobs, buried))
-        }
-        .await;
+        let budget = claims::Budgets {
+            destinations: &normal_ids,
+            wanted: &normal_n,
+            caps: &normal_cap,
+            fifo: &fifo_ids,
+            node_id: &self.node_id,
+            lease_margin_ms: self.lease_margin_ms,
+        };
+        let claimed_rows = claims::claim(&self.pool, &budget).await;
         let (jobs, buried) = match claimed_rows {
             Ok(claimed) => claimed,
             Err(error) => {

@@ -10,9 +10,11 @@
 //! | [`signing`] | Standard Webhooks signatures of outgoing deliveries |
 //! | [`jq`] | route filters and transforms: compiled once, evaluated with a time and output budget |
 //! | [`backoff`] | exponential back-off with jitter, for restarts and reconnects |
+//! | [`delivery`] | a leased delivery (`Job`) as the engine carries it from claim to attempt |
 //! | [`state`] | the typed states of deliveries and destinations, and their stored text |
 
 pub mod backoff;
+pub mod delivery;
 pub mod jq;
 pub mod retry;
 pub mod signing;

@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod channels;
+pub mod claims;
 pub mod deliveries;
 pub mod events;
 pub mod listen;

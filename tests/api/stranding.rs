@@ -6,7 +6,8 @@ use std::time::Duration;
 use hookgate::config::{AdminRole, AdminToken};
 use hookgate_actors::janitor::{RunNow, EXPIRED_REASON};
 use hookgate_actors::result_writer::SKIPPED_AT_DELIVERY;
-use hookgate_actors::scheduler::{CLAIM_LOCK, ORPHAN_REASON};
+use hookgate_actors::scheduler::ORPHAN_REASON;
+use hookgate_store::locks::CLAIM_LOCK;
 use serde_json::json;
 use uuid::Uuid;
 
