@@ -3,8 +3,8 @@
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use hookgate_actors::catalog::RouteSpec;
+use hookgate_store::routes as store;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -51,24 +51,22 @@ fn yes() -> bool {
     true
 }
 
-const SELECT: &str = "SELECT r.id, r.slug, s.slug, d.slug, r.source_id, r.destination_id, r.filter, r.transform, \
-                      r.enabled, r.declared, r.created_at, r.updated_at \
-                      FROM routes r JOIN sources s ON s.id = r.source_id JOIN destinations d ON d.id = r.destination_id";
-
-fn view(row: &Row) -> RouteView {
-    RouteView {
-        id: row.get(0),
-        slug: row.get(1),
-        source: row.get(2),
-        destination: row.get(3),
-        source_id: row.get(4),
-        destination_id: row.get(5),
-        filter: row.get(6),
-        transform: row.get(7),
-        enabled: row.get(8),
-        declared: row.get(9),
-        created_at: row.get(10),
-        updated_at: row.get(11),
+impl From<store::RouteRow> for RouteView {
+    fn from(r: store::RouteRow) -> Self {
+        Self {
+            id: r.id,
+            slug: r.slug,
+            source: r.source,
+            destination: r.destination,
+            source_id: r.source_id,
+            destination_id: r.destination_id,
+            filter: r.filter,
+            transform: r.transform,
+            enabled: r.enabled,
+            declared: r.declared,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
     }
 }
 
@@ -88,23 +86,30 @@ fn validate(input: &RouteInput) -> Result<(), AdminError> {
     spec.compile().map(|_| ()).map_err(AdminError::Invalid)
 }
 
-/// (source id, destination id) of the slugs, or 422 naming the missing one.
-async fn resolve(tx: &deadpool_postgres::Transaction<'_>, input: &RouteInput) -> Result<(Uuid, Uuid), AdminError> {
-    let s = tx.query_opt("SELECT id FROM sources WHERE slug = $1", &[&input.source]).await?;
-    let d = tx.query_opt("SELECT id FROM destinations WHERE slug = $1", &[&input.destination]).await?;
-    match (s, d) {
-        (Some(s), Some(d)) => Ok((s.get(0), d.get(0))),
+/// The route's fields, its source and destination resolved, or 422 naming the missing one.
+async fn fields<'a>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    input: &'a RouteInput,
+) -> Result<store::RouteFields<'a>, AdminError> {
+    match store::resolve(tx, &input.source, &input.destination).await? {
+        (Some(source_id), Some(destination_id)) => Ok(store::RouteFields {
+            slug: &input.slug,
+            source_id,
+            destination_id,
+            filter: input.filter.as_deref(),
+            transform: input.transform.as_deref(),
+            enabled: input.enabled,
+        }),
         (None, _) => Err(AdminError::Invalid(format!("no source is named {:?}", input.source))),
         (_, None) => Err(AdminError::Invalid(format!("no destination is named {:?}", input.destination))),
     }
 }
 
 async fn fetch(client: &deadpool_postgres::Object, id: Uuid) -> Result<RouteView, AdminError> {
-    let row = client
-        .query_opt(&format!("{SELECT} WHERE r.id = $1"), &[&id])
+    store::fetch(client, id)
         .await?
-        .ok_or_else(|| AdminError::NotFound(format!("no route has id {id}")))?;
-    Ok(view(&row))
+        .map(RouteView::from)
+        .ok_or_else(|| AdminError::NotFound(format!("no route has id {id}")))
 }
 
 /// Lists routes.
@@ -112,8 +117,8 @@ async fn fetch(client: &deadpool_postgres::Object, id: Uuid) -> Result<RouteView
     responses((status = 200, body = Vec<RouteView>), (status = 401, body = ProblemBody)))]
 pub async fn list(state: web::Data<AdminState>) -> Result<HttpResponse, AdminError> {
     let client = state.pool.get().await?;
-    let rows = client.query(&format!("{SELECT} ORDER BY r.slug"), &[]).await?;
-    Ok(HttpResponse::Ok().json(rows.iter().map(view).collect::<Vec<_>>()))
+    let rows = store::list(&client).await?;
+    Ok(HttpResponse::Ok().json(rows.into_iter().map(RouteView::from).collect::<Vec<_>>()))
 }
 
 /// Creates a route.
@@ -125,13 +130,7 @@ pub async fn create(state: web::Data<AdminState>, input: web::Json<RouteInput>) 
     let id = Uuid::now_v7();
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    let (source, destination) = resolve(&tx, &input).await?;
-    tx.execute(
-        "INSERT INTO routes (id, slug, source_id, destination_id, filter, transform, enabled, declared)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, false)",
-        &[&id, &input.slug, &source, &destination, &input.filter, &input.transform, &input.enabled],
-    )
-    .await?;
+    store::create(&tx, id, &fields(&tx, &input).await?).await?;
     notify_catalog(&tx, "admin:route").await?;
     tx.commit().await?;
     Ok(HttpResponse::Created().json(fetch(&client, id).await?))
@@ -146,14 +145,11 @@ pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Resul
 }
 
 async fn lock_editable(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> Result<(), AdminError> {
-    let row = tx
-        .query_opt("SELECT declared FROM routes WHERE id = $1 FOR UPDATE", &[&id])
-        .await?
-        .ok_or_else(|| AdminError::NotFound(format!("no route has id {id}")))?;
-    if row.get::<_, bool>(0) {
-        return Err(declared("route"));
+    match store::lock(tx, id).await? {
+        None => Err(AdminError::NotFound(format!("no route has id {id}"))),
+        Some(true) => Err(declared("route")),
+        Some(false) => Ok(()),
     }
-    Ok(())
 }
 
 /// Replaces a route.
@@ -170,14 +166,7 @@ pub async fn update(
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
     lock_editable(&tx, path.id).await?;
-    let (source, destination) = resolve(&tx, &input).await?;
-    tx.execute(
-        "UPDATE routes SET slug = $2, source_id = $3, destination_id = $4, filter = $5, transform = $6, enabled = $7,
-                updated_at = now()
-         WHERE id = $1",
-        &[&path.id, &input.slug, &source, &destination, &input.filter, &input.transform, &input.enabled],
-    )
-    .await?;
+    store::update(&tx, path.id, &fields(&tx, &input).await?).await?;
     notify_catalog(&tx, "admin:route").await?;
     tx.commit().await?;
     Ok(HttpResponse::Ok().json(fetch(&client, path.id).await?))
@@ -191,12 +180,9 @@ pub async fn delete(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Re
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
     lock_editable(&tx, path.id).await?;
-    let used: bool =
-        tx.query_one("SELECT EXISTS (SELECT 1 FROM deliveries WHERE route_id = $1)", &[&path.id]).await?.get(0);
-    if used {
+    if !store::delete_unused(&tx, path.id).await? {
         return Err(AdminError::InUse("deliveries refer to this route; disable it instead".into()));
     }
-    tx.execute("DELETE FROM routes WHERE id = $1", &[&path.id]).await?;
     notify_catalog(&tx, "admin:route").await?;
     tx.commit().await?;
     Ok(HttpResponse::NoContent().finish())

@@ -14,6 +14,7 @@ pub mod locks;
 pub mod maintenance;
 pub mod migrations;
 pub mod results;
+pub mod routes;
 pub mod sources;
 pub mod stats;
 
