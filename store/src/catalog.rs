@@ -24,9 +24,9 @@ pub struct DestinationRow {
     pub state: String,
 }
 
-/// An enabled route as stored.
+/// An enabled route as the routing snapshot reads it.
 #[derive(Debug, Clone)]
-pub struct RouteRow {
+pub struct EnabledRoute {
     pub id: Uuid,
     pub slug: String,
     pub source_id: Uuid,
@@ -36,7 +36,7 @@ pub struct RouteRow {
 }
 
 /// Every destination, and the enabled routes, read on one connection.
-pub async fn load(pool: &Pool) -> anyhow::Result<(Vec<DestinationRow>, Vec<RouteRow>)> {
+pub async fn load(pool: &Pool) -> anyhow::Result<(Vec<DestinationRow>, Vec<EnabledRoute>)> {
     let client = pool.get().await.context("Failed to get a connection to load the catalog")?;
     let destinations = client
         .query(
@@ -72,7 +72,7 @@ pub async fn load(pool: &Pool) -> anyhow::Result<(Vec<DestinationRow>, Vec<Route
         .context("Failed to load routes")?
         .iter()
         .map(|row| {
-            Ok(RouteRow {
+            Ok(EnabledRoute {
                 id: row.try_get(0)?,
                 slug: row.try_get(1)?,
                 source_id: row.try_get(2)?,
