@@ -155,8 +155,6 @@ pub struct DeliveryView {
     pub attempt_log: Option<Vec<AttemptView>>,
 }
 
-pub use hookgate_store::deliveries::DELIVERY_COLUMNS;
-
 impl From<hookgate_store::deliveries::DeliveryRow> for DeliveryView {
     fn from(r: hookgate_store::deliveries::DeliveryRow) -> Self {
         Self {
@@ -173,10 +171,6 @@ impl From<hookgate_store::deliveries::DeliveryRow> for DeliveryView {
             attempt_log: None,
         }
     }
-}
-
-pub fn delivery_view(r: &tokio_postgres::Row) -> Result<DeliveryView, tokio_postgres::Error> {
-    hookgate_store::deliveries::DeliveryRow::read(r).map(DeliveryView::from)
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -232,8 +226,12 @@ pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Resul
         .query_opt(GET_SQL, &[&path.id, &from, &to])
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("no event has id {}", path.id)))?;
-    let mut deliveries: Vec<DeliveryView> =
-        client.query(DELIVERIES_SQL, &[&path.id, &from]).await?.iter().map(delivery_view).collect::<Result<_, _>>()?;
+    let mut deliveries: Vec<DeliveryView> = client
+        .query(DELIVERIES_SQL, &[&path.id, &from])
+        .await?
+        .iter()
+        .map(|r| hookgate_store::deliveries::DeliveryRow::read(r).map(DeliveryView::from))
+        .collect::<Result<_, _>>()?;
     let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
     let mut attempts: std::collections::HashMap<Uuid, Vec<AttemptView>> = Default::default();
     for r in client.query(ATTEMPTS_SQL, &[&ids]).await? {
