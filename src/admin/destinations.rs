@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use hookgate_actors::catalog::{DestinationSpec, DestinationState};
 use hookgate_actors::retry::RetryPolicy;
 use hookgate_actors::signing::SigningSecret;
+use hookgate_store::destinations as store;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -93,29 +93,26 @@ pub struct DestinationWithSecret {
     pub secret: String,
 }
 
-const COLUMNS: &str = "id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, fifo, state, disabled_reason, \
-                       signing_secrets, retiring_secrets, declared, created_at, updated_at";
-
-fn view(row: &Row) -> Result<DestinationView, AdminError> {
-    let retry: RetryPolicy = serde_json::from_value(row.get(6)).map_err(|e| anyhow::anyhow!("stored retry: {e}"))?;
-    let secrets: Vec<String> = serde_json::from_value(row.get(10)).unwrap_or_default();
-    let retiring: Vec<Retiring> = serde_json::from_value(row.get(11)).unwrap_or_default();
+fn view(row: store::DestinationRecord) -> Result<DestinationView, AdminError> {
+    let retry: RetryPolicy = serde_json::from_value(row.retry).map_err(|e| anyhow::anyhow!("stored retry: {e}"))?;
+    let secrets: Vec<String> = serde_json::from_value(row.signing_secrets).unwrap_or_default();
+    let retiring: Vec<Retiring> = serde_json::from_value(row.retiring_secrets).unwrap_or_default();
     Ok(DestinationView {
-        id: row.get(0),
-        slug: row.get(1),
-        url: row.get(2),
-        timeout_ms: row.get(3),
-        max_in_flight: row.get(4),
-        rate_limit: row.get(5),
+        id: row.id,
+        slug: row.slug,
+        url: row.url,
+        timeout_ms: row.timeout_ms,
+        max_in_flight: row.max_in_flight,
+        rate_limit: row.rate_limit,
         retry: RetryInput::from_policy(retry),
-        fifo: row.get(7),
-        state: row.get(8),
-        disabled_reason: row.get(9),
+        fifo: row.fifo,
+        state: row.state,
+        disabled_reason: row.disabled_reason,
         signing_secrets: secrets.len(),
         retiring_secrets_until: retiring.iter().map(|r| r.until).filter(|u| *u > Utc::now()).collect(),
-        declared: row.get(12),
-        created_at: row.get(13),
-        updated_at: row.get(14),
+        declared: row.declared,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
     })
 }
 
@@ -153,15 +150,26 @@ fn spec(state: &AdminState, input: &DestinationInput) -> Result<DestinationSpec,
 }
 
 pub(super) async fn fetch(client: &deadpool_postgres::Object, id: Uuid) -> Result<DestinationView, AdminError> {
-    let row = client
-        .query_opt(&format!("SELECT {COLUMNS} FROM destinations WHERE id = $1"), &[&id])
-        .await?
-        .ok_or_else(|| AdminError::NotFound(format!("no destination has id {id}")))?;
-    view(&row)
+    let row =
+        store::fetch(client, id).await?.ok_or_else(|| AdminError::NotFound(format!("no destination has id {id}")))?;
+    view(row)
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<serde_json::Value, AdminError> {
     serde_json::to_value(v).map_err(|e| AdminError::Unexpected(e.into()))
+}
+
+/// The destination's settings as stored (`retry`: the policy as JSON, which the fields borrow).
+fn fields<'a>(spec: &'a DestinationSpec, retry: &'a serde_json::Value) -> store::DestinationFields<'a> {
+    store::DestinationFields {
+        slug: &spec.slug,
+        url: &spec.url,
+        timeout_ms: spec.timeout_ms as i32,
+        max_in_flight: spec.max_in_flight as i32,
+        rate_limit: spec.rate_limit,
+        retry,
+        fifo: spec.fifo,
+    }
 }
 
 /// Lists destinations.
@@ -169,8 +177,8 @@ fn to_json<T: Serialize>(v: &T) -> Result<serde_json::Value, AdminError> {
     responses((status = 200, body = Vec<DestinationView>), (status = 401, body = ProblemBody)))]
 pub async fn list(state: web::Data<AdminState>) -> Result<HttpResponse, AdminError> {
     let client = state.pool.get().await?;
-    let rows = client.query(&format!("SELECT {COLUMNS} FROM destinations ORDER BY slug"), &[]).await?;
-    Ok(HttpResponse::Ok().json(rows.iter().map(view).collect::<Result<Vec<_>, _>>()?))
+    let rows = store::list(&client).await?;
+    Ok(HttpResponse::Ok().json(rows.into_iter().map(view).collect::<Result<Vec<_>, _>>()?))
 }
 
 /// Creates a destination with a new signing secret, shown in this answer only.
@@ -187,23 +195,8 @@ pub async fn create(
     let id = Uuid::now_v7();
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    tx.execute(
-        "INSERT INTO destinations (id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, signing_secrets, fifo,
-                                   state, declared)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', false)",
-        &[
-            &id,
-            &spec.slug,
-            &spec.url,
-            &(spec.timeout_ms as i32),
-            &(spec.max_in_flight as i32),
-            &spec.rate_limit,
-            &to_json(&spec.retry)?,
-            &to_json(&vec![secret.clone()])?,
-            &spec.fifo,
-        ],
-    )
-    .await?;
+    let retry = to_json(&spec.retry)?;
+    store::create(&tx, id, &fields(&spec, &retry), &to_json(&vec![secret.clone()])?).await?;
     notify_catalog(&tx, "admin:destination").await?;
     tx.commit().await?;
     let destination = fetch(&client, id).await?;
@@ -219,15 +212,12 @@ pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Resul
     Ok(HttpResponse::Ok().json(fetch(&client, path.id).await?))
 }
 
-async fn lock_editable(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> Result<Row, AdminError> {
-    let row = tx
-        .query_opt(
-            "SELECT declared, signing_secrets, retiring_secrets FROM destinations WHERE id = $1 FOR UPDATE",
-            &[&id],
-        )
-        .await?
-        .ok_or_else(|| AdminError::NotFound(format!("no destination has id {id}")))?;
-    if row.get::<_, bool>(0) {
+async fn lock_editable(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: Uuid,
+) -> Result<store::LockedDestination, AdminError> {
+    let row = store::lock(tx, id).await?.ok_or_else(|| AdminError::NotFound(format!("no destination has id {id}")))?;
+    if row.declared {
         return Err(declared("destination"));
     }
     Ok(row)
@@ -247,22 +237,8 @@ pub async fn update(
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
     lock_editable(&tx, path.id).await?;
-    tx.execute(
-        "UPDATE destinations SET slug = $2, url = $3, timeout_ms = $4, max_in_flight = $5, rate_limit = $6, retry = $7,
-                fifo = $8, updated_at = now()
-         WHERE id = $1",
-        &[
-            &path.id,
-            &spec.slug,
-            &spec.url,
-            &(spec.timeout_ms as i32),
-            &(spec.max_in_flight as i32),
-            &spec.rate_limit,
-            &to_json(&spec.retry)?,
-            &spec.fifo,
-        ],
-    )
-    .await?;
+    let retry = to_json(&spec.retry)?;
+    store::update(&tx, path.id, &fields(&spec, &retry)).await?;
     notify_catalog(&tx, "admin:destination").await?;
     tx.commit().await?;
     Ok(HttpResponse::Ok().json(fetch(&client, path.id).await?))
@@ -277,18 +253,9 @@ pub async fn delete(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Re
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
     lock_editable(&tx, path.id).await?;
-    let used: bool = tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM routes WHERE destination_id = $1)
-                 OR EXISTS (SELECT 1 FROM deliveries WHERE destination_id = $1)",
-            &[&path.id],
-        )
-        .await?
-        .get(0);
-    if used {
+    if !store::delete_unused(&tx, path.id).await? {
         return Err(AdminError::InUse("routes or deliveries refer to this destination; pause it instead".into()));
     }
-    tx.execute("DELETE FROM destinations WHERE id = $1", &[&path.id]).await?;
     notify_catalog(&tx, "admin:destination").await?;
     tx.commit().await?;
     Ok(HttpResponse::NoContent().finish())
@@ -309,32 +276,21 @@ pub async fn rotate_secret(
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
     let row = lock_editable(&tx, path.id).await?;
-    let old: Vec<String> = serde_json::from_value(row.get(1)).unwrap_or_default();
-    let mut retiring: Vec<Retiring> = serde_json::from_value(row.get(2)).unwrap_or_default();
+    let old: Vec<String> = serde_json::from_value(row.signing_secrets).unwrap_or_default();
+    let mut retiring: Vec<Retiring> = serde_json::from_value(row.retiring_secrets).unwrap_or_default();
     retiring.retain(|r| r.until > Utc::now());
     retiring.extend(old.into_iter().map(|secret| Retiring { secret, until }));
     let new = SigningSecret::generate();
-    tx.execute(
-        "UPDATE destinations SET signing_secrets = $2, retiring_secrets = $3, updated_at = now() WHERE id = $1",
-        &[&path.id, &to_json(&vec![new.clone()])?, &to_json(&retiring)?],
-    )
-    .await?;
+    store::set_secrets(&tx, path.id, &to_json(&vec![new.clone()])?, &to_json(&retiring)?).await?;
     notify_catalog(&tx, "admin:destination").await?;
     tx.commit().await?;
     Ok(HttpResponse::Ok().json(RotatedSecret { secret: new, previous_valid_until: until }))
 }
 
-async fn set_state(state: &AdminState, id: Uuid, to: &str) -> Result<HttpResponse, AdminError> {
+async fn set_state(state: &AdminState, id: Uuid, to: DestinationState) -> Result<HttpResponse, AdminError> {
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    let n = tx
-        .execute(
-            "UPDATE destinations SET state = $2, disabled_reason = NULL, failing_since = NULL, updated_at = now()
-             WHERE id = $1",
-            &[&id, &to],
-        )
-        .await?;
-    if n == 0 {
+    if !store::set_state(&tx, id, to).await? {
         return Err(AdminError::NotFound(format!("no destination has id {id}")));
     }
     notify_catalog(&tx, "admin:destination-state").await?;
@@ -348,7 +304,7 @@ async fn set_state(state: &AdminState, id: Uuid, to: &str) -> Result<HttpRespons
     responses((status = 200, body = DestinationView), (status = 404, body = ProblemBody),
               (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
 pub async fn pause(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
-    set_state(&state, path.id, "paused").await
+    set_state(&state, path.id, DestinationState::Paused).await
 }
 
 /// Resumes a paused or disabled destination.
@@ -357,7 +313,7 @@ pub async fn pause(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Res
     responses((status = 200, body = DestinationView), (status = 404, body = ProblemBody),
               (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
 pub async fn resume(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
-    set_state(&state, path.id, "active").await
+    set_state(&state, path.id, DestinationState::Active).await
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -403,34 +359,16 @@ pub struct DestinationHealth {
 pub async fn health(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
     let client = state.pool.get().await?;
     let dest = fetch(&client, path.id).await?;
-    let counts = client
-        .query_one(
-            "SELECT count(*) FILTER (WHERE state = 'pending'),
-                    count(*) FILTER (WHERE state = 'pending' AND next_attempt_at <= now()),
-                    count(*) FILTER (WHERE state = 'dead')
-             FROM deliveries WHERE destination_id = $1 AND state IN ('pending', 'dead')",
-            &[&path.id],
-        )
-        .await?;
+    let backlog = store::backlog(&client, path.id).await?;
     let mut windows = Vec::new();
     for secs in [300i64, 3600, 86_400] {
-        let row = client
-            .query_one(
-                "SELECT count(*),
-                        avg(CASE WHEN a.status BETWEEN 200 AND 299 THEN 1.0 ELSE 0.0 END)::float8,
-                        percentile_cont(0.5) WITHIN GROUP (ORDER BY a.latency_ms),
-                        percentile_cont(0.99) WITHIN GROUP (ORDER BY a.latency_ms)
-                 FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
-                 WHERE a.started_at > now() - make_interval(secs => $2) AND d.destination_id = $1",
-                &[&path.id, &(secs as f64)],
-            )
-            .await?;
+        let w = store::attempt_window(&client, path.id, secs as f64).await?;
         windows.push(HealthWindow {
             window_secs: secs,
-            attempts: row.get(0),
-            success_ratio: row.get(1),
-            latency_p50_ms: row.get(2),
-            latency_p99_ms: row.get(3),
+            attempts: w.attempts,
+            success_ratio: w.success_ratio,
+            latency_p50_ms: w.latency_p50_ms,
+            latency_p99_ms: w.latency_p99_ms,
         });
     }
     let (breaker, scope) = state.limits.health(state.redis.get(), path.id).await;
@@ -445,9 +383,9 @@ pub async fn health(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Re
         circuit_grants: breaker.grants,
         circuit_opens: breaker.opens,
         circuit_open_period_ms: breaker.open_period_ms,
-        backlog: counts.get(0),
-        due: counts.get(1),
-        dead: counts.get(2),
+        backlog: backlog.pending,
+        due: backlog.due,
+        dead: backlog.dead,
         windows,
     }))
 }

@@ -5,6 +5,8 @@
 use actix_web::{web, HttpResponse};
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use hookgate_store::deliveries::{DeliveryRow, NewDelivery};
+use hookgate_store::events as store;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -14,6 +16,8 @@ use super::sources::IdPath;
 use super::{notify_deliveries, page_limit, AdminError, AdminState};
 
 pub use hookgate_core::state::DeliveryState;
+/// The statements behind the list and the detail, and the partition window of an id (the plan test explains them).
+pub use hookgate_store::events::{time_window, DELIVERIES_SQL, GET_SQL, LIST_SQL};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -55,50 +59,39 @@ pub struct EventPage {
     pub next_cursor: Option<Uuid>,
 }
 
-/// The list query. Newest first by id (UUIDv7, so by arrival); each filter is a bound that the `events` primary key or
-/// `events_source_id (source_id, id)` serves, and the time range prunes daily partitions.
-pub const LIST_SQL: &str = "\
-SELECT e.id, e.source_id, e.received_at, e.content_type, octet_length(e.body), e.type
-FROM events e
-WHERE ($1::uuid IS NULL OR e.source_id = $1)
-  AND ($2::timestamptz IS NULL OR e.received_at >= $2)
-  AND ($3::timestamptz IS NULL OR e.received_at < $3)
-  AND ($4::uuid IS NULL OR e.id < $4)
-  AND ($5::text IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state = $5))
-  AND ($7::text IS NULL OR e.type = $7)
-ORDER BY e.id DESC
-LIMIT $6";
-
 /// Lists events, newest first, with cursor pagination.
 #[utoipa::path(get, path = "/admin/v1/events", tag = "events", security(("bearer" = [])), params(EventQuery),
     responses((status = 200, body = EventPage), (status = 400, body = ProblemBody), (status = 401, body = ProblemBody)))]
 pub async fn list(state: web::Data<AdminState>, query: web::Query<EventQuery>) -> Result<HttpResponse, AdminError> {
     let client = state.pool.get().await?;
-    let source: Option<Uuid> = match &query.source {
+    let source_id: Option<Uuid> = match &query.source {
         Some(slug) => Some(
-            client
-                .query_opt("SELECT id FROM sources WHERE slug = $1", &[slug])
+            hookgate_store::sources::id_by_slug(&client, slug)
                 .await?
-                .ok_or_else(|| AdminError::NotFound(format!("no source is named {slug:?}")))?
-                .get(0),
+                .ok_or_else(|| AdminError::NotFound(format!("no source is named {slug:?}")))?,
         ),
         None => None,
     };
     let limit = page_limit(query.limit);
-    let status = query.status.map(DeliveryState::as_str);
-    let stmt = client.prepare_cached(LIST_SQL).await?;
-    let rows = client
-        .query(&stmt, &[&source, &query.from, &query.to, &query.cursor, &status, &(limit + 1), &query.event_type])
-        .await?;
-    let mut items: Vec<EventSummary> = rows
-        .iter()
+    let filter = store::EventFilter {
+        source_id,
+        from: query.from,
+        to: query.to,
+        status: query.status,
+        event_type: query.event_type.as_deref(),
+        before: query.cursor,
+        limit: limit + 1,
+    };
+    let mut items: Vec<EventSummary> = store::list(&client, &filter)
+        .await?
+        .into_iter()
         .map(|r| EventSummary {
-            id: r.get(0),
-            source_id: r.get(1),
-            received_at: r.get(2),
-            content_type: r.get(3),
-            body_bytes: r.get(4),
-            event_type: r.get(5),
+            id: r.id,
+            source_id: r.source_id,
+            received_at: r.received_at,
+            content_type: r.content_type,
+            body_bytes: r.body_bytes,
+            event_type: r.event_type,
         })
         .collect();
     let more = items.len() as i64 > limit;
@@ -155,8 +148,8 @@ pub struct DeliveryView {
     pub attempt_log: Option<Vec<AttemptView>>,
 }
 
-impl From<hookgate_store::deliveries::DeliveryRow> for DeliveryView {
-    fn from(r: hookgate_store::deliveries::DeliveryRow) -> Self {
+impl From<DeliveryRow> for DeliveryView {
+    fn from(r: DeliveryRow) -> Self {
         Self {
             id: r.id,
             event_id: r.event_id,
@@ -187,81 +180,44 @@ pub struct EventDetail {
     pub deliveries: Vec<DeliveryView>,
 }
 
-/// One event by id. `$2`/`$3` bound `received_at` around the time in the UUIDv7 id ([`time_window`]), so that only
-/// the daily partitions around it are probed.
-pub const GET_SQL: &str = "\
-SELECT e.id, e.source_id, s.slug, e.idempotency_key, e.received_at, e.content_type, e.headers, e.body, e.type
-FROM events e JOIN sources s ON s.id = e.source_id
-WHERE e.id = $1 AND e.received_at >= $2 AND e.received_at < $3";
-/// An event's deliveries; none is created before its event (`$2`: the window's start).
-pub const DELIVERIES_SQL: &str = "\
-SELECT id, event_id, route_id, destination_id, state, attempts, next_attempt_at, last_error, created_at, updated_at
-FROM deliveries WHERE event_id = $1 AND created_at >= $2 ORDER BY id";
-
-/// Where `received_at` of the event with this id lies: a day around the id's UUIDv7 time (ids and `received_at` are
-/// taken together at ingest, on one node's clock), or all time for an id that is not a UUIDv7.
-pub fn time_window(id: Uuid) -> (DateTime<Utc>, DateTime<Utc>) {
-    let all = (DateTime::<Utc>::UNIX_EPOCH, DateTime::<Utc>::MAX_UTC);
-    if id.get_version_num() != 7 {
-        return all;
-    }
-    let Some((secs, nanos)) = id.get_timestamp().map(|t| t.to_unix()) else { return all };
-    match DateTime::<Utc>::from_timestamp(secs as i64, nanos) {
-        Some(t) => (t - chrono::Duration::days(1), t + chrono::Duration::days(1)),
-        None => all,
-    }
-}
-pub const ATTEMPTS_SQL: &str = "\
-SELECT id, delivery_id, attempt, node_id, started_at, status, latency_ms, response_headers, response_excerpt,
-       error_kind, error
-FROM attempts WHERE delivery_id = ANY($1) ORDER BY delivery_id, attempt";
-
 /// One event with its headers, body, deliveries and every attempt.
 #[utoipa::path(get, path = "/admin/v1/events/{id}", tag = "events", security(("bearer" = [])), params(IdPath),
     responses((status = 200, body = EventDetail), (status = 404, body = ProblemBody), (status = 401, body = ProblemBody)))]
 pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
     let client = state.pool.get().await?;
-    let (from, to) = time_window(path.id);
-    let row = client
-        .query_opt(GET_SQL, &[&path.id, &from, &to])
+    let event = store::fetch(&client, path.id)
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("no event has id {}", path.id)))?;
-    let mut deliveries: Vec<DeliveryView> = client
-        .query(DELIVERIES_SQL, &[&path.id, &from])
-        .await?
-        .iter()
-        .map(|r| hookgate_store::deliveries::DeliveryRow::read(r).map(DeliveryView::from))
-        .collect::<Result<_, _>>()?;
+    let mut deliveries: Vec<DeliveryView> =
+        store::deliveries_of(&client, path.id).await?.into_iter().map(DeliveryView::from).collect();
     let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
     let mut attempts: std::collections::HashMap<Uuid, Vec<AttemptView>> = Default::default();
-    for r in client.query(ATTEMPTS_SQL, &[&ids]).await? {
-        let excerpt: Option<Vec<u8>> = r.get(8);
-        attempts.entry(r.get(1)).or_default().push(AttemptView {
-            id: r.get(0),
-            attempt: r.get(2),
-            node_id: r.get(3),
-            started_at: r.get(4),
-            status: r.get(5),
-            latency_ms: r.get(6),
-            response_headers: r.get(7),
-            response_excerpt: excerpt.as_deref().map(Body::of),
-            error_kind: r.get(9),
-            error: r.get(10),
+    for r in store::attempts_of(&client, &ids).await? {
+        attempts.entry(r.delivery_id).or_default().push(AttemptView {
+            id: r.id,
+            attempt: r.attempt,
+            node_id: r.node_id,
+            started_at: r.started_at,
+            status: r.status,
+            latency_ms: r.latency_ms,
+            response_headers: r.response_headers,
+            response_excerpt: r.response_excerpt.as_deref().map(Body::of),
+            error_kind: r.error_kind,
+            error: r.error,
         });
     }
     for d in &mut deliveries {
         d.attempt_log = Some(attempts.remove(&d.id).unwrap_or_default());
     }
-    let body: Vec<u8> = row.get(7);
     Ok(HttpResponse::Ok().json(EventDetail {
-        id: row.get(0),
-        source_id: row.get(1),
-        source: row.get(2),
-        idempotency_key: row.get(3),
-        received_at: row.get(4),
-        content_type: row.get(5),
-        headers: row.get(6),
-        body: Body::of(&body),
+        id: event.id,
+        source_id: event.source_id,
+        source: event.source_slug,
+        idempotency_key: event.idempotency_key,
+        received_at: event.received_at,
+        content_type: event.content_type,
+        headers: event.headers,
+        body: Body::of(&event.body),
         deliveries,
     }))
 }
@@ -286,11 +242,11 @@ pub async fn destination_ids(
     slugs: &Option<Vec<String>>,
 ) -> Result<Option<Vec<Uuid>>, AdminError> {
     let Some(slugs) = slugs else { return Ok(None) };
-    let rows = client.query("SELECT id, slug FROM destinations WHERE slug = ANY($1)", &[slugs]).await?;
-    if let Some(missing) = slugs.iter().find(|s| !rows.iter().any(|r| r.get::<_, &str>(1) == s.as_str())) {
+    let found = hookgate_store::destinations::ids_by_slugs(client, slugs).await?;
+    if let Some(missing) = slugs.iter().find(|s| !found.iter().any(|(_, slug)| slug == *s)) {
         return Err(AdminError::Invalid(format!("no destination is named {missing:?}")));
     }
-    Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
+    Ok(Some(found.into_iter().map(|(id, _)| id).collect()))
 }
 
 /// One stored event, as replay needs it.
@@ -303,6 +259,34 @@ pub struct StoredEvent {
     pub event_type: Option<String>,
     /// Also the partition key of the event's deliveries (one clock for both).
     pub received_at: DateTime<Utc>,
+}
+
+impl From<store::EventRecord> for StoredEvent {
+    fn from(e: store::EventRecord) -> Self {
+        Self {
+            id: e.id,
+            source_id: e.source_id,
+            source_slug: e.source_slug,
+            headers: e.headers,
+            body: e.body,
+            event_type: e.event_type,
+            received_at: e.received_at,
+        }
+    }
+}
+
+impl From<store::ReplayableEvent> for StoredEvent {
+    fn from(e: store::ReplayableEvent) -> Self {
+        Self {
+            id: e.id,
+            source_id: e.source_id,
+            source_slug: e.source_slug,
+            headers: e.headers,
+            body: e.body,
+            event_type: e.event_type,
+            received_at: e.received_at,
+        }
+    }
 }
 
 impl StoredEvent {
@@ -328,9 +312,9 @@ pub async fn replay_into(
     let planned = catalog.plan(event.source_id, || event.jq_input(), planner.jq_timeout, planner.jq_max_output).await;
     let planned: Vec<_> =
         planned.into_iter().filter(|p| only.is_none_or(|only| only.contains(&p.destination_id))).collect();
-    let rows: Vec<hookgate_store::deliveries::NewDelivery<'_>> = planned
+    let rows: Vec<NewDelivery<'_>> = planned
         .iter()
-        .map(|p| hookgate_store::deliveries::NewDelivery {
+        .map(|p| NewDelivery {
             id: p.id,
             event_id: event.id,
             route_id: p.route_id,
@@ -373,20 +357,11 @@ pub async fn replay(
 ) -> Result<HttpResponse, AdminError> {
     let mut client = state.pool.get().await?;
     let only = destination_ids(&client, &input.map(|i| i.into_inner()).unwrap_or_default().destinations).await?;
-    let (from, to) = time_window(path.id);
-    let row = client
-        .query_opt(GET_SQL, &[&path.id, &from, &to])
-        .await?
-        .ok_or_else(|| AdminError::NotFound(format!("no event has id {}", path.id)))?;
-    let event = StoredEvent {
-        id: row.get(0),
-        source_id: row.get(1),
-        source_slug: row.get(2),
-        headers: row.get(6),
-        body: row.get(7),
-        event_type: row.get(8),
-        received_at: row.get(4),
-    };
+    let event = StoredEvent::from(
+        store::fetch(&client, path.id)
+            .await?
+            .ok_or_else(|| AdminError::NotFound(format!("no event has id {}", path.id)))?,
+    );
     let tx = client.transaction().await?;
     let ids = replay_into(&ReplayPlanner::of(&state), &tx, &event, only.as_deref()).await?;
     notify_deliveries(&tx).await?;

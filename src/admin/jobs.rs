@@ -22,8 +22,8 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use hookgate_actors::catalog::SharedCatalog;
 use hookgate_actors::jq::{JqProgram, RouteOutcome};
+use hookgate_store::replay_jobs as store;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -77,25 +77,24 @@ pub struct ReplayJob {
     pub updated_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "id, source_id, from_time, to_time, filter, destinations, status, cancel_requested, \
-                       events_scanned, events_matched, deliveries_created, error, created_at, updated_at";
-
-fn view(r: &Row) -> ReplayJob {
-    ReplayJob {
-        id: r.get(0),
-        source_id: r.get(1),
-        from: r.get(2),
-        to: r.get(3),
-        filter: r.get(4),
-        destinations: r.get(5),
-        status: r.get(6),
-        cancel_requested: r.get(7),
-        events_scanned: r.get(8),
-        events_matched: r.get(9),
-        deliveries_created: r.get(10),
-        error: r.get(11),
-        created_at: r.get(12),
-        updated_at: r.get(13),
+impl From<store::ReplayJobRow> for ReplayJob {
+    fn from(r: store::ReplayJobRow) -> Self {
+        Self {
+            id: r.id,
+            source_id: r.source_id,
+            from: r.from,
+            to: r.to,
+            filter: r.filter,
+            destinations: r.destinations,
+            status: r.status,
+            cancel_requested: r.cancel_requested,
+            events_scanned: r.events_scanned,
+            events_matched: r.events_matched,
+            deliveries_created: r.deliveries_created,
+            error: r.error,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
     }
 }
 
@@ -115,22 +114,20 @@ pub async fn create(
         JqProgram::compile(f).map_err(|e| AdminError::Invalid(format!("the filter does not compile: {e}")))?;
     }
     let client = state.pool.get().await?;
-    let source: Uuid = client
-        .query_opt("SELECT id FROM sources WHERE slug = $1", &[&input.source])
+    let source_id = hookgate_store::sources::id_by_slug(&client, &input.source)
         .await?
-        .ok_or_else(|| AdminError::Invalid(format!("no source is named {:?}", input.source)))?
-        .get(0);
+        .ok_or_else(|| AdminError::Invalid(format!("no source is named {:?}", input.source)))?;
     let only = destination_ids(&client, &input.destinations).await?;
-    let row = client
-        .query_one(
-            &format!(
-                "INSERT INTO replay_jobs (id, source_id, from_time, to_time, filter, destinations)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
-            ),
-            &[&Uuid::now_v7(), &source, &input.from, &input.to, &input.filter, &only],
-        )
-        .await?;
-    Ok(HttpResponse::Accepted().json(view(&row)))
+    let job = store::NewReplayJob {
+        id: Uuid::now_v7(),
+        source_id,
+        from: input.from,
+        to: input.to,
+        filter: input.filter.as_deref(),
+        destinations: only.as_deref(),
+    };
+    let row = store::create(&client, &job).await?;
+    Ok(HttpResponse::Accepted().json(ReplayJob::from(row)))
 }
 
 /// Lists replay jobs, newest first (the last 100).
@@ -138,8 +135,8 @@ pub async fn create(
     responses((status = 200, body = Vec<ReplayJob>), (status = 401, body = ProblemBody)))]
 pub async fn list(state: web::Data<AdminState>) -> Result<HttpResponse, AdminError> {
     let client = state.pool.get().await?;
-    let rows = client.query(&format!("SELECT {COLUMNS} FROM replay_jobs ORDER BY id DESC LIMIT 100"), &[]).await?;
-    Ok(HttpResponse::Ok().json(rows.iter().map(view).collect::<Vec<_>>()))
+    let rows = store::list_latest(&client).await?;
+    Ok(HttpResponse::Ok().json(rows.into_iter().map(ReplayJob::from).collect::<Vec<_>>()))
 }
 
 /// One replay job with its progress.
@@ -147,11 +144,10 @@ pub async fn list(state: web::Data<AdminState>) -> Result<HttpResponse, AdminErr
     responses((status = 200, body = ReplayJob), (status = 404, body = ProblemBody), (status = 401, body = ProblemBody)))]
 pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
     let client = state.pool.get().await?;
-    let row = client
-        .query_opt(&format!("SELECT {COLUMNS} FROM replay_jobs WHERE id = $1"), &[&path.id])
+    let row = store::fetch(&client, path.id)
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("no replay job has id {}", path.id)))?;
-    Ok(HttpResponse::Ok().json(view(&row)))
+    Ok(HttpResponse::Ok().json(ReplayJob::from(row)))
 }
 
 /// Cancels a replay job: a queued job is cancelled at once, a running one after its current batch.
@@ -161,25 +157,13 @@ pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Resul
               (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
 pub async fn cancel(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
     let client = state.pool.get().await?;
-    let row = client
-        .query_opt(
-            &format!(
-                "UPDATE replay_jobs SET cancel_requested = true,
-                        status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END, updated_at = now()
-                 WHERE id = $1 AND status IN ('queued', 'running')
-                 RETURNING {COLUMNS}"
-            ),
-            &[&path.id],
-        )
-        .await?;
-    match row {
-        Some(row) => Ok(HttpResponse::Ok().json(view(&row))),
+    match store::request_cancel(&client, path.id).await? {
+        Some(row) => Ok(HttpResponse::Ok().json(ReplayJob::from(row))),
         None => {
-            let row = client
-                .query_opt("SELECT status FROM replay_jobs WHERE id = $1", &[&path.id])
+            let status = store::status_of(&client, path.id)
                 .await?
                 .ok_or_else(|| AdminError::NotFound(format!("no replay job has id {}", path.id)))?;
-            Err(AdminError::WrongState(format!("the job is already {}", row.get::<_, String>(0))))
+            Err(AdminError::WrongState(format!("the job is already {status}")))
         }
     }
 }
@@ -205,23 +189,8 @@ pub async fn run(state: Arc<AdminState>, node: String, interval: Duration) {
 async fn expire_secrets(state: &AdminState) -> Result<(), AdminError> {
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    let n = tx
-        .execute(
-            "UPDATE destinations SET retiring_secrets = COALESCE(
-                (SELECT jsonb_agg(r) FROM jsonb_array_elements(retiring_secrets) r
-                 WHERE (r->>'until')::timestamptz > now()), '[]'::jsonb), updated_at = now()
-             WHERE EXISTS (SELECT 1 FROM jsonb_array_elements(retiring_secrets) r
-                           WHERE (r->>'until')::timestamptz <= now())",
-            &[],
-        )
-        .await?;
-    let m = tx
-        .execute(
-            "UPDATE sources SET previous_secret = NULL, previous_secret_until = NULL, updated_at = now()
-             WHERE previous_secret_until <= now()",
-            &[],
-        )
-        .await?;
+    let n = hookgate_store::destinations::expire_retiring_secrets(&tx).await?;
+    let m = hookgate_store::sources::expire_previous_secrets(&tx).await?;
     if n + m > 0 {
         notify_catalog(&tx, "admin:secret-expired").await?;
     }
@@ -314,21 +283,8 @@ impl JobRunner {
     pub async fn take(&self, node: &str) -> Result<Option<JobLease>, AdminError> {
         let client = self.pool.get().await?;
         let lease_id = Uuid::new_v4();
-        let row = client
-            .query_opt(
-                &format!(
-                    "UPDATE replay_jobs SET status = 'running', owner = $1, lease_id = $3, heartbeat_at = now(),
-                            updated_at = now()
-                     WHERE id = (SELECT id FROM replay_jobs
-                                 WHERE status = 'queued'
-                                    OR (status = 'running' AND heartbeat_at < now() - make_interval(secs => $2))
-                                 ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-                     RETURNING {COLUMNS}"
-                ),
-                &[&node, &STALE_SECS, &lease_id],
-            )
-            .await?;
-        Ok(row.map(|row| JobLease { job: view(&row), node: node.to_owned(), lease_id }))
+        let row = store::take(&client, node, lease_id, STALE_SECS).await?;
+        Ok(row.map(|row| JobLease { job: row.into(), node: node.to_owned(), lease_id }))
     }
 
     /// Runs one batch in one transaction, fenced by the lease (see the module documentation).
@@ -341,53 +297,37 @@ impl JobRunner {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // The heartbeat checks the lease and locks the row until COMMIT: no take-over while this batch runs.
-        let row = tx
-            .query_opt(
-                "UPDATE replay_jobs SET heartbeat_at = clock_timestamp(), updated_at = now()
-                 WHERE id = $1 AND lease_id = $2 AND status = 'running'
-                 RETURNING cancel_requested, cursor_id",
-                &[&job.id, &lease.lease_id],
-            )
-            .await?;
-        let Some(row) = row else {
+        let Some(beat) = store::heartbeat(&tx, job.id, lease.lease_id).await? else {
             tx.rollback().await?;
             tracing::warn!(message = "Replay job taken over by another node; abandoning it here.", job = %job.id,
                            node = %lease.node, lease = %lease.lease_id);
             return Ok(Step::LeaseLost);
         };
-        if row.get::<_, bool>(0) {
+        if beat.cancel_requested {
             tx.commit().await?;
             return Ok(Step::Cancelled);
         }
-        let cursor: Option<Uuid> = row.get(1);
         // Oldest first, after the cursor: the (source_id, id) index with the time range pruning partitions.
-        let rows = tx
-            .query(
-                "SELECT e.id, e.source_id, s.slug, e.headers, e.body, e.type, e.received_at
-                 FROM events e JOIN sources s ON s.id = e.source_id
-                 WHERE e.source_id = $1 AND e.received_at >= $2 AND e.received_at < $3
-                   AND ($4::uuid IS NULL OR e.id > $4)
-                 ORDER BY e.id LIMIT $5",
-                &[&job.source_id, &job.from, &job.to, &cursor, &self.batch.max(1)],
-            )
-            .await?;
+        let rows = hookgate_store::events::of_source_after(
+            &tx,
+            job.source_id,
+            job.from,
+            job.to,
+            beat.cursor,
+            self.batch.max(1),
+        )
+        .await?;
         if rows.is_empty() {
             tx.commit().await?;
             return Ok(Step::Done);
         }
         let planner =
             ReplayPlanner { catalog: &self.catalog, jq_timeout: self.jq_timeout, jq_max_output: self.jq_max_output };
+        let scanned = rows.len() as i64;
+        let cursor: Option<Uuid> = rows.last().map(|r| r.id);
         let (mut matched, mut created) = (0i64, 0i64);
-        for r in &rows {
-            let event = StoredEvent {
-                id: r.get(0),
-                source_id: r.get(1),
-                source_slug: r.get(2),
-                headers: r.get(3),
-                body: r.get(4),
-                event_type: r.get(5),
-                received_at: r.get(6),
-            };
+        for r in rows {
+            let event = StoredEvent::from(r);
             if let Some(f) = &filter {
                 let input = event.jq_input();
                 let outcome = hookgate_actors::jq::evaluate(
@@ -408,17 +348,9 @@ impl JobRunner {
             matched += 1;
             created += replay_into(&planner, &tx, &event, job.destinations.as_deref()).await?.len() as i64;
         }
-        let cursor: Option<Uuid> = rows.last().map(|r| r.get(0));
-        let n = tx
-            .execute(
-                "UPDATE replay_jobs SET cursor_id = $3, events_scanned = events_scanned + $4,
-                        events_matched = events_matched + $5, deliveries_created = deliveries_created + $6,
-                        heartbeat_at = clock_timestamp(), updated_at = clock_timestamp()
-                 WHERE id = $1 AND lease_id = $2",
-                &[&job.id, &lease.lease_id, &cursor, &(rows.len() as i64), &matched, &created],
-            )
-            .await?;
-        if n == 0 {
+        let progress =
+            store::Progress { cursor, events_scanned: scanned, events_matched: matched, deliveries_created: created };
+        if !store::record_progress(&tx, job.id, lease.lease_id, &progress).await? {
             // Cannot happen while the row is locked; never commit a batch whose progress was not recorded.
             tx.rollback().await?;
             tracing::warn!(message = "Replay job lease lost mid-batch; abandoning it here.", job = %job.id);
@@ -434,17 +366,11 @@ impl JobRunner {
     /// Records how the job ended, if this node still holds its lease. Returns whether it did.
     pub async fn finish(&self, lease: &JobLease, status: &str, error: Option<&str>) -> Result<bool, AdminError> {
         let client = self.pool.get().await?;
-        let n = client
-            .execute(
-                "UPDATE replay_jobs SET status = $3, error = COALESCE($4, error), updated_at = now()
-                 WHERE id = $1 AND lease_id = $2 AND status = 'running'",
-                &[&lease.job.id, &lease.lease_id, &status, &error],
-            )
-            .await?;
-        if n == 0 {
+        let recorded = store::finish(&client, lease.job.id, lease.lease_id, status, error).await?;
+        if !recorded {
             tracing::warn!(message = "Replay job taken over by another node; its end is not recorded here.",
                            job = %lease.job.id, status);
         }
-        Ok(n > 0)
+        Ok(recorded)
     }
 }

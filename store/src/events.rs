@@ -1,12 +1,16 @@
-//! Storing ingested events: keys first, so an event is stored exactly when its (source, idempotency key) is new
-//! (see ADR-0007).
+//! The `events` table: storing ingested events (keys first, so an event is stored exactly when its (source,
+//! idempotency key) is new; see ADR-0007), and reading them back for the admin API (the list, one event with its
+//! deliveries and attempts) and for replays.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
+use hookgate_core::state::DeliveryState;
 use uuid::Uuid;
+
+use crate::deliveries::DeliveryRow;
 
 /// An event to store.
 #[derive(Debug, Clone)]
@@ -125,4 +129,238 @@ pub async fn find_existing(
         .iter()
         .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?, r.try_get(2).ok()?)))
         .collect())
+}
+
+/// The admin API's event list. Newest first by id (UUIDv7, so by arrival); each filter is a bound that the `events`
+/// primary key or `events_source_id (source_id, id)` serves, and the time range prunes daily partitions. The
+/// parameters, in order: source id, from, to, cursor (ids below it), delivery state, limit, type.
+pub const LIST_SQL: &str = "\
+SELECT e.id, e.source_id, e.received_at, e.content_type, octet_length(e.body), e.type
+FROM events e
+WHERE ($1::uuid IS NULL OR e.source_id = $1)
+  AND ($2::timestamptz IS NULL OR e.received_at >= $2)
+  AND ($3::timestamptz IS NULL OR e.received_at < $3)
+  AND ($4::uuid IS NULL OR e.id < $4)
+  AND ($5::text IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state = $5))
+  AND ($7::text IS NULL OR e.type = $7)
+ORDER BY e.id DESC
+LIMIT $6";
+
+/// Which events a page of the list holds: each filter is optional.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter<'a> {
+    /// Only events of this source.
+    pub source_id: Option<Uuid>,
+    /// Only events received at or after this time.
+    pub from: Option<DateTime<Utc>>,
+    /// Only events received before this time.
+    pub to: Option<DateTime<Utc>>,
+    /// Only events with at least one delivery in this state.
+    pub status: Option<DeliveryState>,
+    /// Only events of this type.
+    pub event_type: Option<&'a str>,
+    /// Only events older than this id (the cursor).
+    pub before: Option<Uuid>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// An event as the list shows it.
+#[derive(Debug, Clone)]
+pub struct EventSummaryRow {
+    pub id: Uuid,
+    pub source_id: Uuid,
+    pub received_at: DateTime<Utc>,
+    pub content_type: Option<String>,
+    pub body_bytes: i32,
+    pub event_type: Option<String>,
+}
+
+/// The events `filter` selects, newest first ([`LIST_SQL`]).
+pub async fn list(
+    client: &impl GenericClient,
+    filter: &EventFilter<'_>,
+) -> Result<Vec<EventSummaryRow>, tokio_postgres::Error> {
+    let status = filter.status.map(DeliveryState::as_str);
+    let stmt = client.prepare_cached(LIST_SQL).await?;
+    client
+        .query(
+            &stmt,
+            &[&filter.source_id, &filter.from, &filter.to, &filter.before, &status, &filter.limit, &filter.event_type],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(EventSummaryRow {
+                id: r.try_get(0)?,
+                source_id: r.try_get(1)?,
+                received_at: r.try_get(2)?,
+                content_type: r.try_get(3)?,
+                body_bytes: r.try_get(4)?,
+                event_type: r.try_get(5)?,
+            })
+        })
+        .collect()
+}
+
+/// One event by id. `$2`/`$3` bound `received_at` around the time in the UUIDv7 id ([`time_window`]), so that only
+/// the daily partitions around it are probed.
+pub const GET_SQL: &str = "\
+SELECT e.id, e.source_id, s.slug, e.idempotency_key, e.received_at, e.content_type, e.headers, e.body, e.type
+FROM events e JOIN sources s ON s.id = e.source_id
+WHERE e.id = $1 AND e.received_at >= $2 AND e.received_at < $3";
+
+/// An event's deliveries, in id order; none is created before its event (`$2`: the [`time_window`]'s start). The
+/// columns are [`crate::deliveries::DELIVERY_COLUMNS`].
+pub const DELIVERIES_SQL: &str = "\
+SELECT id, event_id, route_id, destination_id, state, attempts, next_attempt_at, last_error, created_at, updated_at
+FROM deliveries WHERE event_id = $1 AND created_at >= $2 ORDER BY id";
+
+/// The attempts of some deliveries, by delivery and in order.
+const ATTEMPTS_SQL: &str = "\
+SELECT id, delivery_id, attempt, node_id, started_at, status, latency_ms, response_headers, response_excerpt,
+       error_kind, error
+FROM attempts WHERE delivery_id = ANY($1) ORDER BY delivery_id, attempt";
+
+/// Where `received_at` of the event with this id lies: a day around the id's UUIDv7 time (ids and `received_at` are
+/// taken together at ingest, on one node's clock), or all time for an id that is not a UUIDv7.
+pub fn time_window(id: Uuid) -> (DateTime<Utc>, DateTime<Utc>) {
+    let all = (DateTime::<Utc>::UNIX_EPOCH, DateTime::<Utc>::MAX_UTC);
+    if id.get_version_num() != 7 {
+        return all;
+    }
+    let Some((secs, nanos)) = id.get_timestamp().map(|t| t.to_unix()) else { return all };
+    match DateTime::<Utc>::from_timestamp(secs as i64, nanos) {
+        Some(t) => (t - chrono::Duration::days(1), t + chrono::Duration::days(1)),
+        None => all,
+    }
+}
+
+/// A stored event with its source's slug, as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub id: Uuid,
+    pub source_id: Uuid,
+    pub source_slug: String,
+    pub idempotency_key: String,
+    /// Also the partition key of the event's deliveries.
+    pub received_at: DateTime<Utc>,
+    pub content_type: Option<String>,
+    pub headers: serde_json::Value,
+    pub body: Vec<u8>,
+    pub event_type: Option<String>,
+}
+
+/// One event ([`GET_SQL`]); `None` when there is none with this id.
+pub async fn fetch(client: &impl GenericClient, id: Uuid) -> Result<Option<EventRecord>, tokio_postgres::Error> {
+    let (from, to) = time_window(id);
+    let Some(r) = client.query_opt(GET_SQL, &[&id, &from, &to]).await? else { return Ok(None) };
+    Ok(Some(EventRecord {
+        id: r.try_get(0)?,
+        source_id: r.try_get(1)?,
+        source_slug: r.try_get(2)?,
+        idempotency_key: r.try_get(3)?,
+        received_at: r.try_get(4)?,
+        content_type: r.try_get(5)?,
+        headers: r.try_get(6)?,
+        body: r.try_get(7)?,
+        event_type: r.try_get(8)?,
+    }))
+}
+
+/// The deliveries of the event with this id, in id order ([`DELIVERIES_SQL`]).
+pub async fn deliveries_of(client: &impl GenericClient, id: Uuid) -> Result<Vec<DeliveryRow>, tokio_postgres::Error> {
+    let (from, _) = time_window(id);
+    client.query(DELIVERIES_SQL, &[&id, &from]).await?.iter().map(DeliveryRow::read).collect()
+}
+
+/// One attempt of a delivery.
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    pub id: Uuid,
+    pub delivery_id: Uuid,
+    pub attempt: i32,
+    pub node_id: String,
+    pub started_at: DateTime<Utc>,
+    pub status: Option<i32>,
+    pub latency_ms: i32,
+    pub response_headers: serde_json::Value,
+    pub response_excerpt: Option<Vec<u8>>,
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Every attempt of these deliveries, by delivery and oldest first.
+pub async fn attempts_of(
+    client: &impl GenericClient,
+    delivery_ids: &[Uuid],
+) -> Result<Vec<AttemptRow>, tokio_postgres::Error> {
+    client
+        .query(ATTEMPTS_SQL, &[&delivery_ids])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(AttemptRow {
+                id: r.try_get(0)?,
+                delivery_id: r.try_get(1)?,
+                attempt: r.try_get(2)?,
+                node_id: r.try_get(3)?,
+                started_at: r.try_get(4)?,
+                status: r.try_get(5)?,
+                latency_ms: r.try_get(6)?,
+                response_headers: r.try_get(7)?,
+                response_excerpt: r.try_get(8)?,
+                error_kind: r.try_get(9)?,
+                error: r.try_get(10)?,
+            })
+        })
+        .collect()
+}
+
+/// A stored event as a replay plans it again.
+#[derive(Debug, Clone)]
+pub struct ReplayableEvent {
+    pub id: Uuid,
+    pub source_id: Uuid,
+    pub source_slug: String,
+    pub headers: serde_json::Value,
+    pub body: Vec<u8>,
+    pub event_type: Option<String>,
+    /// Also the partition key of the event's deliveries.
+    pub received_at: DateTime<Utc>,
+}
+
+/// A source's events received in `[from, to)` after the id `after` (from the first when `None`), oldest first, at
+/// most `limit`: a bulk replay's next batch. The `(source_id, id)` index serves it, the time range pruning partitions.
+pub async fn of_source_after(
+    client: &impl GenericClient,
+    source_id: Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<ReplayableEvent>, tokio_postgres::Error> {
+    client
+        .query(
+            "SELECT e.id, e.source_id, s.slug, e.headers, e.body, e.type, e.received_at
+             FROM events e JOIN sources s ON s.id = e.source_id
+             WHERE e.source_id = $1 AND e.received_at >= $2 AND e.received_at < $3
+               AND ($4::uuid IS NULL OR e.id > $4)
+             ORDER BY e.id LIMIT $5",
+            &[&source_id, &from, &to, &after, &limit],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ReplayableEvent {
+                id: r.try_get(0)?,
+                source_id: r.try_get(1)?,
+                source_slug: r.try_get(2)?,
+                headers: r.try_get(3)?,
+                body: r.try_get(4)?,
+                event_type: r.try_get(5)?,
+                received_at: r.try_get(6)?,
+            })
+        })
+        .collect()
 }

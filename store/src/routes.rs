@@ -58,9 +58,9 @@ pub async fn resolve(
     source: &str,
     destination: &str,
 ) -> Result<(Option<Uuid>, Option<Uuid>), tokio_postgres::Error> {
-    let s = client.query_opt("SELECT id FROM sources WHERE slug = $1", &[&source]).await?;
-    let d = client.query_opt("SELECT id FROM destinations WHERE slug = $1", &[&destination]).await?;
-    Ok((s.map(|r| r.try_get(0)).transpose()?, d.map(|r| r.try_get(0)).transpose()?))
+    let source = crate::sources::id_by_slug(client, source).await?;
+    let destination = crate::destinations::id_by_slug(client, destination).await?;
+    Ok((source, destination))
 }
 
 /// A route's fields as the API sets them.

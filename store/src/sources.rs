@@ -1,7 +1,9 @@
-//! The `sources` table: the enabled sources as stored, and the declared ones applied at start.
+//! The `sources` table: the enabled sources as stored, the declared ones applied at start, the slug lookup, and the
+//! expiry of rotated-out secrets.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -99,4 +101,21 @@ pub(crate) async fn apply_declared(
     .await
     .context("Failed to disable sources removed from the configuration")?;
     Ok(())
+}
+
+/// The id of the source with this slug; `None` when there is none.
+pub async fn id_by_slug(client: &impl GenericClient, slug: &str) -> Result<Option<Uuid>, tokio_postgres::Error> {
+    client.query_opt("SELECT id FROM sources WHERE slug = $1", &[&slug]).await?.map(|r| r.try_get(0)).transpose()
+}
+
+/// Forgets the rotated-out secrets whose grace period is over; answers how many sources changed. The caller notifies
+/// the catalog when any did.
+pub async fn expire_previous_secrets(client: &impl GenericClient) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE sources SET previous_secret = NULL, previous_secret_until = NULL, updated_at = now()
+             WHERE previous_secret_until <= now()",
+            &[],
+        )
+        .await
 }

@@ -1,0 +1,287 @@
+//! The `destinations` table as the admin API reads and edits it (settings, signing secrets, state), and the health
+//! a destination's deliveries and attempts show.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use hookgate_core::state::DestinationState;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// A destination with every column the admin API shows.
+#[derive(Debug, Clone)]
+pub struct DestinationRecord {
+    pub id: Uuid,
+    pub slug: String,
+    pub url: String,
+    pub timeout_ms: i32,
+    pub max_in_flight: i32,
+    pub rate_limit: Option<f64>,
+    /// The retry policy, as stored.
+    pub retry: Value,
+    pub fifo: bool,
+    pub state: String,
+    pub disabled_reason: Option<String>,
+    /// The secrets that sign each delivery now (an array of strings).
+    pub signing_secrets: Value,
+    /// Rotated-out secrets, each still signing until its `until` (an array of `{secret, until}`).
+    pub retiring_secrets: Value,
+    pub declared: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, fifo, state, disabled_reason, \
+                       signing_secrets, retiring_secrets, declared, created_at, updated_at";
+
+fn read(row: &tokio_postgres::Row) -> Result<DestinationRecord, tokio_postgres::Error> {
+    Ok(DestinationRecord {
+        id: row.try_get(0)?,
+        slug: row.try_get(1)?,
+        url: row.try_get(2)?,
+        timeout_ms: row.try_get(3)?,
+        max_in_flight: row.try_get(4)?,
+        rate_limit: row.try_get(5)?,
+        retry: row.try_get(6)?,
+        fifo: row.try_get(7)?,
+        state: row.try_get(8)?,
+        disabled_reason: row.try_get(9)?,
+        signing_secrets: row.try_get(10)?,
+        retiring_secrets: row.try_get(11)?,
+        declared: row.try_get(12)?,
+        created_at: row.try_get(13)?,
+        updated_at: row.try_get(14)?,
+    })
+}
+
+/// Every destination, by slug.
+pub async fn list(client: &impl GenericClient) -> Result<Vec<DestinationRecord>, tokio_postgres::Error> {
+    client.query(&format!("SELECT {COLUMNS} FROM destinations ORDER BY slug"), &[]).await?.iter().map(read).collect()
+}
+
+/// One destination; `None` when there is none with this id.
+pub async fn fetch(client: &impl GenericClient, id: Uuid) -> Result<Option<DestinationRecord>, tokio_postgres::Error> {
+    client
+        .query_opt(&format!("SELECT {COLUMNS} FROM destinations WHERE id = $1"), &[&id])
+        .await?
+        .as_ref()
+        .map(read)
+        .transpose()
+}
+
+/// The id of the destination with this slug; `None` when there is none.
+pub async fn id_by_slug(client: &impl GenericClient, slug: &str) -> Result<Option<Uuid>, tokio_postgres::Error> {
+    client.query_opt("SELECT id FROM destinations WHERE slug = $1", &[&slug]).await?.map(|r| r.try_get(0)).transpose()
+}
+
+/// The destinations named by these slugs, as (id, slug); a slug no destination has is absent from the answer.
+pub async fn ids_by_slugs(
+    client: &impl GenericClient,
+    slugs: &[String],
+) -> Result<Vec<(Uuid, String)>, tokio_postgres::Error> {
+    client
+        .query("SELECT id, slug FROM destinations WHERE slug = ANY($1)", &[&slugs])
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// A destination's settings as the API sets them (its secrets and state are set apart).
+#[derive(Debug, Clone)]
+pub struct DestinationFields<'a> {
+    pub slug: &'a str,
+    pub url: &'a str,
+    pub timeout_ms: i32,
+    pub max_in_flight: i32,
+    pub rate_limit: Option<f64>,
+    /// The retry policy, as stored.
+    pub retry: &'a Value,
+    pub fifo: bool,
+}
+
+/// Inserts an active destination made through the API (not declared), signing with `signing_secrets` (an array of
+/// strings).
+pub async fn create(
+    client: &impl GenericClient,
+    id: Uuid,
+    d: &DestinationFields<'_>,
+    signing_secrets: &Value,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO destinations (id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, signing_secrets, fifo,
+                                       state, declared)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', false)",
+            &[&id, &d.slug, &d.url, &d.timeout_ms, &d.max_in_flight, &d.rate_limit, &d.retry, &signing_secrets, &d.fifo],
+        )
+        .await
+        .map(drop)
+}
+
+/// What an edit of a destination reads of it, the row locked until the transaction ends.
+#[derive(Debug, Clone)]
+pub struct LockedDestination {
+    /// Declared in the configuration (which wins at every start).
+    pub declared: bool,
+    pub signing_secrets: Value,
+    pub retiring_secrets: Value,
+}
+
+/// Locks a destination for an edit; `None` when there is none with this id.
+pub async fn lock(client: &impl GenericClient, id: Uuid) -> Result<Option<LockedDestination>, tokio_postgres::Error> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT declared, signing_secrets, retiring_secrets FROM destinations WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(LockedDestination {
+        declared: row.try_get(0)?,
+        signing_secrets: row.try_get(1)?,
+        retiring_secrets: row.try_get(2)?,
+    }))
+}
+
+/// Replaces a destination's settings (its secrets and state stay).
+pub async fn update(
+    client: &impl GenericClient,
+    id: Uuid,
+    d: &DestinationFields<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE destinations SET slug = $2, url = $3, timeout_ms = $4, max_in_flight = $5, rate_limit = $6, retry = $7,
+                    fifo = $8, updated_at = now()
+             WHERE id = $1",
+            &[&id, &d.slug, &d.url, &d.timeout_ms, &d.max_in_flight, &d.rate_limit, &d.retry, &d.fifo],
+        )
+        .await
+        .map(drop)
+}
+
+/// Deletes a destination no route and no delivery refers to; `false` (nothing deleted) when one does.
+pub async fn delete_unused(client: &impl GenericClient, id: Uuid) -> Result<bool, tokio_postgres::Error> {
+    let used: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM routes WHERE destination_id = $1)
+                 OR EXISTS (SELECT 1 FROM deliveries WHERE destination_id = $1)",
+            &[&id],
+        )
+        .await?
+        .try_get(0)?;
+    if used {
+        return Ok(false);
+    }
+    client.execute("DELETE FROM destinations WHERE id = $1", &[&id]).await?;
+    Ok(true)
+}
+
+/// Replaces a destination's signing secrets and its rotated-out ones (arrays as in [`DestinationRecord`]).
+pub async fn set_secrets(
+    client: &impl GenericClient,
+    id: Uuid,
+    signing_secrets: &Value,
+    retiring_secrets: &Value,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE destinations SET signing_secrets = $2, retiring_secrets = $3, updated_at = now() WHERE id = $1",
+            &[&id, &signing_secrets, &retiring_secrets],
+        )
+        .await
+        .map(drop)
+}
+
+/// Sets a destination's state as an operator does: why it was disabled and since when it failed are forgotten.
+/// `false` when there is no destination with this id.
+pub async fn set_state(
+    client: &impl GenericClient,
+    id: Uuid,
+    state: DestinationState,
+) -> Result<bool, tokio_postgres::Error> {
+    let n = client
+        .execute(
+            "UPDATE destinations SET state = $2, disabled_reason = NULL, failing_since = NULL, updated_at = now()
+             WHERE id = $1",
+            &[&id, &state.as_str()],
+        )
+        .await?;
+    Ok(n > 0)
+}
+
+/// Drops the rotated-out secrets whose grace period is over; answers how many destinations changed. The caller
+/// notifies the catalog when any did.
+pub async fn expire_retiring_secrets(client: &impl GenericClient) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE destinations SET retiring_secrets = COALESCE(
+                (SELECT jsonb_agg(r) FROM jsonb_array_elements(retiring_secrets) r
+                 WHERE (r->>'until')::timestamptz > now()), '[]'::jsonb), updated_at = now()
+             WHERE EXISTS (SELECT 1 FROM jsonb_array_elements(retiring_secrets) r
+                           WHERE (r->>'until')::timestamptz <= now())",
+            &[],
+        )
+        .await
+}
+
+/// A destination's waiting and dead deliveries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Pending deliveries.
+    pub pending: i64,
+    /// Pending deliveries already due.
+    pub due: i64,
+    pub dead: i64,
+}
+
+/// A destination's [`Backlog`].
+pub async fn backlog(client: &impl GenericClient, id: Uuid) -> Result<Backlog, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE state = 'pending'),
+                    count(*) FILTER (WHERE state = 'pending' AND next_attempt_at <= now()),
+                    count(*) FILTER (WHERE state = 'dead')
+             FROM deliveries WHERE destination_id = $1 AND state IN ('pending', 'dead')",
+            &[&id],
+        )
+        .await?;
+    Ok(Backlog { pending: row.try_get(0)?, due: row.try_get(1)?, dead: row.try_get(2)? })
+}
+
+/// A destination's attempts started in a window ending now.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AttemptWindow {
+    pub attempts: i64,
+    /// Share of attempts answered 2xx (`None` without attempts).
+    pub success_ratio: Option<f64>,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+}
+
+/// A destination's [`AttemptWindow`] over the last `secs` seconds.
+pub async fn attempt_window(
+    client: &impl GenericClient,
+    id: Uuid,
+    secs: f64,
+) -> Result<AttemptWindow, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT count(*),
+                    avg(CASE WHEN a.status BETWEEN 200 AND 299 THEN 1.0 ELSE 0.0 END)::float8,
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY a.latency_ms),
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY a.latency_ms)
+             FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+             WHERE a.started_at > now() - make_interval(secs => $2) AND d.destination_id = $1",
+            &[&id, &secs],
+        )
+        .await?;
+    Ok(AttemptWindow {
+        attempts: row.try_get(0)?,
+        success_ratio: row.try_get(1)?,
+        latency_p50_ms: row.try_get(2)?,
+        latency_p99_ms: row.try_get(3)?,
+    })
+}
