@@ -49,7 +49,7 @@ bench-delivery: services
 
 # Verification cost per scheme (criterion; figures in the README's "Verification cost").
 bench-verify:
-	$(CARGO) bench --bench verify
+	$(CARGO) bench -p hookgate-core --bench verify
 
 # A bounded cargo-fuzz run of every target (needs a nightly toolchain and `cargo install cargo-fuzz`).
 FUZZ_SECONDS ?= 60

@@ -217,273 +217,7 @@ impl Default for RedisSettings {
 /// Retention and the periodic singleton jobs: the janitor's own settings.
 pub use hookgate_actors::janitor::RetentionSettings;
 
-/// A producer that may POST to `/ingest/{slug}`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// URL path segment: lower-case letters, digits, `-` and `_`, 1 to 64 characters.
-    pub slug: String,
-    /// Largest accepted body, in bytes (capped by `server.max_body_bytes`).
-    #[serde(default = "default_source_body")]
-    pub max_body_bytes: usize,
-    /// Require `Content-Type: application/json` (or `+json`) and a well-formed JSON body.
-    #[serde(default)]
-    pub require_json: bool,
-    /// Where the idempotency key comes from; default: the verification preset's (e.g. `X-GitHub-Delivery`), the
-    /// CloudEvents `source` + `id` when `cloudevents` is on, else a hash of the body.
-    #[serde(default)]
-    pub idempotency: Option<IdempotencyConfig>,
-    /// Where the event type comes from; default: the verification preset's (e.g. `X-GitHub-Event`), else none.
-    /// CloudEvents always use their `type` attribute.
-    #[serde(default)]
-    pub event_type: Option<EventTypeConfig>,
-    /// How long the Redis fast path remembers a key (default: `redis.dedupe_ttl_secs`). PostgreSQL remembers keys
-    /// for `retention.dedupe_window_secs` (7 days by default); keep this no longer than that.
-    #[serde(default)]
-    pub dedupe_window_secs: Option<u64>,
-    /// Accept only CloudEvents (binary, structured or batch mode of the HTTP binding).
-    #[serde(default)]
-    pub cloudevents: bool,
-    /// Origins granted by the abuse-protection handshake (`OPTIONS` with `WebHook-Request-Origin`); `"*"` grants
-    /// any. Empty: the handshake is refused.
-    #[serde(default)]
-    pub allowed_origins: Vec<String>,
-    /// Requests per minute advertised in `WebHook-Allowed-Rate`; none by default.
-    #[serde(default)]
-    pub allowed_rate: Option<u32>,
-    /// How requests are authenticated.
-    #[serde(default)]
-    pub verification: VerificationConfig,
-}
-
-impl SourceConfig {
-    /// The idempotency key's origin after defaults.
-    pub fn effective_idempotency(&self) -> IdempotencyConfig {
-        if let Some(cfg) = &self.idempotency {
-            return cfg.clone();
-        }
-        if self.cloudevents {
-            return IdempotencyConfig::Cloudevents;
-        }
-        self.verification.default_idempotency().unwrap_or_default()
-    }
-
-    /// The per-source options stored beside verification and idempotency (`sources.options`).
-    pub fn options(&self) -> SourceOptions {
-        SourceOptions {
-            event_type: self.event_type.clone().or_else(|| self.verification.default_event_type()),
-            dedupe_window_secs: self.dedupe_window_secs,
-            cloudevents: self.cloudevents,
-            allowed_origins: self.allowed_origins.clone(),
-            allowed_rate: self.allowed_rate,
-        }
-    }
-}
-
-/// A source's options as stored in `sources.options` (defaults already applied).
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(default)]
-pub struct SourceOptions {
-    pub event_type: Option<EventTypeConfig>,
-    pub dedupe_window_secs: Option<u64>,
-    pub cloudevents: bool,
-    pub allowed_origins: Vec<String>,
-    pub allowed_rate: Option<u32>,
-}
-
-/// Where a source's event type comes from.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(tag = "from", rename_all = "snake_case", deny_unknown_fields)]
-pub enum EventTypeConfig {
-    /// A request header (optional: absent means no type).
-    Header { header: String },
-    /// A JSON pointer (RFC 6901) into the body, e.g. `/type` (optional: absent means no type).
-    JsonPointer { pointer: String },
-}
-
-fn default_source_body() -> usize {
-    1024 * 1024
-}
-
-/// Where a source's idempotency key comes from.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(tag = "from", rename_all = "snake_case", deny_unknown_fields)]
-pub enum IdempotencyConfig {
-    /// A request header (required on every request).
-    Header { header: String },
-    /// A JSON pointer (RFC 6901) into the body, e.g. `/id`; the value must be a string or a number.
-    JsonPointer { pointer: String },
-    /// The CloudEvents `source` and `id` together (requires `cloudevents = true`).
-    Cloudevents,
-    /// The hex SHA-256 of the body: identical bodies are the same event.
-    #[default]
-    BodyHash,
-}
-
-/// How a source's requests are verified. Every `secret`-like field takes one string or a list of two (rotation:
-/// a request passes if it matches any of them). See `docs/adr/0005-verification-schemes.md`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum VerificationConfig {
-    #[default]
-    None,
-    /// Hex HMAC-SHA256 of the raw body in `header`, optionally after `prefix` (e.g. `sha256=`). Same as
-    /// `kind = "hmac"` with its defaults; kept for existing configurations.
-    HmacSha256 {
-        header: String,
-        #[serde(default)]
-        prefix: Option<String>,
-        secret: Secrets,
-    },
-    /// Generic HMAC: `algorithm` over the `signed` template, `encoding` of the MAC in `header` after `prefix`.
-    Hmac {
-        header: String,
-        #[serde(default)]
-        algorithm: HmacAlgorithm,
-        #[serde(default)]
-        encoding: SignatureEncoding,
-        #[serde(default)]
-        prefix: Option<String>,
-        secret: Secrets,
-        /// What is signed: `{body}` (default) or a template such as `{timestamp}.{body}`.
-        #[serde(default)]
-        signed: Option<String>,
-        /// The header holding Unix seconds; required when `signed` uses `{timestamp}`.
-        #[serde(default)]
-        timestamp_header: Option<String>,
-        /// Largest accepted distance between the timestamp and now, in seconds (default 300).
-        #[serde(default)]
-        tolerance_secs: Option<u64>,
-    },
-    /// `X-Hub-Signature-256: sha256=<hex>`; key `X-GitHub-Delivery`, type `X-GitHub-Event`.
-    Github { secret: Secrets },
-    /// `Stripe-Signature: t=…,v1=…[,v1=…]` over `t.body`; key and type from the body's `/id` and `/type`.
-    Stripe {
-        secret: Secrets,
-        /// Default 300.
-        #[serde(default)]
-        tolerance_secs: Option<u64>,
-    },
-    /// `X-Shopify-Hmac-Sha256: <base64>`; key `X-Shopify-Webhook-Id`, type `X-Shopify-Topic`.
-    Shopify { secret: Secrets },
-    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature` (`v1,<base64>` HMAC with `whsec_`
-    /// secrets, `v1a,<base64>` ed25519 with `whpk_` public keys); key `webhook-id`.
-    StandardWebhooks {
-        #[serde(default)]
-        secret: Secrets,
-        #[serde(default)]
-        public_key: Secrets,
-        /// Default 300.
-        #[serde(default)]
-        tolerance_secs: Option<u64>,
-    },
-    /// HTTP Basic authentication.
-    Basic { username: String, password: Secrets },
-    /// `Authorization: Bearer <token>`.
-    Bearer { token: Secrets },
-    /// A static key in a header such as `X-Api-Key`.
-    ApiKey { header: String, key: Secrets },
-}
-
-impl VerificationConfig {
-    /// Accepts one more secret (the previous one while a secret rotates); no effect on kinds without secrets.
-    pub fn add_secret(&mut self, secret: SecretString) {
-        let secrets = match self {
-            Self::None => return,
-            Self::HmacSha256 { secret, .. }
-            | Self::Hmac { secret, .. }
-            | Self::Github { secret }
-            | Self::Stripe { secret, .. }
-            | Self::Shopify { secret }
-            | Self::StandardWebhooks { secret, .. } => secret,
-            Self::Basic { password, .. } => password,
-            Self::Bearer { token } => token,
-            Self::ApiKey { key, .. } => key,
-        };
-        secrets.0.push(secret);
-    }
-
-    /// The preset's idempotency key, if it has one.
-    pub fn default_idempotency(&self) -> Option<IdempotencyConfig> {
-        let header = |h: &str| Some(IdempotencyConfig::Header { header: h.into() });
-        match self {
-            Self::Github { .. } => header("X-GitHub-Delivery"),
-            Self::Shopify { .. } => header("X-Shopify-Webhook-Id"),
-            Self::StandardWebhooks { .. } => header("webhook-id"),
-            Self::Stripe { .. } => Some(IdempotencyConfig::JsonPointer { pointer: "/id".into() }),
-            _ => None,
-        }
-    }
-
-    /// The preset's event type, if it has one.
-    pub fn default_event_type(&self) -> Option<EventTypeConfig> {
-        let header = |h: &str| Some(EventTypeConfig::Header { header: h.into() });
-        match self {
-            Self::Github { .. } => header("X-GitHub-Event"),
-            Self::Shopify { .. } => header("X-Shopify-Topic"),
-            Self::Stripe { .. } => Some(EventTypeConfig::JsonPointer { pointer: "/type".into() }),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum HmacAlgorithm {
-    Sha1,
-    #[default]
-    Sha256,
-    Sha512,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SignatureEncoding {
-    #[default]
-    Hex,
-    Base64,
-}
-
-/// One secret, or several while rotating. `Debug` prints `[REDACTED]`; serializing (into `sources.verification`)
-/// writes the secrets, since that is where they are kept.
-#[derive(Clone, Default)]
-pub struct Secrets(pub Vec<SecretString>);
-
-/// At most this many secrets are active per source (old and new while rotating).
-pub const MAX_SECRETS: usize = 2;
-
-impl Secrets {
-    pub fn exposed(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|s| s.expose_secret())
-    }
-}
-
-impl std::fmt::Debug for Secrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "[REDACTED; {}]", self.0.len())
-    }
-}
-
-impl<'de> Deserialize<'de> for Secrets {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum OneOrMany {
-            One(String),
-            Many(Vec<String>),
-        }
-        Ok(match OneOrMany::deserialize(d)? {
-            OneOrMany::One(s) => Secrets(vec![SecretString::from(s)]),
-            OneOrMany::Many(v) => Secrets(v.into_iter().map(SecretString::from).collect()),
-        })
-    }
-}
-
-impl Serialize for Secrets {
-    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        ser.collect_seq(self.exposed())
-    }
-}
+use hookgate_core::source::{validate_slug, SourceConfig};
 
 /// The sections that environment variables may set (`HOOKGATE_<SECTION>__<KEY>`).
 const ENV_SECTIONS: &[&str] =
@@ -552,46 +286,10 @@ impl Settings {
         }
         let mut seen = std::collections::HashSet::new();
         for s in &self.sources {
-            crate::sources::validate_slug(&s.slug).map_err(|e| anyhow::anyhow!("source {:?}: {e}", s.slug))?;
             if !seen.insert(s.slug.as_str()) {
                 anyhow::bail!("source {:?} is declared twice", s.slug);
             }
-            if s.max_body_bytes == 0 || s.max_body_bytes > self.server.max_body_bytes {
-                anyhow::bail!(
-                    "source {:?}: max_body_bytes must be between 1 and server.max_body_bytes ({})",
-                    s.slug,
-                    self.server.max_body_bytes
-                );
-            }
-            let idempotency = s.effective_idempotency();
-            match &idempotency {
-                IdempotencyConfig::Header { header } => {
-                    actix_web::http::header::HeaderName::try_from(header.as_str())
-                        .map_err(|_| anyhow::anyhow!("source {:?}: {header:?} is not a header name", s.slug))?;
-                }
-                IdempotencyConfig::JsonPointer { pointer } if !pointer.starts_with('/') => {
-                    anyhow::bail!("source {:?}: the JSON pointer {pointer:?} must start with '/'", s.slug);
-                }
-                IdempotencyConfig::Cloudevents if !s.cloudevents => {
-                    anyhow::bail!("source {:?}: idempotency from cloudevents needs cloudevents = true", s.slug);
-                }
-                _ => {}
-            }
-            match &s.options().event_type {
-                Some(EventTypeConfig::Header { header }) => {
-                    actix_web::http::header::HeaderName::try_from(header.as_str())
-                        .map_err(|_| anyhow::anyhow!("source {:?}: {header:?} is not a header name", s.slug))?;
-                }
-                Some(EventTypeConfig::JsonPointer { pointer }) if !pointer.starts_with('/') => {
-                    anyhow::bail!("source {:?}: the JSON pointer {pointer:?} must start with '/'", s.slug);
-                }
-                _ => {}
-            }
-            if s.dedupe_window_secs == Some(0) {
-                anyhow::bail!("source {:?}: dedupe_window_secs must be positive", s.slug);
-            }
-            crate::verify::Verifier::from_config(&s.verification)
-                .map_err(|e| anyhow::anyhow!("source {:?}: {e:#}", s.slug))?;
+            s.validate(self.server.max_body_bytes).map_err(|e| anyhow::anyhow!("source {:?}: {e}", s.slug))?;
         }
         for t in &self.admin.tokens {
             if t.token.expose_secret().len() < 16 {
@@ -605,7 +303,7 @@ impl Settings {
         let policy = self.delivery.ssrf_policy();
         let mut seen = std::collections::HashSet::new();
         for d in &self.destinations {
-            crate::sources::validate_slug(&d.slug).map_err(|e| anyhow::anyhow!("destination {:?}: {e}", d.slug))?;
+            validate_slug(&d.slug).map_err(|e| anyhow::anyhow!("destination {:?}: {e}", d.slug))?;
             if !seen.insert(d.slug.as_str()) {
                 anyhow::bail!("destination {:?} is declared twice", d.slug);
             }
@@ -614,7 +312,7 @@ impl Settings {
         let sources: std::collections::HashSet<&str> = self.sources.iter().map(|s| s.slug.as_str()).collect();
         let mut seen_routes = std::collections::HashSet::new();
         for r in &self.routes {
-            crate::sources::validate_slug(&r.slug).map_err(|e| anyhow::anyhow!("route {:?}: {e}", r.slug))?;
+            validate_slug(&r.slug).map_err(|e| anyhow::anyhow!("route {:?}: {e}", r.slug))?;
             if !seen_routes.insert(r.slug.as_str()) {
                 anyhow::bail!("route {:?} is declared twice", r.slug);
             }
@@ -637,6 +335,7 @@ struct EmptyRoot {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hookgate_core::source::{EventTypeConfig, IdempotencyConfig};
 
     const EXAMPLE: &str = r#"
         [database]

@@ -1,7 +1,7 @@
 //! hookgate: a self-hosted, durable webhook event gateway.
 //!
 //! This crate is the binary's library: configuration ([`config`]), telemetry ([`telemetry`]), start-up
-//! ([`startup`]), migrations ([`migrations`]), sources ([`sources`]) and the thin actix-web front end ([`routes`]).
+//! ([`startup`]), migrations ([`migrations`]), the source snapshot ([`sources`]) and the thin actix-web front end ([`routes`]).
 //! The actors live in the `hookgate-actors` crate.
 
 pub mod admin;
@@ -13,4 +13,3 @@ pub mod routes;
 pub mod sources;
 pub mod startup;
 pub mod telemetry;
-pub mod verify;

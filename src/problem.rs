@@ -6,7 +6,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::cloudevents::CloudEventError;
-use crate::sources::VerifyError;
+use hookgate_core::verify::VerifyError;
 
 /// The JSON body of every error answer (`Content-Type: application/problem+json`).
 #[derive(Debug, Serialize)]

@@ -12,10 +12,14 @@
 //! | [`backoff`] | exponential back-off with jitter, for restarts and reconnects |
 //! | [`delivery`] | a leased delivery (`Job`) as the engine carries it from claim to attempt |
 //! | [`state`] | the typed states of deliveries and destinations, and their stored text |
+//! | [`source`] | the source model (verification, idempotency key, event type) and its one validation |
+//! | [`verify`] | request verification: every scheme a source can use, and the header parsers they rely on |
 
 pub mod backoff;
 pub mod delivery;
 pub mod jq;
 pub mod retry;
 pub mod signing;
+pub mod source;
 pub mod state;
+pub mod verify;

@@ -4,7 +4,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = hookgate::verify::parse_webhook_signatures(s);
-        let _ = hookgate::verify::parse_timestamp(s);
+        let _ = hookgate_core::verify::parse_webhook_signatures(s);
+        let _ = hookgate_core::verify::parse_timestamp(s);
     }
 });

@@ -10,9 +10,10 @@ use uuid::Uuid;
 use super::error::ProblemBody;
 use hookgate_store::deliveries as store;
 
-use super::events::{DeliveryState, DeliveryView};
+use super::events::DeliveryView;
 use super::sources::IdPath;
 use super::{notify_deliveries, page_limit, AdminError, AdminState};
+use hookgate_core::state::DeliveryState;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::error::ProblemBody;
 use super::sources::{declared, grace, IdPath, RotateInput, RotatedSecret};
 use super::{notify_catalog, AdminError, AdminState};
-use crate::sources::validate_slug;
+use hookgate_core::source::validate_slug;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DestinationView {

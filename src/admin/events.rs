@@ -15,9 +15,7 @@ use super::error::ProblemBody;
 use super::sources::IdPath;
 use super::{notify_deliveries, page_limit, AdminError, AdminState};
 
-pub use hookgate_core::state::DeliveryState;
-/// The statements behind the list and the detail, and the partition window of an id (the plan test explains them).
-pub use hookgate_store::events::{time_window, DELIVERIES_SQL, GET_SQL, LIST_SQL};
+use hookgate_core::state::DeliveryState;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -23,7 +23,7 @@ use super::{deliveries, destinations, error, events, jobs, routes, sources, stat
         jobs::list, jobs::create, jobs::get, jobs::cancel,
         stats::stats,
     ),
-    components(schemas(error::ProblemBody, events::DeliveryState)),
+    components(schemas(error::ProblemBody, hookgate_core::state::DeliveryState)),
     modifiers(&BearerAuth),
     tags((name = "sources"), (name = "destinations"), (name = "routes"), (name = "events"), (name = "replay"),
          (name = "deliveries"), (name = "stats"), (name = "meta"))

@@ -1,27 +1,38 @@
-//! Sources: CRUD and HMAC secret rotation. Secrets are shown once (creation, rotation) and never returned by GET.
+//! Sources: CRUD and secret rotation, through the same source model and validation as the configuration file
+//! ([`hookgate_core::source::SourceConfig`]): every verification kind and option the TOML accepts, the API accepts.
+//! Secrets are shown once (creation, rotation) and never returned by GET.
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use secrecy::{ExposeSecret, SecretString};
+use hookgate_core::source::{EventTypeConfig, IdempotencyConfig, SourceConfig};
+use hookgate_store::sources::{self as store, SourceRecord, SourceSettings};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::Row;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::error::ProblemBody;
 use super::{notify_catalog, AdminError, AdminState};
-use crate::config::{IdempotencyConfig, Secrets, VerificationConfig};
-use crate::sources::validate_slug;
 
-/// A source as the API shows it (never its secret).
+/// A source as the API shows it: every setting, never a secret.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SourceView {
     pub id: Uuid,
     pub slug: String,
     pub max_body_bytes: i32,
     pub require_json: bool,
-    pub idempotency: IdempotencyInput,
-    pub verification: VerificationView,
+    /// Where the idempotency key comes from (defaults applied).
+    pub idempotency: IdempotencyConfig,
+    /// Where the event type comes from (defaults applied); none when absent.
+    pub event_type: Option<EventTypeConfig>,
+    pub dedupe_window_secs: Option<u64>,
+    pub cloudevents: bool,
+    pub allowed_origins: Vec<String>,
+    pub allowed_rate: Option<u32>,
+    /// The verification's `kind` and its other settings, without secrets (public keys are shown); while a secret
+    /// rotates, `previous_secret_valid_until` says until when the previous one is still accepted.
+    #[schema(value_type = Object)]
+    pub verification: serde_json::Value,
     pub enabled: bool,
     /// Declared in the configuration file: the configuration wins at every start, so the API refuses to edit it.
     pub declared: bool,
@@ -29,90 +40,12 @@ pub struct SourceView {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct VerificationView {
-    /// `none` or `hmac_sha256`.
-    pub kind: String,
-    pub header: Option<String>,
-    pub prefix: Option<String>,
-    /// While a secret rotates: until when the previous secret is still accepted.
-    pub previous_secret_valid_until: Option<DateTime<Utc>>,
-}
-
-/// Where the idempotency key comes from.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct IdempotencyInput {
-    /// `header` (the named request header) or `body_hash` (SHA-256 of the body).
-    pub from: IdempotencyFrom,
-    /// With `from = header`: the header's name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub header: Option<String>,
-    /// With `from = json_pointer`: the pointer, e.g. `/id`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pointer: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum IdempotencyFrom {
-    Header,
-    BodyHash,
-    /// A JSON pointer into the body (`pointer`).
-    JsonPointer,
-    /// The CloudEvents `source` and `id`.
-    Cloudevents,
-}
-
-/// How requests are verified. With `hmac_sha256` and no `secret`, hookgate generates one and shows it once.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct VerificationInput {
-    pub kind: VerificationKind,
-    /// The header holding the hex HMAC-SHA256 of the body.
-    #[serde(default)]
-    pub header: Option<String>,
-    /// Text before the hex signature, e.g. `sha256=`.
-    #[serde(default)]
-    pub prefix: Option<String>,
-    /// Only at creation: a secret chosen by the producer (e.g. one it generated). Ignored on update.
-    #[serde(default)]
-    #[schema(value_type = Option<String>, write_only)]
-    pub secret: Option<SecretString>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum VerificationKind {
-    None,
-    HmacSha256,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SourceInput {
-    /// 1 to 64 of `a-z 0-9 - _`, starting with a letter or digit.
-    pub slug: String,
-    /// Largest accepted body in bytes (default 1 MiB, at most `server.max_body_bytes`).
-    #[serde(default)]
-    pub max_body_bytes: Option<u32>,
-    #[serde(default)]
-    pub require_json: bool,
-    pub idempotency: IdempotencyInput,
-    pub verification: VerificationInput,
-    #[serde(default = "yes")]
-    pub enabled: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// The answer to a creation or rotation: the only time a secret is shown.
+/// The answer to a creation (or an update that changed the verification kind): the only time a secret is shown.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SourceWithSecret {
     pub source: SourceView,
-    /// The HMAC secret, shown now and never again (absent for unverified sources).
+    /// The shared secret (HMAC secret, password, token or key), shown now and never again; absent when nothing was
+    /// created or chosen (unverified sources, public-key verification, an update that kept the secret).
     pub secret: Option<String>,
 }
 
@@ -139,124 +72,50 @@ pub struct IdPath {
     pub id: Uuid,
 }
 
-const COLUMNS: &str = "id, slug, max_body_bytes, require_json, idempotency, verification, enabled, declared, \
-                       created_at, updated_at, previous_secret_until";
-
-fn view(row: &Row) -> Result<SourceView, AdminError> {
-    let idem: IdempotencyConfig =
-        serde_json::from_value(row.get(4)).map_err(|e| anyhow::anyhow!("stored idempotency: {e}"))?;
-    let verification: VerificationConfig =
-        serde_json::from_value(row.get(5)).map_err(|e| anyhow::anyhow!("stored verification: {e}"))?;
-    let until: Option<DateTime<Utc>> = row.get(10);
+fn view(record: &SourceRecord) -> Result<SourceView, AdminError> {
+    let model = record.model().map_err(|e| anyhow::anyhow!("stored source {}: {e}", record.slug))?;
+    let mut verification = model.verification.redacted();
+    let until = record.previous_secret_until.filter(|u| *u > Utc::now());
+    if let Some(map) = verification.as_object_mut() {
+        map.insert("previous_secret_valid_until".into(), serde_json::json!(until));
+    }
     Ok(SourceView {
-        id: row.get(0),
-        slug: row.get(1),
-        max_body_bytes: row.get(2),
-        require_json: row.get(3),
-        idempotency: match idem {
-            IdempotencyConfig::Header { header } => {
-                IdempotencyInput { from: IdempotencyFrom::Header, header: Some(header), pointer: None }
-            }
-            IdempotencyConfig::BodyHash => {
-                IdempotencyInput { from: IdempotencyFrom::BodyHash, header: None, pointer: None }
-            }
-            IdempotencyConfig::JsonPointer { pointer } => {
-                IdempotencyInput { from: IdempotencyFrom::JsonPointer, header: None, pointer: Some(pointer) }
-            }
-            IdempotencyConfig::Cloudevents => {
-                IdempotencyInput { from: IdempotencyFrom::Cloudevents, header: None, pointer: None }
-            }
-        },
-        verification: verification_view(verification, until),
-        enabled: row.get(6),
-        declared: row.get(7),
-        created_at: row.get(8),
-        updated_at: row.get(9),
+        id: record.id,
+        slug: model.slug,
+        max_body_bytes: record.max_body_bytes,
+        require_json: model.require_json,
+        idempotency: model.idempotency.unwrap_or_default(),
+        event_type: model.event_type,
+        dedupe_window_secs: model.dedupe_window_secs,
+        cloudevents: model.cloudevents,
+        allowed_origins: model.allowed_origins,
+        allowed_rate: model.allowed_rate,
+        verification,
+        enabled: record.enabled,
+        declared: record.declared,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
     })
 }
 
-/// What GET shows of a source's verification: its kind and where the signature is, never a secret.
-fn verification_view(v: VerificationConfig, until: Option<DateTime<Utc>>) -> VerificationView {
-    let until = until.filter(|u| *u > Utc::now());
-    let (kind, header, prefix) = match v {
-        VerificationConfig::None => ("none", None, None),
-        VerificationConfig::HmacSha256 { header, prefix, .. } => ("hmac_sha256", Some(header), prefix),
-        VerificationConfig::Hmac { header, prefix, .. } => ("hmac", Some(header), prefix),
-        VerificationConfig::Github { .. } => ("github", None, None),
-        VerificationConfig::Stripe { .. } => ("stripe", None, None),
-        VerificationConfig::Shopify { .. } => ("shopify", None, None),
-        VerificationConfig::StandardWebhooks { .. } => ("standard_webhooks", None, None),
-        VerificationConfig::Basic { .. } => ("basic", None, None),
-        VerificationConfig::Bearer { .. } => ("bearer", None, None),
-        VerificationConfig::ApiKey { header, .. } => ("api_key", Some(header), None),
-    };
-    VerificationView { kind: kind.into(), header, prefix, previous_secret_valid_until: until }
+/// Validates an input exactly as the configuration file is validated, after giving a kind that needs a shared secret
+/// and names none a generated one (answered, to be shown once).
+fn validate(state: &AdminState, input: &mut SourceConfig) -> Result<Option<String>, AdminError> {
+    let shown = input.verification.fill_missing_secret();
+    input.validate(state.max_body_bytes).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    Ok(shown)
 }
 
-fn new_secret() -> String {
-    let key: [u8; 32] = rand::random();
-    hex::encode(key)
-}
-
-fn header_name(h: Option<&str>, what: &str) -> Result<String, AdminError> {
-    let h = h.filter(|h| !h.is_empty()).ok_or_else(|| AdminError::Invalid(format!("{what} is required")))?;
-    actix_web::http::header::HeaderName::try_from(h)
-        .map(|n| n.as_str().to_owned())
-        .map_err(|_| AdminError::Invalid(format!("{what}: {h:?} is not a header name")))
-}
-
-/// Checks an input; returns (idempotency, verification) as stored. `existing_secret` keeps the stored secret.
-fn validate(
-    state: &AdminState,
-    input: &SourceInput,
-    existing_secret: Option<SecretString>,
-) -> Result<(IdempotencyConfig, VerificationConfig, Option<String>), AdminError> {
-    validate_slug(&input.slug).map_err(|e| AdminError::Invalid(e.into()))?;
-    let max = input.max_body_bytes.unwrap_or(1024 * 1024) as usize;
-    if max == 0 || max > state.max_body_bytes {
-        return Err(AdminError::Invalid(format!("max_body_bytes must be between 1 and {}", state.max_body_bytes)));
-    }
-    let idem = match input.idempotency.from {
-        IdempotencyFrom::Header => IdempotencyConfig::Header {
-            header: header_name(input.idempotency.header.as_deref(), "idempotency.header")?,
-        },
-        IdempotencyFrom::BodyHash => IdempotencyConfig::BodyHash,
-        IdempotencyFrom::JsonPointer => {
-            let pointer = input.idempotency.pointer.clone().filter(|p| p.is_empty() || p.starts_with('/'));
-            IdempotencyConfig::JsonPointer {
-                pointer: pointer.ok_or_else(|| {
-                    AdminError::Invalid("idempotency.pointer must be a JSON pointer such as /id".into())
-                })?,
-            }
-        }
-        IdempotencyFrom::Cloudevents => IdempotencyConfig::Cloudevents,
-    };
-    let v = &input.verification;
-    let (verification, shown) = match v.kind {
-        VerificationKind::None => (VerificationConfig::None, None),
-        VerificationKind::HmacSha256 => {
-            let header = header_name(v.header.as_deref(), "verification.header")?;
-            let (secret, shown) = match (existing_secret, &v.secret) {
-                (Some(s), _) => (s, None),
-                (None, Some(s)) if !s.expose_secret().is_empty() => (s.clone(), Some(s.expose_secret().to_owned())),
-                (None, _) => {
-                    let s = new_secret();
-                    (SecretString::from(s.clone()), Some(s))
-                }
-            };
-            let prefix = v.prefix.clone().filter(|p| !p.is_empty());
-            (VerificationConfig::HmacSha256 { header, prefix, secret: Secrets(vec![secret]) }, shown)
-        }
-    };
-    Ok((idem, verification, shown))
+fn settings(input: &SourceConfig) -> Result<SourceSettings<'_>, AdminError> {
+    SourceSettings::of(input).map_err(|e| AdminError::Invalid(e.to_string()))
 }
 
 async fn fetch(client: &deadpool_postgres::Object, id: Uuid) -> Result<SourceView, AdminError> {
-    let row = client
-        .query_opt(&format!("SELECT {COLUMNS} FROM sources WHERE id = $1"), &[&id])
-        .await?
-        .ok_or_else(|| AdminError::NotFound(format!("no source has id {id}")))?;
-    view(&row)
+    view(&store::fetch(client, id).await?.ok_or_else(|| not_found(id))?)
+}
+
+fn not_found(id: Uuid) -> AdminError {
+    AdminError::NotFound(format!("no source has id {id}"))
 }
 
 /// Lists sources.
@@ -264,42 +123,28 @@ async fn fetch(client: &deadpool_postgres::Object, id: Uuid) -> Result<SourceVie
     responses((status = 200, body = Vec<SourceView>), (status = 401, body = ProblemBody)))]
 pub async fn list(state: web::Data<AdminState>) -> Result<HttpResponse, AdminError> {
     let client = state.pool.get().await?;
-    let rows = client.query(&format!("SELECT {COLUMNS} FROM sources ORDER BY slug"), &[]).await?;
-    let items = rows.iter().map(view).collect::<Result<Vec<_>, _>>()?;
+    let items = store::list(&client).await?.iter().map(view).collect::<Result<Vec<_>, _>>()?;
     Ok(HttpResponse::Ok().json(items))
 }
 
-/// Creates a source; an HMAC secret is shown in this answer only.
-#[utoipa::path(post, path = "/admin/v1/sources", tag = "sources", security(("bearer" = [])), request_body = SourceInput,
+/// Creates a source. It takes what a `[[sources]]` table of the configuration file takes, as JSON; a kind that
+/// verifies with a shared secret and is given none gets a generated one, shown in this answer only.
+#[utoipa::path(post, path = "/admin/v1/sources", tag = "sources", security(("bearer" = [])), request_body = SourceConfig,
     responses((status = 201, body = SourceWithSecret), (status = 409, body = ProblemBody),
               (status = 422, body = ProblemBody), (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
-pub async fn create(state: web::Data<AdminState>, input: web::Json<SourceInput>) -> Result<HttpResponse, AdminError> {
-    let (idem, verification, shown) = validate(&state, &input, None)?;
+pub async fn create(state: web::Data<AdminState>, input: web::Json<SourceConfig>) -> Result<HttpResponse, AdminError> {
+    let mut input = input.into_inner();
+    let generated = validate(&state, &mut input)?;
+    // A secret chosen by the producer is echoed once too, so the answer always says which secret is active.
+    let shown = generated.or_else(|| input.verification.secrets().first().map(|s| s.expose_secret().to_owned()));
     let id = Uuid::now_v7();
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    tx.execute(
-        "INSERT INTO sources (id, slug, max_body_bytes, require_json, idempotency, verification, enabled, declared)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, false)",
-        &[
-            &id,
-            &input.slug,
-            &(input.max_body_bytes.unwrap_or(1024 * 1024) as i32),
-            &input.require_json,
-            &to_json(&idem)?,
-            &to_json(&verification)?,
-            &input.enabled,
-        ],
-    )
-    .await?;
+    store::insert(&tx, id, &settings(&input)?).await?;
     notify_catalog(&tx, "admin:source").await?;
     tx.commit().await?;
     let source = fetch(&client, id).await?;
     Ok(HttpResponse::Created().json(SourceWithSecret { source, secret: shown }))
-}
-
-fn to_json<T: Serialize>(v: &T) -> Result<serde_json::Value, AdminError> {
-    serde_json::to_value(v).map_err(|e| AdminError::Unexpected(e.into()))
 }
 
 /// Reads one source.
@@ -310,48 +155,28 @@ pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Resul
     Ok(HttpResponse::Ok().json(fetch(&client, path.id).await?))
 }
 
-/// Replaces a source's settings (its secret stays; rotate it with `rotate-secret`).
+/// Replaces a source's settings. The secrets stay while the verification kind does (rotate them with
+/// `rotate-secret`); a new kind takes the secret given, or a generated one shown in this answer.
 #[utoipa::path(put, path = "/admin/v1/sources/{id}", tag = "sources", security(("bearer" = [])), params(IdPath),
-    request_body = SourceInput,
+    request_body = SourceConfig,
     responses((status = 200, body = SourceWithSecret), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody),
               (status = 422, body = ProblemBody), (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
 pub async fn update(
     state: web::Data<AdminState>,
     path: web::Path<IdPath>,
-    input: web::Json<SourceInput>,
+    input: web::Json<SourceConfig>,
 ) -> Result<HttpResponse, AdminError> {
+    let mut input = input.into_inner();
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    let row = tx
-        .query_opt("SELECT declared, verification FROM sources WHERE id = $1 FOR UPDATE", &[&path.id])
-        .await?
-        .ok_or_else(|| AdminError::NotFound(format!("no source has id {}", path.id)))?;
-    if row.get::<_, bool>(0) {
+    let stored = store::fetch_for_update(&tx, path.id).await?.ok_or_else(|| not_found(path.id))?;
+    if stored.declared {
         return Err(declared("source"));
     }
-    let stored: VerificationConfig =
-        serde_json::from_value(row.get(1)).map_err(|e| anyhow::anyhow!("stored verification: {e}"))?;
-    // An update keeps the stored secret of an hmac_sha256 source (secrets change only by rotation).
-    let existing = match stored {
-        VerificationConfig::HmacSha256 { secret, .. } => secret.0.into_iter().next(),
-        _ => None,
-    };
-    let (idem, verification, shown) = validate(&state, &input, existing)?;
-    tx.execute(
-        "UPDATE sources SET slug = $2, max_body_bytes = $3, require_json = $4, idempotency = $5, verification = $6,
-                enabled = $7, updated_at = now()
-         WHERE id = $1",
-        &[
-            &path.id,
-            &input.slug,
-            &(input.max_body_bytes.unwrap_or(1024 * 1024) as i32),
-            &input.require_json,
-            &to_json(&idem)?,
-            &to_json(&verification)?,
-            &input.enabled,
-        ],
-    )
-    .await?;
+    let stored = stored.model().map_err(|e| anyhow::anyhow!("stored source {}: {e}", stored.slug))?;
+    input.verification.keep_secrets_of(&stored.verification);
+    let shown = validate(&state, &mut input)?;
+    store::update(&tx, path.id, &settings(&input)?).await?;
     notify_catalog(&tx, "admin:source").await?;
     tx.commit().await?;
     let source = fetch(&client, path.id).await?;
@@ -371,33 +196,21 @@ pub(super) fn declared(what: &str) -> AdminError {
 pub async fn delete(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    let row = tx
-        .query_opt("SELECT declared FROM sources WHERE id = $1 FOR UPDATE", &[&path.id])
-        .await?
-        .ok_or_else(|| AdminError::NotFound(format!("no source has id {}", path.id)))?;
-    if row.get::<_, bool>(0) {
+    let stored = store::fetch_for_update(&tx, path.id).await?.ok_or_else(|| not_found(path.id))?;
+    if stored.declared {
         return Err(declared("source"));
     }
-    let used: bool = tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM events WHERE source_id = $1)
-                 OR EXISTS (SELECT 1 FROM routes WHERE source_id = $1)
-                 OR EXISTS (SELECT 1 FROM replay_jobs WHERE source_id = $1)",
-            &[&path.id],
-        )
-        .await?
-        .get(0);
-    if used {
+    if store::in_use(&tx, path.id).await? {
         return Err(AdminError::InUse("this source has events or routes; disable it instead".into()));
     }
-    tx.execute("DELETE FROM event_keys WHERE source_id = $1", &[&path.id]).await?;
-    tx.execute("DELETE FROM sources WHERE id = $1", &[&path.id]).await?;
+    store::delete(&tx, path.id).await?;
     notify_catalog(&tx, "admin:source").await?;
     tx.commit().await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// Rotates an HMAC source's secret: the new one is active at once, the previous one stays valid for the grace period.
+/// Rotates a source's shared secret (HMAC secret, password, token or key): the new one is active at once, the
+/// previous one stays valid for the grace period.
 #[utoipa::path(post, path = "/admin/v1/sources/{id}/rotate-secret", tag = "sources", security(("bearer" = [])),
     params(IdPath), request_body(content = Option<RotateInput>),
     responses((status = 200, body = RotatedSecret), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody),
@@ -410,29 +223,19 @@ pub async fn rotate_secret(
     let grace = grace(&state, input.as_ref().and_then(|i| i.grace_secs));
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    let row = tx
-        .query_opt("SELECT declared, verification FROM sources WHERE id = $1 FOR UPDATE", &[&path.id])
-        .await?
-        .ok_or_else(|| AdminError::NotFound(format!("no source has id {}", path.id)))?;
-    if row.get::<_, bool>(0) {
+    let stored = store::fetch_for_update(&tx, path.id).await?.ok_or_else(|| not_found(path.id))?;
+    if stored.declared {
         return Err(declared("source"));
     }
-    let stored: VerificationConfig =
-        serde_json::from_value(row.get(1)).map_err(|e| anyhow::anyhow!("stored verification: {e}"))?;
-    let VerificationConfig::HmacSha256 { header, prefix, secret: old } = stored else {
-        return Err(AdminError::WrongState("only hmac_sha256 sources rotate through the API".into()));
-    };
-    let old = old.0.into_iter().next().ok_or_else(|| anyhow::anyhow!("stored source has no secret"))?;
-    let new = new_secret();
-    let verification =
-        VerificationConfig::HmacSha256 { header, prefix, secret: Secrets(vec![SecretString::from(new.clone())]) };
+    let mut model = stored.model().map_err(|e| anyhow::anyhow!("stored source {}: {e}", stored.slug))?;
+    let kind = model.verification.kind();
+    let (new, previous) = model
+        .verification
+        .rotate()
+        .ok_or_else(|| AdminError::WrongState(format!("a {kind} source has no shared secret to rotate")))?;
+    let verification = serde_json::to_value(&model.verification).map_err(|e| AdminError::Unexpected(e.into()))?;
     let until = Utc::now() + grace;
-    tx.execute(
-        "UPDATE sources SET verification = $2, previous_secret = $3, previous_secret_until = $4, updated_at = now()
-         WHERE id = $1",
-        &[&path.id, &to_json(&verification)?, &old.expose_secret(), &until],
-    )
-    .await?;
+    store::rotate(&tx, path.id, &verification, previous.expose_secret(), until).await?;
     notify_catalog(&tx, "admin:source").await?;
     tx.commit().await?;
     Ok(HttpResponse::Ok().json(RotatedSecret { secret: new, previous_valid_until: until }))

@@ -15,10 +15,10 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::cloudevents::{self, Attributes, CloudEventError, Mode};
-use crate::config::{EventTypeConfig, IdempotencyConfig};
 use crate::problem::IngestError;
 use crate::sources::Source;
 use crate::startup::AppState;
+use hookgate_core::source::{EventTypeConfig, IdempotencyConfig};
 
 /// Longest accepted idempotency key, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
@@ -105,7 +105,7 @@ async fn accept(
         check_json_content_type(headers)?;
     }
     let body = read_body(headers, payload, source.max_body_bytes).await?;
-    source.verifier.verify(headers, &body)?;
+    source.verifier.verify(&crate::sources::Headers(headers), &body)?;
     if json_body {
         // JSON text is UTF-8 (RFC 8259 §8.1); serde skips string contents it ignores, so check the encoding first.
         let text = std::str::from_utf8(&body).map_err(|e| IngestError::InvalidJson(format!("not UTF-8 ({e})")))?;

@@ -27,7 +27,7 @@ pub type Pool = deadpool_postgres::Pool;
 /// applied whole or not at all (a route naming a missing source fails it), and every node is told at COMMIT.
 pub async fn apply_declared(
     pool: &Pool,
-    sources: &[sources::DeclaredSource<'_>],
+    sources: &[sources::SourceSettings<'_>],
     destinations: &[catalog::DeclaredDestination<'_>],
     routes: &[catalog::DeclaredRoute<'_>],
 ) -> anyhow::Result<()> {

@@ -1,11 +1,13 @@
-//! The `sources` table: the enabled sources as stored, the declared ones applied at start, the slug lookup, and the
-//! expiry of rotated-out secrets.
+//! The `sources` table: the enabled sources as the ingest snapshot loads them, the declared ones applied at start,
+//! the admin API's reads and edits, the slug lookup, and the expiry of rotated-out secrets.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
 use uuid::Uuid;
+
+use hookgate_core::source::{InvalidSource, SourceConfig, SourceOptions};
 
 use crate::Pool;
 
@@ -54,32 +56,50 @@ pub async fn load_enabled(pool: &Pool) -> anyhow::Result<Vec<SourceRow>> {
         .context("Failed to read a source row")
 }
 
-/// A source declared in the configuration, as it is stored.
+/// A source's settings as stored, whoever wrote them (the configuration or the admin API).
 #[derive(Debug, Clone)]
-pub struct DeclaredSource<'a> {
+pub struct SourceSettings<'a> {
     pub slug: &'a str,
     pub max_body_bytes: i32,
     pub require_json: bool,
     pub idempotency: Value,
     pub verification: Value,
     pub options: Value,
+    pub enabled: bool,
+}
+
+impl<'a> SourceSettings<'a> {
+    /// A source as it is stored: the idempotency key's and the event type's defaults applied, the options beside.
+    pub fn of(source: &'a SourceConfig) -> Result<Self, InvalidSource> {
+        let json = |v: Result<Value, serde_json::Error>| v.map_err(|e| InvalidSource(e.to_string()));
+        Ok(Self {
+            slug: &source.slug,
+            max_body_bytes: i32::try_from(source.max_body_bytes)
+                .map_err(|_| InvalidSource("max_body_bytes is too large".into()))?,
+            require_json: source.require_json,
+            idempotency: json(serde_json::to_value(source.effective_idempotency()))?,
+            verification: json(serde_json::to_value(&source.verification))?,
+            options: json(serde_json::to_value(source.options()))?,
+            enabled: source.enabled,
+        })
+    }
 }
 
 /// Upserts the declared sources by slug and disables declared sources no longer in the configuration (part of
 /// [`crate::apply_declared`]'s transaction).
 pub(crate) async fn apply_declared(
     tx: &deadpool_postgres::Transaction<'_>,
-    declared: &[DeclaredSource<'_>],
+    declared: &[SourceSettings<'_>],
 ) -> anyhow::Result<()> {
     for s in declared {
         tx.execute(
             "INSERT INTO sources (id, slug, max_body_bytes, require_json, idempotency, verification, options, enabled,
                                   declared)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, true, true)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true)
              ON CONFLICT (slug) DO UPDATE SET
                 max_body_bytes = EXCLUDED.max_body_bytes, require_json = EXCLUDED.require_json,
                 idempotency = EXCLUDED.idempotency, verification = EXCLUDED.verification, options = EXCLUDED.options,
-                enabled = true, declared = true, updated_at = now()",
+                enabled = EXCLUDED.enabled, declared = true, updated_at = now()",
             &[
                 &Uuid::now_v7(),
                 &s.slug,
@@ -88,6 +108,7 @@ pub(crate) async fn apply_declared(
                 &s.idempotency,
                 &s.verification,
                 &s.options,
+                &s.enabled,
             ],
         )
         .await
@@ -101,6 +122,148 @@ pub(crate) async fn apply_declared(
     .await
     .context("Failed to disable sources removed from the configuration")?;
     Ok(())
+}
+
+/// A source as the admin API reads it (its secrets stay inside `verification`, for the model above to redact).
+#[derive(Debug, Clone)]
+pub struct SourceRecord {
+    pub id: Uuid,
+    pub slug: String,
+    pub max_body_bytes: i32,
+    pub require_json: bool,
+    pub idempotency: Value,
+    pub verification: Value,
+    pub options: Value,
+    pub enabled: bool,
+    pub declared: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub previous_secret_until: Option<DateTime<Utc>>,
+}
+
+const RECORD: &str = "SELECT id, slug, max_body_bytes, require_json, idempotency, verification, options, enabled, \
+                      declared, created_at, updated_at, previous_secret_until FROM sources";
+
+fn record(row: &tokio_postgres::Row) -> Result<SourceRecord, tokio_postgres::Error> {
+    Ok(SourceRecord {
+        id: row.try_get(0)?,
+        slug: row.try_get(1)?,
+        max_body_bytes: row.try_get(2)?,
+        require_json: row.try_get(3)?,
+        idempotency: row.try_get(4)?,
+        verification: row.try_get(5)?,
+        options: row.try_get(6)?,
+        enabled: row.try_get(7)?,
+        declared: row.try_get(8)?,
+        created_at: row.try_get(9)?,
+        updated_at: row.try_get(10)?,
+        previous_secret_until: row.try_get(11)?,
+    })
+}
+
+impl SourceRecord {
+    /// The stored source as the model, secrets included (the admin API redacts what it shows).
+    pub fn model(&self) -> Result<SourceConfig, serde_json::Error> {
+        let options: SourceOptions = serde_json::from_value(self.options.clone())?;
+        Ok(SourceConfig {
+            slug: self.slug.clone(),
+            max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(0),
+            require_json: self.require_json,
+            idempotency: Some(serde_json::from_value(self.idempotency.clone())?),
+            event_type: options.event_type,
+            dedupe_window_secs: options.dedupe_window_secs,
+            cloudevents: options.cloudevents,
+            allowed_origins: options.allowed_origins,
+            allowed_rate: options.allowed_rate,
+            verification: serde_json::from_value(self.verification.clone())?,
+            enabled: self.enabled,
+        })
+    }
+}
+
+/// Every source, by slug.
+pub async fn list(client: &impl GenericClient) -> Result<Vec<SourceRecord>, tokio_postgres::Error> {
+    client.query(&format!("{RECORD} ORDER BY slug"), &[]).await?.iter().map(record).collect()
+}
+
+/// One source; `None` when there is none with this id.
+pub async fn fetch(client: &impl GenericClient, id: Uuid) -> Result<Option<SourceRecord>, tokio_postgres::Error> {
+    client.query_opt(&format!("{RECORD} WHERE id = $1"), &[&id]).await?.as_ref().map(record).transpose()
+}
+
+/// One source, locked until the transaction ends (an edit reads, decides, then writes).
+pub async fn fetch_for_update(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: Uuid,
+) -> Result<Option<SourceRecord>, tokio_postgres::Error> {
+    tx.query_opt(&format!("{RECORD} WHERE id = $1 FOR UPDATE"), &[&id]).await?.as_ref().map(record).transpose()
+}
+
+/// Stores a new source created through the admin API (not declared).
+pub async fn insert(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: Uuid,
+    s: &SourceSettings<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "INSERT INTO sources (id, slug, max_body_bytes, require_json, idempotency, verification, options, enabled,
+                              declared)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false)",
+        &[&id, &s.slug, &s.max_body_bytes, &s.require_json, &s.idempotency, &s.verification, &s.options, &s.enabled],
+    )
+    .await
+    .map(drop)
+}
+
+/// Replaces a source's settings.
+pub async fn update(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: Uuid,
+    s: &SourceSettings<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE sources SET slug = $2, max_body_bytes = $3, require_json = $4, idempotency = $5, verification = $6,
+                options = $7, enabled = $8, updated_at = now()
+         WHERE id = $1",
+        &[&id, &s.slug, &s.max_body_bytes, &s.require_json, &s.idempotency, &s.verification, &s.options, &s.enabled],
+    )
+    .await
+    .map(drop)
+}
+
+/// Whether anything refers to the source: events, routes or replay jobs.
+pub async fn in_use(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> Result<bool, tokio_postgres::Error> {
+    tx.query_one(
+        "SELECT EXISTS (SELECT 1 FROM events WHERE source_id = $1)
+             OR EXISTS (SELECT 1 FROM routes WHERE source_id = $1)
+             OR EXISTS (SELECT 1 FROM replay_jobs WHERE source_id = $1)",
+        &[&id],
+    )
+    .await?
+    .try_get(0)
+}
+
+/// Deletes a source and the idempotency keys it remembers.
+pub async fn delete(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> Result<(), tokio_postgres::Error> {
+    tx.execute("DELETE FROM event_keys WHERE source_id = $1", &[&id]).await?;
+    tx.execute("DELETE FROM sources WHERE id = $1", &[&id]).await.map(drop)
+}
+
+/// Stores a rotated verification; `previous` stays accepted until `until`.
+pub async fn rotate(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: Uuid,
+    verification: &Value,
+    previous: &str,
+    until: DateTime<Utc>,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE sources SET verification = $2, previous_secret = $3, previous_secret_until = $4, updated_at = now()
+         WHERE id = $1",
+        &[&id, verification, &previous, &until],
+    )
+    .await
+    .map(drop)
 }
 
 /// The id of the source with this slug; `None` when there is none.

@@ -1,11 +1,7 @@
-//! The layer rule for SQL: every statement lives in `hookgate-store`. The files above it that still hold SQL are
-//! listed until they move, and the list only shrinks: a file that gains SQL fails this test, and so does a listed
-//! file that no longer has any (take it off the list).
+//! The layer rule for SQL: every statement lives in `hookgate-store`. A file above the store that holds a statement
+//! fails this test.
 
 use std::path::{Path, PathBuf};
-
-/// Files outside the store that still run SQL of their own, to be moved into the store.
-const NOT_YET_MOVED: &[&str] = &["src/admin/sources.rs"];
 
 /// The crates above the store.
 const LAYERS_ABOVE: &[&str] = &["core/src", "actors/src", "src"];
@@ -48,22 +44,15 @@ fn sql_lives_in_the_store_only() {
         rust_files(&root.join(layer), &mut files);
     }
     assert!(files.len() > 20, "the workspace was found: {} files", files.len());
-    let mut with_sql = Vec::new();
-    for file in &files {
-        let text = std::fs::read_to_string(file).unwrap();
-        let rel = file.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
-        if let Some(line) = text.lines().find(|l| is_sql(l)) {
-            with_sql.push(rel.clone());
-            assert!(
-                NOT_YET_MOVED.contains(&rel.as_str()),
-                "{rel} runs SQL of its own (`{}`): statements belong in hookgate-store",
-                line.trim()
-            );
-        }
-    }
-    for listed in NOT_YET_MOVED {
-        assert!(with_sql.iter().any(|f| f == listed), "{listed} has no SQL left: take it off NOT_YET_MOVED");
-    }
+    let offenders: Vec<String> = files
+        .iter()
+        .filter_map(|file| {
+            let text = std::fs::read_to_string(file).unwrap();
+            let rel = file.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+            text.lines().find(|l| is_sql(l)).map(|line| format!("{rel}: `{}`", line.trim()))
+        })
+        .collect();
+    assert!(offenders.is_empty(), "SQL outside hookgate-store (statements belong there): {offenders:#?}");
 }
 
 #[test]

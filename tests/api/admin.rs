@@ -98,7 +98,7 @@ fn hmac_source(slug: &str) -> Value {
 }
 
 async fn post_with_secret(app: &TestApp, slug: &str, secret: &str, body: &[u8], key: &str) -> u16 {
-    let sig = format!("sha256={}", hookgate::sources::hmac_sha256_hex(secret.as_bytes(), body));
+    let sig = format!("sha256={}", hookgate_core::verify::hmac_sha256_hex(secret.as_bytes(), body));
     let resp = app
         .http
         .post(app.url(&format!("/ingest/{slug}")))
@@ -132,7 +132,8 @@ async fn objects_are_created_validated_delivered_listed_and_replayed_through_the
     assert_eq!(got.status, 200);
     assert!(!got.json.to_string().contains(&secret), "GET never shows the secret: {got:?}");
     app.admin("post", "/sources", Some(WRITE), Some(hmac_source("shop"))).await.assert_problem(409, "slug-taken");
-    app.admin("post", "/sources", Some(WRITE), Some(json!({"slug": "x"}))).await.assert_problem(400, "bad-request");
+    let unknown_kind = json!({"slug": "x", "verification": {"kind": "rot13"}});
+    app.admin("post", "/sources", Some(WRITE), Some(unknown_kind)).await.assert_problem(400, "bad-request");
 
     // Destinations: the SSRF check and slugs.
     let bad = json!({"slug": "inside", "url": "http://169.254.169.254/latest"});
@@ -273,6 +274,107 @@ async fn a_rotated_source_secret_and_the_previous_one_are_both_accepted_during_t
         (post_with_secret(&app, "rot", &new, b"{}", "k4").await == 401).then_some(())
     })
     .await;
+}
+
+/// Waits until `send` is answered `status` (the catalog reload after an admin write is asynchronous).
+async fn wait_status<F, Fut>(what: &str, status: u16, send: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = u16>,
+{
+    eventually(what, Duration::from_secs(30), || async { (send().await == status).then_some(()) }).await;
+}
+
+#[actix_rt::test]
+async fn the_api_takes_every_source_option_the_configuration_file_takes_through_the_same_validation() {
+    let app = spawn_app_with(with_tokens).await;
+
+    // A GitHub preset with no secret: one is generated and shown once; the preset's key and type apply.
+    let created =
+        app.admin_ok("post", "/sources", Some(json!({"slug": "gh", "verification": {"kind": "github"}}))).await;
+    let secret = created["secret"].as_str().expect("a generated secret").to_owned();
+    let view = &created["source"];
+    assert_eq!(view["verification"]["kind"], "github");
+    assert_eq!(view["idempotency"], json!({"from": "header", "header": "X-GitHub-Delivery"}));
+    assert_eq!(view["event_type"], json!({"from": "header", "header": "X-GitHub-Event"}));
+    let got = app.admin_ok("get", &format!("/sources/{}", view["id"].as_str().unwrap()), None).await;
+    assert!(!got.to_string().contains(&secret), "GET never shows the secret: {got}");
+    let body = br#"{"action":"opened"}"#;
+    let sig = format!("sha256={}", hookgate_core::verify::hmac_sha256_hex(secret.as_bytes(), body));
+    let github = |delivery: &'static str, sig: String| {
+        let req = app
+            .http
+            .post(app.url("/ingest/gh"))
+            .insert_header(("X-Hub-Signature-256", sig))
+            .insert_header(("X-GitHub-Delivery", delivery))
+            .insert_header(("X-GitHub-Event", "pull_request"));
+        async move { req.send_body(body.to_vec()).await.expect("ingest").status().as_u16() }
+    };
+    wait_status("the github source to accept its secret", 202, || github("d-1", sig.clone())).await;
+    assert_eq!(github("d-2", "sha256=00".into()).await, 401, "a wrong signature is refused");
+    let ev = app.db.query_one("SELECT type FROM events WHERE idempotency_key = 'd-1'", &[]).await.unwrap();
+    assert_eq!(ev.get::<_, Option<String>>(0).as_deref(), Some("pull_request"), "the preset's event type");
+
+    // A bearer token chosen by the producer, the handshake options, and a rotation of a non-HMAC secret.
+    let bearer = json!({"slug": "tok", "verification": {"kind": "bearer", "token": "producer-token-1"},
+        "allowed_origins": ["https://producer.example"], "allowed_rate": 120, "dedupe_window_secs": 60});
+    let created = app.admin_ok("post", "/sources", Some(bearer)).await;
+    let id = created["source"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["source"]["allowed_origins"], json!(["https://producer.example"]));
+    assert_eq!(created["source"]["allowed_rate"], 120);
+    assert!(created["source"]["verification"].get("token").is_none(), "{created}");
+    let with_token = |token: String| {
+        let req = app.http.post(app.url("/ingest/tok")).insert_header(("Authorization", format!("Bearer {token}")));
+        async move { req.send_body("x").await.expect("ingest").status().as_u16() }
+    };
+    wait_status("the bearer source", 202, || with_token("producer-token-1".into())).await;
+    let rotated = app.admin_ok("post", &format!("/sources/{id}/rotate-secret"), Some(json!({"grace_secs": 0}))).await;
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    wait_status("the rotated token", 202, || with_token(new.clone())).await;
+    wait_status("the previous token to end", 401, || with_token("producer-token-1".into())).await;
+
+    // An update that keeps the kind keeps the secret; the configuration's checks refuse what they refuse there.
+    let put = json!({"slug": "tok", "verification": {"kind": "bearer"}, "require_json": true});
+    let updated = app.admin_ok("put", &format!("/sources/{id}"), Some(put)).await;
+    assert!(updated["secret"].is_null(), "nothing new to show: {updated}");
+    wait_status("the update to apply (JSON only now)", 415, || with_token(new.clone())).await;
+    let json_with_token = |token: &str| {
+        let req = app
+            .http
+            .post(app.url("/ingest/tok"))
+            .insert_header(("Authorization", format!("Bearer {token}")))
+            .insert_header(("Content-Type", "application/json"));
+        async move { req.send_body("{}").await.expect("ingest").status().as_u16() }
+    };
+    assert_eq!(json_with_token(&new).await, 202, "the update kept the token");
+    assert_eq!(json_with_token("producer-token-1").await, 401);
+    for (bad, field) in [
+        (
+            json!({"slug": "t2", "verification": {"kind": "hmac", "header": "x-sig", "signed": "{timestamp}.{body}"}}),
+            "timestamp_header",
+        ),
+        (json!({"slug": "t3", "idempotency": {"from": "json_pointer", "pointer": "id"}}), "idempotency.pointer"),
+        (json!({"slug": "t4", "event_type": {"from": "header", "header": "bad header"}}), "event_type.header"),
+        (
+            json!({"slug": "t5", "verification": {"kind": "standard_webhooks", "secret": "whsec_c2hvcnQ="}}),
+            "verification",
+        ),
+        (json!({"slug": "t6", "max_body_bytes": 1_000_000_000}), "max_body_bytes"),
+    ] {
+        let a = app.admin("post", "/sources", Some(WRITE), Some(bad.clone())).await;
+        a.assert_problem(422, "validation-failed");
+        assert!(a.json["detail"].as_str().unwrap().contains(field), "{bad}: {a:?}");
+    }
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key().to_bytes();
+    let public_key = format!("whpk_{}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key));
+    let public_only = json!({"slug": "pk", "verification": {"kind": "standard_webhooks", "public_key": public_key}});
+    let created = app.admin_ok("post", "/sources", Some(public_only)).await;
+    assert!(created["secret"].is_null(), "nothing to generate for a public key: {created}");
+    assert!(created["source"]["verification"]["public_key"].is_array(), "public keys are shown: {created}");
+    let id = created["source"]["id"].as_str().unwrap();
+    app.admin("post", &format!("/sources/{id}/rotate-secret"), Some(WRITE), None)
+        .await
+        .assert_problem(409, "wrong-state");
 }
 
 #[actix_rt::test]
@@ -432,10 +534,10 @@ async fn event_list_and_get_use_indexes_on_200k_events_and_the_first_page_is_tim
     let none_time: Option<chrono::DateTime<chrono::Utc>> = None;
     let none_text: Option<&str> = None;
     let plans = [
-        ("list", explain(hookgate::admin::events::LIST_SQL), vec![none_uuid, none_uuid], None),
-        ("list by source", explain(hookgate::admin::events::LIST_SQL), vec![Some(source), none_uuid], None),
-        ("list after a cursor", explain(hookgate::admin::events::LIST_SQL), vec![Some(source), Some(some)], None),
-        ("list by type", explain(hookgate::admin::events::LIST_SQL), vec![none_uuid, none_uuid], Some("push")),
+        ("list", explain(hookgate_store::events::LIST_SQL), vec![none_uuid, none_uuid], None),
+        ("list by source", explain(hookgate_store::events::LIST_SQL), vec![Some(source), none_uuid], None),
+        ("list after a cursor", explain(hookgate_store::events::LIST_SQL), vec![Some(source), Some(some)], None),
+        ("list by type", explain(hookgate_store::events::LIST_SQL), vec![none_uuid, none_uuid], Some("push")),
     ];
     for (what, sql, ids, event_type) in &plans {
         let limit: i64 = 51;
@@ -445,10 +547,10 @@ async fn event_list_and_get_use_indexes_on_200k_events_and_the_first_page_is_tim
         let plan: Value = rows[0].get(0);
         assert_no_seq_scan(&app, what, &plan).await;
     }
-    let (from, to) = hookgate::admin::events::time_window(some);
-    let rows = app.db.query(explain(hookgate::admin::events::GET_SQL).as_str(), &[&some, &from, &to]).await.unwrap();
+    let (from, to) = hookgate_store::events::time_window(some);
+    let rows = app.db.query(explain(hookgate_store::events::GET_SQL).as_str(), &[&some, &from, &to]).await.unwrap();
     assert_no_seq_scan(&app, "get", &rows[0].get(0)).await;
-    let rows = app.db.query(explain(hookgate::admin::events::DELIVERIES_SQL).as_str(), &[&some, &from]).await.unwrap();
+    let rows = app.db.query(explain(hookgate_store::events::DELIVERIES_SQL).as_str(), &[&some, &from]).await.unwrap();
     assert_no_seq_scan(&app, "get's deliveries", &rows[0].get(0)).await;
 
     for (label, query) in [("first page", "/events?limit=50"), ("first page by source", "/events?source=hmac&limit=50")]

@@ -4,7 +4,8 @@
 
 use awc::http::header::HeaderValue;
 use base64::Engine;
-use hookgate::config::{Settings, SourceConfig};
+use hookgate::config::Settings;
+use hookgate_core::source::SourceConfig;
 use uuid::Uuid;
 
 use crate::helpers::{answer, destination, eventually, route, spawn_app_with, Answer, TestApp};

@@ -6,8 +6,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use hookgate::config::Settings;
-use hookgate::sources::hmac_sha256_hex;
 use hookgate::startup::Application;
+use hookgate_core::verify::hmac_sha256_hex;
 use secrecy::SecretString;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;

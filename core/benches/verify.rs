@@ -1,11 +1,11 @@
 //! Verification cost per scheme on a 1 KiB body: `cargo bench --bench verify`.
 
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use base64::Engine;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use ed25519_dalek::Signer;
-use hookgate::config::VerificationConfig;
-use hookgate::verify::{hmac_sha256_hex, standard_webhooks_v1, Verifier};
+use hookgate_core::source::VerificationConfig;
+use hookgate_core::verify::{hmac_sha256_hex, standard_webhooks_v1, Verifier};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::SecretString;
 
 const NOW: i64 = 1_700_000_000;

@@ -6,17 +6,30 @@
 //! Secrets live in `SecretString`/`SecretSlice` and never reach `Debug`, logs or error messages. The parsers are
 //! public so that the fuzz targets (`fuzz/`) and the property tests call exactly what ingest calls.
 
-use actix_web::http::header::{HeaderMap, HeaderName};
 use anyhow::Context;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ed25519_dalek::{Signature, VerifyingKey};
 use hmac::{Hmac, Mac};
+use http::HeaderName;
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
-use crate::config::{HmacAlgorithm, Secrets, SignatureEncoding, VerificationConfig, MAX_SECRETS};
+use crate::source::{HmacAlgorithm, Secrets, SignatureEncoding, VerificationConfig, MAX_SECRETS};
+
+/// The request headers a verifier reads. The server implements it for its HTTP framework's header map; this crate
+/// for [`http::HeaderMap`].
+pub trait RequestHeaders {
+    /// Every value of the header `name` (lower-case), in the order received.
+    fn values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]>;
+}
+
+impl RequestHeaders for http::HeaderMap {
+    fn values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> {
+        self.get_all(name).into_iter().map(|v| v.as_bytes())
+    }
+}
 
 /// Default largest distance between a signed timestamp and now.
 pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
@@ -296,7 +309,7 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 
 /// Decodes `whsec_<base64>` (the prefix is optional) into the HMAC key.
 fn whsec_key(secret: &str) -> anyhow::Result<SecretSlice<u8>> {
-    let key = hookgate_core::signing::decode_secret(secret).map_err(|e| anyhow::anyhow!(e))?;
+    let key = crate::signing::decode_secret(secret).map_err(|e| anyhow::anyhow!(e))?;
     Ok(SecretSlice::from(key))
 }
 
@@ -412,12 +425,12 @@ impl Verifier {
     }
 
     /// Verifies a request against the current time.
-    pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), VerifyError> {
+    pub fn verify(&self, headers: &impl RequestHeaders, body: &[u8]) -> Result<(), VerifyError> {
         self.verify_at(headers, body, chrono::Utc::now().timestamp())
     }
 
     /// Verifies a request as if the time were `now` (Unix seconds).
-    pub fn verify_at(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<(), VerifyError> {
+    pub fn verify_at(&self, headers: &impl RequestHeaders, body: &[u8], now: i64) -> Result<(), VerifyError> {
         match &self.0 {
             Scheme::None => Ok(()),
             Scheme::Hmac(check) => check.verify(headers, body, now),
@@ -478,7 +491,7 @@ impl Verifier {
 }
 
 impl HmacCheck {
-    fn verify(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<(), VerifyError> {
+    fn verify(&self, headers: &impl RequestHeaders, body: &[u8], now: i64) -> Result<(), VerifyError> {
         let name = self.header.as_str();
         let value = single(headers, name)?;
         let sig = parse_hmac_signature(value, self.prefix.as_deref(), self.encoding)
@@ -507,13 +520,15 @@ impl HmacCheck {
 }
 
 /// The one value of a header that must appear once, as visible ASCII.
-fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, VerifyError> {
-    let mut values = headers.get_all(name);
+fn single<'a>(headers: &'a impl RequestHeaders, name: &str) -> Result<&'a str, VerifyError> {
+    let mut values = headers.values(name);
     let value = values.next().ok_or_else(|| VerifyError::Missing(name.into()))?;
     if values.next().is_some() {
         return Err(VerifyError::Malformed(name.into()));
     }
-    value.to_str().map_err(|_| VerifyError::Malformed(name.into()))
+    // Visible ASCII and tabs, as `HeaderValue::to_str` accepts.
+    let visible = value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
+    std::str::from_utf8(value).ok().filter(|_| visible).ok_or_else(|| VerifyError::Malformed(name.into()))
 }
 
 fn check_time(header: &str, ts: i64, now: i64, tolerance: u64) -> Result<(), VerifyError> {
@@ -563,8 +578,8 @@ pub fn standard_webhooks_v1(secret: &SecretString, id: &str, timestamp: i64, bod
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::http::header::HeaderValue;
     use ed25519_dalek::{Signer, SigningKey};
+    use http::{HeaderMap, HeaderValue};
 
     fn cfg(toml: &str) -> Verifier {
         #[derive(serde::Deserialize)]
@@ -634,7 +649,7 @@ mod tests {
             .unwrap();
             Verifier::from_config(&w["v"])
         };
-        // The same 24-to-64-byte rule as the secrets hookgate signs with (hookgate_core::signing::decode_secret).
+        // The same 24-to-64-byte rule as the secrets hookgate signs with (crate::signing::decode_secret).
         assert!(config(24).is_ok() && config(64).is_ok());
         for bytes in [1, 23, 65] {
             let err = config(bytes).unwrap_err();
