@@ -13,11 +13,11 @@ use hookgate_actors::catalog::{self, SharedCatalog};
 use hookgate_actors::deliverer::Deliverer;
 use hookgate_actors::janitor::Janitor;
 use hookgate_actors::limits::Limits;
-use hookgate_actors::result_writer::{ConnectScheduler, DrainResults, ResultWriter};
+use hookgate_actors::result_writer::{ConnectScheduler, ResultWriter};
 use hookgate_actors::router::{ReloadHook, Router};
-use hookgate_actors::scheduler::{Scheduler, Shutdown};
+use hookgate_actors::scheduler::Scheduler;
 use hookgate_actors::{
-    ActorStatus, Cache, CacheConfig, Drain, EventWriter, Health, HealthRegistry, RedisLink, RedisLinkConfig,
+    shut_down, Cache, CacheConfig, EventWriter, Health, HealthRegistry, Mailbox, RedisLink, RedisLinkConfig,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
@@ -29,10 +29,8 @@ use crate::{admin, migrations, routes, sources, telemetry};
 /// What every request handler can reach. Built once, before the HTTP workers start.
 pub struct AppState {
     pub sources: Arc<SourceRegistry>,
-    pub writer: Addr<EventWriter>,
-    pub writer_status: Arc<ActorStatus>,
-    pub cache: Addr<Cache>,
-    pub cache_status: Arc<ActorStatus>,
+    pub writer: Mailbox<EventWriter>,
+    pub cache: Mailbox<Cache>,
     pub health: Arc<HealthRegistry>,
     pub metrics: PrometheusHandle,
     pub catalog: Arc<SharedCatalog>,
@@ -53,6 +51,9 @@ pub struct Application {
     health: Arc<HealthRegistry>,
     delivery: Option<(Addr<Scheduler>, Addr<ResultWriter>)>,
     janitor: Addr<Janitor>,
+    router: Addr<Router>,
+    cache: Addr<Cache>,
+    prober: Addr<Health>,
     drain_delay: Duration,
     shutdown_timeout: Duration,
     writer_arbiter: ArbiterGuard,
@@ -141,10 +142,10 @@ impl Application {
                 Box::pin(async move { registry.reload(&pool).await.map(|_| ()) })
             })
         };
-        {
+        let router = {
             let (pool, pg_config, catalog) = (pool.clone(), pg_config.clone(), catalog.clone());
-            Supervisor::start(move |_| Router::new(pool, pg_config, catalog, vec![sources_hook], router_status));
-        }
+            Supervisor::start(move |_| Router::new(pool, pg_config, catalog, vec![sources_hook], router_status))
+        };
 
         let janitor_status = health.register("janitor", false, policy);
         let janitor = {
@@ -218,7 +219,7 @@ impl Application {
             deliverer_arbiters = arbiters.into_iter().map(ArbiterGuard).collect();
         }
 
-        Health::new(
+        let prober = Health::new(
             pool.clone(),
             health.clone(),
             Duration::from_millis(settings.server.health_interval_ms),
@@ -246,10 +247,8 @@ impl Application {
 
         let state = web::Data::new(AppState {
             sources: registry,
-            writer: writer.clone(),
-            writer_status,
-            cache,
-            cache_status,
+            writer: Mailbox::new(writer.clone(), writer_status),
+            cache: Mailbox::new(cache.clone(), cache_status),
             health: health.clone(),
             metrics,
             catalog,
@@ -284,6 +283,9 @@ impl Application {
             health,
             delivery,
             janitor,
+            router,
+            cache,
+            prober,
             drain_delay: Duration::from_millis(settings.server.drain_delay_ms),
             shutdown_timeout,
             writer_arbiter: ArbiterGuard(writer_arbiter),
@@ -309,9 +311,26 @@ impl Application {
     /// 3. the EventWriter flushes what it holds;
     /// 4. the Scheduler stops claiming; attempts in flight finish, and those still running when the rest of the
     ///    grace period is over give their leases back so that another node takes them over at once;
-    /// 5. the ResultWriter flushes the last attempt results.
+    /// 5. the ResultWriter flushes the last attempt results;
+    /// 6. the Janitor, the Router, the Cache and Health stop.
+    ///
+    /// Each step is one [`Shutdown`](hookgate_actors::Shutdown) with the same deadline, answered when the actor is
+    /// done.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Self { server, writer, health, delivery, drain_delay, shutdown_timeout, writer_arbiter, .. } = self;
+        let Self {
+            server,
+            writer,
+            health,
+            delivery,
+            janitor,
+            router,
+            cache,
+            prober,
+            drain_delay,
+            shutdown_timeout,
+            writer_arbiter,
+            ..
+        } = self;
         let handle = server.handle();
         let mut serving = actix_rt::spawn(server);
         tokio::select! {
@@ -329,21 +348,16 @@ impl Application {
         handle.stop(true).await;
         let _ = serving.await;
 
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if writer.send(Drain { reply: tx }).await.is_ok() {
-            let _ = tokio::time::timeout_at(deadline, rx).await;
-        }
+        shut_down(&writer, deadline).await;
         if let Some((scheduler, results)) = delivery {
-            let grace = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if scheduler.send(Shutdown { grace, reply: tx }).await.is_ok() {
-                let _ = tokio::time::timeout(grace + Duration::from_secs(5), rx).await;
-            }
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if results.send(DrainResults { reply: tx }).await.is_ok() {
-                let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
-            }
+            shut_down(&scheduler, deadline).await;
+            // The last results arrive as the attempts end, possibly after the deadline: they get time of their own.
+            shut_down(&results, tokio::time::Instant::now() + Duration::from_secs(5)).await;
         }
+        shut_down(&janitor, deadline).await;
+        shut_down(&router, deadline).await;
+        shut_down(&cache, deadline).await;
+        shut_down(&prober, deadline).await;
         drop(writer_arbiter);
         tracing::info!(message = "Stopped.");
         Ok(())

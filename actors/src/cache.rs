@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
 use crate::messages::{CacheLookup, CacheRemember};
+use crate::shutdown::Shutdown;
 use crate::supervision::Backoff;
 
 /// Commands in a row that time out before the connection is treated as lost.
@@ -155,6 +156,15 @@ impl actix::Supervised for Cache {
         self.conn = None;
         self.timeouts_in_a_row = 0;
         self.resume_delay = self.status.record_restart();
+    }
+}
+
+/// Answers at once: the cache holds nothing that must be written (a remembered key lost at shutdown costs one
+/// fast-path miss; PostgreSQL decides duplicates), and the lookups still queued are answered "miss" on their own.
+impl Handler<Shutdown> for Cache {
+    type Result = ();
+    fn handle(&mut self, msg: Shutdown, _: &mut Self::Context) {
+        let _ = msg.reply.send(());
     }
 }
 

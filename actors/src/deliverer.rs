@@ -25,6 +25,7 @@ use crate::limits::Limits;
 use crate::redis_link::RedisLink;
 use crate::retry::parse_retry_after;
 use crate::scheduler::{Completed, Job};
+use crate::shutdown::Shutdown;
 use crate::signing::{signature_header, traceparent};
 use crate::ssrf::{classify_send_error, guarded_client, SsrfPolicy};
 use crate::supervision::{guarded, Panicked};
@@ -112,6 +113,10 @@ pub struct Deliverer {
     scheduler: Recipient<Completed>,
     jq_timeout: Duration,
     jq_max_output: usize,
+    /// Attempts running now.
+    inflight: usize,
+    /// Shutdowns waiting for the attempts in flight.
+    shutdowns: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Deliverer {
@@ -135,6 +140,8 @@ impl Deliverer {
             scheduler,
             jq_timeout: Duration::from_millis(100),
             jq_max_output: 1024 * 1024,
+            inflight: 0,
+            shutdowns: Vec::new(),
         }
     }
 
@@ -203,8 +210,34 @@ impl Handler<Deliver> for Deliverer {
                 let done = Completed { delivery_id: msg.job.delivery_id, destination_id: msg.job.destination_id };
                 let _ = scheduler.send(done).await;
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(|(), act, _| {
+                act.inflight -= 1;
+                act.answer_shutdown();
+            }),
         );
+        self.inflight += 1;
+    }
+}
+
+impl Deliverer {
+    /// Answers the [`Shutdown`]s waiting for this deliverer's attempts, once none is in flight.
+    fn answer_shutdown(&mut self) {
+        if self.inflight == 0 {
+            for reply in self.shutdowns.drain(..) {
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
+/// Answers once the attempts in flight have ended (the Scheduler sends it when it stops claiming; past the deadline
+/// their leases were given back, and the ResultWriter fences their late results).
+impl Handler<Shutdown> for Deliverer {
+    type Result = ();
+    fn handle(&mut self, msg: Shutdown, _: &mut Self::Context) {
+        self.shutdowns.push(msg.reply);
+        self.answer_shutdown();
     }
 }
 

@@ -436,16 +436,18 @@ pub struct Health {
     interval: Duration,
     probe_timeout: Duration,
     probing: bool,
+    /// Set by [`Shutdown`]: no probe starts after it.
+    stopped: bool,
 }
 
 impl Health {
     pub fn new(pool: Pool, registry: Arc<HealthRegistry>, interval: Duration, probe_timeout: Duration) -> Self {
-        Self { pool, registry, interval, probe_timeout, probing: false }
+        Self { pool, registry, interval, probe_timeout, probing: false, stopped: false }
     }
 
     fn probe(&mut self, ctx: &mut Context<Self>) {
         self.registry.publish_metrics();
-        if self.probing {
+        if self.probing || self.stopped {
             return;
         }
         self.probing = true;
@@ -480,6 +482,15 @@ impl Actor for Health {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.probe(ctx);
         ctx.run_interval(self.interval, |act, ctx| act.probe(ctx));
+    }
+}
+
+/// Starts no probe after it (ingest has stopped; nothing reads readiness any more).
+impl Handler<crate::shutdown::Shutdown> for Health {
+    type Result = ();
+    fn handle(&mut self, msg: crate::shutdown::Shutdown, _: &mut Self::Context) {
+        self.stopped = true;
+        let _ = msg.reply.send(());
     }
 }
 

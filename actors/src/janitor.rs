@@ -22,6 +22,7 @@ use actix::prelude::*;
 use serde::Deserialize;
 
 use crate::health::{ActorState, ActorStatus};
+use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
 use crate::Pool;
 
@@ -69,11 +70,13 @@ pub struct Janitor {
     /// result writer's setting, applied here also to destinations whose deliveries are all waiting).
     auto_disable_after: Duration,
     status: Arc<ActorStatus>,
+    /// Set by [`Shutdown`]: no round starts after it.
+    stopped: bool,
 }
 
 impl Janitor {
     pub fn new(pool: Pool, cfg: RetentionSettings, auto_disable_after: Duration, status: Arc<ActorStatus>) -> Self {
-        Self { pool, cfg, auto_disable_after, status }
+        Self { pool, cfg, auto_disable_after, status, stopped: false }
     }
 }
 
@@ -84,6 +87,9 @@ impl Actor for Janitor {
         ctx.set_mailbox_capacity(16);
         self.status.set_state(ActorState::Running);
         ctx.run_interval(Duration::from_secs(self.cfg.interval_secs.max(1)), |act, ctx| {
+            if act.stopped {
+                return;
+            }
             let fut = guarded(round(act.pool.clone(), act.cfg.clone(), act.auto_disable_after));
             ctx.spawn(fut.into_actor(act).map(|res, act, ctx| match res {
                 Ok(res) => act.log(res),
@@ -95,6 +101,9 @@ impl Actor for Janitor {
         });
         if self.cfg.statistics_interval_secs > 0 {
             ctx.run_interval(Duration::from_secs(self.cfg.statistics_interval_secs), |act, ctx| {
+                if act.stopped {
+                    return;
+                }
                 let fut = guarded(refresh_statistics(act.pool.clone()));
                 ctx.spawn(fut.into_actor(act).map(|res, act, ctx| match res {
                     Ok(Ok(analyzed)) if !analyzed.is_empty() => {
@@ -133,6 +142,16 @@ impl Janitor {
 impl actix::Supervised for Janitor {
     fn restarting(&mut self, _: &mut Self::Context) {
         self.status.record_restart();
+    }
+}
+
+/// Starts no round after it; a round running now is one transaction under the janitor's lock, which commits or rolls
+/// back whole, so it needs no waiting for.
+impl Handler<Shutdown> for Janitor {
+    type Result = ();
+    fn handle(&mut self, msg: Shutdown, _: &mut Self::Context) {
+        self.stopped = true;
+        let _ = msg.reply.send(());
     }
 }
 

@@ -14,6 +14,7 @@
 //! Every message that can arrive in a flood carries its own reply channel and is sent with `try_send`: a full
 //! mailbox is an immediate, visible refusal (the front end answers 503), never an unbounded queue.
 //! Actors run under [`actix::Supervisor`]; [`supervision`] adds what actix lacks (back-off, a restart budget).
+//! Every actor handles the one [`Shutdown`] message, which the server sends in order at SIGTERM.
 
 pub mod cache;
 pub mod catalog;
@@ -22,11 +23,13 @@ pub mod deliverer;
 pub mod health;
 pub mod janitor;
 pub mod limits;
+pub mod mailbox;
 pub mod messages;
 pub mod redis_link;
 pub mod result_writer;
 pub mod router;
 pub mod scheduler;
+pub mod shutdown;
 pub mod ssrf;
 pub mod supervision;
 pub mod writer;
@@ -38,10 +41,12 @@ pub use hookgate_store::listen;
 pub use cache::{Cache, CacheConfig};
 pub use config::DeliveryConfig;
 pub use health::{ActorState, ActorStatus, DependencyState, Health, HealthRegistry, ReadinessReport};
+pub use mailbox::{Mailbox, Refused};
 pub use messages::{CacheLookup, CacheRemember, NewEvent, Persist, PersistError, PersistMany, Persisted};
 pub use redis_link::{RedisLink, RedisLinkConfig};
+pub use shutdown::{shut_down, Shutdown};
 pub use supervision::{Backoff, RestartPolicy};
-pub use writer::{Drain, EventWriter, WriterConfig};
+pub use writer::{EventWriter, WriterConfig};
 
 /// The PostgreSQL connection pool every database-facing actor borrows from.
 pub use hookgate_store::Pool;

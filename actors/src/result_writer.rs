@@ -21,15 +21,9 @@ use crate::config::DeliveryConfig;
 use crate::deliverer::{AttemptResult, Routed};
 use crate::health::{ActorState, ActorStatus};
 use crate::scheduler::Wake;
+use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
 use crate::Pool;
-
-/// Flush everything buffered and answer when nothing is left (shutdown, after the deliverers finished).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DrainResults {
-    pub reply: tokio::sync::oneshot::Sender<()>,
-}
 
 /// Where the scheduler can be woken once results are committed (set after both are started).
 #[derive(Message)]
@@ -140,9 +134,10 @@ impl ResultWriter {
     }
 }
 
-impl Handler<DrainResults> for ResultWriter {
+/// Flushes everything buffered and answers when nothing is left (sent after the deliverers finished).
+impl Handler<Shutdown> for ResultWriter {
     type Result = ();
-    fn handle(&mut self, msg: DrainResults, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) {
         self.drains.push(msg.reply);
         self.flush(ctx);
         self.answer_drains();

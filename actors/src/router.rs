@@ -14,6 +14,7 @@ use futures::future::LocalBoxFuture;
 use crate::catalog::{SharedCatalog, CATALOG_CHANNEL};
 use crate::health::{ActorState, ActorStatus};
 use crate::listen::{self, ListenEvent};
+use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
 use crate::Pool;
 
@@ -28,6 +29,8 @@ pub struct Router {
     status: Arc<ActorStatus>,
     reloading: bool,
     again: bool,
+    /// Set by [`Shutdown`]: no reload starts after it.
+    stopped: bool,
 }
 
 impl Router {
@@ -38,10 +41,13 @@ impl Router {
         hooks: Vec<ReloadHook>,
         status: Arc<ActorStatus>,
     ) -> Self {
-        Self { pool, pg_config, catalog, hooks, status, reloading: false, again: false }
+        Self { pool, pg_config, catalog, hooks, status, reloading: false, again: false, stopped: false }
     }
 
     fn reload(&mut self, ctx: &mut Context<Self>) {
+        if self.stopped {
+            return;
+        }
         if self.reloading {
             self.again = true;
             return;
@@ -96,6 +102,15 @@ impl actix::Supervised for Router {
     fn restarting(&mut self, _: &mut Self::Context) {
         self.reloading = false;
         self.status.record_restart();
+    }
+}
+
+/// Starts no reload after it (the node is going away); a reload running now ends on its own.
+impl Handler<Shutdown> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: Shutdown, _: &mut Self::Context) {
+        self.stopped = true;
+        let _ = msg.reply.send(());
     }
 }
 

@@ -26,6 +26,7 @@ use crate::health::{ActorState, ActorStatus};
 use crate::limits::Limits;
 use crate::listen::{self, ListenEvent};
 use crate::redis_link::RedisLink;
+use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
 use crate::writer::DELIVERIES_CHANNEL;
 use crate::Pool;
@@ -38,15 +39,6 @@ pub use hookgate_core::delivery::{Job, RoutingInput, ORPHAN_REASON};
 pub struct Completed {
     pub delivery_id: Uuid,
     pub destination_id: Uuid,
-}
-
-/// Stop claiming; answer once the attempts in flight have finished, or, past `grace`, after releasing the leases of
-/// those still running so that another node takes them over at once.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Shutdown {
-    pub grace: std::time::Duration,
-    pub reply: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Look for work now.
@@ -75,6 +67,8 @@ pub struct Scheduler {
     leases: HashMap<Uuid, (Uuid, DateTime<Utc>)>,
     /// Set by `Shutdown`: no more claims; answered when nothing is in flight.
     stopping: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The deadline of the [`Shutdown`] being answered.
+    deadline: Option<tokio::time::Instant>,
     claiming: bool,
     again: bool,
     next_deliverer: usize,
@@ -109,6 +103,7 @@ impl Scheduler {
             inflight_by_destination: HashMap::new(),
             leases: HashMap::new(),
             stopping: None,
+            deadline: None,
             claiming: false,
             again: false,
             next_deliverer: 0,
@@ -286,12 +281,8 @@ impl Handler<Completed> for Scheduler {
     fn handle(&mut self, msg: Completed, ctx: &mut Self::Context) {
         self.inflight = self.inflight.saturating_sub(1);
         self.leases.remove(&msg.delivery_id);
-        if self.inflight == 0 {
-            if let Some(reply) = self.stopping.take() {
-                let _ = reply.send(());
-                // Stay stopped: a later Completed or Wake must not claim again.
-                self.stopping = Some(tokio::sync::oneshot::channel().0);
-            }
+        if self.inflight == 0 && self.stopping.is_some() {
+            self.answer_shutdown();
         }
         if let Some(n) = self.inflight_by_destination.get_mut(&msg.destination_id) {
             *n = n.saturating_sub(1);
@@ -303,17 +294,19 @@ impl Handler<Completed> for Scheduler {
     }
 }
 
+/// Stops claiming; answers once the attempts in flight have finished, or, at the deadline, after releasing the leases
+/// of those still running so that another node takes them over at once.
 impl Handler<Shutdown> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) {
+        self.deadline = Some(msg.deadline);
+        self.stopping = Some(msg.reply);
         if self.inflight == 0 {
-            let _ = msg.reply.send(());
-            self.stopping = Some(tokio::sync::oneshot::channel().0);
+            self.answer_shutdown();
             return;
         }
-        self.stopping = Some(msg.reply);
-        ctx.run_later(msg.grace, |act, ctx| {
+        ctx.run_later(msg.deadline.saturating_duration_since(tokio::time::Instant::now()), |act, ctx| {
             if act.leases.is_empty() {
                 return;
             }
@@ -333,12 +326,24 @@ impl Handler<Shutdown> for Scheduler {
                 if let Err(error) = res {
                     tracing::warn!(message = "Could not release leases; they will expire.", error = %format!("{error:#}"));
                 }
-                if let Some(reply) = act.stopping.take() {
-                    let _ = reply.send(());
-                }
-                act.stopping = Some(tokio::sync::oneshot::channel().0);
+                act.answer_shutdown();
             }));
         });
+    }
+}
+
+impl Scheduler {
+    /// Answers a [`Shutdown`] and passes it on to the deliverers (which answer once their own attempts end); the
+    /// scheduler stays stopped, so a later `Completed` or `Wake` never claims again.
+    fn answer_shutdown(&mut self) {
+        if let Some(reply) = self.stopping.take() {
+            let _ = reply.send(());
+        }
+        self.stopping = Some(tokio::sync::oneshot::channel().0);
+        let deadline = self.deadline.unwrap_or_else(tokio::time::Instant::now);
+        for deliverer in &self.deliverers {
+            let _ = deliverer.try_send(Shutdown { deadline, reply: tokio::sync::oneshot::channel().0 });
+        }
     }
 }
 

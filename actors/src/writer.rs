@@ -42,6 +42,7 @@ use uuid::Uuid;
 use crate::catalog::without_nul;
 use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
 use crate::messages::{NewEvent, Persist, PersistError, PersistMany, Persisted};
+use crate::shutdown::Shutdown;
 
 use crate::Pool;
 
@@ -285,17 +286,11 @@ impl EventWriter {
     }
 }
 
-/// Flushes everything buffered and answers once nothing is pending (used at shutdown, after ingest stopped).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Drain {
-    pub reply: oneshot::Sender<()>,
-}
-
-impl Handler<Drain> for EventWriter {
+/// Flushes everything buffered and answers once nothing is pending (sent after ingest stopped).
+impl Handler<Shutdown> for EventWriter {
     type Result = ();
 
-    fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) {
         self.drains.push(msg.reply);
         self.flush(ctx);
         self.answer_drains();

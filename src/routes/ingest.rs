@@ -1,14 +1,13 @@
 //! `POST /ingest/{source}`: verify, de-duplicate, hand to the [`EventWriter`], answer after COMMIT. Also the
 //! CloudEvents HTTP binding (binary, structured and batch modes) and the `OPTIONS` abuse-protection handshake.
 
-use actix::dev::SendError;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use hookgate_actors::jq::stored_route_input;
 use hookgate_actors::{
-    CacheLookup, CacheRemember, EventWriter, NewEvent, Persist, PersistError, PersistMany, Persisted,
+    CacheLookup, CacheRemember, EventWriter, NewEvent, Persist, PersistError, PersistMany, Persisted, Refused,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
@@ -211,10 +210,8 @@ async fn accept_batch(
 /// Tells the cache (best effort) that `key` now names a committed event, for the source's dedupe window.
 fn remember(state: &AppState, source: &Source, key: String, id: Uuid) {
     let ttl = source.options.dedupe_window_secs.map(std::time::Duration::from_secs);
-    state.cache_status.enqueued();
-    if state.cache.try_send(CacheRemember { source_id: source.id, idempotency_key: key, id, ttl }).is_err() {
-        state.cache_status.dequeued();
-    }
+    // A full cache mailbox only costs a later fast-path miss: PostgreSQL decides duplicates.
+    let _ = state.cache.try_send(CacheRemember { source_id: source.id, idempotency_key: key, id, ttl });
 }
 
 /// `OPTIONS /ingest/{source}`: the CloudEvents webhook abuse-protection handshake. An origin listed in the source's
@@ -271,12 +268,10 @@ where
     EventWriter: actix::Handler<M>,
 {
     let retry_after_secs = state.retry_after_secs;
-    state.writer_status.enqueued();
-    if let Err(e) = state.writer.try_send(msg) {
-        state.writer_status.dequeued();
-        return Err(match e {
-            SendError::Full(_) => IngestError::Overloaded { retry_after_secs },
-            SendError::Closed(_) => IngestError::Unavailable { retry_after_secs },
+    if let Err(refused) = state.writer.try_send(msg) {
+        return Err(match refused {
+            Refused::Full => IngestError::Overloaded { retry_after_secs },
+            Refused::Closed => IngestError::Unavailable { retry_after_secs },
         });
     }
     match tokio::time::timeout(state.ingest_timeout, rx).await {
@@ -292,10 +287,8 @@ where
 
 async fn cache_lookup(state: &AppState, source_id: Uuid, key: &str) -> Option<Uuid> {
     let (tx, rx) = oneshot::channel();
-    state.cache_status.enqueued();
     let msg = CacheLookup { source_id, idempotency_key: key.to_owned(), reply: tx };
     if state.cache.try_send(msg).is_err() {
-        state.cache_status.dequeued();
         return None;
     }
     tokio::time::timeout(state.cache_timeout, rx).await.ok().and_then(Result::ok).flatten()

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use hookgate_actors::catalog::PlannedDelivery;
 use hookgate_actors::{
-    ActorStatus, Drain, EventWriter, HealthRegistry, NewEvent, Persist, PersistError, PersistMany, Persisted,
-    RestartPolicy, WriterConfig,
+    ActorStatus, EventWriter, HealthRegistry, NewEvent, Persist, PersistError, PersistMany, Persisted, RestartPolicy,
+    WriterConfig,
 };
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -25,9 +25,10 @@ pub async fn start_writer(app: &TestApp, cfg: WriterConfig) -> Addr<EventWriter>
     let pool = hookgate::startup::build_pool(&app.settings.database).expect("pool");
     let status = ActorStatus::new("test_writer", false, RestartPolicy::default());
     let writer = EventWriter::new(pool, cfg, status, HealthRegistry::new()).start();
-    let (reply, drained) = oneshot::channel();
-    writer.send(Drain { reply }).await.expect("the writer runs");
-    answer(drained).await;
+    // A round trip through the mailbox: once answered, the writer has started.
+    let (reply, answered) = oneshot::channel();
+    writer.send(PersistMany { events: Vec::new(), reply }).await.expect("the writer runs");
+    answer(answered).await.expect("an empty unit is answered at once");
     writer
 }
 
