@@ -60,6 +60,17 @@ pub struct Application {
     _deliverer_arbiters: Vec<ArbiterGuard>,
 }
 
+/// The addresses of a node's supervised actors; the delivery side's only when delivery is enabled.
+#[derive(Clone)]
+pub struct Actors {
+    pub writer: Addr<EventWriter>,
+    pub cache: Addr<Cache>,
+    pub router: Addr<Router>,
+    pub janitor: Addr<Janitor>,
+    pub scheduler: Option<Addr<Scheduler>>,
+    pub result_writer: Option<Addr<ResultWriter>>,
+}
+
 /// Stops the writer's arbiter when the application is dropped.
 struct ArbiterGuard(Arbiter);
 
@@ -300,6 +311,18 @@ impl Application {
     /// The singleton-jobs actor (tests run a round with `RunNow`).
     pub fn janitor(&self) -> Addr<Janitor> {
         self.janitor.clone()
+    }
+
+    /// The addresses of the node's supervised actors (the supervision tests inject failures through them).
+    pub fn actors(&self) -> Actors {
+        Actors {
+            writer: self.writer.clone(),
+            cache: self.cache.clone(),
+            router: self.router.clone(),
+            janitor: self.janitor.clone(),
+            scheduler: self.delivery.as_ref().map(|(s, _)| s.clone()),
+            result_writer: self.delivery.as_ref().map(|(_, r)| r.clone()),
+        }
     }
 
     /// Serves until SIGTERM or SIGINT, then shuts down in order:

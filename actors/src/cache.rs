@@ -46,7 +46,7 @@ pub struct Cache {
     client: redis::Client,
     conn: Option<MultiplexedConnection>,
     cfg: CacheConfig,
-    status: Arc<ActorStatus>,
+    pub(crate) status: Arc<ActorStatus>,
     registry: Arc<HealthRegistry>,
     connect_backoff: Backoff,
     resume_delay: Duration,

@@ -83,6 +83,8 @@ pub struct ActorStatus {
     budget_exhausted: AtomicBool,
     policy: RestartPolicy,
     backoff: Mutex<crate::Backoff>,
+    /// The back-off of the last restart, in milliseconds.
+    last_backoff_ms: AtomicU64,
 }
 
 impl ActorStatus {
@@ -113,6 +115,7 @@ impl ActorStatus {
             recent_restarts: Mutex::new(VecDeque::new()),
             budget_exhausted: AtomicBool::new(false),
             backoff: Mutex::new(policy.backoff()),
+            last_backoff_ms: AtomicU64::new(0),
             policy,
         })
     }
@@ -226,7 +229,14 @@ impl ActorStatus {
                 critical = self.critical,
             );
         }
-        self.lock_backoff().next_delay()
+        let delay = self.lock_backoff().next_delay();
+        self.last_backoff_ms.store(delay.as_millis().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+        delay
+    }
+
+    /// The back-off the last restart waited before resuming work.
+    pub fn last_backoff(&self) -> Duration {
+        Duration::from_millis(self.last_backoff_ms.load(Ordering::Relaxed))
     }
 
     fn restarts_in_window(&self) -> usize {
@@ -310,6 +320,8 @@ pub struct ActorReport {
     pub mailbox_depth: i64,
     pub restarts: u64,
     pub panics: u64,
+    /// How long the last restart waited before the actor resumed work (the supervision back-off), in milliseconds.
+    pub last_backoff_ms: u64,
     /// Milliseconds since the actor's loop last turned (actors with a heartbeat only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heartbeat_age_ms: Option<u64>,
@@ -376,6 +388,7 @@ impl HealthRegistry {
                 mailbox_depth: a.mailbox_depth(),
                 restarts: a.restarts(),
                 panics: a.panics(),
+                last_backoff_ms: a.last_backoff().as_millis().min(u128::from(u64::MAX)) as u64,
                 heartbeat_age_ms: a.heartbeat_age().map(|d| d.as_millis().min(u64::MAX as u128) as u64),
             })
             .collect();

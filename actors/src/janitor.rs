@@ -69,14 +69,16 @@ pub struct Janitor {
     /// A destination failing without a success for this long is disabled (`delivery.auto_disable_after_secs`, the
     /// result writer's setting, applied here also to destinations whose deliveries are all waiting).
     auto_disable_after: Duration,
-    status: Arc<ActorStatus>,
+    pub(crate) status: Arc<ActorStatus>,
     /// Set by [`Shutdown`]: no round starts after it.
     stopped: bool,
+    /// After a restart: how long to wait before taking work again (the supervision back-off).
+    resume_delay: Duration,
 }
 
 impl Janitor {
     pub fn new(pool: Pool, cfg: RetentionSettings, auto_disable_after: Duration, status: Arc<ActorStatus>) -> Self {
-        Self { pool, cfg, auto_disable_after, status, stopped: false }
+        Self { pool, cfg, auto_disable_after, status, stopped: false, resume_delay: Duration::ZERO }
     }
 }
 
@@ -85,7 +87,8 @@ impl Actor for Janitor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(16);
-        self.status.set_state(ActorState::Running);
+        let status = self.status.clone();
+        crate::supervision::hold(std::mem::take(&mut self.resume_delay), &status, self, ctx);
         ctx.run_interval(Duration::from_secs(self.cfg.interval_secs.max(1)), |act, ctx| {
             if act.stopped {
                 return;
@@ -141,7 +144,7 @@ impl Janitor {
 
 impl actix::Supervised for Janitor {
     fn restarting(&mut self, _: &mut Self::Context) {
-        self.status.record_restart();
+        self.resume_delay = self.status.record_restart();
     }
 }
 

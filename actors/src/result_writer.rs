@@ -35,7 +35,7 @@ pub struct ResultWriter {
     catalog: Arc<SharedCatalog>,
     node_id: String,
     cfg: DeliveryConfig,
-    status: Arc<ActorStatus>,
+    pub(crate) status: Arc<ActorStatus>,
     scheduler: Option<Recipient<Wake>>,
     buffer: Vec<AttemptResult>,
     timer: Option<SpawnHandle>,

@@ -26,11 +26,13 @@ pub struct Router {
     pg_config: tokio_postgres::Config,
     catalog: Arc<SharedCatalog>,
     hooks: Vec<ReloadHook>,
-    status: Arc<ActorStatus>,
+    pub(crate) status: Arc<ActorStatus>,
     reloading: bool,
     again: bool,
     /// Set by [`Shutdown`]: no reload starts after it.
     stopped: bool,
+    /// After a restart: how long to wait before listening again (the supervision back-off).
+    resume_delay: Duration,
 }
 
 impl Router {
@@ -41,7 +43,17 @@ impl Router {
         hooks: Vec<ReloadHook>,
         status: Arc<ActorStatus>,
     ) -> Self {
-        Self { pool, pg_config, catalog, hooks, status, reloading: false, again: false, stopped: false }
+        Self {
+            pool,
+            pg_config,
+            catalog,
+            hooks,
+            status,
+            reloading: false,
+            again: false,
+            stopped: false,
+            resume_delay: Duration::ZERO,
+        }
     }
 
     fn reload(&mut self, ctx: &mut Context<Self>) {
@@ -92,7 +104,8 @@ impl Actor for Router {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.status.set_state(ActorState::Running);
+        let status = self.status.clone();
+        crate::supervision::hold(std::mem::take(&mut self.resume_delay), &status, self, ctx);
         ctx.add_stream(listen::stream(listen::spawn_listener(self.pg_config.clone(), &[CATALOG_CHANNEL])));
         ctx.run_interval(Duration::from_secs(60), |act, ctx| act.reload(ctx));
     }
@@ -101,7 +114,7 @@ impl Actor for Router {
 impl actix::Supervised for Router {
     fn restarting(&mut self, _: &mut Self::Context) {
         self.reloading = false;
-        self.status.record_restart();
+        self.resume_delay = self.status.record_restart();
     }
 }
 

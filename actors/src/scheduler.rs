@@ -55,7 +55,7 @@ pub struct Scheduler {
     deliverers: Vec<Addr<Deliverer>>,
     node_id: String,
     cfg: DeliveryConfig,
-    status: Arc<ActorStatus>,
+    pub(crate) status: Arc<ActorStatus>,
     /// How long to wait before resuming after a restart (from the restart policy's back-off).
     resume_delay: std::time::Duration,
     /// False while waiting out that delay: nothing may claim before `resume`.

@@ -52,6 +52,64 @@ impl RestartPolicy {
 
 pub use hookgate_core::backoff::Backoff;
 
+/// Holds a (re)started actor's mailbox for `delay`, the back-off [`ActorStatus::record_restart`] asked for: no
+/// message is handled and no timer fires before it is over, so a failing actor cannot spin.
+///
+/// [`ActorStatus::record_restart`]: crate::ActorStatus::record_restart
+/// The actor shows as `restarting` meanwhile and as `running` once it resumes.
+pub fn hold<A>(delay: Duration, status: &std::sync::Arc<crate::ActorStatus>, act: &mut A, ctx: &mut actix::Context<A>)
+where
+    A: actix::Actor<Context = actix::Context<A>>,
+{
+    use actix::{ActorFutureExt, AsyncContext, WrapFuture};
+    if delay.is_zero() {
+        status.set_state(crate::ActorState::Running);
+        return;
+    }
+    let status = status.clone();
+    ctx.wait(
+        tokio::time::sleep(delay).into_actor(act).map(move |(), _, _| status.set_state(crate::ActorState::Running)),
+    );
+}
+
+/// Makes an actor fail as a bug would, to test its supervision: a panic inside its guarded work, which the actor
+/// counts and answers by stopping, so that its supervisor restarts it with back-off. Built only with the
+/// `fault-injection` feature (the integration tests turn it on; release builds never have it).
+#[cfg(feature = "fault-injection")]
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct InjectPanic;
+
+/// Handles [`InjectPanic`] the way each actor handles a real panic in its guarded futures.
+#[cfg(feature = "fault-injection")]
+macro_rules! inject_panic {
+    ($($actor:ty),* $(,)?) => {$(
+        impl actix::Handler<InjectPanic> for $actor {
+            type Result = ();
+            fn handle(&mut self, _: InjectPanic, ctx: &mut Self::Context) {
+                use actix::{ActorFutureExt, AsyncContext, WrapFuture};
+                let fut = guarded(async { panic!("injected by a test") });
+                ctx.spawn(fut.into_actor(self).map(|res: Result<(), Panicked>, act, ctx| {
+                    if let Err(Panicked(what)) = res {
+                        act.status.record_panic(&what);
+                        actix::ActorContext::stop(ctx);
+                    }
+                }));
+            }
+        }
+    )*};
+}
+
+#[cfg(feature = "fault-injection")]
+inject_panic!(
+    crate::writer::EventWriter,
+    crate::cache::Cache,
+    crate::router::Router,
+    crate::janitor::Janitor,
+    crate::scheduler::Scheduler,
+    crate::result_writer::ResultWriter,
+);
+
 /// A panic caught by [`guarded`], with its message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Panicked(pub String);

@@ -133,7 +133,7 @@ impl Unit {
 pub struct EventWriter {
     pool: Pool,
     cfg: WriterConfig,
-    status: Arc<ActorStatus>,
+    pub(crate) status: Arc<ActorStatus>,
     registry: Arc<HealthRegistry>,
     buffer: Vec<Unit>,
     /// Events in `buffer` (a unit may hold several).
@@ -144,8 +144,10 @@ pub struct EventWriter {
     inflight: usize,
     /// A flush carrying FIFO deliveries is in flight; the next such flush waits for it.
     fifo_inflight: bool,
-    /// Waiting `Drain` requests, answered when `pending` reaches zero.
+    /// Waiting [`Shutdown`]s, answered when `pending` reaches zero.
     drains: Vec<oneshot::Sender<()>>,
+    /// After a restart: how long to wait before taking work again (the supervision back-off).
+    resume_delay: Duration,
 }
 
 impl EventWriter {
@@ -162,6 +164,7 @@ impl EventWriter {
             inflight: 0,
             fifo_inflight: false,
             drains: Vec::new(),
+            resume_delay: Duration::ZERO,
         }
     }
 
@@ -244,11 +247,12 @@ impl Actor for EventWriter {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.cfg.mailbox_capacity);
-        self.status.set_state(ActorState::Running);
+        let status = self.status.clone();
+        crate::supervision::hold(std::mem::take(&mut self.resume_delay), &status, self, ctx);
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
-        // Graceful shutdown drains through `Drain` before this point; whatever is still here is refused.
+        // Graceful shutdown drains through `Shutdown` before this point; whatever is still here is refused.
         self.abandon("the event writer stopped");
         self.status.set_state(ActorState::Stopped);
         Running::Stop
@@ -259,7 +263,7 @@ impl actix::Supervised for EventWriter {
     fn restarting(&mut self, _: &mut Self::Context) {
         // actix drops the spawned flushes on restart; their senders learn "unavailable" from the dropped reply.
         self.abandon("the event writer restarted");
-        self.status.record_restart();
+        self.resume_delay = self.status.record_restart();
     }
 }
 

@@ -135,6 +135,7 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 pub struct TestApp {
     pub address: String,
     pub janitor: actix::Addr<hookgate_actors::janitor::Janitor>,
+    pub actors: hookgate::startup::Actors,
     pub port: u16,
     pub db: tokio_postgres::Client,
     pub http: awc::Client,
@@ -161,11 +162,13 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let app = Application::build(settings.clone()).await.expect("build application");
     let port = app.port();
     let janitor = app.janitor();
+    let actors = app.actors();
     actix_rt::spawn(app.run_until_stopped());
     let db = connect(&test_db.url()).await;
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         janitor,
+        actors,
         port,
         db,
         http: http_client(),

@@ -18,3 +18,4 @@ mod receiver;
 mod replay_fencing;
 mod retention;
 mod stranding;
+mod supervision;
