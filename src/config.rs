@@ -9,6 +9,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use hookgate_actors::catalog::{DestinationSpec, RouteSpec};
+use hookgate_actors::janitor::RetentionSettings;
 use hookgate_actors::{DeliveryConfig, RestartPolicy, WriterConfig};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -213,9 +214,6 @@ impl Default for RedisSettings {
         }
     }
 }
-
-/// Retention and the periodic singleton jobs: the janitor's own settings.
-pub use hookgate_actors::janitor::RetentionSettings;
 
 use hookgate_core::source::{validate_slug, SourceConfig};
 

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use hookgate::config::Settings;
 use hookgate::startup::{build_pool, Application};
-use hookgate::{migrations, telemetry};
+use hookgate::telemetry;
+use hookgate_store::migrations;
 
 /// hookgate: a self-hosted, durable webhook event gateway.
 #[derive(Parser)]

@@ -19,12 +19,13 @@ use hookgate_actors::scheduler::Scheduler;
 use hookgate_actors::{
     shut_down, Cache, CacheConfig, EventWriter, Health, HealthRegistry, Mailbox, RedisLink, RedisLinkConfig,
 };
+use hookgate_store::migrations;
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
 
 use crate::config::{DatabaseSettings, Settings};
 use crate::sources::SourceRegistry;
-use crate::{admin, migrations, routes, sources, telemetry};
+use crate::{admin, routes, sources, telemetry};
 
 /// What every request handler can reach. Built once, before the HTTP workers start.
 pub struct AppState {

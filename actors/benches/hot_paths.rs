@@ -9,10 +9,11 @@ use std::hint::black_box;
 use bytes::{Bytes, BytesMut};
 use chrono::Utc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use hookgate_actors::jq::{route_input, JqProgram};
-use hookgate_actors::signing::{signature_header, SigningSecret};
-use hookgate_actors::writer::{event_rows, EventColumns};
+use hookgate_actors::writer::event_rows;
 use hookgate_actors::NewEvent;
+use hookgate_core::jq::{route_input, JqProgram};
+use hookgate_core::signing::{signature_header, SigningSecret};
+use hookgate_store::events::EventColumns;
 use uuid::Uuid;
 
 fn body_1k() -> Vec<u8> {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use hookgate_core::backoff::Backoff;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use uuid::Uuid;
@@ -21,7 +22,6 @@ use uuid::Uuid;
 use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
 use crate::messages::{CacheLookup, CacheRemember};
 use crate::shutdown::Shutdown;
-use crate::supervision::Backoff;
 
 /// Commands in a row that time out before the connection is treated as lost.
 pub const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;

@@ -8,19 +8,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
+use hookgate_core::jq::{self, JqProgram, RouteOutcome};
+use hookgate_core::retry::RetryPolicy;
+use hookgate_core::signing::SigningSecret;
+use hookgate_core::state::DestinationState;
+use hookgate_store::catalog::{DeclaredDestination, DeclaredRoute};
+use hookgate_store::Pool;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::jq::{JqProgram, RouteOutcome};
-use crate::retry::RetryPolicy;
-use crate::signing::SigningSecret;
 use crate::ssrf::SsrfPolicy;
-use crate::Pool;
-use hookgate_store::catalog::{DeclaredDestination, DeclaredRoute};
-
-pub use hookgate_store::channels::CATALOG_CHANNEL;
-
-pub use hookgate_core::state::DestinationState;
 
 /// A destination as declared in the configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -179,7 +176,7 @@ impl Catalog {
         for route in routes {
             let outcome = match &input {
                 Some(input) if route.filter.is_some() || route.transform.is_some() => {
-                    crate::jq::evaluate(
+                    jq::evaluate(
                         route.filter.clone(),
                         route.transform.clone(),
                         input.clone(),

@@ -17,16 +17,17 @@ use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use hookgate_core::delivery::Job;
+use hookgate_core::jq::{self, RouteOutcome};
+use hookgate_core::retry::parse_retry_after;
+use hookgate_core::signing::{signature_header, traceparent};
 use uuid::Uuid;
 
 use crate::catalog::{Destination, Route};
-use crate::jq::RouteOutcome;
 use crate::limits::Limits;
 use crate::redis_link::RedisLink;
-use crate::retry::parse_retry_after;
-use crate::scheduler::{Completed, Job};
+use crate::scheduler::Completed;
 use crate::shutdown::Shutdown;
-use crate::signing::{signature_header, traceparent};
 use crate::ssrf::{classify_send_error, guarded_client, SsrfPolicy};
 use crate::supervision::{guarded, Panicked};
 
@@ -247,14 +248,10 @@ async fn route_now(msg: &Deliver, timeout: Duration, max_output: usize) -> Optio
     let Some(route) = &msg.route else {
         return Some(Routed::Failed("the route was disabled or removed before it could be evaluated".into()));
     };
-    let value = crate::jq::stored_route_input_from_bytes(
-        &input.source,
-        &input.headers,
-        &msg.job.body,
-        input.event_type.as_deref(),
-    );
+    let value =
+        jq::stored_route_input_from_bytes(&input.source, &input.headers, &msg.job.body, input.event_type.as_deref());
     let outcome =
-        crate::jq::evaluate(route.filter.clone(), route.transform.clone(), Arc::new(value), timeout, max_output).await;
+        jq::evaluate(route.filter.clone(), route.transform.clone(), Arc::new(value), timeout, max_output).await;
     Some(match outcome {
         RouteOutcome::Deliver(payload) => Routed::Payload(payload.map(Bytes::from)),
         RouteOutcome::Skip => Routed::Skipped,

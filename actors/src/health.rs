@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use hookgate_core::backoff::Backoff;
+use hookgate_store::Pool;
 use serde::Serialize;
 
 use crate::supervision::RestartPolicy;
-use crate::Pool;
 
 /// What an actor is doing right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -82,7 +83,7 @@ pub struct ActorStatus {
     recent_restarts: Mutex<VecDeque<Instant>>,
     budget_exhausted: AtomicBool,
     policy: RestartPolicy,
-    backoff: Mutex<crate::Backoff>,
+    backoff: Mutex<Backoff>,
     /// The back-off of the last restart, in milliseconds.
     last_backoff_ms: AtomicU64,
 }
@@ -245,7 +246,7 @@ impl ActorStatus {
         recent.iter().filter(|t| now.duration_since(**t) <= self.policy.window()).count()
     }
 
-    fn lock_backoff(&self) -> std::sync::MutexGuard<'_, crate::Backoff> {
+    fn lock_backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
         self.backoff.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

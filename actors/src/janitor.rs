@@ -14,20 +14,20 @@
 //! doubled since their last `ANALYZE` ([`refresh_statistics`]): autovacuum looks only once a minute, and a plan cached
 //! while a daily partition was still empty (every midnight, every new cluster) reads the whole partition where it
 //! should probe one row.
+//!
+//! [`EXPIRED_REASON`]: hookgate_store::maintenance::EXPIRED_REASON
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use hookgate_store::maintenance::{refresh_statistics, RoundReport};
+use hookgate_store::Pool;
 use serde::Deserialize;
 
 use crate::health::{ActorState, ActorStatus};
 use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
-use crate::Pool;
-
-pub use hookgate_store::locks::{JANITOR_LOCK, STATISTICS_LOCK};
-pub use hookgate_store::maintenance::{refresh_statistics, RoundReport, EXPIRED_REASON};
 
 /// Retention and the periodic singleton jobs (run on one node at a time): the `[retention]` settings.
 #[derive(Debug, Clone, Deserialize)]

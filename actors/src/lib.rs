@@ -34,10 +34,6 @@ pub mod ssrf;
 pub mod supervision;
 pub mod writer;
 
-// The domain rules live in hookgate-core; these paths stay for the code that names them here.
-pub use hookgate_core::{jq, retry, signing};
-pub use hookgate_store::listen;
-
 pub use cache::{Cache, CacheConfig};
 pub use config::DeliveryConfig;
 pub use health::{ActorState, ActorStatus, DependencyState, Health, HealthRegistry, ReadinessReport};
@@ -45,8 +41,5 @@ pub use mailbox::{Mailbox, Refused};
 pub use messages::{CacheLookup, CacheRemember, NewEvent, Persist, PersistError, PersistMany, Persisted};
 pub use redis_link::{RedisLink, RedisLinkConfig};
 pub use shutdown::{shut_down, Shutdown};
-pub use supervision::{Backoff, RestartPolicy};
+pub use supervision::RestartPolicy;
 pub use writer::{EventWriter, WriterConfig};
-
-/// The PostgreSQL connection pool every database-facing actor borrows from.
-pub use hookgate_store::Pool;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
-use crate::supervision::Backoff;
+use hookgate_core::backoff::Backoff;
 
 /// The longest wait for one watchdog PING.
 pub const PING_TIMEOUT: Duration = Duration::from_millis(500);

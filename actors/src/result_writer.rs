@@ -3,7 +3,7 @@
 //!
 //! Per result: 2xx → `delivered`; otherwise the retry policy decides the next attempt (with jitter, or after a
 //! `Retry-After` on 429/503, capped, and never sooner than the policy's own lower bound nor 1 s:
-//! [`RetryPolicy::delay_after`](crate::retry::RetryPolicy::delay_after)), or `dead` when attempts are exhausted. Every state change releases the lease,
+//! [`RetryPolicy::delay_after`](hookgate_core::retry::RetryPolicy::delay_after)), or `dead` when attempts are exhausted. Every state change releases the lease,
 //! and only if this node still holds it. Attempt rows are inserted whatever happens.
 
 use std::collections::HashMap;
@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use hookgate_store::results::{DestinationOutcomes, Outcome};
+use hookgate_store::Pool;
 
 use crate::catalog::{without_nul, SharedCatalog};
 use crate::config::DeliveryConfig;
@@ -23,7 +24,6 @@ use crate::health::{ActorState, ActorStatus};
 use crate::scheduler::Wake;
 use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
-use crate::Pool;
 
 /// Where the scheduler can be woken once results are committed (set after both are started).
 #[derive(Message)]

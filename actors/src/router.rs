@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use futures::future::LocalBoxFuture;
+use hookgate_store::channels::CATALOG_CHANNEL;
+use hookgate_store::listen::{self, ListenEvent};
+use hookgate_store::Pool;
 
-use crate::catalog::{SharedCatalog, CATALOG_CHANNEL};
+use crate::catalog::SharedCatalog;
 use crate::health::{ActorState, ActorStatus};
-use crate::listen::{self, ListenEvent};
 use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
-use crate::Pool;
 
 /// Reloads something else that lives in the catalog tables (the front end's sources).
 pub type ReloadHook = Arc<dyn Fn(Pool) -> LocalBoxFuture<'static, anyhow::Result<()>>>;

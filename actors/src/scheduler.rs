@@ -14,24 +14,24 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
+use hookgate_core::delivery::Job;
+use hookgate_core::state::DestinationState;
+use hookgate_store::channels::{CATALOG_CHANNEL, DELIVERIES_CHANNEL};
 use hookgate_store::claims;
 use hookgate_store::deliveries::{release_leases, Lease};
+use hookgate_store::listen::{self, ListenEvent};
+use hookgate_store::Pool;
 use rand::seq::SliceRandom;
 use uuid::Uuid;
 
-use crate::catalog::{Destination, DestinationState, SharedCatalog, CATALOG_CHANNEL};
+use crate::catalog::{Destination, SharedCatalog};
 use crate::config::DeliveryConfig;
 use crate::deliverer::{Deliver, Deliverer};
 use crate::health::{ActorState, ActorStatus};
 use crate::limits::Limits;
-use crate::listen::{self, ListenEvent};
 use crate::redis_link::RedisLink;
 use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
-use crate::writer::DELIVERIES_CHANNEL;
-use crate::Pool;
-
-pub use hookgate_core::delivery::{Job, RoutingInput, ORPHAN_REASON};
 
 /// A Deliverer finished an attempt (its result is on its way to the ResultWriter).
 #[derive(Message)]

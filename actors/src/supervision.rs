@@ -18,6 +18,7 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures::FutureExt;
+use hookgate_core::backoff::Backoff;
 use serde::Deserialize;
 
 /// How an actor is restarted after it stops.
@@ -49,8 +50,6 @@ impl RestartPolicy {
         Backoff::new(Duration::from_millis(self.backoff_initial_ms), Duration::from_millis(self.backoff_max_ms))
     }
 }
-
-pub use hookgate_core::backoff::Backoff;
 
 /// Holds a (re)started actor's mailbox for `delay`, the back-off [`ActorStatus::record_restart`] asked for: no
 /// message is handled and no timer fires before it is over, so a failing actor cannot spin.

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use hookgate_store::Pool;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -43,8 +44,6 @@ use crate::catalog::without_nul;
 use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
 use crate::messages::{NewEvent, Persist, PersistError, PersistMany, Persisted};
 use crate::shutdown::Shutdown;
-
-use crate::Pool;
 
 /// The writer's tuning. Defaults come from `docs/adr/0002-group-commit.md`.
 #[derive(Debug, Clone, Deserialize)]
@@ -348,8 +347,6 @@ impl EventWriter {
     }
 }
 
-pub use hookgate_store::channels::DELIVERIES_CHANNEL;
-pub use hookgate_store::events::EventColumns;
 use hookgate_store::events::EventRow;
 
 /// Writes one batch and answers every sender. Returns whether PostgreSQL answered.

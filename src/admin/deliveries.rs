@@ -102,7 +102,7 @@ async fn reevaluate(
     client: &deadpool_postgres::Object,
     id: Uuid,
 ) -> Result<Option<Vec<u8>>, AdminError> {
-    use hookgate_actors::jq::{evaluate, RouteOutcome};
+    use hookgate_core::jq::{evaluate, RouteOutcome};
     let row = store::route_input(client, id)
         .await?
         .ok_or_else(|| AdminError::WrongState("the delivery's event is no longer stored".into()))?;

@@ -2,9 +2,10 @@
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use hookgate_actors::catalog::{DestinationSpec, DestinationState};
-use hookgate_actors::retry::RetryPolicy;
-use hookgate_actors::signing::SigningSecret;
+use hookgate_actors::catalog::DestinationSpec;
+use hookgate_core::retry::RetryPolicy;
+use hookgate_core::signing::SigningSecret;
+use hookgate_core::state::DestinationState;
 use hookgate_store::destinations as store;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

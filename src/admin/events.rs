@@ -290,7 +290,7 @@ impl From<store::ReplayableEvent> for StoredEvent {
 impl StoredEvent {
     /// What route filters and transforms see, exactly as at ingest.
     pub fn jq_input(&self) -> serde_json::Value {
-        hookgate_actors::jq::stored_route_input_from_bytes(
+        hookgate_core::jq::stored_route_input_from_bytes(
             &self.source_slug,
             &self.headers,
             &self.body,

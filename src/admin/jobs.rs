@@ -21,7 +21,7 @@ use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use hookgate_actors::catalog::SharedCatalog;
-use hookgate_actors::jq::{JqProgram, RouteOutcome};
+use hookgate_core::jq::{JqProgram, RouteOutcome};
 use hookgate_store::replay_jobs as store;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -330,7 +330,7 @@ impl JobRunner {
             let event = StoredEvent::from(r);
             if let Some(f) = &filter {
                 let input = event.jq_input();
-                let outcome = hookgate_actors::jq::evaluate(
+                let outcome = hookgate_core::jq::evaluate(
                     Some(f.clone()),
                     None,
                     Arc::new(input),

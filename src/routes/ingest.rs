@@ -5,10 +5,10 @@ use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use hookgate_actors::jq::stored_route_input;
 use hookgate_actors::{
     CacheLookup, CacheRemember, EventWriter, NewEvent, Persist, PersistError, PersistMany, Persisted, Refused,
 };
+use hookgate_core::jq::stored_route_input;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use uuid::Uuid;

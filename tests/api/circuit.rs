@@ -112,7 +112,7 @@ async fn a_backlog_built_while_the_circuit_was_open_drains_without_thrashing_int
         let mut d = destination("small-queue", &url);
         d.timeout_ms = 2_000;
         d.max_in_flight = 64;
-        d.retry = hookgate_actors::retry::RetryPolicy { delays_ms: vec![100], max_attempts: 10_000, jitter: 0.0 };
+        d.retry = hookgate_core::retry::RetryPolicy { delays_ms: vec![100], max_attempts: 10_000, jitter: 0.0 };
         s.destinations.push(d);
         s.routes.push(route("r", "hmac", "small-queue"));
     })

@@ -52,7 +52,7 @@ async fn migrate_applies_the_schema_once() {
     let run = || hookgate().args(["migrate"]).env("HOOKGATE_DATABASE__URL", db.url()).output().unwrap();
     let first = run();
     assert!(first.status.success(), "{first:?}");
-    let expected = format!("applied {} migration(s)", hookgate::migrations::MIGRATION_COUNT);
+    let expected = format!("applied {} migration(s)", hookgate_store::migrations::MIGRATION_COUNT);
     assert!(String::from_utf8_lossy(&first.stdout).contains(&expected), "{first:?}");
     let second = run();
     assert!(second.status.success(), "{second:?}");

@@ -10,7 +10,7 @@ const DELIVERED: &str = "SELECT count(*) FROM deliveries WHERE state = 'delivere
 #[actix_rt::test]
 async fn an_event_is_delivered_once_signed_so_that_the_reference_library_verifies_it() {
     let rx = Receiver::start(vec![], None);
-    let secret = hookgate_actors::signing::SigningSecret::generate();
+    let secret = hookgate_core::signing::SigningSecret::generate();
     let (url, secret2) = (rx.url.clone(), secret.clone());
     let app = spawn_app_with(move |s| {
         let mut d = destination("sink", &url);
@@ -131,7 +131,7 @@ async fn exhausted_attempts_dead_letter_the_delivery() {
     let url = rx.url.clone();
     let app = spawn_app_with(move |s| {
         let mut d = destination("sink", &url);
-        d.retry = hookgate_actors::retry::RetryPolicy { delays_ms: vec![50], max_attempts: 3, jitter: 0.0 };
+        d.retry = hookgate_core::retry::RetryPolicy { delays_ms: vec![50], max_attempts: 3, jitter: 0.0 };
         s.destinations.push(d);
         s.routes.push(route("r", "hmac", "sink"));
     })
@@ -357,7 +357,7 @@ async fn the_circuit_opens_half_opens_and_ramps_and_waiting_deliveries_are_not_b
         let mut d = destination("flaky", &url);
         // The held probe must not time out while the test looks.
         d.timeout_ms = 60_000;
-        d.retry = hookgate_actors::retry::RetryPolicy { delays_ms: vec![20], max_attempts: 20, jitter: 0.0 };
+        d.retry = hookgate_core::retry::RetryPolicy { delays_ms: vec![20], max_attempts: 20, jitter: 0.0 };
         s.destinations.push(d);
         s.routes.push(route("r", "hmac", "flaky"));
     })
@@ -394,7 +394,7 @@ async fn a_destination_failing_continuously_for_the_configured_period_is_disable
         s.delivery.circuit.failure_threshold = 0;
         s.delivery.circuit.min_requests = u32::MAX;
         let mut d = destination("broken", &url);
-        d.retry = hookgate_actors::retry::RetryPolicy { delays_ms: vec![200], max_attempts: 1000, jitter: 0.0 };
+        d.retry = hookgate_core::retry::RetryPolicy { delays_ms: vec![200], max_attempts: 1000, jitter: 0.0 };
         s.destinations.push(d);
         s.routes.push(route("r", "hmac", "broken"));
     })

@@ -481,7 +481,7 @@ pub fn destination(slug: &str, url: &str) -> hookgate_actors::catalog::Destinati
         timeout_ms: 5_000,
         max_in_flight: 16,
         rate_limit: None,
-        retry: hookgate_actors::retry::RetryPolicy { delays_ms: vec![100], max_attempts: 5, jitter: 0.0 },
+        retry: hookgate_core::retry::RetryPolicy { delays_ms: vec![100], max_attempts: 5, jitter: 0.0 },
         signing_secrets: vec![],
         fifo: false,
         state: Default::default(),

@@ -1,6 +1,8 @@
 //! Retention by daily partitions, the dedupe window, and singleton jobs under an advisory lock.
 
-use hookgate_actors::janitor::{refresh_statistics, RoundReport, RunNow, JANITOR_LOCK, STATISTICS_LOCK};
+use hookgate_actors::janitor::RunNow;
+use hookgate_store::locks::{JANITOR_LOCK, STATISTICS_LOCK};
+use hookgate_store::maintenance::{refresh_statistics, RoundReport};
 use uuid::Uuid;
 
 use crate::helpers::{clear_redis_prefix, connect, spawn_app_with, TestApp, TestDb};
@@ -99,7 +101,7 @@ async fn replicas_starting_together_migrate_once() {
         applied.push(n);
     }
     applied.sort();
-    let total = hookgate::migrations::MIGRATION_COUNT;
+    let total = hookgate_store::migrations::MIGRATION_COUNT;
     assert_eq!(applied, vec![0, 0, total], "one replica migrated, the others waited and found nothing to do");
 }
 

@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use hookgate::config::{AdminRole, AdminToken};
-use hookgate_actors::janitor::{RunNow, EXPIRED_REASON};
+use hookgate_actors::janitor::RunNow;
 use hookgate_actors::result_writer::SKIPPED_AT_DELIVERY;
-use hookgate_actors::scheduler::ORPHAN_REASON;
+use hookgate_core::delivery::ORPHAN_REASON;
 use hookgate_store::locks::CLAIM_LOCK;
+use hookgate_store::maintenance::EXPIRED_REASON;
 use serde_json::json;
 use uuid::Uuid;
 
