@@ -55,6 +55,11 @@ impl<A: Actor> Mailbox<A> {
         })
     }
 
+    /// The address itself, for the messages that are not on a flood-prone path (shutdown, tests).
+    pub fn addr(&self) -> &Addr<A> {
+        &self.addr
+    }
+
     /// The actor's status (state, restarts, mailbox depth).
     pub fn status(&self) -> &Arc<ActorStatus> {
         &self.status

@@ -60,7 +60,7 @@ async fn documented_operations(app: &TestApp) -> Vec<(String, String)> {
 async fn every_admin_route_answers_401_without_a_valid_token_and_403_to_a_read_token_on_writes() {
     let app = spawn_app_with(with_tokens).await;
     let ops = documented_operations(&app).await;
-    assert_eq!(ops.len(), hookgate::admin::ROUTES.len(), "the document and the route table agree");
+    assert_eq!(ops.len(), hookgate::http::admin::ROUTES.len(), "the document and the route table agree");
     let mut writes = 0;
     for (method, path) in &ops {
         for token in [None, Some("not-a-configured-token-at-all"), Some("")] {
@@ -82,7 +82,7 @@ async fn every_admin_route_answers_401_without_a_valid_token_and_403_to_a_read_t
 #[actix_rt::test]
 async fn with_no_token_configured_the_admin_api_is_closed() {
     let app = spawn_app_with(|_| {}).await;
-    for (method, path) in hookgate::admin::ROUTES {
+    for (method, path) in hookgate::http::admin::ROUTES {
         let path = path.replace("{id}", &uuid::Uuid::now_v7().to_string());
         app.admin(method, &path, Some(WRITE), None).await.assert_problem(401, "unauthorized");
     }

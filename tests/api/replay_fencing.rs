@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hookgate::admin::jobs::{JobLease, JobRunner, ReplayJob, Step};
+use hookgate::http::admin::jobs::{JobLease, JobRunner, ReplayJob, Step};
 use hookgate_actors::catalog::SharedCatalog;
 use uuid::Uuid;
 

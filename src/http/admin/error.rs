@@ -6,7 +6,7 @@ use actix_web::{web, HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::problem::problem_type;
+use crate::http::problem::problem_type;
 
 /// An RFC 7807 problem (`Content-Type: application/problem+json`).
 #[derive(Debug, Serialize, ToSchema)]

@@ -1,8 +1,9 @@
 //! The admin API, `/admin/v1`: JSON over bearer tokens, for operators (and later a console).
 //!
-//! Unlike ingest, these handlers query PostgreSQL directly through the pool (see ARCHITECTURE.md): they are
-//! operator-driven, low-volume, and must answer from the stored truth rather than from a node's snapshot. Every write
-//! to sources, destinations or routes ends with `pg_notify('hookgate_catalog', …)` so every node reloads.
+//! Unlike ingest, these handlers read and write PostgreSQL through the store's functions (`hookgate_store`), not
+//! through an actor (see ARCHITECTURE.md): they are operator-driven, low-volume, and must answer from the stored
+//! truth rather than from a node's snapshot. Every write to sources, destinations or routes ends with a NOTIFY on
+//! the catalog channel so every node reloads.
 //!
 //! - `auth.rs`: tokens, roles and the scope-wide guard (GET needs `read`, every other method needs `write`).
 //! - `error.rs`: [`AdminError`], the one error type, rendered as RFC 7807 problems.

@@ -14,9 +14,9 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::cloudevents::{self, Attributes, CloudEventError, Mode};
-use crate::problem::IngestError;
+use crate::http::problem::IngestError;
+use crate::http::AppState;
 use crate::sources::Source;
-use crate::startup::AppState;
 use hookgate_core::source::{EventTypeConfig, IdempotencyConfig};
 
 /// Longest accepted idempotency key, in bytes.
@@ -212,37 +212,6 @@ fn remember(state: &AppState, source: &Source, key: String, id: Uuid) {
     let ttl = source.options.dedupe_window_secs.map(std::time::Duration::from_secs);
     // A full cache mailbox only costs a later fast-path miss: PostgreSQL decides duplicates.
     let _ = state.cache.try_send(CacheRemember { source_id: source.id, idempotency_key: key, id, ttl });
-}
-
-/// `OPTIONS /ingest/{source}`: the CloudEvents webhook abuse-protection handshake. An origin listed in the source's
-/// `allowed_origins` (or `"*"`) is echoed in `WebHook-Allowed-Origin`, with `WebHook-Allowed-Rate` when configured.
-#[tracing::instrument(name = "handshake", skip_all, fields(source = %path.as_str()))]
-pub async fn handshake(
-    req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, IngestError> {
-    let source = state.sources.get(path.as_str()).ok_or_else(|| IngestError::UnknownSource(path.into_inner()))?;
-    let origin = req
-        .headers()
-        .get("webhook-request-origin")
-        .ok_or_else(|| IngestError::BadRequest("the WebHook-Request-Origin header is missing".into()))?
-        .to_str()
-        .map_err(|_| IngestError::BadRequest("the WebHook-Request-Origin header must be visible ASCII".into()))?
-        .trim();
-    if origin.is_empty() || origin.len() > 255 {
-        return Err(IngestError::BadRequest("the WebHook-Request-Origin header must hold 1 to 255 characters".into()));
-    }
-    let allowed = source.options.allowed_origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin));
-    if !allowed {
-        return Err(IngestError::OriginNotAllowed(format!("the origin {origin:?} may not send to this source")));
-    }
-    let mut resp = HttpResponse::Ok();
-    resp.insert_header(("WebHook-Allowed-Origin", origin)).insert_header((header::ALLOW, "POST, OPTIONS"));
-    if let Some(rate) = source.options.allowed_rate {
-        resp.insert_header(("WebHook-Allowed-Rate", rate.to_string()));
-    }
-    Ok(resp.finish())
 }
 
 /// Hands the event to the writer with `try_send` and waits (bounded) for its COMMIT.

@@ -1,0 +1,49 @@
+//! The HTTP front end: ingest verifies and validates, then hands work to the actors (it never talks to PostgreSQL
+//! or Redis itself); the handshake, the health endpoints and the admin API (`/admin/v1`, which calls the store).
+//!
+//! - `ingest.rs`: `POST /ingest/{source}`; `handshake.rs`: `OPTIONS /ingest/{source}` (CloudEvents abuse protection);
+//! - `health.rs`: `/healthz`, `/readyz`, `/metrics`; `problem.rs`: `IngestError`, the RFC 7807 answers of ingest;
+//! - `admin/`: the admin API.
+
+pub mod admin;
+pub mod handshake;
+pub mod health;
+pub mod ingest;
+pub mod problem;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web;
+use hookgate_actors::catalog::SharedCatalog;
+use hookgate_actors::{Cache, EventWriter, HealthRegistry, Mailbox};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::sources::SourceRegistry;
+
+/// What every ingest and health handler can reach. Built once, before the HTTP workers start.
+pub struct AppState {
+    pub sources: Arc<SourceRegistry>,
+    /// The EventWriter and the Cache, behind bounded mailboxes.
+    pub writer: Mailbox<EventWriter>,
+    pub cache: Mailbox<Cache>,
+    pub health: Arc<HealthRegistry>,
+    pub metrics: PrometheusHandle,
+    pub catalog: Arc<SharedCatalog>,
+    /// One permit per ingest request in progress (`server.max_inflight_ingest`).
+    pub ingest_permits: Arc<tokio::sync::Semaphore>,
+    pub ingest_timeout: Duration,
+    pub cache_timeout: Duration,
+    pub retry_after_secs: u64,
+    pub jq_timeout: Duration,
+    pub jq_max_output: usize,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ingest/{source}", web::post().to(ingest::ingest))
+        .route("/ingest/{source}", web::method(actix_web::http::Method::OPTIONS).to(handshake::handshake))
+        .route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(health::metrics))
+        .configure(admin::configure);
+}

@@ -1,0 +1,237 @@
+//! Starts the node's actors under supervision, each with its status in the health registry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr, Arbiter, AsyncContext, Supervisor};
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use hookgate_actors::catalog::SharedCatalog;
+use hookgate_actors::deliverer::Deliverer;
+use hookgate_actors::janitor::Janitor;
+use hookgate_actors::limits::Limits;
+use hookgate_actors::result_writer::{ConnectScheduler, ResultWriter};
+use hookgate_actors::router::{ReloadHook, Router};
+use hookgate_actors::scheduler::Scheduler;
+use hookgate_actors::{
+    ActorStatus, Cache, CacheConfig, EventWriter, Health, HealthRegistry, Mailbox, RedisLink, RedisLinkConfig,
+};
+use secrecy::ExposeSecret;
+
+use crate::config::Settings;
+use crate::sources::SourceRegistry;
+
+/// The addresses of a node's supervised actors; the delivery side's only when delivery is enabled.
+#[derive(Clone)]
+pub struct Actors {
+    pub writer: Addr<EventWriter>,
+    pub cache: Addr<Cache>,
+    pub router: Addr<Router>,
+    pub janitor: Addr<Janitor>,
+    pub scheduler: Option<Addr<Scheduler>>,
+    pub result_writer: Option<Addr<ResultWriter>>,
+}
+
+/// Stops an arbiter (the writer's, each deliverer's) when dropped.
+pub(super) struct ArbiterGuard(Arbiter);
+
+impl Drop for ArbiterGuard {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// Everything the actors' start gives the rest of the node.
+pub(super) struct Started {
+    pub actors: Actors,
+    /// The front end's bounded addresses of the ingest actors.
+    pub writer: Mailbox<EventWriter>,
+    pub cache: Mailbox<Cache>,
+    pub prober: Addr<Health>,
+    /// Circuit breakers and rate limits, shared by the delivery side and the admin API's destination health.
+    pub limits: Arc<Limits>,
+    /// The limits' own Redis connection (never the cache's, never its fate).
+    pub limits_redis: Arc<RedisLink>,
+    pub arbiters: Vec<ArbiterGuard>,
+}
+
+/// Starts every actor: the ingest side, the background side, the delivery side (when enabled), then the prober.
+pub(super) fn start(
+    settings: &Settings,
+    pool: &Pool,
+    registry: &Arc<SourceRegistry>,
+    catalog: &Arc<SharedCatalog>,
+    health: &Arc<HealthRegistry>,
+) -> anyhow::Result<Started> {
+    let policy = settings.supervision;
+    let (writer, writer_arbiter) = event_writer(settings, pool, health);
+    let cache = cache(settings, health)?;
+    let router = router(pool, settings, catalog, registry, health.register("router", false, policy))?;
+    let janitor = janitor(settings, pool, health.register("janitor", false, policy));
+    let (limits, limits_redis) = limits(settings)?;
+    let mut arbiters = vec![writer_arbiter];
+    let (scheduler, result_writer) = if settings.delivery.enabled {
+        let (scheduler, results, deliverer_arbiters) =
+            delivery(settings, pool, catalog, health, &limits, &limits_redis)?;
+        arbiters.extend(deliverer_arbiters);
+        (Some(scheduler), Some(results))
+    } else {
+        (None, None)
+    };
+    let prober = Health::new(
+        pool.clone(),
+        health.clone(),
+        Duration::from_millis(settings.server.health_interval_ms),
+        Duration::from_millis(settings.database.connect_timeout_ms),
+    )
+    .start();
+    Ok(Started {
+        actors: Actors {
+            writer: writer.addr().clone(),
+            cache: cache.addr().clone(),
+            router,
+            janitor,
+            scheduler,
+            result_writer,
+        },
+        writer,
+        cache,
+        prober,
+        limits,
+        limits_redis,
+        arbiters,
+    })
+}
+
+/// The EventWriter, on an arbiter of its own (its flushes never wait behind HTTP work).
+fn event_writer(
+    settings: &Settings,
+    pool: &Pool,
+    health: &Arc<HealthRegistry>,
+) -> (Mailbox<EventWriter>, ArbiterGuard) {
+    let status = health.register("event_writer", true, settings.supervision);
+    let arbiter = Arbiter::new();
+    let addr = {
+        let (pool, cfg, status, health) = (pool.clone(), settings.writer.clone(), status.clone(), health.clone());
+        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| EventWriter::new(pool, cfg, status, health))
+    };
+    (Mailbox::new(addr, status), ArbiterGuard(arbiter))
+}
+
+/// The Cache: the Redis idempotency fast path.
+fn cache(settings: &Settings, health: &Arc<HealthRegistry>) -> anyhow::Result<Mailbox<Cache>> {
+    let status = health.register("cache", false, settings.supervision);
+    let cfg = CacheConfig {
+        key_prefix: settings.redis.key_prefix.clone(),
+        op_timeout: Duration::from_millis(settings.redis.op_timeout_ms),
+        connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
+        dedupe_ttl: Duration::from_secs(settings.redis.dedupe_ttl_secs),
+        mailbox_capacity: settings.redis.mailbox_capacity,
+        ping_interval: Duration::from_millis(settings.server.health_interval_ms),
+    };
+    let client = redis_client(settings)?;
+    let addr = {
+        let (status, health) = (status.clone(), health.clone());
+        Supervisor::start(move |_| Cache::new(client, cfg, status, health))
+    };
+    Ok(Mailbox::new(addr, status))
+}
+
+fn redis_client(settings: &Settings) -> anyhow::Result<redis::Client> {
+    redis::Client::open(settings.redis.url.expose_secret())
+        .map_err(|_| anyhow::anyhow!("redis.url is not a valid Redis URL"))
+}
+
+/// The Router: reloads the catalog, and through its hook the front end's sources, when PostgreSQL announces a change.
+fn router(
+    pool: &Pool,
+    settings: &Settings,
+    catalog: &Arc<SharedCatalog>,
+    registry: &Arc<SourceRegistry>,
+    status: Arc<ActorStatus>,
+) -> anyhow::Result<Addr<Router>> {
+    let sources_hook: ReloadHook = {
+        let registry = registry.clone();
+        Arc::new(move |pool| {
+            let registry = registry.clone();
+            Box::pin(async move { registry.reload(&pool).await.map(|_| ()) })
+        })
+    };
+    let (pool, pg_config, catalog) = (pool.clone(), settings.database.pg_config()?, catalog.clone());
+    Ok(Supervisor::start(move |_| Router::new(pool, pg_config, catalog, vec![sources_hook], status)))
+}
+
+/// The Janitor: the cluster's singleton jobs.
+fn janitor(settings: &Settings, pool: &Pool, status: Arc<ActorStatus>) -> Addr<Janitor> {
+    let cfg = settings.retention.clone();
+    let auto_disable = Duration::from_secs(settings.delivery.auto_disable_after_secs);
+    let pool = pool.clone();
+    Supervisor::start(move |_| Janitor::new(pool, cfg, auto_disable, status))
+}
+
+/// Circuit breakers and rate limits, with one Redis connection of their own.
+fn limits(settings: &Settings) -> anyhow::Result<(Arc<Limits>, Arc<RedisLink>)> {
+    let limits = Arc::new(
+        Limits::new(&settings.redis.key_prefix, settings.delivery.circuit)
+            .with_op_timeout(Duration::from_millis(settings.delivery.limits_timeout_ms)),
+    );
+    let link = RedisLink::start(
+        redis_client(settings)?,
+        RedisLinkConfig {
+            response_timeout: Duration::from_millis(settings.delivery.limits_timeout_ms),
+            connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
+            ping_interval: Duration::from_millis(settings.server.health_interval_ms.max(100)),
+        },
+    );
+    Ok((limits, link))
+}
+
+/// The delivery side: the ResultWriter, then the Scheduler with its Deliverers (each on an arbiter of its own).
+fn delivery(
+    settings: &Settings,
+    pool: &Pool,
+    catalog: &Arc<SharedCatalog>,
+    health: &Arc<HealthRegistry>,
+    limits: &Arc<Limits>,
+    limits_redis: &Arc<RedisLink>,
+) -> anyhow::Result<(Addr<Scheduler>, Addr<ResultWriter>, Vec<ArbiterGuard>)> {
+    let cfg = settings.delivery.clone();
+    let policy = settings.supervision;
+    let node_id = settings.server.node_id();
+    let pg_config = settings.database.pg_config()?;
+    let results_status = health.register_delivery("result_writer", None, policy);
+    let results = {
+        let (pool, catalog, node, cfg) = (pool.clone(), catalog.clone(), node_id.clone(), cfg.clone());
+        Supervisor::start(move |_| ResultWriter::new(pool, catalog, node, cfg, results_status))
+    };
+    let ssrf = Arc::new(cfg.ssrf_policy());
+    let arbiters: Vec<Arbiter> = (0..cfg.deliverers.max(1)).map(|_| Arbiter::new()).collect();
+    let handles: Vec<_> = arbiters.iter().map(|a| a.handle()).collect();
+    // The claim loop turns at least every poll interval; a round may wait on the claim lock (5 s) and the pool, so
+    // only a loop silent for much longer than that counts as stalled.
+    let stall_after = Duration::from_millis(cfg.poll_interval_ms.saturating_mul(10)).max(Duration::from_secs(30));
+    let scheduler_status = health.register_delivery("scheduler", Some(stall_after), policy);
+    let scheduler = {
+        let (pool, catalog, redis, node) = (pool.clone(), catalog.clone(), limits_redis.clone(), node_id);
+        let limits = limits.clone();
+        let results = results.clone();
+        Supervisor::start(move |ctx: &mut actix::Context<Scheduler>| {
+            let me = ctx.address();
+            let deliverers = handles
+                .iter()
+                .map(|h| {
+                    let (ssrf, results, me) = (ssrf.clone(), results.clone().recipient(), me.clone().recipient());
+                    let (limits, redis) = (limits.clone(), redis.clone());
+                    let (max, cap) = (cfg.max_in_flight, cfg.max_in_flight.max(16));
+                    let (jq_timeout, jq_max) = (Duration::from_millis(cfg.jq_timeout_ms), cfg.jq_max_output_bytes);
+                    Supervisor::start_in_arbiter(h, move |_| {
+                        Deliverer::new(ssrf, limits, redis, max, cap, results, me).with_jq_bounds(jq_timeout, jq_max)
+                    })
+                })
+                .collect();
+            Scheduler::new(pool, pg_config, catalog, limits, redis, deliverers, node, cfg, scheduler_status)
+        })
+    };
+    results.try_send(ConnectScheduler(scheduler.clone().recipient())).context("Failed to connect the scheduler")?;
+    Ok((scheduler, results, arbiters.into_iter().map(ArbiterGuard).collect()))
+}

@@ -1,0 +1,51 @@
+//! The database half of start-up: the pool, the migrations, the configuration's declared objects, and the
+//! snapshots (sources, catalog) every node serves from.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use hookgate_actors::catalog::{self, SharedCatalog};
+
+use crate::config::{DatabaseSettings, Settings};
+use crate::sources::{self, SourceRegistry};
+
+/// Builds the connection pool; no connection is opened until first use.
+pub fn build_pool(db: &DatabaseSettings) -> anyhow::Result<Pool> {
+    let mgr = Manager::from_config(
+        db.pg_config()?,
+        tokio_postgres::NoTls,
+        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+    );
+    Pool::builder(mgr)
+        .max_size(db.pool_size)
+        .wait_timeout(Some(Duration::from_millis(db.pool_wait_timeout_ms)))
+        .create_timeout(Some(Duration::from_millis(db.connect_timeout_ms)))
+        .recycle_timeout(Some(Duration::from_millis(db.connect_timeout_ms)))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .context("Failed to build the PostgreSQL pool")
+}
+
+/// The pool, with the schema migrated (unless `database.migrate_on_start` is off) and the configuration's declared
+/// sources, destinations and routes applied in one transaction.
+pub async fn prepare(settings: &Settings) -> anyhow::Result<Pool> {
+    let pool = build_pool(&settings.database)?;
+    if settings.database.migrate_on_start {
+        hookgate_store::migrations::run(&pool).await?;
+    }
+    let (destinations, routes) = catalog::declared_rows(&settings.destinations, &settings.routes)?;
+    hookgate_store::apply_declared(&pool, &sources::declared_rows(&settings.sources)?, &destinations, &routes).await?;
+    Ok(pool)
+}
+
+/// The snapshots the front end and the actors read: the enabled sources and the routing catalog.
+pub async fn load_snapshots(pool: &Pool) -> anyhow::Result<(Arc<SourceRegistry>, Arc<SharedCatalog>)> {
+    let registry = Arc::new(SourceRegistry::default());
+    let n = registry.reload(pool).await?;
+    let catalog = Arc::new(SharedCatalog::default());
+    catalog.reload(pool).await?;
+    tracing::info!(message = "Sources, destinations and routes loaded.", sources = n);
+    Ok((registry, catalog))
+}

@@ -1,0 +1,78 @@
+//! Builds a node and stops it in order. [`Application::build`] reads as the list of what starts; each step is a
+//! small builder in its own module:
+//!
+//! - `database.rs`: the pool, the migrations, the declared objects, the snapshots;
+//! - `actors.rs`: every actor under supervision, registered in the health registry;
+//! - `server.rs`: the front end's and the admin API's state, and the bound HTTP server;
+//! - `shutdown.rs`: `run_until_stopped`, one `Shutdown` per actor in order.
+
+mod actors;
+mod database;
+mod server;
+mod shutdown;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::dev::Server;
+use hookgate_actors::janitor::Janitor;
+use hookgate_actors::{Health, HealthRegistry};
+
+pub use actors::Actors;
+pub use database::build_pool;
+
+use crate::config::Settings;
+use crate::telemetry;
+
+/// A running hookgate node.
+pub struct Application {
+    port: u16,
+    server: Server,
+    actors: Actors,
+    prober: Addr<Health>,
+    health: Arc<HealthRegistry>,
+    drain_delay: Duration,
+    shutdown_timeout: Duration,
+    /// The writer's and the deliverers' arbiters, stopped when the node is.
+    arbiters: Vec<actors::ArbiterGuard>,
+}
+
+impl Application {
+    /// Prepares the database, starts the actors and binds the listener. Must run inside an actix `System`.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // Installed first, so that metrics recorded while starting are kept.
+        let metrics = telemetry::metrics_handle();
+        let pool = database::prepare(&settings).await?;
+        let (sources, catalog) = database::load_snapshots(&pool).await?;
+        let health = HealthRegistry::new();
+        let started = actors::start(&settings, &pool, &sources, &catalog, &health)?;
+        let admin = server::admin_state(&settings, &pool, &started, catalog.clone());
+        let state = server::app_state(&settings, &started, sources, catalog, health.clone(), metrics);
+        let (server, port) = server::bind(&settings, state, admin)?;
+        Ok(Self {
+            port,
+            server,
+            actors: started.actors,
+            prober: started.prober,
+            health,
+            drain_delay: Duration::from_millis(settings.server.drain_delay_ms),
+            shutdown_timeout: Duration::from_secs(settings.server.shutdown_timeout_secs),
+            arbiters: started.arbiters,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The singleton-jobs actor (tests run a round with `RunNow`).
+    pub fn janitor(&self) -> Addr<Janitor> {
+        self.actors.janitor.clone()
+    }
+
+    /// The addresses of the node's supervised actors (the supervision tests inject failures through them).
+    pub fn actors(&self) -> Actors {
+        self.actors.clone()
+    }
+}

@@ -1,0 +1,91 @@
+//! The HTTP half of start-up: the front end's state, the admin API's state (and its background jobs), and the
+//! bound server.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use hookgate_actors::catalog::SharedCatalog;
+use hookgate_actors::HealthRegistry;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use super::actors::Started;
+use crate::config::Settings;
+use crate::http::{self, admin, AppState};
+use crate::sources::SourceRegistry;
+
+/// What the ingest handlers reach.
+pub(super) fn app_state(
+    settings: &Settings,
+    started: &Started,
+    sources: Arc<SourceRegistry>,
+    catalog: Arc<SharedCatalog>,
+    health: Arc<HealthRegistry>,
+    metrics: PrometheusHandle,
+) -> web::Data<AppState> {
+    web::Data::new(AppState {
+        sources,
+        writer: started.writer.clone(),
+        cache: started.cache.clone(),
+        health,
+        metrics,
+        catalog,
+        ingest_permits: Arc::new(tokio::sync::Semaphore::new(settings.server.max_inflight_ingest.max(1))),
+        ingest_timeout: Duration::from_millis(settings.server.ingest_timeout_ms),
+        // The cache answers "miss" on its own after its op timeout; this only bounds a stuck mailbox.
+        cache_timeout: Duration::from_millis(settings.redis.op_timeout_ms.saturating_mul(2)),
+        retry_after_secs: settings.server.retry_after_secs,
+        jq_timeout: Duration::from_millis(settings.delivery.jq_timeout_ms),
+        jq_max_output: settings.delivery.jq_max_output_bytes,
+    })
+}
+
+/// What the admin handlers reach; starts the admin background task (replay jobs, rotated-secret expiry).
+pub(super) fn admin_state(
+    settings: &Settings,
+    pool: &Pool,
+    started: &Started,
+    catalog: Arc<SharedCatalog>,
+) -> web::Data<admin::AdminState> {
+    let state = Arc::new(admin::AdminState {
+        pool: pool.clone(),
+        tokens: admin::auth::Tokens::new(&settings.admin.tokens),
+        ssrf: settings.delivery.ssrf_policy(),
+        catalog,
+        limits: started.limits.clone(),
+        redis: started.limits_redis.clone(),
+        rotation_grace: Duration::from_secs(settings.admin.rotation_grace_secs),
+        jq_timeout: Duration::from_millis(settings.delivery.jq_timeout_ms),
+        jq_max_output: settings.delivery.jq_max_output_bytes,
+        max_body_bytes: settings.server.max_body_bytes,
+    });
+    let interval = Duration::from_millis(settings.admin.job_interval_ms.max(10));
+    actix_rt::spawn(admin::jobs::run(state.clone(), settings.server.node_id(), interval));
+    web::Data::from(state)
+}
+
+/// Binds the listener (port 0 picks a free one) and builds the server; answers it with the bound port.
+pub(super) fn bind(
+    settings: &Settings,
+    state: web::Data<AppState>,
+    admin: web::Data<admin::AdminState>,
+) -> anyhow::Result<(Server, u16)> {
+    let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+        .with_context(|| format!("Failed to bind {}:{}", settings.server.host, settings.server.port))?;
+    let port = listener.local_addr()?.port();
+    let mut server =
+        HttpServer::new(move || App::new().app_data(state.clone()).app_data(admin.clone()).configure(http::configure))
+            // Signals are handled in `run_until_stopped`, which drains in order.
+            .disable_signals()
+            .shutdown_timeout(settings.server.shutdown_timeout_secs)
+            .listen(listener)?;
+    if let Some(workers) = settings.server.workers {
+        server = server.workers(workers);
+    }
+    tracing::info!(message = "Listening.", host = %settings.server.host, port, node = %settings.server.node_id());
+    Ok((server.run(), port))
+}
