@@ -10,6 +10,7 @@
 //! answers (blackholed) closes nothing: after [`TIMEOUTS_BEFORE_RECONNECT`] commands in a row time out (PINGs
 //! included), the connection counts as lost too.
 
+use hookgate_core::internal_events::{emit, CacheTimedOut};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,7 +109,7 @@ impl Cache {
     fn on_error(&mut self, error: &redis::RedisError, ctx: &mut Context<Self>) {
         let timed_out = error.is_timeout();
         if timed_out {
-            metrics::counter!("hookgate_cache_timeouts_total").increment(1);
+            emit(CacheTimedOut);
             self.timeouts_in_a_row += 1;
         }
         let blackholed = timed_out && self.timeouts_in_a_row >= TIMEOUTS_BEFORE_RECONNECT;

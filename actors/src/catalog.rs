@@ -2,6 +2,7 @@
 //! `destinations`, `routes`) and the compiled in-memory snapshot ([`Catalog`]) that the front end, the Scheduler,
 //! the Deliverers and the ResultWriter read. The Router refreshes the snapshot when PostgreSQL says it changed.
 
+use hookgate_core::internal_events::{emit, RouteEvaluationDeferred};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -192,8 +193,7 @@ impl Catalog {
                 RouteOutcome::Deliver(payload) => (payload.map(Bytes::from), None, false),
                 RouteOutcome::Failed(why) => (None, Some(without_nul(&why).into_owned()), false),
                 RouteOutcome::Unavailable(why) => {
-                    metrics::counter!("hookgate_route_evaluations_deferred_total").increment(1);
-                    tracing::debug!(message = "Route evaluation deferred to delivery.", route = %route.slug, %why);
+                    emit(RouteEvaluationDeferred { route: &route.slug, why: &why });
                     (None, None, true)
                 }
             };

@@ -10,6 +10,7 @@
 //! counts as a failed try of kind `route_timeout` on the destination's retry schedule (never against the
 //! destination's circuit or health).
 
+use hookgate_core::internal_events::{emit, AttemptMade, AttemptPanicked};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -205,8 +206,7 @@ impl Handler<Deliver> for Deliverer {
                 .await;
                 if let Err(Panicked(what)) = sent {
                     // This attempt only: its lease expires and the delivery is attempted again.
-                    metrics::counter!("hookgate_actor_panics_total", "actor" => "deliverer").increment(1);
-                    tracing::error!(message = "An attempt panicked; its lease will expire.", %delivery, panic = %what);
+                    emit(AttemptPanicked { delivery, panic: &what });
                 }
                 let done = Completed { delivery_id: msg.job.delivery_id, destination_id: msg.job.destination_id };
                 let _ = scheduler.send(done).await;
@@ -359,9 +359,7 @@ async fn attempt(client: &awc::Client, job: &Job, dest: &Destination) -> Attempt
         }
     }
     result.latency_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
-    metrics::counter!("hookgate_delivery_attempts_total", "outcome" => result.error_kind.unwrap_or("success"))
-        .increment(1);
-    metrics::histogram!("hookgate_delivery_attempt_seconds").record(clock.elapsed().as_secs_f64());
+    emit(AttemptMade { outcome: result.error_kind.unwrap_or("success"), elapsed: clock.elapsed() });
     result
 }
 

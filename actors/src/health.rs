@@ -9,6 +9,9 @@
 //! and in metrics, but never takes ingest out of the load balancer. An actor with a heartbeat (the Scheduler's
 //! claim loop) that has not beaten for its `stall_after` is reported [`ActorState::Stalled`].
 
+use hookgate_core::internal_events::{
+    emit, ActorBudgetExhausted, ActorObserved, ActorPanicked, ActorRegistered, ActorRestarted, DependencyObserved,
+};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -161,8 +164,7 @@ impl ActorStatus {
     /// Records a panic caught in the actor (it is then stopped and restarted by its supervisor).
     pub fn record_panic(&self, what: &str) {
         self.panics.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("hookgate_actor_panics_total", "actor" => self.name).increment(1);
-        tracing::error!(message = "Actor panicked; restarting it.", actor = self.name, panic = what);
+        emit(ActorPanicked { actor: self.name, panic: what });
     }
 
     pub fn panics(&self) -> u64 {
@@ -207,7 +209,6 @@ impl ActorStatus {
     pub fn record_restart(&self) -> Duration {
         self.restarts.fetch_add(1, Ordering::Relaxed);
         let stable_for = Duration::from_millis(self.policy.backoff_max_ms);
-        metrics::counter!("hookgate_actor_restarts_total", "actor" => self.name).increment(1);
         self.state.store(ActorState::Restarting as u8, Ordering::Relaxed);
         let in_window = {
             let mut recent = self.recent_restarts.lock().unwrap_or_else(|e| e.into_inner());
@@ -222,15 +223,15 @@ impl ActorStatus {
             recent.len()
         };
         if in_window > self.policy.budget as usize && !self.budget_exhausted.swap(true, Ordering::Relaxed) {
-            tracing::error!(
-                message = "Actor exceeded its restart budget.",
-                actor = self.name,
-                restarts = in_window,
-                window_secs = self.policy.window_secs,
-                critical = self.critical,
-            );
+            emit(ActorBudgetExhausted {
+                actor: self.name,
+                restarts: in_window,
+                window_secs: self.policy.window_secs,
+                critical: self.critical,
+            });
         }
         let delay = self.lock_backoff().next_delay();
+        emit(ActorRestarted { actor: self.name, backoff: delay });
         self.last_backoff_ms.store(delay.as_millis().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
         delay
     }
@@ -354,8 +355,7 @@ impl HealthRegistry {
     }
 
     fn add(&self, status: Arc<ActorStatus>) -> Arc<ActorStatus> {
-        metrics::counter!("hookgate_actor_restarts_total", "actor" => status.name()).absolute(0);
-        metrics::counter!("hookgate_actor_panics_total", "actor" => status.name()).absolute(0);
+        emit(ActorRegistered { actor: status.name() });
         self.actors.lock().unwrap_or_else(|e| e.into_inner()).push(status.clone());
         status
     }
@@ -413,17 +413,15 @@ impl HealthRegistry {
     pub fn publish_metrics(&self) {
         for a in self.actors() {
             let state = a.state();
-            let flag = |on: bool| if on { 1.0 } else { 0.0 };
-            metrics::gauge!("hookgate_actor_mailbox_depth", "actor" => a.name()).set(a.mailbox_depth() as f64);
-            metrics::gauge!("hookgate_actor_running", "actor" => a.name()).set(flag(state == ActorState::Running));
-            if let Some(age) = a.heartbeat_age() {
-                metrics::gauge!("hookgate_actor_stalled", "actor" => a.name()).set(flag(state == ActorState::Stalled));
-                metrics::gauge!("hookgate_actor_heartbeat_age_seconds", "actor" => a.name()).set(age.as_secs_f64());
-            }
+            emit(ActorObserved {
+                actor: a.name(),
+                mailbox_depth: a.mailbox_depth(),
+                running: state == ActorState::Running,
+                heartbeat: a.heartbeat_age().map(|age| (state == ActorState::Stalled, age)),
+            });
         }
-        let up = |s| if s == DependencyState::Up { 1.0 } else { 0.0 };
-        metrics::gauge!("hookgate_dependency_up", "dependency" => "postgres").set(up(self.postgres.get()));
-        metrics::gauge!("hookgate_dependency_up", "dependency" => "redis").set(up(self.redis.get()));
+        emit(DependencyObserved { dependency: "postgres", up: self.postgres.get() == DependencyState::Up });
+        emit(DependencyObserved { dependency: "redis", up: self.redis.get() == DependencyState::Up });
     }
 }
 

@@ -17,6 +17,7 @@
 //!
 //! [`EXPIRED_REASON`]: hookgate_store::maintenance::EXPIRED_REASON
 
+use hookgate_core::internal_events::{emit, DeliveriesExpired};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -189,14 +190,7 @@ pub async fn round(pool: Pool, cfg: RetentionSettings, auto_disable_after: Durat
     };
     let report = hookgate_store::maintenance::round(&pool, &job).await?;
     for (slug, count) in &report.expired_by_destination {
-        metrics::counter!("hookgate_deliveries_expired_total", "destination" => slug.clone())
-            .increment((*count).max(0) as u64);
-        tracing::warn!(
-            message = "Retention expired deliveries that were never delivered; they are dead.",
-            destination = %slug,
-            count,
-            retention_days = job.retention_days,
-        );
+        emit(DeliveriesExpired { destination: slug, count: *count, retention_days: job.retention_days });
     }
     Ok(report)
 }

@@ -57,6 +57,7 @@
 //!
 //! Requires Redis >= 5 (scripts that write after `TIME` rely on effects replication; ZPOPMIN/ZPOPMAX).
 
+use hookgate_core::internal_events::{emit, CircuitObserved, LimitsFellBack};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -797,7 +798,7 @@ impl Limits {
                     (n, state, Scope::Local)
                 }
             };
-        observe(dest, state);
+        observe(dest, state, false);
         let mut probing = self.probing.lock().unwrap_or_else(|e| e.into_inner());
         if matches!(state, CircuitState::HalfOpen | CircuitState::Ramping) {
             probing.insert(dest);
@@ -915,10 +916,7 @@ impl Limits {
                 (state, opened, Scope::Local)
             }
         };
-        observe(dest, state);
-        if opened {
-            metrics::counter!("hookgate_circuit_opens_total", "destination" => dest.to_string()).increment(1);
-        }
+        observe(dest, state, opened);
         (state, scope)
     }
 
@@ -1075,14 +1073,8 @@ impl Limits {
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("no answer within {:?}", self.op_timeout),
         };
-        metrics::counter!("hookgate_limits_local_fallback_total", "op" => op).increment(1);
-        if !self.degraded.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                message = "Redis failed; circuit breakers and rate limits fall back to this process.",
-                op,
-                %error
-            );
-        }
+        let first = !self.degraded.swap(true, Ordering::Relaxed);
+        emit(LimitsFellBack { op, error: &error, first });
         None
     }
 
@@ -1092,9 +1084,9 @@ impl Limits {
     }
 }
 
-/// Publishes the state of `dest`'s circuit as this process last saw it.
-fn observe(dest: Uuid, state: CircuitState) {
-    metrics::gauge!("hookgate_circuit_state", "destination" => dest.to_string()).set(state.code() as f64);
+/// Publishes the state of `dest`'s circuit as this process last saw it (and that it has just opened).
+fn observe(dest: Uuid, state: CircuitState, opened: bool) {
+    emit(CircuitObserved { destination: dest, code: state.code(), opened });
 }
 
 /// How long a bucket of `rate` takes to refill from empty, plus a second: after that it is full, so it may vanish.

@@ -9,6 +9,7 @@
 //! connection and connects again, with back-off. Meanwhile [`RedisLink::get`] answers `None`, and the limits use
 //! their local fallback at once instead of waiting for a timeout per call.
 
+use hookgate_core::internal_events::{emit, RedisReconnectReason, RedisReconnecting};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -117,19 +118,15 @@ async fn watch(link: Weak<RedisLink>, client: redis::Client, cfg: RedisLinkConfi
                     }
                     Ok(Err(error)) if !error.is_timeout() => {
                         // The connection is broken (closed, reset): replace it now.
-                        metrics::counter!("hookgate_redis_reconnects_total", "link" => "limits").increment(1);
-                        tracing::warn!(message = "Delivery limits lost Redis; reconnecting.", %error);
+                        emit(RedisReconnecting { link: "limits", reason: RedisReconnectReason::Broken(&error) });
                         strong.set(None);
                         failures = 0;
                     }
                     _ => {
                         failures += 1;
                         if failures >= FAILURES_BEFORE_RECONNECT {
-                            metrics::counter!("hookgate_redis_reconnects_total", "link" => "limits").increment(1);
-                            tracing::warn!(
-                                message = "Redis stopped answering the delivery limits; reconnecting.",
-                                failed_pings = failures
-                            );
+                            let reason = RedisReconnectReason::Unanswered { failed_pings: failures };
+                            emit(RedisReconnecting { link: "limits", reason });
                             strong.set(None);
                             failures = 0;
                         }

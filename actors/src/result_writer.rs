@@ -6,6 +6,7 @@
 //! [`RetryPolicy::delay_after`](hookgate_core::retry::RetryPolicy::delay_after)), or `dead` when attempts are exhausted. Every state change releases the lease,
 //! and only if this node still holds it. Attempt rows are inserted whatever happens.
 
+use hookgate_core::internal_events::{emit, ResultsNotStored, ResultsStored};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,7 +99,6 @@ impl ResultWriter {
             match res {
                 Ok(()) => {
                     act.status.set_state(ActorState::Running);
-                    metrics::counter!("hookgate_results_stored_total").increment(batch.len() as u64);
                     if let Some(s) = &act.scheduler {
                         let _ = s.try_send(Wake);
                     }
@@ -107,8 +107,7 @@ impl ResultWriter {
                     // Kept and retried: the batch is bounded by the deliveries in flight, and no new ones are claimed
                     // while PostgreSQL is away. A result whose lease expired meanwhile finds no row to update.
                     act.status.set_state(ActorState::Degraded);
-                    metrics::counter!("hookgate_result_flush_failures_total").increment(1);
-                    tracing::warn!(message = "Attempt results not stored; retrying.", error = %format!("{error:#}"));
+                    emit(ResultsNotStored { error: &format!("{error:#}") });
                     act.buffer.splice(0..0, batch);
                     act.timer = Some(ctx.run_later(Duration::from_millis(500), |act, ctx| {
                         act.timer = None;
@@ -318,7 +317,6 @@ async fn write(
     if disabled > 0 {
         tracing::warn!(message = "Destinations disabled by their outcomes.", count = disabled);
     }
-    metrics::histogram!("hookgate_result_flush_seconds").record(started.elapsed().as_secs_f64());
-    metrics::histogram!("hookgate_result_batch_size").record(batch.len() as f64);
+    emit(ResultsStored { size: batch.len(), elapsed: started.elapsed() });
     Ok(())
 }

@@ -9,6 +9,9 @@
 //! destination's slots and never delays another. FIFO destinations lease only their oldest pending delivery, and only
 //! when it is due and not leased: one in flight, in event order, and a failing head holds the rest.
 
+use hookgate_core::internal_events::{
+    emit, ClaimRoundFailed, DeliveriesClaimed, DeliveryUnattemptable, DispatchRefused,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -165,8 +168,7 @@ impl Scheduler {
                 Ok(Err(error)) => {
                     // The delivery side's own health: reported in /readyz's delivery section, never unready.
                     act.status.set_state(ActorState::Degraded);
-                    metrics::counter!("hookgate_scheduler_claim_failures_total").increment(1);
-                    tracing::warn!(message = "Claim round failed.", error = %format!("{error:#}"));
+                    emit(ClaimRoundFailed { error: &format!("{error:#}") });
                     false
                 }
             };
@@ -196,8 +198,7 @@ impl Scheduler {
                 *self.inflight_by_destination.entry(destination_id).or_default() += 1;
             }
             Err(e) => {
-                metrics::counter!("hookgate_scheduler_dispatch_refused_total").increment(1);
-                tracing::warn!(message = "Deliverer mailbox full; giving the delivery back.");
+                emit(DispatchRefused);
                 let Deliver { job, .. } = e.into_inner();
                 self.release(job, ctx);
             }
@@ -450,8 +451,7 @@ impl ClaimRound {
             }
         };
         for (id, reason) in &buried {
-            metrics::counter!("hookgate_deliveries_unattemptable_total").increment(1);
-            tracing::warn!(message = "Delivery cannot be attempted; it is dead.", delivery = %id, reason = %reason);
+            emit(DeliveryUnattemptable { delivery: *id, reason });
         }
 
         let mut claimed: HashMap<Uuid, u32> = HashMap::new();
@@ -459,7 +459,7 @@ impl ClaimRound {
             *claimed.entry(j.destination_id).or_default() += 1;
         }
         self.give_back(&budgets, &claimed).await;
-        metrics::counter!("hookgate_scheduler_claimed_total").increment(jobs.len() as u64);
+        emit(DeliveriesClaimed { count: jobs.len() });
         Ok((jobs, buried.len()))
     }
 

@@ -29,6 +29,7 @@
 //! writer holds at most `max_pending` events (buffered plus in flight); past that it answers
 //! [`PersistError::Overloaded`] at once.
 
+use hookgate_core::internal_events::{emit, EventsFlushed, EventsNotStored};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -378,8 +379,7 @@ async fn write_batch(pool: Pool, batch: Vec<Unit>, deadline: Duration) -> bool {
             }
             Err(error) => {
                 let (n, unavailable) = (units.len(), matches!(error, PersistError::Unavailable(_)));
-                metrics::counter!("hookgate_writer_flush_failures_total").increment(1);
-                tracing::warn!(message = "Events not stored.", units = n, batch = size, %error);
+                emit(EventsNotStored { units: n, batch: size, error: &error });
                 // A transient error fails the rest of the batch too: the database is away, the clients retry.
                 let rest = if unavailable { std::mem::take(&mut todo) } else { Vec::new() };
                 for i in range.chain(rest.into_iter().flatten()) {
@@ -389,8 +389,7 @@ async fn write_batch(pool: Pool, batch: Vec<Unit>, deadline: Duration) -> bool {
             }
         }
     }
-    metrics::histogram!("hookgate_writer_batch_size").record(size as f64);
-    metrics::histogram!("hookgate_writer_flush_seconds").record(started.elapsed().as_secs_f64());
+    emit(EventsFlushed { size, elapsed: started.elapsed() });
     let mut take = |e: &NewEvent| {
         outcomes.remove(&e.id).unwrap_or_else(|| Err(PersistError::Internal("event missing from batch".into())))
     };

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`retry`] | when a failed delivery is tried again (delays, jitter, `Retry-After` with its floor) |
 //! | [`signing`] | Standard Webhooks signatures of outgoing deliveries |
+//! | [`internal_events`] | everything hookgate reports about itself: one typed event per thing that happens, its log line and its metric together |
 //! | [`jq`] | route filters and transforms: compiled once, evaluated with a time and output budget |
 //! | [`backoff`] | exponential back-off with jitter, for restarts and reconnects |
 //! | [`delivery`] | a leased delivery (`Job`) as the engine carries it from claim to attempt |
@@ -17,6 +18,7 @@
 
 pub mod backoff;
 pub mod delivery;
+pub mod internal_events;
 pub mod jq;
 pub mod retry;
 pub mod signing;

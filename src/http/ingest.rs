@@ -1,6 +1,8 @@
 //! `POST /ingest/{source}`: verify, de-duplicate, hand to the [`EventWriter`], answer after COMMIT. Also the
 //! CloudEvents HTTP binding (binary, structured and batch modes) and the `OPTIONS` abuse-protection handshake.
 
+use std::borrow::Cow;
+
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
@@ -8,6 +10,7 @@ use futures::StreamExt;
 use hookgate_actors::{
     CacheLookup, CacheRemember, EventWriter, NewEvent, Persist, PersistError, PersistMany, Persisted, Refused,
 };
+use hookgate_core::internal_events::{emit, IngestAnswered};
 use hookgate_core::jq::stored_route_input;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
@@ -47,7 +50,7 @@ pub async fn ingest(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, IngestError> {
     let source = state.sources.get(path.as_str());
-    let label = source.as_ref().map(|s| s.slug.clone()).unwrap_or_else(|| "unknown".into());
+    let label: Cow<'static, str> = source.as_ref().map_or(Cow::Borrowed("unknown"), |s| Cow::Owned(s.slug.clone()));
     // Admission first: past `server.max_inflight_ingest` requests in progress, refuse at once, before reading the
     // body, so that overload costs almost nothing and memory stays bounded.
     let permit = state.ingest_permits.clone().try_acquire_owned();
@@ -62,7 +65,7 @@ pub async fn ingest(
         Ok(Accepted::Many(_)) => "accepted_batch",
         Err(e) => e.outcome(),
     };
-    metrics::counter!("hookgate_ingest_requests_total", "source" => label, "outcome" => outcome).increment(1);
+    emit(IngestAnswered { source: label, outcome });
     match result {
         Ok(Accepted::One(p)) => {
             Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": p.id, "duplicate": p.duplicate })))

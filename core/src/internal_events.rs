@@ -1,0 +1,363 @@
+//! Everything hookgate reports about itself, one typed event per thing that happens: each event emits its log line
+//! and its metric together, so the two never drift apart and every metric has exactly one place that records it.
+//!
+//! Call sites build an event and [`emit`] it. The metric names are the public contract (the README lists every
+//! one); the labels are bounded (actor and source names, destination ids, outcome kinds; never an event id).
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+
+/// Something that happened, reported as a log line and a metric at once.
+pub trait InternalEvent {
+    fn emit(self);
+}
+
+/// Reports `event`.
+pub fn emit(event: impl InternalEvent) {
+    event.emit();
+}
+
+/// An actor registered in the health registry: its counters start at zero, so they exist before the first failure.
+pub struct ActorRegistered {
+    pub actor: &'static str,
+}
+
+impl InternalEvent for ActorRegistered {
+    fn emit(self) {
+        counter!("hookgate_actor_restarts_total", "actor" => self.actor).absolute(0);
+        counter!("hookgate_actor_panics_total", "actor" => self.actor).absolute(0);
+    }
+}
+
+/// A panic was caught in an actor's guarded work; the actor stops and its supervisor restarts it.
+pub struct ActorPanicked<'a> {
+    pub actor: &'static str,
+    pub panic: &'a str,
+}
+
+impl InternalEvent for ActorPanicked<'_> {
+    fn emit(self) {
+        counter!("hookgate_actor_panics_total", "actor" => self.actor).increment(1);
+        tracing::error!(message = "Actor panicked; restarting it.", actor = self.actor, panic = self.panic);
+    }
+}
+
+/// An actor is restarting; it resumes work after `backoff`.
+pub struct ActorRestarted {
+    pub actor: &'static str,
+    pub backoff: Duration,
+}
+
+impl InternalEvent for ActorRestarted {
+    fn emit(self) {
+        counter!("hookgate_actor_restarts_total", "actor" => self.actor).increment(1);
+        tracing::info!(message = "Actor restarting.", actor = self.actor, backoff_ms = self.backoff.as_millis() as u64);
+    }
+}
+
+/// An actor's restarts within the window passed its budget: it counts as failed until they age out.
+pub struct ActorBudgetExhausted {
+    pub actor: &'static str,
+    pub restarts: usize,
+    pub window_secs: u64,
+    pub critical: bool,
+}
+
+impl InternalEvent for ActorBudgetExhausted {
+    fn emit(self) {
+        tracing::error!(
+            message = "Actor exceeded its restart budget.",
+            actor = self.actor,
+            restarts = self.restarts,
+            window_secs = self.window_secs,
+            critical = self.critical,
+        );
+    }
+}
+
+/// An actor's state as the health registry last saw it (published on every probe and every scrape).
+pub struct ActorObserved {
+    pub actor: &'static str,
+    pub mailbox_depth: i64,
+    pub running: bool,
+    /// For an actor with a heartbeat: whether it is stalled, and how old its last beat is.
+    pub heartbeat: Option<(bool, Duration)>,
+}
+
+impl InternalEvent for ActorObserved {
+    fn emit(self) {
+        let flag = |on: bool| if on { 1.0 } else { 0.0 };
+        gauge!("hookgate_actor_mailbox_depth", "actor" => self.actor).set(self.mailbox_depth as f64);
+        gauge!("hookgate_actor_running", "actor" => self.actor).set(flag(self.running));
+        if let Some((stalled, age)) = self.heartbeat {
+            gauge!("hookgate_actor_stalled", "actor" => self.actor).set(flag(stalled));
+            gauge!("hookgate_actor_heartbeat_age_seconds", "actor" => self.actor).set(age.as_secs_f64());
+        }
+    }
+}
+
+/// Whether a dependency (`postgres`, `redis`) answered its last probe.
+pub struct DependencyObserved {
+    pub dependency: &'static str,
+    pub up: bool,
+}
+
+impl InternalEvent for DependencyObserved {
+    fn emit(self) {
+        gauge!("hookgate_dependency_up", "dependency" => self.dependency).set(if self.up { 1.0 } else { 0.0 });
+    }
+}
+
+/// An ingest request was answered.
+pub struct IngestAnswered<'a> {
+    /// The source's slug, or `unknown` for a slug that names no source (the label stays bounded).
+    pub source: Cow<'a, str>,
+    pub outcome: &'static str,
+}
+
+impl InternalEvent for IngestAnswered<'_> {
+    fn emit(self) {
+        counter!("hookgate_ingest_requests_total", "source" => self.source.into_owned(), "outcome" => self.outcome)
+            .increment(1);
+    }
+}
+
+/// The EventWriter committed (or failed) a batch of `size` events in `elapsed`.
+pub struct EventsFlushed {
+    pub size: usize,
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for EventsFlushed {
+    fn emit(self) {
+        histogram!("hookgate_writer_batch_size").record(self.size as f64);
+        histogram!("hookgate_writer_flush_seconds").record(self.elapsed.as_secs_f64());
+    }
+}
+
+/// A batch of events was not stored; its senders are answered with the error.
+pub struct EventsNotStored<'a> {
+    pub units: usize,
+    pub batch: usize,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for EventsNotStored<'_> {
+    fn emit(self) {
+        counter!("hookgate_writer_flush_failures_total").increment(1);
+        tracing::warn!(message = "Events not stored.", units = self.units, batch = self.batch, error = %self.error);
+    }
+}
+
+/// A Redis command of the cache timed out (the lookup answers "miss").
+pub struct CacheTimedOut;
+
+impl InternalEvent for CacheTimedOut {
+    fn emit(self) {
+        counter!("hookgate_cache_timeouts_total").increment(1);
+        tracing::debug!(message = "A cache command timed out.");
+    }
+}
+
+/// Why the delivery limits' Redis connection is being replaced.
+pub enum RedisReconnectReason<'a> {
+    /// The connection is broken (closed, reset).
+    Broken(&'a dyn std::fmt::Display),
+    /// It stopped answering PINGs.
+    Unanswered { failed_pings: u32 },
+}
+
+/// The delivery limits' own Redis connection is being replaced.
+pub struct RedisReconnecting<'a> {
+    pub link: &'static str,
+    pub reason: RedisReconnectReason<'a>,
+}
+
+impl InternalEvent for RedisReconnecting<'_> {
+    fn emit(self) {
+        counter!("hookgate_redis_reconnects_total", "link" => self.link).increment(1);
+        match self.reason {
+            RedisReconnectReason::Broken(error) => {
+                tracing::warn!(message = "Delivery limits lost Redis; reconnecting.", link = self.link, %error)
+            }
+            RedisReconnectReason::Unanswered { failed_pings } => tracing::warn!(
+                message = "Redis stopped answering the delivery limits; reconnecting.",
+                link = self.link,
+                failed_pings
+            ),
+        }
+    }
+}
+
+/// A circuit-breaker or rate-limit operation fell back to this process's own state (Redis failed).
+pub struct LimitsFellBack<'a> {
+    pub op: &'static str,
+    pub error: &'a str,
+    /// The first fallback since Redis last answered: only that one is logged.
+    pub first: bool,
+}
+
+impl InternalEvent for LimitsFellBack<'_> {
+    fn emit(self) {
+        counter!("hookgate_limits_local_fallback_total", "op" => self.op).increment(1);
+        if self.first {
+            tracing::warn!(
+                message = "Redis failed; circuit breakers and rate limits fall back to this process.",
+                op = self.op,
+                error = self.error
+            );
+        }
+    }
+}
+
+/// A destination's circuit state as this process last saw it (`code`: 0 closed, 1 half-open, 2 open).
+pub struct CircuitObserved {
+    pub destination: uuid::Uuid,
+    pub code: i64,
+    /// The circuit has just opened.
+    pub opened: bool,
+}
+
+impl InternalEvent for CircuitObserved {
+    fn emit(self) {
+        let destination = self.destination.to_string();
+        gauge!("hookgate_circuit_state", "destination" => destination.clone()).set(self.code as f64);
+        if self.opened {
+            counter!("hookgate_circuit_opens_total", "destination" => destination.clone()).increment(1);
+            tracing::info!(message = "Circuit opened.", destination);
+        }
+    }
+}
+
+/// A route's programs could not be decided at ingest (time or concurrency budget); the Deliverer decides later.
+pub struct RouteEvaluationDeferred<'a> {
+    pub route: &'a str,
+    pub why: &'a str,
+}
+
+impl InternalEvent for RouteEvaluationDeferred<'_> {
+    fn emit(self) {
+        counter!("hookgate_route_evaluations_deferred_total").increment(1);
+        tracing::debug!(message = "Route evaluation deferred to delivery.", route = self.route, why = self.why);
+    }
+}
+
+/// The Scheduler leased `count` deliveries in one claim round.
+pub struct DeliveriesClaimed {
+    pub count: usize,
+}
+
+impl InternalEvent for DeliveriesClaimed {
+    fn emit(self) {
+        counter!("hookgate_scheduler_claimed_total").increment(self.count as u64);
+    }
+}
+
+/// A claim round failed (the delivery side degrades; the next round tries again).
+pub struct ClaimRoundFailed<'a> {
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for ClaimRoundFailed<'_> {
+    fn emit(self) {
+        counter!("hookgate_scheduler_claim_failures_total").increment(1);
+        tracing::warn!(message = "Claim round failed.", error = %self.error);
+    }
+}
+
+/// A Deliverer's mailbox was full; the claimed delivery's lease is given back.
+pub struct DispatchRefused;
+
+impl InternalEvent for DispatchRefused {
+    fn emit(self) {
+        counter!("hookgate_scheduler_dispatch_refused_total").increment(1);
+        tracing::warn!(message = "Deliverer mailbox full; giving the delivery back.");
+    }
+}
+
+/// A claimed delivery could not be attempted (its event is gone, a column is unreadable): it is made dead.
+pub struct DeliveryUnattemptable<'a> {
+    pub delivery: uuid::Uuid,
+    pub reason: &'a str,
+}
+
+impl InternalEvent for DeliveryUnattemptable<'_> {
+    fn emit(self) {
+        counter!("hookgate_deliveries_unattemptable_total").increment(1);
+        tracing::warn!(message = "Delivery cannot be attempted; it is dead.", delivery = %self.delivery, reason = self.reason);
+    }
+}
+
+/// An HTTP attempt ended: `outcome` is `success` or the error kind.
+pub struct AttemptMade {
+    pub outcome: &'static str,
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for AttemptMade {
+    fn emit(self) {
+        counter!("hookgate_delivery_attempts_total", "outcome" => self.outcome).increment(1);
+        histogram!("hookgate_delivery_attempt_seconds").record(self.elapsed.as_secs_f64());
+    }
+}
+
+/// An attempt panicked: that attempt only ends; its lease expires and the delivery is attempted again.
+pub struct AttemptPanicked<'a> {
+    pub delivery: uuid::Uuid,
+    pub panic: &'a str,
+}
+
+impl InternalEvent for AttemptPanicked<'_> {
+    fn emit(self) {
+        counter!("hookgate_actor_panics_total", "actor" => "deliverer").increment(1);
+        tracing::error!(message = "An attempt panicked; its lease will expire.", delivery = %self.delivery, panic = self.panic);
+    }
+}
+
+/// The ResultWriter stored a batch of `size` attempt results in `elapsed`.
+pub struct ResultsStored {
+    pub size: usize,
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for ResultsStored {
+    fn emit(self) {
+        counter!("hookgate_results_stored_total").increment(self.size as u64);
+        histogram!("hookgate_result_batch_size").record(self.size as f64);
+        histogram!("hookgate_result_flush_seconds").record(self.elapsed.as_secs_f64());
+    }
+}
+
+/// A batch of attempt results was not stored; it is kept and retried.
+pub struct ResultsNotStored<'a> {
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for ResultsNotStored<'_> {
+    fn emit(self) {
+        counter!("hookgate_result_flush_failures_total").increment(1);
+        tracing::warn!(message = "Attempt results not stored; retrying.", error = %self.error);
+    }
+}
+
+/// Retention expired `count` deliveries of a destination that were never delivered; they are dead.
+pub struct DeliveriesExpired<'a> {
+    pub destination: &'a str,
+    pub count: i64,
+    pub retention_days: i32,
+}
+
+impl InternalEvent for DeliveriesExpired<'_> {
+    fn emit(self) {
+        counter!("hookgate_deliveries_expired_total", "destination" => self.destination.to_owned())
+            .increment(self.count.max(0) as u64);
+        tracing::warn!(
+            message = "Retention expired deliveries that were never delivered; they are dead.",
+            destination = self.destination,
+            count = self.count,
+            retention_days = self.retention_days,
+        );
+    }
+}
