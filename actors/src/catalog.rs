@@ -3,8 +3,9 @@
 //! the Deliverers and the ResultWriter read. The Router refreshes the snapshot when PostgreSQL says it changed.
 
 use hookgate_core::internal_events::{emit, RouteEvaluationDeferred};
+use hookgate_core::snapshot::Snapshot;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -226,27 +227,13 @@ pub fn without_nul(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// The current snapshot, swapped whole on reload.
-#[derive(Default)]
-pub struct SharedCatalog {
-    inner: RwLock<Arc<Catalog>>,
-}
+/// The routing catalog every node serves from, swapped whole on reload.
+pub type SharedCatalog = Snapshot<Catalog>;
 
-impl SharedCatalog {
-    pub fn get(&self) -> Arc<Catalog> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn replace(&self, catalog: Catalog) {
-        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
-    }
-
-    /// Loads destinations and enabled routes from PostgreSQL and compiles the routes' programs.
-    pub async fn reload(&self, pool: &Pool) -> anyhow::Result<()> {
-        let catalog = load(pool).await?;
-        self.replace(catalog);
-        Ok(())
-    }
+/// Loads destinations and enabled routes from PostgreSQL, compiles the routes' programs, and swaps them in.
+pub async fn reload(catalog: &SharedCatalog, pool: &Pool) -> anyhow::Result<()> {
+    catalog.replace(load(pool).await?);
+    Ok(())
 }
 
 async fn load(pool: &Pool) -> anyhow::Result<Catalog> {

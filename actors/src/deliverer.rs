@@ -27,7 +27,6 @@ use uuid::Uuid;
 use crate::catalog::{Destination, Route};
 use crate::limits::Limits;
 use crate::redis_link::RedisLink;
-use crate::scheduler::Completed;
 use crate::shutdown::Shutdown;
 use crate::ssrf::{classify_send_error, guarded_client, SsrfPolicy};
 use crate::supervision::{guarded, Panicked};
@@ -102,6 +101,15 @@ impl AttemptResult {
             Some(s) => s >= 500 || s == 429 || s == 408,
         }
     }
+}
+
+/// A Deliverer finished an attempt (its result is on its way to the ResultWriter); sent to the Scheduler, which
+/// frees the attempt's slot.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Completed {
+    pub delivery_id: Uuid,
+    pub destination_id: Uuid,
 }
 
 pub struct Deliverer {

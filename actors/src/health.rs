@@ -236,6 +236,22 @@ impl ActorStatus {
         delay
     }
 
+    /// Holds a (re)started actor's mailbox for `delay`, the back-off [`record_restart`](Self::record_restart) asked
+    /// for: no message is handled and no timer fires before it is over, so a failing actor cannot spin. The actor
+    /// shows as `restarting` meanwhile and as `running` once it resumes.
+    pub fn resume_after<A>(self: &Arc<Self>, delay: Duration, act: &mut A, ctx: &mut actix::Context<A>)
+    where
+        A: actix::Actor<Context = actix::Context<A>>,
+    {
+        use actix::{ActorFutureExt, AsyncContext, WrapFuture};
+        if delay.is_zero() {
+            self.set_state(ActorState::Running);
+            return;
+        }
+        let status = self.clone();
+        ctx.wait(tokio::time::sleep(delay).into_actor(act).map(move |(), _, _| status.set_state(ActorState::Running)));
+    }
+
     /// The back-off the last restart waited before resuming work.
     pub fn last_backoff(&self) -> Duration {
         Duration::from_millis(self.last_backoff_ms.load(Ordering::Relaxed))

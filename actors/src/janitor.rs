@@ -88,8 +88,8 @@ impl Actor for Janitor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(16);
-        let status = self.status.clone();
-        crate::supervision::hold(std::mem::take(&mut self.resume_delay), &status, self, ctx);
+        let (status, delay) = (self.status.clone(), std::mem::take(&mut self.resume_delay));
+        status.resume_after(delay, self, ctx);
         ctx.run_interval(Duration::from_secs(self.cfg.interval_secs.max(1)), |act, ctx| {
             if act.stopped {
                 return;

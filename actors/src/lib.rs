@@ -30,6 +30,7 @@ pub mod result_writer;
 pub mod router;
 pub mod scheduler;
 pub mod shutdown;
+pub mod sources;
 pub mod ssrf;
 pub mod supervision;
 pub mod writer;

@@ -1,4 +1,4 @@
-//! Keeps the routing snapshot (destinations, routes, and through a hook the sources) current: reloads it when
+//! Keeps the snapshots every node serves from current (the routing catalog: destinations and routes; the sources): reloads it when
 //! PostgreSQL announces a change (LISTEN `hookgate_catalog`), when its listener reconnects, and every minute.
 //!
 //! Deciding an event's deliveries is a pure function of the snapshot ([`Catalog::plan`](crate::catalog::Catalog::plan)),
@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures::future::LocalBoxFuture;
 use hookgate_store::channels::CATALOG_CHANNEL;
 use hookgate_store::listen::{self, ListenEvent};
 use hookgate_store::Pool;
@@ -17,16 +16,14 @@ use hookgate_store::Pool;
 use crate::catalog::SharedCatalog;
 use crate::health::{ActorState, ActorStatus};
 use crate::shutdown::Shutdown;
+use crate::sources::SourceRegistry;
 use crate::supervision::{guarded, Panicked};
-
-/// Reloads something else that lives in the catalog tables (the front end's sources).
-pub type ReloadHook = Arc<dyn Fn(Pool) -> LocalBoxFuture<'static, anyhow::Result<()>>>;
 
 pub struct Router {
     pool: Pool,
     pg_config: tokio_postgres::Config,
     catalog: Arc<SharedCatalog>,
-    hooks: Vec<ReloadHook>,
+    sources: Arc<SourceRegistry>,
     pub(crate) status: Arc<ActorStatus>,
     reloading: bool,
     again: bool,
@@ -41,14 +38,14 @@ impl Router {
         pool: Pool,
         pg_config: tokio_postgres::Config,
         catalog: Arc<SharedCatalog>,
-        hooks: Vec<ReloadHook>,
+        sources: Arc<SourceRegistry>,
         status: Arc<ActorStatus>,
     ) -> Self {
         Self {
             pool,
             pg_config,
             catalog,
-            hooks,
+            sources,
             status,
             reloading: false,
             again: false,
@@ -66,12 +63,10 @@ impl Router {
             return;
         }
         self.reloading = true;
-        let (pool, catalog, hooks) = (self.pool.clone(), self.catalog.clone(), self.hooks.clone());
+        let (pool, catalog, sources) = (self.pool.clone(), self.catalog.clone(), self.sources.clone());
         let fut = async move {
-            catalog.reload(&pool).await?;
-            for hook in hooks {
-                hook(pool.clone()).await?;
-            }
+            crate::catalog::reload(&catalog, &pool).await?;
+            crate::sources::reload(&sources, &pool).await?;
             Ok::<_, anyhow::Error>(())
         };
         ctx.spawn(guarded(fut).into_actor(self).map(|res, act, ctx| {
@@ -105,8 +100,8 @@ impl Actor for Router {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let status = self.status.clone();
-        crate::supervision::hold(std::mem::take(&mut self.resume_delay), &status, self, ctx);
+        let (status, delay) = (self.status.clone(), std::mem::take(&mut self.resume_delay));
+        status.resume_after(delay, self, ctx);
         ctx.add_stream(listen::stream(listen::spawn_listener(self.pg_config.clone(), &[CATALOG_CHANNEL])));
         ctx.run_interval(Duration::from_secs(60), |act, ctx| act.reload(ctx));
     }

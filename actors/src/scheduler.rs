@@ -29,20 +29,12 @@ use uuid::Uuid;
 
 use crate::catalog::{Destination, SharedCatalog};
 use crate::config::DeliveryConfig;
-use crate::deliverer::{Deliver, Deliverer};
+use crate::deliverer::{Completed, Deliver, Deliverer};
 use crate::health::{ActorState, ActorStatus};
 use crate::limits::Limits;
 use crate::redis_link::RedisLink;
 use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
-
-/// A Deliverer finished an attempt (its result is on its way to the ResultWriter).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Completed {
-    pub delivery_id: Uuid,
-    pub destination_id: Uuid,
-}
 
 /// Look for work now.
 #[derive(Message)]

@@ -51,26 +51,6 @@ impl RestartPolicy {
     }
 }
 
-/// Holds a (re)started actor's mailbox for `delay`, the back-off [`ActorStatus::record_restart`] asked for: no
-/// message is handled and no timer fires before it is over, so a failing actor cannot spin.
-///
-/// [`ActorStatus::record_restart`]: crate::ActorStatus::record_restart
-/// The actor shows as `restarting` meanwhile and as `running` once it resumes.
-pub fn hold<A>(delay: Duration, status: &std::sync::Arc<crate::ActorStatus>, act: &mut A, ctx: &mut actix::Context<A>)
-where
-    A: actix::Actor<Context = actix::Context<A>>,
-{
-    use actix::{ActorFutureExt, AsyncContext, WrapFuture};
-    if delay.is_zero() {
-        status.set_state(crate::ActorState::Running);
-        return;
-    }
-    let status = status.clone();
-    ctx.wait(
-        tokio::time::sleep(delay).into_actor(act).map(move |(), _, _| status.set_state(crate::ActorState::Running)),
-    );
-}
-
 /// Makes an actor fail as a bug would, to test its supervision: a panic inside its guarded work, which the actor
 /// counts and answers by stopping, so that its supervisor restarts it with back-off. Built only with the
 /// `fault-injection` feature (the integration tests turn it on; release builds never have it).

@@ -247,8 +247,8 @@ impl Actor for EventWriter {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.cfg.mailbox_capacity);
-        let status = self.status.clone();
-        crate::supervision::hold(std::mem::take(&mut self.resume_delay), &status, self, ctx);
+        let (status, delay) = (self.status.clone(), std::mem::take(&mut self.resume_delay));
+        status.resume_after(delay, self, ctx);
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {

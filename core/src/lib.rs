@@ -13,6 +13,7 @@
 //! | [`backoff`] | exponential back-off with jitter, for restarts and reconnects |
 //! | [`delivery`] | a leased delivery (`Job`) as the engine carries it from claim to attempt |
 //! | [`state`] | the typed states of deliveries and destinations, and their stored text |
+//! | [`snapshot`] | a value many readers share and one reloader swaps whole (sources, catalog) |
 //! | [`source`] | the source model (verification, idempotency key, event type) and its one validation |
 //! | [`verify`] | request verification: every scheme a source can use, and the header parsers they rely on |
 
@@ -22,6 +23,7 @@ pub mod internal_events;
 pub mod jq;
 pub mod retry;
 pub mod signing;
+pub mod snapshot;
 pub mod source;
 pub mod state;
 pub mod verify;

@@ -14,7 +14,8 @@ pub async fn handshake(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, IngestError> {
-    let source = state.sources.get(path.as_str()).ok_or_else(|| IngestError::UnknownSource(path.into_inner()))?;
+    let source =
+        state.sources.get().get(path.as_str()).cloned().ok_or_else(|| IngestError::UnknownSource(path.into_inner()))?;
     let origin = req
         .headers()
         .get("webhook-request-origin")

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::cloudevents::{self, Attributes, CloudEventError, Mode};
 use crate::http::problem::IngestError;
 use crate::http::AppState;
-use crate::sources::Source;
+use hookgate_actors::sources::Source;
 use hookgate_core::source::{EventTypeConfig, IdempotencyConfig};
 
 /// Longest accepted idempotency key, in bytes.
@@ -49,7 +49,7 @@ pub async fn ingest(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, IngestError> {
-    let source = state.sources.get(path.as_str());
+    let source = state.sources.get().get(path.as_str()).cloned();
     let label: Cow<'static, str> = source.as_ref().map_or(Cow::Borrowed("unknown"), |s| Cow::Owned(s.slug.clone()));
     // Admission first: past `server.max_inflight_ingest` requests in progress, refuse at once, before reading the
     // body, so that overload costs almost nothing and memory stays bounded.

@@ -19,7 +19,7 @@ use hookgate_actors::catalog::SharedCatalog;
 use hookgate_actors::{Cache, EventWriter, HealthRegistry, Mailbox};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::sources::SourceRegistry;
+use hookgate_actors::sources::SourceRegistry;
 
 /// What every ingest and health handler can reach. Built once, before the HTTP workers start.
 pub struct AppState {

@@ -11,7 +11,7 @@ use hookgate_actors::deliverer::Deliverer;
 use hookgate_actors::janitor::Janitor;
 use hookgate_actors::limits::Limits;
 use hookgate_actors::result_writer::{ConnectScheduler, ResultWriter};
-use hookgate_actors::router::{ReloadHook, Router};
+use hookgate_actors::router::Router;
 use hookgate_actors::scheduler::Scheduler;
 use hookgate_actors::{
     ActorStatus, Cache, CacheConfig, EventWriter, Health, HealthRegistry, Mailbox, RedisLink, RedisLinkConfig,
@@ -19,7 +19,7 @@ use hookgate_actors::{
 use secrecy::ExposeSecret;
 
 use crate::config::Settings;
-use crate::sources::SourceRegistry;
+use hookgate_actors::sources::SourceRegistry;
 
 /// The addresses of a node's supervised actors; the delivery side's only when delivery is enabled.
 #[derive(Clone)]
@@ -142,7 +142,7 @@ fn redis_client(settings: &Settings) -> anyhow::Result<redis::Client> {
         .map_err(|_| anyhow::anyhow!("redis.url is not a valid Redis URL"))
 }
 
-/// The Router: reloads the catalog, and through its hook the front end's sources, when PostgreSQL announces a change.
+/// The Router: reloads the catalog and the sources when PostgreSQL announces a change.
 fn router(
     pool: &Pool,
     settings: &Settings,
@@ -150,15 +150,9 @@ fn router(
     registry: &Arc<SourceRegistry>,
     status: Arc<ActorStatus>,
 ) -> anyhow::Result<Addr<Router>> {
-    let sources_hook: ReloadHook = {
-        let registry = registry.clone();
-        Arc::new(move |pool| {
-            let registry = registry.clone();
-            Box::pin(async move { registry.reload(&pool).await.map(|_| ()) })
-        })
-    };
-    let (pool, pg_config, catalog) = (pool.clone(), settings.database.pg_config()?, catalog.clone());
-    Ok(Supervisor::start(move |_| Router::new(pool, pg_config, catalog, vec![sources_hook], status)))
+    let (pool, pg_config) = (pool.clone(), settings.database.pg_config()?);
+    let (catalog, registry) = (catalog.clone(), registry.clone());
+    Ok(Supervisor::start(move |_| Router::new(pool, pg_config, catalog, registry, status)))
 }
 
 /// The Janitor: the cluster's singleton jobs.

@@ -7,9 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use hookgate_actors::catalog::{self, SharedCatalog};
+use hookgate_actors::sources::{self as source_snapshot, SourceRegistry};
 
 use crate::config::{DatabaseSettings, Settings};
-use crate::sources::{self, SourceRegistry};
+use crate::sources;
 
 /// Builds the connection pool; no connection is opened until first use.
 pub fn build_pool(db: &DatabaseSettings) -> anyhow::Result<Pool> {
@@ -43,9 +44,9 @@ pub async fn prepare(settings: &Settings) -> anyhow::Result<Pool> {
 /// The snapshots the front end and the actors read: the enabled sources and the routing catalog.
 pub async fn load_snapshots(pool: &Pool) -> anyhow::Result<(Arc<SourceRegistry>, Arc<SharedCatalog>)> {
     let registry = Arc::new(SourceRegistry::default());
-    let n = registry.reload(pool).await?;
+    let n = source_snapshot::reload(&registry, pool).await?;
     let catalog = Arc::new(SharedCatalog::default());
-    catalog.reload(pool).await?;
+    catalog::reload(&catalog, pool).await?;
     tracing::info!(message = "Sources, destinations and routes loaded.", sources = n);
     Ok((registry, catalog))
 }

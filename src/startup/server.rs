@@ -16,7 +16,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use super::actors::Started;
 use crate::config::Settings;
 use crate::http::{self, admin, AppState};
-use crate::sources::SourceRegistry;
+use hookgate_actors::sources::SourceRegistry;
 
 /// What the ingest handlers reach.
 pub(super) fn app_state(

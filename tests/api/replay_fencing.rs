@@ -14,7 +14,7 @@ use crate::receiver::Receiver;
 async fn runner(app: &TestApp, batch: i64) -> JobRunner {
     let pool = hookgate::startup::build_pool(&app.settings.database).expect("pool");
     let catalog = Arc::new(SharedCatalog::default());
-    catalog.reload(&pool).await.expect("catalog");
+    hookgate_actors::catalog::reload(&catalog, &pool).await.expect("catalog");
     JobRunner { pool, catalog, jq_timeout: Duration::from_secs(5), jq_max_output: 1 << 20, batch }
 }
 
