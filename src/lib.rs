@@ -5,7 +5,6 @@
 //! and the admin API). The actors live in the `hookgate-actors` crate; the migrations, like all SQL, in
 //! `hookgate-store` ([`hookgate_store::migrations`]).
 
-pub mod cloudevents;
 pub mod config;
 pub mod http;
 pub mod sources;

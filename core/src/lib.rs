@@ -6,6 +6,8 @@
 //!
 //! | module | what it decides |
 //! |---|---|
+//! | [`cloudevents`] | the CloudEvents 1.0 HTTP binding: modes, attributes, the idempotency key of an event |
+//! | [`event`] | an event's idempotency key and type, taken where its source says and checked once (newtypes) |
 //! | [`retry`] | when a failed delivery is tried again (delays, jitter, `Retry-After` with its floor) |
 //! | [`signing`] | Standard Webhooks signatures of outgoing deliveries |
 //! | [`internal_events`] | everything hookgate reports about itself: one typed event per thing that happens, its log line and its metric together |
@@ -18,7 +20,9 @@
 //! | [`verify`] | request verification: every scheme a source can use, and the header parsers they rely on |
 
 pub mod backoff;
+pub mod cloudevents;
 pub mod delivery;
+pub mod event;
 pub mod internal_events;
 pub mod jq;
 pub mod retry;

@@ -12,16 +12,31 @@ use crate::verify::Verifier;
 #[error("{0}")]
 pub struct InvalidSource(pub String);
 
-/// Checks a slug: 1 to 64 of `a-z`, `0-9`, `-`, `_`, starting with a letter or digit.
-pub fn validate_slug(slug: &str) -> Result<(), &'static str> {
-    let ok_len = (1..=64).contains(&slug.len());
-    let ok_chars = slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    let ok_first = slug.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
-    if ok_len && ok_chars && ok_first {
-        Ok(())
-    } else {
-        Err("slug must be 1-64 characters of a-z, 0-9, '-' or '_', starting with a letter or digit")
+/// The name of a source, destination or route in URLs and in the configuration: 1 to 64 of `a-z`, `0-9`, `-`, `_`,
+/// starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Slug(String);
+
+impl Slug {
+    pub fn parse(slug: &str) -> Result<Self, &'static str> {
+        let ok_len = (1..=64).contains(&slug.len());
+        let ok_chars = slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        let ok_first = slug.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+        if ok_len && ok_chars && ok_first {
+            Ok(Self(slug.to_owned()))
+        } else {
+            Err("slug must be 1-64 characters of a-z, 0-9, '-' or '_', starting with a letter or digit")
+        }
     }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Checks a slug ([`Slug::parse`]) where only the verdict is needed.
+pub fn validate_slug(slug: &str) -> Result<(), &'static str> {
+    Slug::parse(slug).map(drop)
 }
 
 /// A source's default body limit (1 MiB).

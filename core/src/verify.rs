@@ -526,9 +526,13 @@ fn single<'a>(headers: &'a impl RequestHeaders, name: &str) -> Result<&'a str, V
     if values.next().is_some() {
         return Err(VerifyError::Malformed(name.into()));
     }
-    // Visible ASCII and tabs, as `HeaderValue::to_str` accepts.
+    visible_ascii(value).ok_or_else(|| VerifyError::Malformed(name.into()))
+}
+
+/// A header value as text when it is visible ASCII and tabs (what `HeaderValue::to_str` accepts); `None` otherwise.
+pub fn visible_ascii(value: &[u8]) -> Option<&str> {
     let visible = value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
-    std::str::from_utf8(value).ok().filter(|_| visible).ok_or_else(|| VerifyError::Malformed(name.into()))
+    std::str::from_utf8(value).ok().filter(|_| visible)
 }
 
 fn check_time(header: &str, ts: i64, now: i64, tolerance: u64) -> Result<(), VerifyError> {

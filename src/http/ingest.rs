@@ -12,20 +12,17 @@ use hookgate_actors::{
 };
 use hookgate_core::internal_events::{emit, IngestAnswered};
 use hookgate_core::jq::stored_route_input;
-use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::cloudevents::{self, Attributes, CloudEventError, Mode};
 use crate::http::problem::IngestError;
 use crate::http::AppState;
 use hookgate_actors::sources::Source;
-use hookgate_core::source::{EventTypeConfig, IdempotencyConfig};
+use hookgate_core::cloudevents::{self, CloudEventError, Mode};
 
-/// Longest accepted idempotency key, in bytes.
-pub const MAX_KEY_LEN: usize = 256;
-/// Longest accepted event type, in bytes.
-pub const MAX_TYPE_LEN: usize = 256;
+use crate::sources::Headers;
+use hookgate_core::event::{self, EventType, IdempotencyKey, LazyJson};
+
 /// Most events accepted in one CloudEvents batch.
 pub const MAX_BATCH_EVENTS: usize = 1000;
 /// Headers never stored with an event (credentials and hop-by-hop headers).
@@ -99,7 +96,7 @@ async fn accept(
     let headers = req.headers();
     check_encoding(headers)?;
     let ce_mode = match source.options.cloudevents {
-        true => Some(cloudevents::mode(headers).ok_or(CloudEventError::NotACloudEvent)?),
+        true => Some(cloudevents::mode(&Headers(headers)).ok_or(CloudEventError::NotACloudEvent)?),
         false => None,
     };
     let json_body = source.require_json || matches!(ce_mode, Some(Mode::Structured | Mode::Batch));
@@ -107,7 +104,7 @@ async fn accept(
         check_json_content_type(headers)?;
     }
     let body = read_body(headers, payload, source.max_body_bytes).await?;
-    source.verifier.verify(&crate::sources::Headers(headers), &body)?;
+    source.verifier.verify(&Headers(headers), &body)?;
     if json_body {
         // JSON text is UTF-8 (RFC 8259 §8.1); serde skips string contents it ignores, so check the encoding first.
         let text = std::str::from_utf8(&body).map_err(|e| IngestError::InvalidJson(format!("not UTF-8 ({e})")))?;
@@ -117,16 +114,18 @@ async fn accept(
     let attributes = match ce_mode {
         Some(Mode::Batch) => return accept_batch(headers, state, source, &body).await.map(Accepted::Many),
         Some(Mode::Structured) => Some(cloudevents::decode_structured(&body)?),
-        Some(Mode::Binary) => Some(cloudevents::decode_binary(headers)?),
+        Some(Mode::Binary) => Some(cloudevents::decode_binary(&Headers(headers))?),
         None => None,
     };
     // The body as JSON, parsed once, only when a key, a type or a route needs it.
     let mut doc = LazyJson::new(&body);
-    let key = idempotency_key(&source.idempotency, headers, &body, attributes.as_ref(), &mut doc)?;
+    let key = event::idempotency_key(&source.idempotency, &Headers(headers), &body, attributes.as_ref(), &mut doc)?
+        .into_string();
     let event_type = match attributes {
-        Some(a) => Some(a.event_type),
-        None => event_type(source.options.event_type.as_ref(), headers, &mut doc)?,
-    };
+        Some(a) => Some(EventType::parse("the CloudEvents type", a.event_type)?),
+        None => event::event_type(source.options.event_type.as_ref(), &Headers(headers), &mut doc)?,
+    }
+    .map(EventType::into_string);
 
     if let Some(id) = cache_lookup(state, source.id, &key).await {
         return Ok(Accepted::One(Persisted { id, duplicate: true }));
@@ -172,8 +171,8 @@ async fn accept_batch(
     let mut events = Vec::with_capacity(items.len());
     for (attributes, raw) in items {
         let bytes = Bytes::copy_from_slice(raw.get().as_bytes());
-        let key = attributes.idempotency_key();
-        let event_type = Some(attributes.event_type);
+        let key = IdempotencyKey::parse("the CloudEvents source and id", attributes.idempotency_key())?.into_string();
+        let event_type = Some(EventType::parse("the CloudEvents type", attributes.event_type)?.into_string());
         let deliveries = catalog
             .plan(
                 source.id,
@@ -320,113 +319,6 @@ async fn read_body(headers: &HeaderMap, mut payload: web::Payload, limit: usize)
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-/// The request body parsed as JSON on first use (a body that is not JSON stays its bytes).
-struct LazyJson<'a> {
-    body: &'a [u8],
-    value: Option<Option<serde_json::Value>>,
-}
-
-impl<'a> LazyJson<'a> {
-    fn new(body: &'a [u8]) -> Self {
-        Self { body, value: None }
-    }
-
-    fn get(&mut self) -> Option<&serde_json::Value> {
-        let body = self.body;
-        self.value.get_or_insert_with(|| serde_json::from_slice(body).ok()).as_ref()
-    }
-
-    /// The parsed document, or the raw bytes when the body is not JSON.
-    fn value(&mut self) -> Result<&serde_json::Value, &'a [u8]> {
-        let body = self.body;
-        self.get().ok_or(body)
-    }
-}
-
-/// Checks a key or type: 1 to `max` bytes, no control characters.
-fn check_text(what: &str, value: &str, max: usize) -> Result<(), IngestError> {
-    if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
-        return Err(IngestError::BadRequest(format!("{what} must hold 1 to {max} bytes without control characters")));
-    }
-    Ok(())
-}
-
-/// A string (or number) at a JSON pointer of the body.
-fn at_pointer(doc: &mut LazyJson<'_>, pointer: &str, what: &str) -> Result<Option<String>, IngestError> {
-    let value = doc
-        .get()
-        .ok_or_else(|| IngestError::InvalidJson(format!("{what} is read from {pointer} but the body is not JSON")))?;
-    match value.pointer(pointer) {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-        Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(_) => Err(IngestError::BadRequest(format!("{what} at {pointer} must be a string or a number"))),
-    }
-}
-
-fn idempotency_key(
-    cfg: &IdempotencyConfig,
-    headers: &HeaderMap,
-    body: &[u8],
-    attributes: Option<&Attributes>,
-    doc: &mut LazyJson<'_>,
-) -> Result<String, IngestError> {
-    match cfg {
-        IdempotencyConfig::BodyHash => Ok(hex::encode(Sha256::digest(body))),
-        IdempotencyConfig::Cloudevents => match attributes {
-            Some(a) => Ok(a.idempotency_key()),
-            None => Err(CloudEventError::NotACloudEvent.into()),
-        },
-        IdempotencyConfig::JsonPointer { pointer } => {
-            let what = "the idempotency key";
-            let key = at_pointer(doc, pointer, what)?
-                .ok_or_else(|| IngestError::BadRequest(format!("{what} at {pointer} is missing")))?;
-            check_text(&format!("{what} at {pointer}"), &key, MAX_KEY_LEN)?;
-            Ok(key)
-        }
-        IdempotencyConfig::Header { header } => {
-            let value = headers
-                .get(header.as_str())
-                .ok_or_else(|| IngestError::BadRequest(format!("the {header} header (idempotency key) is missing")))?;
-            let key = value
-                .to_str()
-                .map_err(|_| IngestError::BadRequest(format!("the {header} header must be visible ASCII")))?
-                .trim();
-            if key.is_empty() || key.len() > MAX_KEY_LEN {
-                return Err(IngestError::BadRequest(format!(
-                    "the {header} header must hold 1 to {MAX_KEY_LEN} characters"
-                )));
-            }
-            Ok(key.to_owned())
-        }
-    }
-}
-
-/// The event type, when the source names where it comes from; absent is `None`, malformed is a 400.
-fn event_type(
-    cfg: Option<&EventTypeConfig>,
-    headers: &HeaderMap,
-    doc: &mut LazyJson<'_>,
-) -> Result<Option<String>, IngestError> {
-    let value = match cfg {
-        None => return Ok(None),
-        Some(EventTypeConfig::Header { header }) => match headers.get(header.as_str()) {
-            None => None,
-            Some(v) => Some(
-                v.to_str()
-                    .map_err(|_| IngestError::BadRequest(format!("the {header} header must be visible ASCII")))?
-                    .trim()
-                    .to_owned(),
-            ),
-        },
-        Some(EventTypeConfig::JsonPointer { pointer }) => at_pointer(doc, pointer, "the event type")?,
-    };
-    if let Some(v) = &value {
-        check_text("the event type", v, MAX_TYPE_LEN)?;
-    }
-    Ok(value)
 }
 
 /// The headers kept with an event: all but credentials and hop-by-hop headers, at most [`MAX_STORED_HEADERS`],

@@ -5,7 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-use crate::cloudevents::CloudEventError;
+use hookgate_core::cloudevents::CloudEventError;
 use hookgate_core::verify::VerifyError;
 
 /// The JSON body of every error answer (`Content-Type: application/problem+json`).
@@ -43,6 +43,17 @@ pub enum IngestError {
     Unavailable { retry_after_secs: u64 },
     #[error("an unexpected error occurred")]
     Unexpected(#[from] anyhow::Error),
+}
+
+impl From<hookgate_core::event::ExtractError> for IngestError {
+    fn from(e: hookgate_core::event::ExtractError) -> Self {
+        use hookgate_core::event::ExtractError;
+        match e {
+            ExtractError::Invalid(why) => Self::BadRequest(why),
+            ExtractError::NotJson(why) => Self::InvalidJson(why),
+            ExtractError::NotACloudEvent => CloudEventError::NotACloudEvent.into(),
+        }
+    }
 }
 
 impl IngestError {

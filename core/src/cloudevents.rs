@@ -2,9 +2,10 @@
 //! (`application/cloudevents+json`, the body is the event) and batch mode (`application/cloudevents-batch+json`, a
 //! JSON array of structured events). The decoders are public so that the fuzz targets call exactly what ingest calls.
 
-use actix_web::http::header::{self, HeaderMap};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
+
+use crate::verify::{visible_ascii, RequestHeaders};
 
 /// Longest accepted `id`, `source` or `type`, in bytes.
 pub const MAX_ATTRIBUTE_LEN: usize = 1024;
@@ -56,15 +57,16 @@ pub enum CloudEventError {
 }
 
 /// The mode of a request, from its `Content-Type` and `ce-specversion`; `None` when it is no CloudEvent.
-pub fn mode(headers: &HeaderMap) -> Option<Mode> {
+pub fn mode(headers: &impl RequestHeaders) -> Option<Mode> {
     let essence = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+        .values("content-type")
+        .next()
+        .and_then(visible_ascii)
         .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
     match essence.as_deref() {
         Some("application/cloudevents+json") => Some(Mode::Structured),
         Some("application/cloudevents-batch+json") => Some(Mode::Batch),
-        _ if headers.contains_key("ce-specversion") => Some(Mode::Binary),
+        _ if headers.values("ce-specversion").next().is_some() => Some(Mode::Binary),
         _ => None,
     }
 }
@@ -97,16 +99,16 @@ fn check_specversion(prefix: &str, value: Option<&str>) -> Result<(), CloudEvent
 }
 
 /// Reads the attributes of a binary-mode event from its `ce-*` headers (each must appear once).
-pub fn decode_binary(headers: &HeaderMap) -> Result<Attributes, CloudEventError> {
+pub fn decode_binary(headers: &impl RequestHeaders) -> Result<Attributes, CloudEventError> {
     let get = |name: &'static str| -> Result<Option<&str>, CloudEventError> {
-        let mut values = headers.get_all(name);
+        let mut values = headers.values(name);
         let Some(v) = values.next() else { return Ok(None) };
         let attr = name.trim_start_matches("ce-");
         let invalid = |why| CloudEventError::Invalid { prefix: String::new(), name: attr_name(attr), why };
         if values.next().is_some() {
             return Err(invalid("the header appears more than once"));
         }
-        v.to_str().map(Some).map_err(|_| invalid("the header is not visible ASCII (percent-encode it)"))
+        visible_ascii(v).map(Some).ok_or_else(|| invalid("the header is not visible ASCII (percent-encode it)"))
     };
     check_specversion("", get("ce-specversion")?)?;
     Ok(Attributes {
@@ -174,7 +176,7 @@ pub fn decode_batch(body: &[u8], max: usize) -> Result<Vec<(Attributes, Box<RawV
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::http::header::{HeaderName, HeaderValue};
+    use http::{HeaderMap, HeaderName, HeaderValue};
 
     #[test]
     fn structured_events_name_the_missing_or_invalid_attribute() {
