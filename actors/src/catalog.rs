@@ -19,7 +19,7 @@ use hookgate_store::Pool;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::ssrf::SsrfPolicy;
+use hookgate_core::ssrf::SsrfPolicy;
 
 /// A destination as declared in the configuration.
 #[derive(Debug, Clone, Deserialize)]

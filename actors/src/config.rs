@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::limits::CircuitConfig;
-use crate::ssrf::SsrfPolicy;
+use hookgate_core::ssrf::SsrfPolicy;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

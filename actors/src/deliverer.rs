@@ -28,8 +28,9 @@ use crate::catalog::{Destination, Route};
 use crate::limits::Limits;
 use crate::redis_link::RedisLink;
 use crate::shutdown::Shutdown;
-use crate::ssrf::{classify_send_error, guarded_client, SsrfPolicy};
+use crate::ssrf::{classify_send_error, guarded_client};
 use crate::supervision::{guarded, Panicked};
+use hookgate_core::ssrf::SsrfPolicy;
 
 /// The largest part of a response body kept with an attempt.
 pub const EXCERPT_BYTES: usize = 4096;

@@ -14,6 +14,7 @@
 //! | [`jq`] | route filters and transforms: compiled once, evaluated with a time and output budget |
 //! | [`backoff`] | exponential back-off with jitter, for restarts and reconnects |
 //! | [`delivery`] | a leased delivery (`Job`) as the engine carries it from claim to attempt |
+//! | [`ssrf`] | the SSRF policy: which destination addresses outbound requests may use |
 //! | [`state`] | the typed states of deliveries and destinations, and their stored text |
 //! | [`snapshot`] | a value many readers share and one reloader swaps whole (sources, catalog) |
 //! | [`source`] | the source model (verification, idempotency key, event type) and its one validation |
@@ -29,5 +30,6 @@ pub mod retry;
 pub mod signing;
 pub mod snapshot;
 pub mod source;
+pub mod ssrf;
 pub mod state;
 pub mod verify;

@@ -32,8 +32,8 @@ use actix_web::web;
 use deadpool_postgres::Pool;
 use hookgate_actors::catalog::SharedCatalog;
 use hookgate_actors::limits::Limits;
-use hookgate_actors::ssrf::SsrfPolicy;
 use hookgate_actors::RedisLink;
+use hookgate_core::ssrf::SsrfPolicy;
 
 pub use error::AdminError;
 
