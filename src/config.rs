@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
-use hookgate_actors::catalog::{DestinationSpec, RouteSpec};
 use hookgate_actors::janitor::RetentionSettings;
 use hookgate_actors::{DeliveryConfig, RestartPolicy, WriterConfig};
+use hookgate_core::catalog::{DestinationSpec, RouteSpec};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 

@@ -24,12 +24,12 @@ use hookgate_core::retry::parse_retry_after;
 use hookgate_core::signing::{signature_header, traceparent};
 use uuid::Uuid;
 
-use crate::catalog::{Destination, Route};
 use crate::limits::Limits;
 use crate::redis_link::RedisLink;
 use crate::shutdown::Shutdown;
 use crate::ssrf::{classify_send_error, guarded_client};
 use crate::supervision::{guarded, Panicked};
+use hookgate_core::catalog::{Destination, Route};
 use hookgate_core::ssrf::SsrfPolicy;
 
 /// The largest part of a response body kept with an attempt.

@@ -25,7 +25,7 @@ pub struct NewEvent {
     /// The exact bytes of the request body.
     pub body: Bytes,
     /// The deliveries routing decided for it; inserted in the same transaction, only if the event is new.
-    pub deliveries: Vec<crate::catalog::PlannedDelivery>,
+    pub deliveries: Vec<hookgate_core::catalog::PlannedDelivery>,
 }
 
 /// The outcome of a stored event.

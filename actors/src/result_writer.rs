@@ -18,13 +18,14 @@ use uuid::Uuid;
 use hookgate_store::results::{DestinationOutcomes, Outcome};
 use hookgate_store::Pool;
 
-use crate::catalog::{without_nul, SharedCatalog};
+use crate::catalog::SharedCatalog;
 use crate::config::DeliveryConfig;
 use crate::deliverer::{AttemptResult, Routed};
 use crate::health::{ActorState, ActorStatus};
 use crate::scheduler::Wake;
 use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
+use hookgate_core::catalog::without_nul;
 
 /// Where the scheduler can be woken once results are committed (set after both are started).
 #[derive(Message)]

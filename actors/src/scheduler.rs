@@ -27,7 +27,7 @@ use hookgate_store::Pool;
 use rand::seq::SliceRandom;
 use uuid::Uuid;
 
-use crate::catalog::{Destination, SharedCatalog};
+use crate::catalog::SharedCatalog;
 use crate::config::DeliveryConfig;
 use crate::deliverer::{Completed, Deliver, Deliverer};
 use crate::health::{ActorState, ActorStatus};
@@ -35,6 +35,7 @@ use crate::limits::Limits;
 use crate::redis_link::RedisLink;
 use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
+use hookgate_core::catalog::Destination;
 
 /// Look for work now.
 #[derive(Message)]

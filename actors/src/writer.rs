@@ -41,10 +41,10 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::catalog::without_nul;
 use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
 use crate::messages::{NewEvent, Persist, PersistError, PersistMany, Persisted};
 use crate::shutdown::Shutdown;
+use hookgate_core::catalog::without_nul;
 
 /// The writer's tuning. Defaults come from `docs/adr/0002-group-commit.md`.
 #[derive(Debug, Clone, Deserialize)]
@@ -489,7 +489,7 @@ async fn insert_deliveries(
 ) -> Result<(), PersistError> {
     let mut stored: Vec<&NewEvent> = events.iter().copied().filter(|e| inserted.contains(&e.id)).collect();
     stored.sort_by_key(|e| e.received_at); // stable: arrival order among equal timestamps
-    let planned: Vec<(&NewEvent, &crate::catalog::PlannedDelivery)> =
+    let planned: Vec<(&NewEvent, &hookgate_core::catalog::PlannedDelivery)> =
         stored.iter().flat_map(|e| e.deliveries.iter().map(move |d| (*e, d))).collect();
     if planned.is_empty() {
         return Ok(());

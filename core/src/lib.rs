@@ -6,6 +6,7 @@
 //!
 //! | module | what it decides |
 //! |---|---|
+//! | [`catalog`] | destinations and routes, declared and compiled; the `Catalog` whose `plan` decides an event's deliveries |
 //! | [`cloudevents`] | the CloudEvents 1.0 HTTP binding: modes, attributes, the idempotency key of an event |
 //! | [`event`] | an event's idempotency key and type, taken where its source says and checked once (newtypes) |
 //! | [`retry`] | when a failed delivery is tried again (delays, jitter, `Retry-After` with its floor) |
@@ -21,6 +22,7 @@
 //! | [`verify`] | request verification: every scheme a source can use, and the header parsers they rely on |
 
 pub mod backoff;
+pub mod catalog;
 pub mod cloudevents;
 pub mod delivery;
 pub mod event;

@@ -474,8 +474,8 @@ pub async fn clear_redis_prefix(prefix: &str) {
 }
 
 /// A destination with test-friendly defaults: 5 s timeout, retries every 100 ms (no jitter), 5 attempts.
-pub fn destination(slug: &str, url: &str) -> hookgate_actors::catalog::DestinationSpec {
-    hookgate_actors::catalog::DestinationSpec {
+pub fn destination(slug: &str, url: &str) -> hookgate_core::catalog::DestinationSpec {
+    hookgate_core::catalog::DestinationSpec {
         slug: slug.into(),
         url: url.into(),
         timeout_ms: 5_000,
@@ -488,8 +488,8 @@ pub fn destination(slug: &str, url: &str) -> hookgate_actors::catalog::Destinati
     }
 }
 
-pub fn route(slug: &str, source: &str, destination: &str) -> hookgate_actors::catalog::RouteSpec {
-    hookgate_actors::catalog::RouteSpec {
+pub fn route(slug: &str, source: &str, destination: &str) -> hookgate_core::catalog::RouteSpec {
+    hookgate_core::catalog::RouteSpec {
         slug: slug.into(),
         source: source.into(),
         destination: destination.into(),

@@ -9,11 +9,11 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use hookgate_actors::catalog::PlannedDelivery;
 use hookgate_actors::{
     ActorStatus, EventWriter, HealthRegistry, NewEvent, Persist, PersistError, PersistMany, Persisted, RestartPolicy,
     WriterConfig,
 };
+use hookgate_core::catalog::PlannedDelivery;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 

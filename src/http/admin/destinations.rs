@@ -2,7 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use hookgate_actors::catalog::DestinationSpec;
+use hookgate_core::catalog::DestinationSpec;
 use hookgate_core::retry::RetryPolicy;
 use hookgate_core::signing::SigningSecret;
 use hookgate_core::state::DestinationState;

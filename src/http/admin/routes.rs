@@ -2,7 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use hookgate_actors::catalog::RouteSpec;
+use hookgate_core::catalog::RouteSpec;
 use hookgate_store::routes as store;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
