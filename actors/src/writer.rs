@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use hookgate_store::error::StoreError;
 use hookgate_store::Pool;
 use serde::Deserialize;
 use tokio::sync::oneshot;
@@ -444,9 +445,9 @@ async fn insert(
     events: &[&NewEvent],
     arrival: &[&NewEvent],
 ) -> Result<Vec<Result<Persisted, PersistError>>, PersistError> {
-    let mut client = pool.get().await.map_err(pool_error)?;
-    let tx = client.transaction().await.map_err(db_error)?;
-    let inserted = hookgate_store::events::insert_new(&tx, &event_rows(events)).await.map_err(db_error)?;
+    let mut client = hookgate_store::connect(pool).await.map_err(store_error)?;
+    let tx = hookgate_store::begin(&mut client).await.map_err(store_error)?;
+    let inserted = hookgate_store::events::insert_new(&tx, &event_rows(events)).await.map_err(store_error)?;
 
     let mut existing: HashMap<(Uuid, &str), Uuid> = HashMap::new();
     if inserted.len() < events.len() {
@@ -455,14 +456,15 @@ async fn insert(
             .filter(|e| !inserted.contains(&e.id))
             .map(|e| (e.source_id, e.idempotency_key.as_str()))
             .collect();
-        for (event_id, source_id, key) in hookgate_store::events::find_existing(&tx, &keys).await.map_err(db_error)? {
+        let found = hookgate_store::events::find_existing(&tx, &keys).await.map_err(store_error)?;
+        for (event_id, source_id, key) in found {
             if let Some(e) = events.iter().find(|e| e.idempotency_key == key && e.source_id == source_id) {
                 existing.insert((e.source_id, e.idempotency_key.as_str()), event_id);
             }
         }
     }
     insert_deliveries(&tx, arrival, &inserted).await?;
-    tx.commit().await.map_err(db_error)?;
+    hookgate_store::commit(tx).await.map_err(store_error)?;
 
     Ok(events
         .iter()
@@ -510,35 +512,20 @@ async fn insert_deliveries(
             needs_routing: d.deferred,
         })
         .collect();
-    hookgate_store::deliveries::insert_planned(tx, &rows).await.map_err(db_error)?;
+    hookgate_store::deliveries::insert_planned(tx, &rows).await.map_err(store_error)?;
     if rows.iter().any(|d| d.state == "pending") {
-        hookgate_store::channels::notify_deliveries(tx, "").await.map_err(db_error)?;
+        hookgate_store::channels::notify_deliveries(tx, "").await.map_err(store_error)?;
     }
     Ok(())
 }
 
-pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> PersistError {
-    match e {
-        deadpool_postgres::PoolError::Backend(e) => db_error(e),
-        other => PersistError::Unavailable(other.to_string()),
-    }
-}
-
-/// Connection loss, shutdown, overload and cancellation are "unavailable" (the client should retry); the rest is
-/// unexpected.
-pub(crate) fn db_error(e: tokio_postgres::Error) -> PersistError {
-    match e.code() {
-        None => PersistError::Unavailable(e.to_string()),
-        Some(code) => {
-            let c = code.code();
-            // 08 connection, 53 resources, 57 operator intervention (shutdown, cancel), 40001/40P01 serialization and
-            // deadlock, 25006 read-only transaction (a failover in progress), 55P03 lock not available.
-            let transient = ["08", "53", "57"].iter().any(|class| c.starts_with(class));
-            if transient || matches!(c, "40001" | "40P01" | "25006" | "55P03") {
-                PersistError::Unavailable(e.to_string())
-            } else {
-                PersistError::Internal(e.to_string())
-            }
-        }
+/// What the store says may pass (no connection, or PostgreSQL's "not now": connection loss, shutdown, overload,
+/// cancellation, serialization failures, deadlocks, a failover's read-only transaction, a lock not available) is
+/// "unavailable" (the client should retry, and the batch is not split); the rest is unexpected.
+fn store_error(e: StoreError) -> PersistError {
+    if e.is_transient() {
+        PersistError::Unavailable(e.to_string())
+    } else {
+        PersistError::Internal(e.to_string())
     }
 }

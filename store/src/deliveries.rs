@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
+use crate::error::{Columns, StoreResult};
+
 /// A lease a node holds on a delivery: with the row's whole primary key, so the release is one probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
@@ -16,11 +18,11 @@ pub struct Lease {
 
 /// Gives leases back unused, so that their deliveries are claimable again now. A lease that is no longer held
 /// (its result was recorded, or it expired and was claimed again) is left alone. Answers how many were released.
-pub async fn release_leases(client: &impl GenericClient, leases: &[Lease]) -> Result<u64, tokio_postgres::Error> {
+pub async fn release_leases(client: &impl GenericClient, leases: &[Lease]) -> StoreResult<u64> {
     let ids: Vec<Uuid> = leases.iter().map(|l| l.delivery_id).collect();
     let created: Vec<DateTime<Utc>> = leases.iter().map(|l| l.created_at).collect();
     let lease_ids: Vec<Uuid> = leases.iter().map(|l| l.lease_id).collect();
-    client
+    Ok(client
         .execute(
             "UPDATE deliveries SET lease_owner = NULL, lease_id = NULL, lease_expires_at = NULL
              FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[]) AS l(id, created_at, lease_id)
@@ -28,18 +30,14 @@ pub async fn release_leases(client: &impl GenericClient, leases: &[Lease]) -> Re
                AND deliveries.lease_id = l.lease_id",
             &[&ids, &created, &lease_ids],
         )
-        .await
+        .await?)
 }
 
 /// Disables the active destinations that have been failing without a success for longer than `after_secs`
 /// (all of them, or only those in `among`), with the reason `auto: failing continuously since …`. Answers how many
 /// were disabled; the caller notifies the catalog when any were.
-pub async fn disable_failing(
-    client: &impl GenericClient,
-    among: Option<&[Uuid]>,
-    after_secs: f64,
-) -> Result<u64, tokio_postgres::Error> {
-    client
+pub async fn disable_failing(client: &impl GenericClient, among: Option<&[Uuid]>, after_secs: f64) -> StoreResult<u64> {
+    Ok(client
         .execute(
             "UPDATE destinations
              SET state = 'disabled', updated_at = now(), failing_since = NULL,
@@ -48,7 +46,7 @@ pub async fn disable_failing(
                AND ($1::uuid[] IS NULL OR id = ANY($1))",
             &[&among, &after_secs],
         )
-        .await
+        .await?)
 }
 
 /// The columns of a [`DeliveryRow`], in its order, for statements that return deliveries.
@@ -75,22 +73,22 @@ pub struct DeliveryRow {
 
 impl DeliveryRow {
     /// Reads a row selected with [`DELIVERY_COLUMNS`] (first, in that order).
-    pub fn read(r: &tokio_postgres::Row) -> Result<Self, tokio_postgres::Error> {
+    pub fn read(r: &tokio_postgres::Row) -> StoreResult<Self> {
         Ok(Self {
-            id: r.try_get(0)?,
-            event_id: r.try_get(1)?,
-            route_id: r.try_get(2)?,
-            destination_id: r.try_get(3)?,
-            state: r.try_get(4)?,
-            attempts: r.try_get(5)?,
-            next_attempt_at: r.try_get(6)?,
-            last_error: r.try_get(7)?,
-            created_at: r.try_get(8)?,
-            updated_at: r.try_get(9)?,
+            id: r.column(0)?,
+            event_id: r.column(1)?,
+            route_id: r.column(2)?,
+            destination_id: r.column(3)?,
+            state: r.column(4)?,
+            attempts: r.column(5)?,
+            next_attempt_at: r.column(6)?,
+            last_error: r.column(7)?,
+            created_at: r.column(8)?,
+            updated_at: r.column(9)?,
         })
     }
 
-    fn read_all(rows: &[tokio_postgres::Row]) -> Result<Vec<Self>, tokio_postgres::Error> {
+    fn read_all(rows: &[tokio_postgres::Row]) -> StoreResult<Vec<Self>> {
         rows.iter().map(Self::read).collect()
     }
 }
@@ -102,7 +100,7 @@ pub async fn list_for_destination(
     state: &str,
     before: Option<Uuid>,
     limit: i64,
-) -> Result<Vec<DeliveryRow>, tokio_postgres::Error> {
+) -> StoreResult<Vec<DeliveryRow>> {
     let rows = client
         .query(
             &format!(
@@ -117,7 +115,7 @@ pub async fn list_for_destination(
 }
 
 /// Deliveries by id, in id order.
-pub async fn by_ids(client: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<DeliveryRow>, tokio_postgres::Error> {
+pub async fn by_ids(client: &impl GenericClient, ids: &[Uuid]) -> StoreResult<Vec<DeliveryRow>> {
     let rows = client
         .query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ANY($1) ORDER BY id"), &[&ids])
         .await?;
@@ -125,8 +123,8 @@ pub async fn by_ids(client: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<Del
 }
 
 /// A delivery's state; `None` when there is no such delivery.
-pub async fn state_of(client: &impl GenericClient, id: Uuid) -> Result<Option<String>, tokio_postgres::Error> {
-    client.query_opt("SELECT state FROM deliveries WHERE id = $1", &[&id]).await?.map(|r| r.try_get(0)).transpose()
+pub async fn state_of(client: &impl GenericClient, id: Uuid) -> StoreResult<Option<String>> {
+    client.query_opt("SELECT state FROM deliveries WHERE id = $1", &[&id]).await?.map(|r| r.column(0)).transpose()
 }
 
 /// Makes a delivery that is still in state `from` (`dead` or `failed`) `pending` and due now, its attempts kept; a
@@ -136,7 +134,7 @@ pub async fn retry(
     id: Uuid,
     from: &str,
     payload: Option<&[u8]>,
-) -> Result<Option<DeliveryRow>, tokio_postgres::Error> {
+) -> StoreResult<Option<DeliveryRow>> {
     client
         .query_opt(
             &format!(
@@ -169,10 +167,7 @@ pub struct RouteInputRow {
 }
 
 /// The route and event of a delivery; `None` when the event is no longer stored.
-pub async fn route_input(
-    client: &impl GenericClient,
-    id: Uuid,
-) -> Result<Option<RouteInputRow>, tokio_postgres::Error> {
+pub async fn route_input(client: &impl GenericClient, id: Uuid) -> StoreResult<Option<RouteInputRow>> {
     let Some(r) = client
         .query_opt(
             "SELECT d.route_id, e.id, e.source_id, s.slug, e.headers, e.body, e.type, e.received_at
@@ -187,19 +182,19 @@ pub async fn route_input(
         return Ok(None);
     };
     Ok(Some(RouteInputRow {
-        route_id: r.try_get(0)?,
-        event_id: r.try_get(1)?,
-        source_id: r.try_get(2)?,
-        source_slug: r.try_get(3)?,
-        headers: r.try_get(4)?,
-        body: r.try_get(5)?,
-        event_type: r.try_get(6)?,
-        received_at: r.try_get(7)?,
+        route_id: r.column(0)?,
+        event_id: r.column(1)?,
+        source_id: r.column(2)?,
+        source_slug: r.column(3)?,
+        headers: r.column(4)?,
+        body: r.column(5)?,
+        event_type: r.column(6)?,
+        received_at: r.column(7)?,
     }))
 }
 
 /// Cancels a pending delivery that is not being attempted right now; `None` when it is not such a delivery.
-pub async fn cancel(client: &impl GenericClient, id: Uuid) -> Result<Option<DeliveryRow>, tokio_postgres::Error> {
+pub async fn cancel(client: &impl GenericClient, id: Uuid) -> StoreResult<Option<DeliveryRow>> {
     client
         .query_opt(
             &format!(
@@ -216,31 +211,25 @@ pub async fn cancel(client: &impl GenericClient, id: Uuid) -> Result<Option<Deli
 }
 
 /// Whether a destination with this id exists.
-pub async fn destination_exists(client: &impl GenericClient, id: Uuid) -> Result<bool, tokio_postgres::Error> {
+pub async fn destination_exists(client: &impl GenericClient, id: Uuid) -> StoreResult<bool> {
     Ok(client.query_opt("SELECT 1 FROM destinations WHERE id = $1", &[&id]).await?.is_some())
 }
 
 /// Makes every dead delivery of a destination `pending` and due now; answers how many.
-pub async fn retry_dead_of_destination(
-    client: &impl GenericClient,
-    destination: Uuid,
-) -> Result<u64, tokio_postgres::Error> {
-    client
+pub async fn retry_dead_of_destination(client: &impl GenericClient, destination: Uuid) -> StoreResult<u64> {
+    Ok(client
         .execute(
             "UPDATE deliveries SET state = 'pending', next_attempt_at = now(), lease_owner = NULL, lease_id = NULL,
                     lease_expires_at = NULL, updated_at = now()
              WHERE destination_id = $1 AND state = 'dead'",
             &[&destination],
         )
-        .await
+        .await?)
 }
 
 /// Cancels every pending delivery of a destination that is not being attempted right now; answers how many.
-pub async fn cancel_pending_of_destination(
-    client: &impl GenericClient,
-    destination: Uuid,
-) -> Result<u64, tokio_postgres::Error> {
-    client
+pub async fn cancel_pending_of_destination(client: &impl GenericClient, destination: Uuid) -> StoreResult<u64> {
+    Ok(client
         .execute(
             &format!(
                 "UPDATE deliveries SET state = 'cancelled', last_error = 'cancelled by an operator', updated_at = now()
@@ -248,7 +237,7 @@ pub async fn cancel_pending_of_destination(
             ),
             &[&destination],
         )
-        .await
+        .await?)
 }
 
 /// A delivery planned for a stored event, to insert.
@@ -272,10 +261,7 @@ pub struct NewDelivery<'a> {
 
 /// Inserts planned deliveries in one statement, numbering them (`seq`, the FIFO order) in the order given: the
 /// writer's batches and the admin API's replays alike. The caller notifies the schedulers.
-pub async fn insert_planned(
-    client: &impl GenericClient,
-    planned: &[NewDelivery<'_>],
-) -> Result<(), tokio_postgres::Error> {
+pub async fn insert_planned(client: &impl GenericClient, planned: &[NewDelivery<'_>]) -> StoreResult<()> {
     if planned.is_empty() {
         return Ok(());
     }
@@ -308,6 +294,6 @@ pub async fn insert_planned(
         .await?;
     client
         .execute(&stmt, &[&ids, &event_ids, &routes, &destinations, &states, &payloads, &errors, &created, &deferred])
-        .await
-        .map(drop)
+        .await?;
+    Ok(())
 }

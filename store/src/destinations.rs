@@ -7,6 +7,8 @@ use hookgate_core::state::DestinationState;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::error::{Columns, StoreResult};
+
 /// A destination with every column the admin API shows.
 #[derive(Debug, Clone)]
 pub struct DestinationRecord {
@@ -33,33 +35,33 @@ pub struct DestinationRecord {
 const COLUMNS: &str = "id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, fifo, state, disabled_reason, \
                        signing_secrets, retiring_secrets, declared, created_at, updated_at";
 
-fn read(row: &tokio_postgres::Row) -> Result<DestinationRecord, tokio_postgres::Error> {
+fn read(row: &tokio_postgres::Row) -> StoreResult<DestinationRecord> {
     Ok(DestinationRecord {
-        id: row.try_get(0)?,
-        slug: row.try_get(1)?,
-        url: row.try_get(2)?,
-        timeout_ms: row.try_get(3)?,
-        max_in_flight: row.try_get(4)?,
-        rate_limit: row.try_get(5)?,
-        retry: row.try_get(6)?,
-        fifo: row.try_get(7)?,
-        state: row.try_get(8)?,
-        disabled_reason: row.try_get(9)?,
-        signing_secrets: row.try_get(10)?,
-        retiring_secrets: row.try_get(11)?,
-        declared: row.try_get(12)?,
-        created_at: row.try_get(13)?,
-        updated_at: row.try_get(14)?,
+        id: row.column(0)?,
+        slug: row.column(1)?,
+        url: row.column(2)?,
+        timeout_ms: row.column(3)?,
+        max_in_flight: row.column(4)?,
+        rate_limit: row.column(5)?,
+        retry: row.column(6)?,
+        fifo: row.column(7)?,
+        state: row.column(8)?,
+        disabled_reason: row.column(9)?,
+        signing_secrets: row.column(10)?,
+        retiring_secrets: row.column(11)?,
+        declared: row.column(12)?,
+        created_at: row.column(13)?,
+        updated_at: row.column(14)?,
     })
 }
 
 /// Every destination, by slug.
-pub async fn list(client: &impl GenericClient) -> Result<Vec<DestinationRecord>, tokio_postgres::Error> {
+pub async fn list(client: &impl GenericClient) -> StoreResult<Vec<DestinationRecord>> {
     client.query(&format!("SELECT {COLUMNS} FROM destinations ORDER BY slug"), &[]).await?.iter().map(read).collect()
 }
 
 /// One destination; `None` when there is none with this id.
-pub async fn fetch(client: &impl GenericClient, id: Uuid) -> Result<Option<DestinationRecord>, tokio_postgres::Error> {
+pub async fn fetch(client: &impl GenericClient, id: Uuid) -> StoreResult<Option<DestinationRecord>> {
     client
         .query_opt(&format!("SELECT {COLUMNS} FROM destinations WHERE id = $1"), &[&id])
         .await?
@@ -69,20 +71,17 @@ pub async fn fetch(client: &impl GenericClient, id: Uuid) -> Result<Option<Desti
 }
 
 /// The id of the destination with this slug; `None` when there is none.
-pub async fn id_by_slug(client: &impl GenericClient, slug: &str) -> Result<Option<Uuid>, tokio_postgres::Error> {
-    client.query_opt("SELECT id FROM destinations WHERE slug = $1", &[&slug]).await?.map(|r| r.try_get(0)).transpose()
+pub async fn id_by_slug(client: &impl GenericClient, slug: &str) -> StoreResult<Option<Uuid>> {
+    client.query_opt("SELECT id FROM destinations WHERE slug = $1", &[&slug]).await?.map(|r| r.column(0)).transpose()
 }
 
 /// The destinations named by these slugs, as (id, slug); a slug no destination has is absent from the answer.
-pub async fn ids_by_slugs(
-    client: &impl GenericClient,
-    slugs: &[String],
-) -> Result<Vec<(Uuid, String)>, tokio_postgres::Error> {
+pub async fn ids_by_slugs(client: &impl GenericClient, slugs: &[String]) -> StoreResult<Vec<(Uuid, String)>> {
     client
         .query("SELECT id, slug FROM destinations WHERE slug = ANY($1)", &[&slugs])
         .await?
         .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .map(|r| Ok((r.column(0)?, r.column(1)?)))
         .collect()
 }
 
@@ -106,7 +105,7 @@ pub async fn create(
     id: Uuid,
     d: &DestinationFields<'_>,
     signing_secrets: &Value,
-) -> Result<(), tokio_postgres::Error> {
+) -> StoreResult<()> {
     client
         .execute(
             "INSERT INTO destinations (id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, signing_secrets, fifo,
@@ -114,8 +113,8 @@ pub async fn create(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', false)",
             &[&id, &d.slug, &d.url, &d.timeout_ms, &d.max_in_flight, &d.rate_limit, &d.retry, &signing_secrets, &d.fifo],
         )
-        .await
-        .map(drop)
+        .await?;
+    Ok(())
 }
 
 /// What an edit of a destination reads of it, the row locked until the transaction ends.
@@ -128,7 +127,7 @@ pub struct LockedDestination {
 }
 
 /// Locks a destination for an edit; `None` when there is none with this id.
-pub async fn lock(client: &impl GenericClient, id: Uuid) -> Result<Option<LockedDestination>, tokio_postgres::Error> {
+pub async fn lock(client: &impl GenericClient, id: Uuid) -> StoreResult<Option<LockedDestination>> {
     let Some(row) = client
         .query_opt(
             "SELECT declared, signing_secrets, retiring_secrets FROM destinations WHERE id = $1 FOR UPDATE",
@@ -139,18 +138,14 @@ pub async fn lock(client: &impl GenericClient, id: Uuid) -> Result<Option<Locked
         return Ok(None);
     };
     Ok(Some(LockedDestination {
-        declared: row.try_get(0)?,
-        signing_secrets: row.try_get(1)?,
-        retiring_secrets: row.try_get(2)?,
+        declared: row.column(0)?,
+        signing_secrets: row.column(1)?,
+        retiring_secrets: row.column(2)?,
     }))
 }
 
 /// Replaces a destination's settings (its secrets and state stay).
-pub async fn update(
-    client: &impl GenericClient,
-    id: Uuid,
-    d: &DestinationFields<'_>,
-) -> Result<(), tokio_postgres::Error> {
+pub async fn update(client: &impl GenericClient, id: Uuid, d: &DestinationFields<'_>) -> StoreResult<()> {
     client
         .execute(
             "UPDATE destinations SET slug = $2, url = $3, timeout_ms = $4, max_in_flight = $5, rate_limit = $6, retry = $7,
@@ -158,12 +153,12 @@ pub async fn update(
              WHERE id = $1",
             &[&id, &d.slug, &d.url, &d.timeout_ms, &d.max_in_flight, &d.rate_limit, &d.retry, &d.fifo],
         )
-        .await
-        .map(drop)
+        .await?;
+    Ok(())
 }
 
 /// Deletes a destination no route and no delivery refers to; `false` (nothing deleted) when one does.
-pub async fn delete_unused(client: &impl GenericClient, id: Uuid) -> Result<bool, tokio_postgres::Error> {
+pub async fn delete_unused(client: &impl GenericClient, id: Uuid) -> StoreResult<bool> {
     let used: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM routes WHERE destination_id = $1)
@@ -171,7 +166,7 @@ pub async fn delete_unused(client: &impl GenericClient, id: Uuid) -> Result<bool
             &[&id],
         )
         .await?
-        .try_get(0)?;
+        .column(0)?;
     if used {
         return Ok(false);
     }
@@ -185,23 +180,19 @@ pub async fn set_secrets(
     id: Uuid,
     signing_secrets: &Value,
     retiring_secrets: &Value,
-) -> Result<(), tokio_postgres::Error> {
+) -> StoreResult<()> {
     client
         .execute(
             "UPDATE destinations SET signing_secrets = $2, retiring_secrets = $3, updated_at = now() WHERE id = $1",
             &[&id, &signing_secrets, &retiring_secrets],
         )
-        .await
-        .map(drop)
+        .await?;
+    Ok(())
 }
 
 /// Sets a destination's state as an operator does: why it was disabled and since when it failed are forgotten.
 /// `false` when there is no destination with this id.
-pub async fn set_state(
-    client: &impl GenericClient,
-    id: Uuid,
-    state: DestinationState,
-) -> Result<bool, tokio_postgres::Error> {
+pub async fn set_state(client: &impl GenericClient, id: Uuid, state: DestinationState) -> StoreResult<bool> {
     let n = client
         .execute(
             "UPDATE destinations SET state = $2, disabled_reason = NULL, failing_since = NULL, updated_at = now()
@@ -214,8 +205,8 @@ pub async fn set_state(
 
 /// Drops the rotated-out secrets whose grace period is over; answers how many destinations changed. The caller
 /// notifies the catalog when any did.
-pub async fn expire_retiring_secrets(client: &impl GenericClient) -> Result<u64, tokio_postgres::Error> {
-    client
+pub async fn expire_retiring_secrets(client: &impl GenericClient) -> StoreResult<u64> {
+    Ok(client
         .execute(
             "UPDATE destinations SET retiring_secrets = COALESCE(
                 (SELECT jsonb_agg(r) FROM jsonb_array_elements(retiring_secrets) r
@@ -224,7 +215,7 @@ pub async fn expire_retiring_secrets(client: &impl GenericClient) -> Result<u64,
                            WHERE (r->>'until')::timestamptz <= now())",
             &[],
         )
-        .await
+        .await?)
 }
 
 /// A destination's waiting and dead deliveries.
@@ -238,7 +229,7 @@ pub struct Backlog {
 }
 
 /// A destination's [`Backlog`].
-pub async fn backlog(client: &impl GenericClient, id: Uuid) -> Result<Backlog, tokio_postgres::Error> {
+pub async fn backlog(client: &impl GenericClient, id: Uuid) -> StoreResult<Backlog> {
     let row = client
         .query_one(
             "SELECT count(*) FILTER (WHERE state = 'pending'),
@@ -248,7 +239,7 @@ pub async fn backlog(client: &impl GenericClient, id: Uuid) -> Result<Backlog, t
             &[&id],
         )
         .await?;
-    Ok(Backlog { pending: row.try_get(0)?, due: row.try_get(1)?, dead: row.try_get(2)? })
+    Ok(Backlog { pending: row.column(0)?, due: row.column(1)?, dead: row.column(2)? })
 }
 
 /// A destination's attempts started in a window ending now.
@@ -262,11 +253,7 @@ pub struct AttemptWindow {
 }
 
 /// A destination's [`AttemptWindow`] over the last `secs` seconds.
-pub async fn attempt_window(
-    client: &impl GenericClient,
-    id: Uuid,
-    secs: f64,
-) -> Result<AttemptWindow, tokio_postgres::Error> {
+pub async fn attempt_window(client: &impl GenericClient, id: Uuid, secs: f64) -> StoreResult<AttemptWindow> {
     let row = client
         .query_one(
             "SELECT count(*),
@@ -279,9 +266,9 @@ pub async fn attempt_window(
         )
         .await?;
     Ok(AttemptWindow {
-        attempts: row.try_get(0)?,
-        success_ratio: row.try_get(1)?,
-        latency_p50_ms: row.try_get(2)?,
-        latency_p99_ms: row.try_get(3)?,
+        attempts: row.column(0)?,
+        success_ratio: row.column(1)?,
+        latency_p50_ms: row.column(2)?,
+        latency_p99_ms: row.column(3)?,
     })
 }

@@ -11,6 +11,7 @@ use hookgate_core::state::DeliveryState;
 use uuid::Uuid;
 
 use crate::deliveries::DeliveryRow;
+use crate::error::{Columns, StoreResult};
 
 /// An event to store.
 #[derive(Debug, Clone)]
@@ -84,10 +85,7 @@ impl<'a> EventColumns<'a> {
 
 /// Stores the events whose (source, idempotency key) is new, keys first; answers the ids stored. Callers pass the
 /// events sorted by (source, key), so that concurrent batches take row locks in one order and cannot deadlock.
-pub async fn insert_new(
-    client: &impl GenericClient,
-    events: &[EventRow<'_>],
-) -> Result<HashSet<Uuid>, tokio_postgres::Error> {
+pub async fn insert_new(client: &impl GenericClient, events: &[EventRow<'_>]) -> StoreResult<HashSet<Uuid>> {
     let stmt = client
         .prepare_cached(
             "WITH input AS (
@@ -115,7 +113,7 @@ pub async fn insert_new(
 pub async fn find_existing(
     client: &impl GenericClient,
     keys: &[(Uuid, &str)],
-) -> Result<Vec<(Uuid, Uuid, String)>, tokio_postgres::Error> {
+) -> StoreResult<Vec<(Uuid, Uuid, String)>> {
     let (sources, names): (Vec<Uuid>, Vec<&str>) = keys.iter().copied().unzip();
     let stmt = client
         .prepare_cached(
@@ -177,10 +175,7 @@ pub struct EventSummaryRow {
 }
 
 /// The events `filter` selects, newest first ([`LIST_SQL`]).
-pub async fn list(
-    client: &impl GenericClient,
-    filter: &EventFilter<'_>,
-) -> Result<Vec<EventSummaryRow>, tokio_postgres::Error> {
+pub async fn list(client: &impl GenericClient, filter: &EventFilter<'_>) -> StoreResult<Vec<EventSummaryRow>> {
     let status = filter.status.map(DeliveryState::as_str);
     let stmt = client.prepare_cached(LIST_SQL).await?;
     client
@@ -192,12 +187,12 @@ pub async fn list(
         .iter()
         .map(|r| {
             Ok(EventSummaryRow {
-                id: r.try_get(0)?,
-                source_id: r.try_get(1)?,
-                received_at: r.try_get(2)?,
-                content_type: r.try_get(3)?,
-                body_bytes: r.try_get(4)?,
-                event_type: r.try_get(5)?,
+                id: r.column(0)?,
+                source_id: r.column(1)?,
+                received_at: r.column(2)?,
+                content_type: r.column(3)?,
+                body_bytes: r.column(4)?,
+                event_type: r.column(5)?,
             })
         })
         .collect()
@@ -252,24 +247,24 @@ pub struct EventRecord {
 }
 
 /// One event ([`GET_SQL`]); `None` when there is none with this id.
-pub async fn fetch(client: &impl GenericClient, id: Uuid) -> Result<Option<EventRecord>, tokio_postgres::Error> {
+pub async fn fetch(client: &impl GenericClient, id: Uuid) -> StoreResult<Option<EventRecord>> {
     let (from, to) = time_window(id);
     let Some(r) = client.query_opt(GET_SQL, &[&id, &from, &to]).await? else { return Ok(None) };
     Ok(Some(EventRecord {
-        id: r.try_get(0)?,
-        source_id: r.try_get(1)?,
-        source_slug: r.try_get(2)?,
-        idempotency_key: r.try_get(3)?,
-        received_at: r.try_get(4)?,
-        content_type: r.try_get(5)?,
-        headers: r.try_get(6)?,
-        body: r.try_get(7)?,
-        event_type: r.try_get(8)?,
+        id: r.column(0)?,
+        source_id: r.column(1)?,
+        source_slug: r.column(2)?,
+        idempotency_key: r.column(3)?,
+        received_at: r.column(4)?,
+        content_type: r.column(5)?,
+        headers: r.column(6)?,
+        body: r.column(7)?,
+        event_type: r.column(8)?,
     }))
 }
 
 /// The deliveries of the event with this id, in id order ([`DELIVERIES_SQL`]).
-pub async fn deliveries_of(client: &impl GenericClient, id: Uuid) -> Result<Vec<DeliveryRow>, tokio_postgres::Error> {
+pub async fn deliveries_of(client: &impl GenericClient, id: Uuid) -> StoreResult<Vec<DeliveryRow>> {
     let (from, _) = time_window(id);
     client.query(DELIVERIES_SQL, &[&id, &from]).await?.iter().map(DeliveryRow::read).collect()
 }
@@ -291,27 +286,24 @@ pub struct AttemptRow {
 }
 
 /// Every attempt of these deliveries, by delivery and oldest first.
-pub async fn attempts_of(
-    client: &impl GenericClient,
-    delivery_ids: &[Uuid],
-) -> Result<Vec<AttemptRow>, tokio_postgres::Error> {
+pub async fn attempts_of(client: &impl GenericClient, delivery_ids: &[Uuid]) -> StoreResult<Vec<AttemptRow>> {
     client
         .query(ATTEMPTS_SQL, &[&delivery_ids])
         .await?
         .iter()
         .map(|r| {
             Ok(AttemptRow {
-                id: r.try_get(0)?,
-                delivery_id: r.try_get(1)?,
-                attempt: r.try_get(2)?,
-                node_id: r.try_get(3)?,
-                started_at: r.try_get(4)?,
-                status: r.try_get(5)?,
-                latency_ms: r.try_get(6)?,
-                response_headers: r.try_get(7)?,
-                response_excerpt: r.try_get(8)?,
-                error_kind: r.try_get(9)?,
-                error: r.try_get(10)?,
+                id: r.column(0)?,
+                delivery_id: r.column(1)?,
+                attempt: r.column(2)?,
+                node_id: r.column(3)?,
+                started_at: r.column(4)?,
+                status: r.column(5)?,
+                latency_ms: r.column(6)?,
+                response_headers: r.column(7)?,
+                response_excerpt: r.column(8)?,
+                error_kind: r.column(9)?,
+                error: r.column(10)?,
             })
         })
         .collect()
@@ -339,7 +331,7 @@ pub async fn of_source_after(
     to: DateTime<Utc>,
     after: Option<Uuid>,
     limit: i64,
-) -> Result<Vec<ReplayableEvent>, tokio_postgres::Error> {
+) -> StoreResult<Vec<ReplayableEvent>> {
     client
         .query(
             "SELECT e.id, e.source_id, s.slug, e.headers, e.body, e.type, e.received_at
@@ -353,13 +345,13 @@ pub async fn of_source_after(
         .iter()
         .map(|r| {
             Ok(ReplayableEvent {
-                id: r.try_get(0)?,
-                source_id: r.try_get(1)?,
-                source_slug: r.try_get(2)?,
-                headers: r.try_get(3)?,
-                body: r.try_get(4)?,
-                event_type: r.try_get(5)?,
-                received_at: r.try_get(6)?,
+                id: r.column(0)?,
+                source_id: r.column(1)?,
+                source_slug: r.column(2)?,
+                headers: r.column(3)?,
+                body: r.column(4)?,
+                event_type: r.column(5)?,
+                received_at: r.column(6)?,
             })
         })
         .collect()

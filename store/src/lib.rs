@@ -1,5 +1,6 @@
 //! hookgate's PostgreSQL layer: the schema and its migrations, the NOTIFY channels, the advisory locks and the
-//! LISTEN connection, and the readiness ping.
+//! LISTEN connection, and the readiness ping. Its functions fail with [`error::StoreError`], which says what a failure
+//! means (unavailable, conflict, rejected value, …) so that no layer above looks at a driver's error.
 //!
 //! The layers, each depending only on those before it: `hookgate-core` ← **`hookgate-store`** (this crate) ←
 //! `hookgate-actors` ← `hookgate`.
@@ -9,6 +10,7 @@ pub mod channels;
 pub mod claims;
 pub mod deliveries;
 pub mod destinations;
+pub mod error;
 pub mod events;
 pub mod listen;
 pub mod locks;
@@ -20,8 +22,30 @@ pub mod routes;
 pub mod sources;
 pub mod stats;
 
+use error::StoreResult;
+
 /// The PostgreSQL connection pool every database-facing part of hookgate borrows from.
 pub type Pool = deadpool_postgres::Pool;
+
+/// A connection from the pool; failing as [`error::StoreError::Unavailable`] (or `Refused`) when there is none.
+pub async fn connect(pool: &Pool) -> StoreResult<deadpool_postgres::Object> {
+    Ok(pool.get().await?)
+}
+
+/// Begins a transaction on `client`.
+pub async fn begin(client: &mut deadpool_postgres::Object) -> StoreResult<deadpool_postgres::Transaction<'_>> {
+    Ok(client.transaction().await?)
+}
+
+/// Commits `tx`.
+pub async fn commit(tx: deadpool_postgres::Transaction<'_>) -> StoreResult<()> {
+    Ok(tx.commit().await?)
+}
+
+/// Rolls `tx` back (dropping it does too, without waiting for the server's answer).
+pub async fn rollback(tx: deadpool_postgres::Transaction<'_>) -> StoreResult<()> {
+    Ok(tx.rollback().await?)
+}
 
 /// Applies the configuration's declared sources, destinations and routes in one transaction: a configuration is
 /// applied whole or not at all (a route naming a missing source fails it), and every node is told at COMMIT.

@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
+use crate::error::{Columns, StoreResult};
+
 /// A replay job and its progress.
 #[derive(Debug, Clone)]
 pub struct ReplayJobRow {
@@ -28,22 +30,22 @@ pub struct ReplayJobRow {
 const COLUMNS: &str = "id, source_id, from_time, to_time, filter, destinations, status, cancel_requested, \
                        events_scanned, events_matched, deliveries_created, error, created_at, updated_at";
 
-fn read(r: &tokio_postgres::Row) -> Result<ReplayJobRow, tokio_postgres::Error> {
+fn read(r: &tokio_postgres::Row) -> StoreResult<ReplayJobRow> {
     Ok(ReplayJobRow {
-        id: r.try_get(0)?,
-        source_id: r.try_get(1)?,
-        from: r.try_get(2)?,
-        to: r.try_get(3)?,
-        filter: r.try_get(4)?,
-        destinations: r.try_get(5)?,
-        status: r.try_get(6)?,
-        cancel_requested: r.try_get(7)?,
-        events_scanned: r.try_get(8)?,
-        events_matched: r.try_get(9)?,
-        deliveries_created: r.try_get(10)?,
-        error: r.try_get(11)?,
-        created_at: r.try_get(12)?,
-        updated_at: r.try_get(13)?,
+        id: r.column(0)?,
+        source_id: r.column(1)?,
+        from: r.column(2)?,
+        to: r.column(3)?,
+        filter: r.column(4)?,
+        destinations: r.column(5)?,
+        status: r.column(6)?,
+        cancel_requested: r.column(7)?,
+        events_scanned: r.column(8)?,
+        events_matched: r.column(9)?,
+        deliveries_created: r.column(10)?,
+        error: r.column(11)?,
+        created_at: r.column(12)?,
+        updated_at: r.column(13)?,
     })
 }
 
@@ -63,10 +65,7 @@ pub struct NewReplayJob<'a> {
 }
 
 /// Queues a replay job; answers it as stored.
-pub async fn create(
-    client: &impl GenericClient,
-    job: &NewReplayJob<'_>,
-) -> Result<ReplayJobRow, tokio_postgres::Error> {
+pub async fn create(client: &impl GenericClient, job: &NewReplayJob<'_>) -> StoreResult<ReplayJobRow> {
     let row = client
         .query_one(
             &format!(
@@ -80,7 +79,7 @@ pub async fn create(
 }
 
 /// The latest 100 jobs, newest first.
-pub async fn list_latest(client: &impl GenericClient) -> Result<Vec<ReplayJobRow>, tokio_postgres::Error> {
+pub async fn list_latest(client: &impl GenericClient) -> StoreResult<Vec<ReplayJobRow>> {
     client
         .query(&format!("SELECT {COLUMNS} FROM replay_jobs ORDER BY id DESC LIMIT 100"), &[])
         .await?
@@ -90,7 +89,7 @@ pub async fn list_latest(client: &impl GenericClient) -> Result<Vec<ReplayJobRow
 }
 
 /// One job; `None` when there is none with this id.
-pub async fn fetch(client: &impl GenericClient, id: Uuid) -> Result<Option<ReplayJobRow>, tokio_postgres::Error> {
+pub async fn fetch(client: &impl GenericClient, id: Uuid) -> StoreResult<Option<ReplayJobRow>> {
     client
         .query_opt(&format!("SELECT {COLUMNS} FROM replay_jobs WHERE id = $1"), &[&id])
         .await?
@@ -101,10 +100,7 @@ pub async fn fetch(client: &impl GenericClient, id: Uuid) -> Result<Option<Repla
 
 /// Asks a queued or running job to stop: a queued one is `cancelled` at once, a running one stops at its next batch.
 /// `None` when there is no such job in either state.
-pub async fn request_cancel(
-    client: &impl GenericClient,
-    id: Uuid,
-) -> Result<Option<ReplayJobRow>, tokio_postgres::Error> {
+pub async fn request_cancel(client: &impl GenericClient, id: Uuid) -> StoreResult<Option<ReplayJobRow>> {
     client
         .query_opt(
             &format!(
@@ -122,8 +118,8 @@ pub async fn request_cancel(
 }
 
 /// A job's status; `None` when there is no job with this id.
-pub async fn status_of(client: &impl GenericClient, id: Uuid) -> Result<Option<String>, tokio_postgres::Error> {
-    client.query_opt("SELECT status FROM replay_jobs WHERE id = $1", &[&id]).await?.map(|r| r.try_get(0)).transpose()
+pub async fn status_of(client: &impl GenericClient, id: Uuid) -> StoreResult<Option<String>> {
+    client.query_opt("SELECT status FROM replay_jobs WHERE id = $1", &[&id]).await?.map(|r| r.column(0)).transpose()
 }
 
 /// Takes the oldest queued job, or a running one whose heartbeat is older than `stale_secs`, for `node` under the new
@@ -133,7 +129,7 @@ pub async fn take(
     node: &str,
     lease_id: Uuid,
     stale_secs: f64,
-) -> Result<Option<ReplayJobRow>, tokio_postgres::Error> {
+) -> StoreResult<Option<ReplayJobRow>> {
     client
         .query_opt(
             &format!(
@@ -163,11 +159,7 @@ pub struct Heartbeat {
 
 /// Heart-beats a running job if `lease_id` still holds it, which also locks its row until the transaction ends (no
 /// take-over meanwhile); `None` when the lease no longer holds.
-pub async fn heartbeat(
-    client: &impl GenericClient,
-    id: Uuid,
-    lease_id: Uuid,
-) -> Result<Option<Heartbeat>, tokio_postgres::Error> {
+pub async fn heartbeat(client: &impl GenericClient, id: Uuid, lease_id: Uuid) -> StoreResult<Option<Heartbeat>> {
     let Some(row) = client
         .query_opt(
             "UPDATE replay_jobs SET heartbeat_at = clock_timestamp(), updated_at = now()
@@ -179,7 +171,7 @@ pub async fn heartbeat(
     else {
         return Ok(None);
     };
-    Ok(Some(Heartbeat { cancel_requested: row.try_get(0)?, cursor: row.try_get(1)? }))
+    Ok(Some(Heartbeat { cancel_requested: row.column(0)?, cursor: row.column(1)? }))
 }
 
 /// What one batch of a job did.
@@ -193,12 +185,7 @@ pub struct Progress {
 }
 
 /// Adds a batch's progress to a job if `lease_id` still holds it; `false` when it does not (nothing recorded).
-pub async fn record_progress(
-    client: &impl GenericClient,
-    id: Uuid,
-    lease_id: Uuid,
-    p: &Progress,
-) -> Result<bool, tokio_postgres::Error> {
+pub async fn record_progress(client: &impl GenericClient, id: Uuid, lease_id: Uuid, p: &Progress) -> StoreResult<bool> {
     let n = client
         .execute(
             "UPDATE replay_jobs SET cursor_id = $3, events_scanned = events_scanned + $4,
@@ -218,7 +205,7 @@ pub async fn finish(
     lease_id: Uuid,
     status: &str,
     error: Option<&str>,
-) -> Result<bool, tokio_postgres::Error> {
+) -> StoreResult<bool> {
     let n = client
         .execute(
             "UPDATE replay_jobs SET status = $3, error = COALESCE($4, error), updated_at = now()

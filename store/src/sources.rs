@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use hookgate_core::source::{InvalidSource, SourceConfig, SourceOptions};
 
+use crate::error::{Columns, StoreResult};
 use crate::Pool;
 
 /// A source as stored; its settings are JSON that the source model above the store reads and validates.
@@ -41,18 +42,18 @@ pub async fn load_enabled(pool: &Pool) -> anyhow::Result<Vec<SourceRow>> {
     rows.iter()
         .map(|row| {
             Ok(SourceRow {
-                id: row.try_get(0)?,
-                slug: row.try_get(1)?,
-                max_body_bytes: row.try_get(2)?,
-                require_json: row.try_get(3)?,
-                idempotency: row.try_get(4)?,
-                verification: row.try_get(5)?,
-                options: row.try_get(6)?,
-                previous_secret: row.try_get(7)?,
-                previous_secret_until: row.try_get(8)?,
+                id: row.column(0)?,
+                slug: row.column(1)?,
+                max_body_bytes: row.column(2)?,
+                require_json: row.column(3)?,
+                idempotency: row.column(4)?,
+                verification: row.column(5)?,
+                options: row.column(6)?,
+                previous_secret: row.column(7)?,
+                previous_secret_until: row.column(8)?,
             })
         })
-        .collect::<Result<_, tokio_postgres::Error>>()
+        .collect::<StoreResult<_>>()
         .context("Failed to read a source row")
 }
 
@@ -144,20 +145,20 @@ pub struct SourceRecord {
 const RECORD: &str = "SELECT id, slug, max_body_bytes, require_json, idempotency, verification, options, enabled, \
                       declared, created_at, updated_at, previous_secret_until FROM sources";
 
-fn record(row: &tokio_postgres::Row) -> Result<SourceRecord, tokio_postgres::Error> {
+fn record(row: &tokio_postgres::Row) -> StoreResult<SourceRecord> {
     Ok(SourceRecord {
-        id: row.try_get(0)?,
-        slug: row.try_get(1)?,
-        max_body_bytes: row.try_get(2)?,
-        require_json: row.try_get(3)?,
-        idempotency: row.try_get(4)?,
-        verification: row.try_get(5)?,
-        options: row.try_get(6)?,
-        enabled: row.try_get(7)?,
-        declared: row.try_get(8)?,
-        created_at: row.try_get(9)?,
-        updated_at: row.try_get(10)?,
-        previous_secret_until: row.try_get(11)?,
+        id: row.column(0)?,
+        slug: row.column(1)?,
+        max_body_bytes: row.column(2)?,
+        require_json: row.column(3)?,
+        idempotency: row.column(4)?,
+        verification: row.column(5)?,
+        options: row.column(6)?,
+        enabled: row.column(7)?,
+        declared: row.column(8)?,
+        created_at: row.column(9)?,
+        updated_at: row.column(10)?,
+        previous_secret_until: row.column(11)?,
     })
 }
 
@@ -182,57 +183,46 @@ impl SourceRecord {
 }
 
 /// Every source, by slug.
-pub async fn list(client: &impl GenericClient) -> Result<Vec<SourceRecord>, tokio_postgres::Error> {
+pub async fn list(client: &impl GenericClient) -> StoreResult<Vec<SourceRecord>> {
     client.query(&format!("{RECORD} ORDER BY slug"), &[]).await?.iter().map(record).collect()
 }
 
 /// One source; `None` when there is none with this id.
-pub async fn fetch(client: &impl GenericClient, id: Uuid) -> Result<Option<SourceRecord>, tokio_postgres::Error> {
+pub async fn fetch(client: &impl GenericClient, id: Uuid) -> StoreResult<Option<SourceRecord>> {
     client.query_opt(&format!("{RECORD} WHERE id = $1"), &[&id]).await?.as_ref().map(record).transpose()
 }
 
 /// One source, locked until the transaction ends (an edit reads, decides, then writes).
-pub async fn fetch_for_update(
-    tx: &deadpool_postgres::Transaction<'_>,
-    id: Uuid,
-) -> Result<Option<SourceRecord>, tokio_postgres::Error> {
+pub async fn fetch_for_update(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> StoreResult<Option<SourceRecord>> {
     tx.query_opt(&format!("{RECORD} WHERE id = $1 FOR UPDATE"), &[&id]).await?.as_ref().map(record).transpose()
 }
 
 /// Stores a new source created through the admin API (not declared).
-pub async fn insert(
-    tx: &deadpool_postgres::Transaction<'_>,
-    id: Uuid,
-    s: &SourceSettings<'_>,
-) -> Result<(), tokio_postgres::Error> {
+pub async fn insert(tx: &deadpool_postgres::Transaction<'_>, id: Uuid, s: &SourceSettings<'_>) -> StoreResult<()> {
     tx.execute(
         "INSERT INTO sources (id, slug, max_body_bytes, require_json, idempotency, verification, options, enabled,
                               declared)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false)",
         &[&id, &s.slug, &s.max_body_bytes, &s.require_json, &s.idempotency, &s.verification, &s.options, &s.enabled],
     )
-    .await
-    .map(drop)
+    .await?;
+    Ok(())
 }
 
 /// Replaces a source's settings.
-pub async fn update(
-    tx: &deadpool_postgres::Transaction<'_>,
-    id: Uuid,
-    s: &SourceSettings<'_>,
-) -> Result<(), tokio_postgres::Error> {
+pub async fn update(tx: &deadpool_postgres::Transaction<'_>, id: Uuid, s: &SourceSettings<'_>) -> StoreResult<()> {
     tx.execute(
         "UPDATE sources SET slug = $2, max_body_bytes = $3, require_json = $4, idempotency = $5, verification = $6,
                 options = $7, enabled = $8, updated_at = now()
          WHERE id = $1",
         &[&id, &s.slug, &s.max_body_bytes, &s.require_json, &s.idempotency, &s.verification, &s.options, &s.enabled],
     )
-    .await
-    .map(drop)
+    .await?;
+    Ok(())
 }
 
 /// Whether anything refers to the source: events, routes or replay jobs.
-pub async fn in_use(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> Result<bool, tokio_postgres::Error> {
+pub async fn in_use(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> StoreResult<bool> {
     tx.query_one(
         "SELECT EXISTS (SELECT 1 FROM events WHERE source_id = $1)
              OR EXISTS (SELECT 1 FROM routes WHERE source_id = $1)
@@ -240,13 +230,14 @@ pub async fn in_use(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> Result
         &[&id],
     )
     .await?
-    .try_get(0)
+    .column(0)
 }
 
 /// Deletes a source and the idempotency keys it remembers.
-pub async fn delete(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> Result<(), tokio_postgres::Error> {
+pub async fn delete(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> StoreResult<()> {
     tx.execute("DELETE FROM event_keys WHERE source_id = $1", &[&id]).await?;
-    tx.execute("DELETE FROM sources WHERE id = $1", &[&id]).await.map(drop)
+    tx.execute("DELETE FROM sources WHERE id = $1", &[&id]).await?;
+    Ok(())
 }
 
 /// Stores a rotated verification; `previous` stays accepted until `until`.
@@ -256,29 +247,29 @@ pub async fn rotate(
     verification: &Value,
     previous: &str,
     until: DateTime<Utc>,
-) -> Result<(), tokio_postgres::Error> {
+) -> StoreResult<()> {
     tx.execute(
         "UPDATE sources SET verification = $2, previous_secret = $3, previous_secret_until = $4, updated_at = now()
          WHERE id = $1",
         &[&id, verification, &previous, &until],
     )
-    .await
-    .map(drop)
+    .await?;
+    Ok(())
 }
 
 /// The id of the source with this slug; `None` when there is none.
-pub async fn id_by_slug(client: &impl GenericClient, slug: &str) -> Result<Option<Uuid>, tokio_postgres::Error> {
-    client.query_opt("SELECT id FROM sources WHERE slug = $1", &[&slug]).await?.map(|r| r.try_get(0)).transpose()
+pub async fn id_by_slug(client: &impl GenericClient, slug: &str) -> StoreResult<Option<Uuid>> {
+    client.query_opt("SELECT id FROM sources WHERE slug = $1", &[&slug]).await?.map(|r| r.column(0)).transpose()
 }
 
 /// Forgets the rotated-out secrets whose grace period is over; answers how many sources changed. The caller notifies
 /// the catalog when any did.
-pub async fn expire_previous_secrets(client: &impl GenericClient) -> Result<u64, tokio_postgres::Error> {
-    client
+pub async fn expire_previous_secrets(client: &impl GenericClient) -> StoreResult<u64> {
+    Ok(client
         .execute(
             "UPDATE sources SET previous_secret = NULL, previous_secret_until = NULL, updated_at = now()
              WHERE previous_secret_until <= now()",
             &[],
         )
-        .await
+        .await?)
 }

@@ -3,6 +3,8 @@
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
+use crate::error::{Columns, StoreResult};
+
 /// What happened in the window: events per source, attempts per destination, deliveries per destination and state.
 #[derive(Debug, Default)]
 pub struct WindowCounts {
@@ -15,9 +17,9 @@ pub struct WindowCounts {
 }
 
 /// The counts of the last `secs` seconds.
-pub async fn window_counts(client: &impl GenericClient, secs: f64) -> Result<WindowCounts, tokio_postgres::Error> {
-    let triple = |rows: Vec<tokio_postgres::Row>| -> Result<Vec<(Uuid, String, i64)>, tokio_postgres::Error> {
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+pub async fn window_counts(client: &impl GenericClient, secs: f64) -> StoreResult<WindowCounts> {
+    let triple = |rows: Vec<tokio_postgres::Row>| -> StoreResult<Vec<(Uuid, String, i64)>> {
+        rows.iter().map(|r| Ok((r.column(0)?, r.column(1)?, r.column(2)?))).collect()
     };
     let sources = client
         .query(

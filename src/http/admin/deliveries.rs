@@ -47,7 +47,7 @@ pub async fn list_for_destination(
     path: web::Path<IdPath>,
     query: web::Query<DeliveryQuery>,
 ) -> Result<HttpResponse, AdminError> {
-    let client = state.pool.get().await?;
+    let client = hookgate_store::connect(&state.pool).await?;
     let limit = page_limit(query.limit);
     let st = query.state.unwrap_or(DeliveryState::Dead).as_str();
     let rows = store::list_for_destination(&client, path.id, st, query.cursor, limit + 1).await?;
@@ -72,7 +72,7 @@ async fn state_of(client: &deadpool_postgres::Object, id: Uuid) -> Result<String
               (status = 422, body = ProblemBody), (status = 503, body = ProblemBody),
               (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
 pub async fn retry(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
-    let mut client = state.pool.get().await?;
+    let mut client = hookgate_store::connect(&state.pool).await?;
     let st = state_of(&client, path.id).await?;
     // For a failed delivery: the payload its route yields now (None: the event's body).
     let payload: Option<Vec<u8>> = match st.as_str() {
@@ -84,7 +84,7 @@ pub async fn retry(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Res
             )))
         }
     };
-    let tx = client.transaction().await?;
+    let tx = hookgate_store::begin(&mut client).await?;
     let row = store::retry(&tx, path.id, &st, payload.as_deref()).await?;
     let Some(row) = row else {
         drop(tx);
@@ -92,7 +92,7 @@ pub async fn retry(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Res
         return Err(AdminError::WrongState(format!("the delivery changed meanwhile; it is {now} now")));
     };
     notify_deliveries(&tx).await?;
-    tx.commit().await?;
+    hookgate_store::commit(tx).await?;
     Ok(HttpResponse::Ok().json(DeliveryView::from(row)))
 }
 
@@ -138,7 +138,7 @@ async fn reevaluate(
     responses((status = 200, body = DeliveryView), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody),
               (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
 pub async fn cancel(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
-    let client = state.pool.get().await?;
+    let client = hookgate_store::connect(&state.pool).await?;
     let row = store::cancel(&client, path.id).await?;
     match row {
         Some(row) => Ok(HttpResponse::Ok().json(DeliveryView::from(row))),
@@ -169,12 +169,12 @@ pub async fn retry_dead_of_destination(
     state: web::Data<AdminState>,
     path: web::Path<IdPath>,
 ) -> Result<HttpResponse, AdminError> {
-    let mut client = state.pool.get().await?;
+    let mut client = hookgate_store::connect(&state.pool).await?;
     destination_exists(&client, path.id).await?;
-    let tx = client.transaction().await?;
+    let tx = hookgate_store::begin(&mut client).await?;
     let count = store::retry_dead_of_destination(&tx, path.id).await?;
     notify_deliveries(&tx).await?;
-    tx.commit().await?;
+    hookgate_store::commit(tx).await?;
     Ok(HttpResponse::Ok().json(Affected { count }))
 }
 
@@ -187,7 +187,7 @@ pub async fn cancel_pending_of_destination(
     state: web::Data<AdminState>,
     path: web::Path<IdPath>,
 ) -> Result<HttpResponse, AdminError> {
-    let client = state.pool.get().await?;
+    let client = hookgate_store::connect(&state.pool).await?;
     destination_exists(&client, path.id).await?;
     let count = store::cancel_pending_of_destination(&client, path.id).await?;
     Ok(HttpResponse::Ok().json(Affected { count }))

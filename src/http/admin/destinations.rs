@@ -177,7 +177,7 @@ fn fields<'a>(spec: &'a DestinationSpec, retry: &'a serde_json::Value) -> store:
 #[utoipa::path(get, path = "/admin/v1/destinations", tag = "destinations", security(("bearer" = [])),
     responses((status = 200, body = Vec<DestinationView>), (status = 401, body = ProblemBody)))]
 pub async fn list(state: web::Data<AdminState>) -> Result<HttpResponse, AdminError> {
-    let client = state.pool.get().await?;
+    let client = hookgate_store::connect(&state.pool).await?;
     let rows = store::list(&client).await?;
     Ok(HttpResponse::Ok().json(rows.into_iter().map(view).collect::<Result<Vec<_>, _>>()?))
 }
@@ -194,12 +194,12 @@ pub async fn create(
     let spec = spec(&state, &input)?;
     let secret = SigningSecret::generate();
     let id = Uuid::now_v7();
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
+    let mut client = hookgate_store::connect(&state.pool).await?;
+    let tx = hookgate_store::begin(&mut client).await?;
     let retry = to_json(&spec.retry)?;
     store::create(&tx, id, &fields(&spec, &retry), &to_json(&vec![secret.clone()])?).await?;
     notify_catalog(&tx, "admin:destination").await?;
-    tx.commit().await?;
+    hookgate_store::commit(tx).await?;
     let destination = fetch(&client, id).await?;
     Ok(HttpResponse::Created().json(DestinationWithSecret { destination, secret }))
 }
@@ -209,7 +209,7 @@ pub async fn create(
     params(IdPath),
     responses((status = 200, body = DestinationView), (status = 404, body = ProblemBody), (status = 401, body = ProblemBody)))]
 pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
-    let client = state.pool.get().await?;
+    let client = hookgate_store::connect(&state.pool).await?;
     Ok(HttpResponse::Ok().json(fetch(&client, path.id).await?))
 }
 
@@ -235,13 +235,13 @@ pub async fn update(
     input: web::Json<DestinationInput>,
 ) -> Result<HttpResponse, AdminError> {
     let spec = spec(&state, &input)?;
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
+    let mut client = hookgate_store::connect(&state.pool).await?;
+    let tx = hookgate_store::begin(&mut client).await?;
     lock_editable(&tx, path.id).await?;
     let retry = to_json(&spec.retry)?;
     store::update(&tx, path.id, &fields(&spec, &retry)).await?;
     notify_catalog(&tx, "admin:destination").await?;
-    tx.commit().await?;
+    hookgate_store::commit(tx).await?;
     Ok(HttpResponse::Ok().json(fetch(&client, path.id).await?))
 }
 
@@ -251,14 +251,14 @@ pub async fn update(
     responses((status = 204), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody),
               (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
 pub async fn delete(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
+    let mut client = hookgate_store::connect(&state.pool).await?;
+    let tx = hookgate_store::begin(&mut client).await?;
     lock_editable(&tx, path.id).await?;
     if !store::delete_unused(&tx, path.id).await? {
         return Err(AdminError::InUse("routes or deliveries refer to this destination; pause it instead".into()));
     }
     notify_catalog(&tx, "admin:destination").await?;
-    tx.commit().await?;
+    hookgate_store::commit(tx).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -274,8 +274,8 @@ pub async fn rotate_secret(
     input: Option<web::Json<RotateInput>>,
 ) -> Result<HttpResponse, AdminError> {
     let until = Utc::now() + grace(&state, input.as_ref().and_then(|i| i.grace_secs));
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
+    let mut client = hookgate_store::connect(&state.pool).await?;
+    let tx = hookgate_store::begin(&mut client).await?;
     let row = lock_editable(&tx, path.id).await?;
     let old: Vec<String> = serde_json::from_value(row.signing_secrets).unwrap_or_default();
     let mut retiring: Vec<Retiring> = serde_json::from_value(row.retiring_secrets).unwrap_or_default();
@@ -284,18 +284,18 @@ pub async fn rotate_secret(
     let new = SigningSecret::generate();
     store::set_secrets(&tx, path.id, &to_json(&vec![new.clone()])?, &to_json(&retiring)?).await?;
     notify_catalog(&tx, "admin:destination").await?;
-    tx.commit().await?;
+    hookgate_store::commit(tx).await?;
     Ok(HttpResponse::Ok().json(RotatedSecret { secret: new, previous_valid_until: until }))
 }
 
 async fn set_state(state: &AdminState, id: Uuid, to: DestinationState) -> Result<HttpResponse, AdminError> {
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
+    let mut client = hookgate_store::connect(&state.pool).await?;
+    let tx = hookgate_store::begin(&mut client).await?;
     if !store::set_state(&tx, id, to).await? {
         return Err(AdminError::NotFound(format!("no destination has id {id}")));
     }
     notify_catalog(&tx, "admin:destination-state").await?;
-    tx.commit().await?;
+    hookgate_store::commit(tx).await?;
     Ok(HttpResponse::Ok().json(fetch(&client, id).await?))
 }
 
@@ -358,7 +358,7 @@ pub struct DestinationHealth {
     params(IdPath),
     responses((status = 200, body = DestinationHealth), (status = 404, body = ProblemBody), (status = 401, body = ProblemBody)))]
 pub async fn health(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
-    let client = state.pool.get().await?;
+    let client = hookgate_store::connect(&state.pool).await?;
     let dest = fetch(&client, path.id).await?;
     let backlog = store::backlog(&client, path.id).await?;
     let mut windows = Vec::new();

@@ -6,6 +6,8 @@ use actix_web::{web, HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use hookgate_store::error::StoreError;
+
 use crate::http::problem::problem_type;
 
 /// An RFC 7807 problem (`Content-Type: application/problem+json`).
@@ -72,32 +74,33 @@ impl AdminError {
     }
 }
 
-impl From<tokio_postgres::Error> for AdminError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        use tokio_postgres::error::SqlState;
-        match e.code() {
-            Some(c) if *c == SqlState::UNIQUE_VIOLATION => Self::SlugTaken("this slug is already taken".into()),
-            Some(c) if *c == SqlState::FOREIGN_KEY_VIOLATION => {
+/// What a store failure means to an operator. The answers are those the admin API always gave: a taken slug or a
+/// referenced object is a conflict, a value PostgreSQL refuses is the request's fault, a lost or refused connection
+/// is "retry later"; the rest is unexpected (and logged with its source).
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict { .. } => Self::SlugTaken("this slug is already taken".into()),
+            StoreError::Referenced { .. } => {
                 Self::InUse("other objects (events, deliveries or routes) refer to this one".into())
             }
-            // Class 22 (data exception: NUL in text, out-of-range values, …) and check violations: the input.
-            Some(c) if c.code().starts_with("22") => {
-                Self::BadRequest("a value is not acceptable to the database".into())
-            }
-            Some(c) if *c == SqlState::CHECK_VIOLATION => Self::Invalid("a value is out of its allowed range".into()),
-            _ if e.is_closed() || e.code().is_none() => {
-                tracing::warn!(message = "Admin query failed.", error = %e);
+            // Class 22 (data exception: NUL in text, out-of-range values, …): the input.
+            StoreError::Rejected { .. } => Self::BadRequest("a value is not acceptable to the database".into()),
+            StoreError::OutOfRange { .. } => Self::Invalid("a value is out of its allowed range".into()),
+            StoreError::Unavailable { .. } | StoreError::Refused(_) => {
+                tracing::warn!(message = "No usable database connection for an admin request.", error = %e);
                 Self::Unavailable
             }
-            _ => Self::Unexpected(anyhow::Error::new(e).context("Admin query failed")),
+            // Answered 503 as it always was: the driver's error carried no SQLSTATE, which read as a lost connection.
+            StoreError::Unreadable(_) => {
+                tracing::warn!(message = "An admin request read a row it cannot decode.", error = %e);
+                Self::Unavailable
+            }
+            // PostgreSQL's "not now" (deadlock, serialization failure, statement time-out, …) always answered 500 here.
+            StoreError::Transient(_) | StoreError::Other(_) => {
+                Self::Unexpected(anyhow::Error::new(e).context("Admin query failed"))
+            }
         }
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for AdminError {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
-        tracing::warn!(message = "No database connection for an admin request.", error = %e);
-        Self::Unavailable
     }
 }
 

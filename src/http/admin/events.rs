@@ -61,7 +61,7 @@ pub struct EventPage {
 #[utoipa::path(get, path = "/admin/v1/events", tag = "events", security(("bearer" = [])), params(EventQuery),
     responses((status = 200, body = EventPage), (status = 400, body = ProblemBody), (status = 401, body = ProblemBody)))]
 pub async fn list(state: web::Data<AdminState>, query: web::Query<EventQuery>) -> Result<HttpResponse, AdminError> {
-    let client = state.pool.get().await?;
+    let client = hookgate_store::connect(&state.pool).await?;
     let source_id: Option<Uuid> = match &query.source {
         Some(slug) => Some(
             hookgate_store::sources::id_by_slug(&client, slug)
@@ -182,7 +182,7 @@ pub struct EventDetail {
 #[utoipa::path(get, path = "/admin/v1/events/{id}", tag = "events", security(("bearer" = [])), params(IdPath),
     responses((status = 200, body = EventDetail), (status = 404, body = ProblemBody), (status = 401, body = ProblemBody)))]
 pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
-    let client = state.pool.get().await?;
+    let client = hookgate_store::connect(&state.pool).await?;
     let event = store::fetch(&client, path.id)
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("no event has id {}", path.id)))?;
@@ -353,17 +353,17 @@ pub async fn replay(
     path: web::Path<IdPath>,
     input: Option<web::Json<ReplayInput>>,
 ) -> Result<HttpResponse, AdminError> {
-    let mut client = state.pool.get().await?;
+    let mut client = hookgate_store::connect(&state.pool).await?;
     let only = destination_ids(&client, &input.map(|i| i.into_inner()).unwrap_or_default().destinations).await?;
     let event = StoredEvent::from(
         store::fetch(&client, path.id)
             .await?
             .ok_or_else(|| AdminError::NotFound(format!("no event has id {}", path.id)))?,
     );
-    let tx = client.transaction().await?;
+    let tx = hookgate_store::begin(&mut client).await?;
     let ids = replay_into(&ReplayPlanner::of(&state), &tx, &event, only.as_deref()).await?;
     notify_deliveries(&tx).await?;
-    tx.commit().await?;
+    hookgate_store::commit(tx).await?;
     let rows = hookgate_store::deliveries::by_ids(&client, &ids).await?;
     Ok(HttpResponse::Created().json(ReplayResult { deliveries: rows.into_iter().map(DeliveryView::from).collect() }))
 }

@@ -113,7 +113,7 @@ pub async fn create(
     if let Some(f) = input.filter.as_deref().filter(|f| !f.trim().is_empty()) {
         JqProgram::compile(f).map_err(|e| AdminError::Invalid(format!("the filter does not compile: {e}")))?;
     }
-    let client = state.pool.get().await?;
+    let client = hookgate_store::connect(&state.pool).await?;
     let source_id = hookgate_store::sources::id_by_slug(&client, &input.source)
         .await?
         .ok_or_else(|| AdminError::Invalid(format!("no source is named {:?}", input.source)))?;
@@ -134,7 +134,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/admin/v1/replay-jobs", tag = "replay", security(("bearer" = [])),
     responses((status = 200, body = Vec<ReplayJob>), (status = 401, body = ProblemBody)))]
 pub async fn list(state: web::Data<AdminState>) -> Result<HttpResponse, AdminError> {
-    let client = state.pool.get().await?;
+    let client = hookgate_store::connect(&state.pool).await?;
     let rows = store::list_latest(&client).await?;
     Ok(HttpResponse::Ok().json(rows.into_iter().map(ReplayJob::from).collect::<Vec<_>>()))
 }
@@ -143,7 +143,7 @@ pub async fn list(state: web::Data<AdminState>) -> Result<HttpResponse, AdminErr
 #[utoipa::path(get, path = "/admin/v1/replay-jobs/{id}", tag = "replay", security(("bearer" = [])), params(IdPath),
     responses((status = 200, body = ReplayJob), (status = 404, body = ProblemBody), (status = 401, body = ProblemBody)))]
 pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
-    let client = state.pool.get().await?;
+    let client = hookgate_store::connect(&state.pool).await?;
     let row = store::fetch(&client, path.id)
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("no replay job has id {}", path.id)))?;
@@ -156,7 +156,7 @@ pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Resul
     responses((status = 200, body = ReplayJob), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody),
               (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
 pub async fn cancel(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
-    let client = state.pool.get().await?;
+    let client = hookgate_store::connect(&state.pool).await?;
     match store::request_cancel(&client, path.id).await? {
         Some(row) => Ok(HttpResponse::Ok().json(ReplayJob::from(row))),
         None => {
@@ -187,14 +187,14 @@ pub async fn run(state: Arc<AdminState>, node: String, interval: Duration) {
 
 /// Removes rotated-out destination secrets past their grace period and notifies every node.
 async fn expire_secrets(state: &AdminState) -> Result<(), AdminError> {
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
+    let mut client = hookgate_store::connect(&state.pool).await?;
+    let tx = hookgate_store::begin(&mut client).await?;
     let n = hookgate_store::destinations::expire_retiring_secrets(&tx).await?;
     let m = hookgate_store::sources::expire_previous_secrets(&tx).await?;
     if n + m > 0 {
         notify_catalog(&tx, "admin:secret-expired").await?;
     }
-    tx.commit().await?;
+    hookgate_store::commit(tx).await?;
     Ok(())
 }
 
@@ -281,7 +281,7 @@ impl JobRunner {
 
     /// Takes the oldest queued job, or a running one whose owner stopped heart-beating, with a new lease.
     pub async fn take(&self, node: &str) -> Result<Option<JobLease>, AdminError> {
-        let client = self.pool.get().await?;
+        let client = hookgate_store::connect(&self.pool).await?;
         let lease_id = Uuid::new_v4();
         let row = store::take(&client, node, lease_id, STALE_SECS).await?;
         Ok(row.map(|row| JobLease { job: row.into(), node: node.to_owned(), lease_id }))
@@ -294,17 +294,17 @@ impl JobRunner {
             Some(f) => Some(JqProgram::compile(f).map_err(|e| AdminError::Invalid(format!("filter: {e}")))?),
             None => None,
         };
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
+        let mut client = hookgate_store::connect(&self.pool).await?;
+        let tx = hookgate_store::begin(&mut client).await?;
         // The heartbeat checks the lease and locks the row until COMMIT: no take-over while this batch runs.
         let Some(beat) = store::heartbeat(&tx, job.id, lease.lease_id).await? else {
-            tx.rollback().await?;
+            hookgate_store::rollback(tx).await?;
             tracing::warn!(message = "Replay job taken over by another node; abandoning it here.", job = %job.id,
                            node = %lease.node, lease = %lease.lease_id);
             return Ok(Step::LeaseLost);
         };
         if beat.cancel_requested {
-            tx.commit().await?;
+            hookgate_store::commit(tx).await?;
             return Ok(Step::Cancelled);
         }
         // Oldest first, after the cursor: the (source_id, id) index with the time range pruning partitions.
@@ -318,7 +318,7 @@ impl JobRunner {
         )
         .await?;
         if rows.is_empty() {
-            tx.commit().await?;
+            hookgate_store::commit(tx).await?;
             return Ok(Step::Done);
         }
         let planner =
@@ -352,20 +352,20 @@ impl JobRunner {
             store::Progress { cursor, events_scanned: scanned, events_matched: matched, deliveries_created: created };
         if !store::record_progress(&tx, job.id, lease.lease_id, &progress).await? {
             // Cannot happen while the row is locked; never commit a batch whose progress was not recorded.
-            tx.rollback().await?;
+            hookgate_store::rollback(tx).await?;
             tracing::warn!(message = "Replay job lease lost mid-batch; abandoning it here.", job = %job.id);
             return Ok(Step::LeaseLost);
         }
         if created > 0 {
             notify_deliveries(&tx).await?;
         }
-        tx.commit().await?;
+        hookgate_store::commit(tx).await?;
         Ok(Step::Progressed)
     }
 
     /// Records how the job ended, if this node still holds its lease. Returns whether it did.
     pub async fn finish(&self, lease: &JobLease, status: &str, error: Option<&str>) -> Result<bool, AdminError> {
-        let client = self.pool.get().await?;
+        let client = hookgate_store::connect(&self.pool).await?;
         let recorded = store::finish(&client, lease.job.id, lease.lease_id, status, error).await?;
         if !recorded {
             tracing::warn!(message = "Replay job taken over by another node; its end is not recorded here.",

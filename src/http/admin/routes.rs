@@ -116,7 +116,7 @@ async fn fetch(client: &deadpool_postgres::Object, id: Uuid) -> Result<RouteView
 #[utoipa::path(get, path = "/admin/v1/routes", tag = "routes", security(("bearer" = [])),
     responses((status = 200, body = Vec<RouteView>), (status = 401, body = ProblemBody)))]
 pub async fn list(state: web::Data<AdminState>) -> Result<HttpResponse, AdminError> {
-    let client = state.pool.get().await?;
+    let client = hookgate_store::connect(&state.pool).await?;
     let rows = store::list(&client).await?;
     Ok(HttpResponse::Ok().json(rows.into_iter().map(RouteView::from).collect::<Vec<_>>()))
 }
@@ -128,11 +128,11 @@ pub async fn list(state: web::Data<AdminState>) -> Result<HttpResponse, AdminErr
 pub async fn create(state: web::Data<AdminState>, input: web::Json<RouteInput>) -> Result<HttpResponse, AdminError> {
     validate(&input)?;
     let id = Uuid::now_v7();
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
+    let mut client = hookgate_store::connect(&state.pool).await?;
+    let tx = hookgate_store::begin(&mut client).await?;
     store::create(&tx, id, &fields(&tx, &input).await?).await?;
     notify_catalog(&tx, "admin:route").await?;
-    tx.commit().await?;
+    hookgate_store::commit(tx).await?;
     Ok(HttpResponse::Created().json(fetch(&client, id).await?))
 }
 
@@ -140,7 +140,7 @@ pub async fn create(state: web::Data<AdminState>, input: web::Json<RouteInput>) 
 #[utoipa::path(get, path = "/admin/v1/routes/{id}", tag = "routes", security(("bearer" = [])), params(IdPath),
     responses((status = 200, body = RouteView), (status = 404, body = ProblemBody), (status = 401, body = ProblemBody)))]
 pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
-    let client = state.pool.get().await?;
+    let client = hookgate_store::connect(&state.pool).await?;
     Ok(HttpResponse::Ok().json(fetch(&client, path.id).await?))
 }
 
@@ -163,12 +163,12 @@ pub async fn update(
     input: web::Json<RouteInput>,
 ) -> Result<HttpResponse, AdminError> {
     validate(&input)?;
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
+    let mut client = hookgate_store::connect(&state.pool).await?;
+    let tx = hookgate_store::begin(&mut client).await?;
     lock_editable(&tx, path.id).await?;
     store::update(&tx, path.id, &fields(&tx, &input).await?).await?;
     notify_catalog(&tx, "admin:route").await?;
-    tx.commit().await?;
+    hookgate_store::commit(tx).await?;
     Ok(HttpResponse::Ok().json(fetch(&client, path.id).await?))
 }
 
@@ -177,13 +177,13 @@ pub async fn update(
     responses((status = 204), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody),
               (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
 pub async fn delete(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
+    let mut client = hookgate_store::connect(&state.pool).await?;
+    let tx = hookgate_store::begin(&mut client).await?;
     lock_editable(&tx, path.id).await?;
     if !store::delete_unused(&tx, path.id).await? {
         return Err(AdminError::InUse("deliveries refer to this route; disable it instead".into()));
     }
     notify_catalog(&tx, "admin:route").await?;
-    tx.commit().await?;
+    hookgate_store::commit(tx).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -122,7 +122,7 @@ fn not_found(id: Uuid) -> AdminError {
 #[utoipa::path(get, path = "/admin/v1/sources", tag = "sources", security(("bearer" = [])),
     responses((status = 200, body = Vec<SourceView>), (status = 401, body = ProblemBody)))]
 pub async fn list(state: web::Data<AdminState>) -> Result<HttpResponse, AdminError> {
-    let client = state.pool.get().await?;
+    let client = hookgate_store::connect(&state.pool).await?;
     let items = store::list(&client).await?.iter().map(view).collect::<Result<Vec<_>, _>>()?;
     Ok(HttpResponse::Ok().json(items))
 }
@@ -138,11 +138,11 @@ pub async fn create(state: web::Data<AdminState>, input: web::Json<SourceConfig>
     // A secret chosen by the producer is echoed once too, so the answer always says which secret is active.
     let shown = generated.or_else(|| input.verification.secrets().first().map(|s| s.expose_secret().to_owned()));
     let id = Uuid::now_v7();
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
+    let mut client = hookgate_store::connect(&state.pool).await?;
+    let tx = hookgate_store::begin(&mut client).await?;
     store::insert(&tx, id, &settings(&input)?).await?;
     notify_catalog(&tx, "admin:source").await?;
-    tx.commit().await?;
+    hookgate_store::commit(tx).await?;
     let source = fetch(&client, id).await?;
     Ok(HttpResponse::Created().json(SourceWithSecret { source, secret: shown }))
 }
@@ -151,7 +151,7 @@ pub async fn create(state: web::Data<AdminState>, input: web::Json<SourceConfig>
 #[utoipa::path(get, path = "/admin/v1/sources/{id}", tag = "sources", security(("bearer" = [])), params(IdPath),
     responses((status = 200, body = SourceView), (status = 404, body = ProblemBody), (status = 401, body = ProblemBody)))]
 pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
-    let client = state.pool.get().await?;
+    let client = hookgate_store::connect(&state.pool).await?;
     Ok(HttpResponse::Ok().json(fetch(&client, path.id).await?))
 }
 
@@ -167,8 +167,8 @@ pub async fn update(
     input: web::Json<SourceConfig>,
 ) -> Result<HttpResponse, AdminError> {
     let mut input = input.into_inner();
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
+    let mut client = hookgate_store::connect(&state.pool).await?;
+    let tx = hookgate_store::begin(&mut client).await?;
     let stored = store::fetch_for_update(&tx, path.id).await?.ok_or_else(|| not_found(path.id))?;
     if stored.declared {
         return Err(declared("source"));
@@ -178,7 +178,7 @@ pub async fn update(
     let shown = validate(&state, &mut input)?;
     store::update(&tx, path.id, &settings(&input)?).await?;
     notify_catalog(&tx, "admin:source").await?;
-    tx.commit().await?;
+    hookgate_store::commit(tx).await?;
     let source = fetch(&client, path.id).await?;
     Ok(HttpResponse::Ok().json(SourceWithSecret { source, secret: shown }))
 }
@@ -194,8 +194,8 @@ pub(super) fn declared(what: &str) -> AdminError {
     responses((status = 204), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody),
               (status = 401, body = ProblemBody), (status = 403, body = ProblemBody)))]
 pub async fn delete(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
+    let mut client = hookgate_store::connect(&state.pool).await?;
+    let tx = hookgate_store::begin(&mut client).await?;
     let stored = store::fetch_for_update(&tx, path.id).await?.ok_or_else(|| not_found(path.id))?;
     if stored.declared {
         return Err(declared("source"));
@@ -205,7 +205,7 @@ pub async fn delete(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Re
     }
     store::delete(&tx, path.id).await?;
     notify_catalog(&tx, "admin:source").await?;
-    tx.commit().await?;
+    hookgate_store::commit(tx).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -221,8 +221,8 @@ pub async fn rotate_secret(
     input: Option<web::Json<RotateInput>>,
 ) -> Result<HttpResponse, AdminError> {
     let grace = grace(&state, input.as_ref().and_then(|i| i.grace_secs));
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
+    let mut client = hookgate_store::connect(&state.pool).await?;
+    let tx = hookgate_store::begin(&mut client).await?;
     let stored = store::fetch_for_update(&tx, path.id).await?.ok_or_else(|| not_found(path.id))?;
     if stored.declared {
         return Err(declared("source"));
@@ -237,7 +237,7 @@ pub async fn rotate_secret(
     let until = Utc::now() + grace;
     store::rotate(&tx, path.id, &verification, previous.expose_secret(), until).await?;
     notify_catalog(&tx, "admin:source").await?;
-    tx.commit().await?;
+    hookgate_store::commit(tx).await?;
     Ok(HttpResponse::Ok().json(RotatedSecret { secret: new, previous_valid_until: until }))
 }
 

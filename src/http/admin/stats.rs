@@ -49,7 +49,7 @@ pub async fn stats(state: web::Data<AdminState>, query: web::Query<StatsQuery>) 
     if !(60..=604_800).contains(&window) {
         return Err(AdminError::BadRequest("window_secs must be between 60 and 604800".into()));
     }
-    let client = state.pool.get().await?;
+    let client = hookgate_store::connect(&state.pool).await?;
     let counts = hookgate_store::stats::window_counts(&client, f64::from(window)).await?;
     let sources = counts.sources.into_iter().map(|(id, slug, events)| SourceStats { id, slug, events }).collect();
     let mut destinations: Vec<DestinationStats> = counts
