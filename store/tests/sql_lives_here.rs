@@ -1,4 +1,5 @@
-//! The layer rule for SQL: every statement lives in `hookgate-store`. A file above the store that holds a statement
+//! The layer rule for SQL: every statement lives in `hookgate-store`, and so does the meaning of its failures
+//! (`StoreError`). A file above the store that holds a statement, or that matches on the driver's error types,
 //! fails this test.
 
 use std::path::{Path, PathBuf};
@@ -66,4 +67,31 @@ fn the_sql_detector_sees_statements_and_not_prose() {
     assert!(!is_sql("//! LISTEN `hookgate_catalog` and SELECT nothing"));
     assert!(!is_sql("let update = UPDATE_INTERVAL;"));
     assert!(!is_sql("/// Answers the SELECT's rows."));
+}
+
+/// Whether a line of code (not a comment) names the driver's or the pool's error types.
+fn names_driver_errors(line: &str) -> bool {
+    let code = line.trim_start();
+    !code.starts_with("//")
+        && ["tokio_postgres::Error", "tokio_postgres::error", "PoolError", "SqlState"].iter().any(|t| code.contains(t))
+}
+
+#[test]
+fn only_the_store_reads_driver_errors() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root");
+    let mut files = Vec::new();
+    for layer in LAYERS_ABOVE {
+        rust_files(&root.join(layer), &mut files);
+    }
+    let offenders: Vec<String> = files
+        .iter()
+        .filter_map(|file| {
+            let text = std::fs::read_to_string(file).unwrap();
+            let rel = file.strip_prefix(root).unwrap().display().to_string();
+            text.lines().find(|l| names_driver_errors(l)).map(|l| format!("{rel}: `{}`", l.trim()))
+        })
+        .collect();
+    assert!(offenders.is_empty(), "failures are classified once, as StoreError: {offenders:#?}");
+    assert!(names_driver_errors("impl From<tokio_postgres::Error> for AdminError {"));
+    assert!(!names_driver_errors("/// tokio_postgres::Error becomes a StoreError in the store"));
 }
