@@ -1,4 +1,6 @@
-//! Signs outbound deliveries the Standard Webhooks way, and makes their W3C `traceparent`.
+//! Standard Webhooks signatures, both ways: hookgate signs its outbound deliveries with them, and its
+//! `standard_webhooks` sources are verified with them (the verifier in [`crate::verify`] calls
+//! [`SigningSecret::verify`]). Also the W3C `traceparent` of a delivery.
 //!
 //! `webhook-signature` is `v1,<base64 HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{body}">`; while a secret
 //! rotates, one such value per active secret, separated by spaces (receivers accept any one of them).
@@ -48,14 +50,25 @@ impl SigningSecret {
         format!("{SECRET_PREFIX}{}", STANDARD.encode(key))
     }
 
-    fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+    /// The MAC over `{msg_id}.{timestamp}.{body}`, `timestamp` as the text of the `webhook-timestamp` header.
+    fn mac(&self, msg_id: &str, timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts keys of any length");
         mac.update(msg_id.as_bytes());
         mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
+        mac.update(timestamp.as_bytes());
         mac.update(b".");
         mac.update(body);
-        STANDARD.encode(mac.finalize().into_bytes())
+        mac
+    }
+
+    /// The base64 `v1` signature of a message.
+    pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+        STANDARD.encode(self.mac(msg_id, &timestamp.to_string(), body).finalize().into_bytes())
+    }
+
+    /// Whether `signature` (the decoded bytes of a `v1` signature) signs the message, compared in constant time.
+    pub fn verify(&self, msg_id: &str, timestamp: &str, body: &[u8], signature: &[u8]) -> bool {
+        self.mac(msg_id, timestamp, body).verify_slice(signature).is_ok()
     }
 }
 

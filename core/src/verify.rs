@@ -16,6 +16,7 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
+use crate::signing::SigningSecret;
 use crate::source::{HmacAlgorithm, Secrets, SignatureEncoding, VerificationConfig, MAX_SECRETS};
 
 /// The request headers a verifier reads. The server implements it for its HTTP framework's header map; this crate
@@ -267,7 +268,7 @@ enum Scheme {
     None,
     Hmac(HmacCheck),
     Stripe { keys: Vec<SecretSlice<u8>>, tolerance: u64 },
-    StandardWebhooks { keys: Vec<SecretSlice<u8>>, public_keys: Vec<VerifyingKey>, tolerance: u64 },
+    StandardWebhooks { keys: Vec<SigningSecret>, public_keys: Vec<VerifyingKey>, tolerance: u64 },
     Basic { user: [u8; 32], passwords: Vec<[u8; 32]> },
     Token { header: HeaderName, bearer: bool, tokens: Vec<[u8; 32]> },
 }
@@ -308,9 +309,8 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// Decodes `whsec_<base64>` (the prefix is optional) into the HMAC key.
-fn whsec_key(secret: &str) -> anyhow::Result<SecretSlice<u8>> {
-    let key = crate::signing::decode_secret(secret).map_err(|e| anyhow::anyhow!(e))?;
-    Ok(SecretSlice::from(key))
+fn whsec_key(secret: &str) -> anyhow::Result<SigningSecret> {
+    SigningSecret::parse(secret).map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Decodes `whpk_<base64>` (the prefix is optional) into an ed25519 public key.
@@ -456,7 +456,7 @@ impl Verifier {
                     .map_err(|_| VerifyError::Malformed("webhook-signature".into()))?;
                 let parts: [&[u8]; 5] = [id.as_bytes(), b".", ts_value.trim().as_bytes(), b".", body];
                 let ok = sigs.iter().any(|sig| match sig {
-                    WebhookSignature::V1(mac) => keys.iter().any(|k| hmac_ok(HmacAlgorithm::Sha256, k, &parts, mac)),
+                    WebhookSignature::V1(mac) => keys.iter().any(|k| k.verify(id, ts_value.trim(), body, mac)),
                     WebhookSignature::V1a(sig) => {
                         let sig = Signature::from_bytes(sig);
                         let msg = parts.concat();
@@ -572,11 +572,7 @@ pub fn hmac_sha256_hex(secret: &[u8], body: &[u8]) -> String {
 
 /// Signs like a Standard Webhooks sender: `v1,<base64 HMAC-SHA256 of id.timestamp.body>` with a `whsec_` secret.
 pub fn standard_webhooks_v1(secret: &SecretString, id: &str, timestamp: i64, body: &[u8]) -> anyhow::Result<String> {
-    let key = whsec_key(secret.expose_secret())?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.expose_secret()).expect("HMAC accepts keys of any length");
-    mac.update(format!("{id}.{timestamp}.").as_bytes());
-    mac.update(body);
-    Ok(format!("v1,{}", B64.encode(mac.finalize().into_bytes())))
+    Ok(format!("v1,{}", whsec_key(secret.expose_secret())?.sign(id, timestamp, body)))
 }
 
 #[cfg(test)]
