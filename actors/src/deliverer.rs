@@ -18,7 +18,7 @@ use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use hookgate_core::delivery::Job;
+use hookgate_core::delivery::{AttemptOutcome, Job, Routed};
 use hookgate_core::jq::{self, RouteOutcome};
 use hookgate_core::retry::parse_retry_after;
 use hookgate_core::signing::{signature_header, traceparent};
@@ -48,19 +48,6 @@ pub struct Deliver {
     pub route: Option<Arc<Route>>,
 }
 
-/// What a deferred route evaluation decided (see the module documentation).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Routed {
-    /// Evaluated: the attempt was made with this payload (`None`: the event's body), which is stored.
-    Payload(Option<Bytes>),
-    /// The filter does not take the event: no attempt; the delivery is cancelled.
-    Skipped,
-    /// A program failed: no attempt; the delivery is `failed` with the reason.
-    Failed(String),
-    /// Still not evaluated in time: a failed try of kind `route_timeout`, retried on schedule.
-    Deferred(String),
-}
-
 /// The outcome of one attempt.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
@@ -85,13 +72,22 @@ pub struct AttemptResult {
 }
 
 impl AttemptResult {
-    /// Whether this outcome says anything about the destination (an HTTP attempt was made).
-    pub fn reached_destination(&self) -> bool {
-        matches!(self.routed, None | Some(Routed::Payload(_)))
+    /// What the outcome plan reads of this attempt.
+    pub fn outcome(&self) -> AttemptOutcome<'_> {
+        AttemptOutcome {
+            destination_id: self.destination_id,
+            attempt: self.attempt,
+            status: self.status,
+            error_kind: self.error_kind,
+            error: self.error.as_deref(),
+            retry_after: self.retry_after,
+            routed: self.routed.as_ref(),
+        }
     }
 
-    pub fn succeeded(&self) -> bool {
-        self.status.is_some_and(|s| (200..300).contains(&s))
+    /// Whether this outcome says anything about the destination (an HTTP attempt was made).
+    pub fn reached_destination(&self) -> bool {
+        self.outcome().reached_destination()
     }
 
     /// The destination did not answer, or answered "overloaded" (5xx, 429, 408). Other answers, even errors, show

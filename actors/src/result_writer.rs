@@ -7,25 +7,24 @@
 //! and only if this node still holds it. Attempt rows are inserted whatever happens.
 
 use hookgate_core::internal_events::{emit, ResultsNotStored, ResultsStored};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use chrono::{DateTime, Utc};
-use uuid::Uuid;
+use chrono::Utc;
 
 use hookgate_store::results::{DestinationOutcomes, Outcome};
 use hookgate_store::Pool;
 
 use crate::catalog::SharedCatalog;
 use crate::config::DeliveryConfig;
-use crate::deliverer::{AttemptResult, Routed};
+use crate::deliverer::AttemptResult;
 use crate::health::{ActorState, ActorStatus};
 use crate::scheduler::Wake;
 use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
 use hookgate_core::catalog::without_nul;
+use hookgate_core::delivery::{AttemptOutcome, OutcomePlan, Routed};
 
 /// Where the scheduler can be woken once results are committed (set after both are started).
 #[derive(Message)]
@@ -80,7 +79,9 @@ impl ResultWriter {
         self.flushing = true;
         let n = self.buffer.len().min(self.cfg.result_batch_max.max(1));
         let batch: Vec<AttemptResult> = self.buffer.drain(..n).collect();
-        let plan = Plan::new(&batch, &self.catalog, &self.cfg);
+        let outcomes: Vec<AttemptOutcome<'_>> = batch.iter().map(AttemptResult::outcome).collect();
+        let cap = Duration::from_secs(self.cfg.max_retry_after_secs);
+        let plan = OutcomePlan::new(&outcomes, &self.catalog.get(), cap, Utc::now());
         let (pool, node_id, auto_disable) = (self.pool.clone(), self.node_id.clone(), self.cfg.auto_disable_after_secs);
         let fut = async move {
             let res = write(&pool, &node_id, &batch, &plan, auto_disable).await;
@@ -194,84 +195,11 @@ impl Handler<AttemptResult> for ResultWriter {
     }
 }
 
-/// Why a delivery whose route was evaluated at delivery (deferred at ingest) was cancelled.
-pub const SKIPPED_AT_DELIVERY: &str = "the route's filter does not take this event (evaluated at delivery)";
-
-/// What a batch changes, decided before the transaction.
-struct Plan {
-    /// Per result: (new state, next attempt time, last error).
-    deliveries: Vec<(&'static str, DateTime<Utc>, Option<String>)>,
-    /// Per result: whether it is a try on the retry schedule (an attempt row is written and counted).
-    counted: Vec<bool>,
-    gone: Vec<Uuid>,
-    failing: Vec<Uuid>,
-    healthy: Vec<Uuid>,
-}
-
-impl Plan {
-    fn new(batch: &[AttemptResult], catalog: &SharedCatalog, cfg: &DeliveryConfig) -> Self {
-        let catalog = catalog.get();
-        let now = Utc::now();
-        let mut last_outcome: HashMap<Uuid, bool> = HashMap::new();
-        let mut gone = Vec::new();
-        let counted = batch.iter().map(|r| !matches!(r.routed, Some(Routed::Skipped | Routed::Failed(_)))).collect();
-        let deliveries = batch
-            .iter()
-            .map(|r| {
-                match &r.routed {
-                    // Decided by the route's programs at delivery: final, and nothing to do with the destination.
-                    Some(Routed::Skipped) => {
-                        return ("cancelled", now, Some(SKIPPED_AT_DELIVERY.to_owned()));
-                    }
-                    Some(Routed::Failed(why)) => return ("failed", now, Some(without_nul(why).into_owned())),
-                    _ => {}
-                }
-                if r.reached_destination() {
-                    last_outcome.insert(r.destination_id, r.succeeded());
-                }
-                if r.succeeded() {
-                    return ("delivered", now, None);
-                }
-                if r.status == Some(410) {
-                    gone.push(r.destination_id);
-                }
-                let error = Some(
-                    without_nul(&format!(
-                        "{}: {}",
-                        r.error_kind.unwrap_or("error"),
-                        r.error.as_deref().unwrap_or("attempt failed")
-                    ))
-                    .into_owned(),
-                );
-                let policy = catalog.destinations.get(&r.destination_id).map(|d| d.retry.clone()).unwrap_or_default();
-                let attempts = r.attempt.max(1) as u32;
-                let cap = Duration::from_secs(cfg.max_retry_after_secs);
-                match policy.delay_after(attempts, r.retry_after, cap) {
-                    None => ("dead", now, error),
-                    Some(delay) => {
-                        let next =
-                            now + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::hours(1));
-                        ("pending", next, error)
-                    }
-                }
-            })
-            .collect();
-        let (healthy, failing): (Vec<_>, Vec<_>) = last_outcome.into_iter().partition(|(_, ok)| *ok);
-        Self {
-            deliveries,
-            counted,
-            gone,
-            failing: failing.into_iter().map(|(id, _)| id).collect(),
-            healthy: healthy.into_iter().map(|(id, _)| id).collect(),
-        }
-    }
-}
-
 async fn write(
     pool: &Pool,
     node_id: &str,
     batch: &[AttemptResult],
-    plan: &Plan,
+    plan: &OutcomePlan,
     auto_disable_after_secs: u64,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -295,7 +223,7 @@ async fn write(
             excerpt: r.excerpt.as_deref(),
             error_kind: r.error_kind,
             error: error.as_deref(),
-            state,
+            state: state.as_str(),
             next_attempt_at: *next,
             last_error: last_error.as_deref(),
             // A try that was not counted (the route cancelled or failed the delivery) leaves the count alone.

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use hookgate::config::{AdminRole, AdminToken};
 use hookgate_actors::janitor::RunNow;
-use hookgate_actors::result_writer::SKIPPED_AT_DELIVERY;
 use hookgate_core::delivery::ORPHAN_REASON;
+use hookgate_core::delivery::SKIPPED_AT_DELIVERY;
 use hookgate_store::locks::CLAIM_LOCK;
 use hookgate_store::maintenance::EXPIRED_REASON;
 use serde_json::json;
