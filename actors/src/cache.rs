@@ -18,11 +18,31 @@ use actix::prelude::*;
 use hookgate_core::backoff::Backoff;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
-use crate::messages::{CacheLookup, CacheRemember};
 use crate::shutdown::Shutdown;
+
+/// Ask whether an idempotency key was seen; answers the first event's id, or `None` on a miss or when Redis is away.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CacheLookup {
+    pub source_id: Uuid,
+    pub idempotency_key: String,
+    pub reply: oneshot::Sender<Option<Uuid>>,
+}
+
+/// Record that an idempotency key now belongs to a committed event (SET NX with the dedupe TTL).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CacheRemember {
+    pub source_id: Uuid,
+    pub idempotency_key: String,
+    pub id: Uuid,
+    /// The source's dedupe window; `None` uses the cache's default TTL.
+    pub ttl: Option<std::time::Duration>,
+}
 
 /// Commands in a row that time out before the connection is treated as lost.
 pub const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
