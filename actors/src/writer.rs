@@ -47,6 +47,7 @@ use uuid::Uuid;
 use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
 use crate::shutdown::Shutdown;
 use hookgate_core::catalog::without_nul;
+use hookgate_core::state::DeliveryState;
 
 // The EventWriter's messages. Each carries its own reply channel, so that the front end can `try_send` (refused at
 // once when the mailbox is full) and still get an answer after COMMIT.
@@ -568,7 +569,7 @@ async fn insert_deliveries(
             event_id: e.id,
             route_id: d.route_id,
             destination_id: d.destination_id,
-            state: if d.failed.is_some() { "failed" } else { "pending" },
+            state: if d.failed.is_some() { DeliveryState::Failed } else { DeliveryState::Pending },
             payload: d.payload.as_deref(),
             last_error: error.as_deref(),
             created_at: e.received_at,
@@ -576,7 +577,7 @@ async fn insert_deliveries(
         })
         .collect();
     hookgate_store::deliveries::insert_planned(tx, &rows).await.map_err(store_error)?;
-    if rows.iter().any(|d| d.state == "pending") {
+    if rows.iter().any(|d| d.state == DeliveryState::Pending) {
         hookgate_store::channels::notify_deliveries(tx, "").await.map_err(store_error)?;
     }
     Ok(())

@@ -229,4 +229,34 @@ mod tests {
         let pointer = Some(EventTypeConfig::JsonPointer { pointer: "/type".into() });
         assert_eq!(ty(pointer).unwrap().unwrap().as_str(), "order.paid");
     }
+
+    mod properties {
+        use super::super::*;
+        use crate::source::Slug;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn a_parsed_key_or_type_keeps_the_rule(text in "\\PC{0,300}|.{0,300}") {
+                if let Ok(key) = IdempotencyKey::parse("k", text.clone()) {
+                    prop_assert!(!key.as_str().is_empty() && key.as_str().len() <= MAX_KEY_LEN);
+                    prop_assert!(!key.as_str().chars().any(char::is_control));
+                    prop_assert_eq!(key.as_str(), text.as_str());
+                }
+                if let Ok(ty) = EventType::parse("t", text.clone()) {
+                    prop_assert!(!ty.as_str().is_empty() && ty.as_str().len() <= MAX_TYPE_LEN);
+                }
+            }
+
+            #[test]
+            fn a_parsed_slug_keeps_the_rule(text in "[a-z0-9_-]{0,70}|.{0,10}") {
+                if let Ok(slug) = Slug::parse(&text) {
+                    prop_assert!((1..=64).contains(&slug.as_str().len()));
+                    prop_assert!(slug.as_str().bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()));
+                }
+            }
+        }
+    }
 }

@@ -3,9 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
+use hookgate_core::state::DeliveryState;
 use uuid::Uuid;
 
-use crate::error::{Columns, StoreResult};
+use crate::error::{Columns, StoreError, StoreResult};
 
 /// A lease a node holds on a delivery: with the row's whole primary key, so the release is one probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +64,7 @@ pub struct DeliveryRow {
     pub event_id: Uuid,
     pub route_id: Uuid,
     pub destination_id: Uuid,
-    pub state: String,
+    pub state: DeliveryState,
     pub attempts: i32,
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: Option<String>,
@@ -79,7 +80,7 @@ impl DeliveryRow {
             event_id: r.column(1)?,
             route_id: r.column(2)?,
             destination_id: r.column(3)?,
-            state: r.column(4)?,
+            state: stored_state(r.column(4)?)?,
             attempts: r.column(5)?,
             next_attempt_at: r.column(6)?,
             last_error: r.column(7)?,
@@ -123,8 +124,14 @@ pub async fn by_ids(client: &impl GenericClient, ids: &[Uuid]) -> StoreResult<Ve
 }
 
 /// A delivery's state; `None` when there is no such delivery.
-pub async fn state_of(client: &impl GenericClient, id: Uuid) -> StoreResult<Option<String>> {
-    client.query_opt("SELECT state FROM deliveries WHERE id = $1", &[&id]).await?.map(|r| r.column(0)).transpose()
+pub async fn state_of(client: &impl GenericClient, id: Uuid) -> StoreResult<Option<DeliveryState>> {
+    let row = client.query_opt("SELECT state FROM deliveries WHERE id = $1", &[&id]).await?;
+    row.map(|r| stored_state(r.column(0)?)).transpose()
+}
+
+/// A delivery's state as stored; text that names no state is an unreadable row.
+fn stored_state(text: String) -> StoreResult<DeliveryState> {
+    DeliveryState::parse(&text).ok_or_else(|| StoreError::Unreadable(format!("{text:?} is no delivery state")))
 }
 
 /// Makes a delivery that is still in state `from` (`dead` or `failed`) `pending` and due now, its attempts kept; a
@@ -132,7 +139,7 @@ pub async fn state_of(client: &impl GenericClient, id: Uuid) -> StoreResult<Opti
 pub async fn retry(
     client: &impl GenericClient,
     id: Uuid,
-    from: &str,
+    from: DeliveryState,
     payload: Option<&[u8]>,
 ) -> StoreResult<Option<DeliveryRow>> {
     client
@@ -145,7 +152,7 @@ pub async fn retry(
                  WHERE id = $1 AND state = $2
                  RETURNING {DELIVERY_COLUMNS}"
             ),
-            &[&id, &from, &payload],
+            &[&id, &from.as_str(), &payload],
         )
         .await?
         .as_ref()
@@ -248,7 +255,7 @@ pub struct NewDelivery<'a> {
     pub route_id: Uuid,
     pub destination_id: Uuid,
     /// `pending`, or `failed` when a route program failed at planning.
-    pub state: &'a str,
+    pub state: DeliveryState,
     /// A transform's output, sent instead of the event's body.
     pub payload: Option<&'a [u8]>,
     /// Why it failed at planning (no NUL: PostgreSQL text cannot hold one).
@@ -269,7 +276,7 @@ pub async fn insert_planned(client: &impl GenericClient, planned: &[NewDelivery<
     let event_ids: Vec<Uuid> = planned.iter().map(|d| d.event_id).collect();
     let routes: Vec<Uuid> = planned.iter().map(|d| d.route_id).collect();
     let destinations: Vec<Uuid> = planned.iter().map(|d| d.destination_id).collect();
-    let states: Vec<&str> = planned.iter().map(|d| d.state).collect();
+    let states: Vec<&str> = planned.iter().map(|d| d.state.as_str()).collect();
     let payloads: Vec<Option<&[u8]>> = planned.iter().map(|d| d.payload).collect();
     let errors: Vec<Option<&str>> = planned.iter().map(|d| d.last_error).collect();
     let created: Vec<DateTime<Utc>> = planned.iter().map(|d| d.created_at).collect();

@@ -58,7 +58,7 @@ pub async fn list_for_destination(
     Ok(HttpResponse::Ok().json(DeliveryPage { items, next_cursor }))
 }
 
-async fn state_of(client: &deadpool_postgres::Object, id: Uuid) -> Result<String, AdminError> {
+async fn state_of(client: &deadpool_postgres::Object, id: Uuid) -> Result<DeliveryState, AdminError> {
     store::state_of(client, id).await?.ok_or_else(|| AdminError::NotFound(format!("no delivery has id {id}")))
 }
 
@@ -75,9 +75,9 @@ pub async fn retry(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Res
     let mut client = hookgate_store::connect(&state.pool).await?;
     let st = state_of(&client, path.id).await?;
     // For a failed delivery: the payload its route yields now (None: the event's body).
-    let payload: Option<Vec<u8>> = match st.as_str() {
-        "dead" => None,
-        "failed" => reevaluate(&state, &client, path.id).await?,
+    let payload: Option<Vec<u8>> = match st {
+        DeliveryState::Dead => None,
+        DeliveryState::Failed => reevaluate(&state, &client, path.id).await?,
         other => {
             return Err(AdminError::WrongState(format!(
                 "only dead or failed deliveries can be retried; this one is {other}"
@@ -85,7 +85,7 @@ pub async fn retry(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Res
         }
     };
     let tx = hookgate_store::begin(&mut client).await?;
-    let row = store::retry(&tx, path.id, &st, payload.as_deref()).await?;
+    let row = store::retry(&tx, path.id, st, payload.as_deref()).await?;
     let Some(row) = row else {
         drop(tx);
         let now = state_of(&client, path.id).await?;
@@ -144,7 +144,7 @@ pub async fn cancel(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Re
         Some(row) => Ok(HttpResponse::Ok().json(DeliveryView::from(row))),
         None => {
             let st = state_of(&client, path.id).await?;
-            Err(AdminError::WrongState(if st == "pending" {
+            Err(AdminError::WrongState(if st == DeliveryState::Pending {
                 "this delivery is being attempted right now; try again when the attempt is over".into()
             } else {
                 format!("only pending deliveries can be cancelled; this one is {st}")

@@ -135,7 +135,7 @@ pub struct DeliveryView {
     pub event_id: Uuid,
     pub route_id: Uuid,
     pub destination_id: Uuid,
-    pub state: String,
+    pub state: DeliveryState,
     pub attempts: i32,
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: Option<String>,
@@ -317,7 +317,7 @@ pub async fn replay_into(
             event_id: event.id,
             route_id: p.route_id,
             destination_id: p.destination_id,
-            state: if p.failed.is_some() { "failed" } else { "pending" },
+            state: if p.failed.is_some() { DeliveryState::Failed } else { DeliveryState::Pending },
             payload: if p.failed.is_some() { None } else { p.payload.as_deref() },
             // No NUL: the plan strips it, as PostgreSQL text cannot hold one.
             last_error: p.failed.as_deref(),
