@@ -27,7 +27,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-for tool in wrk psql openssl python3; do command -v $tool >/dev/null || { echo "bench: $tool not found" >&2; exit 1; }; done
+. scripts/need-tools.sh
+need_tools wrk psql openssl python3
 [ -x "$TARGET/release/hookgate" ] && [ -x "$TARGET/release/hookgate-bench" ] || cargo build --release -p hookgate -p hookgate-bench
 
 psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"

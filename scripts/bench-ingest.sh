@@ -27,7 +27,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for tool in wrk psql openssl; do command -v $tool >/dev/null || { echo "bench: $tool not found" >&2; exit 1; }; done
+. scripts/need-tools.sh
+need_tools wrk psql openssl
 [ -x "$BIN" ] || cargo build --release
 
 psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
