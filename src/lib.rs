@@ -1,7 +1,7 @@
 //! hookgate: a self-hosted, durable webhook event gateway.
 //!
 //! This crate is the binary's library: settings ([`config`]), telemetry ([`telemetry`]), start-up and shutdown
-//! ([`startup`]), the source snapshot ([`sources`]) and the HTTP front end ([`http`]: ingest, the handshake, health
+//! ([`startup`]), the configuration's sources as the store applies them ([`sources`]) and the HTTP front end ([`http`]: ingest, the handshake, health
 //! and the admin API). The actors live in the `hookgate-actors` crate; the migrations, like all SQL, in
 //! `hookgate-store` ([`hookgate_store::migrations`]).
 

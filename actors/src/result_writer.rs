@@ -150,10 +150,11 @@ impl Actor for ResultWriter {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.cfg.max_in_flight.max(16) * 2);
-        self.status.set_state(ActorState::Running);
-        // After a restart: what was buffered is flushed once the back-off delay is over, not when the next result
-        // happens to arrive (on a quiet node their leases would expire first, and the deliveries be sent again).
-        let delay = std::mem::take(&mut self.resume_delay);
+        // After a restart: no result is taken before the back-off is over, and what was buffered is flushed then,
+        // not when the next result happens to arrive (on a quiet node their leases would expire first, and the
+        // deliveries be sent again).
+        let (status, delay) = (self.status.clone(), std::mem::take(&mut self.resume_delay));
+        status.resume_after(delay, self, ctx);
         if !self.buffer.is_empty() {
             self.timer = Some(ctx.run_later(delay, |act, ctx| {
                 act.timer = None;

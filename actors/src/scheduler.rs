@@ -65,6 +65,8 @@ pub struct Scheduler {
     stopping: Option<tokio::sync::oneshot::Sender<()>>,
     /// The deadline of the [`Shutdown`] being answered.
     deadline: Option<tokio::time::Instant>,
+    /// The deliverers were sent the [`Shutdown`].
+    deliverers_told: bool,
     claiming: bool,
     again: bool,
     next_deliverer: usize,
@@ -100,6 +102,7 @@ impl Scheduler {
             leases: HashMap::new(),
             stopping: None,
             deadline: None,
+            deliverers_told: false,
             claiming: false,
             again: false,
             next_deliverer: 0,
@@ -172,6 +175,11 @@ impl Scheduler {
     }
 
     fn dispatch(&mut self, job: Job, ctx: &mut Context<Self>) {
+        if self.stopping.is_some() {
+            // Claimed by a round that was running when the Shutdown came: give it back for another node.
+            self.release(job, ctx);
+            return;
+        }
         let catalog = self.catalog.get();
         let Some(destination) = catalog.destinations.get(&job.destination_id).cloned() else {
             // Unknown to this node's snapshot yet: give the delivery back at once.
@@ -276,7 +284,7 @@ impl Handler<Completed> for Scheduler {
         self.inflight = self.inflight.saturating_sub(1);
         self.leases.remove(&msg.delivery_id);
         if self.inflight == 0 && self.stopping.is_some() {
-            self.answer_shutdown();
+            self.answer_shutdown(ctx);
         }
         if let Some(n) = self.inflight_by_destination.get_mut(&msg.destination_id) {
             *n = n.saturating_sub(1);
@@ -297,7 +305,7 @@ impl Handler<Shutdown> for Scheduler {
         self.deadline = Some(msg.deadline);
         self.stopping = Some(msg.reply);
         if self.inflight == 0 {
-            self.answer_shutdown();
+            self.answer_shutdown(ctx);
             return;
         }
         ctx.run_later(msg.deadline.saturating_duration_since(tokio::time::Instant::now()), |act, ctx| {
@@ -316,28 +324,38 @@ impl Handler<Shutdown> for Scheduler {
                 release_leases(&client, &leases).await?;
                 Ok::<_, anyhow::Error>(())
             };
-            ctx.spawn(fut.into_actor(act).map(|res, act, _| {
+            ctx.spawn(fut.into_actor(act).map(|res, act, ctx| {
                 if let Err(error) = res {
                     tracing::warn!(message = "Could not release leases; they will expire.", error = %format!("{error:#}"));
                 }
-                act.answer_shutdown();
+                act.answer_shutdown(ctx);
             }));
         });
     }
 }
 
 impl Scheduler {
-    /// Answers a [`Shutdown`] and passes it on to the deliverers (which answer once their own attempts end); the
-    /// scheduler stays stopped, so a later `Completed` or `Wake` never claims again.
-    fn answer_shutdown(&mut self) {
-        if let Some(reply) = self.stopping.take() {
-            let _ = reply.send(());
-        }
+    /// Passes the [`Shutdown`] on to the deliverers once, and answers it when they have (each once its own
+    /// attempts end, at the latest past the deadline). The scheduler stays stopped, so a later `Completed` or
+    /// `Wake` never claims again.
+    fn answer_shutdown(&mut self, ctx: &mut Context<Self>) {
+        let Some(reply) = self.stopping.take() else { return };
         self.stopping = Some(tokio::sync::oneshot::channel().0);
-        let deadline = self.deadline.unwrap_or_else(tokio::time::Instant::now);
-        for deliverer in &self.deliverers {
-            let _ = deliverer.try_send(Shutdown { deadline, reply: tokio::sync::oneshot::channel().0 });
+        if std::mem::replace(&mut self.deliverers_told, true) {
+            let _ = reply.send(());
+            return;
         }
+        let deadline = self.deadline.unwrap_or_else(tokio::time::Instant::now);
+        let deliverers = self.deliverers.clone();
+        ctx.spawn(
+            async move {
+                for deliverer in &deliverers {
+                    crate::shutdown::shut_down(deliverer, deadline).await;
+                }
+                let _ = reply.send(());
+            }
+            .into_actor(self),
+        );
     }
 }
 

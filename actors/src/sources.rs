@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context;
+use hookgate_core::internal_events::{emit, SourceUnusable};
 use hookgate_core::snapshot::Snapshot;
 use hookgate_core::source::{IdempotencyConfig, SourceOptions, VerificationConfig};
 use hookgate_core::verify::Verifier;
@@ -30,10 +31,26 @@ pub type Sources = HashMap<String, Arc<Source>>;
 /// The sources every node serves from, swapped whole on reload.
 pub type SourceRegistry = Snapshot<Sources>;
 
-/// Loads the enabled sources from PostgreSQL, compiles their verifiers, and swaps them in; answers how many.
+/// Loads the enabled sources from PostgreSQL, compiles their verifiers, and swaps them in; answers how many. A source
+/// whose stored settings do not compile is left out (its requests answer 404) and logged: one bad row never keeps
+/// the others from being served, or a node from starting.
 pub async fn reload(registry: &SourceRegistry, pool: &Pool) -> anyhow::Result<usize> {
     let mut sources = Vec::new();
     for row in hookgate_store::sources::load_enabled(pool).await? {
+        let slug = row.slug.clone();
+        match compile(row) {
+            Ok(source) => sources.push(source),
+            Err(error) => emit(SourceUnusable { source: &slug, error: &format!("{error:#}") }),
+        }
+    }
+    let n = sources.len();
+    registry.replace(sources.into_iter().map(|s| (s.slug.clone(), Arc::new(s))).collect());
+    Ok(n)
+}
+
+/// A stored source, ready for ingest.
+fn compile(row: hookgate_store::sources::SourceRow) -> anyhow::Result<Source> {
+    {
         let slug = row.slug;
         let idempotency: IdempotencyConfig = serde_json::from_value(row.idempotency)
             .with_context(|| format!("source {slug}: invalid idempotency settings"))?;
@@ -47,7 +64,7 @@ pub async fn reload(registry: &SourceRegistry, pool: &Pool) -> anyhow::Result<us
                 verification.add_secret(secrecy::SecretString::from(old));
             }
         }
-        sources.push(Source {
+        Ok(Source {
             id: row.id,
             max_body_bytes: usize::try_from(row.max_body_bytes).unwrap_or(0),
             require_json: row.require_json,
@@ -55,9 +72,6 @@ pub async fn reload(registry: &SourceRegistry, pool: &Pool) -> anyhow::Result<us
             options,
             verifier: Verifier::from_config(&verification).with_context(|| format!("source {slug}"))?,
             slug,
-        });
+        })
     }
-    let n = sources.len();
-    registry.replace(sources.into_iter().map(|s| (s.slug.clone(), Arc::new(s))).collect());
-    Ok(n)
 }

@@ -7,7 +7,8 @@ use sha2::{Digest, Sha256};
 
 use crate::verify::{visible_ascii, RequestHeaders};
 
-/// Longest accepted `id`, `source` or `type`, in bytes.
+/// Longest accepted `id` or `source`, in bytes. The `type` is an event type like any other: at most
+/// [`MAX_TYPE_LEN`](crate::event::MAX_TYPE_LEN) (256) bytes.
 pub const MAX_ATTRIBUTE_LEN: usize = 1024;
 /// Longest idempotency key built from `source` and `id` before it is hashed.
 const MAX_KEY_LEN: usize = 256;
@@ -76,6 +77,9 @@ fn check(prefix: &str, name: &'static str, value: Option<&str>) -> Result<String
     let invalid = |why| CloudEventError::Invalid { prefix: prefix.into(), name, why };
     if value.is_empty() {
         return Err(invalid("it is empty"));
+    }
+    if name == "type" && value.len() > crate::event::MAX_TYPE_LEN {
+        return Err(invalid("it is longer than 256 bytes"));
     }
     if value.len() > MAX_ATTRIBUTE_LEN {
         return Err(invalid("it is longer than 1024 bytes"));
@@ -189,6 +193,10 @@ mod tests {
             (br#"{"specversion":"1.0","id":"","source":"/s","type":"t"}"#, "id is invalid"),
             (br#"{"specversion":"1.0","id":"1","type":"t"}"#, "source is missing"),
             (br#"{"specversion":"1.0","id":"1","source":"/s","type":7}"#, "type is invalid"),
+            (
+                format!(r#"{{"specversion":"1.0","id":"1","source":"/s","type":"{}"}}"#, "t".repeat(257)).as_bytes(),
+                "longer than 256",
+            ),
             (br#"[]"#, "not a JSON object"),
         ] {
             let e = decode_structured(body).unwrap_err().to_string();

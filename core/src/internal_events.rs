@@ -110,6 +110,23 @@ impl InternalEvent for DependencyObserved {
     }
 }
 
+/// A stored source could not be compiled (its settings or secrets do not verify); it is left out of the snapshot.
+pub struct SourceUnusable<'a> {
+    pub source: &'a str,
+    pub error: &'a str,
+}
+
+impl InternalEvent for SourceUnusable<'_> {
+    fn emit(self) {
+        counter!("hookgate_sources_unusable_total").increment(1);
+        tracing::error!(
+            message = "A stored source cannot be used; its requests answer 404.",
+            source = self.source,
+            error = self.error
+        );
+    }
+}
+
 /// An ingest request was answered.
 pub struct IngestAnswered<'a> {
     /// The source's slug, or `unknown` for a slug that names no source (the label stays bounded).

@@ -506,14 +506,22 @@ impl VerificationConfig {
 
     /// Replaces the shared secret with a generated one; answers `(new, previous)`, or `None` for a kind without
     /// a shared secret.
-    pub fn rotate(&mut self) -> Option<(String, SecretString)> {
+    /// Refused for a kind without a shared secret, and while two secrets are active (only one can stay valid
+    /// through a grace period: update to one first).
+    pub fn rotate(&mut self) -> Result<(String, SecretString), &'static str> {
         if !self.uses_shared_secret() {
-            return None;
+            return Err("this verification has no shared secret to rotate");
         }
-        let previous = self.secrets().first()?.clone();
+        let previous = match self.secrets() {
+            [one] => one.clone(),
+            [] => return Err("this verification has no secret yet"),
+            _ => return Err("two secrets are active; update the source to one of them before rotating"),
+        };
         let new = self.generate_secret();
-        self.secrets_mut()?.0 = vec![SecretString::from(new.clone())];
-        Some((new, previous))
+        if let Some(secrets) = self.secrets_mut() {
+            secrets.0 = vec![SecretString::from(new.clone())];
+        }
+        Ok((new, previous))
     }
 
     /// The verification as it may be shown: every setting, no secret (public keys are not secrets).
@@ -654,7 +662,7 @@ mod tests {
         }
         let mut none = VerificationConfig::None;
         assert_eq!(none.fill_missing_secret(), None);
-        assert!(none.rotate().is_none());
+        assert!(none.rotate().is_err());
     }
 
     #[test]
@@ -670,7 +678,10 @@ mod tests {
             "public_key": "whpk_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYo="}))
         .unwrap();
         assert!(!public_only.uses_shared_secret());
-        assert!(public_only.clone().rotate().is_none());
+        assert!(public_only.clone().rotate().is_err());
+        let mut two: VerificationConfig =
+            serde_json::from_value(serde_json::json!({"kind": "bearer", "token": ["a", "b"]})).unwrap();
+        assert!(two.rotate().unwrap_err().contains("two secrets"), "the second one would lose its grace");
         assert!(public_only.redacted().get("public_key").is_some(), "public keys are not secrets");
     }
 

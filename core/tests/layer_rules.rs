@@ -3,7 +3,8 @@
 //!
 //! - SQL, and the meaning of its failures (`StoreError`), live in `hookgate-store`: a statement or a match on the
 //!   driver's error types in a crate above the store fails.
-//! - Each item has one path, in the crate that owns it: a `pub use hookgate_…` in any of the four crates fails.
+//! - No crate re-exports another crate's items (each has one home, the crate that owns it): a `pub use hookgate_…` in
+//!   any of the four crates fails.
 //! - Every metric is recorded by an internal event (`core/src/internal_events.rs`), and the README lists them all.
 //!
 //! (`layering.rs` holds the fourth rule, core's dependency list.)
@@ -123,7 +124,7 @@ fn the_driver_error_detector_sees_types_and_not_prose() {
     assert!(!names_driver_errors("/// tokio_postgres::Error becomes a StoreError in the store"));
 }
 
-// Each item has one path.
+// No crate re-exports another crate's items.
 
 /// Whether a line of code (not a comment) re-exports an item of a hookgate crate: `pub use hookgate_…`, with any
 /// visibility (`pub(crate)` makes a second path too) and an optional leading `::` or `{`.

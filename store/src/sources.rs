@@ -13,7 +13,7 @@ use crate::error::{Columns, StoreResult};
 use crate::Pool;
 
 /// A source as stored; its settings are JSON that the source model above the store reads and validates.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SourceRow {
     pub id: Uuid,
     pub slug: String,
@@ -58,7 +58,7 @@ pub async fn load_enabled(pool: &Pool) -> anyhow::Result<Vec<SourceRow>> {
 }
 
 /// A source's settings as stored, whoever wrote them (the configuration or the admin API).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SourceSettings<'a> {
     pub slug: &'a str,
     pub max_body_bytes: i32,
@@ -100,7 +100,8 @@ pub(crate) async fn apply_declared(
              ON CONFLICT (slug) DO UPDATE SET
                 max_body_bytes = EXCLUDED.max_body_bytes, require_json = EXCLUDED.require_json,
                 idempotency = EXCLUDED.idempotency, verification = EXCLUDED.verification, options = EXCLUDED.options,
-                enabled = EXCLUDED.enabled, declared = true, updated_at = now()",
+                enabled = EXCLUDED.enabled, declared = true, updated_at = now(),
+                previous_secret = NULL, previous_secret_until = NULL",
             &[
                 &Uuid::now_v7(),
                 &s.slug,
@@ -126,7 +127,7 @@ pub(crate) async fn apply_declared(
 }
 
 /// A source as the admin API reads it (its secrets stay inside `verification`, for the model above to redact).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SourceRecord {
     pub id: Uuid,
     pub slug: String,
@@ -209,13 +210,31 @@ pub async fn insert(tx: &deadpool_postgres::Transaction<'_>, id: Uuid, s: &Sourc
     Ok(())
 }
 
-/// Replaces a source's settings.
-pub async fn update(tx: &deadpool_postgres::Transaction<'_>, id: Uuid, s: &SourceSettings<'_>) -> StoreResult<()> {
+/// Replaces a source's settings; `end_rotation` forgets a rotated-out secret still in its grace period (the new
+/// settings name other secrets, or another kind, that the old secret does not belong to).
+pub async fn update(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: Uuid,
+    s: &SourceSettings<'_>,
+    end_rotation: bool,
+) -> StoreResult<()> {
     tx.execute(
         "UPDATE sources SET slug = $2, max_body_bytes = $3, require_json = $4, idempotency = $5, verification = $6,
-                options = $7, enabled = $8, updated_at = now()
+                options = $7, enabled = $8, updated_at = now(),
+                previous_secret = CASE WHEN $9 THEN NULL ELSE previous_secret END,
+                previous_secret_until = CASE WHEN $9 THEN NULL ELSE previous_secret_until END
          WHERE id = $1",
-        &[&id, &s.slug, &s.max_body_bytes, &s.require_json, &s.idempotency, &s.verification, &s.options, &s.enabled],
+        &[
+            &id,
+            &s.slug,
+            &s.max_body_bytes,
+            &s.require_json,
+            &s.idempotency,
+            &s.verification,
+            &s.options,
+            &s.enabled,
+            &end_rotation,
+        ],
     )
     .await?;
     Ok(())
@@ -273,3 +292,17 @@ pub async fn expire_previous_secrets(client: &impl GenericClient) -> StoreResult
         )
         .await?)
 }
+
+/// The `Debug` of the source rows: their slug and id, never their `verification` (it holds the secrets) or a previous
+/// secret.
+macro_rules! debug_without_secrets {
+    ($($row:ty),*) => {$(
+        impl std::fmt::Debug for $row {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($row)).field("slug", &self.slug).field("verification", &"[REDACTED]").finish()
+            }
+        }
+    )*};
+}
+
+debug_without_secrets!(SourceRow, SourceSettings<'_>, SourceRecord);

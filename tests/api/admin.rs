@@ -378,6 +378,39 @@ async fn the_api_takes_every_source_option_the_configuration_file_takes_through_
 }
 
 #[actix_rt::test]
+async fn new_secrets_end_a_rotations_grace_and_never_freeze_the_sources_of_a_node() {
+    let app = spawn_app_with(with_tokens).await;
+    let created = app
+        .admin_ok("post", "/sources", Some(json!({"slug": "rot2", "verification": {"kind": "bearer", "token": "t-1"}})))
+        .await;
+    let id = created["source"]["id"].as_str().unwrap().to_owned();
+    let rotated =
+        app.admin_ok("post", &format!("/sources/{id}/rotate-secret"), Some(json!({"grace_secs": 3600}))).await;
+    let new_token = rotated["secret"].as_str().unwrap().to_owned();
+    // Another kind, with two keys of its own, while the bearer token's grace is running: the old token is not one
+    // of its secrets, and keeping it beside two keys would be a third (more than a source may hold).
+    let put = json!({"slug": "rot2", "verification": {"kind": "api_key", "header": "X-Key", "key": ["k-1", "k-2"]}});
+    app.admin_ok("put", &format!("/sources/{id}"), Some(put)).await;
+    let send = |header: &'static str, value: String| {
+        let req = app.http.post(app.url("/ingest/rot2")).insert_header((header, value));
+        async move { req.send_body("x").await.expect("ingest").status().as_u16() }
+    };
+    eventually("the new keys", Duration::from_secs(30), || async {
+        (send("X-Key", "k-2".into()).await == 202).then_some(())
+    })
+    .await;
+    assert_eq!(send("X-Key", "t-1".into()).await, 401, "the rotated-out token ended with its kind");
+    assert_eq!(send("X-Key", new_token).await, 401);
+    // The other sources still reload: a source created now is served.
+    app.admin_ok("post", "/sources", Some(json!({"slug": "later"}))).await;
+    eventually("a source created afterwards", Duration::from_secs(30), || async {
+        let status = app.http.post(app.url("/ingest/later")).send_body("x").await.expect("ingest").status();
+        (status.as_u16() == 202).then_some(())
+    })
+    .await;
+}
+
+#[actix_rt::test]
 async fn a_rotated_destination_secret_signs_beside_the_new_one_until_the_grace_ends() {
     let rx = Receiver::start(vec![], None);
     let app = spawn_app_with(with_tokens).await;

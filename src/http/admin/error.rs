@@ -91,11 +91,8 @@ impl From<StoreError> for AdminError {
                 tracing::warn!(message = "No usable database connection for an admin request.", error = %e);
                 Self::Unavailable
             }
-            // Answered 503 as it always was: the driver's error carried no SQLSTATE, which read as a lost connection.
-            StoreError::Unreadable(_) => {
-                tracing::warn!(message = "An admin request read a row it cannot decode.", error = %e);
-                Self::Unavailable
-            }
+            // A row that cannot be decoded will not decode on retry either: an internal error (500), logged.
+            StoreError::Unreadable(_) => Self::Unexpected(anyhow::anyhow!("a stored row cannot be read: {e}")),
             // PostgreSQL's "not now" (deadlock, serialization failure, statement time-out, …) always answered 500 here.
             StoreError::Transient(_) | StoreError::Other(_) => {
                 Self::Unexpected(anyhow::Error::new(e).context("Admin query failed"))

@@ -176,7 +176,13 @@ pub async fn update(
     let stored = stored.model().map_err(|e| anyhow::anyhow!("stored source {}: {e}", stored.slug))?;
     input.verification.keep_secrets_of(&stored.verification);
     let shown = validate(&state, &mut input)?;
-    store::update(&tx, path.id, &settings(&input)?).await?;
+    let same_secrets = input.verification.kind() == stored.verification.kind()
+        && input.verification.secrets().iter().map(|s| s.expose_secret()).eq(stored
+            .verification
+            .secrets()
+            .iter()
+            .map(|s| s.expose_secret()));
+    store::update(&tx, path.id, &settings(&input)?, !same_secrets).await?;
     notify_catalog(&tx, "admin:source").await?;
     hookgate_store::commit(tx).await?;
     let source = fetch(&client, path.id).await?;
@@ -229,10 +235,8 @@ pub async fn rotate_secret(
     }
     let mut model = stored.model().map_err(|e| anyhow::anyhow!("stored source {}: {e}", stored.slug))?;
     let kind = model.verification.kind();
-    let (new, previous) = model
-        .verification
-        .rotate()
-        .ok_or_else(|| AdminError::WrongState(format!("a {kind} source has no shared secret to rotate")))?;
+    let (new, previous) =
+        model.verification.rotate().map_err(|why| AdminError::WrongState(format!("a {kind} source: {why}")))?;
     let verification = serde_json::to_value(&model.verification).map_err(|e| AdminError::Unexpected(e.into()))?;
     let until = Utc::now() + grace;
     store::rotate(&tx, path.id, &verification, previous.expose_secret(), until).await?;
