@@ -10,12 +10,12 @@
 //! answers (blackholed) closes nothing: after [`TIMEOUTS_BEFORE_RECONNECT`] commands in a row time out (PINGs
 //! included), the connection counts as lost too.
 
-use hookgate_core::internal_events::{emit, CacheTimedOut};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use hookgate_core::backoff::Backoff;
+use hookgate_core::internal_events::{emit, CacheTimedOut};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use tokio::sync::oneshot;

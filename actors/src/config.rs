@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use hookgate_core::ssrf::SsrfPolicy;
 use serde::Deserialize;
 
 use crate::limits::CircuitConfig;
-use hookgate_core::ssrf::SsrfPolicy;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -10,7 +10,6 @@
 //! counts as a failed try of kind `route_timeout` on the destination's retry schedule (never against the
 //! destination's circuit or health).
 
-use hookgate_core::internal_events::{emit, AttemptMade, AttemptPanicked};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,10 +17,13 @@ use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use hookgate_core::catalog::{Destination, Route};
 use hookgate_core::delivery::{AttemptOutcome, Job, Routed};
+use hookgate_core::internal_events::{emit, AttemptMade, AttemptPanicked};
 use hookgate_core::jq::{self, RouteOutcome};
 use hookgate_core::retry::parse_retry_after;
 use hookgate_core::signing::{signature_header, traceparent};
+use hookgate_core::ssrf::SsrfPolicy;
 use uuid::Uuid;
 
 use crate::limits::Limits;
@@ -29,8 +31,6 @@ use crate::redis_link::RedisLink;
 use crate::shutdown::Shutdown;
 use crate::ssrf::{classify_send_error, guarded_client};
 use crate::supervision::{guarded, Panicked};
-use hookgate_core::catalog::{Destination, Route};
-use hookgate_core::ssrf::SsrfPolicy;
 
 /// The largest part of a response body kept with an attempt.
 pub const EXCERPT_BYTES: usize = 4096;

@@ -9,9 +9,6 @@
 //! and in metrics, but never takes ingest out of the load balancer. An actor with a heartbeat (the Scheduler's
 //! claim loop) that has not beaten for its `stall_after` is reported [`ActorState::Stalled`].
 
-use hookgate_core::internal_events::{
-    emit, ActorBudgetExhausted, ActorObserved, ActorPanicked, ActorRegistered, ActorRestarted, DependencyObserved,
-};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use hookgate_core::backoff::Backoff;
+use hookgate_core::internal_events::{
+    emit, ActorBudgetExhausted, ActorObserved, ActorPanicked, ActorRegistered, ActorRestarted, DependencyObserved,
+};
 use hookgate_store::Pool;
 use serde::Serialize;
 

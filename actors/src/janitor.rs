@@ -17,11 +17,11 @@
 //!
 //! [`EXPIRED_REASON`]: hookgate_store::maintenance::EXPIRED_REASON
 
-use hookgate_core::internal_events::{emit, DeliveriesExpired};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use hookgate_core::internal_events::{emit, DeliveriesExpired};
 use hookgate_store::maintenance::{refresh_statistics, RoundReport};
 use hookgate_store::Pool;
 use serde::Deserialize;

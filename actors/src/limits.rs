@@ -57,12 +57,12 @@
 //!
 //! Requires Redis >= 5 (scripts that write after `TIME` rely on effects replication; ZPOPMIN/ZPOPMAX).
 
-use hookgate_core::internal_events::{emit, CircuitObserved, LimitsFellBack};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hookgate_core::internal_events::{emit, CircuitObserved, LimitsFellBack};
 use redis::aio::MultiplexedConnection;
 use redis::Script;
 use uuid::Uuid;

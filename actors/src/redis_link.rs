@@ -9,10 +9,10 @@
 //! connection and connects again, with back-off. Meanwhile [`RedisLink::get`] answers `None`, and the limits use
 //! their local fallback at once instead of waiting for a timeout per call.
 
-use hookgate_core::internal_events::{emit, RedisReconnectReason, RedisReconnecting};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use hookgate_core::internal_events::{emit, RedisReconnectReason, RedisReconnecting};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 

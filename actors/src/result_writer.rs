@@ -6,13 +6,15 @@
 //! [`RetryPolicy::delay_after`](hookgate_core::retry::RetryPolicy::delay_after)), or `dead` when attempts are exhausted. Every state change releases the lease,
 //! and only if this node still holds it. Attempt rows are inserted whatever happens.
 
-use hookgate_core::internal_events::{emit, ResultsNotStored, ResultsStored};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
+use hookgate_core::internal_events::{emit, ResultsNotStored, ResultsStored};
 
+use hookgate_core::catalog::without_nul;
+use hookgate_core::delivery::{AttemptOutcome, OutcomePlan, Routed};
 use hookgate_store::results::{DestinationOutcomes, Outcome};
 use hookgate_store::Pool;
 
@@ -23,8 +25,6 @@ use crate::health::{ActorState, ActorStatus};
 use crate::scheduler::Wake;
 use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
-use hookgate_core::catalog::without_nul;
-use hookgate_core::delivery::{AttemptOutcome, OutcomePlan, Routed};
 
 /// Where the scheduler can be woken once results are committed (set after both are started).
 #[derive(Message)]

@@ -9,15 +9,16 @@
 //! destination's slots and never delays another. FIFO destinations lease only their oldest pending delivery, and only
 //! when it is due and not leased: one in flight, in event order, and a failing head holds the rest.
 
-use hookgate_core::internal_events::{
-    emit, ClaimRoundFailed, DeliveriesClaimed, DeliveryUnattemptable, DispatchRefused,
-};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
+use hookgate_core::catalog::Destination;
 use hookgate_core::delivery::Job;
+use hookgate_core::internal_events::{
+    emit, ClaimRoundFailed, DeliveriesClaimed, DeliveryUnattemptable, DispatchRefused,
+};
 use hookgate_core::state::DestinationState;
 use hookgate_store::channels::{CATALOG_CHANNEL, DELIVERIES_CHANNEL};
 use hookgate_store::claims;
@@ -35,7 +36,6 @@ use crate::limits::Limits;
 use crate::redis_link::RedisLink;
 use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
-use hookgate_core::catalog::Destination;
 
 /// Look for work now.
 #[derive(Message)]

@@ -29,7 +29,6 @@
 //! writer holds at most `max_pending` events (buffered plus in flight); past that it answers
 //! [`PersistError::Overloaded`] at once.
 
-use hookgate_core::internal_events::{emit, EventsFlushed, EventsNotStored};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -38,6 +37,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use hookgate_core::catalog::without_nul;
+use hookgate_core::internal_events::{emit, EventsFlushed, EventsNotStored};
+use hookgate_core::state::DeliveryState;
 use hookgate_store::error::StoreError;
 use hookgate_store::Pool;
 use serde::Deserialize;
@@ -46,8 +48,6 @@ use uuid::Uuid;
 
 use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
 use crate::shutdown::Shutdown;
-use hookgate_core::catalog::without_nul;
-use hookgate_core::state::DeliveryState;
 
 // The EventWriter's messages. Each carries its own reply channel, so that the front end can `try_send` (refused at
 // once when the mailbox is full) and still get an answer after COMMIT.

@@ -7,9 +7,12 @@ use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use hookgate_actors::sources::Source;
 use hookgate_actors::{
     CacheLookup, CacheRemember, EventWriter, NewEvent, Persist, PersistError, PersistMany, Persisted, Refused,
 };
+use hookgate_core::cloudevents::{self, CloudEventError, Mode};
+use hookgate_core::event::{self, EventType, IdempotencyKey, LazyJson};
 use hookgate_core::internal_events::{emit, IngestAnswered};
 use hookgate_core::jq::stored_route_input;
 use tokio::sync::oneshot;
@@ -17,11 +20,8 @@ use uuid::Uuid;
 
 use crate::http::problem::IngestError;
 use crate::http::AppState;
-use hookgate_actors::sources::Source;
-use hookgate_core::cloudevents::{self, CloudEventError, Mode};
 
 use crate::sources::Headers;
-use hookgate_core::event::{self, EventType, IdempotencyKey, LazyJson};
 
 /// Most events accepted in one CloudEvents batch.
 pub const MAX_BATCH_EVENTS: usize = 1000;

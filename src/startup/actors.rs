@@ -13,13 +13,13 @@ use hookgate_actors::limits::Limits;
 use hookgate_actors::result_writer::{ConnectScheduler, ResultWriter};
 use hookgate_actors::router::Router;
 use hookgate_actors::scheduler::Scheduler;
+use hookgate_actors::sources::SourceRegistry;
 use hookgate_actors::{
     ActorStatus, Cache, CacheConfig, EventWriter, Health, HealthRegistry, Mailbox, RedisLink, RedisLinkConfig,
 };
 use secrecy::ExposeSecret;
 
 use crate::config::Settings;
-use hookgate_actors::sources::SourceRegistry;
 
 /// The addresses of a node's supervised actors; the delivery side's only when delivery is enabled.
 #[derive(Clone)]

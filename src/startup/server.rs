@@ -10,13 +10,13 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use deadpool_postgres::Pool;
 use hookgate_actors::catalog::SharedCatalog;
+use hookgate_actors::sources::SourceRegistry;
 use hookgate_actors::HealthRegistry;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::actors::Started;
 use crate::config::Settings;
 use crate::http::{self, admin, AppState};
-use hookgate_actors::sources::SourceRegistry;
 
 /// What the ingest handlers reach.
 pub(super) fn app_state(

@@ -3,17 +3,17 @@
 //! here, because only the holder of a delivery's lease may change it.
 
 use actix_web::{web, HttpResponse};
+use hookgate_core::state::DeliveryState;
+use hookgate_store::deliveries as store;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::error::ProblemBody;
-use hookgate_store::deliveries as store;
 
 use super::events::DeliveryView;
 use super::sources::IdPath;
 use super::{notify_deliveries, page_limit, AdminError, AdminState};
-use hookgate_core::state::DeliveryState;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use hookgate_core::catalog::DestinationSpec;
 use hookgate_core::retry::RetryPolicy;
 use hookgate_core::signing::SigningSecret;
+use hookgate_core::source::validate_slug;
 use hookgate_core::state::DestinationState;
 use hookgate_store::destinations as store;
 use serde::{Deserialize, Serialize};
@@ -14,7 +15,6 @@ use uuid::Uuid;
 use super::error::ProblemBody;
 use super::sources::{declared, grace, IdPath, RotateInput, RotatedSecret};
 use super::{notify_catalog, AdminError, AdminState};
-use hookgate_core::source::validate_slug;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DestinationView {

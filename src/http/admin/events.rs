@@ -5,6 +5,7 @@
 use actix_web::{web, HttpResponse};
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use hookgate_core::state::DeliveryState;
 use hookgate_store::deliveries::{DeliveryRow, NewDelivery};
 use hookgate_store::events as store;
 use serde::{Deserialize, Serialize};
@@ -14,8 +15,6 @@ use uuid::Uuid;
 use super::error::ProblemBody;
 use super::sources::IdPath;
 use super::{notify_deliveries, page_limit, AdminError, AdminState};
-
-use hookgate_core::state::DeliveryState;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -3,6 +3,7 @@
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use hookgate_core::catalog::RouteSpec;
+use hookgate_core::source::validate_slug;
 use hookgate_store::routes as store;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -11,7 +12,6 @@ use uuid::Uuid;
 use super::error::ProblemBody;
 use super::sources::{declared, IdPath};
 use super::{notify_catalog, AdminError, AdminState};
-use hookgate_core::source::validate_slug;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RouteView {
