@@ -49,7 +49,7 @@ pub async fn reload(registry: &SourceRegistry, pool: &Pool) -> anyhow::Result<us
 }
 
 /// A stored source, ready for ingest.
-fn compile(row: hookgate_store::sources::SourceRow) -> anyhow::Result<Source> {
+fn compile(row: hookgate_store::sources::SourceRecord) -> anyhow::Result<Source> {
     {
         let slug = row.slug;
         let idempotency: IdempotencyConfig = serde_json::from_value(row.idempotency)

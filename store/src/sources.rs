@@ -12,49 +12,11 @@ use hookgate_core::source::{InvalidSource, SourceConfig, SourceOptions};
 use crate::error::{Columns, StoreResult};
 use crate::Pool;
 
-/// A source as stored; its settings are JSON that the source model above the store reads and validates.
-#[derive(Clone)]
-pub struct SourceRow {
-    pub id: Uuid,
-    pub slug: String,
-    pub max_body_bytes: i32,
-    pub require_json: bool,
-    pub idempotency: Value,
-    pub verification: Value,
-    pub options: Value,
-    /// The secret a rotation replaced, valid until `previous_secret_until`.
-    pub previous_secret: Option<String>,
-    pub previous_secret_until: Option<DateTime<Utc>>,
-}
-
-/// The enabled sources.
-pub async fn load_enabled(pool: &Pool) -> anyhow::Result<Vec<SourceRow>> {
+/// The enabled sources, for the ingest snapshot (with the secret a rotation replaced, while it is valid).
+pub async fn load_enabled(pool: &Pool) -> anyhow::Result<Vec<SourceRecord>> {
     let client = pool.get().await.context("Failed to get a connection to load sources")?;
-    let rows = client
-        .query(
-            "SELECT id, slug, max_body_bytes, require_json, idempotency, verification, options, previous_secret,
-                    previous_secret_until
-             FROM sources WHERE enabled",
-            &[],
-        )
-        .await
-        .context("Failed to load sources")?;
-    rows.iter()
-        .map(|row| {
-            Ok(SourceRow {
-                id: row.column(0)?,
-                slug: row.column(1)?,
-                max_body_bytes: row.column(2)?,
-                require_json: row.column(3)?,
-                idempotency: row.column(4)?,
-                verification: row.column(5)?,
-                options: row.column(6)?,
-                previous_secret: row.column(7)?,
-                previous_secret_until: row.column(8)?,
-            })
-        })
-        .collect::<StoreResult<_>>()
-        .context("Failed to read a source row")
+    let rows = client.query(&format!("{RECORD} WHERE enabled"), &[]).await.context("Failed to load sources")?;
+    rows.iter().map(record).collect::<StoreResult<_>>().context("Failed to read a source row")
 }
 
 /// A source's settings as stored, whoever wrote them (the configuration or the admin API).
@@ -126,7 +88,8 @@ pub(crate) async fn apply_declared(
     Ok(())
 }
 
-/// A source as the admin API reads it (its secrets stay inside `verification`, for the model above to redact).
+/// A source as stored; its settings are JSON that the source model above the store reads and validates (the admin
+/// API redacts the secrets inside `verification` before it shows anything).
 #[derive(Clone)]
 pub struct SourceRecord {
     pub id: Uuid,
@@ -140,11 +103,13 @@ pub struct SourceRecord {
     pub declared: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The secret a rotation replaced, valid until `previous_secret_until`.
+    pub previous_secret: Option<String>,
     pub previous_secret_until: Option<DateTime<Utc>>,
 }
 
 const RECORD: &str = "SELECT id, slug, max_body_bytes, require_json, idempotency, verification, options, enabled, \
-                      declared, created_at, updated_at, previous_secret_until FROM sources";
+                      declared, created_at, updated_at, previous_secret, previous_secret_until FROM sources";
 
 fn record(row: &tokio_postgres::Row) -> StoreResult<SourceRecord> {
     Ok(SourceRecord {
@@ -159,7 +124,8 @@ fn record(row: &tokio_postgres::Row) -> StoreResult<SourceRecord> {
         declared: row.column(8)?,
         created_at: row.column(9)?,
         updated_at: row.column(10)?,
-        previous_secret_until: row.column(11)?,
+        previous_secret: row.column(11)?,
+        previous_secret_until: row.column(12)?,
     })
 }
 
@@ -305,4 +271,4 @@ macro_rules! debug_without_secrets {
     )*};
 }
 
-debug_without_secrets!(SourceRow, SourceSettings<'_>, SourceRecord);
+debug_without_secrets!(SourceSettings<'_>, SourceRecord);
