@@ -341,3 +341,17 @@ async fn a_chunked_body_over_the_limit_is_refused_while_streaming() {
     assert!(text.contains("urn:hookgate:problem:payload-too-large"), "{text}");
     assert_eq!(app.event_count().await, 0);
 }
+
+#[actix_rt::test]
+async fn a_source_declared_disabled_answers_404_and_stores_nothing() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.sources.iter_mut().filter(|src| src.slug == "open").for_each(|src| src.enabled = false)
+    })
+    .await;
+    let resp = app.http.post(app.url("/ingest/open")).send_body("x").await.expect("ingest");
+    assert_eq!(resp.status().as_u16(), 404);
+    let stored: i64 = app.db.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
+    assert_eq!(stored, 0);
+    let enabled: bool = app.db.query_one("SELECT enabled FROM sources WHERE slug = 'open'", &[]).await.unwrap().get(0);
+    assert!(!enabled, "the configuration's `enabled = false` is stored");
+}
