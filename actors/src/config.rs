@@ -20,6 +20,9 @@ pub struct DeliveryConfig {
     pub poll_interval_ms: u64,
     /// A lease lasts the destination's timeout plus this margin.
     pub lease_margin_ms: u64,
+    /// The ingesting node attempts fresh deliveries at once: the writer commits them leased to it and hands them to
+    /// its Scheduler, with no claim round. Off: every delivery is claimed (NOTIFY wakes the claimers).
+    pub handoff: bool,
     /// Networks that outbound requests may reach although they are private (e.g. `["127.0.0.1/32"]` in tests).
     pub allow_private: Vec<ipnet::IpNet>,
     /// Results batched into one transaction at most.
@@ -47,6 +50,7 @@ impl Default for DeliveryConfig {
             max_in_flight: 512,
             poll_interval_ms: 1_000,
             lease_margin_ms: 30_000,
+            handoff: true,
             allow_private: Vec::new(),
             result_batch_max: 256,
             result_flush_interval_ms: 5,

@@ -20,6 +20,7 @@ pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod deliverer;
+pub mod handoff;
 pub mod health;
 pub mod janitor;
 pub mod limits;

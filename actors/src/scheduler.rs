@@ -8,8 +8,13 @@
 //! destination gets its own budget, a backlog of 100,000 deliveries on one destination takes only that
 //! destination's slots and never delays another. FIFO destinations lease only their oldest pending delivery, and only
 //! when it is due and not leased: one in flight, in event order, and a failing head holds the rest.
+//!
+//! A fresh delivery needs no claim round: the EventWriter commits it already leased to this node and sends it here
+//! ([`HandOff`], see [`crate::handoff`]); it passes the same limits as a claimed one (node capacity, fair share,
+//! rate limit, circuit breaker) and what they refuse is released at once for the claim path. Claim rounds remain
+//! the path for retries, paused work, FIFO destinations, other nodes' expired leases and recovery after a crash.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -17,7 +22,7 @@ use chrono::{DateTime, Utc};
 use hookgate_core::catalog::Destination;
 use hookgate_core::delivery::Job;
 use hookgate_core::internal_events::{
-    emit, ClaimRoundFailed, DeliveriesClaimed, DeliveryUnattemptable, DispatchRefused,
+    emit, ClaimRoundFailed, DeliveriesClaimed, DeliveriesHandedOff, DeliveryUnattemptable, DispatchRefused,
 };
 use hookgate_core::state::DestinationState;
 use hookgate_store::channels::{CATALOG_CHANNEL, DELIVERIES_CHANNEL};
@@ -31,6 +36,7 @@ use uuid::Uuid;
 use crate::catalog::SharedCatalog;
 use crate::config::DeliveryConfig;
 use crate::deliverer::{Completed, Deliver, Deliverer};
+use crate::handoff::{self, HandOff, HandOffPort};
 use crate::health::{ActorState, ActorStatus};
 use crate::limits::Limits;
 use crate::redis_link::RedisLink;
@@ -70,6 +76,8 @@ pub struct Scheduler {
     claiming: bool,
     again: bool,
     next_deliverer: usize,
+    /// Opened while this scheduler takes hand-offs from the writer.
+    handoff: Option<Arc<HandOffPort>>,
 }
 
 impl Scheduler {
@@ -106,6 +114,19 @@ impl Scheduler {
             claiming: false,
             again: false,
             next_deliverer: 0,
+            handoff: None,
+        }
+    }
+
+    /// Takes the writer's hand-offs through `port`, opening it while it takes work.
+    pub fn with_handoff(mut self, port: Arc<HandOffPort>) -> Self {
+        self.handoff = Some(port);
+        self
+    }
+
+    fn set_taking_handoffs(&self, open: bool) {
+        if let Some(port) = &self.handoff {
+            port.set_open(open);
         }
     }
 
@@ -237,6 +258,7 @@ impl Scheduler {
     /// Starts listening and claiming (at start, and after a restart's back-off delay).
     fn resume(&mut self, ctx: &mut Context<Self>) {
         self.resumed = true;
+        self.set_taking_handoffs(true);
         self.status.set_state(ActorState::Running);
         self.status.beat();
         let rx = listen::spawn_listener(self.pg_config.clone(), &[DELIVERIES_CHANNEL, CATALOG_CHANNEL]);
@@ -258,6 +280,11 @@ impl Actor for Scheduler {
             ctx.run_later(delay, |act, ctx| act.resume(ctx));
         }
     }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        self.set_taking_handoffs(false);
+        Running::Stop
+    }
 }
 
 impl actix::Supervised for Scheduler {
@@ -266,6 +293,7 @@ impl actix::Supervised for Scheduler {
         self.claiming = false;
         self.again = false;
         self.resumed = false;
+        self.set_taking_handoffs(false);
         self.resume_delay = self.status.record_restart();
     }
 }
@@ -302,6 +330,7 @@ impl Handler<Shutdown> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) {
+        self.set_taking_handoffs(false);
         self.deadline = Some(msg.deadline);
         self.stopping = Some(msg.reply);
         if self.inflight == 0 {
@@ -366,6 +395,126 @@ impl Handler<Wake> for Scheduler {
     }
 }
 
+/// Deliveries the writer committed leased to this node: started at once as far as the limits allow (the same as a
+/// claim round's), the rest released for the claim path.
+impl Handler<HandOff> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, HandOff(jobs): HandOff, ctx: &mut Self::Context) {
+        if self.stopping.is_some() || !self.resumed {
+            self.give_back(jobs, ctx);
+            return;
+        }
+        let catalog = self.catalog.get();
+        let mut by_destination: HashMap<Uuid, Vec<Job>> = HashMap::new();
+        for job in jobs {
+            by_destination.entry(job.destination_id).or_default().push(job);
+        }
+        // The fair share, as in a claim round: the node's capacity split among the destinations with work here.
+        let capacity = self.cfg.max_in_flight;
+        let contending =
+            self.inflight_by_destination.keys().chain(by_destination.keys()).collect::<HashSet<_>>().len().max(1);
+        let share = (capacity / contending).clamp(1, (capacity - capacity / 4).max(1)) as u32;
+        let (mut refused, mut wants) = (Vec::new(), Vec::new());
+        for (id, mut jobs) in by_destination {
+            let usable = catalog.destinations.get(&id).filter(|d| d.state == DestinationState::Active && !d.fifo);
+            let Some(destination) = usable.cloned() else {
+                refused.extend(jobs);
+                continue;
+            };
+            let mine = self.inflight_by_destination.get(&id).copied().unwrap_or(0);
+            let free = capacity.saturating_sub(self.inflight).min(u32::MAX as usize) as u32;
+            let room = destination.max_in_flight.min(share).saturating_sub(mine).min(free) as usize;
+            if jobs.len() > room {
+                refused.extend(jobs.split_off(room));
+            }
+            if jobs.is_empty() {
+                continue;
+            }
+            // Reserved while the limits answer, so that a claim round meanwhile does not count on these slots.
+            self.reserve(id, jobs.len() as i64);
+            wants.push((destination, jobs));
+        }
+        if !refused.is_empty() {
+            self.give_back(refused, ctx);
+        }
+        if wants.is_empty() {
+            return;
+        }
+        let reserved: Vec<(Uuid, i64)> = wants.iter().map(|(d, jobs)| (d.id, jobs.len() as i64)).collect();
+        let (limits, redis) = (self.limits.clone(), self.redis.get());
+        let fut = futures::future::join_all(wants.into_iter().map(move |(d, jobs)| {
+            let (limits, redis) = (limits.clone(), redis.clone());
+            async move {
+                let admitted = admit(&limits, redis, &d, jobs.len() as u32).await;
+                (jobs, admitted as usize)
+            }
+        }));
+        ctx.spawn(guarded(fut).into_actor(self).map(move |res, act, ctx| {
+            for (id, n) in &reserved {
+                act.reserve(*id, -n);
+            }
+            let admitted = match res {
+                Ok(admitted) => admitted,
+                Err(Panicked(what)) => {
+                    // The leases expire; the supervisor restarts the scheduler.
+                    act.status.record_panic(&what);
+                    ctx.stop();
+                    return;
+                }
+            };
+            let (mut started, mut back) = (0, Vec::new());
+            for (mut jobs, n) in admitted {
+                back.extend(jobs.split_off(n.min(jobs.len())));
+                started += jobs.len();
+                for job in jobs {
+                    act.dispatch(job, ctx);
+                }
+            }
+            emit(DeliveriesHandedOff { started, given_back: back.len() });
+            if !back.is_empty() {
+                act.give_back(back, ctx);
+            }
+            if act.inflight == 0 && act.stopping.is_some() {
+                act.answer_shutdown(ctx);
+            }
+        }));
+    }
+}
+
+impl Scheduler {
+    /// Counts `n` slots of `destination` as taken (negative: frees them).
+    fn reserve(&mut self, destination: Uuid, n: i64) {
+        self.inflight = (self.inflight as i64 + n).max(0) as usize;
+        let slot = self.inflight_by_destination.entry(destination).or_default();
+        *slot = (*slot as i64 + n).max(0) as u32;
+        if *slot == 0 {
+            self.inflight_by_destination.remove(&destination);
+        }
+    }
+
+    /// Releases handed-off deliveries this node will not attempt now (nothing of the limits was taken for them),
+    /// then looks for work: they are claimable again at once, here or on another node.
+    fn give_back(&mut self, jobs: Vec<Job>, ctx: &mut Context<Self>) {
+        let fut = handoff::give_back(self.pool.clone(), jobs);
+        ctx.spawn(fut.into_actor(self).map(|(), act, ctx| act.tick(ctx)));
+    }
+}
+
+/// Takes up to `want` of the destination's rate-limit tokens, then asks its circuit breaker; returns the tokens it
+/// did not admit. Answers how many deliveries may start now.
+async fn admit(limits: &Limits, redis: Option<redis::aio::MultiplexedConnection>, d: &Destination, want: u32) -> u32 {
+    let tokens = match d.rate_limit {
+        Some(rate) => limits.take_tokens(redis.clone(), d.id, rate, want).await.0,
+        None => want,
+    };
+    let admitted = if tokens > 0 { limits.admit(redis.clone(), d.id, tokens).await.0 } else { 0 };
+    if let (Some(rate), true) = (d.rate_limit, admitted < tokens) {
+        limits.return_tokens(redis, d.id, rate, tokens - admitted).await;
+    }
+    admitted
+}
+
 /// The inputs of one claim round, moved into its future.
 struct ClaimRound {
     pool: Pool,
@@ -421,14 +570,7 @@ impl ClaimRound {
         let admitted = futures::future::join_all(wants.into_iter().map(|(d, want)| {
             let (limits, redis) = (self.limits.clone(), self.redis.clone());
             async move {
-                let tokens = match d.rate_limit {
-                    Some(rate) => limits.take_tokens(redis.clone(), d.id, rate, want).await.0,
-                    None => want,
-                };
-                let admitted = if tokens > 0 { limits.admit(redis.clone(), d.id, tokens).await.0 } else { 0 };
-                if let (Some(rate), true) = (d.rate_limit, admitted < tokens) {
-                    limits.return_tokens(redis, d.id, rate, tokens - admitted).await;
-                }
+                let admitted = admit(&limits, redis, &d, want).await;
                 (d, admitted)
             }
         }))
@@ -457,7 +599,7 @@ impl ClaimRound {
             Ok(claimed) => claimed,
             Err(error) => {
                 // Nothing was claimed: every grant and token of this round goes back now, not at its expiry.
-                self.give_back(&budgets, &HashMap::new()).await;
+                self.give_back_unused(&budgets, &HashMap::new()).await;
                 return Err(error);
             }
         };
@@ -469,14 +611,14 @@ impl ClaimRound {
         for j in &jobs {
             *claimed.entry(j.destination_id).or_default() += 1;
         }
-        self.give_back(&budgets, &claimed).await;
+        self.give_back_unused(&budgets, &claimed).await;
         emit(DeliveriesClaimed { count: jobs.len() });
         Ok((jobs, buried.len()))
     }
 
     /// Gives back what a round was granted and did not use: rate-limit tokens, and half-open or ramping grants of
     /// the circuit breaker (which must not sit unused until they expire).
-    async fn give_back(&self, budgets: &[(Arc<Destination>, u32)], claimed: &HashMap<Uuid, u32>) {
+    async fn give_back_unused(&self, budgets: &[(Arc<Destination>, u32)], claimed: &HashMap<Uuid, u32>) {
         futures::future::join_all(budgets.iter().map(|(d, granted)| {
             let used = claimed.get(&d.id).copied().unwrap_or(0);
             let (limits, redis) = (self.limits.clone(), self.redis.clone());

@@ -37,15 +37,18 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use hookgate_core::catalog::without_nul;
-use hookgate_core::internal_events::{emit, EventsFlushed, EventsNotStored};
+use hookgate_core::catalog::{without_nul, PlannedDelivery};
+use hookgate_core::delivery::Job;
+use hookgate_core::internal_events::{emit, EventsFlushed, EventsNotStored, HandOffRefused};
 use hookgate_core::state::DeliveryState;
+use hookgate_store::deliveries::{NewDelivery, NewLease};
 use hookgate_store::error::StoreError;
 use hookgate_store::Pool;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::handoff::{HandOffPort, LeaseTerms};
 use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
 use crate::shutdown::Shutdown;
 
@@ -213,6 +216,8 @@ pub struct EventWriter {
     drains: Vec<oneshot::Sender<()>>,
     /// After a restart: how long to wait before taking work again (the supervision back-off).
     resume_delay: Duration,
+    /// This node's Scheduler, for deliveries committed already leased (see [`crate::handoff`]).
+    handoff: Option<Arc<HandOffPort>>,
 }
 
 impl EventWriter {
@@ -230,7 +235,14 @@ impl EventWriter {
             fifo_inflight: false,
             drains: Vec::new(),
             resume_delay: Duration::ZERO,
+            handoff: None,
         }
+    }
+
+    /// Hands the deliveries it commits to this node's Scheduler through `port` (when delivery runs here).
+    pub fn with_handoff(mut self, port: Arc<HandOffPort>) -> Self {
+        self.handoff = Some(port);
+        self
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
@@ -242,9 +254,9 @@ impl EventWriter {
             self.buffered -= n;
             self.inflight += 1;
             self.fifo_inflight |= fifo;
-            let pool = self.pool.clone();
+            let (pool, handoff) = (self.pool.clone(), self.handoff.clone());
             let deadline = self.cfg.flush_timeout();
-            let fut = crate::supervision::guarded(write_batch(pool, batch, deadline));
+            let fut = crate::supervision::guarded(write_batch(pool, handoff, batch, deadline));
             ctx.spawn(fut.into_actor(self).map(move |db_up, act, ctx| {
                 act.inflight -= 1;
                 act.pending -= n;
@@ -419,7 +431,7 @@ use hookgate_store::events::EventRow;
 ///
 /// The batch is one transaction; when PostgreSQL refuses it for good ([`PersistError::Internal`]), its halves are
 /// retried (whole units, in order) until only the refused units remain, so one poison unit fails alone.
-async fn write_batch(pool: Pool, batch: Vec<Unit>, deadline: Duration) -> bool {
+async fn write_batch(pool: Pool, handoff: Option<Arc<HandOffPort>>, batch: Vec<Unit>, deadline: Duration) -> bool {
     let started = Instant::now();
     let size: usize = batch.iter().map(Unit::len).sum();
     let mut outcomes: HashMap<Uuid, Result<Persisted, PersistError>> = HashMap::with_capacity(size);
@@ -430,7 +442,7 @@ async fn write_batch(pool: Pool, batch: Vec<Unit>, deadline: Duration) -> bool {
     todo.push(0..batch.len());
     while let Some(range) = todo.pop() {
         let units = &batch[range.clone()];
-        let result = match tokio::time::timeout(deadline, write_units(&pool, units)).await {
+        let result = match tokio::time::timeout(deadline, write_units(&pool, handoff.as_deref(), units)).await {
             Ok(result) => result,
             Err(_) => Err(PersistError::Unavailable(format!("flush did not finish within {deadline:?}"))),
         };
@@ -475,13 +487,14 @@ async fn write_batch(pool: Pool, batch: Vec<Unit>, deadline: Duration) -> bool {
 /// Writes `units` in one transaction; returns each event's outcome by id.
 async fn write_units(
     pool: &Pool,
+    handoff: Option<&HandOffPort>,
     units: &[Unit],
 ) -> Result<HashMap<Uuid, Result<Persisted, PersistError>>, PersistError> {
     let arrival: Vec<&NewEvent> = units.iter().flat_map(Unit::events).collect();
     let mut sorted = arrival.clone();
     // Concurrent flushes take row locks in one global order, so they cannot deadlock on shared keys.
     sorted.sort_unstable_by(|a, b| (a.source_id, &a.idempotency_key).cmp(&(b.source_id, &b.idempotency_key)));
-    let outcomes = insert(pool, &sorted, &arrival).await?;
+    let outcomes = insert(pool, handoff, &sorted, &arrival).await?;
     Ok(sorted.iter().map(|e| e.id).zip(outcomes).collect())
 }
 
@@ -503,9 +516,10 @@ pub fn event_rows<'a>(events: &[&'a NewEvent]) -> Vec<EventRow<'a>> {
 }
 
 /// Inserts `events` (sorted by key) and the deliveries of the new ones (in `arrival` order, the same events) in one
-/// transaction; one outcome per event of `events`, in its order.
+/// transaction, then hands those leased at insert to the Scheduler; one outcome per event of `events`, in its order.
 async fn insert(
     pool: &Pool,
+    handoff: Option<&HandOffPort>,
     events: &[&NewEvent],
     arrival: &[&NewEvent],
 ) -> Result<Vec<Result<Persisted, PersistError>>, PersistError> {
@@ -527,8 +541,16 @@ async fn insert(
             }
         }
     }
-    insert_deliveries(&tx, arrival, &inserted).await?;
+    let terms = handoff.and_then(HandOffPort::terms);
+    let leased = insert_deliveries(&tx, arrival, &inserted, terms).await?;
     hookgate_store::commit(tx).await.map_err(store_error)?;
+    if let (Some(port), false) = (handoff, leased.is_empty()) {
+        if let Err(refused) = port.send(leased) {
+            // The Scheduler's mailbox is full or it just stopped: these go the claim path.
+            emit(HandOffRefused { count: refused.len() });
+            actix::spawn(crate::handoff::give_back(pool.clone(), refused));
+        }
+    }
 
     Ok(events
         .iter()
@@ -545,26 +567,37 @@ async fn insert(
         .collect())
 }
 
-/// Inserts the planned deliveries of the events stored now (a duplicate's deliveries exist already) and wakes the
-/// schedulers at COMMIT. `events` is in arrival order; deliveries are inserted (and numbered) by the events'
-/// `received_at`, ties in that order.
+/// Inserts the planned deliveries of the events stored now (a duplicate's deliveries exist already). With lease
+/// `terms`, those that can be attempted at once are inserted leased to this node and returned as jobs, to hand to
+/// the Scheduler after COMMIT; the schedulers are woken (NOTIFY at COMMIT) only for the others. `events` is in
+/// arrival order; deliveries are inserted (and numbered) by the events' `received_at`, ties in that order.
 async fn insert_deliveries(
     tx: &deadpool_postgres::Transaction<'_>,
     events: &[&NewEvent],
     inserted: &HashSet<Uuid>,
-) -> Result<(), PersistError> {
+    terms: Option<LeaseTerms<'_>>,
+) -> Result<Vec<Job>, PersistError> {
     let mut stored: Vec<&NewEvent> = events.iter().copied().filter(|e| inserted.contains(&e.id)).collect();
     stored.sort_by_key(|e| e.received_at); // stable: arrival order among equal timestamps
-    let planned: Vec<(&NewEvent, &hookgate_core::catalog::PlannedDelivery)> =
+    let planned: Vec<(&NewEvent, &PlannedDelivery)> =
         stored.iter().flat_map(|e| e.deliveries.iter().map(move |d| (*e, d))).collect();
     if planned.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let errors: Vec<Option<Cow<'_, str>>> = planned.iter().map(|(_, d)| d.failed.as_deref().map(without_nul)).collect();
-    let rows: Vec<hookgate_store::deliveries::NewDelivery<'_>> = planned
+    let leases: Vec<Option<NewLease<'_>>> = planned
+        .iter()
+        .map(|(_, d)| {
+            let (terms, timeout) = (terms?, d.attempt_now?);
+            let ms = (timeout.as_millis() as u64).saturating_add(terms.margin_ms).min(i32::MAX as u64) as i32;
+            Some(NewLease { owner: terms.owner, lease_id: Uuid::new_v4(), ms })
+        })
+        .collect();
+    let rows: Vec<NewDelivery<'_>> = planned
         .iter()
         .zip(&errors)
-        .map(|((e, d), error)| hookgate_store::deliveries::NewDelivery {
+        .zip(&leases)
+        .map(|(((e, d), error), lease)| NewDelivery {
             id: d.id,
             event_id: e.id,
             route_id: d.route_id,
@@ -574,13 +607,33 @@ async fn insert_deliveries(
             last_error: error.as_deref(),
             created_at: e.received_at,
             needs_routing: d.deferred,
+            lease: *lease,
         })
         .collect();
     hookgate_store::deliveries::insert_planned(tx, &rows).await.map_err(store_error)?;
-    if rows.iter().any(|d| d.state == DeliveryState::Pending) {
+    if rows.iter().any(|d| d.state == DeliveryState::Pending && d.lease.is_none()) {
         hookgate_store::channels::notify_deliveries(tx, "").await.map_err(store_error)?;
     }
-    Ok(())
+    Ok(planned
+        .iter()
+        .zip(&leases)
+        .filter_map(|((e, d), lease)| {
+            let lease = lease.as_ref()?;
+            Some(Job {
+                delivery_id: d.id,
+                created_at: e.received_at,
+                lease_id: lease.lease_id,
+                event_id: e.id,
+                destination_id: d.destination_id,
+                attempt: 1,
+                body: d.payload.clone().unwrap_or_else(|| e.body.clone()),
+                content_type: e.content_type.clone(),
+                transformed: d.payload.is_some(),
+                route_id: d.route_id,
+                routing: None,
+            })
+        })
+        .collect())
 }
 
 /// What the store says may pass (no connection, or PostgreSQL's "not now": connection loss, shutdown, overload,

@@ -147,6 +147,10 @@ pub struct PlannedDelivery {
     /// The route's programs could not be evaluated now (time bound, runaway budget): the delivery is stored
     /// `pending` with `needs_routing`, and evaluated again when it is claimed (a time-out is never a verdict).
     pub deferred: bool,
+    /// Set when the delivery can be attempted as soon as it is committed (its destination is active and not FIFO,
+    /// its programs were evaluated): the destination's timeout, from which the ingesting node's lease is sized.
+    /// The writer then inserts it already leased and hands it to its own Scheduler, with no claim round.
+    pub attempt_now: Option<Duration>,
 }
 
 impl Catalog {
@@ -194,14 +198,19 @@ impl Catalog {
                     (None, None, true)
                 }
             };
+            let destination = self.destinations.get(&route.destination_id);
+            let attempt_now = destination
+                .filter(|d| d.state == DestinationState::Active && !d.fifo && failed.is_none() && !deferred)
+                .map(|d| d.timeout);
             planned.push(PlannedDelivery {
                 id: Uuid::now_v7(),
                 route_id: route.id,
                 destination_id: route.destination_id,
-                fifo: self.destinations.get(&route.destination_id).is_some_and(|d| d.fifo),
+                fifo: destination.is_some_and(|d| d.fifo),
                 payload,
                 failed,
                 deferred,
+                attempt_now,
             });
         }
         planned

@@ -272,6 +272,34 @@ impl InternalEvent for DeliveriesClaimed {
     }
 }
 
+/// The Scheduler took deliveries handed off by the writer (committed already leased to this node): `started`
+/// went to the Deliverers at once, `given_back` were refused by the limits (node capacity, fair share, rate limit,
+/// circuit) and released for the claim path.
+pub struct DeliveriesHandedOff {
+    pub started: usize,
+    pub given_back: usize,
+}
+
+impl InternalEvent for DeliveriesHandedOff {
+    fn emit(self) {
+        counter!("hookgate_scheduler_handed_off_total").increment(self.started as u64);
+        counter!("hookgate_scheduler_handoff_given_back_total").increment(self.given_back as u64);
+    }
+}
+
+/// The writer could not hand committed, leased deliveries to the Scheduler (its mailbox was full, or it had just
+/// stopped): their leases are released for the claim path.
+pub struct HandOffRefused {
+    pub count: usize,
+}
+
+impl InternalEvent for HandOffRefused {
+    fn emit(self) {
+        counter!("hookgate_writer_handoff_refused_total").increment(self.count as u64);
+        tracing::debug!(message = "Scheduler refused a hand-off; releasing the leases.", count = self.count);
+    }
+}
+
 /// A claim round failed (the delivery side degrades; the next round tries again).
 pub struct ClaimRoundFailed<'a> {
     pub error: &'a dyn std::fmt::Display,

@@ -8,6 +8,7 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 use hookgate_actors::catalog::SharedCatalog;
 use hookgate_actors::deliverer::Deliverer;
+use hookgate_actors::handoff::HandOffPort;
 use hookgate_actors::janitor::Janitor;
 use hookgate_actors::limits::Limits;
 use hookgate_actors::result_writer::{ConnectScheduler, ResultWriter};
@@ -64,7 +65,10 @@ pub(super) fn start(
     health: &Arc<HealthRegistry>,
 ) -> anyhow::Result<Started> {
     let policy = settings.supervision;
-    let (writer, writer_arbiter) = event_writer(settings, pool, health);
+    // Fresh deliveries go from the writer to this node's Scheduler in memory, when both run here.
+    let handoff = (settings.delivery.enabled && settings.delivery.handoff)
+        .then(|| HandOffPort::new(settings.server.node_id(), settings.delivery.lease_margin_ms));
+    let (writer, writer_arbiter) = event_writer(settings, pool, health, handoff.clone());
     let cache = cache(settings, health)?;
     let router = router(pool, settings, catalog, registry, health.register("router", false, policy))?;
     let janitor = janitor(settings, pool, health.register("janitor", false, policy));
@@ -72,7 +76,7 @@ pub(super) fn start(
     let mut arbiters = vec![writer_arbiter];
     let (scheduler, result_writer) = if settings.delivery.enabled {
         let (scheduler, results, deliverer_arbiters) =
-            delivery(settings, pool, catalog, health, &limits, &limits_redis)?;
+            delivery(settings, pool, catalog, health, &limits, &limits_redis, handoff)?;
         arbiters.extend(deliverer_arbiters);
         (Some(scheduler), Some(results))
     } else {
@@ -108,12 +112,19 @@ fn event_writer(
     settings: &Settings,
     pool: &Pool,
     health: &Arc<HealthRegistry>,
+    handoff: Option<Arc<HandOffPort>>,
 ) -> (Mailbox<EventWriter>, ArbiterGuard) {
     let status = health.register("event_writer", true, settings.supervision);
     let arbiter = Arbiter::new();
     let addr = {
         let (pool, cfg, status, health) = (pool.clone(), settings.writer.clone(), status.clone(), health.clone());
-        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| EventWriter::new(pool, cfg, status, health))
+        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+            let writer = EventWriter::new(pool, cfg, status, health);
+            match handoff {
+                Some(port) => writer.with_handoff(port),
+                None => writer,
+            }
+        })
     };
     (Mailbox::new(addr, status), ArbiterGuard(arbiter))
 }
@@ -188,6 +199,7 @@ fn delivery(
     health: &Arc<HealthRegistry>,
     limits: &Arc<Limits>,
     limits_redis: &Arc<RedisLink>,
+    handoff: Option<Arc<HandOffPort>>,
 ) -> anyhow::Result<(Addr<Scheduler>, Addr<ResultWriter>, Vec<ArbiterGuard>)> {
     let cfg = settings.delivery.clone();
     let policy = settings.supervision;
@@ -209,6 +221,7 @@ fn delivery(
         let (pool, catalog, redis, node) = (pool.clone(), catalog.clone(), limits_redis.clone(), node_id);
         let limits = limits.clone();
         let results = results.clone();
+        let handoff = handoff.clone();
         Supervisor::start(move |ctx: &mut actix::Context<Scheduler>| {
             let me = ctx.address();
             let deliverers = handles
@@ -223,9 +236,17 @@ fn delivery(
                     })
                 })
                 .collect();
-            Scheduler::new(pool, pg_config, catalog, limits, redis, deliverers, node, cfg, scheduler_status)
+            let scheduler =
+                Scheduler::new(pool, pg_config, catalog, limits, redis, deliverers, node, cfg, scheduler_status);
+            match handoff {
+                Some(port) => scheduler.with_handoff(port),
+                None => scheduler,
+            }
         })
     };
+    if let Some(port) = &handoff {
+        port.connect(scheduler.clone().recipient());
+    }
     results.try_send(ConnectScheduler(scheduler.clone().recipient())).context("Failed to connect the scheduler")?;
     Ok((scheduler, results, arbiters.into_iter().map(ArbiterGuard).collect()))
 }

@@ -264,6 +264,16 @@ pub struct NewDelivery<'a> {
     pub created_at: DateTime<Utc>,
     /// The route's programs could not be evaluated in time: the Deliverer evaluates them at claim.
     pub needs_routing: bool,
+    /// Inserted already leased (the ingesting node attempts it at once, with no claim round).
+    pub lease: Option<NewLease<'a>>,
+}
+
+/// A lease taken with the insert: who holds it, its id, and how long it lasts from the insert.
+#[derive(Debug, Clone, Copy)]
+pub struct NewLease<'a> {
+    pub owner: &'a str,
+    pub lease_id: Uuid,
+    pub ms: i32,
 }
 
 /// Inserts planned deliveries in one statement, numbering them (`seq`, the FIFO order) in the order given: the
@@ -281,18 +291,22 @@ pub async fn insert_planned(client: &impl GenericClient, planned: &[NewDelivery<
     let errors: Vec<Option<&str>> = planned.iter().map(|d| d.last_error).collect();
     let created: Vec<DateTime<Utc>> = planned.iter().map(|d| d.created_at).collect();
     let deferred: Vec<bool> = planned.iter().map(|d| d.needs_routing).collect();
+    let owners: Vec<Option<&str>> = planned.iter().map(|d| d.lease.map(|l| l.owner)).collect();
+    let lease_ids: Vec<Option<Uuid>> = planned.iter().map(|d| d.lease.map(|l| l.lease_id)).collect();
+    let lease_ms: Vec<Option<i32>> = planned.iter().map(|d| d.lease.map(|l| l.ms)).collect();
     // The sequence values are drawn in one go and handed out in the given order (`nextval` per row in a SELECT
     // would follow the plan's order, not the array's).
     let stmt = client
         .prepare_cached(
             "INSERT INTO deliveries (id, seq, event_id, route_id, destination_id, state, payload, last_error, created_at,
-                                     needs_routing)
+                                     needs_routing, lease_owner, lease_id, lease_expires_at)
              SELECT u.id, s.seq, u.event_id, u.route_id, u.destination_id, u.state, u.payload, u.last_error,
-                    u.created_at, u.needs_routing
+                    u.created_at, u.needs_routing, u.lease_owner, u.lease_id,
+                    now() + u.lease_ms * interval '1 millisecond'
              FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bytea[], $7::text[],
-                         $8::timestamptz[], $9::bool[])
+                         $8::timestamptz[], $9::bool[], $10::text[], $11::uuid[], $12::int[])
                       WITH ORDINALITY AS u(id, event_id, route_id, destination_id, state, payload, last_error,
-                                           created_at, needs_routing, ord)
+                                           created_at, needs_routing, lease_owner, lease_id, lease_ms, ord)
              JOIN (SELECT row_number() OVER (ORDER BY v) AS ord, v AS seq
                    FROM (SELECT nextval('deliveries_seq') AS v
                          FROM generate_series(1, cardinality($1::uuid[]))) drawn) s
@@ -300,7 +314,23 @@ pub async fn insert_planned(client: &impl GenericClient, planned: &[NewDelivery<
         )
         .await?;
     client
-        .execute(&stmt, &[&ids, &event_ids, &routes, &destinations, &states, &payloads, &errors, &created, &deferred])
+        .execute(
+            &stmt,
+            &[
+                &ids,
+                &event_ids,
+                &routes,
+                &destinations,
+                &states,
+                &payloads,
+                &errors,
+                &created,
+                &deferred,
+                &owners,
+                &lease_ids,
+                &lease_ms,
+            ],
+        )
         .await?;
     Ok(())
 }

@@ -9,6 +9,7 @@ mod delivery;
 mod dependencies;
 mod fifo;
 mod formats;
+mod handoff;
 mod health;
 mod helpers;
 mod ingest;

@@ -56,7 +56,16 @@ pub fn event(source_id: Uuid, key: &str, received_at: DateTime<Utc>, deliveries:
 }
 
 pub fn planned(route_id: Uuid, destination_id: Uuid, fifo: bool) -> PlannedDelivery {
-    PlannedDelivery { id: Uuid::now_v7(), route_id, destination_id, fifo, payload: None, failed: None, deferred: false }
+    PlannedDelivery {
+        id: Uuid::now_v7(),
+        route_id,
+        destination_id,
+        fifo,
+        payload: None,
+        failed: None,
+        deferred: false,
+        attempt_now: None,
+    }
 }
 
 pub fn persist(writer: &Addr<EventWriter>, event: NewEvent) -> oneshot::Receiver<Result<Persisted, PersistError>> {

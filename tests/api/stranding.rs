@@ -239,7 +239,13 @@ async fn retry_after_zero_never_retries_sooner_than_the_schedule_allows() {
 #[actix_rt::test]
 async fn a_failing_claim_shows_in_the_delivery_section_but_the_node_stays_ready_for_ingest() {
     let rx = Receiver::start(vec![], None);
-    let app = spawn_app_with(with_sink(rx.url.clone())).await;
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        // Every delivery takes the claim path (a fresh one would otherwise be handed off with no claim round).
+        s.delivery.handoff = false;
+        with_sink(url)(s);
+    })
+    .await;
     // Another session holds the cluster's claim lock: every claim round times out on its lock.
     let holder = crate::helpers::connect(&app._db.url()).await;
     holder.batch_execute("BEGIN").await.unwrap();

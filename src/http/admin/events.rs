@@ -322,6 +322,8 @@ pub async fn replay_into(
             last_error: p.failed.as_deref(),
             created_at: event.received_at,
             needs_routing: p.deferred,
+            // Replayed deliveries are claimed by whichever node has room (NOTIFY at COMMIT).
+            lease: None,
         })
         .collect();
     hookgate_store::deliveries::insert_planned(tx, &rows).await?;

@@ -1,0 +1,86 @@
+//! The hand-off: how the EventWriter gives the deliveries it just committed to its own node's Scheduler, so that
+//! the first attempt of a fresh delivery needs no claim round (see `docs/adr/0009-delivery-hand-off.md`).
+//!
+//! The writer inserts each delivery that can be attempted at once (its destination active and not FIFO, its route's
+//! programs evaluated) already leased to this node, in the same transaction as its event, and after COMMIT sends
+//! the [`HandOff`] in memory. A lease taken at insert is an ordinary lease: claim rounds on every node skip it and
+//! count it against the destination's `max_in_flight`, the result is applied only while it holds, and when this node
+//! dies before attempting it the lease expires and any node claims the delivery. The Scheduler applies the same
+//! limits as a claim round (node capacity, fair share, rate limit, circuit breaker) and gives back at once, as a
+//! released lease, whatever they refuse; those deliveries then go the claim path.
+//!
+//! The port is closed while the Scheduler is not taking work (before it starts, during a restart's back-off, after
+//! `Shutdown`): the writer then inserts deliveries unleased and wakes the claimers with NOTIFY, as before.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use actix::prelude::*;
+use hookgate_core::delivery::Job;
+use hookgate_store::deliveries::Lease;
+
+/// Attempt these deliveries: committed just now, already leased to this node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HandOff(pub Vec<Job>);
+
+/// Where the EventWriter sends its [`HandOff`]s, shared by the writer and the Scheduler.
+pub struct HandOffPort {
+    to: OnceLock<Recipient<HandOff>>,
+    open: AtomicBool,
+    owner: String,
+    margin_ms: u64,
+}
+
+/// What a lease taken at insert needs: the owner and the margin added to the destination's timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTerms<'a> {
+    pub owner: &'a str,
+    pub margin_ms: u64,
+}
+
+impl HandOffPort {
+    /// A closed port for node `owner`, whose leases last the destination's timeout plus `margin_ms`.
+    pub fn new(owner: String, margin_ms: u64) -> Arc<Self> {
+        Arc::new(Self { to: OnceLock::new(), open: AtomicBool::new(false), owner, margin_ms })
+    }
+
+    /// Connects the Scheduler (once; it is supervised, so its address outlives its restarts).
+    pub fn connect(&self, to: Recipient<HandOff>) {
+        let _ = self.to.set(to);
+    }
+
+    /// Opened by the Scheduler while it takes work, closed otherwise.
+    pub fn set_open(&self, open: bool) {
+        self.open.store(open, Ordering::Release);
+    }
+
+    /// The terms of a lease taken at insert, or `None` when nobody would attempt it now.
+    pub fn terms(&self) -> Option<LeaseTerms<'_>> {
+        (self.to.get().is_some() && self.open.load(Ordering::Acquire))
+            .then_some(LeaseTerms { owner: &self.owner, margin_ms: self.margin_ms })
+    }
+
+    /// Hands committed, leased deliveries to the Scheduler; gives them back when its mailbox refuses them.
+    pub fn send(&self, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+        let Some(to) = self.to.get() else { return Err(jobs) };
+        to.try_send(HandOff(jobs)).map_err(|e| e.into_inner().0)
+    }
+}
+
+/// Gives handed-off deliveries back: releases their leases, so that any node claims them now, and wakes the
+/// claimers. Best effort: a lease not released expires.
+pub(crate) async fn give_back(pool: hookgate_store::Pool, jobs: Vec<Job>) {
+    let leases: Vec<Lease> = jobs
+        .iter()
+        .map(|j| Lease { delivery_id: j.delivery_id, created_at: j.created_at, lease_id: j.lease_id })
+        .collect();
+    let released = async {
+        let client = hookgate_store::connect(&pool).await?;
+        hookgate_store::deliveries::release_leases(&client, &leases).await?;
+        hookgate_store::channels::notify_deliveries(&client, "").await
+    };
+    if let Err(error) = released.await {
+        tracing::warn!(message = "Could not release handed-off leases; they will expire.", %error);
+    }
+}

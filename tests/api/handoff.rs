@@ -1,0 +1,95 @@
+//! The hand-off: a fresh delivery is attempted by the node that ingested it with no claim round, under the same
+//! limits as a claimed one, and what the limits refuse goes back to the claim path at once.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use hookgate_store::locks::CLAIM_LOCK;
+
+use crate::helpers::{connect, destination, route, spawn_app_with};
+use crate::receiver::{Receiver, Reply};
+
+#[actix_rt::test]
+async fn a_fresh_delivery_is_attempted_while_no_claim_round_can_run() {
+    let rx = Receiver::start(vec![], None);
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        s.destinations.push(destination("sink", &url));
+        s.routes.push(route("to-sink", "hmac", "sink"));
+    })
+    .await;
+    // Another session holds the cluster-wide claim lock: every claim round waits for it, then fails.
+    let blocker = connect(&app._db.url()).await;
+    blocker.execute("SELECT pg_advisory_lock($1)", &[&CLAIM_LOCK]).await.unwrap();
+
+    for i in 0..5 {
+        assert_eq!(app.post_signed(format!(r#"{{"i":{i}}}"#).as_bytes(), &format!("k{i}")).await.status, 202);
+    }
+    rx.wait_for(5).await;
+    app.wait_count("five delivered", "SELECT count(*) FROM deliveries WHERE state = 'delivered'", 5).await;
+    let attempts: i64 = app.db.query_one("SELECT count(*) FROM attempts", &[]).await.unwrap().get(0);
+    assert_eq!(attempts, 5, "one attempt each");
+    blocker.execute("SELECT pg_advisory_unlock($1)", &[&CLAIM_LOCK]).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_handed_off_delivery_keeps_the_destinations_max_in_flight_and_the_rest_waits_unleased() {
+    // The receiver holds every request until the end of the test: what it has received is what is in flight.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let rx = Receiver::start(vec![], Some(Reply::Gate(gate.clone(), 200)));
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        let mut d = destination("narrow", &url);
+        d.max_in_flight = 2;
+        d.timeout_ms = 60_000;
+        s.destinations.push(d);
+        s.routes.push(route("to-narrow", "hmac", "narrow"));
+    })
+    .await;
+    for i in 0..6 {
+        assert_eq!(app.post_signed(format!(r#"{{"i":{i}}}"#).as_bytes(), &format!("k{i}")).await.status, 202);
+    }
+    rx.wait_for(2).await;
+    // The four the destination has no room for were given back: pending, not leased, claimable by any node.
+    app.wait_count(
+        "the deliveries past max_in_flight released",
+        "SELECT count(*) FROM deliveries WHERE state = 'pending' AND lease_id IS NULL",
+        4,
+    )
+    .await;
+    assert_eq!(rx.count(), 2, "never more than max_in_flight at once");
+    assert_eq!(rx.state.overlaps.load(Ordering::SeqCst), 0);
+
+    // Once the receiver answers, the claim path delivers the rest.
+    gate.add_permits(1_000);
+    app.wait_count("all six delivered", "SELECT count(*) FROM deliveries WHERE state = 'delivered'", 6).await;
+    assert_eq!(rx.count(), 6, "each delivered once");
+}
+
+#[actix_rt::test]
+async fn with_the_hand_off_off_fresh_deliveries_wait_for_a_claim_round() {
+    let rx = Receiver::start(vec![], None);
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        s.delivery.handoff = false;
+        s.destinations.push(destination("sink", &url));
+        s.routes.push(route("to-sink", "hmac", "sink"));
+    })
+    .await;
+    let blocker = connect(&app._db.url()).await;
+    blocker.execute("SELECT pg_advisory_lock($1)", &[&CLAIM_LOCK]).await.unwrap();
+    for i in 0..5 {
+        assert_eq!(app.post_signed(format!(r#"{{"i":{i}}}"#).as_bytes(), &format!("k{i}")).await.status, 202);
+    }
+    // Committed unleased: only a claim round can take them, and none can run yet.
+    let unleased: i64 = app
+        .db
+        .query_one("SELECT count(*) FROM deliveries WHERE state = 'pending' AND lease_id IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unleased, 5);
+    blocker.execute("SELECT pg_advisory_unlock($1)", &[&CLAIM_LOCK]).await.unwrap();
+    app.wait_count("five delivered", "SELECT count(*) FROM deliveries WHERE state = 'delivered'", 5).await;
+    assert_eq!(rx.count(), 5);
+}
