@@ -438,47 +438,36 @@ impl Handler<HandOff> for Scheduler {
         if !refused.is_empty() {
             self.give_back(refused, ctx);
         }
-        if wants.is_empty() {
-            return;
-        }
-        let reserved: Vec<(Uuid, i64)> = wants.iter().map(|(d, jobs)| (d.id, jobs.len() as i64)).collect();
-        let (limits, redis) = (self.limits.clone(), self.redis.get());
-        let fut = futures::future::join_all(wants.into_iter().map(move |(d, jobs)| {
-            let (limits, redis) = (limits.clone(), redis.clone());
-            async move {
-                let admitted = admit(&limits, redis, &d, jobs.len() as u32).await;
-                (jobs, admitted as usize)
-            }
-        }));
-        ctx.spawn(guarded(fut).into_actor(self).map(move |res, act, ctx| {
-            for (id, n) in &reserved {
-                act.reserve(*id, -n);
-            }
-            let admitted = match res {
-                Ok(admitted) => admitted,
-                Err(Panicked(what)) => {
-                    // The leases expire; the supervisor restarts the scheduler.
-                    act.status.record_panic(&what);
-                    ctx.stop();
-                    return;
-                }
-            };
-            let (mut started, mut back) = (0, Vec::new());
-            for (mut jobs, n) in admitted {
-                back.extend(jobs.split_off(n.min(jobs.len())));
-                started += jobs.len();
+        // Each destination's jobs start as soon as its own limits answer: one slow answer holds up no other.
+        for (destination, jobs) in wants {
+            let (limits, redis) = (self.limits.clone(), self.redis.get());
+            let (id, want) = (destination.id, jobs.len() as u32);
+            let fut = async move { admit(&limits, redis, &destination, want).await };
+            ctx.spawn(guarded(fut).into_actor(self).map(move |res, act, ctx| {
+                act.reserve(id, -i64::from(want));
+                let admitted = match res {
+                    Ok(admitted) => admitted as usize,
+                    Err(Panicked(what)) => {
+                        // The leases expire; the supervisor restarts the scheduler.
+                        act.status.record_panic(&what);
+                        ctx.stop();
+                        return;
+                    }
+                };
+                let mut jobs = jobs;
+                let back = jobs.split_off(admitted.min(jobs.len()));
+                emit(DeliveriesHandedOff { started: jobs.len(), given_back: back.len() });
                 for job in jobs {
                     act.dispatch(job, ctx);
                 }
-            }
-            emit(DeliveriesHandedOff { started, given_back: back.len() });
-            if !back.is_empty() {
-                act.give_back(back, ctx);
-            }
-            if act.inflight == 0 && act.stopping.is_some() {
-                act.answer_shutdown(ctx);
-            }
-        }));
+                if !back.is_empty() {
+                    act.give_back(back, ctx);
+                }
+                if act.inflight == 0 && act.stopping.is_some() {
+                    act.answer_shutdown(ctx);
+                }
+            }));
+        }
     }
 }
 

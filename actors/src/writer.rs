@@ -610,15 +610,15 @@ async fn insert_deliveries(
             lease: *lease,
         })
         .collect();
-    hookgate_store::deliveries::insert_planned(tx, &rows).await.map_err(store_error)?;
-    if rows.iter().any(|d| d.state == DeliveryState::Pending && d.lease.is_none()) {
+    let leased = hookgate_store::deliveries::insert_planned(tx, &rows).await.map_err(store_error)?;
+    if rows.iter().any(|d| d.state == DeliveryState::Pending && !leased.contains(&d.id)) {
         hookgate_store::channels::notify_deliveries(tx, "").await.map_err(store_error)?;
     }
     Ok(planned
         .iter()
         .zip(&leases)
         .filter_map(|((e, d), lease)| {
-            let lease = lease.as_ref()?;
+            let lease = lease.as_ref().filter(|_| leased.contains(&d.id))?;
             Some(Job {
                 delivery_id: d.id,
                 created_at: e.received_at,

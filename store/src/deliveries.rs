@@ -1,6 +1,8 @@
 //! Statements on `deliveries` (and the destination changes their outcomes cause) that several parts of hookgate run:
 //! one definition each.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use hookgate_core::state::DeliveryState;
@@ -277,10 +279,11 @@ pub struct NewLease<'a> {
 }
 
 /// Inserts planned deliveries in one statement, numbering them (`seq`, the FIFO order) in the order given: the
-/// writer's batches and the admin API's replays alike. The caller notifies the schedulers.
-pub async fn insert_planned(client: &impl GenericClient, planned: &[NewDelivery<'_>]) -> StoreResult<()> {
+/// writer's batches and the admin API's replays alike. A delivery asking for a lease gets it only if its destination
+/// is active and not FIFO in the database now; answers the ids of those leased. The caller notifies the schedulers.
+pub async fn insert_planned(client: &impl GenericClient, planned: &[NewDelivery<'_>]) -> StoreResult<HashSet<Uuid>> {
     if planned.is_empty() {
-        return Ok(());
+        return Ok(HashSet::new());
     }
     let ids: Vec<Uuid> = planned.iter().map(|d| d.id).collect();
     let event_ids: Vec<Uuid> = planned.iter().map(|d| d.event_id).collect();
@@ -298,23 +301,37 @@ pub async fn insert_planned(client: &impl GenericClient, planned: &[NewDelivery<
     // would follow the plan's order, not the array's).
     let stmt = client
         .prepare_cached(
-            "INSERT INTO deliveries (id, seq, event_id, route_id, destination_id, state, payload, last_error, created_at,
-                                     needs_routing, lease_owner, lease_id, lease_expires_at)
-             SELECT u.id, s.seq, u.event_id, u.route_id, u.destination_id, u.state, u.payload, u.last_error,
-                    u.created_at, u.needs_routing, u.lease_owner, u.lease_id,
-                    now() + u.lease_ms * interval '1 millisecond'
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bytea[], $7::text[],
-                         $8::timestamptz[], $9::bool[], $10::text[], $11::uuid[], $12::int[])
-                      WITH ORDINALITY AS u(id, event_id, route_id, destination_id, state, payload, last_error,
-                                           created_at, needs_routing, lease_owner, lease_id, lease_ms, ord)
-             JOIN (SELECT row_number() OVER (ORDER BY v) AS ord, v AS seq
-                   FROM (SELECT nextval('deliveries_seq') AS v
-                         FROM generate_series(1, cardinality($1::uuid[]))) drawn) s
-               ON s.ord = u.ord",
+            "WITH planned AS (
+                 SELECT u.*, s.seq,
+                        -- A lease only while the destination is active and not FIFO as committed now (the
+                        -- caller's snapshot of the catalog may be older than a pause).
+                        u.lease_id IS NOT NULL AND EXISTS (
+                            SELECT 1 FROM destinations x
+                            WHERE x.id = u.destination_id AND x.state = 'active' AND NOT x.fifo) AS leased
+                 FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bytea[], $7::text[],
+                             $8::timestamptz[], $9::bool[], $10::text[], $11::uuid[], $12::int[])
+                          WITH ORDINALITY AS u(id, event_id, route_id, destination_id, state, payload, last_error,
+                                               created_at, needs_routing, lease_owner, lease_id, lease_ms, ord)
+                 JOIN (SELECT row_number() OVER (ORDER BY v) AS ord, v AS seq
+                       FROM (SELECT nextval('deliveries_seq') AS v
+                             FROM generate_series(1, cardinality($1::uuid[]))) drawn) s
+                   ON s.ord = u.ord
+             ), inserted AS (
+                 INSERT INTO deliveries (id, seq, event_id, route_id, destination_id, state, payload, last_error,
+                                         created_at, needs_routing, lease_owner, lease_id, lease_expires_at)
+                 SELECT id, seq, event_id, route_id, destination_id, state, payload, last_error, created_at,
+                        needs_routing,
+                        CASE WHEN leased THEN lease_owner END,
+                        CASE WHEN leased THEN lease_id END,
+                        CASE WHEN leased THEN now() + lease_ms * interval '1 millisecond' END
+                 FROM planned
+                 RETURNING id, lease_id
+             )
+             SELECT id FROM inserted WHERE lease_id IS NOT NULL",
         )
         .await?;
-    client
-        .execute(
+    let leased = client
+        .query(
             &stmt,
             &[
                 &ids,
@@ -332,5 +349,5 @@ pub async fn insert_planned(client: &impl GenericClient, planned: &[NewDelivery<
             ],
         )
         .await?;
-    Ok(())
+    Ok(leased.iter().filter_map(|r| r.try_get(0).ok()).collect())
 }

@@ -93,3 +93,20 @@ async fn with_the_hand_off_off_fresh_deliveries_wait_for_a_claim_round() {
     app.wait_count("five delivered", "SELECT count(*) FROM deliveries WHERE state = 'delivered'", 5).await;
     assert_eq!(rx.count(), 5);
 }
+
+#[actix_rt::test]
+async fn a_destination_paused_in_the_database_gets_no_lease_at_insert_even_before_the_node_reloads() {
+    let rx = Receiver::start(vec![], None);
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        s.destinations.push(destination("sink", &url));
+        s.routes.push(route("to-sink", "hmac", "sink"));
+    })
+    .await;
+    // Paused without NOTIFY: the node's catalog still says active (as on a node that has not reloaded yet).
+    app.db.execute("UPDATE destinations SET state = 'paused' WHERE slug = 'sink'", &[]).await.unwrap();
+    assert_eq!(app.post_signed(br#"{"n":1}"#, "after-pause").await.status, 202);
+    let row = app.db.query_one("SELECT state, lease_id IS NULL FROM deliveries", &[]).await.unwrap();
+    assert_eq!((row.get::<_, String>(0), row.get::<_, bool>(1)), ("pending".to_owned(), true), "waits, unleased");
+    assert_eq!(rx.count(), 0);
+}
