@@ -15,6 +15,7 @@ use hookgate_core::internal_events::{emit, ResultsNotStored, ResultsStored};
 
 use hookgate_core::catalog::without_nul;
 use hookgate_core::delivery::{AttemptOutcome, OutcomePlan, Routed};
+use hookgate_core::state::DeliveryState;
 use hookgate_store::results::{DestinationOutcomes, Outcome};
 use hookgate_store::Pool;
 
@@ -22,14 +23,14 @@ use crate::catalog::SharedCatalog;
 use crate::config::DeliveryConfig;
 use crate::deliverer::AttemptResult;
 use crate::health::{ActorState, ActorStatus};
-use crate::scheduler::Wake;
+use crate::scheduler::{Scheduler, Wake, WakeAt};
 use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
 
 /// Where the scheduler can be woken once results are committed (set after both are started).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ConnectScheduler(pub Recipient<Wake>);
+pub struct ConnectScheduler(pub Addr<Scheduler>);
 
 pub struct ResultWriter {
     pool: Pool,
@@ -37,7 +38,7 @@ pub struct ResultWriter {
     node_id: String,
     cfg: DeliveryConfig,
     pub(crate) status: Arc<ActorStatus>,
-    scheduler: Option<Recipient<Wake>>,
+    scheduler: Option<Addr<Scheduler>>,
     buffer: Vec<AttemptResult>,
     timer: Option<SpawnHandle>,
     flushing: bool,
@@ -81,13 +82,18 @@ impl ResultWriter {
         let batch: Vec<AttemptResult> = self.buffer.drain(..n).collect();
         let outcomes: Vec<AttemptOutcome<'_>> = batch.iter().map(AttemptResult::outcome).collect();
         let cap = Duration::from_secs(self.cfg.max_retry_after_secs);
-        let plan = OutcomePlan::new(&outcomes, &self.catalog.get(), cap, Utc::now());
+        let catalog = self.catalog.get();
+        let plan = OutcomePlan::new(&outcomes, &catalog, cap, Utc::now());
+        // What the committed batch makes claimable: a FIFO destination's next head at once, retries when due.
+        let fifo = batch.iter().any(|r| catalog.destinations.get(&r.destination_id).is_some_and(|d| d.fifo));
+        let next_due =
+            plan.deliveries.iter().filter(|(state, ..)| *state == DeliveryState::Pending).map(|(_, at, _)| *at).min();
         let (pool, node_id, auto_disable) = (self.pool.clone(), self.node_id.clone(), self.cfg.auto_disable_after_secs);
         let fut = async move {
             let res = write(&pool, &node_id, &batch, &plan, auto_disable).await;
             (res, batch)
         };
-        ctx.spawn(guarded(fut).into_actor(self).map(|outcome, act, ctx| {
+        ctx.spawn(guarded(fut).into_actor(self).map(move |outcome, act, ctx| {
             act.flushing = false;
             let (res, batch) = match outcome {
                 Ok(done) => done,
@@ -102,7 +108,12 @@ impl ResultWriter {
                 Ok(()) => {
                     act.status.set_state(ActorState::Running);
                     if let Some(s) = &act.scheduler {
-                        let _ = s.try_send(Wake);
+                        if fifo {
+                            let _ = s.try_send(Wake);
+                        }
+                        if let Some(at) = next_due {
+                            let _ = s.try_send(WakeAt(at));
+                        }
                     }
                 }
                 Err(error) => {

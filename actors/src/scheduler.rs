@@ -1,7 +1,10 @@
 //! Claims due deliveries from PostgreSQL with leases and hands them to the Deliverers, fairly across destinations.
 //!
-//! Woken by NOTIFY `hookgate_deliveries` (new deliveries committed), by `hookgate_catalog` (a destination resumed),
-//! by a Deliverer finishing an attempt, and by a timer (retries coming due, leases expiring after a crash). One claim
+//! Woken by NOTIFY `hookgate_deliveries` (new deliveries committed unleased), by `hookgate_catalog` (a destination
+//! resumed), by a Deliverer finishing an attempt when the last round had to leave due work behind for lack of room,
+//! by the ResultWriter (at once for a FIFO destination's result, whose next head is then due; at the due time of
+//! the earliest retry it scheduled, [`WakeAt`]), and by the poll timer (other nodes' retries, expired leases). A
+//! round runs only when there may be work for it: each round costs PostgreSQL two planned statements. One claim
 //! round: find the active destinations with due work; give each a budget (its free `max_in_flight` cluster-wide,
 //! capped by its fair share of this node's capacity, by its rate-limit tokens and by its circuit breaker); then, in one
 //! transaction under a cluster-wide advisory lock, lease up to each budget with `FOR UPDATE SKIP LOCKED`. Because each
@@ -48,6 +51,11 @@ use crate::supervision::{guarded, Panicked};
 #[rtype(result = "()")]
 pub struct Wake;
 
+/// A delivery comes due at this time (a retry the ResultWriter just scheduled): look for work then.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WakeAt(pub DateTime<Utc>);
+
 pub struct Scheduler {
     pool: Pool,
     pg_config: tokio_postgres::Config,
@@ -75,6 +83,10 @@ pub struct Scheduler {
     deliverers_told: bool,
     claiming: bool,
     again: bool,
+    /// The last claim round left due work behind for lack of room: a finished attempt triggers the next round.
+    starved: bool,
+    /// The timer of the earliest retry the ResultWriter announced ([`WakeAt`]).
+    next_wake: Option<(DateTime<Utc>, SpawnHandle)>,
     next_deliverer: usize,
     /// Opened while this scheduler takes hand-offs from the writer.
     handoff: Option<Arc<HandOffPort>>,
@@ -113,6 +125,8 @@ impl Scheduler {
             deliverers_told: false,
             claiming: false,
             again: false,
+            starved: false,
+            next_wake: None,
             next_deliverer: 0,
             handoff: None,
         }
@@ -173,8 +187,9 @@ impl Scheduler {
                     ctx.stop();
                     return;
                 }
-                Ok(Ok((jobs, buried))) => {
+                Ok(Ok(RoundOutcome { jobs, buried, starved })) => {
                     act.status.set_state(ActorState::Running);
+                    act.starved = starved;
                     let n = jobs.len();
                     for job in jobs {
                         act.dispatch(job, ctx);
@@ -184,6 +199,7 @@ impl Scheduler {
                 }
                 Ok(Err(error)) => {
                     // The delivery side's own health: reported in /readyz's delivery section, never unready.
+                    act.starved = true;
                     act.status.set_state(ActorState::Degraded);
                     emit(ClaimRoundFailed { error: &format!("{error:#}") });
                     false
@@ -292,6 +308,7 @@ impl actix::Supervised for Scheduler {
         // Attempts in flight keep their bookkeeping: their `Completed` still arrives here.
         self.claiming = false;
         self.again = false;
+        self.next_wake = None;
         self.resumed = false;
         self.set_taking_handoffs(false);
         self.resume_delay = self.status.record_restart();
@@ -320,7 +337,10 @@ impl Handler<Completed> for Scheduler {
                 self.inflight_by_destination.remove(&msg.destination_id);
             }
         }
-        self.tick(ctx);
+        // A freed slot matters only to work a round had to leave behind; retries come due by `WakeAt` or the poll.
+        if self.starved {
+            self.tick(ctx);
+        }
     }
 }
 
@@ -392,6 +412,26 @@ impl Handler<Wake> for Scheduler {
     type Result = ();
     fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
         self.tick(ctx);
+    }
+}
+
+/// Keeps one timer for the earliest announced retry; later ones are found by the round that timer starts, or by
+/// the poll.
+impl Handler<WakeAt> for Scheduler {
+    type Result = ();
+    fn handle(&mut self, WakeAt(at): WakeAt, ctx: &mut Self::Context) {
+        if self.next_wake.as_ref().is_some_and(|(due, _)| *due <= at) {
+            return;
+        }
+        if let Some((_, handle)) = self.next_wake.take() {
+            ctx.cancel_future(handle);
+        }
+        let delay = (at - Utc::now()).to_std().unwrap_or_default();
+        let handle = ctx.run_later(delay, |act, ctx| {
+            act.next_wake = None;
+            act.tick(ctx);
+        });
+        self.next_wake = Some((at, handle));
     }
 }
 
@@ -504,6 +544,14 @@ async fn admit(limits: &Limits, redis: Option<redis::aio::MultiplexedConnection>
     admitted
 }
 
+/// What one claim round leased, how many rows it buried, and whether it left due work behind for lack of room.
+#[derive(Default)]
+struct RoundOutcome {
+    jobs: Vec<Job>,
+    buried: usize,
+    starved: bool,
+}
+
 /// The inputs of one claim round, moved into its future.
 struct ClaimRound {
     pool: Pool,
@@ -522,7 +570,7 @@ impl ClaimRound {
         free: usize,
         capacity: usize,
         local: HashMap<Uuid, u32>,
-    ) -> anyhow::Result<(Vec<Job>, usize)> {
+    ) -> anyhow::Result<RoundOutcome> {
         let (fifo_all, normal_all): (Vec<_>, Vec<_>) = active.iter().partition(|d| d.fifo);
         let normal_ids: Vec<Uuid> = normal_all.iter().map(|d| d.id).collect();
         let normal_caps: Vec<i32> = normal_all.iter().map(|d| d.max_in_flight.min(i32::MAX as u32) as i32).collect();
@@ -530,7 +578,7 @@ impl ClaimRound {
         // The connection goes back to the pool before any Redis call: a slow Redis never holds PostgreSQL.
         let busy: HashMap<Uuid, u32> = claims::due(&self.pool, &normal_ids, &normal_caps, &fifo_ids).await?;
         if busy.is_empty() {
-            return Ok((Vec::new(), 0));
+            return Ok(RoundOutcome::default());
         }
 
         // Budgets: what the destination may still have in flight cluster-wide, capped by its fair share of this
@@ -542,14 +590,19 @@ impl ClaimRound {
         let share = (capacity / contending).clamp(1, ceiling) as u32;
         let mut remaining = free as u32;
         let mut wants: Vec<(Arc<Destination>, u32)> = Vec::new();
+        // Due work was left behind for want of a slot (here or cluster-wide) or of a grant: a finished attempt may
+        // make room for it, so the next completion looks again. (A FIFO head waits for its result, not a slot.)
+        let mut starved = false;
         for d in active.into_iter() {
             let Some(in_flight) = busy.get(&d.id) else { continue };
             if remaining == 0 {
+                starved = true;
                 break;
             }
             let mine = local.get(&d.id).copied().unwrap_or(0);
-            let want = if d.fifo { 1 } else { d.max_in_flight.saturating_sub(*in_flight) };
-            let want = want.min(share.saturating_sub(mine)).min(remaining);
+            let uncut = if d.fifo { 1 } else { d.max_in_flight.saturating_sub(*in_flight) };
+            let want = uncut.min(share.saturating_sub(mine)).min(remaining);
+            starved |= !d.fifo && want < uncut.max(1);
             if want > 0 {
                 remaining -= want;
                 wants.push((d, want));
@@ -560,13 +613,15 @@ impl ClaimRound {
             let (limits, redis) = (self.limits.clone(), self.redis.clone());
             async move {
                 let admitted = admit(&limits, redis, &d, want).await;
-                (d, admitted)
+                (d, want, admitted)
             }
         }))
         .await;
-        let budgets: Vec<(Arc<Destination>, u32)> = admitted.into_iter().filter(|(_, n)| *n > 0).collect();
+        starved |= admitted.iter().any(|(d, want, n)| !d.fifo && n < want);
+        let budgets: Vec<(Arc<Destination>, u32)> =
+            admitted.into_iter().filter(|(_, _, n)| *n > 0).map(|(d, _, n)| (d, n)).collect();
         if budgets.is_empty() {
-            return Ok((Vec::new(), 0));
+            return Ok(RoundOutcome { starved, ..Default::default() });
         }
 
         let (fifo, normal): (Vec<_>, Vec<_>) = budgets.iter().partition(|(d, _)| d.fifo);
@@ -601,8 +656,10 @@ impl ClaimRound {
             *claimed.entry(j.destination_id).or_default() += 1;
         }
         self.give_back_unused(&budgets, &claimed).await;
+        // A budget used up may have had more due work behind it.
+        starved |= budgets.iter().any(|(d, n)| !d.fifo && claimed.get(&d.id).copied().unwrap_or(0) >= *n);
         emit(DeliveriesClaimed { count: jobs.len() });
-        Ok((jobs, buried.len()))
+        Ok(RoundOutcome { jobs, buried: buried.len(), starved })
     }
 
     /// Gives back what a round was granted and did not use: rate-limit tokens, and half-open or ramping grants of

@@ -247,6 +247,6 @@ fn delivery(
     if let Some(port) = &handoff {
         port.connect(scheduler.clone().recipient());
     }
-    results.try_send(ConnectScheduler(scheduler.clone().recipient())).context("Failed to connect the scheduler")?;
+    results.try_send(ConnectScheduler(scheduler.clone())).context("Failed to connect the scheduler")?;
     Ok((scheduler, results, arbiters.into_iter().map(ArbiterGuard).collect()))
 }
