@@ -11,13 +11,33 @@
 //!
 //! The port is closed while the Scheduler is not taking work (before it starts, during a restart's back-off, after
 //! `Shutdown`): the writer then inserts deliveries unleased and wakes the claimers with NOTIFY, as before.
+//!
+//! The Scheduler also tells the writer which destinations would refuse a hand-off now ([`Blocked`]), so that their
+//! deliveries are inserted unleased rather than leased, handed off and released again, which would cost two more
+//! statements per event while a circuit is open or a slow destination is full. A block lasts until the Scheduler
+//! lifts it (a slot freed, the limits admitted again) or for at most [`BLOCK_FOR`].
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use hookgate_core::delivery::Job;
 use hookgate_store::deliveries::Lease;
+use uuid::Uuid;
+
+/// The longest a destination stays blocked without the Scheduler renewing it.
+pub const BLOCK_FOR: Duration = Duration::from_secs(1);
+
+/// Why the Scheduler would refuse a destination's hand-off now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocked {
+    /// Its circuit breaker or rate limit admits nothing: cluster-wide, so no node should be woken for it.
+    Limits,
+    /// No slot on this node (its `max_in_flight` or fair share): another node may have room.
+    Full,
+}
 
 /// Attempt these deliveries: committed just now, already leased to this node.
 #[derive(Message)]
@@ -30,6 +50,7 @@ pub struct HandOffPort {
     open: AtomicBool,
     owner: String,
     margin_ms: u64,
+    blocked: Mutex<HashMap<Uuid, (Blocked, Instant)>>,
 }
 
 /// What a lease taken at insert needs: the owner and the margin added to the destination's timeout.
@@ -42,7 +63,13 @@ pub struct LeaseTerms<'a> {
 impl HandOffPort {
     /// A closed port for node `owner`, whose leases last the destination's timeout plus `margin_ms`.
     pub fn new(owner: String, margin_ms: u64) -> Arc<Self> {
-        Arc::new(Self { to: OnceLock::new(), open: AtomicBool::new(false), owner, margin_ms })
+        Arc::new(Self {
+            to: OnceLock::new(),
+            open: AtomicBool::new(false),
+            owner,
+            margin_ms,
+            blocked: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Connects the Scheduler (once; it is supervised, so its address outlives its restarts).
@@ -61,6 +88,33 @@ impl HandOffPort {
             .then_some(LeaseTerms { owner: &self.owner, margin_ms: self.margin_ms })
     }
 
+    /// Marks `destination` as refusing hand-offs for `why`, for at most [`BLOCK_FOR`].
+    pub fn block(&self, destination: Uuid, why: Blocked) {
+        let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        blocked.insert(destination, (why, Instant::now() + BLOCK_FOR));
+    }
+
+    /// Lifts a block (of any reason, or only of `only`).
+    pub fn unblock(&self, destination: Uuid, only: Option<Blocked>) {
+        let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((why, _)) = blocked.get(&destination) {
+            if only.is_none_or(|only| only == *why) {
+                blocked.remove(&destination);
+            }
+        }
+    }
+
+    /// The destinations refusing hand-offs now, with why (expired blocks are dropped).
+    pub fn blocked(&self) -> HashMap<Uuid, Blocked> {
+        let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        if blocked.is_empty() {
+            return HashMap::new();
+        }
+        let now = Instant::now();
+        blocked.retain(|_, (_, until)| *until > now);
+        blocked.iter().map(|(id, (why, _))| (*id, *why)).collect()
+    }
+
     /// Hands committed, leased deliveries to the Scheduler; gives them back when its mailbox refuses them.
     pub fn send(&self, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
         let Some(to) = self.to.get() else { return Err(jobs) };
@@ -68,9 +122,9 @@ impl HandOffPort {
     }
 }
 
-/// Gives handed-off deliveries back: releases their leases, so that any node claims them now, and wakes the
-/// claimers. Best effort: a lease not released expires.
-pub(crate) async fn give_back(pool: hookgate_store::Pool, jobs: Vec<Job>) {
+/// Gives handed-off deliveries back: releases their leases, so that any node claims them now, and (with `wake`)
+/// wakes the claimers. Best effort: a lease not released expires.
+pub(crate) async fn give_back(pool: hookgate_store::Pool, jobs: Vec<Job>, wake: bool) {
     let leases: Vec<Lease> = jobs
         .iter()
         .map(|j| Lease { delivery_id: j.delivery_id, created_at: j.created_at, lease_id: j.lease_id })
@@ -78,7 +132,10 @@ pub(crate) async fn give_back(pool: hookgate_store::Pool, jobs: Vec<Job>) {
     let released = async {
         let client = hookgate_store::connect(&pool).await?;
         hookgate_store::deliveries::release_leases(&client, &leases).await?;
-        hookgate_store::channels::notify_deliveries(&client, "").await
+        if wake {
+            hookgate_store::channels::notify_deliveries(&client, "").await?;
+        }
+        Ok::<_, hookgate_store::error::StoreError>(())
     };
     if let Err(error) = released.await {
         tracing::warn!(message = "Could not release handed-off leases; they will expire.", %error);

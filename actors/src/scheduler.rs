@@ -39,7 +39,7 @@ use uuid::Uuid;
 use crate::catalog::SharedCatalog;
 use crate::config::DeliveryConfig;
 use crate::deliverer::{Completed, Deliver, Deliverer};
-use crate::handoff::{self, HandOff, HandOffPort};
+use crate::handoff::{self, Blocked, HandOff, HandOffPort};
 use crate::health::{ActorState, ActorStatus};
 use crate::limits::Limits;
 use crate::redis_link::RedisLink;
@@ -173,6 +173,7 @@ impl Scheduler {
             redis: self.redis.get(),
             node_id: self.node_id.clone(),
             lease_margin_ms: self.cfg.lease_margin_ms.min(i32::MAX as u64) as i32,
+            handoff: self.handoff.clone(),
         };
         let local = self.inflight_by_destination.clone();
         let capacity = self.cfg.max_in_flight;
@@ -327,6 +328,9 @@ impl Handler<Completed> for Scheduler {
     type Result = ();
     fn handle(&mut self, msg: Completed, ctx: &mut Self::Context) {
         self.inflight = self.inflight.saturating_sub(1);
+        if let Some(port) = &self.handoff {
+            port.unblock(msg.destination_id, Some(Blocked::Full));
+        }
         self.leases.remove(&msg.delivery_id);
         if self.inflight == 0 && self.stopping.is_some() {
             self.answer_shutdown(ctx);
@@ -442,7 +446,7 @@ impl Handler<HandOff> for Scheduler {
 
     fn handle(&mut self, HandOff(jobs): HandOff, ctx: &mut Self::Context) {
         if self.stopping.is_some() || !self.resumed {
-            self.give_back(jobs, ctx);
+            self.give_back(jobs, true, ctx);
             return;
         }
         let catalog = self.catalog.get();
@@ -467,6 +471,8 @@ impl Handler<HandOff> for Scheduler {
             let room = destination.max_in_flight.min(share).saturating_sub(mine).min(free) as usize;
             if jobs.len() > room {
                 refused.extend(jobs.split_off(room));
+                // Until an attempt of it finishes here: its next deliveries are inserted unleased.
+                self.block(id, Blocked::Full);
             }
             if jobs.is_empty() {
                 continue;
@@ -476,7 +482,8 @@ impl Handler<HandOff> for Scheduler {
             wants.push((destination, jobs));
         }
         if !refused.is_empty() {
-            self.give_back(refused, ctx);
+            // Another node may have room for these.
+            self.give_back(refused, true, ctx);
         }
         // Each destination's jobs start as soon as its own limits answer: one slow answer holds up no other.
         for (destination, jobs) in wants {
@@ -497,11 +504,19 @@ impl Handler<HandOff> for Scheduler {
                 let mut jobs = jobs;
                 let back = jobs.split_off(admitted.min(jobs.len()));
                 emit(DeliveriesHandedOff { started: jobs.len(), given_back: back.len() });
+                if admitted == 0 {
+                    act.block(id, Blocked::Limits);
+                } else if let Some(port) = &act.handoff {
+                    port.unblock(id, Some(Blocked::Limits));
+                }
                 for job in jobs {
                     act.dispatch(job, ctx);
                 }
                 if !back.is_empty() {
-                    act.give_back(back, ctx);
+                    // The limits are cluster-wide: no node may start these now. A claim round takes them when the
+                    // limits allow (after a finished attempt here, or at the poll).
+                    act.starved = true;
+                    act.give_back(back, false, ctx);
                 }
                 if act.inflight == 0 && act.stopping.is_some() {
                     act.answer_shutdown(ctx);
@@ -522,11 +537,21 @@ impl Scheduler {
         }
     }
 
-    /// Releases handed-off deliveries this node will not attempt now (nothing of the limits was taken for them),
-    /// then looks for work: they are claimable again at once, here or on another node.
-    fn give_back(&mut self, jobs: Vec<Job>, ctx: &mut Context<Self>) {
-        let fut = handoff::give_back(self.pool.clone(), jobs);
-        ctx.spawn(fut.into_actor(self).map(|(), act, ctx| act.tick(ctx)));
+    /// Releases handed-off deliveries this node will not attempt now (nothing of the limits was taken for them); with
+    /// `wake`, then looks for work and wakes the other nodes: they are claimable again at once.
+    fn give_back(&mut self, jobs: Vec<Job>, wake: bool, ctx: &mut Context<Self>) {
+        let fut = handoff::give_back(self.pool.clone(), jobs, wake);
+        ctx.spawn(fut.into_actor(self).map(move |(), act, ctx| {
+            if wake {
+                act.tick(ctx);
+            }
+        }));
+    }
+
+    fn block(&self, destination: Uuid, why: Blocked) {
+        if let Some(port) = &self.handoff {
+            port.block(destination, why);
+        }
     }
 }
 
@@ -559,6 +584,7 @@ struct ClaimRound {
     redis: Option<redis::aio::MultiplexedConnection>,
     node_id: String,
     lease_margin_ms: i32,
+    handoff: Option<Arc<HandOffPort>>,
 }
 
 impl ClaimRound {
@@ -618,6 +644,15 @@ impl ClaimRound {
         }))
         .await;
         starved |= admitted.iter().any(|(d, want, n)| !d.fifo && n < want);
+        if let Some(port) = &self.handoff {
+            // What the limits say now holds for the hand-offs too.
+            for (d, _, n) in &admitted {
+                match n {
+                    0 => port.block(d.id, Blocked::Limits),
+                    _ => port.unblock(d.id, Some(Blocked::Limits)),
+                }
+            }
+        }
         let budgets: Vec<(Arc<Destination>, u32)> =
             admitted.into_iter().filter(|(_, _, n)| *n > 0).map(|(d, _, n)| (d, n)).collect();
         if budgets.is_empty() {

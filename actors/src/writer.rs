@@ -48,7 +48,7 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::handoff::{HandOffPort, LeaseTerms};
+use crate::handoff::{Blocked, HandOffPort, LeaseTerms};
 use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
 use crate::shutdown::Shutdown;
 
@@ -542,13 +542,17 @@ async fn insert(
         }
     }
     let terms = handoff.and_then(HandOffPort::terms);
-    let leased = insert_deliveries(&tx, arrival, &inserted, terms).await?;
+    let blocked = match (handoff, terms) {
+        (Some(port), Some(_)) => port.blocked(),
+        _ => HashMap::new(),
+    };
+    let leased = insert_deliveries(&tx, arrival, &inserted, terms, &blocked).await?;
     hookgate_store::commit(tx).await.map_err(store_error)?;
     if let (Some(port), false) = (handoff, leased.is_empty()) {
         if let Err(refused) = port.send(leased) {
             // The Scheduler's mailbox is full or it just stopped: these go the claim path.
             emit(HandOffRefused { count: refused.len() });
-            actix::spawn(crate::handoff::give_back(pool.clone(), refused));
+            actix::spawn(crate::handoff::give_back(pool.clone(), refused, true));
         }
     }
 
@@ -568,14 +572,17 @@ async fn insert(
 }
 
 /// Inserts the planned deliveries of the events stored now (a duplicate's deliveries exist already). With lease
-/// `terms`, those that can be attempted at once are inserted leased to this node and returned as jobs, to hand to
-/// the Scheduler after COMMIT; the schedulers are woken (NOTIFY at COMMIT) only for the others. `events` is in
-/// arrival order; deliveries are inserted (and numbered) by the events' `received_at`, ties in that order.
+/// `terms`, those that can be attempted at once (and whose destination the Scheduler does not refuse now:
+/// `blocked`) are inserted leased to this node and returned as jobs, to hand to the Scheduler after COMMIT; the
+/// schedulers are woken (NOTIFY at COMMIT) only for the others, unless their destination is blocked.
+/// `events` is in arrival order; deliveries are inserted (and numbered) by the events' `received_at`, ties in that
+/// order.
 async fn insert_deliveries(
     tx: &deadpool_postgres::Transaction<'_>,
     events: &[&NewEvent],
     inserted: &HashSet<Uuid>,
     terms: Option<LeaseTerms<'_>>,
+    blocked: &HashMap<Uuid, Blocked>,
 ) -> Result<Vec<Job>, PersistError> {
     let mut stored: Vec<&NewEvent> = events.iter().copied().filter(|e| inserted.contains(&e.id)).collect();
     stored.sort_by_key(|e| e.received_at); // stable: arrival order among equal timestamps
@@ -589,6 +596,9 @@ async fn insert_deliveries(
         .iter()
         .map(|(_, d)| {
             let (terms, timeout) = (terms?, d.attempt_now?);
+            if blocked.contains_key(&d.destination_id) {
+                return None;
+            }
             let ms = (timeout.as_millis() as u64).saturating_add(terms.margin_ms).min(i32::MAX as u64) as i32;
             Some(NewLease { owner: terms.owner, lease_id: Uuid::new_v4(), ms })
         })
@@ -611,7 +621,12 @@ async fn insert_deliveries(
         })
         .collect();
     let leased = hookgate_store::deliveries::insert_planned(tx, &rows).await.map_err(store_error)?;
-    if rows.iter().any(|d| d.state == DeliveryState::Pending && !leased.contains(&d.id)) {
+    // A blocked destination's deliveries are found by the Scheduler when it has room again (a finished attempt,
+    // the poll), and by other nodes at their poll: no NOTIFY that would start a claim round per flush for them.
+    let wakes = |d: &NewDelivery<'_>| {
+        d.state == DeliveryState::Pending && !leased.contains(&d.id) && !blocked.contains_key(&d.destination_id)
+    };
+    if rows.iter().any(wakes) {
         hookgate_store::channels::notify_deliveries(tx, "").await.map_err(store_error)?;
     }
     Ok(planned

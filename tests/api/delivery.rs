@@ -84,8 +84,17 @@ async fn retry_after_on_503_is_honoured() {
     app.post_signed(br#"{"n":1}"#, "ra").await;
     app.wait_count("delivered", DELIVERED, 1).await;
     let got = rx.requests();
-    assert_eq!(got.len(), 2);
-    assert!(got[1].at - got[0].at >= Duration::from_secs(2), "retried after {:?}", got[1].at - got[0].at);
+    let attempts: Vec<(i32, Option<i32>, Option<String>, String)> = app
+        .db
+        .query("SELECT attempt, status, error_kind, node_id FROM attempts ORDER BY attempt", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(got.len(), 2, "{attempts:?}");
+    let gap = got[1].at - got[0].at;
+    assert!(gap >= Duration::from_secs(2), "retried after {gap:?}; attempts {attempts:?}");
 }
 
 #[actix_rt::test]
