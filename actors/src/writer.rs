@@ -524,7 +524,7 @@ async fn insert(
     arrival: &[&NewEvent],
 ) -> Result<Vec<Result<Persisted, PersistError>>, PersistError> {
     let mut client = hookgate_store::connect(pool).await.map_err(store_error)?;
-    let tx = hookgate_store::begin(&mut client).await.map_err(store_error)?;
+    let tx = hookgate_store::begin_hot(&mut client).await.map_err(store_error)?;
     let inserted = hookgate_store::events::insert_new(&tx, &event_rows(events)).await.map_err(store_error)?;
 
     let mut existing: HashMap<(Uuid, &str), Uuid> = HashMap::new();

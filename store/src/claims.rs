@@ -19,7 +19,7 @@ use crate::Pool;
 /// planner takes whatever the statistics say: a daily partition is new and unanalyzed every midnight, and a plan
 /// chosen on guessed statistics (a hash join over every due row, a count through the wrong index) made each claim
 /// round cost as much as the whole backlog.
-const DUE: &str = "\
+pub const DUE: &str = "\
 SELECT d.id, (SELECT count(*)::int FROM (
                   SELECT 1 FROM deliveries b
                   WHERE b.destination_id = d.id AND b.state = 'pending' AND b.lease_expires_at > now()
@@ -39,7 +39,7 @@ WHERE h.next_attempt_at <= now() AND (h.lease_expires_at IS NULL OR h.lease_expi
 
 /// Leases up to each budget. The rows are then updated by their whole primary key (id and partition key): a probe
 /// per row, never a join the planner could drive from another table.
-const CLAIM: &str = "\
+pub const CLAIM: &str = "\
 WITH budget AS (
     SELECT b.* FROM UNNEST($1::uuid[], $2::int[], $3::int[]) AS b(destination_id, n, cap)
     JOIN destinations x ON x.id = b.destination_id AND x.state = 'active'
@@ -168,10 +168,13 @@ pub async fn due(
     caps: &[i32],
     fifo: &[Uuid],
 ) -> anyhow::Result<HashMap<Uuid, u32>> {
-    let client = pool.get().await?;
-    // Prepared once per connection: planning a statement over every daily partition costs more than running it.
-    let due = client.prepare_cached(DUE).await?;
-    let rows = client.query(&due, &[&destinations, &fifo, &caps]).await?;
+    let mut client = pool.get().await?;
+    // Prepared once per connection and planned once (generic): planning it over every daily partition costs more
+    // than running it.
+    let tx = crate::begin_hot(&mut client).await?;
+    let due = tx.prepare_cached(DUE).await?;
+    let rows = tx.query(&due, &[&destinations, &fifo, &caps]).await?;
+    tx.commit().await?;
     Ok(rows
         .iter()
         .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get::<_, Option<i32>>(1).ok()?.unwrap_or(0).max(0) as u32)))
@@ -184,7 +187,7 @@ pub async fn claim(pool: &Pool, b: &Budgets<'_>) -> anyhow::Result<(Vec<Job>, Ve
     let mut jobs = Vec::new();
     let mut buried: Vec<(Uuid, String)> = Vec::new();
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = crate::begin_hot(&mut client).await?;
     // A claimer stuck holding the lock (a partitioned node) delays the others by at most this.
     tx.batch_execute("SET LOCAL lock_timeout = '5s'").await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK]).await?;

@@ -58,7 +58,7 @@ pub async fn record(
     destinations: &DestinationOutcomes,
 ) -> anyhow::Result<u64> {
     let mut client = pool.get().await.context("Failed to get a connection to record outcomes")?;
-    let tx = client.transaction().await?;
+    let tx = crate::begin_hot(&mut client).await?;
 
     let ids: Vec<Uuid> = outcomes.iter().map(|_| Uuid::now_v7()).collect();
     let delivery_ids: Vec<Uuid> = outcomes.iter().map(|o| o.delivery_id).collect();

@@ -14,6 +14,7 @@ mod health;
 mod helpers;
 mod ingest;
 mod load;
+mod plans;
 mod poison;
 mod receiver;
 mod replay_fencing;

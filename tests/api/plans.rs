@@ -1,0 +1,95 @@
+//! The claim path's statements with a large backlog: each reads a bounded number of rows, whatever the number of
+//! pending deliveries, and runs on a generic plan (planned once per connection, not at every claim round).
+
+use hookgate_store::claims::{CLAIM, DUE};
+use hookgate_store::GENERIC_PLANS;
+use serde_json::Value;
+
+use crate::helpers::{connect, destination, route, spawn_app_with};
+
+/// Rows each plan node produced or filtered away, over all its loops: what the statement read.
+fn rows_read(node: &Value, out: &mut Vec<(String, f64)>) {
+    let loops = node["Actual Loops"].as_f64().unwrap_or(1.0);
+    let produced = node["Actual Rows"].as_f64().unwrap_or(0.0) * loops;
+    let removed = node["Rows Removed by Filter"].as_f64().unwrap_or(0.0) * loops
+        + node["Rows Removed by Index Recheck"].as_f64().unwrap_or(0.0) * loops;
+    let name =
+        format!("{} {}", node["Node Type"].as_str().unwrap_or("?"), node["Relation Name"].as_str().unwrap_or(""));
+    out.push((name, produced + removed));
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        rows_read(child, out);
+    }
+}
+
+#[actix_rt::test]
+async fn the_claim_statements_read_a_bounded_number_of_rows_with_100k_pending_on_a_generic_plan() {
+    let app = spawn_app_with(|s| {
+        // Nothing attempts or claims here: only the statements are looked at.
+        s.delivery.enabled = false;
+        s.destinations.push(destination("busy", "http://192.0.2.1/"));
+        s.routes.push(route("to-busy", "hmac", "busy"));
+    })
+    .await;
+    // 100,000 pending deliveries over three daily partitions, not due for an hour, and 40 due now.
+    app.db
+        .batch_execute(
+            "SELECT hookgate_ensure_partitions((now() AT TIME ZONE 'UTC')::date - 3, 5);
+             INSERT INTO events (id, source_id, idempotency_key, received_at, headers, body)
+             SELECT gen_random_uuid(), s.id, 'bulk-' || g, now() - (g % 3) * interval '1 day', '{}', '\\x7b7d'
+             FROM generate_series(1, 100040) g, sources s WHERE s.slug = 'hmac';
+             INSERT INTO deliveries (id, event_id, route_id, destination_id, state, created_at, next_attempt_at)
+             SELECT gen_random_uuid(), e.id, r.id, r.destination_id, 'pending', e.received_at,
+                    CASE WHEN e.idempotency_key::text < 'bulk-1000' AND length(e.idempotency_key) <= 8
+                         THEN now() - interval '1 second' ELSE now() + interval '1 hour' END
+             FROM events e JOIN routes r ON r.source_id = e.source_id WHERE r.slug = 'to-busy';
+             ANALYZE;",
+        )
+        .await
+        .expect("seed the backlog");
+    let due_now: i64 =
+        app.db.query_one("SELECT count(*) FROM deliveries WHERE next_attempt_at <= now()", &[]).await.unwrap().get(0);
+    assert!((1..=2_000).contains(&due_now), "{due_now} due");
+    let dest: uuid::Uuid = app.db.query_one("SELECT id FROM destinations", &[]).await.unwrap().get(0);
+
+    let db = connect(&app._db.url()).await;
+    db.batch_execute(&format!(
+        "PREPARE due(uuid[], uuid[], int[]) AS {DUE};
+         PREPARE claim(uuid[], int[], int[], uuid[], text, int) AS {CLAIM};"
+    ))
+    .await
+    .unwrap();
+    let cases = [
+        ("DUE", format!("EXECUTE due(ARRAY['{dest}']::uuid[], ARRAY[]::uuid[], ARRAY[16])")),
+        ("CLAIM", format!("EXECUTE claim(ARRAY['{dest}']::uuid[], ARRAY[16], ARRAY[16], ARRAY[]::uuid[], 'n', 1000)")),
+        ("FIFO DUE", format!("EXECUTE due(ARRAY[]::uuid[], ARRAY['{dest}']::uuid[], ARRAY[]::int[])")),
+    ];
+    for (name, execute) in cases {
+        // Twice: the first execution plans; the second must reuse that plan.
+        for _ in 0..2 {
+            db.batch_execute(&format!("BEGIN; {GENERIC_PLANS}")).await.unwrap();
+            let plan: Value = db
+                .query_one(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {execute}"), &[])
+                .await
+                .unwrap()
+                .get::<_, Value>(0);
+            db.batch_execute("ROLLBACK").await.unwrap();
+            let mut read = Vec::new();
+            rows_read(&plan[0]["Plan"], &mut read);
+            let worst = read.iter().cloned().fold((String::new(), 0.0), |a, b| if b.1 > a.1 { b } else { a });
+            assert!(worst.1 <= 500.0, "{name} reads {} rows in {}: {plan}", worst.1, worst.0);
+        }
+    }
+    let plans: Vec<(String, i64, i64)> = db
+        .query(
+            "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements
+             WHERE name IN ('due', 'claim') ORDER BY name",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(plans.len(), 2);
+    assert!(plans.iter().all(|(_, generic, custom)| *generic >= 2 && *custom == 0), "{plans:?}");
+}
