@@ -621,6 +621,13 @@ async fn redis_faults(env: &mut Env, row: &mut Row) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Scenario 4's tolerance below which a latency difference is not attributed to the bad destinations: the healthy
+/// route's p99 may be 20 % above its solo figure, or this much, whichever is larger. With the solo p99 under a
+/// millisecond, 20 % is a tenth of a millisecond: less than the solo figure itself varies from run to run
+/// (0.5–0.8 ms), and less than one scheduler time slice on two cores shared with PostgreSQL, the load generator
+/// and six receivers.
+const LATENCY_SLACK_MS: f64 = 2.0;
+
 /// Scenario 4: the healthy destination's p99 ingest-to-delivered latency, solo, then beside five bad destinations
 /// fed by the same events.
 async fn bad_destinations(env: &mut Env, row: &mut Row) -> anyhow::Result<()> {
@@ -655,9 +662,10 @@ async fn bad_destinations(env: &mut Env, row: &mut Row) -> anyhow::Result<()> {
 
     let (p99_solo, p99_mixed) = (ms(&h_solo, 0.99), ms(&h_mixed, 0.99));
     let ratio = p99_mixed / p99_solo.max(0.001);
+    let limit = (p99_solo * 1.2).max(p99_solo + LATENCY_SLACK_MS);
     row.notes.push(format!(
         "healthy ingest-202 to arrival at {} events/s, ms p50/p99: solo {:.1}/{p99_solo:.1} ({} events), beside bad \
-         destinations {:.1}/{p99_mixed:.1} ({} events): p99 ratio {ratio:.2} (limit 1.20{})",
+         destinations {:.1}/{p99_mixed:.1} ({} events): p99 ratio {ratio:.2} (limit {limit:.1} ms: 1.20x or +2 ms{})",
         p.perf_rate,
         ms(&h_solo, 0.5),
         h_solo.len(),
@@ -702,8 +710,10 @@ async fn bad_destinations(env: &mut Env, row: &mut Row) -> anyhow::Result<()> {
         p99_busy / p99_solo.max(0.001),
         p99_mixed / p99_busy.max(0.001)
     ));
-    if p.assert_perf && ratio > 1.2 {
-        row.fail(format!("healthy p99 beside bad destinations is {ratio:.2}x its solo figure (limit 1.20x)"));
+    if p.assert_perf && p99_mixed > limit {
+        row.fail(format!(
+            "healthy p99 beside bad destinations is {p99_mixed:.1} ms, {ratio:.2}x its solo figure (limit {limit:.1} ms)"
+        ));
     }
     Ok(())
 }
