@@ -691,8 +691,9 @@ impl ClaimRound {
             *claimed.entry(j.destination_id).or_default() += 1;
         }
         self.give_back_unused(&budgets, &claimed).await;
-        // A budget used up may have had more due work behind it.
-        starved |= budgets.iter().any(|(d, n)| !d.fifo && claimed.get(&d.id).copied().unwrap_or(0) >= *n);
+        // A destination that yielded work may have more behind it (its claim may also have been cut short by
+        // leases taken meanwhile): the next finished attempt looks again.
+        starved |= budgets.iter().any(|(d, _)| !d.fifo && claimed.contains_key(&d.id));
         emit(DeliveriesClaimed { count: jobs.len() });
         Ok(RoundOutcome { jobs, buried: buried.len(), starved })
     }

@@ -428,3 +428,31 @@ async fn a_destination_failing_continuously_for_the_configured_period_is_disable
     assert!(first_failure_to_disable >= 1.0, "disabled only after failing for the whole period");
     assert_eq!(app.deliveries().await[0].0, "pending", "its delivery waits");
 }
+
+#[actix_rt::test]
+async fn a_backlog_drains_by_claim_rounds_that_finished_attempts_start_without_waiting_for_the_poll() {
+    let rx = Receiver::start(vec![], None);
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        // The poll never comes within the test: only NOTIFY and finished attempts start claim rounds.
+        s.delivery.poll_interval_ms = 3_600_000;
+        s.delivery.max_in_flight = 4;
+        s.destinations.push(destination("sink", &url));
+        s.routes.push(route("to-sink", "open", "sink"));
+    })
+    .await;
+    app.db
+        .batch_execute(
+            "INSERT INTO events (id, source_id, idempotency_key, received_at, headers, body)
+             SELECT gen_random_uuid(), s.id, 'bulk-' || g, now(), '{}', '\\x7b7d'
+             FROM generate_series(1, 200) g, sources s WHERE s.slug = 'open';
+             INSERT INTO deliveries (id, event_id, route_id, destination_id, state)
+             SELECT gen_random_uuid(), e.id, r.id, r.destination_id, 'pending'
+             FROM events e JOIN routes r ON r.source_id = e.source_id;
+             NOTIFY hookgate_deliveries;",
+        )
+        .await
+        .unwrap();
+    app.wait_count("the whole backlog delivered", DELIVERED, 200).await;
+    assert_eq!(rx.count(), 200);
+}
