@@ -23,7 +23,7 @@ use crate::catalog::SharedCatalog;
 use crate::config::DeliveryConfig;
 use crate::deliverer::AttemptResult;
 use crate::health::{ActorState, ActorStatus};
-use crate::scheduler::{Scheduler, Wake, WakeAt};
+use crate::scheduler::{LeasesFreed, Scheduler, Wake, WakeAt};
 use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
 
@@ -110,6 +110,8 @@ impl ResultWriter {
                     if let Some(s) = &act.scheduler {
                         if fifo {
                             let _ = s.try_send(Wake);
+                        } else {
+                            let _ = s.try_send(LeasesFreed);
                         }
                         if let Some(at) = next_due {
                             let _ = s.try_send(WakeAt(at));

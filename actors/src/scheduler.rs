@@ -1,9 +1,10 @@
 //! Claims due deliveries from PostgreSQL with leases and hands them to the Deliverers, fairly across destinations.
 //!
 //! Woken by NOTIFY `hookgate_deliveries` (new deliveries committed unleased), by `hookgate_catalog` (a destination
-//! resumed), by a Deliverer finishing an attempt when the last round had to leave due work behind for lack of room,
-//! by the ResultWriter (at once for a FIFO destination's result, whose next head is then due; at the due time of
-//! the earliest retry it scheduled, [`WakeAt`]), and by the poll timer (other nodes' retries, expired leases). A
+//! resumed), by a Deliverer finishing an attempt and by the ResultWriter committing results ([`LeasesFreed`]) when
+//! the last round had to leave due work behind for lack of room, by the ResultWriter at once for a FIFO
+//! destination's result (its next head is then due) and at the due time of the earliest retry it scheduled
+//! ([`WakeAt`]), and by the poll timer (other nodes' retries, expired leases). A
 //! round runs only when there may be work for it: each round costs PostgreSQL two planned statements. One claim
 //! round: find the active destinations with due work; give each a budget (its free `max_in_flight` cluster-wide,
 //! capped by its fair share of this node's capacity, by its rate-limit tokens and by its circuit breaker); then, in one
@@ -50,6 +51,11 @@ use crate::supervision::{guarded, Panicked};
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Wake;
+
+/// The ResultWriter committed results: their leases no longer count against their destinations' `max_in_flight`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LeasesFreed;
 
 /// A delivery comes due at this time (a retry the ResultWriter just scheduled): look for work then.
 #[derive(Message)]
@@ -416,6 +422,17 @@ impl Handler<Wake> for Scheduler {
     type Result = ();
     fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
         self.tick(ctx);
+    }
+}
+
+/// Work left behind for lack of room may fit now: a finished attempt frees a slot here, but a destination's
+/// cluster-wide count drops only when its result is committed.
+impl Handler<LeasesFreed> for Scheduler {
+    type Result = ();
+    fn handle(&mut self, _: LeasesFreed, ctx: &mut Self::Context) {
+        if self.starved {
+            self.tick(ctx);
+        }
     }
 }
 
