@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{destination, eventually, route, spawn_app_with};
+use crate::helpers::{destination, eventually, route, spawn_app_with, TestApp};
 use crate::receiver::{Receiver, Reply};
 
 const DELIVERED: &str = "SELECT count(*) FROM deliveries WHERE state = 'delivered'";
@@ -247,18 +247,7 @@ async fn a_big_backlog_on_one_destination_does_not_delay_another() {
     })
     .await;
     // 20,000 due deliveries on "busy", written straight into the tables.
-    app.db
-        .batch_execute(
-            "INSERT INTO events (id, source_id, idempotency_key, received_at, headers, body)
-             SELECT gen_random_uuid(), s.id, 'bulk-' || g, now(), '{}', '\\x7b7d'
-             FROM generate_series(1, 20000) g, sources s WHERE s.slug = 'open';
-             INSERT INTO deliveries (id, event_id, route_id, destination_id, state)
-             SELECT gen_random_uuid(), e.id, r.id, r.destination_id, 'pending'
-             FROM events e JOIN routes r ON r.source_id = e.source_id WHERE r.slug = 'to-busy';
-             NOTIFY hookgate_deliveries;",
-        )
-        .await
-        .unwrap();
+    seed_backlog(&app, "open", "to-busy", 20_000).await;
     busy.wait_for(1).await;
     app.post_signed(br#"{"urgent":true}"#, "u1").await;
     app.wait_count(
@@ -441,18 +430,30 @@ async fn a_backlog_drains_by_claim_rounds_that_finished_attempts_start_without_w
         s.routes.push(route("to-sink", "open", "sink"));
     })
     .await;
+    seed_backlog(&app, "open", "to-sink", 200).await;
+    app.wait_count("the whole backlog delivered", DELIVERED, 200).await;
+    assert_eq!(rx.count(), 200);
+}
+
+/// `n` due deliveries on `route` (from `source`), written straight into the tables, and the schedulers woken.
+async fn seed_backlog(app: &TestApp, source: &str, route: &str, n: i32) {
     app.db
-        .batch_execute(
+        .execute(
             "INSERT INTO events (id, source_id, idempotency_key, received_at, headers, body)
              SELECT gen_random_uuid(), s.id, 'bulk-' || g, now(), '{}', '\\x7b7d'
-             FROM generate_series(1, 200) g, sources s WHERE s.slug = 'open';
-             INSERT INTO deliveries (id, event_id, route_id, destination_id, state)
-             SELECT gen_random_uuid(), e.id, r.id, r.destination_id, 'pending'
-             FROM events e JOIN routes r ON r.source_id = e.source_id;
-             NOTIFY hookgate_deliveries;",
+             FROM generate_series(1, $2) g, sources s WHERE s.slug = $1",
+            &[&source, &n],
         )
         .await
         .unwrap();
-    app.wait_count("the whole backlog delivered", DELIVERED, 200).await;
-    assert_eq!(rx.count(), 200);
+    app.db
+        .execute(
+            "INSERT INTO deliveries (id, event_id, route_id, destination_id, state)
+             SELECT gen_random_uuid(), e.id, r.id, r.destination_id, 'pending'
+             FROM events e JOIN routes r ON r.source_id = e.source_id WHERE r.slug = $1",
+            &[&route],
+        )
+        .await
+        .unwrap();
+    app.db.batch_execute("NOTIFY hookgate_deliveries").await.unwrap();
 }

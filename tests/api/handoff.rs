@@ -6,21 +6,34 @@ use std::sync::Arc;
 
 use hookgate_store::locks::CLAIM_LOCK;
 
-use crate::helpers::{connect, destination, route, spawn_app_with};
+use crate::helpers::{connect, destination, route, spawn_app_with, TestApp};
 use crate::receiver::{Receiver, Reply};
 
-#[actix_rt::test]
-async fn a_fresh_delivery_is_attempted_while_no_claim_round_can_run() {
+/// A node with one destination, "sink", on a local receiver, routed from the `hmac` source.
+async fn sink_app(handoff: bool) -> (Receiver, TestApp) {
     let rx = Receiver::start(vec![], None);
     let url = rx.url.clone();
     let app = spawn_app_with(move |s| {
+        s.delivery.handoff = handoff;
         s.destinations.push(destination("sink", &url));
         s.routes.push(route("to-sink", "hmac", "sink"));
     })
     .await;
-    // Another session holds the cluster-wide claim lock: every claim round waits for it, then fails.
+    (rx, app)
+}
+
+/// Another session holding the cluster-wide claim lock, until it unlocks or is dropped.
+async fn hold_claim_lock(app: &TestApp) -> tokio_postgres::Client {
     let blocker = connect(&app._db.url()).await;
     blocker.execute("SELECT pg_advisory_lock($1)", &[&CLAIM_LOCK]).await.unwrap();
+    blocker
+}
+
+#[actix_rt::test]
+async fn a_fresh_delivery_is_attempted_while_no_claim_round_can_run() {
+    let (rx, app) = sink_app(true).await;
+    // Another session holds the cluster-wide claim lock: every claim round waits for it, then fails.
+    let blocker = hold_claim_lock(&app).await;
 
     for i in 0..5 {
         assert_eq!(app.post_signed(format!(r#"{{"i":{i}}}"#).as_bytes(), &format!("k{i}")).await.status, 202);
@@ -68,16 +81,8 @@ async fn a_handed_off_delivery_keeps_the_destinations_max_in_flight_and_the_rest
 
 #[actix_rt::test]
 async fn with_the_hand_off_off_fresh_deliveries_wait_for_a_claim_round() {
-    let rx = Receiver::start(vec![], None);
-    let url = rx.url.clone();
-    let app = spawn_app_with(move |s| {
-        s.delivery.handoff = false;
-        s.destinations.push(destination("sink", &url));
-        s.routes.push(route("to-sink", "hmac", "sink"));
-    })
-    .await;
-    let blocker = connect(&app._db.url()).await;
-    blocker.execute("SELECT pg_advisory_lock($1)", &[&CLAIM_LOCK]).await.unwrap();
+    let (rx, app) = sink_app(false).await;
+    let blocker = hold_claim_lock(&app).await;
     for i in 0..5 {
         assert_eq!(app.post_signed(format!(r#"{{"i":{i}}}"#).as_bytes(), &format!("k{i}")).await.status, 202);
     }
@@ -96,13 +101,7 @@ async fn with_the_hand_off_off_fresh_deliveries_wait_for_a_claim_round() {
 
 #[actix_rt::test]
 async fn a_destination_paused_in_the_database_gets_no_lease_at_insert_even_before_the_node_reloads() {
-    let rx = Receiver::start(vec![], None);
-    let url = rx.url.clone();
-    let app = spawn_app_with(move |s| {
-        s.destinations.push(destination("sink", &url));
-        s.routes.push(route("to-sink", "hmac", "sink"));
-    })
-    .await;
+    let (rx, app) = sink_app(true).await;
     // Paused without NOTIFY: the node's catalog still says active (as on a node that has not reloaded yet).
     app.db.execute("UPDATE destinations SET state = 'paused' WHERE slug = 'sink'", &[]).await.unwrap();
     assert_eq!(app.post_signed(br#"{"n":1}"#, "after-pause").await.status, 202);
