@@ -91,6 +91,8 @@ pub struct Scheduler {
     again: bool,
     /// The last claim round left due work behind for lack of room: a finished attempt triggers the next round.
     starved: bool,
+    /// Slots counted in flight for hand-offs waiting for their limits' answer, per destination.
+    reserved: HashMap<Uuid, i64>,
     /// The timer of the earliest retry the ResultWriter announced ([`WakeAt`]).
     next_wake: Option<(DateTime<Utc>, SpawnHandle)>,
     next_deliverer: usize,
@@ -132,6 +134,7 @@ impl Scheduler {
             claiming: false,
             again: false,
             starved: false,
+            reserved: HashMap::new(),
             next_wake: None,
             next_deliverer: 0,
             handoff: None,
@@ -312,7 +315,11 @@ impl Actor for Scheduler {
 
 impl actix::Supervised for Scheduler {
     fn restarting(&mut self, _: &mut Self::Context) {
-        // Attempts in flight keep their bookkeeping: their `Completed` still arrives here.
+        // Attempts in flight keep their bookkeeping: their `Completed` still arrives here. Slots reserved for
+        // hand-offs whose limits had not answered are freed: those futures are gone, their leases expire.
+        for (destination, n) in std::mem::take(&mut self.reserved) {
+            self.count_in_flight(destination, -n);
+        }
         self.claiming = false;
         self.again = false;
         self.next_wake = None;
@@ -544,8 +551,19 @@ impl Handler<HandOff> for Scheduler {
 }
 
 impl Scheduler {
-    /// Counts `n` slots of `destination` as taken (negative: frees them).
+    /// Counts `n` slots of `destination` as taken while its limits answer a hand-off (negative: frees them).
     fn reserve(&mut self, destination: Uuid, n: i64) {
+        let held = self.reserved.entry(destination).or_default();
+        // Never frees more than is held: a restart may have freed it already.
+        let n = n.max(-*held);
+        *held += n;
+        if *held <= 0 {
+            self.reserved.remove(&destination);
+        }
+        self.count_in_flight(destination, n);
+    }
+
+    fn count_in_flight(&mut self, destination: Uuid, n: i64) {
         self.inflight = (self.inflight as i64 + n).max(0) as usize;
         let slot = self.inflight_by_destination.entry(destination).or_default();
         *slot = (*slot as i64 + n).max(0) as u32;
