@@ -20,3 +20,4 @@ mod replay_fencing;
 mod retention;
 mod stranding;
 mod supervision;
+mod tls;
