@@ -9,8 +9,9 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use hookgate_actors::janitor::RetentionSettings;
+use hookgate_actors::tls::{check as check_tls, OutboundTls};
 use hookgate_actors::{DeliveryConfig, RestartPolicy, WriterConfig};
-use hookgate_core::catalog::{DestinationSpec, RouteSpec};
+use hookgate_core::catalog::{DestinationSpec, DestinationTls, RouteSpec, TlsFieldError, TlsFiles};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -297,15 +298,30 @@ impl Settings {
         self.validate_delivery()
     }
 
+    /// Each declared destination's TLS material, read from the files its `tls` names (in declaration order).
+    pub fn destination_tls(&self) -> anyhow::Result<Vec<DestinationTls>> {
+        self.destinations
+            .iter()
+            .map(|d| read_tls_files(d.tls.as_ref()).map_err(|e| anyhow::anyhow!("destination {:?}: {e}", d.slug)))
+            .collect()
+    }
+
     fn validate_delivery(&self) -> anyhow::Result<()> {
         let policy = self.delivery.ssrf_policy();
         let mut seen = std::collections::HashSet::new();
+        // Checks each destination's own TLS material (without loading any shared trust roots).
+        let checker = self.destinations.iter().any(|d| d.tls.is_some()).then(OutboundTls::for_checks).transpose()?;
         for d in &self.destinations {
             validate_slug(&d.slug).map_err(|e| anyhow::anyhow!("destination {:?}: {e}", d.slug))?;
             if !seen.insert(d.slug.as_str()) {
                 anyhow::bail!("destination {:?} is declared twice", d.slug);
             }
             d.validate(&policy).map_err(|e| anyhow::anyhow!("destination {:?}: {e}", d.slug))?;
+            if let (Some(files), Some(checker)) = (&d.tls, &checker) {
+                let tls = read_tls_files(Some(files)).map_err(|e| anyhow::anyhow!("destination {:?}: {e}", d.slug))?;
+                check_tls(checker, &tls, TLS_FILE_FIELDS, std::time::SystemTime::now())
+                    .map_err(|e| anyhow::anyhow!("destination {:?}: {e}", d.slug))?;
+            }
         }
         let sources: std::collections::HashSet<&str> = self.sources.iter().map(|s| s.slug.as_str()).collect();
         let mut seen_routes = std::collections::HashSet::new();
@@ -324,6 +340,30 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// The names of a destination's TLS fields in the configuration file.
+const TLS_FILE_FIELDS: (&str, &str, &str) = ("ca_file", "cert_file", "key_file");
+
+/// Reads the PEM files a destination's `tls` names; an unreadable file is an error naming its field.
+fn read_tls_files(files: Option<&TlsFiles>) -> Result<DestinationTls, TlsFieldError> {
+    let Some(files) = files else { return Ok(DestinationTls::default()) };
+    let read = |path: &Option<std::path::PathBuf>, field: &str| {
+        path.as_ref()
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| TlsFieldError::new(field, format!("cannot read {}: {e}", p.display())))
+            })
+            .transpose()
+    };
+    let (ca, cert, key) = TLS_FILE_FIELDS;
+    let tls = DestinationTls {
+        ca_pem: read(&files.ca_file, ca)?,
+        cert_pem: read(&files.cert_file, cert)?,
+        key_pem: read(&files.key_file, key)?.map(SecretString::from),
+    };
+    tls.check_pairing(TLS_FILE_FIELDS)?;
+    Ok(tls)
 }
 
 /// Serializes to an empty table: figment then falls back to each field's serde default.
@@ -444,6 +484,18 @@ mod tests {
             ("[[sources]]\nslug = \"a\"\nverification = { kind = \"standard_webhooks\", secret = \"whsec_!!\" }", "base64"),
             ("[[sources]]\nslug = \"a\"\nidempotency = { from = \"cloudevents\" }", "cloudevents = true"),
             ("[[sources]]\nslug = \"a\"\nverification = { kind = \"rot13\" }", "rot13"),
+            (
+                "[[destinations]]\nslug = \"d\"\nurl = \"https://example.com/\"\nheaders = { \"Webhook-Id\" = \"x\" }",
+                "\"Webhook-Id\" cannot be set",
+            ),
+            (
+                "[[destinations]]\nslug = \"d\"\nurl = \"https://example.com/\"\ntls = { ca_file = \"/nonexistent/ca.pem\" }",
+                "tls.ca_file: cannot read /nonexistent/ca.pem",
+            ),
+            (
+                "[[destinations]]\nslug = \"d\"\nurl = \"https://example.com/\"\ntls = { cafile = \"x\" }",
+                "cafile",
+            ),
         ];
         for (text, needle) in cases {
             let err = Settings::from_toml(text).unwrap_err().to_string();

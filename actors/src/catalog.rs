@@ -2,15 +2,18 @@
 //! `destinations` and `routes` rows (and the configuration's declared ones written there at start). The front end,
 //! the Scheduler, the Deliverers and the ResultWriter read it; the Router reloads it when PostgreSQL says it changed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hookgate_core::catalog::{Catalog, Destination, DestinationSpec, Route, RouteSpec};
+use hookgate_core::catalog::{
+    validate_headers, Catalog, Destination, DestinationSpec, DestinationTls, Route, RouteSpec,
+};
 use hookgate_core::signing::SigningSecret;
 use hookgate_core::snapshot::Snapshot;
 use hookgate_core::state::DestinationState;
-use hookgate_store::catalog::{DeclaredDestination, DeclaredRoute};
+use hookgate_store::catalog::{DeclaredDestination, DeclaredRoute, DestinationTlsColumns};
 use hookgate_store::Pool;
 
 /// The routing catalog every node serves from, swapped whole on reload.
@@ -33,6 +36,16 @@ async fn load(pool: &Pool) -> anyhow::Result<Catalog> {
             .map(|s| SigningSecret::parse(s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("destination {slug}: {e}"))?;
+        // Checked when set; a stored value that no longer passes is dropped (with a warning) rather than stopping
+        // every other destination's deliveries.
+        let headers = serde_json::from_value::<BTreeMap<String, String>>(row.headers)
+            .map_err(|e| e.to_string())
+            .and_then(|h| validate_headers(&h))
+            .unwrap_or_else(|e| {
+                tracing::warn!(message = "A destination's stored headers are unusable; sent without them.", destination = %slug, error = %e);
+                Vec::new()
+            });
+        let tls = DestinationTls { ca_pem: row.tls.ca_pem, cert_pem: row.tls.cert_pem, key_pem: row.tls.key_pem };
         let d = Destination {
             id: row.id,
             url: row.url,
@@ -43,6 +56,8 @@ async fn load(pool: &Pool) -> anyhow::Result<Catalog> {
             secrets,
             fifo: row.fifo,
             state: DestinationState::parse(&row.state).unwrap_or_default(),
+            headers,
+            tls: (!tls.is_empty()).then(|| Arc::new(tls)),
             slug,
         };
         catalog.destinations.insert(d.id, Arc::new(d));
@@ -69,14 +84,18 @@ async fn load(pool: &Pool) -> anyhow::Result<Catalog> {
     Ok(catalog)
 }
 
-/// The declared destinations and routes as the store applies them ([`hookgate_store::apply_declared`]).
+/// The declared destinations and routes as the store applies them ([`hookgate_store::apply_declared`]); `tls`
+/// holds each destination's TLS material as read from its files (in the same order; missing entries: none).
 pub fn declared_rows<'a>(
     destinations: &'a [DestinationSpec],
+    tls: &[DestinationTls],
     routes: &'a [RouteSpec],
 ) -> anyhow::Result<(Vec<DeclaredDestination<'a>>, Vec<DeclaredRoute<'a>>)> {
     let destinations = destinations
         .iter()
-        .map(|d| {
+        .enumerate()
+        .map(|(i, d)| {
+            let tls = tls.get(i).cloned().unwrap_or_default();
             Ok(DeclaredDestination {
                 slug: &d.slug,
                 url: &d.url,
@@ -87,6 +106,8 @@ pub fn declared_rows<'a>(
                 signing_secrets: serde_json::to_value(&d.signing_secrets)?,
                 fifo: d.fifo,
                 state: d.state.as_str(),
+                headers: serde_json::to_value(&d.headers)?,
+                tls: DestinationTlsColumns { ca_pem: tls.ca_pem, cert_pem: tls.cert_pem, key_pem: tls.key_pem },
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

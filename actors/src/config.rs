@@ -6,6 +6,7 @@ use hookgate_core::ssrf::SsrfPolicy;
 use serde::Deserialize;
 
 use crate::limits::CircuitConfig;
+use crate::tls::TlsRoots;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -25,6 +26,8 @@ pub struct DeliveryConfig {
     pub handoff: bool,
     /// Networks that outbound requests may reach although they are private (e.g. `["127.0.0.1/32"]` in tests).
     pub allow_private: Vec<ipnet::IpNet>,
+    /// CA certificates every `https://` destination trusts: `webpki` (built in), `native` (the system's) or `both`.
+    pub tls_roots: TlsRoots,
     /// Results batched into one transaction at most.
     pub result_batch_max: usize,
     /// Longest a result waits for its batch, in milliseconds.
@@ -52,6 +55,7 @@ impl Default for DeliveryConfig {
             lease_margin_ms: 30_000,
             handoff: true,
             allow_private: Vec::new(),
+            tls_roots: TlsRoots::default(),
             result_batch_max: 256,
             result_flush_interval_ms: 5,
             jq_timeout_ms: 100,

@@ -1,8 +1,11 @@
 //! Makes one HTTP attempt per leased delivery: signed (Standard Webhooks), traced, time-bounded, never redirected,
 //! and only to addresses the SSRF guard vetted; reports the outcome to the ResultWriter.
 //!
-//! Each Deliverer runs on its own arbiter and owns its `awc::Client` (which is `!Send`). It runs many attempts at
-//! once; the Scheduler bounds how many it is given.
+//! Each Deliverer runs on its own arbiter and owns its `awc::Client`s (which are `!Send`): one shared by the
+//! destinations without TLS settings of their own, and one per destination that has some (its own CA certificates
+//! or client certificate need a rustls `ClientConfig` of their own), kept while the destination's TLS material
+//! stays the same and rebuilt when it changes. It runs many attempts at once; the Scheduler bounds how many it is
+//! given.
 //!
 //! A delivery whose route could not be evaluated at ingest (`needs_routing`) is evaluated here first, with the
 //! same input and the same bounds: its filter may cancel it, its programs may fail it, their output becomes the
@@ -10,6 +13,7 @@
 //! counts as a failed try of kind `route_timeout` on the destination's retry schedule (never against the
 //! destination's circuit or health).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +21,7 @@ use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use hookgate_core::catalog::{Destination, Route};
+use hookgate_core::catalog::{Destination, DestinationTls, Route};
 use hookgate_core::delivery::{AttemptOutcome, Job, Routed};
 use hookgate_core::internal_events::{emit, AttemptMade, AttemptPanicked};
 use hookgate_core::jq::{self, RouteOutcome};
@@ -31,6 +35,7 @@ use crate::redis_link::RedisLink;
 use crate::shutdown::Shutdown;
 use crate::ssrf::{classify_send_error, guarded_client};
 use crate::supervision::{guarded, Panicked};
+use crate::tls::OutboundTls;
 
 /// The largest part of a response body kept with an attempt.
 pub const EXCERPT_BYTES: usize = 4096;
@@ -63,7 +68,7 @@ pub struct AttemptResult {
     pub latency_ms: i32,
     pub response_headers: serde_json::Value,
     pub excerpt: Option<Bytes>,
-    /// `timeout`, `connect`, `ssrf`, `dns`, `redirect`, `http_status`, … (None on success).
+    /// `timeout`, `connect`, `tls`, `ssrf`, `dns`, `redirect`, `http_status`, … (None on success).
     pub error_kind: Option<&'static str>,
     pub error: Option<String>,
     pub retry_after: Option<Duration>,
@@ -109,13 +114,28 @@ pub struct Completed {
     pub destination_id: Uuid,
 }
 
+/// A destination's own client, and the TLS material it was built from.
+struct OwnClient {
+    material: Arc<DestinationTls>,
+    fingerprint: [u8; 32],
+    /// The client, or why the material gives none (each attempt then fails with kind `tls` and this reason).
+    client: Result<awc::Client, String>,
+}
+
+/// Past this many destinations with clients of their own, the cache starts over (clients of destinations long
+/// gone are not kept forever).
+const MAX_OWN_CLIENTS: usize = 1024;
+
 pub struct Deliverer {
     policy: Arc<SsrfPolicy>,
+    tls: OutboundTls,
     limits: Arc<Limits>,
     redis: Arc<RedisLink>,
     max_connections: usize,
     mailbox_capacity: usize,
     client: Option<awc::Client>,
+    /// Clients of destinations with TLS settings of their own, by destination id.
+    own_clients: HashMap<Uuid, OwnClient>,
     results: Recipient<AttemptResult>,
     scheduler: Recipient<Completed>,
     jq_timeout: Duration,
@@ -127,8 +147,10 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         policy: Arc<SsrfPolicy>,
+        tls: OutboundTls,
         limits: Arc<Limits>,
         redis: Arc<RedisLink>,
         max_connections: usize,
@@ -138,11 +160,13 @@ impl Deliverer {
     ) -> Self {
         Self {
             policy,
+            tls,
             limits,
             redis,
             max_connections,
             mailbox_capacity,
             client: None,
+            own_clients: HashMap::new(),
             results,
             scheduler,
             jq_timeout: Duration::from_millis(100),
@@ -165,7 +189,7 @@ impl Actor for Deliverer {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.mailbox_capacity);
-        self.client = Some(guarded_client(self.policy.clone(), self.max_connections));
+        self.client = Some(guarded_client(self.policy.clone(), self.max_connections, self.tls.shared()));
     }
 }
 
@@ -175,7 +199,7 @@ impl Handler<Deliver> for Deliverer {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        let client = self.client.clone().unwrap_or_else(|| guarded_client(self.policy.clone(), self.max_connections));
+        let client = self.client_for(&msg.destination);
         let (results, scheduler) = (self.results.clone(), self.scheduler.clone());
         let (limits, redis) = (self.limits.clone(), self.redis.clone());
         let (jq_timeout, jq_max_output) = (self.jq_timeout, self.jq_max_output);
@@ -184,14 +208,14 @@ impl Handler<Deliver> for Deliverer {
                 let delivery = msg.job.delivery_id;
                 let sent = guarded(async {
                     let result = match route_now(&msg, jq_timeout, jq_max_output).await {
-                        None => attempt(&client, &msg.job, &msg.destination).await,
+                        None => attempt_with(&client, &msg.job, &msg.destination).await,
                         Some(Routed::Payload(payload)) => {
                             let mut job = msg.job.clone();
                             if let Some(p) = &payload {
                                 job.body = p.clone();
                                 job.transformed = true;
                             }
-                            let mut result = attempt(&client, &job, &msg.destination).await;
+                            let mut result = attempt_with(&client, &job, &msg.destination).await;
                             result.routed = Some(Routed::Payload(payload));
                             result
                         }
@@ -227,6 +251,37 @@ impl Handler<Deliver> for Deliverer {
 }
 
 impl Deliverer {
+    /// The client for this destination: the shared one, or the destination's own when it has TLS settings (built
+    /// on first use and whenever its TLS material changed).
+    fn client_for(&mut self, dest: &Destination) -> Result<awc::Client, String> {
+        let Some(material) = &dest.tls else {
+            let (policy, max, tls) = (&self.policy, self.max_connections, &self.tls);
+            return Ok(self.client.get_or_insert_with(|| guarded_client(policy.clone(), max, tls.shared())).clone());
+        };
+        if let Some(own) = self.own_clients.get_mut(&dest.id) {
+            if Arc::ptr_eq(&own.material, material) {
+                return own.client.clone();
+            }
+            // A reloaded catalog carries new values: the same material is recognised by its fingerprint.
+            if own.fingerprint == material.fingerprint() {
+                own.material = material.clone();
+                return own.client.clone();
+            }
+        }
+        if self.own_clients.len() >= MAX_OWN_CLIENTS {
+            self.own_clients.clear();
+        }
+        let client = self
+            .tls
+            .for_destination(material, ("ca_pem", "cert_pem", "key_pem"))
+            .map(|config| guarded_client(self.policy.clone(), self.max_connections, config))
+            .map_err(|e| format!("the destination's TLS settings are unusable: {e}"));
+        let own = OwnClient { material: material.clone(), fingerprint: material.fingerprint(), client };
+        let client = own.client.clone();
+        self.own_clients.insert(dest.id, own);
+        client
+    }
+
     /// Answers the [`Shutdown`]s waiting for this deliverer's attempts, once none is in flight.
     fn answer_shutdown(&mut self) {
         if self.inflight == 0 {
@@ -265,6 +320,27 @@ async fn route_now(msg: &Deliver, timeout: Duration, max_output: usize) -> Optio
     })
 }
 
+/// The result of a job whose destination's TLS material gives no client: a failed try of kind `tls`.
+fn unusable_tls(job: &Job, why: String) -> AttemptResult {
+    emit(AttemptMade { outcome: "tls", elapsed: Duration::ZERO });
+    AttemptResult {
+        delivery_id: job.delivery_id,
+        created_at: job.created_at,
+        lease_id: job.lease_id,
+        destination_id: job.destination_id,
+        attempt: job.attempt,
+        started_at: Utc::now(),
+        status: None,
+        latency_ms: 0,
+        response_headers: serde_json::json!({}),
+        excerpt: None,
+        error_kind: Some("tls"),
+        error: Some(why),
+        retry_after: None,
+        routed: None,
+    }
+}
+
 /// The result of a job whose route evaluation decided that no HTTP attempt is made now.
 fn not_attempted(job: &Job, routed: Routed) -> AttemptResult {
     let (kind, error) = match &routed {
@@ -291,6 +367,13 @@ fn not_attempted(job: &Job, routed: Routed) -> AttemptResult {
     }
 }
 
+async fn attempt_with(client: &Result<awc::Client, String>, job: &Job, dest: &Destination) -> AttemptResult {
+    match client {
+        Ok(client) => attempt(client, job, dest).await,
+        Err(why) => unusable_tls(job, why.clone()),
+    }
+}
+
 async fn attempt(client: &awc::Client, job: &Job, dest: &Destination) -> AttemptResult {
     let started_at = Utc::now();
     let clock = Instant::now();
@@ -312,6 +395,10 @@ async fn attempt(client: &awc::Client, job: &Job, dest: &Destination) -> Attempt
         .insert_header(("traceparent", traceparent(job.event_id)));
     if !dest.secrets.is_empty() {
         req = req.insert_header(("webhook-signature", signature_header(&dest.secrets, &msg_id, timestamp, &job.body)));
+    }
+    // Checked when set: none of them is one of the headers above (only `user-agent` may be replaced).
+    for (name, value) in &dest.headers {
+        req = req.insert_header((name.as_str(), value.as_str()));
     }
     let mut result = AttemptResult {
         delivery_id: job.delivery_id,

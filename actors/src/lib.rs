@@ -33,6 +33,7 @@ pub mod shutdown;
 pub mod sources;
 pub mod ssrf;
 pub mod supervision;
+pub mod tls;
 pub mod writer;
 
 pub use cache::{Cache, CacheConfig, CacheLookup, CacheRemember};

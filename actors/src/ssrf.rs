@@ -16,6 +16,12 @@
 //! 3. the TCP connector receives only vetted addresses, so no second lookup can happen.
 //!
 //! Redirects are not followed: a 3xx is returned to the caller as a response.
+//!
+//! # HTTPS
+//!
+//! TLS wraps this connector rather than replacing it: awc's TLS service (rustls, `crate::tls`) calls the guarded
+//! TCP connector and runs the handshake over the connection it returns, so an `https://` destination is vetted
+//! exactly like an `http://` one. The server name sent (SNI) and verified is the URL's host, never the address.
 
 use std::{
     error::Error as StdError,
@@ -35,6 +41,9 @@ use awc::{
 use futures::future::LocalBoxFuture;
 use hickory_resolver::{config::ResolverConfig, net::runtime::TokioRuntimeProvider, TokioResolver};
 use hookgate_core::ssrf::{SsrfError, SsrfPolicy};
+use rustls::ClientConfig;
+
+use crate::tls::{handshake_reason, rustls_error};
 
 /// Resolves hostnames with hickory and returns only the addresses the policy accepts.
 struct PolicyResolver {
@@ -122,16 +131,22 @@ fn hosts_only_resolver() -> TokioResolver {
 /// IP-literal hosts are vetted too: actix-tls does not send them to a resolver, so the connector checks every
 /// socket address right before connecting, whatever produced it (see the module documentation). A refusal comes
 /// back as `SendRequestError::Connect(ConnectError::Resolver(SsrfError))`; [`classify_send_error`] names it
-/// `"ssrf"`. awc's defaults otherwise apply (5 s connect and request timeouts; no TLS backend is enabled in this
-/// build, so https destinations fail with "SSL is not supported").
-pub fn guarded_client(policy: Arc<SsrfPolicy>, max_connections: usize) -> awc::Client {
-    guarded_client_with_dns(policy, max_connections, system_resolver())
+/// `"ssrf"`. `https://` URLs are handshaken with `tls` over the guarded connection (see the module
+/// documentation). awc's defaults otherwise apply (5 s connect and TLS handshake time-outs).
+pub fn guarded_client(policy: Arc<SsrfPolicy>, max_connections: usize, tls: Arc<ClientConfig>) -> awc::Client {
+    guarded_client_with_dns(policy, max_connections, tls, system_resolver())
 }
 
-fn guarded_client_with_dns(policy: Arc<SsrfPolicy>, max_connections: usize, dns: TokioResolver) -> awc::Client {
+fn guarded_client_with_dns(
+    policy: Arc<SsrfPolicy>,
+    max_connections: usize,
+    tls: Arc<ClientConfig>,
+    dns: TokioResolver,
+) -> awc::Client {
     let resolver = Resolver::custom(PolicyResolver { policy: Arc::clone(&policy), dns });
     let connector = GuardedConnector { policy, resolver: resolver.service(), tcp: TcpConnectorService::default() };
-    let connector = awc::Connector::new().connector(connector).limit(max_connections);
+    // The TLS service awc builds from `rustls_0_23` calls this TCP connector first: TLS wraps the guard.
+    let connector = awc::Connector::new().connector(connector).rustls_0_23(tls).limit(max_connections);
     awc::Client::builder().connector(connector).disable_redirects().finish()
 }
 
@@ -143,10 +158,26 @@ fn classify_ssrf(e: &SsrfError) -> (&'static str, String) {
     (kind, e.to_string())
 }
 
+/// A TLS failure (handshake, or a server's alert right after it, as TLS 1.3 sends when it refuses a client
+/// certificate): kind `"tls"`, the reason first (`crate::tls::handshake_reason`), then rustls' own words.
+fn classify_tls(io: &std::io::Error) -> Option<(&'static str, String)> {
+    let e = rustls_error(io)?;
+    Some(("tls", format!("{}: {e}", handshake_reason(e))))
+}
+
 /// Classifies a failed request for the attempt log: `"ssrf"` (refused by the policy), `"dns"`, `"connect"`,
+/// `"tls"` (the TLS handshake failed: unknown issuer, expired, name mismatch, client certificate refused, …),
 /// `"timeout"`, `"io"` (sending or reading the body failed) or `"protocol"` (malformed URL or response, HTTP/2
 /// errors), with a human message. Redirects are responses, not errors, so they never appear here.
 pub fn classify_send_error(e: &SendRequestError) -> (&'static str, String) {
+    let tls = match e {
+        SendRequestError::Connect(ConnectError::Io(io)) | SendRequestError::Send(io) => classify_tls(io),
+        SendRequestError::Response(actix_http::error::ParseError::Io(io)) => classify_tls(io),
+        _ => None,
+    };
+    if let Some(found) = tls {
+        return found;
+    }
     match e {
         SendRequestError::Connect(ce) => match ce {
             ConnectError::Resolver(inner) => match inner.downcast_ref::<SsrfError>() {
@@ -218,6 +249,12 @@ mod tests {
 
     const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
 
+    /// The shared TLS configuration, trusting no CA (no handshake in these tests gets that far).
+    fn tls() -> Arc<ClientConfig> {
+        crate::tls::install_crypto_provider();
+        crate::tls::OutboundTls::with_roots(rustls::RootCertStore::empty()).unwrap().shared()
+    }
+
     fn loopback_allowed() -> Arc<SsrfPolicy> {
         Arc::new(SsrfPolicy::new(vec!["127.0.0.1/32".parse().unwrap()]))
     }
@@ -232,17 +269,20 @@ mod tests {
     #[actix_rt::test]
     async fn ssrf_guarded_client_refuses_internal_destinations() {
         let (port, accepted) = serve(OK.to_owned()).await;
-        let client = guarded_client(Arc::new(SsrfPolicy::default()), 8);
+        let client = guarded_client(Arc::new(SsrfPolicy::default()), 8, tls());
         expect_ssrf(&client, &format!("http://127.0.0.1:{port}/")).await;
         expect_ssrf(&client, &format!("http://127.0.0.2:{port}/")).await;
         expect_ssrf(&client, &format!("http://[::ffff:127.0.0.1]:{port}/")).await;
         expect_ssrf(&client, &format!("http://[::1]:{port}/")).await;
+        // https goes through the same guard: TLS wraps the guarded connector, so nothing is connected to.
+        expect_ssrf(&client, &format!("https://127.0.0.1:{port}/")).await;
+        expect_ssrf(&client, &format!("https://[::ffff:127.0.0.1]:{port}/")).await;
         // A preset socket address skips resolution in actix-tls; the final gate still refuses it.
         let preset = client.get("http://example.com/").address(SocketAddr::from(([127, 0, 0, 1], port)));
         let (kind, _) = classify_send_error(&preset.send().await.unwrap_err());
         assert_eq!(kind, "ssrf");
         // Hostnames: resolved from /etc/hosts and the built-in localhost answers, never from the network.
-        let hosts_only = guarded_client_with_dns(Arc::new(SsrfPolicy::default()), 8, hosts_only_resolver());
+        let hosts_only = guarded_client_with_dns(Arc::new(SsrfPolicy::default()), 8, tls(), hosts_only_resolver());
         expect_ssrf(&hosts_only, &format!("http://localhost:{port}/")).await;
         expect_ssrf(&hosts_only, &format!("http://[::ffff:127.0.0.1]:{port}/")).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 0, "no refused request may reach the listener");
@@ -251,17 +291,17 @@ mod tests {
     #[actix_rt::test]
     async fn ssrf_guarded_client_allowlisted_destination_succeeds() {
         let (port, accepted) = serve(OK.to_owned()).await;
-        let client = guarded_client(loopback_allowed(), 8);
+        let client = guarded_client(loopback_allowed(), 8, tls());
         let mut res = client.get(format!("http://127.0.0.1:{port}/")).send().await.unwrap();
         assert_eq!(res.status().as_u16(), 200);
         assert_eq!(res.body().await.unwrap().as_ref(), b"ok");
         expect_ssrf(&client, &format!("http://127.0.0.2:{port}/")).await;
         // localhost resolves to 127.0.0.1 (allowed) and ::1 (not allowed): one forbidden address refuses the host.
-        let hosts_only = guarded_client_with_dns(loopback_allowed(), 8, hosts_only_resolver());
+        let hosts_only = guarded_client_with_dns(loopback_allowed(), 8, tls(), hosts_only_resolver());
         expect_ssrf(&hosts_only, &format!("http://localhost:{port}/")).await;
         // With both loopback addresses allowed it goes through.
         let both = Arc::new(SsrfPolicy::new(vec!["127.0.0.1/32".parse().unwrap(), "::1/128".parse().unwrap()]));
-        let hosts_only = guarded_client_with_dns(both, 8, hosts_only_resolver());
+        let hosts_only = guarded_client_with_dns(both, 8, tls(), hosts_only_resolver());
         let res = hosts_only.get(format!("http://localhost:{port}/")).send().await.unwrap();
         assert_eq!(res.status().as_u16(), 200);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -274,7 +314,7 @@ mod tests {
             "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{other_port}/\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
         let (port, _) = serve(redirect).await;
-        let client = guarded_client(loopback_allowed(), 8);
+        let client = guarded_client(loopback_allowed(), 8, tls());
         let res = client.get(format!("http://127.0.0.1:{port}/")).send().await.unwrap();
         assert_eq!(res.status().as_u16(), 302);
         assert_eq!(res.headers().get("location").unwrap().to_str().unwrap(), format!("http://127.0.0.1:{other_port}/"));
@@ -289,11 +329,23 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let client = guarded_client(loopback_allowed(), 8);
+        let client = guarded_client(loopback_allowed(), 8, tls());
         let err = client.get(format!("http://127.0.0.1:{port}/")).send().await.unwrap_err();
         assert_eq!(classify_send_error(&err).0, "connect");
-        let hosts_only = guarded_client_with_dns(loopback_allowed(), 8, hosts_only_resolver());
+        let hosts_only = guarded_client_with_dns(loopback_allowed(), 8, tls(), hosts_only_resolver());
         let err = hosts_only.get("http://no-such-host.invalid/").send().await.unwrap_err();
         assert_eq!(classify_send_error(&err).0, "dns", "{err}");
+        // A server that answers the ClientHello with plain HTTP: the handshake fails, and says so.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let plain = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _ = stream.write_all(OK.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        let err = client.get(format!("https://127.0.0.1:{plain}/")).send().await.unwrap_err();
+        let (kind, message) = classify_send_error(&err);
+        assert_eq!(kind, "tls", "{err}: {message}");
     }
 }

@@ -2,12 +2,15 @@
 //! and compiled), and the in-memory [`Catalog`] every node serves from, whose [`Catalog::plan`] decides an event's
 //! deliveries. Loading it from PostgreSQL and keeping it current is the actors' (`hookgate_actors::catalog`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::internal_events::{emit, RouteEvaluationDeferred};
@@ -43,6 +46,131 @@ pub struct DestinationSpec {
     pub fifo: bool,
     #[serde(default)]
     pub state: DestinationState,
+    /// The destination's own TLS settings: PEM files, read when the configuration is loaded.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Headers sent on every attempt (see [`validate_headers`] for those that cannot be set).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A destination's TLS settings in the configuration file: paths of PEM files.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Extra trusted CA certificates (a PEM bundle), beside `delivery.tls_roots`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM, leaf first) presented for mutual TLS; needs `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// A destination's own TLS material as stored and used: PEM text. The key is a secret: never logged, never shown.
+#[derive(Debug, Clone, Default)]
+pub struct DestinationTls {
+    /// Extra trusted CA certificates (PEM bundle).
+    pub ca_pem: Option<String>,
+    /// Client certificate chain (PEM, leaf first).
+    pub cert_pem: Option<String>,
+    /// The client certificate's private key (PEM).
+    pub key_pem: Option<SecretString>,
+}
+
+impl DestinationTls {
+    /// Whether nothing is set (the destination then uses the shared client and trust roots only).
+    pub fn is_empty(&self) -> bool {
+        self.ca_pem.is_none() && self.cert_pem.is_none() && self.key_pem.is_none()
+    }
+
+    /// A digest of the whole material: a client built from it is reused while the digest stays the same.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for part in [self.ca_pem.as_deref(), self.cert_pem.as_deref(), self.key_pem.as_ref().map(|k| k.expose_secret())]
+        {
+            match part {
+                Some(text) => {
+                    h.update([1u8]);
+                    h.update((text.len() as u64).to_be_bytes());
+                    h.update(text.as_bytes());
+                }
+                None => h.update([0u8]),
+            }
+        }
+        h.finalize().into()
+    }
+
+    /// Which fields belong together: a client certificate needs its key and a key its certificate. Names the
+    /// field at fault with `names` (`(ca, cert, key)`: the file or PEM field names of the caller's form).
+    pub fn check_pairing(&self, names: (&str, &str, &str)) -> Result<(), TlsFieldError> {
+        match (&self.cert_pem, &self.key_pem) {
+            (Some(_), None) => Err(TlsFieldError::new(names.2, "a client certificate needs its private key")),
+            (None, Some(_)) => Err(TlsFieldError::new(names.1, "a private key needs its client certificate")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A refused TLS setting: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tls.{field}: {reason}")]
+pub struct TlsFieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl TlsFieldError {
+    pub fn new(field: &str, reason: impl Into<String>) -> Self {
+        Self { field: field.to_owned(), reason: reason.into() }
+    }
+}
+
+/// Headers hookgate sets itself (the signature's, tracing, framing) or that belong to one connection: a
+/// destination cannot set them.
+const RESERVED_HEADERS: &[&str] = &[
+    "traceparent",
+    "content-type",
+    "content-length",
+    "host",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Checks a destination's extra headers: valid names and values, none that hookgate sets or that is hop-by-hop
+/// (`webhook-*`, `traceparent`, `content-type`, `content-length`, `host`, `connection`, `keep-alive`, `proxy-*`,
+/// `te`, `trailer`, `transfer-encoding`, `upgrade`), no name given twice. Answers the headers with lower-case names.
+pub fn validate_headers(headers: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, String> {
+    if headers.len() > 64 {
+        return Err("headers: at most 64".into());
+    }
+    let mut out: Vec<(String, String)> = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        let parsed = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("headers: {name:?} is not a valid header name"))?;
+        let lower = parsed.as_str();
+        if lower.starts_with("webhook-") || lower.starts_with("proxy-") || RESERVED_HEADERS.contains(&lower) {
+            return Err(format!(
+                "headers: {name:?} cannot be set on a destination (hookgate sets it, or it is hop-by-hop)"
+            ));
+        }
+        if value.len() > 8192 {
+            return Err(format!("headers: the value of {name:?} is longer than 8192 bytes"));
+        }
+        http::HeaderValue::from_str(value)
+            .map_err(|_| format!("headers: the value of {name:?} is not a valid header value"))?;
+        if out.iter().any(|(n, _)| n == lower) {
+            return Err(format!("headers: {name:?} is given twice"));
+        }
+        out.push((lower.to_owned(), value.clone()));
+    }
+    Ok(out)
 }
 
 fn default_timeout_ms() -> u64 {
@@ -66,6 +194,7 @@ impl DestinationSpec {
         for s in &self.signing_secrets {
             SigningSecret::parse(s)?;
         }
+        validate_headers(&self.headers)?;
         Ok(())
     }
 }
@@ -113,6 +242,10 @@ pub struct Destination {
     pub secrets: Vec<SigningSecret>,
     pub fifo: bool,
     pub state: DestinationState,
+    /// Sent on every attempt (lower-case names, checked by [`validate_headers`]).
+    pub headers: Vec<(String, String)>,
+    /// The destination's own TLS material, when it has any (then it gets a TLS client of its own).
+    pub tls: Option<Arc<DestinationTls>>,
 }
 
 /// A route with its programs compiled.
@@ -229,5 +362,58 @@ pub fn without_nul(s: &str) -> std::borrow::Cow<'_, str> {
         std::borrow::Cow::Owned(s.replace('\0', ""))
     } else {
         std::borrow::Cow::Borrowed(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn destination_headers_are_checked_and_lower_cased() {
+        let ok = validate_headers(&headers(&[("X-Env", "prod"), ("Authorization", "Bearer t")])).unwrap();
+        assert_eq!(ok, vec![("authorization".into(), "Bearer t".into()), ("x-env".into(), "prod".into())]);
+        for name in [
+            "Webhook-Signature",
+            "webhook-id",
+            "traceparent",
+            "Content-Type",
+            "content-length",
+            "Host",
+            "Connection",
+            "keep-alive",
+            "Proxy-Authorization",
+            "TE",
+            "trailer",
+            "Transfer-Encoding",
+            "upgrade",
+        ] {
+            let err = validate_headers(&headers(&[(name, "x")])).unwrap_err();
+            assert!(err.contains(name) && err.contains("cannot be set"), "{name}: {err}");
+        }
+        let err = validate_headers(&headers(&[("bad name", "x")])).unwrap_err();
+        assert!(err.contains("\"bad name\"") && err.contains("not a valid header name"), "{err}");
+        let err = validate_headers(&headers(&[("x-a", "line\nbreak")])).unwrap_err();
+        assert!(err.contains("\"x-a\"") && err.contains("not a valid header value"), "{err}");
+        let err = validate_headers(&headers(&[("X-Env", "a"), ("x-env", "b")])).unwrap_err();
+        assert!(err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn the_tls_fingerprint_changes_with_any_part_and_pairs_are_required() {
+        let a = DestinationTls { ca_pem: Some("ca".into()), ..Default::default() };
+        let b = DestinationTls { cert_pem: Some("ca".into()), ..Default::default() };
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint(), a.clone().fingerprint());
+        let names = ("ca_pem", "cert_pem", "key_pem");
+        assert_eq!(b.check_pairing(names).unwrap_err().field, "key_pem");
+        let key_only = DestinationTls { key_pem: Some(SecretString::from("k")), ..Default::default() };
+        assert_eq!(key_only.check_pairing(names).unwrap_err().field, "cert_pem");
+        assert!(a.check_pairing(names).is_ok());
+        assert!(!format!("{key_only:?}").contains("\"k\""), "the key is redacted: {key_only:?}");
     }
 }

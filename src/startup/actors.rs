@@ -15,6 +15,7 @@ use hookgate_actors::result_writer::{ConnectScheduler, ResultWriter};
 use hookgate_actors::router::Router;
 use hookgate_actors::scheduler::Scheduler;
 use hookgate_actors::sources::SourceRegistry;
+use hookgate_actors::tls::OutboundTls;
 use hookgate_actors::{
     ActorStatus, Cache, CacheConfig, EventWriter, Health, HealthRegistry, Mailbox, RedisLink, RedisLinkConfig,
 };
@@ -211,6 +212,8 @@ fn delivery(
         Supervisor::start(move |_| ResultWriter::new(pool, catalog, node, cfg, results_status))
     };
     let ssrf = Arc::new(cfg.ssrf_policy());
+    // Read once (the system store is files on disk); every deliverer's clients trust these roots.
+    let tls = OutboundTls::load(cfg.tls_roots).context("Failed to load the TLS trust roots (delivery.tls_roots)")?;
     let arbiters: Vec<Arbiter> = (0..cfg.deliverers.max(1)).map(|_| Arbiter::new()).collect();
     let handles: Vec<_> = arbiters.iter().map(|a| a.handle()).collect();
     // The claim loop turns at least every poll interval; a round may wait on the claim lock (5 s) and the pool, so
@@ -227,12 +230,14 @@ fn delivery(
             let deliverers = handles
                 .iter()
                 .map(|h| {
-                    let (ssrf, results, me) = (ssrf.clone(), results.clone().recipient(), me.clone().recipient());
+                    let (ssrf, tls) = (ssrf.clone(), tls.clone());
+                    let (results, me) = (results.clone().recipient(), me.clone().recipient());
                     let (limits, redis) = (limits.clone(), redis.clone());
                     let (max, cap) = (cfg.max_in_flight, cfg.max_in_flight.max(16));
                     let (jq_timeout, jq_max) = (Duration::from_millis(cfg.jq_timeout_ms), cfg.jq_max_output_bytes);
                     Supervisor::start_in_arbiter(h, move |_| {
-                        Deliverer::new(ssrf, limits, redis, max, cap, results, me).with_jq_bounds(jq_timeout, jq_max)
+                        Deliverer::new(ssrf, tls, limits, redis, max, cap, results, me)
+                            .with_jq_bounds(jq_timeout, jq_max)
                     })
                 })
                 .collect();

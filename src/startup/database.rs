@@ -36,7 +36,8 @@ pub async fn prepare(settings: &Settings) -> anyhow::Result<Pool> {
     if settings.database.migrate_on_start {
         hookgate_store::migrations::run(&pool).await?;
     }
-    let (destinations, routes) = catalog::declared_rows(&settings.destinations, &settings.routes)?;
+    let tls = settings.destination_tls()?;
+    let (destinations, routes) = catalog::declared_rows(&settings.destinations, &tls, &settings.routes)?;
     hookgate_store::apply_declared(&pool, &sources::declared_rows(&settings.sources)?, &destinations, &routes).await?;
     Ok(pool)
 }

@@ -43,6 +43,8 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // Installed first, so that metrics recorded while starting are kept.
         let metrics = telemetry::metrics_handle();
+        // The one rustls crypto provider (ring) of every outbound TLS connection.
+        hookgate_actors::tls::install_crypto_provider();
         let pool = database::prepare(&settings).await?;
         let (sources, catalog) = database::load_snapshots(&pool).await?;
         let health = HealthRegistry::new();

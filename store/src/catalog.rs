@@ -2,6 +2,7 @@
 //! start.
 
 use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -22,6 +23,23 @@ pub struct DestinationRow {
     pub signing_secrets: Value,
     pub fifo: bool,
     pub state: String,
+    /// Headers sent on every attempt (an object of strings).
+    pub headers: Value,
+    pub tls: DestinationTlsColumns,
+}
+
+/// A destination's own TLS material as stored (PEM text); the key is a secret.
+#[derive(Debug, Clone, Default)]
+pub struct DestinationTlsColumns {
+    pub ca_pem: Option<String>,
+    pub cert_pem: Option<String>,
+    pub key_pem: Option<SecretString>,
+}
+
+impl DestinationTlsColumns {
+    pub(crate) fn key(&self) -> Option<&str> {
+        self.key_pem.as_ref().map(|k| k.expose_secret())
+    }
 }
 
 /// An enabled route as the routing snapshot reads it.
@@ -43,7 +61,7 @@ pub async fn load(pool: &Pool) -> anyhow::Result<(Vec<DestinationRow>, Vec<Enabl
             "SELECT id, slug, url, timeout_ms, max_in_flight, rate_limit, retry,
                     signing_secrets || COALESCE((SELECT jsonb_agg(r->'secret') FROM jsonb_array_elements(retiring_secrets) r
                                                  WHERE (r->>'until')::timestamptz > now()), '[]'::jsonb),
-                    fifo, state
+                    fifo, state, headers, tls_ca_pem, tls_cert_pem, tls_key_pem
              FROM destinations",
             &[],
         )
@@ -62,6 +80,12 @@ pub async fn load(pool: &Pool) -> anyhow::Result<(Vec<DestinationRow>, Vec<Enabl
                 signing_secrets: row.try_get(7)?,
                 fifo: row.try_get(8)?,
                 state: row.try_get(9)?,
+                headers: row.try_get(10)?,
+                tls: DestinationTlsColumns {
+                    ca_pem: row.try_get(11)?,
+                    cert_pem: row.try_get(12)?,
+                    key_pem: row.try_get::<_, Option<String>>(13)?.map(SecretString::from),
+                },
             })
         })
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()
@@ -98,6 +122,10 @@ pub struct DeclaredDestination<'a> {
     pub signing_secrets: Value,
     pub fifo: bool,
     pub state: &'a str,
+    /// Headers sent on every attempt (an object of strings).
+    pub headers: Value,
+    /// The TLS material read from the files the configuration names.
+    pub tls: DestinationTlsColumns,
 }
 
 /// A route declared in the configuration: its source and destination by slug.
@@ -122,11 +150,13 @@ pub(crate) async fn apply_declared(
     for d in destinations {
         tx.execute(
             "INSERT INTO destinations (id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, signing_secrets,
-                                       fifo, state, declared)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, true)
+                                       fifo, state, declared, headers, tls_ca_pem, tls_cert_pem, tls_key_pem)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, true, $11, $12, $13, $14)
              ON CONFLICT (slug) DO UPDATE SET url = EXCLUDED.url, timeout_ms = EXCLUDED.timeout_ms,
                 max_in_flight = EXCLUDED.max_in_flight, rate_limit = EXCLUDED.rate_limit, retry = EXCLUDED.retry,
                 signing_secrets = EXCLUDED.signing_secrets, fifo = EXCLUDED.fifo, declared = true,
+                headers = EXCLUDED.headers, tls_ca_pem = EXCLUDED.tls_ca_pem, tls_cert_pem = EXCLUDED.tls_cert_pem,
+                tls_key_pem = EXCLUDED.tls_key_pem,
                 -- A destination hookgate disabled itself (410, continuous failure) stays disabled until an
                 -- operator acts; restarting a node must not silently resume it.
                 state = CASE WHEN destinations.disabled_reason LIKE 'auto:%' THEN destinations.state
@@ -145,6 +175,10 @@ pub(crate) async fn apply_declared(
                 &d.signing_secrets,
                 &d.fifo,
                 &d.state,
+                &d.headers,
+                &d.tls.ca_pem,
+                &d.tls.cert_pem,
+                &d.tls.key(),
             ],
         )
         .await

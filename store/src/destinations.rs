@@ -7,6 +7,7 @@ use hookgate_core::state::DestinationState;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::catalog::DestinationTlsColumns;
 use crate::error::{Columns, StoreResult};
 
 /// A destination with every column the admin API shows.
@@ -30,10 +31,19 @@ pub struct DestinationRecord {
     pub declared: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Headers sent on every attempt (an object of strings).
+    pub headers: Value,
+    /// Extra trusted CA certificates (PEM).
+    pub tls_ca_pem: Option<String>,
+    /// The client certificate chain (PEM).
+    pub tls_cert_pem: Option<String>,
+    /// Whether a client key is stored (the key itself is never read here).
+    pub has_tls_key: bool,
 }
 
 const COLUMNS: &str = "id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, fifo, state, disabled_reason, \
-                       signing_secrets, retiring_secrets, declared, created_at, updated_at";
+                       signing_secrets, retiring_secrets, declared, created_at, updated_at, headers, tls_ca_pem, \
+                       tls_cert_pem, tls_key_pem IS NOT NULL";
 
 fn read(row: &tokio_postgres::Row) -> StoreResult<DestinationRecord> {
     Ok(DestinationRecord {
@@ -52,6 +62,10 @@ fn read(row: &tokio_postgres::Row) -> StoreResult<DestinationRecord> {
         declared: row.column(12)?,
         created_at: row.column(13)?,
         updated_at: row.column(14)?,
+        headers: row.column(15)?,
+        tls_ca_pem: row.column(16)?,
+        tls_cert_pem: row.column(17)?,
+        has_tls_key: row.column(18)?,
     })
 }
 
@@ -96,6 +110,10 @@ pub struct DestinationFields<'a> {
     /// The retry policy, as stored.
     pub retry: &'a Value,
     pub fifo: bool,
+    /// Headers sent on every attempt (an object of strings).
+    pub headers: &'a Value,
+    /// The destination's own TLS material; `None` keeps what is stored (on update) or sets none (on create).
+    pub tls: Option<&'a DestinationTlsColumns>,
 }
 
 /// Inserts an active destination made through the API (not declared), signing with `signing_secrets` (an array of
@@ -109,9 +127,23 @@ pub async fn create(
     client
         .execute(
             "INSERT INTO destinations (id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, signing_secrets, fifo,
-                                       state, declared)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', false)",
-            &[&id, &d.slug, &d.url, &d.timeout_ms, &d.max_in_flight, &d.rate_limit, &d.retry, &signing_secrets, &d.fifo],
+                                       state, declared, headers, tls_ca_pem, tls_cert_pem, tls_key_pem)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', false, $10, $11, $12, $13)",
+            &[
+                &id,
+                &d.slug,
+                &d.url,
+                &d.timeout_ms,
+                &d.max_in_flight,
+                &d.rate_limit,
+                &d.retry,
+                &signing_secrets,
+                &d.fifo,
+                &d.headers,
+                &d.tls.and_then(|t| t.ca_pem.as_deref()),
+                &d.tls.and_then(|t| t.cert_pem.as_deref()),
+                &d.tls.and_then(|t| t.key()),
+            ],
         )
         .await?;
     Ok(())
@@ -144,16 +176,24 @@ pub async fn lock(client: &impl GenericClient, id: Uuid) -> StoreResult<Option<L
     }))
 }
 
-/// Replaces a destination's settings (its secrets and state stay).
+/// Replaces a destination's settings (its secrets and state stay; its TLS material too when `d.tls` is `None`).
 pub async fn update(client: &impl GenericClient, id: Uuid, d: &DestinationFields<'_>) -> StoreResult<()> {
     client
         .execute(
             "UPDATE destinations SET slug = $2, url = $3, timeout_ms = $4, max_in_flight = $5, rate_limit = $6, retry = $7,
-                    fifo = $8, updated_at = now()
+                    fifo = $8, headers = $9, updated_at = now()
              WHERE id = $1",
-            &[&id, &d.slug, &d.url, &d.timeout_ms, &d.max_in_flight, &d.rate_limit, &d.retry, &d.fifo],
+            &[&id, &d.slug, &d.url, &d.timeout_ms, &d.max_in_flight, &d.rate_limit, &d.retry, &d.fifo, &d.headers],
         )
         .await?;
+    if let Some(tls) = d.tls {
+        client
+            .execute(
+                "UPDATE destinations SET tls_ca_pem = $2, tls_cert_pem = $3, tls_key_pem = $4 WHERE id = $1",
+                &[&id, &tls.ca_pem, &tls.cert_pem, &tls.key()],
+            )
+            .await?;
+    }
     Ok(())
 }
 

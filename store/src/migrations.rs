@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (5, "admin", include_str!("../migrations/0005_admin.sql")),
     (6, "deferred_routing", include_str!("../migrations/0006_deferred_routing.sql")),
     (7, "replay_fencing", include_str!("../migrations/0007_replay_fencing.sql")),
+    (8, "destination_tls", include_str!("../migrations/0008_destination_tls.sql")),
 ];
 
 /// How many migrations this binary carries.

@@ -7,10 +7,10 @@ use serde_json::{json, Value};
 use crate::helpers::{answer, destination, eventually, route, spawn_app_with, Answer, TestApp};
 use crate::receiver::{Receiver, Reply};
 
-const READ: &str = "read-token-for-tests-0123456789";
-const WRITE: &str = "write-token-for-tests-0123456789";
+pub(crate) const READ: &str = "read-token-for-tests-0123456789";
+pub(crate) const WRITE: &str = "write-token-for-tests-0123456789";
 
-fn with_tokens(s: &mut hookgate::config::Settings) {
+pub(crate) fn with_tokens(s: &mut hookgate::config::Settings) {
     use hookgate::config::{AdminRole, AdminToken};
     s.admin.tokens = vec![
         AdminToken { token: READ.to_owned().into(), role: AdminRole::Read },

@@ -485,6 +485,8 @@ pub fn destination(slug: &str, url: &str) -> hookgate_core::catalog::Destination
         signing_secrets: vec![],
         fifo: false,
         state: Default::default(),
+        tls: None,
+        headers: Default::default(),
     }
 }
 

@@ -21,3 +21,4 @@ mod replay_fencing;
 mod retention;
 mod stranding;
 mod supervision;
+mod tls;

@@ -98,6 +98,15 @@ async fn handle(req: HttpRequest, body: Bytes, state: web::Data<ReceiverState>) 
 impl Receiver {
     /// Starts a receiver on 127.0.0.1:0 answering `script` in order, then `default` (200 if none).
     pub fn start(script: Vec<Reply>, default: Option<Reply>) -> Self {
+        Self::serve(script, default, None)
+    }
+
+    /// Starts an HTTPS receiver on 127.0.0.1:0 (TLS with `tls`) answering 200.
+    pub fn start_tls(tls: rustls::ServerConfig) -> Self {
+        Self::serve(vec![], None, Some(tls))
+    }
+
+    fn serve(script: Vec<Reply>, default: Option<Reply>, tls: Option<rustls::ServerConfig>) -> Self {
         let state = Arc::new(ReceiverState::default());
         *state.script.lock().unwrap() = script.into();
         *state.default.lock().unwrap() = default;
@@ -106,12 +115,13 @@ impl Receiver {
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || App::new().app_data(data.clone()).default_service(web::to(handle)))
             .workers(1)
-            .disable_signals()
-            .listen(listener)
-            .unwrap()
-            .run();
-        actix_rt::spawn(server);
-        Self { url: format!("http://127.0.0.1:{port}/hook"), state }
+            .disable_signals();
+        let (server, scheme) = match tls {
+            Some(config) => (server.listen_rustls_0_23(listener, config).unwrap(), "https"),
+            None => (server.listen(listener).unwrap(), "http"),
+        };
+        actix_rt::spawn(server.run());
+        Self { url: format!("{scheme}://127.0.0.1:{port}/hook"), state }
     }
 
     pub fn requests(&self) -> Vec<Received> {

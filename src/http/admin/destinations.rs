@@ -1,13 +1,18 @@
 //! Destinations: CRUD, signing-secret rotation, pause/resume and health.
 
+use std::collections::BTreeMap;
+
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use hookgate_core::catalog::DestinationSpec;
+use hookgate_actors::tls::{check as check_tls, describe_certificate, OutboundTls};
+use hookgate_core::catalog::{DestinationSpec, DestinationTls};
 use hookgate_core::retry::RetryPolicy;
 use hookgate_core::signing::SigningSecret;
 use hookgate_core::source::validate_slug;
 use hookgate_core::state::DestinationState;
+use hookgate_store::catalog::DestinationTlsColumns;
 use hookgate_store::destinations as store;
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -36,7 +41,46 @@ pub struct DestinationView {
     pub declared: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Headers sent on every attempt.
+    pub headers: BTreeMap<String, String>,
+    /// The destination's own TLS settings (null when it has none). The client key is never shown.
+    pub tls: Option<TlsView>,
 }
+
+/// A destination's own TLS settings as the API shows them: the certificates (public), whether a client key is
+/// set, never the key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TlsView {
+    /// Extra trusted CA certificates (PEM), beside `delivery.tls_roots`.
+    pub ca_pem: Option<String>,
+    /// The client certificate chain (PEM) presented for mutual TLS.
+    pub cert_pem: Option<String>,
+    /// Whether the client certificate's private key is set.
+    pub has_client_key: bool,
+    /// The client certificate's subject.
+    pub client_cert_subject: Option<String>,
+    /// When the client certificate expires.
+    pub client_cert_not_after: Option<DateTime<Utc>>,
+}
+
+/// A destination's own TLS settings, PEM text. On update, an omitted `tls` keeps what is set and `{}` removes it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsInput {
+    /// Extra trusted CA certificates (a PEM bundle).
+    #[serde(default)]
+    pub ca_pem: Option<String>,
+    /// Client certificate chain (PEM, leaf first) for mutual TLS; needs `key_pem`.
+    #[serde(default)]
+    pub cert_pem: Option<String>,
+    /// The client certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1). Never shown again.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub key_pem: Option<SecretString>,
+}
+
+/// The names of the TLS fields in the admin API, for its error messages.
+const TLS_PEM_FIELDS: (&str, &str, &str) = ("ca_pem", "cert_pem", "key_pem");
 
 /// Retry schedule; omitted fields take the defaults.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -85,6 +129,14 @@ pub struct DestinationInput {
     pub retry: Option<RetryInput>,
     #[serde(default)]
     pub fifo: bool,
+    /// Headers sent on every attempt. `webhook-*`, `traceparent`, `content-type`, `content-length`, `host` and
+    /// hop-by-hop headers cannot be set.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The destination's own TLS settings: extra CA certificates, a client certificate and key for mutual TLS.
+    /// On update, omitted keeps what is set; `{}` removes it.
+    #[serde(default)]
+    pub tls: Option<TlsInput>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -98,6 +150,17 @@ fn view(row: store::DestinationRecord) -> Result<DestinationView, AdminError> {
     let retry: RetryPolicy = serde_json::from_value(row.retry).map_err(|e| anyhow::anyhow!("stored retry: {e}"))?;
     let secrets: Vec<String> = serde_json::from_value(row.signing_secrets).unwrap_or_default();
     let retiring: Vec<Retiring> = serde_json::from_value(row.retiring_secrets).unwrap_or_default();
+    let headers: BTreeMap<String, String> = serde_json::from_value(row.headers).unwrap_or_default();
+    let tls = (row.tls_ca_pem.is_some() || row.tls_cert_pem.is_some() || row.has_tls_key).then(|| {
+        let cert = row.tls_cert_pem.as_deref().and_then(describe_certificate);
+        TlsView {
+            client_cert_subject: cert.as_ref().map(|c| c.subject.clone()),
+            client_cert_not_after: cert.map(|c| c.not_after),
+            ca_pem: row.tls_ca_pem,
+            cert_pem: row.tls_cert_pem,
+            has_client_key: row.has_tls_key,
+        }
+    });
     Ok(DestinationView {
         id: row.id,
         slug: row.slug,
@@ -114,6 +177,8 @@ fn view(row: store::DestinationRecord) -> Result<DestinationView, AdminError> {
         declared: row.declared,
         created_at: row.created_at,
         updated_at: row.updated_at,
+        headers,
+        tls,
     })
 }
 
@@ -136,6 +201,8 @@ fn spec(state: &AdminState, input: &DestinationInput) -> Result<DestinationSpec,
         signing_secrets: vec![],
         fifo: input.fifo,
         state: DestinationState::Active,
+        tls: None,
+        headers: input.headers.clone(),
     };
     spec.validate(&state.ssrf).map_err(AdminError::Invalid)?;
     if spec.timeout_ms > 600_000 || spec.max_in_flight > 100_000 {
@@ -150,6 +217,18 @@ fn spec(state: &AdminState, input: &DestinationInput) -> Result<DestinationSpec,
     Ok(spec)
 }
 
+/// The TLS material the input sets, checked (422 naming the field); `None` when the input leaves it alone.
+fn tls_columns(input: &DestinationInput) -> Result<Option<DestinationTlsColumns>, AdminError> {
+    let Some(t) = &input.tls else { return Ok(None) };
+    let tls = DestinationTls { ca_pem: t.ca_pem.clone(), cert_pem: t.cert_pem.clone(), key_pem: t.key_pem.clone() };
+    if !tls.is_empty() {
+        let checker = OutboundTls::for_checks().map_err(AdminError::Unexpected)?;
+        check_tls(&checker, &tls, TLS_PEM_FIELDS, std::time::SystemTime::now())
+            .map_err(|e| AdminError::Invalid(e.to_string()))?;
+    }
+    Ok(Some(DestinationTlsColumns { ca_pem: tls.ca_pem, cert_pem: tls.cert_pem, key_pem: tls.key_pem }))
+}
+
 pub(super) async fn fetch(client: &deadpool_postgres::Object, id: Uuid) -> Result<DestinationView, AdminError> {
     let row =
         store::fetch(client, id).await?.ok_or_else(|| AdminError::NotFound(format!("no destination has id {id}")))?;
@@ -160,8 +239,13 @@ fn to_json<T: Serialize>(v: &T) -> Result<serde_json::Value, AdminError> {
     serde_json::to_value(v).map_err(|e| AdminError::Unexpected(e.into()))
 }
 
-/// The destination's settings as stored (`retry`: the policy as JSON, which the fields borrow).
-fn fields<'a>(spec: &'a DestinationSpec, retry: &'a serde_json::Value) -> store::DestinationFields<'a> {
+/// The destination's settings as stored (`retry`, `headers`: as JSON, which the fields borrow).
+fn fields<'a>(
+    spec: &'a DestinationSpec,
+    retry: &'a serde_json::Value,
+    headers: &'a serde_json::Value,
+    tls: Option<&'a DestinationTlsColumns>,
+) -> store::DestinationFields<'a> {
     store::DestinationFields {
         slug: &spec.slug,
         url: &spec.url,
@@ -170,6 +254,8 @@ fn fields<'a>(spec: &'a DestinationSpec, retry: &'a serde_json::Value) -> store:
         rate_limit: spec.rate_limit,
         retry,
         fifo: spec.fifo,
+        headers,
+        tls,
     }
 }
 
@@ -192,12 +278,13 @@ pub async fn create(
     input: web::Json<DestinationInput>,
 ) -> Result<HttpResponse, AdminError> {
     let spec = spec(&state, &input)?;
+    let tls = tls_columns(&input)?;
     let secret = SigningSecret::generate();
     let id = Uuid::now_v7();
     let mut client = hookgate_store::connect(&state.pool).await?;
     let tx = hookgate_store::begin(&mut client).await?;
-    let retry = to_json(&spec.retry)?;
-    store::create(&tx, id, &fields(&spec, &retry), &to_json(&vec![secret.clone()])?).await?;
+    let (retry, headers) = (to_json(&spec.retry)?, to_json(&spec.headers)?);
+    store::create(&tx, id, &fields(&spec, &retry, &headers, tls.as_ref()), &to_json(&vec![secret.clone()])?).await?;
     notify_catalog(&tx, "admin:destination").await?;
     hookgate_store::commit(tx).await?;
     let destination = fetch(&client, id).await?;
@@ -224,7 +311,7 @@ async fn lock_editable(
     Ok(row)
 }
 
-/// Replaces a destination's settings (secrets and state stay).
+/// Replaces a destination's settings (secrets and state stay; TLS settings too when `tls` is omitted).
 #[utoipa::path(put, path = "/admin/v1/destinations/{id}", tag = "destinations", security(("bearer" = [])),
     params(IdPath), request_body = DestinationInput,
     responses((status = 200, body = DestinationView), (status = 404, body = ProblemBody), (status = 409, body = ProblemBody),
@@ -235,11 +322,12 @@ pub async fn update(
     input: web::Json<DestinationInput>,
 ) -> Result<HttpResponse, AdminError> {
     let spec = spec(&state, &input)?;
+    let tls = tls_columns(&input)?;
     let mut client = hookgate_store::connect(&state.pool).await?;
     let tx = hookgate_store::begin(&mut client).await?;
     lock_editable(&tx, path.id).await?;
-    let retry = to_json(&spec.retry)?;
-    store::update(&tx, path.id, &fields(&spec, &retry)).await?;
+    let (retry, headers) = (to_json(&spec.retry)?, to_json(&spec.headers)?);
+    store::update(&tx, path.id, &fields(&spec, &retry, &headers, tls.as_ref())).await?;
     notify_catalog(&tx, "admin:destination").await?;
     hookgate_store::commit(tx).await?;
     Ok(HttpResponse::Ok().json(fetch(&client, path.id).await?))
