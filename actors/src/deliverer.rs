@@ -323,22 +323,7 @@ async fn route_now(msg: &Deliver, timeout: Duration, max_output: usize) -> Optio
 /// The result of a job whose destination's TLS material gives no client: a failed try of kind `tls`.
 fn unusable_tls(job: &Job, why: String) -> AttemptResult {
     emit(AttemptMade { outcome: "tls", elapsed: Duration::ZERO });
-    AttemptResult {
-        delivery_id: job.delivery_id,
-        created_at: job.created_at,
-        lease_id: job.lease_id,
-        destination_id: job.destination_id,
-        attempt: job.attempt,
-        started_at: Utc::now(),
-        status: None,
-        latency_ms: 0,
-        response_headers: serde_json::json!({}),
-        excerpt: None,
-        error_kind: Some("tls"),
-        error: Some(why),
-        retry_after: None,
-        routed: None,
-    }
+    without_request(job, Some("tls"), Some(why), None)
 }
 
 /// The result of a job whose route evaluation decided that no HTTP attempt is made now.
@@ -349,6 +334,16 @@ fn not_attempted(job: &Job, routed: Routed) -> AttemptResult {
         Routed::Skipped => (None, None),
         Routed::Payload(_) => (None, None),
     };
+    without_request(job, kind, error, Some(routed))
+}
+
+/// The result of a job that sent no request: no status, no latency, no response.
+fn without_request(
+    job: &Job,
+    error_kind: Option<&'static str>,
+    error: Option<String>,
+    routed: Option<Routed>,
+) -> AttemptResult {
     AttemptResult {
         delivery_id: job.delivery_id,
         created_at: job.created_at,
@@ -360,10 +355,10 @@ fn not_attempted(job: &Job, routed: Routed) -> AttemptResult {
         latency_ms: 0,
         response_headers: serde_json::json!({}),
         excerpt: None,
-        error_kind: kind,
+        error_kind,
         error,
         retry_after: None,
-        routed: Some(routed),
+        routed,
     }
 }
 
