@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use hookgate::config::Settings;
 use hookgate::startup::{build_pool, Application};
 use hookgate::telemetry;
+use hookgate_core::signing::SigningKey;
 use hookgate_store::migrations;
 
 /// hookgate: a self-hosted, durable webhook event gateway.
@@ -26,11 +27,21 @@ enum Command {
     Migrate,
     /// Validate a configuration file (with the environment applied) and exit.
     CheckConfig { file: PathBuf },
+    /// Print a new ed25519 signing key for a destination's `signing_keys` (`whsk_…`) and the public key its
+    /// receivers verify `v1a` signatures with (`whpk_…`). Needs no configuration.
+    GenerateSigningKey,
 }
 
 #[actix_web::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::GenerateSigningKey = cli.command {
+        let secret = SigningKey::generate();
+        let public = SigningKey::parse(&secret).expect("a generated key parses").public_key();
+        println!("signing key (destination signing_keys, keep it secret): {secret}");
+        println!("public key (for receivers, to verify v1a signatures):  {public}");
+        return ExitCode::SUCCESS;
+    }
     let file = match &cli.command {
         Command::CheckConfig { file } => Some(file.clone()),
         _ => cli.config.clone(),
@@ -55,6 +66,7 @@ async fn main() -> ExitCode {
         }
         Command::Migrate => migrate(&settings).await,
         Command::Serve => serve(settings).await,
+        Command::GenerateSigningKey => unreachable!("handled before the configuration is loaded"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use hookgate_actors::writer::event_rows;
 use hookgate_actors::NewEvent;
 use hookgate_core::jq::{route_input, JqProgram};
-use hookgate_core::signing::{signature_header, SigningSecret};
+use hookgate_core::signing::{signature_header, SigningKey, SigningSecret};
 use hookgate_store::events::EventColumns;
 use uuid::Uuid;
 
@@ -30,10 +30,14 @@ fn signing(c: &mut Criterion) {
     let mut g = c.benchmark_group("signature_header");
     g.throughput(Throughput::Bytes(body.len() as u64));
     g.bench_function("1 KiB, one secret", |b| {
-        b.iter(|| signature_header(black_box(&one), "msg_2a1b", 1_700_000_000, black_box(&body)))
+        b.iter(|| signature_header(black_box(&one), &[], "msg_2a1b", 1_700_000_000, black_box(&body)))
     });
     g.bench_function("1 KiB, two secrets (rotation)", |b| {
-        b.iter(|| signature_header(black_box(&two), "msg_2a1b", 1_700_000_000, black_box(&body)))
+        b.iter(|| signature_header(black_box(&two), &[], "msg_2a1b", 1_700_000_000, black_box(&body)))
+    });
+    let key = vec![SigningKey::parse(&SigningKey::generate()).unwrap()];
+    g.bench_function("1 KiB, one ed25519 key (v1a)", |b| {
+        b.iter(|| signature_header(&[], black_box(&key), "msg_2a1b", 1_700_000_000, black_box(&body)))
     });
     g.finish();
 }

@@ -10,7 +10,7 @@ use anyhow::Context;
 use hookgate_core::catalog::{
     validate_headers, Catalog, Destination, DestinationSpec, DestinationTls, Route, RouteSpec,
 };
-use hookgate_core::signing::SigningSecret;
+use hookgate_core::signing::{SigningKey, SigningSecret};
 use hookgate_core::snapshot::Snapshot;
 use hookgate_core::state::DestinationState;
 use hookgate_store::catalog::{DeclaredDestination, DeclaredRoute, DestinationTlsColumns};
@@ -36,6 +36,12 @@ async fn load(pool: &Pool) -> anyhow::Result<Catalog> {
             .map(|s| SigningSecret::parse(s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("destination {slug}: {e}"))?;
+        let keys: Vec<String> = serde_json::from_value(row.signing_keys).unwrap_or_default();
+        let keys = keys
+            .iter()
+            .map(|k| SigningKey::parse(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("destination {slug}: signing_keys: {e}"))?;
         // Checked when set; a stored value that no longer passes is dropped (with a warning) rather than stopping
         // every other destination's deliveries.
         let headers = serde_json::from_value::<BTreeMap<String, String>>(row.headers)
@@ -54,6 +60,7 @@ async fn load(pool: &Pool) -> anyhow::Result<Catalog> {
             rate_limit: row.rate_limit,
             retry: serde_json::from_value(row.retry).with_context(|| format!("destination {slug}: retry"))?,
             secrets,
+            keys,
             fifo: row.fifo,
             state: DestinationState::parse(&row.state).unwrap_or_default(),
             headers,
@@ -104,6 +111,7 @@ pub fn declared_rows<'a>(
                 rate_limit: d.rate_limit,
                 retry: serde_json::to_value(&d.retry)?,
                 signing_secrets: serde_json::to_value(&d.signing_secrets)?,
+                signing_keys: serde_json::to_value(&d.signing_keys)?,
                 fifo: d.fifo,
                 state: d.state.as_str(),
                 headers: serde_json::to_value(&d.headers)?,

@@ -388,8 +388,8 @@ async fn attempt(client: &awc::Client, job: &Job, dest: &Destination) -> Attempt
         .insert_header(("webhook-id", msg_id.as_str()))
         .insert_header(("webhook-timestamp", timestamp.to_string()))
         .insert_header(("traceparent", traceparent(job.event_id)));
-    if !dest.secrets.is_empty() {
-        req = req.insert_header(("webhook-signature", signature_header(&dest.secrets, &msg_id, timestamp, &job.body)));
+    if let Some(signatures) = signature_header(&dest.secrets, &dest.keys, &msg_id, timestamp, &job.body) {
+        req = req.insert_header(("webhook-signature", signatures));
     }
     // Checked when set: none of them is one of the headers above (only `user-agent` may be replaced).
     for (name, value) in &dest.headers {

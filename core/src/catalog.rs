@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::internal_events::{emit, RouteEvaluationDeferred};
 use crate::jq::{self, JqProgram, RouteOutcome};
 use crate::retry::RetryPolicy;
-use crate::signing::SigningSecret;
+use crate::signing::{SigningKey, SigningSecret};
 use crate::ssrf::SsrfPolicy;
 use crate::state::DestinationState;
 
@@ -41,6 +41,10 @@ pub struct DestinationSpec {
     /// `whsec_…` secrets; every delivery carries one signature per secret (rotation: add the new one first).
     #[serde(default)]
     pub signing_secrets: Vec<String>,
+    /// `whsk_…` ed25519 keys; every delivery carries one `v1a` signature per key, beside the `v1` ones (or instead
+    /// of them when `signing_secrets` is empty). Receivers verify with the public key (`whpk_…`).
+    #[serde(default)]
+    pub signing_keys: Vec<String>,
     /// One delivery in flight at a time, in event order; a failing head holds the rest.
     #[serde(default)]
     pub fifo: bool,
@@ -194,6 +198,9 @@ impl DestinationSpec {
         for s in &self.signing_secrets {
             SigningSecret::parse(s)?;
         }
+        for k in &self.signing_keys {
+            SigningKey::parse(k).map_err(|e| format!("signing_keys: {e}"))?;
+        }
         validate_headers(&self.headers)?;
         Ok(())
     }
@@ -240,6 +247,8 @@ pub struct Destination {
     pub rate_limit: Option<f64>,
     pub retry: RetryPolicy,
     pub secrets: Vec<SigningSecret>,
+    /// ed25519 keys, one `v1a` signature each.
+    pub keys: Vec<SigningKey>,
     pub fifo: bool,
     pub state: DestinationState,
     /// Sent on every attempt (lower-case names, checked by [`validate_headers`]).

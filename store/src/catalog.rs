@@ -21,6 +21,8 @@ pub struct DestinationRow {
     pub retry: Value,
     /// Its signing secrets, then the rotated-out ones still within their grace period (they keep signing).
     pub signing_secrets: Value,
+    /// Its ed25519 signing keys (`whsk_…`, an array of strings).
+    pub signing_keys: Value,
     pub fifo: bool,
     pub state: String,
     /// Headers sent on every attempt (an object of strings).
@@ -61,7 +63,7 @@ pub async fn load(pool: &Pool) -> anyhow::Result<(Vec<DestinationRow>, Vec<Enabl
             "SELECT id, slug, url, timeout_ms, max_in_flight, rate_limit, retry,
                     signing_secrets || COALESCE((SELECT jsonb_agg(r->'secret') FROM jsonb_array_elements(retiring_secrets) r
                                                  WHERE (r->>'until')::timestamptz > now()), '[]'::jsonb),
-                    fifo, state, headers, tls_ca_pem, tls_cert_pem, tls_key_pem
+                    fifo, state, headers, tls_ca_pem, tls_cert_pem, tls_key_pem, signing_keys
              FROM destinations",
             &[],
         )
@@ -78,6 +80,7 @@ pub async fn load(pool: &Pool) -> anyhow::Result<(Vec<DestinationRow>, Vec<Enabl
                 rate_limit: row.try_get(5)?,
                 retry: row.try_get(6)?,
                 signing_secrets: row.try_get(7)?,
+                signing_keys: row.try_get(14)?,
                 fifo: row.try_get(8)?,
                 state: row.try_get(9)?,
                 headers: row.try_get(10)?,
@@ -120,6 +123,8 @@ pub struct DeclaredDestination<'a> {
     pub rate_limit: Option<f64>,
     pub retry: Value,
     pub signing_secrets: Value,
+    /// ed25519 signing keys (an array of `whsk_…` strings).
+    pub signing_keys: Value,
     pub fifo: bool,
     pub state: &'a str,
     /// Headers sent on every attempt (an object of strings).
@@ -150,13 +155,14 @@ pub(crate) async fn apply_declared(
     for d in destinations {
         tx.execute(
             "INSERT INTO destinations (id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, signing_secrets,
-                                       fifo, state, declared, headers, tls_ca_pem, tls_cert_pem, tls_key_pem)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, true, $11, $12, $13, $14)
+                                       fifo, state, declared, headers, tls_ca_pem, tls_cert_pem, tls_key_pem,
+                                       signing_keys)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, true, $11, $12, $13, $14, $15)
              ON CONFLICT (slug) DO UPDATE SET url = EXCLUDED.url, timeout_ms = EXCLUDED.timeout_ms,
                 max_in_flight = EXCLUDED.max_in_flight, rate_limit = EXCLUDED.rate_limit, retry = EXCLUDED.retry,
                 signing_secrets = EXCLUDED.signing_secrets, fifo = EXCLUDED.fifo, declared = true,
                 headers = EXCLUDED.headers, tls_ca_pem = EXCLUDED.tls_ca_pem, tls_cert_pem = EXCLUDED.tls_cert_pem,
-                tls_key_pem = EXCLUDED.tls_key_pem,
+                tls_key_pem = EXCLUDED.tls_key_pem, signing_keys = EXCLUDED.signing_keys,
                 -- A destination hookgate disabled itself (410, continuous failure) stays disabled until an
                 -- operator acts; restarting a node must not silently resume it.
                 state = CASE WHEN destinations.disabled_reason LIKE 'auto:%' THEN destinations.state
@@ -179,6 +185,7 @@ pub(crate) async fn apply_declared(
                 &d.tls.ca_pem,
                 &d.tls.cert_pem,
                 &d.tls.key(),
+                &d.signing_keys,
             ],
         )
         .await

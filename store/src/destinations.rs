@@ -39,11 +39,13 @@ pub struct DestinationRecord {
     pub tls_cert_pem: Option<String>,
     /// Whether a client key is stored (the key itself is never read here).
     pub has_tls_key: bool,
+    /// The ed25519 signing keys (an array of `whsk_…` strings): secrets, for their public keys only.
+    pub signing_keys: Value,
 }
 
 const COLUMNS: &str = "id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, fifo, state, disabled_reason, \
                        signing_secrets, retiring_secrets, declared, created_at, updated_at, headers, tls_ca_pem, \
-                       tls_cert_pem, tls_key_pem IS NOT NULL";
+                       tls_cert_pem, tls_key_pem IS NOT NULL, signing_keys";
 
 fn read(row: &tokio_postgres::Row) -> StoreResult<DestinationRecord> {
     Ok(DestinationRecord {
@@ -66,6 +68,7 @@ fn read(row: &tokio_postgres::Row) -> StoreResult<DestinationRecord> {
         tls_ca_pem: row.column(16)?,
         tls_cert_pem: row.column(17)?,
         has_tls_key: row.column(18)?,
+        signing_keys: row.column(19)?,
     })
 }
 
@@ -114,6 +117,9 @@ pub struct DestinationFields<'a> {
     pub headers: &'a Value,
     /// The destination's own TLS material; `None` keeps what is stored (on update) or sets none (on create).
     pub tls: Option<&'a DestinationTlsColumns>,
+    /// ed25519 signing keys (an array of `whsk_…` strings); `None` keeps what is stored (on update) or sets none
+    /// (on create).
+    pub signing_keys: Option<&'a Value>,
 }
 
 /// Inserts an active destination made through the API (not declared), signing with `signing_secrets` (an array of
@@ -127,8 +133,9 @@ pub async fn create(
     client
         .execute(
             "INSERT INTO destinations (id, slug, url, timeout_ms, max_in_flight, rate_limit, retry, signing_secrets, fifo,
-                                       state, declared, headers, tls_ca_pem, tls_cert_pem, tls_key_pem)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', false, $10, $11, $12, $13)",
+                                       state, declared, headers, tls_ca_pem, tls_cert_pem, tls_key_pem, signing_keys)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', false, $10, $11, $12, $13,
+                     COALESCE($14, '[]'::jsonb))",
             &[
                 &id,
                 &d.slug,
@@ -143,6 +150,7 @@ pub async fn create(
                 &d.tls.and_then(|t| t.ca_pem.as_deref()),
                 &d.tls.and_then(|t| t.cert_pem.as_deref()),
                 &d.tls.and_then(|t| t.key()),
+                &d.signing_keys,
             ],
         )
         .await?;
@@ -186,6 +194,9 @@ pub async fn update(client: &impl GenericClient, id: Uuid, d: &DestinationFields
             &[&id, &d.slug, &d.url, &d.timeout_ms, &d.max_in_flight, &d.rate_limit, &d.retry, &d.fifo, &d.headers],
         )
         .await?;
+    if let Some(keys) = d.signing_keys {
+        client.execute("UPDATE destinations SET signing_keys = $2 WHERE id = $1", &[&id, keys]).await?;
+    }
     if let Some(tls) = d.tls {
         client
             .execute(

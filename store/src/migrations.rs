@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (6, "deferred_routing", include_str!("../migrations/0006_deferred_routing.sql")),
     (7, "replay_fencing", include_str!("../migrations/0007_replay_fencing.sql")),
     (8, "destination_tls", include_str!("../migrations/0008_destination_tls.sql")),
+    (9, "signing_keys", include_str!("../migrations/0009_signing_keys.sql")),
 ];
 
 /// How many migrations this binary carries.

@@ -641,3 +641,56 @@ async fn assert_no_seq_scan(app: &TestApp, what: &str, plan: &Value) {
     }
     assert!(big.is_empty(), "{what}: sequential scans on {big:?}\n{plan:#}");
 }
+
+#[actix_rt::test]
+async fn a_destination_signs_with_ed25519_keys_beside_or_instead_of_hmac_and_shows_only_public_keys() {
+    use hookgate_core::signing::SigningKey;
+    let rx = Receiver::start(vec![], None);
+    let app = spawn_app_with(with_tokens).await;
+    let (key, other) = (SigningKey::generate(), SigningKey::generate());
+    let public = SigningKey::parse(&key).unwrap().public_key();
+
+    // Refused, naming the field: a key that is not one, and a destination that would sign nothing.
+    let bad = json!({"slug": "k", "url": rx.url, "signing_keys": [key, "whsk_c2hvcnQ="]});
+    let a = app.admin("post", "/destinations", Some(WRITE), Some(bad)).await;
+    a.assert_problem(422, "validation-failed");
+    assert!(a.json["detail"].as_str().unwrap().contains("signing_keys[1]"), "{a:?}");
+    let unsigned = json!({"slug": "k", "url": rx.url, "hmac": false});
+    let a = app.admin("post", "/destinations", Some(WRITE), Some(unsigned)).await;
+    a.assert_problem(422, "validation-failed");
+    assert!(a.json["detail"].as_str().unwrap().contains("signing_keys"), "{a:?}");
+
+    // v1a only: no HMAC secret to show; the public key is shown, the signing key never.
+    let made = json!({"slug": "k", "url": rx.url, "hmac": false, "signing_keys": [key]});
+    let created = app.admin_ok("post", "/destinations", Some(made)).await;
+    assert!(created["secret"].is_null(), "{created}");
+    assert_eq!(created["destination"]["signing_secrets"], 0);
+    assert_eq!(created["destination"]["public_keys"], json!([public]));
+    let id = created["destination"]["id"].as_str().unwrap().to_owned();
+    for answer in [created.to_string(), app.admin("get", "/destinations", Some(READ), None).await.json.to_string()] {
+        assert!(!answer.contains(key.strip_prefix("whsk_").unwrap()), "the signing key is never shown: {answer}");
+    }
+
+    app.admin_ok("post", "/routes", Some(json!({"slug": "to-k", "source": "hmac", "destination": "k"}))).await;
+    let n = std::cell::Cell::new(0);
+    eventually("an event delivered to the new destination", Duration::from_secs(30), || async {
+        n.set(n.get() + 1);
+        assert_eq!(app.post_signed(br#"{"k":1}"#, &format!("k-{}", n.get())).await.status, 202);
+        (rx.count() > 0).then_some(())
+    })
+    .await;
+    let got = rx.requests();
+    let sig = got[0].header("webhook-signature").unwrap().to_owned();
+    let v1a = sig.strip_prefix("v1a,").unwrap_or_else(|| panic!("one v1a signature: {sig}"));
+    assert!(crate::delivery::v1a_verifies(&public, &got[0], v1a));
+
+    // PUT replaces the keys (rotation: the new one beside the old, then the old removed); `[]` would sign
+    // nothing, so it is refused while there is no HMAC secret.
+    let put = |keys: Value| json!({"slug": "k", "url": rx.url, "signing_keys": keys});
+    let both = app.admin_ok("put", &format!("/destinations/{id}"), Some(put(json!([other, key])))).await;
+    assert_eq!(both["public_keys"].as_array().unwrap().len(), 2);
+    let a = app.admin("put", &format!("/destinations/{id}"), Some(WRITE), Some(put(json!([])))).await;
+    a.assert_problem(422, "validation-failed");
+    let kept = app.admin_ok("put", &format!("/destinations/{id}"), Some(json!({"slug": "k", "url": rx.url}))).await;
+    assert_eq!(kept["public_keys"], both["public_keys"], "omitted keeps the keys");
+}

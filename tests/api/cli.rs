@@ -65,3 +65,16 @@ async fn migrate_applies_the_schema_once() {
         .get(0);
     assert_eq!(tables, 6);
 }
+
+#[test]
+fn generate_signing_key_prints_a_key_pair_whose_halves_belong_together() {
+    let out = hookgate().arg("generate-signing-key").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let word = |prefix: &str| {
+        stdout.split_whitespace().find(|w| w.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix}: {stdout}"))
+    };
+    let (secret, public) = (word("whsk_"), word("whpk_"));
+    let key = hookgate_core::signing::SigningKey::parse(secret).expect("a usable signing key");
+    assert_eq!(key.public_key(), public);
+}

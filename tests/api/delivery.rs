@@ -43,6 +43,65 @@ async fn an_event_is_delivered_once_signed_so_that_the_reference_library_verifie
     assert_eq!(app.attempts().await, vec![(1, Some(200), None)]);
 }
 
+/// Whether `signature` (base64) is an ed25519 signature of a Standard Webhooks message by `public_key` (`whpk_…`),
+/// checked with ring: an implementation independent of the one hookgate signs with.
+pub fn v1a_verifies(public_key: &str, req: &crate::receiver::Received, signature: &str) -> bool {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let pk = b64.decode(public_key.strip_prefix("whpk_").unwrap()).unwrap();
+    let Ok(sig) = b64.decode(signature) else { return false };
+    let content = [
+        req.header("webhook-id").unwrap().as_bytes(),
+        b".",
+        req.header("webhook-timestamp").unwrap().as_bytes(),
+        b".",
+        &req.body,
+    ]
+    .concat();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, pk).verify(&content, &sig).is_ok()
+}
+
+#[actix_rt::test]
+async fn an_ed25519_v1a_signature_beside_v1_verifies_with_an_independent_implementation() {
+    use hookgate_core::signing::{SigningKey, SigningSecret};
+    let (rx_both, rx_only) = (Receiver::start(vec![], None), Receiver::start(vec![], None));
+    let (secret, key) = (SigningSecret::generate(), SigningKey::generate());
+    let public = SigningKey::parse(&key).unwrap().public_key();
+    let (url_both, url_only, secret2, key2) = (rx_both.url.clone(), rx_only.url.clone(), secret.clone(), key.clone());
+    let app = spawn_app_with(move |s| {
+        let mut both = destination("both", &url_both);
+        both.signing_secrets = vec![secret2];
+        both.signing_keys = vec![key2.clone()];
+        let mut only = destination("v1a-only", &url_only);
+        only.signing_keys = vec![key2];
+        s.destinations.extend([both, only]);
+        s.routes.push(route("to-both", "hmac", "both"));
+        s.routes.push(route("to-v1a", "hmac", "v1a-only"));
+    })
+    .await;
+    assert_eq!(app.post_signed(br#"{"order":7}"#, "o-7").await.status, 202);
+    app.wait_count("both deliveries", DELIVERED, 2).await;
+
+    let (got_both, got_only) = (rx_both.requests(), rx_only.requests());
+    let both = &got_both[0];
+    let sigs: Vec<&str> = both.header("webhook-signature").unwrap().split(' ').collect();
+    assert_eq!(sigs.len(), 2, "{sigs:?}");
+    let v1a = sigs[1].strip_prefix("v1a,").expect("v1a after v1");
+    assert!(v1a_verifies(&public, both, v1a));
+    let mut headers = http::HeaderMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        headers.insert(name, both.header(name).unwrap().parse().unwrap());
+    }
+    standardwebhooks::Webhook::new(&secret).unwrap().verify(&both.body, &headers).expect("v1 verifies too");
+
+    let only = &got_only[0];
+    let sig = only.header("webhook-signature").unwrap();
+    assert!(!sig.contains("v1,") && !sig.contains(' '), "one v1a signature only: {sig}");
+    assert!(v1a_verifies(&public, only, sig.strip_prefix("v1a,").unwrap()));
+    let other = SigningKey::parse(&SigningKey::generate()).unwrap().public_key();
+    assert!(!v1a_verifies(&other, only, sig.strip_prefix("v1a,").unwrap()), "another key's check fails");
+}
+
 #[actix_rt::test]
 async fn a_500_is_retried_on_schedule_then_delivered_and_every_attempt_is_recorded() {
     let rx = Receiver::start(vec![Reply::Status(500), Reply::Status(500)], None);

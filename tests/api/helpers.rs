@@ -483,6 +483,7 @@ pub fn destination(slug: &str, url: &str) -> hookgate_core::catalog::Destination
         rate_limit: None,
         retry: hookgate_core::retry::RetryPolicy { delays_ms: vec![100], max_attempts: 5, jitter: 0.0 },
         signing_secrets: vec![],
+        signing_keys: vec![],
         fifo: false,
         state: Default::default(),
         tls: None,

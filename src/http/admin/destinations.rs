@@ -7,12 +7,12 @@ use chrono::{DateTime, Utc};
 use hookgate_actors::tls::{check as check_tls, describe_certificate, OutboundTls};
 use hookgate_core::catalog::{DestinationSpec, DestinationTls};
 use hookgate_core::retry::RetryPolicy;
-use hookgate_core::signing::SigningSecret;
+use hookgate_core::signing::{SigningKey, SigningSecret};
 use hookgate_core::source::validate_slug;
 use hookgate_core::state::DestinationState;
 use hookgate_store::catalog::DestinationTlsColumns;
 use hookgate_store::destinations as store;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -34,8 +34,10 @@ pub struct DestinationView {
     /// `active`, `paused` or `disabled`.
     pub state: String,
     pub disabled_reason: Option<String>,
-    /// How many secrets sign each delivery now (the secrets themselves are never shown again).
+    /// How many HMAC secrets sign each delivery now (`v1`; the secrets themselves are never shown again).
     pub signing_secrets: usize,
+    /// The public keys (`whpk_…`) of the ed25519 keys that sign each delivery (`v1a`): what receivers verify with.
+    pub public_keys: Vec<String>,
     /// Rotated-out secrets still signing, and until when.
     pub retiring_secrets_until: Vec<DateTime<Utc>>,
     pub declared: bool,
@@ -137,13 +139,23 @@ pub struct DestinationInput {
     /// On update, omitted keeps what is set; `{}` removes it.
     #[serde(default)]
     pub tls: Option<TlsInput>,
+    /// ed25519 signing keys (`whsk_…`, e.g. from `hookgate generate-signing-key`): each delivery carries one `v1a`
+    /// signature per key. Never shown again (answers show `public_keys`). On update, omitted keeps them and `[]`
+    /// removes them.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub signing_keys: Option<Vec<SecretString>>,
+    /// On create only: whether hookgate makes an HMAC secret (`whsec_…`, `v1` signatures). Default `true`;
+    /// `false` signs with `signing_keys` alone.
+    #[serde(default)]
+    pub hmac: Option<bool>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DestinationWithSecret {
     pub destination: DestinationView,
-    /// The Standard Webhooks signing secret (`whsec_…`), shown now and never again.
-    pub secret: String,
+    /// The Standard Webhooks signing secret (`whsec_…`), shown now and never again; null with `"hmac": false`.
+    pub secret: Option<String>,
 }
 
 fn view(row: store::DestinationRecord) -> Result<DestinationView, AdminError> {
@@ -151,6 +163,8 @@ fn view(row: store::DestinationRecord) -> Result<DestinationView, AdminError> {
     let secrets: Vec<String> = serde_json::from_value(row.signing_secrets).unwrap_or_default();
     let retiring: Vec<Retiring> = serde_json::from_value(row.retiring_secrets).unwrap_or_default();
     let headers: BTreeMap<String, String> = serde_json::from_value(row.headers).unwrap_or_default();
+    let keys: Vec<String> = serde_json::from_value(row.signing_keys).unwrap_or_default();
+    let public_keys = keys.iter().filter_map(|k| SigningKey::parse(k).ok()).map(|k| k.public_key()).collect();
     let tls = (row.tls_ca_pem.is_some() || row.tls_cert_pem.is_some() || row.has_tls_key).then(|| {
         let cert = row.tls_cert_pem.as_deref().and_then(describe_certificate);
         TlsView {
@@ -173,6 +187,7 @@ fn view(row: store::DestinationRecord) -> Result<DestinationView, AdminError> {
         state: row.state,
         disabled_reason: row.disabled_reason,
         signing_secrets: secrets.len(),
+        public_keys,
         retiring_secrets_until: retiring.iter().map(|r| r.until).filter(|u| *u > Utc::now()).collect(),
         declared: row.declared,
         created_at: row.created_at,
@@ -199,6 +214,7 @@ fn spec(state: &AdminState, input: &DestinationInput) -> Result<DestinationSpec,
         rate_limit: input.rate_limit,
         retry: input.retry.as_ref().map(RetryInput::policy).unwrap_or_default(),
         signing_secrets: vec![],
+        signing_keys: vec![],
         fifo: input.fifo,
         state: DestinationState::Active,
         tls: None,
@@ -215,6 +231,28 @@ fn spec(state: &AdminState, input: &DestinationInput) -> Result<DestinationSpec,
         return Err(AdminError::Invalid("retry: at most 1000 attempts, 100 delays of at most 30 days".into()));
     }
     Ok(spec)
+}
+
+/// The signing keys the input sets, checked (422 naming the one at fault) and as stored; `None` when the input
+/// leaves them alone.
+fn signing_keys(input: &DestinationInput) -> Result<Option<serde_json::Value>, AdminError> {
+    let Some(keys) = &input.signing_keys else { return Ok(None) };
+    for (i, k) in keys.iter().enumerate() {
+        SigningKey::parse(k.expose_secret()).map_err(|e| AdminError::Invalid(format!("signing_keys[{i}]: {e}")))?;
+    }
+    let texts: Vec<&str> = keys.iter().map(|k| k.expose_secret()).collect();
+    Ok(Some(to_json(&texts)?))
+}
+
+/// Refuses a destination that would sign nothing: one made through the API always signs its deliveries.
+fn must_sign(hmac_secrets: usize, keys: Option<&serde_json::Value>) -> Result<(), AdminError> {
+    let keys = keys.and_then(|k| k.as_array()).map_or(0, Vec::len);
+    if hmac_secrets == 0 && keys == 0 {
+        return Err(AdminError::Invalid(
+            "signing_keys: a destination must sign its deliveries: keep its HMAC secret or give a signing key".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The TLS material the input sets, checked (422 naming the field); `None` when the input leaves it alone.
@@ -245,6 +283,7 @@ fn fields<'a>(
     retry: &'a serde_json::Value,
     headers: &'a serde_json::Value,
     tls: Option<&'a DestinationTlsColumns>,
+    signing_keys: Option<&'a serde_json::Value>,
 ) -> store::DestinationFields<'a> {
     store::DestinationFields {
         slug: &spec.slug,
@@ -256,6 +295,7 @@ fn fields<'a>(
         fifo: spec.fifo,
         headers,
         tls,
+        signing_keys,
     }
 }
 
@@ -279,12 +319,15 @@ pub async fn create(
 ) -> Result<HttpResponse, AdminError> {
     let spec = spec(&state, &input)?;
     let tls = tls_columns(&input)?;
-    let secret = SigningSecret::generate();
+    let keys = signing_keys(&input)?;
+    let secret = input.hmac.unwrap_or(true).then(SigningSecret::generate);
+    must_sign(usize::from(secret.is_some()), keys.as_ref())?;
     let id = Uuid::now_v7();
     let mut client = hookgate_store::connect(&state.pool).await?;
     let tx = hookgate_store::begin(&mut client).await?;
     let (retry, headers) = (to_json(&spec.retry)?, to_json(&spec.headers)?);
-    store::create(&tx, id, &fields(&spec, &retry, &headers, tls.as_ref()), &to_json(&vec![secret.clone()])?).await?;
+    let secrets = to_json(&secret.iter().collect::<Vec<_>>())?;
+    store::create(&tx, id, &fields(&spec, &retry, &headers, tls.as_ref(), keys.as_ref()), &secrets).await?;
     notify_catalog(&tx, "admin:destination").await?;
     hookgate_store::commit(tx).await?;
     let destination = fetch(&client, id).await?;
@@ -323,11 +366,19 @@ pub async fn update(
 ) -> Result<HttpResponse, AdminError> {
     let spec = spec(&state, &input)?;
     let tls = tls_columns(&input)?;
+    let keys = signing_keys(&input)?;
+    if input.hmac.is_some() {
+        return Err(AdminError::Invalid("hmac: set when a destination is created; rotate-secret replaces it".into()));
+    }
     let mut client = hookgate_store::connect(&state.pool).await?;
     let tx = hookgate_store::begin(&mut client).await?;
-    lock_editable(&tx, path.id).await?;
+    let row = lock_editable(&tx, path.id).await?;
+    if keys.is_some() {
+        let hmac: Vec<String> = serde_json::from_value(row.signing_secrets).unwrap_or_default();
+        must_sign(hmac.len(), keys.as_ref())?;
+    }
     let (retry, headers) = (to_json(&spec.retry)?, to_json(&spec.headers)?);
-    store::update(&tx, path.id, &fields(&spec, &retry, &headers, tls.as_ref())).await?;
+    store::update(&tx, path.id, &fields(&spec, &retry, &headers, tls.as_ref(), keys.as_ref())).await?;
     notify_catalog(&tx, "admin:destination").await?;
     hookgate_store::commit(tx).await?;
     Ok(HttpResponse::Ok().json(fetch(&client, path.id).await?))
