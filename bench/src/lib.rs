@@ -12,4 +12,5 @@ pub mod procfs;
 pub mod receiver;
 pub mod report;
 pub mod standard;
+pub mod tls;
 pub mod workload;

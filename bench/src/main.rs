@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hookgate_bench::baseline;
 use hookgate_bench::chaos::{self, ChaosOptions};
@@ -199,13 +199,26 @@ enum Command {
         port: u16,
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Print one line per request: method, path, webhook-id, the schemes of webhook-signature, body size.
+        #[arg(long)]
+        print: bool,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Sink { port, workers } = cli.command {
-        return Ok(actix_rt::System::new().block_on(sink(port, workers))?);
+    if let Command::Sink { port, workers, tls_cert, tls_key, print } = cli.command {
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(hookgate_bench::tls::from_files(&cert, &key)?),
+            _ => None,
+        };
+        return Ok(actix_rt::System::new().block_on(sink(port, workers, tls, print))?);
     }
     if let Command::Chaos { hookgate_bin, quick, seed, kill_cycles, only } = cli.command {
         // Two workers: the load, the receivers and the Redis proxy share them, and a blocking pg_ctl call must not
@@ -344,29 +357,49 @@ async fn run(command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn sink(port: u16, workers: usize) -> std::io::Result<()> {
+async fn sink(port: u16, workers: usize, tls: Option<rustls::ServerConfig>, print: bool) -> std::io::Result<()> {
     let count = Arc::new(AtomicU64::new(0));
     let reporter = count.clone();
-    actix_rt::spawn(async move {
-        let mut last = 0;
-        loop {
-            actix_rt::time::sleep(Duration::from_secs(1)).await;
-            let now = reporter.load(Ordering::Relaxed);
-            if now != last {
-                println!("sink: {} requests/s, {now} total", now - last);
-                last = now;
+    if !print {
+        actix_rt::spawn(async move {
+            let mut last = 0;
+            loop {
+                actix_rt::time::sleep(Duration::from_secs(1)).await;
+                let now = reporter.load(Ordering::Relaxed);
+                if now != last {
+                    println!("sink: {} requests/s, {now} total", now - last);
+                    last = now;
+                }
             }
-        }
-    });
+        });
+    }
     let data = web::Data::from(count);
-    HttpServer::new(move || {
-        App::new().app_data(data.clone()).default_service(web::to(|c: web::Data<AtomicU64>| async move {
-            c.fetch_add(1, Ordering::Relaxed);
-            HttpResponse::NoContent().finish()
-        }))
+    let server = HttpServer::new(move || {
+        App::new().app_data(data.clone()).default_service(web::to(
+            move |c: web::Data<AtomicU64>, req: HttpRequest, body: web::Bytes| async move {
+                c.fetch_add(1, Ordering::Relaxed);
+                if print {
+                    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    let schemes: Vec<&str> =
+                        header("webhook-signature").split(' ').filter_map(|s| s.split(',').next()).collect();
+                    println!(
+                        "sink: {} {} webhook-id={} signatures={} {} bytes",
+                        req.method(),
+                        req.path(),
+                        header("webhook-id"),
+                        schemes.join("+"),
+                        body.len()
+                    );
+                }
+                HttpResponse::NoContent().finish()
+            },
+        ))
     })
-    .workers(workers)
-    .bind(("127.0.0.1", port))?
-    .run()
-    .await
+    .workers(workers);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("sink: listening on {scheme}://127.0.0.1:{port}/");
+    match tls {
+        Some(config) => server.bind_rustls_0_23(("127.0.0.1", port), config)?.run().await,
+        None => server.bind(("127.0.0.1", port))?.run().await,
+    }
 }

@@ -37,8 +37,17 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Binds `127.0.0.1:port` (0: any free port) and serves with `workers` threads.
+    /// Binds `127.0.0.1:port` (0: any free port) and serves plain HTTP with `workers` threads.
     pub fn start(port: u16, workers: usize) -> std::io::Result<Self> {
+        Self::serve(port, workers, None)
+    }
+
+    /// The same over HTTPS, with `tls`.
+    pub fn start_tls(port: u16, workers: usize, tls: rustls::ServerConfig) -> std::io::Result<Self> {
+        Self::serve(port, workers, Some(tls))
+    }
+
+    fn serve(port: u16, workers: usize, tls: Option<rustls::ServerConfig>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", port))?;
         let port = listener.local_addr()?.port();
         let state = Arc::new(ReceiverState { received: AtomicU64::new(0), latency: Mutex::new(histogram()) });
@@ -60,8 +69,11 @@ impl Receiver {
                     )
                 })
                 .workers(workers.max(1))
-                .disable_signals()
-                .listen(listener);
+                .disable_signals();
+                let server = match tls {
+                    Some(config) => server.listen_rustls_0_23(listener, config),
+                    None => server.listen(listener),
+                };
                 match server {
                     Ok(server) => {
                         let server = server.run();

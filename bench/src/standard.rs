@@ -19,6 +19,8 @@ use crate::report::{ingest_row, latency_json, latency_text, stats_json, table, I
 use crate::workload::{get_request, Signing, Workload};
 
 pub const SECRET: &str = "bench-secret";
+/// The admin token of the bench configuration (the HTTP-versus-HTTPS drain resumes its destinations with it).
+const ADMIN_TOKEN: &str = "hookgate-bench-admin-token";
 pub const DESTINATION_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 #[derive(Debug, Clone)]
@@ -113,6 +115,24 @@ async fn wait_ready(port: u16, deadline: Duration) -> anyhow::Result<()> {
     anyhow::bail!("hookgate was not ready on port {port} within {deadline:?}")
 }
 
+/// Resumes the destination `slug` through the admin API (its id read from the database).
+async fn resume(opts: &StandardOptions, slug: &str) -> anyhow::Result<()> {
+    let (client, conn) =
+        tokio_postgres::connect(&format!("{}/{}", opts.pg, opts.database), tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let id: uuid::Uuid = client.query_one("SELECT id FROM destinations WHERE slug = $1", &[&slug]).await?.get(0);
+    let request = format!(
+        "POST /admin/v1/destinations/{id}/resume HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 0\r\n\r\n",
+        port = opts.port
+    );
+    let status = Conn::new(([127, 0, 0, 1], opts.port).into()).send(request.as_bytes()).await?;
+    anyhow::ensure!(status == 200, "resuming {slug} answered {status}");
+    Ok(())
+}
+
 /// Waits until the receiver has seen `expected` requests, or no progress for `stall`, or `cap`. Returns the
 /// deliveries seen and the time taken.
 async fn wait_delivered(rx: &Receiver, expected: u64, stall: Duration, cap: Duration) -> (u64, Duration) {
@@ -140,6 +160,10 @@ pub async fn run(opts: StandardOptions) -> anyhow::Result<Value> {
     let dir = std::env::temp_dir().join(format!("hookgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let receiver = Receiver::start(0, 1)?;
+    // The HTTP-versus-HTTPS drain: one receiver each, the HTTPS one with a CA made for this run.
+    let pki = crate::tls::generate()?;
+    std::fs::write(dir.join("ca.pem"), &pki.ca_pem)?;
+    let drain_rx = [Receiver::start(0, 1)?, Receiver::start_tls(0, 1, pki.server)?];
     let config = dir.join("bench.toml");
     std::fs::write(
         &config,
@@ -152,6 +176,8 @@ url = "{db_url}"
 [redis]
 key_prefix = "hookgate-bench-{pid}"
 dedupe_ttl_secs = 600
+[admin]
+tokens = [{{ token = "{ADMIN_TOKEN}", role = "write" }}]
 [delivery]
 allow_private = ["127.0.0.1/32"]
 [[sources]]
@@ -168,16 +194,46 @@ signing_secrets = ["{DESTINATION_SECRET}"]
 slug = "bench-to-receiver"
 source = "bench"
 destination = "receiver"
+# The HTTP-versus-HTTPS drain: events of `bench-drain` wait for both, paused until their turn.
+[[sources]]
+slug = "bench-drain"
+require_json = true
+idempotency = {{ from = "header", header = "X-Request-Id" }}
+verification = {{ kind = "hmac_sha256", header = "X-Signature", prefix = "sha256=", secret = "{SECRET}" }}
+[[destinations]]
+slug = "drain-http"
+url = "http://127.0.0.1:{http_port}/hook"
+max_in_flight = 256
+signing_secrets = ["{DESTINATION_SECRET}"]
+state = "paused"
+[[destinations]]
+slug = "drain-https"
+url = "https://127.0.0.1:{https_port}/hook"
+max_in_flight = 256
+signing_secrets = ["{DESTINATION_SECRET}"]
+state = "paused"
+tls = {{ ca_file = "{ca}" }}
+[[routes]]
+slug = "drain-to-http"
+source = "bench-drain"
+destination = "drain-http"
+[[routes]]
+slug = "drain-to-https"
+source = "bench-drain"
+destination = "drain-https"
 "#,
             port = opts.port,
             pid = std::process::id(),
             rport = receiver.port,
+            http_port = drain_rx[0].port,
+            https_port = drain_rx[1].port,
+            ca = dir.join("ca.pem").display(),
         ),
     )?;
     let db = &opts.database;
     pg_admin(&opts.pg, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE); CREATE DATABASE {db}")).await?;
     let hookgate = Hookgate::start(&opts, &config, &dir.join("hookgate.log"))?;
-    let result = phases(&opts, &hookgate, &receiver).await;
+    let result = phases(&opts, &hookgate, &receiver, &drain_rx).await;
     hookgate.stop();
     let result = match result {
         Ok(mut partial) => {
@@ -192,6 +248,9 @@ destination = "receiver"
         Err(e) => Err(e),
     };
     receiver.stop().await;
+    for rx in drain_rx {
+        rx.stop().await;
+    }
     if let Err(e) = pg_admin(&opts.pg, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await {
         eprintln!("bench: could not drop {db}: {e}");
     }
@@ -211,7 +270,12 @@ struct Partial {
     lines: Vec<String>,
 }
 
-async fn phases(opts: &StandardOptions, hg: &Hookgate, rx: &Receiver) -> anyhow::Result<Partial> {
+async fn phases(
+    opts: &StandardOptions,
+    hg: &Hookgate,
+    rx: &Receiver,
+    drain_rx: &[Receiver; 2],
+) -> anyhow::Result<Partial> {
     let secs = Duration::from_secs(opts.secs);
     let url = format!("http://127.0.0.1:{}/ingest/bench", opts.port);
     let signing = Signing::Hmac { header: "X-Signature".into(), prefix: "sha256=".into(), secret: SECRET.into() };
@@ -276,6 +340,30 @@ async fn phases(opts: &StandardOptions, hg: &Hookgate, rx: &Receiver) -> anyhow:
     let drain_json = json!({"backlog": backlog, "delivered": drained, "seconds": took.as_secs_f64(),
                             "deliveries_per_s": drain_rate.round()});
 
+    // The same kind of drain over HTTP and over HTTPS: one backlog of events routed to two paused destinations,
+    // each released in turn (plain first) and emptied alone.
+    let drain_url = format!("http://127.0.0.1:{}/ingest/bench-drain", opts.port);
+    let drain_signing = Signing::Hmac { header: "X-Signature".into(), prefix: "sha256=".into(), secret: SECRET.into() };
+    let wd = Arc::new(Workload::new(&drain_url, drain_signing, Some("X-Request-Id".into()), opts.body_size)?);
+    let fill = Duration::from_secs(opts.secs.clamp(1, 4));
+    eprintln!("bench: HTTP versus HTTPS drain: ingesting for {fill:?} with both destinations paused");
+    let events = closed_loop(wd, 64, fill).await.ok_count();
+    let mut tls_json = json!({"events": events});
+    let mut rates = [0.0f64; 2];
+    for (i, (slug, rx)) in [("drain-http", &drain_rx[0]), ("drain-https", &drain_rx[1])].into_iter().enumerate() {
+        resume(opts, slug).await?;
+        let (n, took) = wait_delivered(rx, events, Duration::from_secs(3), Duration::from_secs(60)).await;
+        rates[i] = n as f64 / took.as_secs_f64().max(1e-9);
+        tls_json[slug] = json!({"delivered": n, "seconds": took.as_secs_f64(), "deliveries_per_s": rates[i].round()});
+    }
+    tls_json["https_to_http"] = json!(rates[1] / rates[0].max(1e-9));
+    lines.push(format!(
+        "drain of {events} deliveries: over HTTP {:.0}/s, over HTTPS {:.0}/s (HTTPS / HTTP = {:.2})",
+        rates[0],
+        rates[1],
+        rates[1] / rates[0].max(1e-9)
+    ));
+
     // Open loop at 80 % of the best closed-loop rate.
     let rate80 = (max_rate * 0.8).round();
     eprintln!("bench: open loop at {rate80} events/s (80 % of max) for {secs:?}");
@@ -335,6 +423,7 @@ async fn phases(opts: &StandardOptions, hg: &Hookgate, rx: &Receiver) -> anyhow:
         "delivery_latency": e2e_json,
         "closed_loop": closed_json,
         "drain": drain_json,
+        "drain_http_vs_https": tls_json,
         "open_loop_80": open_json,
         "overload": over_json,
         "rss_after_overload_kib": after_kib,

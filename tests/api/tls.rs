@@ -231,6 +231,38 @@ async fn an_https_destination_trusted_through_its_ca_file_is_delivered_signed_an
 }
 
 #[actix_rt::test]
+async fn the_quick_starts_demo_receiver_is_trusted_through_the_demo_ca_alone() {
+    use rustls::pki_types::pem::PemObject;
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo-tls");
+    let chain = CertificateDer::pem_file_iter(demo.join("sink.pem")).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(demo.join("sink.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let rx = Receiver::start_tls(config);
+    let (url, ca_file) = (rx.url.clone(), demo.join("ca.pem"));
+    let app = spawn_app_with(move |s| {
+        let mut trusted = destination("demo", &url);
+        trusted.tls = Some(hookgate_core::catalog::TlsFiles { ca_file: Some(ca_file), ..Default::default() });
+        // Without the demo CA the same receiver is refused: no root the machine trusts issued it.
+        let untrusted = patient(destination("untrusted", &url));
+        s.destinations.extend([trusted, untrusted]);
+        s.routes.push(route("to-demo", "hmac", "demo"));
+        s.routes.push(route("to-untrusted", "hmac", "untrusted"));
+    })
+    .await;
+    assert_eq!(app.post_signed(br#"{"hello":"world"}"#, "demo-1").await.status, 202);
+    delivered_to(&app, "demo").await;
+    let refused = failed_twice(&app, "untrusted").await;
+    assert_eq!(refused[0].0.as_deref(), Some("tls"), "{refused:?}");
+    assert!(refused[0].1.as_deref().unwrap_or("").starts_with("unknown issuer"), "{refused:?}");
+}
+
+#[actix_rt::test]
 async fn handshake_failures_are_tls_attempts_with_their_reason_retried_until_the_cause_is_fixed() {
     let ca = Ca::new("the receivers' CA");
     // Unknown issuer: the destination trusts only the shared roots (none in tests) until its CA is added.
