@@ -1,6 +1,7 @@
 //! hookgate's integration tests: one binary, real PostgreSQL and Redis, one fresh database per test.
 
 mod admin;
+mod certs;
 mod circuit;
 mod cli;
 mod cluster;
