@@ -8,6 +8,7 @@ mod cluster;
 mod crash;
 mod delivery;
 mod dependencies;
+mod egress;
 mod fifo;
 mod formats;
 mod handoff;
