@@ -308,6 +308,7 @@ impl Settings {
 
     fn validate_delivery(&self) -> anyhow::Result<()> {
         let policy = self.delivery.ssrf_policy();
+        self.delivery.egress_proxy()?;
         let mut seen = std::collections::HashSet::new();
         // Checks each destination's own TLS material (without loading any shared trust roots).
         let checker = self.destinations.iter().any(|d| d.tls.is_some()).then(OutboundTls::for_checks).transpose()?;

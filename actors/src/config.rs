@@ -1,11 +1,14 @@
 //! Settings of the delivery side, shared by the Scheduler, Deliverers and ResultWriter.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hookgate_core::ssrf::SsrfPolicy;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::limits::CircuitConfig;
+use crate::proxy::{deserialize_no_proxy, EgressProxy, NoProxy};
 use crate::tls::TlsRoots;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +31,15 @@ pub struct DeliveryConfig {
     pub allow_private: Vec<ipnet::IpNet>,
     /// CA certificates every `https://` destination trusts: `webpki` (built in), `native` (the system's) or `both`.
     pub tls_roots: TlsRoots,
+    /// An HTTP proxy that deliveries go through, `http://[user:password@]host[:port]` (CONNECT tunnels for
+    /// `https://` destinations, absolute-form requests for `http://` ones); none when unset or empty. A secret: the
+    /// URL may hold credentials. Env: `HOOKGATE_DELIVERY__PROXY`.
+    pub proxy: Option<SecretString>,
+    /// Destination hosts reached directly although `proxy` is set: host names, domains (`example.com` and
+    /// `.example.com` match it and its subdomains), IP addresses, networks (CIDR), or `*`; a list or one
+    /// comma-separated string.
+    #[serde(deserialize_with = "deserialize_no_proxy")]
+    pub no_proxy: Vec<String>,
     /// Results batched into one transaction at most.
     pub result_batch_max: usize,
     /// Longest a result waits for its batch, in milliseconds.
@@ -56,6 +68,8 @@ impl Default for DeliveryConfig {
             handoff: true,
             allow_private: Vec::new(),
             tls_roots: TlsRoots::default(),
+            proxy: None,
+            no_proxy: Vec::new(),
             result_batch_max: 256,
             result_flush_interval_ms: 5,
             jq_timeout_ms: 100,
@@ -73,7 +87,39 @@ impl DeliveryConfig {
         SsrfPolicy::new(self.allow_private.clone())
     }
 
+    /// The egress proxy with its `no_proxy` list, checked; `None` when `proxy` is unset or empty. Errors name the
+    /// setting at fault and never repeat the proxy URL.
+    pub fn egress_proxy(&self) -> anyhow::Result<Option<Arc<EgressProxy>>> {
+        let no_proxy = NoProxy::parse(&self.no_proxy).map_err(anyhow::Error::msg)?;
+        let Some(url) = self.proxy.as_ref().map(|p| p.expose_secret().trim()).filter(|p| !p.is_empty()) else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(EgressProxy::parse(url, no_proxy).map_err(anyhow::Error::msg)?)))
+    }
+
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxy_is_a_secret_and_an_empty_one_is_none() {
+        let mut cfg = DeliveryConfig {
+            proxy: Some(SecretString::from("http://hookgate:hunter2@proxy.internal:3128")),
+            no_proxy: vec![".internal".into()],
+            ..Default::default()
+        };
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        let proxy = cfg.egress_proxy().unwrap().unwrap();
+        assert_eq!(proxy.address(), "proxy.internal:3128");
+        assert!(!proxy.applies_to("api.internal") && proxy.applies_to("hooks.example.com"));
+        cfg.proxy = Some(SecretString::from(" "));
+        assert!(cfg.egress_proxy().unwrap().is_none());
+        cfg.no_proxy = vec!["bad entry".into()];
+        assert!(cfg.egress_proxy().unwrap_err().to_string().contains("\"bad entry\""));
     }
 }

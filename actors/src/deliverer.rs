@@ -1,5 +1,6 @@
 //! Makes one HTTP attempt per leased delivery: signed (Standard Webhooks), traced, time-bounded, never redirected,
-//! and only to addresses the SSRF guard vetted; reports the outcome to the ResultWriter.
+//! and only to addresses the SSRF guard vetted (or through the egress proxy, once the destination's addresses were
+//! vetted); reports the outcome to the ResultWriter.
 //!
 //! Each Deliverer runs on its own arbiter and owns its `awc::Client`s (which are `!Send`): one shared by the
 //! destinations without TLS settings of their own, and one per destination that has some (its own CA certificates
@@ -31,9 +32,10 @@ use hookgate_core::ssrf::SsrfPolicy;
 use uuid::Uuid;
 
 use crate::limits::Limits;
+use crate::proxy::EgressProxy;
 use crate::redis_link::RedisLink;
 use crate::shutdown::Shutdown;
-use crate::ssrf::{classify_send_error, guarded_client};
+use crate::ssrf::{classify_send_error, guarded_client, GuardedClient};
 use crate::supervision::{guarded, Panicked};
 use crate::tls::OutboundTls;
 
@@ -119,7 +121,7 @@ struct OwnClient {
     material: Arc<DestinationTls>,
     fingerprint: [u8; 32],
     /// The client, or why the material gives none (each attempt then fails with kind `tls` and this reason).
-    client: Result<awc::Client, String>,
+    client: Result<GuardedClient, String>,
 }
 
 /// Past this many destinations with clients of their own, the cache starts over (clients of destinations long
@@ -128,12 +130,14 @@ const MAX_OWN_CLIENTS: usize = 1024;
 
 pub struct Deliverer {
     policy: Arc<SsrfPolicy>,
+    /// The egress proxy (`delivery.proxy`), which every client of this deliverer goes through.
+    proxy: Option<Arc<EgressProxy>>,
     tls: OutboundTls,
     limits: Arc<Limits>,
     redis: Arc<RedisLink>,
     max_connections: usize,
     mailbox_capacity: usize,
-    client: Option<awc::Client>,
+    client: Option<GuardedClient>,
     /// Clients of destinations with TLS settings of their own, by destination id.
     own_clients: HashMap<Uuid, OwnClient>,
     results: Recipient<AttemptResult>,
@@ -160,6 +164,7 @@ impl Deliverer {
     ) -> Self {
         Self {
             policy,
+            proxy: None,
             tls,
             limits,
             redis,
@@ -176,6 +181,12 @@ impl Deliverer {
         }
     }
 
+    /// Deliveries go through this egress proxy (`delivery.proxy`, `delivery.no_proxy`).
+    pub fn with_proxy(mut self, proxy: Option<Arc<EgressProxy>>) -> Self {
+        self.proxy = proxy;
+        self
+    }
+
     /// The bounds of deferred route evaluations (`delivery.jq_timeout_ms`, `delivery.jq_max_output_bytes`).
     pub fn with_jq_bounds(mut self, timeout: Duration, max_output: usize) -> Self {
         self.jq_timeout = timeout;
@@ -189,7 +200,8 @@ impl Actor for Deliverer {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.mailbox_capacity);
-        self.client = Some(guarded_client(self.policy.clone(), self.max_connections, self.tls.shared()));
+        self.client =
+            Some(guarded_client(self.policy.clone(), self.proxy.clone(), self.max_connections, self.tls.shared()));
     }
 }
 
@@ -253,10 +265,11 @@ impl Handler<Deliver> for Deliverer {
 impl Deliverer {
     /// The client for this destination: the shared one, or the destination's own when it has TLS settings (built
     /// on first use and whenever its TLS material changed).
-    fn client_for(&mut self, dest: &Destination) -> Result<awc::Client, String> {
+    fn client_for(&mut self, dest: &Destination) -> Result<GuardedClient, String> {
         let Some(material) = &dest.tls else {
-            let (policy, max, tls) = (&self.policy, self.max_connections, &self.tls);
-            return Ok(self.client.get_or_insert_with(|| guarded_client(policy.clone(), max, tls.shared())).clone());
+            let (policy, proxy, max, tls) = (&self.policy, &self.proxy, self.max_connections, &self.tls);
+            let shared = || guarded_client(policy.clone(), proxy.clone(), max, tls.shared());
+            return Ok(self.client.get_or_insert_with(shared).clone());
         };
         if let Some(own) = self.own_clients.get_mut(&dest.id) {
             if Arc::ptr_eq(&own.material, material) {
@@ -274,7 +287,7 @@ impl Deliverer {
         let client = self
             .tls
             .for_destination(material, ("ca_pem", "cert_pem", "key_pem"))
-            .map(|config| guarded_client(self.policy.clone(), self.max_connections, config))
+            .map(|config| guarded_client(self.policy.clone(), self.proxy.clone(), self.max_connections, config))
             .map_err(|e| format!("the destination's TLS settings are unusable: {e}"));
         let own = OwnClient { material: material.clone(), fingerprint: material.fingerprint(), client };
         let client = own.client.clone();
@@ -362,14 +375,14 @@ fn without_request(
     }
 }
 
-async fn attempt_with(client: &Result<awc::Client, String>, job: &Job, dest: &Destination) -> AttemptResult {
+async fn attempt_with(client: &Result<GuardedClient, String>, job: &Job, dest: &Destination) -> AttemptResult {
     match client {
         Ok(client) => attempt(client, job, dest).await,
         Err(why) => unusable_tls(job, why.clone()),
     }
 }
 
-async fn attempt(client: &awc::Client, job: &Job, dest: &Destination) -> AttemptResult {
+async fn attempt(client: &GuardedClient, job: &Job, dest: &Destination) -> AttemptResult {
     let started_at = Utc::now();
     let clock = Instant::now();
     // Stable across this delivery's retries and distinct per destination and route, as receivers de-duplicate on it.

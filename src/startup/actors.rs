@@ -214,6 +214,10 @@ fn delivery(
     let ssrf = Arc::new(cfg.ssrf_policy());
     // Read once (the system store is files on disk); every deliverer's clients trust these roots.
     let tls = OutboundTls::load(cfg.tls_roots).context("Failed to load the TLS trust roots (delivery.tls_roots)")?;
+    let proxy = cfg.egress_proxy()?;
+    if let Some(p) = &proxy {
+        tracing::info!(message = "Deliveries go through the egress proxy.", proxy = %p.address());
+    }
     let arbiters: Vec<Arbiter> = (0..cfg.deliverers.max(1)).map(|_| Arbiter::new()).collect();
     let handles: Vec<_> = arbiters.iter().map(|a| a.handle()).collect();
     // The claim loop turns at least every poll interval; a round may wait on the claim lock (5 s) and the pool, so
@@ -230,7 +234,7 @@ fn delivery(
             let deliverers = handles
                 .iter()
                 .map(|h| {
-                    let (ssrf, tls) = (ssrf.clone(), tls.clone());
+                    let (ssrf, tls, proxy) = (ssrf.clone(), tls.clone(), proxy.clone());
                     let (results, me) = (results.clone().recipient(), me.clone().recipient());
                     let (limits, redis) = (limits.clone(), redis.clone());
                     let (max, cap) = (cfg.max_in_flight, cfg.max_in_flight.max(16));
@@ -238,6 +242,7 @@ fn delivery(
                     Supervisor::start_in_arbiter(h, move |_| {
                         Deliverer::new(ssrf, tls, limits, redis, max, cap, results, me)
                             .with_jq_bounds(jq_timeout, jq_max)
+                            .with_proxy(proxy)
                     })
                 })
                 .collect();

@@ -533,3 +533,62 @@ impl TestApp {
             .collect()
     }
 }
+
+/// (error_kind, error) of the attempts made to the destination `slug`, in order.
+pub async fn attempts_to(app: &TestApp, slug: &str) -> Vec<(Option<String>, Option<String>)> {
+    app.db
+        .query(
+            "SELECT a.error_kind, a.error FROM attempts a
+             JOIN deliveries d ON d.id = a.delivery_id JOIN destinations t ON t.id = d.destination_id
+             WHERE t.slug = $1 ORDER BY a.started_at, a.attempt",
+            &[&slug],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Waits until `slug` has at least two failed attempts (the failure was retried on schedule); answers them.
+pub async fn failed_twice(app: &TestApp, slug: &str) -> Vec<(Option<String>, Option<String>)> {
+    eventually(&format!("two failed attempts to {slug}"), Duration::from_secs(60), || async {
+        let got = attempts_to(app, slug).await;
+        (got.len() >= 2).then_some(got)
+    })
+    .await
+}
+
+pub async fn delivered_to(app: &TestApp, slug: &str) {
+    eventually(&format!("a delivery to {slug} delivered"), Duration::from_secs(60), || async {
+        let n: i64 = app
+            .db
+            .query_one(
+                "SELECT count(*) FROM deliveries d JOIN destinations t ON t.id = d.destination_id
+                 WHERE t.slug = $1 AND d.state = 'delivered'",
+                &[&slug],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n > 0).then_some(())
+    })
+    .await
+}
+
+/// Retries every 300 ms without jitter, long enough for a test to fix the cause meanwhile.
+pub fn patient(mut d: hookgate_core::catalog::DestinationSpec) -> hookgate_core::catalog::DestinationSpec {
+    d.retry = hookgate_core::retry::RetryPolicy { delays_ms: vec![300], max_attempts: 100, jitter: 0.0 };
+    d
+}
+
+/// Runs `hookgate check-config` on `toml`, with `env` as the only `HOOKGATE_*` variables.
+pub fn hookgate_check_config(toml: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let file = TempConfig::new(toml);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HOOKGATE_")) {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied());
+    cmd.arg("check-config").arg(&file.0).output().unwrap()
+}

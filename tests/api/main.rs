@@ -1,12 +1,14 @@
 //! hookgate's integration tests: one binary, real PostgreSQL and Redis, one fresh database per test.
 
 mod admin;
+mod certs;
 mod circuit;
 mod cli;
 mod cluster;
 mod crash;
 mod delivery;
 mod dependencies;
+mod egress;
 mod fifo;
 mod formats;
 mod handoff;

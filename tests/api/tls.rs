@@ -3,194 +3,20 @@
 //! headers, and the checks of TLS settings and headers in the configuration and the admin API.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
-use rustls::{RootCertStore, ServerConfig};
+use rcgen::{ExtendedKeyUsagePurpose, SanType};
 use serde_json::{json, Value};
 
 use crate::admin::{with_tokens, READ, WRITE};
-use crate::helpers::{destination, eventually, route, spawn_app_with, TempConfig, TestApp};
+use crate::certs::{pem_file, server_tls, tls_files, Ca, Switchable};
+use crate::helpers::{
+    attempts_to, delivered_to, destination, eventually, failed_twice, hookgate_check_config, patient, route,
+    spawn_app_with, TempConfig,
+};
 use crate::receiver::Receiver;
 
 const DELIVERED: &str = "SELECT count(*) FROM deliveries WHERE state = 'delivered'";
-
-/// A certificate authority made for one test.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).unwrap();
-        Self { cert, key }
-    }
-
-    fn pem(&self) -> String {
-        self.cert.pem()
-    }
-
-    fn der(&self) -> CertificateDer<'static> {
-        self.cert.der().clone()
-    }
-
-    /// A certificate signed by this CA: for a server (`san`) or a client, valid now unless `expired`.
-    fn issue(&self, san: SanType, usage: ExtendedKeyUsagePurpose, expired: bool) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, "hookgate test");
-        params.subject_alt_names = vec![san];
-        params.extended_key_usages = vec![usage];
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
-        }
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-            key_der: key.serialize_der(),
-        }
-    }
-
-    fn server(&self) -> Leaf {
-        self.issue(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)), ExtendedKeyUsagePurpose::ServerAuth, false)
-    }
-
-    fn client(&self, expired: bool) -> Leaf {
-        self.issue(SanType::DnsName("client.test".try_into().unwrap()), ExtendedKeyUsagePurpose::ClientAuth, expired)
-    }
-}
-
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-    key_der: Vec<u8>,
-}
-
-impl Leaf {
-    fn certified(&self) -> Arc<CertifiedKey> {
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()));
-        let signing = rustls::crypto::ring::default_provider().key_provider.load_private_key(key).unwrap();
-        Arc::new(CertifiedKey::new(vec![self.der.clone()], signing))
-    }
-}
-
-/// The server certificate of a receiver, which the test can replace while it runs.
-#[derive(Debug)]
-struct Switchable(Mutex<Arc<CertifiedKey>>);
-
-impl Switchable {
-    fn new(leaf: &Leaf) -> Arc<Self> {
-        Arc::new(Self(Mutex::new(leaf.certified())))
-    }
-
-    fn set(&self, leaf: &Leaf) {
-        *self.0.lock().unwrap() = leaf.certified();
-    }
-}
-
-impl ResolvesServerCert for Switchable {
-    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.lock().unwrap().clone())
-    }
-}
-
-/// A receiver's TLS: its certificate, and, with `client_ca`, a client certificate from that CA required.
-fn server_tls(cert: Arc<Switchable>, client_ca: Option<&Ca>) -> ServerConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().unwrap();
-    let builder = match client_ca {
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            roots.add(ca.der()).unwrap();
-            builder.with_client_cert_verifier(
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap(),
-            )
-        }
-        None => builder.with_no_client_auth(),
-    };
-    builder.with_cert_resolver(cert)
-}
-
-/// A PEM file for the configuration's `tls` fields, removed when dropped.
-fn pem_file(text: &str) -> TempConfig {
-    TempConfig::new(text)
-}
-
-fn tls_files(
-    ca: Option<&TempConfig>,
-    cert: Option<&TempConfig>,
-    key: Option<&TempConfig>,
-) -> hookgate_core::catalog::TlsFiles {
-    hookgate_core::catalog::TlsFiles {
-        ca_file: ca.map(|f| f.0.clone()),
-        cert_file: cert.map(|f| f.0.clone()),
-        key_file: key.map(|f| f.0.clone()),
-    }
-}
-
-/// (error_kind, error) of the attempts made to the destination `slug`, in order.
-async fn attempts_to(app: &TestApp, slug: &str) -> Vec<(Option<String>, Option<String>)> {
-    app.db
-        .query(
-            "SELECT a.error_kind, a.error FROM attempts a
-             JOIN deliveries d ON d.id = a.delivery_id JOIN destinations t ON t.id = d.destination_id
-             WHERE t.slug = $1 ORDER BY a.started_at, a.attempt",
-            &[&slug],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
-}
-
-/// Waits until `slug` has at least two failed attempts (the failure was retried on schedule); answers them.
-async fn failed_twice(app: &TestApp, slug: &str) -> Vec<(Option<String>, Option<String>)> {
-    eventually(&format!("two failed attempts to {slug}"), Duration::from_secs(60), || async {
-        let got = attempts_to(app, slug).await;
-        (got.len() >= 2).then_some(got)
-    })
-    .await
-}
-
-async fn delivered_to(app: &TestApp, slug: &str) {
-    eventually(&format!("a delivery to {slug} delivered"), Duration::from_secs(60), || async {
-        let n: i64 = app
-            .db
-            .query_one(
-                "SELECT count(*) FROM deliveries d JOIN destinations t ON t.id = d.destination_id
-                 WHERE t.slug = $1 AND d.state = 'delivered'",
-                &[&slug],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (n > 0).then_some(())
-    })
-    .await
-}
-
-/// Retries every 300 ms without jitter, long enough for a test to fix the cause meanwhile.
-fn patient(mut d: hookgate_core::catalog::DestinationSpec) -> hookgate_core::catalog::DestinationSpec {
-    d.retry = hookgate_core::retry::RetryPolicy { delays_ms: vec![300], max_attempts: 100, jitter: 0.0 };
-    d
-}
 
 #[actix_rt::test]
 async fn an_https_destination_trusted_through_its_ca_file_is_delivered_signed_and_with_its_headers() {
@@ -468,15 +294,6 @@ async fn the_admin_api_checks_tls_settings_and_headers_and_never_shows_the_key()
     assert!(cleared["tls"].is_null(), "{cleared}");
 }
 
-fn hookgate_check_config(toml: &str) -> std::process::Output {
-    let file = TempConfig::new(toml);
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HOOKGATE_")) {
-        cmd.env_remove(k);
-    }
-    cmd.arg("check-config").arg(&file.0).output().unwrap()
-}
-
 #[test]
 fn check_config_refuses_bad_tls_files_and_forbidden_headers_naming_them() {
     let ca = Ca::new("config CA");
@@ -502,12 +319,15 @@ fn check_config_refuses_bad_tls_files_and_forbidden_headers_naming_them() {
             crate::helpers::test_config_toml()
         )
     };
-    let ok = hookgate_check_config(&config(&format!(
-        "tls = {{ ca_file = \"{}\", cert_file = \"{}\", key_file = \"{}\" }}\nheaders = {{ \"X-Env\" = \"prod\" }}",
-        path(0),
-        path(1),
-        path(2)
-    )));
+    let ok = hookgate_check_config(
+        &config(&format!(
+            "tls = {{ ca_file = \"{}\", cert_file = \"{}\", key_file = \"{}\" }}\nheaders = {{ \"X-Env\" = \"prod\" }}",
+            path(0),
+            path(1),
+            path(2)
+        )),
+        &[],
+    );
     assert!(ok.status.success(), "{ok:?}");
     let cases = [
         (format!("tls = {{ cert_file = \"{}\", key_file = \"{}\" }}", path(3), path(4)), "tls.cert_file", "expired"),
@@ -523,7 +343,7 @@ fn check_config_refuses_bad_tls_files_and_forbidden_headers_naming_them() {
         ("headers = { \"webhook-signature\" = \"v1,forged\" }".to_owned(), "\"webhook-signature\"", "cannot be set"),
     ];
     for (extra, field, needle) in cases {
-        let out = hookgate_check_config(&config(&extra));
+        let out = hookgate_check_config(&config(&extra), &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{extra}: {out:?}");
         assert!(stderr.contains("partner") && stderr.contains(field) && stderr.contains(needle), "{extra}: {stderr}");
