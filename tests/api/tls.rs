@@ -59,6 +59,9 @@ async fn an_https_destination_trusted_through_its_ca_file_is_delivered_signed_an
 #[actix_rt::test]
 async fn the_quick_starts_demo_receiver_is_trusted_through_the_demo_ca_alone() {
     use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use rustls::ServerConfig;
+    use std::sync::Arc;
     let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo-tls");
     let chain = CertificateDer::pem_file_iter(demo.join("sink.pem")).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
     let key = PrivateKeyDer::from_pem_file(demo.join("sink.key")).unwrap();
