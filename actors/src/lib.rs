@@ -25,6 +25,7 @@ pub mod health;
 pub mod janitor;
 pub mod limits;
 pub mod mailbox;
+pub mod pg_tls;
 pub mod redis_link;
 pub mod result_writer;
 pub mod router;
