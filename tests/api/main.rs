@@ -1,10 +1,12 @@
 //! hookgate's integration tests: one binary, real PostgreSQL and Redis, one fresh database per test.
 
 mod admin;
+mod certs;
 mod circuit;
 mod cli;
 mod cluster;
 mod crash;
+mod datastore_tls;
 mod delivery;
 mod dependencies;
 mod fifo;
@@ -19,6 +21,7 @@ mod poison;
 mod receiver;
 mod replay_fencing;
 mod retention;
+mod servers;
 mod stranding;
 mod supervision;
 mod tls;

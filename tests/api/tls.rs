@@ -6,89 +6,18 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rcgen::{ExtendedKeyUsagePurpose, SanType};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use serde_json::{json, Value};
 
 use crate::admin::{with_tokens, READ, WRITE};
+use crate::certs::{Ca, Leaf};
 use crate::helpers::{destination, eventually, route, spawn_app_with, TempConfig, TestApp};
 use crate::receiver::Receiver;
 
 const DELIVERED: &str = "SELECT count(*) FROM deliveries WHERE state = 'delivered'";
-
-/// A certificate authority made for one test.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).unwrap();
-        Self { cert, key }
-    }
-
-    fn pem(&self) -> String {
-        self.cert.pem()
-    }
-
-    fn der(&self) -> CertificateDer<'static> {
-        self.cert.der().clone()
-    }
-
-    /// A certificate signed by this CA: for a server (`san`) or a client, valid now unless `expired`.
-    fn issue(&self, san: SanType, usage: ExtendedKeyUsagePurpose, expired: bool) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, "hookgate test");
-        params.subject_alt_names = vec![san];
-        params.extended_key_usages = vec![usage];
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
-        }
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-            key_der: key.serialize_der(),
-        }
-    }
-
-    fn server(&self) -> Leaf {
-        self.issue(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)), ExtendedKeyUsagePurpose::ServerAuth, false)
-    }
-
-    fn client(&self, expired: bool) -> Leaf {
-        self.issue(SanType::DnsName("client.test".try_into().unwrap()), ExtendedKeyUsagePurpose::ClientAuth, expired)
-    }
-}
-
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-    key_der: Vec<u8>,
-}
-
-impl Leaf {
-    fn certified(&self) -> Arc<CertifiedKey> {
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()));
-        let signing = rustls::crypto::ring::default_provider().key_provider.load_private_key(key).unwrap();
-        Arc::new(CertifiedKey::new(vec![self.der.clone()], signing))
-    }
-}
 
 /// The server certificate of a receiver, which the test can replace while it runs.
 #[derive(Debug)]
