@@ -36,7 +36,7 @@ cat > "$work/bench.toml" <<TOML
 [server]
 port = $PORT
 [database]
-url = "$PG"
+url = "$PG?sslmode=disable"
 [redis]
 key_prefix = "$PREFIX"
 dedupe_ttl_secs = 600

@@ -36,7 +36,7 @@ cat > "$work/bench.toml" <<TOML
 [server]
 port = $PORT
 [database]
-url = "postgres://postgres@127.0.0.1:5432/$DB"
+url = "postgres://postgres@127.0.0.1:5432/$DB?sslmode=disable"
 [redis]
 key_prefix = "$PREFIX"
 dedupe_ttl_secs = 600

@@ -3,13 +3,14 @@
 //! Environment variables use `__` between levels: `HOOKGATE_DATABASE__URL`, `HOOKGATE_SERVER__PORT`. Secrets (database
 //! and Redis URLs, signing secrets) are [`SecretString`]s, whose `Debug` prints `[REDACTED]`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use hookgate_actors::janitor::RetentionSettings;
-use hookgate_actors::tls::{check as check_tls, OutboundTls};
+use hookgate_actors::pg_tls::{split_url, PgConnect, PgTls, PgTlsParams};
+use hookgate_actors::tls::{check as check_tls, pem_certificates, OutboundTls};
 use hookgate_actors::{DeliveryConfig, RestartPolicy, WriterConfig};
 use hookgate_core::catalog::{DestinationSpec, DestinationTls, RouteSpec, TlsFieldError, TlsFiles};
 use secrecy::{ExposeSecret, SecretString};
@@ -140,7 +141,9 @@ impl Default for ServerSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
-    /// `postgres://user:password@host:port/dbname`.
+    /// `postgres://user:password@host:port/dbname`, or libpq's `key=value` form. TLS as libpq's parameters say:
+    /// `sslmode` (`disable`, `prefer` (the default), `require`, `verify-ca`, `verify-full`) and `sslrootcert` (a PEM
+    /// file of CA certificates, or `system`); see `hookgate_actors::pg_tls`.
     pub url: SecretString,
     /// Pooled connections.
     pub pool_size: usize,
@@ -168,31 +171,58 @@ impl Default for DatabaseSettings {
 }
 
 impl DatabaseSettings {
-    pub fn pg_config(&self) -> anyhow::Result<tokio_postgres::Config> {
-        let mut cfg: tokio_postgres::Config = self
-            .url
-            .expose_secret()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("database.url is not a valid PostgreSQL URL"))?;
-        cfg.connect_timeout(Duration::from_millis(self.connect_timeout_ms));
-        cfg.application_name("hookgate");
+    /// How every connection reaches PostgreSQL (the pool's, the LISTEN connections'): the driver's settings from
+    /// `url`, with the timeouts and session options below, and the TLS connector its `sslmode` and `sslrootcert` ask
+    /// for (reading that file, or the system's CA certificates when it verifies against them).
+    pub fn pg_connect(&self) -> anyhow::Result<PgConnect> {
+        let (mut config, tls) = self.parse_url()?;
+        if tls.ignores_root_cert() {
+            tracing::warn!(
+                message = "database.url: sslrootcert is ignored, this sslmode never verifies the server's certificate \
+                           (use sslmode=verify-full).",
+                sslmode = %tls.mode
+            );
+        }
+        config.connect_timeout(Duration::from_millis(self.connect_timeout_ms));
+        config.application_name("hookgate");
         // A dead peer that never closes the socket is noticed in seconds, not hours.
-        cfg.keepalives(true).keepalives_idle(Duration::from_secs(10)).tcp_user_timeout(Duration::from_secs(15));
+        config.keepalives(true).keepalives_idle(Duration::from_secs(10)).tcp_user_timeout(Duration::from_secs(15));
         // A 2xx means committed to disk, whatever the server's or role's default says.
         let mut options = String::from("-c synchronous_commit=on");
         if self.statement_timeout_ms > 0 {
             options.push_str(&format!(" -c statement_timeout={}", self.statement_timeout_ms));
         }
-        cfg.options(options);
-        Ok(cfg)
+        config.options(options);
+        let tls = PgTls::new(&tls).map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
+        Ok(PgConnect { config, tls })
+    }
+
+    /// `url` read: the driver's settings (its `sslmode` set to what the driver knows) and the TLS parameters. Reads
+    /// no file.
+    fn parse_url(&self) -> anyhow::Result<(tokio_postgres::Config, PgTlsParams)> {
+        let (rest, tls) = split_url(self.url.expose_secret()).map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
+        // tokio-postgres's reasons may quote the URL's text, password included: not shown.
+        let mut config: tokio_postgres::Config =
+            rest.parse().map_err(|_| anyhow::anyhow!("database.url is not a valid PostgreSQL URL"))?;
+        config.ssl_mode(tls.mode.driver());
+        Ok((config, tls))
+    }
+
+    /// What `check-config` checks: the URL parses, and the `sslrootcert` file it uses is readable PEM.
+    fn validate(&self) -> anyhow::Result<()> {
+        let (_, tls) = self.parse_url()?;
+        tls.check().map_err(|e| anyhow::anyhow!("database.url: {e}"))
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db`, or `rediss://host:port/db` for TLS (the server's certificate always verified, for
+    /// the URL's host name).
     pub url: SecretString,
+    /// With `rediss://`: a PEM file of the CA certificates that verify Redis, instead of the system's.
+    pub tls_ca_file: Option<PathBuf>,
     /// Prefix of every key hookgate writes.
     pub key_prefix: String,
     /// Longest wait for one Redis command before it counts as a miss.
@@ -207,12 +237,38 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: SecretString::from("redis://127.0.0.1:6379"),
+            tls_ca_file: None,
             key_prefix: "hookgate".into(),
             op_timeout_ms: 50,
             connect_timeout_ms: 500,
             dedupe_ttl_secs: 24 * 3600,
             mailbox_capacity: 8_192,
         }
+    }
+}
+
+impl RedisSettings {
+    /// The client of every Redis connection (the cache's, the delivery limits'): TLS with `rediss://`, trusting
+    /// `tls_ca_file` when it is set. Reads that file; connects to nothing.
+    pub fn client(&self) -> anyhow::Result<redis::Client> {
+        let invalid = || anyhow::anyhow!("redis.url is not a valid Redis URL");
+        let info = redis::IntoConnectionInfo::into_connection_info(self.url.expose_secret()).map_err(|_| invalid())?;
+        let tls = match info.addr() {
+            redis::ConnectionAddr::TcpTls { insecure: true, .. } => {
+                anyhow::bail!("redis.url: #insecure (no certificate verification) is not supported")
+            }
+            redis::ConnectionAddr::TcpTls { .. } => true,
+            _ => false,
+        };
+        let Some(path) = &self.tls_ca_file else { return redis::Client::open(info).map_err(|_| invalid()) };
+        if !tls {
+            anyhow::bail!("redis.tls_ca_file is set, but redis.url does not use TLS (rediss://)");
+        }
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("redis.tls_ca_file: cannot read {}: {e}", path.display()))?;
+        pem_certificates(&pem).map_err(|e| anyhow::anyhow!("redis.tls_ca_file: {}: {e}", path.display()))?;
+        let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem.into_bytes()) };
+        redis::Client::build_with_tls(info, certificates).map_err(|e| anyhow::anyhow!("redis.tls_ca_file: {e}"))
     }
 }
 
@@ -273,9 +329,8 @@ impl Settings {
 
     /// Checks what serde cannot: slugs, limits, and that URLs parse.
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.database.pg_config()?;
-        redis::Client::open(self.redis.url.expose_secret())
-            .map_err(|_| anyhow::anyhow!("redis.url is not a valid Redis URL"))?;
+        self.database.validate()?;
+        self.redis.client()?;
         let w = &self.writer;
         if w.batch_max == 0 || w.max_inflight_flushes == 0 || w.max_pending == 0 || w.mailbox_capacity == 0 {
             anyhow::bail!("writer.batch_max, max_inflight_flushes, max_pending and mailbox_capacity must be positive");
@@ -497,10 +552,46 @@ mod tests {
                 "[[destinations]]\nslug = \"d\"\nurl = \"https://example.com/\"\ntls = { cafile = \"x\" }",
                 "cafile",
             ),
+            ("[database]\nurl = \"postgres://u:pw@db/hg?sslmode=verify\"", "database.url: sslmode must be"),
+            ("[database]\nurl = \"host=db password=pw sslmode=allow\"", "not \"allow\""),
+            (
+                "[database]\nurl = \"postgres://u:pw@db/hg?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem\"",
+                "database.url: sslrootcert: cannot read /nonexistent/ca.pem",
+            ),
+            (
+                "[database]\nurl = \"host=db password=pw sslmode=require sslrootcert=/nonexistent/ca.pem\"",
+                "sslrootcert: cannot read /nonexistent/ca.pem",
+            ),
+            (
+                "[redis]\nurl = \"rediss://:pw@cache:6380\"\ntls_ca_file = \"/nonexistent/redis-ca.pem\"",
+                "redis.tls_ca_file: cannot read /nonexistent/redis-ca.pem",
+            ),
+            ("[redis]\nurl = \"redis://cache:6379\"\ntls_ca_file = \"/etc/hostname\"", "does not use TLS (rediss://)"),
+            ("[redis]\nurl = \"rediss://cache:6380/#insecure\"", "#insecure"),
         ];
         for (text, needle) in cases {
             let err = Settings::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?} gave {err:?}, expected it to mention {needle:?}");
+            assert!(!err.contains("pw"), "{text:?} gave {err:?}, which shows the password");
         }
+    }
+
+    #[test]
+    fn the_datastores_tls_settings_are_read_from_their_urls() {
+        let s = Settings::from_toml(
+            "[database]\nurl = \"postgres://u:pw@db.internal/hg?sslmode=verify-ca&application_name=x\"\n\
+             [redis]\nurl = \"rediss://cache.internal:6380\"",
+        )
+        .unwrap();
+        let (config, tls) = s.database.parse_url().unwrap();
+        assert_eq!(tls.mode, hookgate_actors::pg_tls::SslMode::VerifyCa);
+        assert_eq!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        assert_eq!(config.get_dbname(), Some("hg"));
+        let client = s.redis.client().unwrap();
+        assert!(matches!(client.get_connection_info().addr(), redis::ConnectionAddr::TcpTls { insecure: false, .. }));
+        // Absent sslmode is libpq's default, prefer.
+        let (config, tls) = DatabaseSettings::default().parse_url().unwrap();
+        assert_eq!(tls.mode, hookgate_actors::pg_tls::SslMode::Prefer);
+        assert_eq!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Prefer);
     }
 }

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hookgate::config::Settings;
-use hookgate::startup::{build_pool, Application};
+use hookgate::startup::{connect_pool, Application};
 use hookgate::telemetry;
 use hookgate_core::signing::SigningKey;
 use hookgate_store::migrations;
@@ -79,7 +79,7 @@ async fn main() -> ExitCode {
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let pool = build_pool(&settings.database)?;
+    let pool = connect_pool(&settings.database).await?;
     let applied = migrations::run(&pool).await?;
     println!("applied {} migration(s): {applied:?}", applied.len());
     Ok(())

@@ -26,6 +26,7 @@ pub mod janitor;
 pub mod limits;
 pub mod mailbox;
 pub mod proxy;
+pub mod pg_tls;
 pub mod redis_link;
 pub mod result_writer;
 pub mod router;

@@ -15,13 +15,15 @@ use hookgate_store::Pool;
 
 use crate::catalog::SharedCatalog;
 use crate::health::{ActorState, ActorStatus};
+use crate::pg_tls::PgConnect;
 use crate::shutdown::Shutdown;
 use crate::sources::SourceRegistry;
 use crate::supervision::{guarded, Panicked};
 
 pub struct Router {
     pool: Pool,
-    pg_config: tokio_postgres::Config,
+    /// How the LISTEN connection reaches PostgreSQL (the pool's settings and TLS).
+    pg: PgConnect,
     catalog: Arc<SharedCatalog>,
     sources: Arc<SourceRegistry>,
     pub(crate) status: Arc<ActorStatus>,
@@ -36,14 +38,14 @@ pub struct Router {
 impl Router {
     pub fn new(
         pool: Pool,
-        pg_config: tokio_postgres::Config,
+        pg: PgConnect,
         catalog: Arc<SharedCatalog>,
         sources: Arc<SourceRegistry>,
         status: Arc<ActorStatus>,
     ) -> Self {
         Self {
             pool,
-            pg_config,
+            pg,
             catalog,
             sources,
             status,
@@ -102,7 +104,11 @@ impl Actor for Router {
     fn started(&mut self, ctx: &mut Self::Context) {
         let (status, delay) = (self.status.clone(), std::mem::take(&mut self.resume_delay));
         status.resume_after(delay, self, ctx);
-        ctx.add_stream(listen::stream(listen::spawn_listener(self.pg_config.clone(), &[CATALOG_CHANNEL])));
+        ctx.add_stream(listen::stream(listen::spawn_listener(
+            self.pg.config.clone(),
+            self.pg.tls.clone(),
+            &[CATALOG_CHANNEL],
+        )));
         ctx.run_interval(Duration::from_secs(60), |act, ctx| act.reload(ctx));
     }
 }

@@ -43,6 +43,7 @@ use crate::deliverer::{Completed, Deliver, Deliverer};
 use crate::handoff::{self, Blocked, HandOff, HandOffPort};
 use crate::health::{ActorState, ActorStatus};
 use crate::limits::Limits;
+use crate::pg_tls::PgConnect;
 use crate::redis_link::RedisLink;
 use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
@@ -64,7 +65,8 @@ pub struct WakeAt(pub DateTime<Utc>);
 
 pub struct Scheduler {
     pool: Pool,
-    pg_config: tokio_postgres::Config,
+    /// How the LISTEN connection reaches PostgreSQL (the pool's settings and TLS).
+    pg: PgConnect,
     catalog: Arc<SharedCatalog>,
     limits: Arc<Limits>,
     redis: Arc<RedisLink>,
@@ -104,7 +106,7 @@ impl Scheduler {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: Pool,
-        pg_config: tokio_postgres::Config,
+        pg: PgConnect,
         catalog: Arc<SharedCatalog>,
         limits: Arc<Limits>,
         redis: Arc<RedisLink>,
@@ -115,7 +117,7 @@ impl Scheduler {
     ) -> Self {
         Self {
             pool,
-            pg_config,
+            pg,
             catalog,
             limits,
             redis,
@@ -287,7 +289,8 @@ impl Scheduler {
         self.set_taking_handoffs(true);
         self.status.set_state(ActorState::Running);
         self.status.beat();
-        let rx = listen::spawn_listener(self.pg_config.clone(), &[DELIVERIES_CHANNEL, CATALOG_CHANNEL]);
+        let rx =
+            listen::spawn_listener(self.pg.config.clone(), self.pg.tls.clone(), &[DELIVERIES_CHANNEL, CATALOG_CHANNEL]);
         ctx.add_stream(listen::stream(rx));
         ctx.run_interval(self.cfg.poll_interval(), |act, ctx| act.tick(ctx));
         self.tick(ctx);

@@ -1,11 +1,14 @@
 //! TLS for outbound deliveries (rustls 0.23 over ring): the trust roots every destination shares
 //! (`delivery.tls_roots`), a destination's own TLS material (extra CA certificates, a client certificate and key for
-//! mutual TLS) checked when it is set and turned into a `ClientConfig`, and the reason a handshake failed.
+//! mutual TLS) checked when it is set and turned into a `ClientConfig`, and the reason a handshake failed. The
+//! datastores' TLS (`crate::pg_tls`, Redis's `rediss://`) reads its CA files and the system's roots with the helpers
+//! here.
 //!
 //! TLS 1.2 and 1.3 only, server names from the URL's host (SNI, and the name the certificate must carry: hostname
 //! verification is always on), ALPN `http/1.1`. The handshake runs over the connection the SSRF guard opened
 //! (`crate::ssrf::guarded_client`), so it only ever reaches vetted addresses.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -38,7 +41,8 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-fn provider() -> Arc<CryptoProvider> {
+/// The process's crypto provider, ring when none was installed yet.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     CryptoProvider::get_default().cloned().unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
 }
 
@@ -63,9 +67,7 @@ impl OutboundTls {
             store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         }
         if matches!(which, TlsRoots::Native | TlsRoots::Both) {
-            let found = rustls_native_certs::load_native_certs();
-            let errors: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
-            let (added, _ignored) = store.add_parsable_certificates(found.certs);
+            let (added, errors) = add_system_roots(&mut store);
             if added == 0 {
                 if which == TlsRoots::Native {
                     anyhow::bail!(
@@ -136,20 +138,40 @@ fn build(
     Ok(Arc::new(config))
 }
 
-/// Every certificate of a PEM bundle (at least one), each a parsable X.509 certificate.
-fn certificates(pem: &str, field: &str) -> Result<Vec<CertificateDer<'static>>, TlsFieldError> {
+/// Adds the operating system's CA certificates (rustls-native-certs: `/etc/ssl/certs`, `SSL_CERT_FILE`,
+/// `SSL_CERT_DIR`) to `store`: how many were usable, and what could not be read.
+pub fn add_system_roots(store: &mut RootCertStore) -> (usize, Vec<String>) {
+    let found = rustls_native_certs::load_native_certs();
+    let errors = found.errors.iter().map(|e| e.to_string()).collect();
+    let (added, _ignored) = store.add_parsable_certificates(found.certs);
+    (added, errors)
+}
+
+/// Every certificate of a PEM bundle (at least one), each a parsable X.509 certificate; the error says why not.
+pub fn pem_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsFieldError::new(field, format!("unreadable PEM: {e}")))?;
+        .map_err(|e| format!("unreadable PEM: {e}"))?;
     if certs.is_empty() {
-        return Err(TlsFieldError::new(field, "no certificate (-----BEGIN CERTIFICATE-----) in the PEM text"));
+        return Err("no certificate (-----BEGIN CERTIFICATE-----) in the PEM text".into());
     }
     for (i, cert) in certs.iter().enumerate() {
-        x509_parser::parse_x509_certificate(cert).map_err(|e| {
-            TlsFieldError::new(field, format!("certificate {} is not a valid X.509 certificate: {e}", i + 1))
-        })?;
+        x509_parser::parse_x509_certificate(cert)
+            .map_err(|e| format!("certificate {} is not a valid X.509 certificate: {e}", i + 1))?;
     }
     Ok(certs)
+}
+
+/// The CA certificates of a PEM file (the datastores' `sslrootcert` and `redis.tls_ca_file`), checked like
+/// [`pem_certificates`]; the error names the file.
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    pem_certificates(&pem).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// [`pem_certificates`], its error naming `field`.
+fn certificates(pem: &str, field: &str) -> Result<Vec<CertificateDer<'static>>, TlsFieldError> {
+    pem_certificates(pem).map_err(|e| TlsFieldError::new(field, e))
 }
 
 /// The client certificate chain and its key, checked to belong together.

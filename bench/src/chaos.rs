@@ -274,7 +274,8 @@ async fn setup(opts: &ChaosOptions, params: Params) -> anyhow::Result<Env> {
     let config = root.path.join("hookgate.toml");
     std::fs::write(&config, config_toml(hg_port, &healthy.url("/"), &aux.url(""), &bad))?;
     let env_vars = vec![
-        ("HOOKGATE_DATABASE__URL".to_string(), db_url.clone()),
+        // Plain TCP on loopback, like every benchmark here (the suite's cluster has no TLS anyway).
+        ("HOOKGATE_DATABASE__URL".to_string(), format!("{db_url}?sslmode=disable")),
         ("HOOKGATE_REDIS__URL".to_string(), format!("redis://127.0.0.1:{}", proxy.port)),
     ];
     let mut hg = Hookgate::new(bin, config, root.path.join("hookgate.log"), hg_port, env_vars);

@@ -172,7 +172,7 @@ pub async fn run(opts: StandardOptions) -> anyhow::Result<Value> {
 host = "127.0.0.1"
 port = {port}
 [database]
-url = "{db_url}"
+url = "{db_url}?sslmode=disable"
 [redis]
 key_prefix = "hookgate-bench-{pid}"
 dedupe_ttl_secs = 600

@@ -11,6 +11,7 @@ use hookgate_actors::deliverer::Deliverer;
 use hookgate_actors::handoff::HandOffPort;
 use hookgate_actors::janitor::Janitor;
 use hookgate_actors::limits::Limits;
+use hookgate_actors::pg_tls::PgConnect;
 use hookgate_actors::result_writer::{ConnectScheduler, ResultWriter};
 use hookgate_actors::router::Router;
 use hookgate_actors::scheduler::Scheduler;
@@ -19,7 +20,6 @@ use hookgate_actors::tls::OutboundTls;
 use hookgate_actors::{
     ActorStatus, Cache, CacheConfig, EventWriter, Health, HealthRegistry, Mailbox, RedisLink, RedisLinkConfig,
 };
-use secrecy::ExposeSecret;
 
 use crate::config::Settings;
 
@@ -61,6 +61,7 @@ pub(super) struct Started {
 pub(super) fn start(
     settings: &Settings,
     pool: &Pool,
+    pg: &PgConnect,
     registry: &Arc<SourceRegistry>,
     catalog: &Arc<SharedCatalog>,
     health: &Arc<HealthRegistry>,
@@ -71,13 +72,13 @@ pub(super) fn start(
         .then(|| HandOffPort::new(settings.server.node_id(), settings.delivery.lease_margin_ms));
     let (writer, writer_arbiter) = event_writer(settings, pool, health, handoff.clone());
     let cache = cache(settings, health)?;
-    let router = router(pool, settings, catalog, registry, health.register("router", false, policy))?;
+    let router = router(pool, pg, catalog, registry, health.register("router", false, policy));
     let janitor = janitor(settings, pool, health.register("janitor", false, policy));
     let (limits, limits_redis) = limits(settings)?;
     let mut arbiters = vec![writer_arbiter];
     let (scheduler, result_writer) = if settings.delivery.enabled {
         let (scheduler, results, deliverer_arbiters) =
-            delivery(settings, pool, catalog, health, &limits, &limits_redis, handoff)?;
+            delivery(settings, pool, pg, catalog, health, &limits, &limits_redis, handoff)?;
         arbiters.extend(deliverer_arbiters);
         (Some(scheduler), Some(results))
     } else {
@@ -141,7 +142,7 @@ fn cache(settings: &Settings, health: &Arc<HealthRegistry>) -> anyhow::Result<Ma
         mailbox_capacity: settings.redis.mailbox_capacity,
         ping_interval: Duration::from_millis(settings.server.health_interval_ms),
     };
-    let client = redis_client(settings)?;
+    let client = settings.redis.client()?;
     let addr = {
         let (status, health) = (status.clone(), health.clone());
         Supervisor::start(move |_| Cache::new(client, cfg, status, health))
@@ -149,22 +150,17 @@ fn cache(settings: &Settings, health: &Arc<HealthRegistry>) -> anyhow::Result<Ma
     Ok(Mailbox::new(addr, status))
 }
 
-fn redis_client(settings: &Settings) -> anyhow::Result<redis::Client> {
-    redis::Client::open(settings.redis.url.expose_secret())
-        .map_err(|_| anyhow::anyhow!("redis.url is not a valid Redis URL"))
-}
-
 /// The Router: reloads the catalog and the sources when PostgreSQL announces a change.
 fn router(
     pool: &Pool,
-    settings: &Settings,
+    pg: &PgConnect,
     catalog: &Arc<SharedCatalog>,
     registry: &Arc<SourceRegistry>,
     status: Arc<ActorStatus>,
-) -> anyhow::Result<Addr<Router>> {
-    let (pool, pg_config) = (pool.clone(), settings.database.pg_config()?);
+) -> Addr<Router> {
+    let (pool, pg) = (pool.clone(), pg.clone());
     let (catalog, registry) = (catalog.clone(), registry.clone());
-    Ok(Supervisor::start(move |_| Router::new(pool, pg_config, catalog, registry, status)))
+    Supervisor::start(move |_| Router::new(pool, pg, catalog, registry, status))
 }
 
 /// The Janitor: the cluster's singleton jobs.
@@ -182,7 +178,7 @@ fn limits(settings: &Settings) -> anyhow::Result<(Arc<Limits>, Arc<RedisLink>)> 
             .with_op_timeout(Duration::from_millis(settings.delivery.limits_timeout_ms)),
     );
     let link = RedisLink::start(
-        redis_client(settings)?,
+        settings.redis.client()?,
         RedisLinkConfig {
             response_timeout: Duration::from_millis(settings.delivery.limits_timeout_ms),
             connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
@@ -193,9 +189,11 @@ fn limits(settings: &Settings) -> anyhow::Result<(Arc<Limits>, Arc<RedisLink>)> 
 }
 
 /// The delivery side: the ResultWriter, then the Scheduler with its Deliverers (each on an arbiter of its own).
+#[allow(clippy::too_many_arguments)]
 fn delivery(
     settings: &Settings,
     pool: &Pool,
+    pg: &PgConnect,
     catalog: &Arc<SharedCatalog>,
     health: &Arc<HealthRegistry>,
     limits: &Arc<Limits>,
@@ -205,7 +203,7 @@ fn delivery(
     let cfg = settings.delivery.clone();
     let policy = settings.supervision;
     let node_id = settings.server.node_id();
-    let pg_config = settings.database.pg_config()?;
+    let pg = pg.clone();
     let results_status = health.register_delivery("result_writer", None, policy);
     let results = {
         let (pool, catalog, node, cfg) = (pool.clone(), catalog.clone(), node_id.clone(), cfg.clone());
@@ -246,8 +244,7 @@ fn delivery(
                     })
                 })
                 .collect();
-            let scheduler =
-                Scheduler::new(pool, pg_config, catalog, limits, redis, deliverers, node, cfg, scheduler_status);
+            let scheduler = Scheduler::new(pool, pg, catalog, limits, redis, deliverers, node, cfg, scheduler_status);
             match handoff {
                 Some(port) => scheduler.with_handoff(port),
                 None => scheduler,

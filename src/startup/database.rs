@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use hookgate_actors::catalog::{self, SharedCatalog};
+use hookgate_actors::pg_tls::{tls_failure, PgConnect};
 use hookgate_actors::sources::{self as source_snapshot, SourceRegistry};
 
 use crate::config::{DatabaseSettings, Settings};
@@ -14,9 +15,21 @@ use crate::sources;
 
 /// Builds the connection pool; no connection is opened until first use.
 pub fn build_pool(db: &DatabaseSettings) -> anyhow::Result<Pool> {
+    pool(db, &db.pg_connect()?)
+}
+
+/// The pool, with its first connection open: a wrong address, password or TLS setting (a wrong CA, say) fails here
+/// with its reason.
+pub async fn connect_pool(db: &DatabaseSettings) -> anyhow::Result<Pool> {
+    let pool = build_pool(db)?;
+    first_connection(&pool).await?;
+    Ok(pool)
+}
+
+fn pool(db: &DatabaseSettings, pg: &PgConnect) -> anyhow::Result<Pool> {
     let mgr = Manager::from_config(
-        db.pg_config()?,
-        tokio_postgres::NoTls,
+        pg.config.clone(),
+        pg.tls.clone(),
         ManagerConfig { recycling_method: RecyclingMethod::Fast },
     );
     Pool::builder(mgr)
@@ -29,10 +42,24 @@ pub fn build_pool(db: &DatabaseSettings) -> anyhow::Result<Pool> {
         .context("Failed to build the PostgreSQL pool")
 }
 
-/// The pool, with the schema migrated (unless `database.migrate_on_start` is off) and the configuration's declared
-/// sources, destinations and routes applied in one transaction.
-pub async fn prepare(settings: &Settings) -> anyhow::Result<Pool> {
-    let pool = build_pool(&settings.database)?;
+/// Opens one connection; a TLS failure is told in its own words (the mode, what was trusted, why it failed).
+async fn first_connection(pool: &Pool) -> anyhow::Result<()> {
+    match hookgate_store::connect(pool).await {
+        Ok(_) => Ok(()),
+        Err(e) => match tls_failure(&e) {
+            Some(tls) => Err(anyhow::anyhow!("Cannot connect to PostgreSQL: {tls}")),
+            // (The store's error already tells its sources on its one line.)
+            None => Err(anyhow::anyhow!("Cannot connect to PostgreSQL: {e}")),
+        },
+    }
+}
+
+/// The pool (its first connection open), with the schema migrated (unless `database.migrate_on_start` is off) and
+/// the configuration's declared sources, destinations and routes applied in one transaction. `pg` is how every
+/// connection reaches PostgreSQL (the pool's, the LISTEN connections').
+pub async fn prepare(settings: &Settings, pg: &PgConnect) -> anyhow::Result<Pool> {
+    let pool = pool(&settings.database, pg)?;
+    first_connection(&pool).await?;
     if settings.database.migrate_on_start {
         hookgate_store::migrations::run(&pool).await?;
     }

@@ -20,7 +20,7 @@ use hookgate_actors::janitor::Janitor;
 use hookgate_actors::{Health, HealthRegistry};
 
 pub use actors::Actors;
-pub use database::build_pool;
+pub use database::{build_pool, connect_pool};
 
 use crate::config::Settings;
 use crate::telemetry;
@@ -43,12 +43,14 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // Installed first, so that metrics recorded while starting are kept.
         let metrics = telemetry::metrics_handle();
-        // The one rustls crypto provider (ring) of every outbound TLS connection.
+        // The one rustls crypto provider (ring) of every TLS connection (destinations, PostgreSQL, Redis).
         hookgate_actors::tls::install_crypto_provider();
-        let pool = database::prepare(&settings).await?;
+        // How every PostgreSQL connection is made (the pool's, the LISTEN connections'), TLS included.
+        let pg = settings.database.pg_connect()?;
+        let pool = database::prepare(&settings, &pg).await?;
         let (sources, catalog) = database::load_snapshots(&pool).await?;
         let health = HealthRegistry::new();
-        let started = actors::start(&settings, &pool, &sources, &catalog, &health)?;
+        let started = actors::start(&settings, &pool, &pg, &sources, &catalog, &health)?;
         let admin = server::admin_state(&settings, &pool, &started, catalog.clone());
         let state = server::app_state(&settings, &started, sources, catalog, health.clone(), metrics);
         let (server, port) = server::bind(&settings, state, admin)?;

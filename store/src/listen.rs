@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::AsyncMessage;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{AsyncMessage, Socket};
 
 use hookgate_core::backoff::Backoff;
 
@@ -23,16 +24,22 @@ pub enum ListenEvent {
 /// receiver full are dropped: they only mean "look again", and a full queue already says so.
 ///
 /// The connection lives exactly as long as the receiver: once it is dropped (its actor stopped or restarted), the
-/// connection is closed at once, even while PostgreSQL has nothing to say.
-pub fn spawn_listener(
+/// connection is closed at once, even while PostgreSQL has nothing to say. `tls` is the pool's connector (the TLS
+/// that `database.url` asks for), so that this connection is made exactly like the pool's.
+pub fn spawn_listener<T>(
     config: tokio_postgres::Config,
+    tls: T,
     channels: &'static [&'static str],
-) -> mpsc::Receiver<ListenEvent> {
+) -> mpsc::Receiver<ListenEvent>
+where
+    T: MakeTlsConnect<Socket> + Clone + 'static,
+    T::Stream: 'static,
+{
     let (tx, rx) = mpsc::channel(64);
     tokio::task::spawn_local(async move {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         while !tx.is_closed() {
-            match config.connect(tokio_postgres::NoTls).await {
+            match config.connect(tls.clone()).await {
                 Ok((client, mut conn)) => {
                     let events = tx.clone();
                     let driver = tokio::task::spawn_local(async move {
@@ -111,7 +118,7 @@ mod tests {
         config.application_name(&app);
 
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut rx = spawn_listener(config, &["hgtest_listen_leak"]);
+        let mut rx = spawn_listener(config, tokio_postgres::NoTls, &["hgtest_listen_leak"]);
         assert!(matches!(rx.recv().await, Some(ListenEvent::Connected)));
         assert_eq!(listen_connections(&admin, &app).await, 1);
         drop(rx);

@@ -72,8 +72,8 @@ impl Ca {
 pub struct Leaf {
     pub cert_pem: String,
     pub key_pem: String,
-    der: CertificateDer<'static>,
-    key_der: Vec<u8>,
+    pub der: CertificateDer<'static>,
+    pub key_der: Vec<u8>,
 }
 
 impl Leaf {
