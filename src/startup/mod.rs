@@ -39,8 +39,10 @@ pub struct Application {
 }
 
 impl Application {
-    /// Prepares the database, starts the actors and binds the listener. Must run inside an actix `System`.
+    /// Binds the listener, prepares the database, starts the actors and the server. Must run inside an actix
+    /// `System`.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = server::listener(&settings)?;
         // Installed first, so that metrics recorded while starting are kept.
         let metrics = telemetry::metrics_handle();
         // The one rustls crypto provider (ring) of every TLS connection (destinations, PostgreSQL, Redis).
@@ -53,7 +55,7 @@ impl Application {
         let started = actors::start(&settings, &pool, &pg, &sources, &catalog, &health)?;
         let admin = server::admin_state(&settings, &pool, &started, catalog.clone());
         let state = server::app_state(&settings, &started, sources, catalog, health.clone(), metrics);
-        let (server, port) = server::bind(&settings, state, admin)?;
+        let (server, port) = server::serve(listener, &settings, state, admin)?;
         Ok(Self {
             port,
             server,

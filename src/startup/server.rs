@@ -68,14 +68,20 @@ pub(super) fn admin_state(
     web::Data::from(state)
 }
 
-/// Binds the listener (port 0 picks a free one) and builds the server; answers it with the bound port.
-pub(super) fn bind(
+/// Binds the listening socket (port 0 picks a free one). Done first at start, so that a port already taken ends
+/// start before any actor runs.
+pub(super) fn listener(settings: &Settings) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+        .with_context(|| format!("Failed to bind {}:{}", settings.server.host, settings.server.port))
+}
+
+/// Builds the server on the bound `listener`; answers it with the bound port.
+pub(super) fn serve(
+    listener: TcpListener,
     settings: &Settings,
     state: web::Data<AppState>,
     admin: web::Data<admin::AdminState>,
 ) -> anyhow::Result<(Server, u16)> {
-    let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
-        .with_context(|| format!("Failed to bind {}:{}", settings.server.host, settings.server.port))?;
     let port = listener.local_addr()?.port();
     let mut server =
         HttpServer::new(move || App::new().app_data(state.clone()).app_data(admin.clone()).configure(http::configure))

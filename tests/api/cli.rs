@@ -78,3 +78,16 @@ fn generate_signing_key_prints_a_key_pair_whose_halves_belong_together() {
     let key = hookgate_core::signing::SigningKey::parse(secret).expect("a usable signing key");
     assert_eq!(key.public_key(), public);
 }
+
+#[test]
+fn serve_on_a_port_already_taken_ends_with_the_reason_and_no_panic() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let path = write_temp(&test_config_toml().replace("port = 0", &format!("port = {port}")));
+    let out = hookgate().arg("--config").arg(&path).arg("serve").output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr.contains(&format!("Failed to bind 127.0.0.1:{port}")), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
