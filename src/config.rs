@@ -278,6 +278,38 @@ use hookgate_core::source::{validate_slug, SourceConfig};
 const ENV_SECTIONS: &[&str] =
     &["server", "database", "redis", "writer", "supervision", "delivery", "retention", "admin"];
 
+/// The secret settings that may also come from a file named by `HOOKGATE_<SECTION>__<KEY>_FILE` (a Kubernetes
+/// Secret mounted as a file), as dotted keys.
+pub const SECRET_FILE_SETTINGS: &[&str] = &["database.url", "redis.url", "admin.tokens", "delivery.proxy"];
+
+/// The settings that `*_FILE` variables among `vars` name, read from their files: (dotted key, value). The text of
+/// a file is the value with its trailing line break removed; `admin.tokens` (a list) is parsed the way its
+/// environment variable is. A setting given both ways, or a file that cannot be read, is an error naming the
+/// variable (never the file's content).
+pub fn secret_files(
+    vars: impl Iterator<Item = (String, String)>,
+) -> anyhow::Result<Vec<(&'static str, figment::value::Value)>> {
+    let vars: Vec<(String, String)> = vars.collect();
+    let mut found = Vec::new();
+    for key in SECRET_FILE_SETTINGS {
+        let plain = format!("HOOKGATE_{}", key.to_ascii_uppercase().replace('.', "__"));
+        let file_var = format!("{plain}_FILE");
+        let Some((_, path)) = vars.iter().find(|(k, _)| *k == file_var) else { continue };
+        if vars.iter().any(|(k, _)| *k == plain) {
+            anyhow::bail!("{plain} and {file_var} are both set: give the setting one way");
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{file_var}: cannot read {path}: {e}"))?;
+        let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+        let value = if text.trim_start().starts_with('[') {
+            text.parse::<figment::value::Value>().map_err(|_| anyhow::anyhow!("{file_var}: not a list"))?
+        } else {
+            figment::value::Value::from(text.to_owned())
+        };
+        found.push((*key, value));
+    }
+    Ok(found)
+}
+
 impl ServerSettings {
     pub fn node_id(&self) -> String {
         node_id_from(self.node_id.as_deref(), std::env::var("HOSTNAME").ok().as_deref())
@@ -313,7 +345,11 @@ impl Settings {
         fig = fig.merge(Env::prefixed("HOOKGATE_").split("__").filter(|key| {
             let key = key.as_str().to_ascii_lowercase();
             key.split_once('.').is_some_and(|(section, _)| ENV_SECTIONS.contains(&section))
+                && !SECRET_FILE_SETTINGS.iter().any(|s| key.strip_suffix("_file") == Some(s))
         }));
+        for (key, value) in secret_files(std::env::vars())? {
+            fig = fig.merge(Serialized::default(key, value));
+        }
         let settings: Settings = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         settings.validate()?;
         Ok(settings)
@@ -467,6 +503,32 @@ mod tests {
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(!dbg.contains("s3cr3t-value"), "{dbg}");
         assert!(dbg.contains("github"));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn secret_settings_come_from_files_named_by_file_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("hookgate.toml", EXAMPLE)?;
+            jail.create_file("db-url", "postgres://hookgate:from-a-file@db.secret/hookgate\n")?;
+            jail.create_file("redis-url", "redis://:pw@cache.secret:6379\r\n")?;
+            jail.create_file("tokens", r#"[{token="a-token-from-a-file-0001",role="write"}]"#)?;
+            jail.set_env("HOOKGATE_DATABASE__URL_FILE", "db-url");
+            jail.set_env("HOOKGATE_REDIS__URL_FILE", "redis-url");
+            jail.set_env("HOOKGATE_ADMIN__TOKENS_FILE", "tokens");
+            let s = Settings::load(Some(Path::new("hookgate.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(s.database.url.expose_secret(), "postgres://hookgate:from-a-file@db.secret/hookgate");
+            assert_eq!(s.redis.url.expose_secret(), "redis://:pw@cache.secret:6379");
+            assert_eq!(s.admin.tokens.len(), 1);
+
+            jail.set_env("HOOKGATE_REDIS__URL_FILE", "missing");
+            let missing = Settings::load(Some(Path::new("hookgate.toml"))).unwrap_err().to_string();
+            assert!(missing.contains("HOOKGATE_REDIS__URL_FILE: cannot read missing"), "{missing}");
+            jail.set_env("HOOKGATE_DATABASE__URL", "postgres://other@db/hookgate");
+            let both = Settings::load(Some(Path::new("hookgate.toml"))).unwrap_err().to_string();
+            assert!(both.contains("HOOKGATE_DATABASE__URL and HOOKGATE_DATABASE__URL_FILE are both set"), "{both}");
+            Ok(())
+        });
     }
 
     #[test]
