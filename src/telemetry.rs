@@ -19,6 +19,9 @@ where
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// The commit hookgate was built from (`git rev-parse`, by build.rs), or `unknown`.
+pub const COMMIT: &str = env!("HOOKGATE_COMMIT");
+
 /// Installs the process-wide Prometheus recorder with a `node` label on every series (first call wins).
 pub fn install_metrics(node_id: &str) -> PrometheusHandle {
     HANDLE.get_or_init(|| build_recorder(Some(node_id))).clone()
@@ -27,6 +30,17 @@ pub fn install_metrics(node_id: &str) -> PrometheusHandle {
 /// The process-wide Prometheus recorder, installed (without a node label) on first use.
 pub fn metrics_handle() -> PrometheusHandle {
     HANDLE.get_or_init(|| build_recorder(None)).clone()
+}
+
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Reads the process's own figures (CPU seconds, resident and virtual memory, open and maximum file descriptors,
+/// threads, start time) into their `process_*` gauges; `/metrics` calls it before rendering.
+pub fn collect_process_metrics() {
+    process_collector().collect();
 }
 
 fn build_recorder(node_id: Option<&str>) -> PrometheusHandle {
@@ -48,6 +62,9 @@ fn build_recorder(node_id: Option<&str>) -> PrometheusHandle {
         .expect("bucket lists are non-empty")
         .build_recorder();
     let handle = recorder.handle();
-    let _ = metrics::set_global_recorder(recorder);
+    if metrics::set_global_recorder(recorder).is_ok() {
+        process_collector().describe();
+        metrics::gauge!("hookgate_build_info", "version" => env!("CARGO_PKG_VERSION"), "commit" => COMMIT).set(1.0);
+    }
     handle
 }

@@ -19,5 +19,6 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     state.health.publish_metrics();
+    crate::telemetry::collect_process_metrics();
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
 }

@@ -57,8 +57,17 @@ async fn metrics_expose_ingest_outcomes_batches_flushes_mailboxes_and_restarts()
         ("hookgate_actor_mailbox_depth{", &[r#"actor="event_writer""#][..], "0"),
         ("hookgate_actor_restarts_total{", &[r#"actor="cache""#][..], "0"),
         ("hookgate_dependency_up{", &[r#"dependency="postgres""#][..], "1"),
+        ("hookgate_build_info{", &[r#"version=""#, r#"commit=""#][..], "1"),
     ] {
         assert!(series(name, labels, value), "missing {name} {labels:?} = {value} in:\n{text}");
+    }
+    for process in ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"] {
+        let value = text
+            .lines()
+            .find(|l| l.starts_with(process) && l.contains(r#"node="node-7""#))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(value.is_some_and(|v| v > 0.0), "{process}: {value:?} in:\n{text}");
     }
     assert!(!text.contains("test-secret"), "metrics never carry secrets");
 }
