@@ -97,6 +97,12 @@ pub struct ServerSettings {
     pub workers: Option<usize>,
     /// Longest an ingest request waits for its COMMIT before answering 503.
     pub ingest_timeout_ms: u64,
+    /// Longest an ingest request's body may take to arrive, from the end of its headers; past it, 408 (and its
+    /// admission permit is free again). actix-web bounds the headers themselves (5 s).
+    pub body_timeout_ms: u64,
+    /// Connections open at once on this node (ingest, admin and health alike), split evenly among the workers
+    /// (rounded up); past it, new connections wait in the kernel's backlog until one closes.
+    pub max_connections: usize,
     /// Ceiling on any source's body size, in bytes.
     pub max_body_bytes: usize,
     /// Seconds advertised in `Retry-After` on 503.
@@ -126,6 +132,8 @@ impl Default for ServerSettings {
             port: 8080,
             workers: None,
             ingest_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+            max_connections: 10_000,
             max_body_bytes: 4 * 1024 * 1024,
             retry_after_secs: 1,
             max_inflight_ingest: 4_096,
@@ -135,6 +143,24 @@ impl Default for ServerSettings {
             drain_delay_ms: 5_000,
             shutdown_timeout_secs: 30,
         }
+    }
+}
+
+impl ServerSettings {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.body_timeout_ms == 0 || self.max_connections == 0 {
+            anyhow::bail!("server.body_timeout_ms and max_connections must be positive");
+        }
+        Ok(())
+    }
+
+    /// actix-web's limit is per worker: `max_connections` split among the workers (as many as actix-web starts).
+    pub fn max_connections_per_worker(&self) -> usize {
+        let workers = self
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get))
+            .clamp(1, 512);
+        self.max_connections.div_ceil(workers).max(1)
     }
 }
 
@@ -365,6 +391,7 @@ impl Settings {
 
     /// Checks what serde cannot: slugs, limits, and that URLs parse.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.server.validate()?;
         self.database.validate()?;
         self.redis.client()?;
         let w = &self.writer;
@@ -583,6 +610,17 @@ mod tests {
     }
 
     #[test]
+    fn the_connection_limit_is_split_among_the_workers() {
+        let server = |workers, max_connections| ServerSettings { workers, max_connections, ..Default::default() };
+        assert_eq!(server(Some(2), 10_000).max_connections_per_worker(), 5_000);
+        assert_eq!(server(Some(3), 10).max_connections_per_worker(), 4, "rounded up");
+        assert_eq!(server(Some(4), 1).max_connections_per_worker(), 1);
+        assert_eq!(server(Some(1), 1).max_connections_per_worker(), 1);
+        let default = ServerSettings::default();
+        assert_eq!((default.max_connections, default.body_timeout_ms), (10_000, 10_000));
+    }
+
+    #[test]
     fn bad_configurations_are_refused_with_the_reason() {
         let cases = [
             ("[[sources]]\nslug = \"Bad Slug\"", "slug"),
@@ -590,6 +628,8 @@ mod tests {
             ("[[sources]]\nslug = \"a\"\nmax_body_bytes = 0", "max_body_bytes"),
             ("[server]\nprot = 1", "prot"),
             ("[writer]\nbatch_max = 0", "batch_max"),
+            ("[server]\nbody_timeout_ms = 0", "body_timeout_ms"),
+            ("[server]\nmax_connections = 0", "max_connections"),
             (
                 "[[sources]]\nslug = \"a\"\nverification = { kind = \"hmac_sha256\", header = \"x-sig\", secret = \"\" }",
                 "empty",

@@ -67,7 +67,8 @@ fn event(i: usize, body: &Bytes, source: Uuid) -> NewEvent {
         received_at: Utc::now(),
         content_type: Some("application/json".into()),
         headers: serde_json::json!({"content-type": "application/json", "x-request-id": format!("bench-{i}"),
-                                    "x-signature": "sha256=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}),
+                                    "x-signature": "sha256=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"})
+        .into(),
         body: body.clone(),
         deliveries: Vec::new(),
         event_type: Some("bench.event".into()),

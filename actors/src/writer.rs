@@ -25,6 +25,11 @@
 //! committed, as clients retry those. NUL characters, which PostgreSQL refuses in text, are stripped from the stored
 //! event type and delivery errors (ingest already refuses control characters in keys and types).
 //!
+//! A unit whose sender has gone (its reply channel is closed: the ingest request timed out with 503, or its client
+//! disconnected) is dropped before it is flushed, counted in `hookgate_writer_abandoned_total`: nothing was
+//! acknowledged for it, and the producer retries with the same idempotency key, so storing it would only spend the
+//! database's time on work nobody waits for. A unit already in a flush transaction is committed as usual.
+//!
 //! Memory is bounded twice: the mailbox holds at most `mailbox_capacity` messages (senders use `try_send`), and the
 //! writer holds at most `max_pending` events (buffered plus in flight); past that it answers
 //! [`PersistError::Overloaded`] at once.
@@ -39,7 +44,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use hookgate_core::catalog::{without_nul, PlannedDelivery};
 use hookgate_core::delivery::Job;
-use hookgate_core::internal_events::{emit, EventsFlushed, EventsNotStored, HandOffRefused};
+use hookgate_core::internal_events::{emit, EventsAbandoned, EventsFlushed, EventsNotStored, HandOffRefused};
 use hookgate_core::state::DeliveryState;
 use hookgate_store::deliveries::{NewDelivery, NewLease};
 use hookgate_store::error::StoreError;
@@ -66,8 +71,9 @@ pub struct NewEvent {
     pub event_type: Option<String>,
     pub received_at: DateTime<Utc>,
     pub content_type: Option<String>,
-    /// The selected request headers, as a JSON object of lower-case name to value.
-    pub headers: serde_json::Value,
+    /// The selected request headers, as a JSON object of lower-case name to value. Shared: the events of one
+    /// CloudEvents batch hold one copy of their request's headers.
+    pub headers: Arc<serde_json::Value>,
     /// The exact bytes of the request body.
     pub body: Bytes,
     /// The deliveries routing decided for it; inserted in the same transaction, only if the event is new.
@@ -181,6 +187,14 @@ impl Unit {
         one.into_iter().chain(many.iter())
     }
 
+    /// Its sender has gone (the reply's receiver is dropped): nobody waits for this unit's outcome.
+    fn abandoned(&self) -> bool {
+        match self {
+            Self::One(_, reply) => reply.is_closed(),
+            Self::Many(_, reply) => reply.is_closed(),
+        }
+    }
+
     /// Carries a delivery to a FIFO destination that will be attempted (a failed one never is).
     fn has_fifo(&self) -> bool {
         self.events().any(|e| e.deliveries.iter().any(|d| d.fifo && d.failed.is_none()))
@@ -250,6 +264,7 @@ impl EventWriter {
             ctx.cancel_future(h);
         }
         while !self.buffer.is_empty() && self.inflight < self.cfg.max_inflight_flushes.max(1) {
+            self.drop_abandoned();
             let Some((batch, n, fifo)) = self.take_batch() else { break };
             self.buffered -= n;
             self.inflight += 1;
@@ -279,6 +294,27 @@ impl EventWriter {
                 act.answer_drains();
             }));
         }
+    }
+
+    /// Drops the buffered units whose sender has gone (see the module's documentation), just before a flush would
+    /// take them.
+    fn drop_abandoned(&mut self) {
+        if !self.buffer.iter().any(Unit::abandoned) {
+            return;
+        }
+        let (mut units, mut events) = (0, 0);
+        self.buffer.retain(|unit| {
+            let keep = !unit.abandoned();
+            if !keep {
+                units += 1;
+                events += unit.len();
+            }
+            keep
+        });
+        self.buffered -= events;
+        self.pending -= events;
+        emit(EventsAbandoned { units, events });
+        self.answer_drains();
     }
 
     /// Takes the next batch from the buffer, in arrival order: whole units only (a unit is never split across
@@ -508,7 +544,7 @@ pub fn event_rows<'a>(events: &[&'a NewEvent]) -> Vec<EventRow<'a>> {
             idempotency_key: &e.idempotency_key,
             received_at: e.received_at,
             content_type: e.content_type.as_deref(),
-            headers: &e.headers,
+            headers: e.headers.as_ref(),
             body: &e.body,
             event_type: e.event_type.as_deref().map(without_nul),
         })

@@ -168,6 +168,24 @@ impl InternalEvent for EventsNotStored<'_> {
     }
 }
 
+/// Buffered events were dropped before their flush because their senders had gone (the ingest request timed out
+/// or its client disconnected): nothing was acknowledged for them.
+pub struct EventsAbandoned {
+    pub units: usize,
+    pub events: usize,
+}
+
+impl InternalEvent for EventsAbandoned {
+    fn emit(self) {
+        counter!("hookgate_writer_abandoned_total").increment(self.events as u64);
+        tracing::debug!(
+            message = "Events abandoned by their senders dropped before flushing.",
+            units = self.units,
+            events = self.events
+        );
+    }
+}
+
 /// A Redis command of the cache timed out (the lookup answers "miss").
 pub struct CacheTimedOut;
 

@@ -424,6 +424,19 @@ impl Verifier {
         }))
     }
 
+    /// The request header that carries this scheme's credential, if it has one: `authorization` for `basic` and
+    /// `bearer`, the configured header for `api_key`. Whoever reads a credential can send any request as the
+    /// producer, so ingest never stores it (nor shows it, nor gives it to jq). The headers of the signature schemes
+    /// (`hmac`, `github`, `shopify`, `stripe`, `standard_webhooks`) carry a MAC or a signature of this one body (and
+    /// timestamp), not a secret: they are kept, and `none` has no credential.
+    pub fn credential_header(&self) -> Option<&str> {
+        match &self.0 {
+            Scheme::Basic { .. } => Some("authorization"),
+            Scheme::Token { header, .. } => Some(header.as_str()),
+            Scheme::None | Scheme::Hmac(_) | Scheme::Stripe { .. } | Scheme::StandardWebhooks { .. } => None,
+        }
+    }
+
     /// Verifies a request against the current time.
     pub fn verify(&self, headers: &impl RequestHeaders, body: &[u8]) -> Result<(), VerifyError> {
         self.verify_at(headers, body, chrono::Utc::now().timestamp())
@@ -732,6 +745,27 @@ mod tests {
         assert!(matches!(v.verify(&headers(&[("Authorization", "Basic t0k")]), b""), Err(VerifyError::Malformed(_))));
         let v = cfg(r#"{ kind = "api_key", header = "X-Api-Key", key = "k1" }"#);
         assert_eq!(v.verify(&headers(&[("X-Api-Key", "k1")]), b""), Ok(()));
+    }
+
+    #[test]
+    fn the_credential_header_is_the_one_that_carries_a_secret() {
+        let cases = [
+            (r#"{ kind = "none" }"#, None),
+            (r#"{ kind = "hmac_sha256", header = "X-Signature", secret = "s" }"#, None),
+            (r#"{ kind = "hmac", header = "X-Sig", secret = "s" }"#, None),
+            (r#"{ kind = "github", secret = "s" }"#, None),
+            (r#"{ kind = "shopify", secret = "s" }"#, None),
+            (r#"{ kind = "stripe", secret = "whsec_s" }"#, None),
+            (r#"{ kind = "standard_webhooks", secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" }"#, None),
+            (r#"{ kind = "basic", username = "u", password = "p" }"#, Some("authorization")),
+            (r#"{ kind = "bearer", token = "t" }"#, Some("authorization")),
+            // Lower-cased, as header maps name headers.
+            (r#"{ kind = "api_key", header = "X-Api-Key", key = "k" }"#, Some("x-api-key")),
+        ];
+        for (toml, header) in cases {
+            assert_eq!(cfg(toml).credential_header(), header, "{toml}");
+        }
+        assert_eq!(Verifier::none().credential_header(), None);
     }
 
     #[test]

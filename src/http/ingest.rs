@@ -2,19 +2,21 @@
 //! CloudEvents HTTP binding (binary, structured and batch modes) and the `OPTIONS` abuse-protection handshake.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
+use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
 use hookgate_actors::sources::Source;
 use hookgate_actors::{
     CacheLookup, CacheRemember, EventWriter, NewEvent, Persist, PersistError, PersistMany, Persisted, Refused,
 };
-use hookgate_core::cloudevents::{self, CloudEventError, Mode};
+use hookgate_core::cloudevents::{self, Attributes, CloudEventError, Mode};
 use hookgate_core::event::{self, EventType, IdempotencyKey, LazyJson};
 use hookgate_core::internal_events::{emit, IngestAnswered};
-use hookgate_core::jq::stored_route_input;
+use hookgate_core::jq::{stored_route_input, stored_route_input_from_bytes};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -25,7 +27,8 @@ use crate::sources::Headers;
 
 /// Most events accepted in one CloudEvents batch.
 pub const MAX_BATCH_EVENTS: usize = 1000;
-/// Headers never stored with an event (credentials and hop-by-hop headers).
+/// Headers never stored with an event (credentials and hop-by-hop headers). The header carrying the source's own
+/// credential (an `api_key` source's key header) is dropped too: see [`stored_headers`].
 const DROPPED_HEADERS: &[&str] = &[
     "authorization",
     "proxy-authorization",
@@ -38,6 +41,9 @@ const DROPPED_HEADERS: &[&str] = &[
 ];
 /// At most this many headers are stored with an event.
 const MAX_STORED_HEADERS: usize = 64;
+/// The most memory reserved for a body before its bytes arrive, whatever its `Content-Length` declares: past it the
+/// buffer grows with what is received, so a client that declares much and sends little costs what it sent.
+const MAX_INITIAL_BODY_CAPACITY: usize = 64 * 1024;
 
 #[tracing::instrument(name = "ingest", skip_all, fields(source = %path.as_str()))]
 pub async fn ingest(
@@ -49,7 +55,8 @@ pub async fn ingest(
     let source = state.sources.get().get(path.as_str()).cloned();
     let label: Cow<'static, str> = source.as_ref().map_or(Cow::Borrowed("unknown"), |s| Cow::Owned(s.slug.clone()));
     // Admission first: past `server.max_inflight_ingest` requests in progress, refuse at once, before reading the
-    // body, so that overload costs almost nothing and memory stays bounded.
+    // body, so that overload costs almost nothing and memory stays bounded. A permit is held at most
+    // `server.body_timeout_ms` while the body arrives (then 408), so slow clients cannot pin the permits.
     let permit = state.ingest_permits.clone().try_acquire_owned();
     let result = match (source, permit) {
         (None, _) => Err(IngestError::UnknownSource(path.into_inner())),
@@ -103,14 +110,17 @@ async fn accept(
     if json_body {
         check_json_content_type(headers)?;
     }
-    let body = read_body(headers, payload, source.max_body_bytes).await?;
+    let body = match tokio::time::timeout(state.body_timeout, read_body(headers, payload, source.max_body_bytes)).await
+    {
+        Ok(body) => Bytes::from(body?),
+        Err(_) => return Err(IngestError::RequestTimeout { timeout_ms: state.body_timeout.as_millis() as u64 }),
+    };
     source.verifier.verify(&Headers(headers), &body)?;
     if json_body {
         // JSON text is UTF-8 (RFC 8259 §8.1); serde skips string contents it ignores, so check the encoding first.
         let text = std::str::from_utf8(&body).map_err(|e| IngestError::InvalidJson(format!("not UTF-8 ({e})")))?;
         serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| IngestError::InvalidJson(e.to_string()))?;
     }
-    let body = body.freeze();
     let attributes = match ce_mode {
         Some(Mode::Batch) => return accept_batch(headers, state, source, &body).await.map(Accepted::Many),
         Some(Mode::Structured) => Some(cloudevents::decode_structured(&body)?),
@@ -131,7 +141,7 @@ async fn accept(
         return Ok(Accepted::One(Persisted { id, duplicate: true }));
     }
 
-    let kept_headers = stored_headers(headers);
+    let kept_headers = stored_headers(headers, source.verifier.credential_header());
     let catalog = state.catalog.get();
     let deliveries = catalog
         .plan(
@@ -165,41 +175,25 @@ async fn accept_batch(
     body: &Bytes,
 ) -> Result<Vec<Persisted>, IngestError> {
     let items = cloudevents::decode_batch(body, MAX_BATCH_EVENTS)?;
-    let kept_headers = stored_headers(headers);
+    let kept_headers = stored_headers(headers, source.verifier.credential_header());
+    let mut events = batch_events(items, &kept_headers, source.id, chrono::Utc::now())?;
     let catalog = state.catalog.get();
-    let received_at = chrono::Utc::now();
-    let mut events = Vec::with_capacity(items.len());
-    for (attributes, raw) in items {
-        let bytes = Bytes::copy_from_slice(raw.get().as_bytes());
-        let key = IdempotencyKey::parse("the CloudEvents source and id", attributes.idempotency_key())?.into_string();
-        let event_type = Some(EventType::parse("the CloudEvents type", attributes.event_type)?.into_string());
-        let deliveries = catalog
+    for event in &mut events {
+        event.deliveries = catalog
             .plan(
                 source.id,
                 || {
-                    let doc: Option<serde_json::Value> = serde_json::from_str(raw.get()).ok();
-                    stored_route_input(
+                    stored_route_input_from_bytes(
                         &source.slug,
-                        &kept_headers,
-                        doc.as_ref().ok_or(bytes.as_ref()),
-                        event_type.as_deref(),
+                        &event.headers,
+                        &event.body,
+                        event.event_type.as_deref(),
                     )
                 },
                 state.jq_timeout,
                 state.jq_max_output,
             )
             .await;
-        events.push(NewEvent {
-            id: Uuid::now_v7(),
-            source_id: source.id,
-            idempotency_key: key,
-            event_type,
-            received_at,
-            content_type: Some("application/cloudevents+json".into()),
-            headers: kept_headers.clone(),
-            body: bytes,
-            deliveries,
-        });
     }
     let keys: Vec<String> = events.iter().map(|e| e.idempotency_key.clone()).collect();
     let persisted = persist_many(state, events).await?;
@@ -207,6 +201,36 @@ async fn accept_batch(
         remember(state, source, key, p.id);
     }
     Ok(persisted)
+}
+
+/// The events of a decoded CloudEvents batch, not yet routed. They share `headers`, the request's: one allocation
+/// for the whole batch (up to [`MAX_BATCH_EVENTS`] events), not a copy per event.
+fn batch_events(
+    items: Vec<(Attributes, Box<serde_json::value::RawValue>)>,
+    headers: &Arc<serde_json::Value>,
+    source_id: Uuid,
+    received_at: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<NewEvent>, IngestError> {
+    items
+        .into_iter()
+        .map(|(attributes, raw)| {
+            let key =
+                IdempotencyKey::parse("the CloudEvents source and id", attributes.idempotency_key())?.into_string();
+            let event_type = Some(EventType::parse("the CloudEvents type", attributes.event_type)?.into_string());
+            Ok(NewEvent {
+                id: Uuid::now_v7(),
+                source_id,
+                idempotency_key: key,
+                event_type,
+                received_at,
+                content_type: Some("application/cloudevents+json".into()),
+                headers: Arc::clone(headers),
+                // The event's own JSON text, moved (not copied) into the body.
+                body: Bytes::from(String::from(Box::<str>::from(raw))),
+                deliveries: Vec::new(),
+            })
+        })
+        .collect()
 }
 
 /// Tells the cache (best effort) that `key` now names a committed event, for the source's dedupe window.
@@ -296,8 +320,13 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), IngestError> {
 }
 
 /// Reads the body chunk by chunk, refusing it as soon as it passes `limit` (a declared `Content-Length` over the
-/// limit is refused before any of the body is read).
-async fn read_body(headers: &HeaderMap, mut payload: web::Payload, limit: usize) -> Result<BytesMut, IngestError> {
+/// limit is refused before any of the body is read). At most [`MAX_INITIAL_BODY_CAPACITY`] is reserved before bytes
+/// arrive; the buffer then grows with them (doubling, never past `limit`).
+async fn read_body(
+    headers: &HeaderMap,
+    mut payload: impl Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+    limit: usize,
+) -> Result<Vec<u8>, IngestError> {
     let declared = match headers.get(header::CONTENT_LENGTH) {
         Some(v) => Some(
             v.to_str()
@@ -310,24 +339,31 @@ async fn read_body(headers: &HeaderMap, mut payload: web::Payload, limit: usize)
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngestError::PayloadTooLarge { limit });
     }
-    let mut body = BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize).min(limit));
+    let initial = declared.map_or(8 * 1024, |n| n.min(MAX_INITIAL_BODY_CAPACITY as u64) as usize);
+    let mut body = Vec::with_capacity(initial.min(MAX_INITIAL_BODY_CAPACITY).min(limit));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| IngestError::BadRequest(format!("the body could not be read: {e}")))?;
-        if body.len() + chunk.len() > limit {
+        let needed = body.len() + chunk.len();
+        if needed > limit {
             return Err(IngestError::PayloadTooLarge { limit });
+        }
+        if needed > body.capacity() {
+            let target = needed.max(body.capacity().saturating_mul(2)).min(limit);
+            body.reserve_exact(target - body.len());
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
 }
 
-/// The headers kept with an event: all but credentials and hop-by-hop headers, at most [`MAX_STORED_HEADERS`],
-/// repeated headers joined with ", ".
-fn stored_headers(headers: &HeaderMap) -> serde_json::Value {
+/// The headers kept with an event: all but credentials (the fixed [`DROPPED_HEADERS`] and the source's own
+/// `credential` header, see `Verifier::credential_header`) and hop-by-hop headers, at most [`MAX_STORED_HEADERS`],
+/// repeated headers joined with ", ". What is stored is also what the admin API shows and what jq reads.
+fn stored_headers(headers: &HeaderMap, credential: Option<&str>) -> Arc<serde_json::Value> {
     let mut map = serde_json::Map::new();
     for (name, value) in headers.iter() {
         let name = name.as_str();
-        if DROPPED_HEADERS.contains(&name) {
+        if DROPPED_HEADERS.contains(&name) || credential == Some(name) {
             continue;
         }
         let value = String::from_utf8_lossy(value.as_bytes()).replace('\0', "");
@@ -343,5 +379,89 @@ fn stored_headers(headers: &HeaderMap) -> serde_json::Value {
             }
         }
     }
-    serde_json::Value::Object(map)
+    Arc::new(serde_json::Value::Object(map))
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    use super::*;
+
+    fn content_length(n: u64) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_str(&n.to_string()).unwrap());
+        h
+    }
+
+    fn chunks(sizes: &[usize]) -> impl Stream<Item = Result<Bytes, PayloadError>> + Unpin {
+        futures::stream::iter(sizes.iter().map(|&n| Ok(Bytes::from(vec![b'a'; n]))).collect::<Vec<_>>())
+    }
+
+    #[actix_rt::test]
+    async fn a_huge_declared_length_reserves_no_more_than_the_initial_cap() {
+        const GIB: u64 = 1 << 30;
+        // The source accepts the declared gigabyte, but only 30 bytes come.
+        let body = read_body(&content_length(GIB), chunks(&[10, 10, 10]), 2 * GIB as usize).await.unwrap();
+        assert_eq!(body.len(), 30);
+        assert!(body.capacity() <= MAX_INITIAL_BODY_CAPACITY, "{} bytes reserved", body.capacity());
+    }
+
+    #[actix_rt::test]
+    async fn the_buffer_grows_with_what_arrives_and_never_past_the_limit() {
+        let limit = 300 * 1024;
+        let body = read_body(&HeaderMap::new(), chunks(&[1024; 200]), limit).await.unwrap();
+        assert_eq!(body.len(), 200 * 1024);
+        assert!(body.capacity() <= limit, "{} bytes reserved", body.capacity());
+        let body = read_body(&HeaderMap::new(), chunks(&[1024; 300]), limit).await.unwrap();
+        assert_eq!((body.len(), body.capacity()), (limit, limit), "exactly the limit fits, in exactly its size");
+        let over = read_body(&HeaderMap::new(), chunks(&[1024; 301]), limit).await;
+        assert!(matches!(over, Err(IngestError::PayloadTooLarge { .. })));
+        let declared_over = read_body(&content_length(limit as u64 + 1), chunks(&[]), limit).await;
+        assert!(matches!(declared_over, Err(IngestError::PayloadTooLarge { .. })));
+    }
+
+    #[test]
+    fn a_batchs_events_share_one_copy_of_the_request_headers() {
+        let body = serde_json::json!([
+            {"specversion": "1.0", "id": "1", "source": "/s", "type": "t.a", "data": {"n": 1}},
+            {"specversion": "1.0", "id": "2", "source": "/s", "type": "t.b"},
+            {"specversion": "1.0", "id": "3", "source": "/s", "type": "t.c", "data": "x"},
+        ])
+        .to_string();
+        let items = cloudevents::decode_batch(body.as_bytes(), MAX_BATCH_EVENTS).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::USER_AGENT, HeaderValue::from_static("producer/1"));
+        let headers = stored_headers(&h, None);
+        let events = batch_events(items, &headers, Uuid::now_v7(), chrono::Utc::now()).unwrap();
+        assert_eq!(events.len(), 3);
+        for e in &events {
+            assert!(Arc::ptr_eq(&e.headers, &headers), "event {} has its own copy of the headers", e.idempotency_key);
+        }
+        assert_eq!(Arc::strong_count(&headers), 4, "the request's one copy, held by the three events");
+        let first: serde_json::Value = serde_json::from_slice(&events[0].body).unwrap();
+        assert_eq!(first["data"]["n"], 1, "each event's body is its own JSON text");
+    }
+
+    #[test]
+    fn credentials_are_not_stored_and_signatures_are() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("authorization", "Bearer t0k"),
+            ("proxy-authorization", "Basic eDp5"),
+            ("cookie", "session=1"),
+            ("x-api-key", "k-123"),
+            ("x-hub-signature-256", "sha256=00"),
+            ("webhook-signature", "v1,AA=="),
+            ("user-agent", "producer/1"),
+        ] {
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        let stored = stored_headers(&h, Some("x-api-key"));
+        let mut names: Vec<&str> = stored.as_object().unwrap().keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["user-agent", "webhook-signature", "x-hub-signature-256"]);
+        let stored = stored_headers(&h, None);
+        assert_eq!(stored["x-api-key"], "k-123", "only the source's own credential header is a credential");
+    }
 }

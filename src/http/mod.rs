@@ -33,6 +33,8 @@ pub struct AppState {
     /// One permit per ingest request in progress (`server.max_inflight_ingest`).
     pub ingest_permits: Arc<tokio::sync::Semaphore>,
     pub ingest_timeout: Duration,
+    /// Longest wait for a request's body to arrive (`server.body_timeout_ms`); past it, 408.
+    pub body_timeout: Duration,
     pub cache_timeout: Duration,
     pub retry_after_secs: u64,
     pub jq_timeout: Duration,

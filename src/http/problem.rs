@@ -27,6 +27,8 @@ pub enum IngestError {
     Unauthorized(#[from] VerifyError),
     #[error("the body is larger than this source accepts ({limit} bytes)")]
     PayloadTooLarge { limit: usize },
+    #[error("the body did not fully arrive within {timeout_ms} ms")]
+    RequestTimeout { timeout_ms: u64 },
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("the body is not valid JSON: {0}")]
@@ -63,6 +65,7 @@ impl IngestError {
             Self::UnknownSource(_) => "unknown_source",
             Self::Unauthorized(_) => "unauthorized",
             Self::PayloadTooLarge { .. } => "too_large",
+            Self::RequestTimeout { .. } => "request_timeout",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::InvalidJson(_) => "invalid_json",
             Self::BadRequest(_) => "bad_request",
@@ -79,6 +82,7 @@ impl IngestError {
             Self::UnknownSource(_) => ("unknown-source", "Unknown source"),
             Self::Unauthorized(_) => ("invalid-signature", "Request verification failed"),
             Self::PayloadTooLarge { .. } => ("payload-too-large", "Payload too large"),
+            Self::RequestTimeout { .. } => ("request-timeout", "Request timeout"),
             Self::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
             Self::InvalidJson(_) => ("invalid-json", "Invalid JSON"),
             Self::BadRequest(_) => ("bad-request", "Bad request"),
@@ -102,6 +106,7 @@ impl ResponseError for IngestError {
             Self::UnknownSource(_) => StatusCode::NOT_FOUND,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidJson(_) | Self::BadRequest(_) | Self::InvalidCloudEvent(_) => StatusCode::BAD_REQUEST,
             Self::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
@@ -119,6 +124,10 @@ impl ResponseError for IngestError {
         resp.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json")));
         if let Self::Overloaded { retry_after_secs } | Self::Unavailable { retry_after_secs } = self {
             resp.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        if let Self::RequestTimeout { .. } = self {
+            // The rest of the body may still come: this connection cannot carry another request (RFC 9110 §15.5.9).
+            resp.force_close();
         }
         resp.body(serde_json::to_vec(&problem).unwrap_or_default())
     }

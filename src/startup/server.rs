@@ -36,6 +36,7 @@ pub(super) fn app_state(
         catalog,
         ingest_permits: Arc::new(tokio::sync::Semaphore::new(settings.server.max_inflight_ingest.max(1))),
         ingest_timeout: Duration::from_millis(settings.server.ingest_timeout_ms),
+        body_timeout: Duration::from_millis(settings.server.body_timeout_ms),
         // The cache answers "miss" on its own after its op timeout; this only bounds a stuck mailbox.
         cache_timeout: Duration::from_millis(settings.redis.op_timeout_ms.saturating_mul(2)),
         retry_after_secs: settings.server.retry_after_secs,
@@ -88,6 +89,7 @@ pub(super) fn serve(
             // Signals are handled in `run_until_stopped`, which drains in order.
             .disable_signals()
             .shutdown_timeout(settings.server.shutdown_timeout_secs)
+            .max_connections(settings.server.max_connections_per_worker())
             .listen(listener)?;
     if let Some(workers) = settings.server.workers {
         server = server.workers(workers);

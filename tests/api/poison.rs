@@ -49,7 +49,7 @@ pub fn event(source_id: Uuid, key: &str, received_at: DateTime<Utc>, deliveries:
         event_type: None,
         received_at,
         content_type: Some("application/json".into()),
-        headers: serde_json::json!({}),
+        headers: serde_json::json!({}).into(),
         body: Bytes::from(format!(r#"{{"key":"{key}"}}"#)),
         deliveries,
     }
