@@ -62,11 +62,14 @@ pub struct AdminSettings {
     pub rotation_grace_secs: u64,
     /// Milliseconds between rounds of the admin background task (bulk replay jobs, expiry of rotated secrets).
     pub job_interval_ms: u64,
+    /// The admin API's own PostgreSQL connections (its handlers and its background task), apart from
+    /// `database.pool_size`: slow admin queries wait for each other, never for the writer or the delivery side.
+    pub pool_size: usize,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
-        Self { tokens: Vec::new(), rotation_grace_secs: 24 * 3600, job_interval_ms: 500 }
+        Self { tokens: Vec::new(), rotation_grace_secs: 24 * 3600, job_interval_ms: 500, pool_size: 4 }
     }
 }
 
@@ -171,7 +174,8 @@ pub struct DatabaseSettings {
     /// `sslmode` (`disable`, `prefer` (the default), `require`, `verify-ca`, `verify-full`) and `sslrootcert` (a PEM
     /// file of CA certificates, or `system`); see `hookgate_actors::pg_tls`.
     pub url: SecretString,
-    /// Pooled connections.
+    /// Pooled connections of the writer, the delivery side, the router and the janitor (the admin API has its own,
+    /// `admin.pool_size`, and the readiness probe one of its own).
     pub pool_size: usize,
     /// Longest wait for a pooled connection (deadpool's default waits forever).
     pub pool_wait_timeout_ms: u64,
@@ -197,9 +201,9 @@ impl Default for DatabaseSettings {
 }
 
 impl DatabaseSettings {
-    /// How every connection reaches PostgreSQL (the pool's, the LISTEN connections'): the driver's settings from
-    /// `url`, with the timeouts and session options below, and the TLS connector its `sslmode` and `sslrootcert` ask
-    /// for (reading that file, or the system's CA certificates when it verifies against them).
+    /// How every connection reaches PostgreSQL (the pools', the probe's, the LISTEN connections'): the driver's
+    /// settings from `url`, with the timeouts and session options below, and the TLS connector its `sslmode` and
+    /// `sslrootcert` ask for (reading that file, or the system's CA certificates when it verifies against them).
     pub fn pg_connect(&self) -> anyhow::Result<PgConnect> {
         let (mut config, tls) = self.parse_url()?;
         if tls.ignores_root_cert() {
@@ -298,7 +302,7 @@ impl RedisSettings {
     }
 }
 
-use hookgate_core::source::{validate_slug, SourceConfig};
+use hookgate_core::source::{validate_slug, SourceBounds, SourceConfig};
 
 /// The sections that environment variables may set (`HOOKGATE_<SECTION>__<KEY>`).
 const ENV_SECTIONS: &[&str] =
@@ -398,15 +402,16 @@ impl Settings {
         if w.batch_max == 0 || w.max_inflight_flushes == 0 || w.max_pending == 0 || w.mailbox_capacity == 0 {
             anyhow::bail!("writer.batch_max, max_inflight_flushes, max_pending and mailbox_capacity must be positive");
         }
-        if self.database.pool_size == 0 {
-            anyhow::bail!("database.pool_size must be positive");
+        if self.database.pool_size == 0 || self.admin.pool_size == 0 {
+            anyhow::bail!("database.pool_size and admin.pool_size must be positive");
         }
+        self.validate_dedupe_windows()?;
         let mut seen = std::collections::HashSet::new();
         for s in &self.sources {
             if !seen.insert(s.slug.as_str()) {
                 anyhow::bail!("source {:?} is declared twice", s.slug);
             }
-            s.validate(self.server.max_body_bytes).map_err(|e| anyhow::anyhow!("source {:?}: {e}", s.slug))?;
+            s.validate(&self.source_bounds()).map_err(|e| anyhow::anyhow!("source {:?}: {e}", s.slug))?;
         }
         for t in &self.admin.tokens {
             if t.token.expose_secret().len() < 16 {
@@ -414,6 +419,39 @@ impl Settings {
             }
         }
         self.validate_delivery()
+    }
+
+    /// What every source is checked against, in the configuration file and in the admin API alike.
+    pub fn source_bounds(&self) -> SourceBounds {
+        SourceBounds {
+            max_body_bytes: self.server.max_body_bytes,
+            dedupe_window_secs: self.retention.dedupe_window_secs,
+        }
+    }
+
+    /// The dedupe windows nest, so that a remembered key always names a stored event and means the same wherever it
+    /// is found: Redis's (`redis.dedupe_ttl_secs`; each source's `dedupe_window_secs`, checked with the source) ≤
+    /// PostgreSQL's (`retention.dedupe_window_secs`) ≤ the retention (`retention.days`).
+    fn validate_dedupe_windows(&self) -> anyhow::Result<()> {
+        let (postgres, days) = (self.retention.dedupe_window_secs, self.retention.days.max(1));
+        let kept = u64::from(days) * 86_400;
+        if postgres == 0 {
+            anyhow::bail!("retention.dedupe_window_secs must be positive");
+        }
+        if postgres > kept {
+            anyhow::bail!(
+                "retention.dedupe_window_secs ({postgres}) must be at most retention.days ({days} days = {kept} s): a \
+                 key PostgreSQL remembers would name an event retention already dropped"
+            );
+        }
+        let redis = self.redis.dedupe_ttl_secs;
+        if redis > postgres {
+            anyhow::bail!(
+                "redis.dedupe_ttl_secs ({redis}) must be at most retention.dedupe_window_secs ({postgres}): a key Redis \
+                 still remembers would be a duplicate PostgreSQL has forgotten"
+            );
+        }
+        Ok(())
     }
 
     /// Each declared destination's TLS material, read from the files its `tls` names (in declaration order).
@@ -670,12 +708,51 @@ mod tests {
             ),
             ("[redis]\nurl = \"redis://cache:6379\"\ntls_ca_file = \"/etc/hostname\"", "does not use TLS (rediss://)"),
             ("[redis]\nurl = \"rediss://cache:6380/#insecure\"", "#insecure"),
+            ("[admin]\npool_size = 0", "admin.pool_size must be positive"),
+            (
+                "[redis]\ndedupe_ttl_secs = 700000",
+                "redis.dedupe_ttl_secs (700000) must be at most retention.dedupe_window_secs (604800)",
+            ),
+            (
+                "[retention]\ndedupe_window_secs = 3600",
+                "redis.dedupe_ttl_secs (86400) must be at most retention.dedupe_window_secs (3600)",
+            ),
+            (
+                "[retention]\ndays = 3",
+                "retention.dedupe_window_secs (604800) must be at most retention.days (3 days = 259200 s)",
+            ),
+            ("[retention]\ndedupe_window_secs = 0", "retention.dedupe_window_secs must be positive"),
+            (
+                "[[sources]]\nslug = \"a\"\ndedupe_window_secs = 604801",
+                "source \"a\": dedupe_window_secs (604801) must be at most retention.dedupe_window_secs (604800)",
+            ),
+            (
+                "[retention]\ndedupe_window_secs = 86400\n[[sources]]\nslug = \"a\"\ndedupe_window_secs = 90000",
+                "source \"a\": dedupe_window_secs (90000) must be at most retention.dedupe_window_secs (86400)",
+            ),
         ];
         for (text, needle) in cases {
             let err = Settings::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?} gave {err:?}, expected it to mention {needle:?}");
             assert!(!err.contains("pw"), "{text:?} gave {err:?}, which shows the password");
         }
+    }
+
+    #[test]
+    fn dedupe_windows_that_nest_are_accepted_up_to_equality() {
+        for text in [
+            // The defaults: Redis a day, PostgreSQL a week, retention 30 days.
+            "",
+            "[redis]\ndedupe_ttl_secs = 604800\n[retention]\ndays = 7\ndedupe_window_secs = 604800\n\
+             [[sources]]\nslug = \"a\"\ndedupe_window_secs = 604800",
+            "[redis]\ndedupe_ttl_secs = 60\n[retention]\ndays = 1\ndedupe_window_secs = 3600\n\
+             [[sources]]\nslug = \"a\"\ndedupe_window_secs = 3600\n[[sources]]\nslug = \"b\"",
+        ] {
+            let s = Settings::from_toml(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert!(s.redis.dedupe_ttl_secs <= s.retention.dedupe_window_secs);
+            assert_eq!(s.source_bounds().dedupe_window_secs, s.retention.dedupe_window_secs);
+        }
+        assert_eq!(Settings::from_toml("").unwrap().admin.pool_size, 4);
     }
 
     #[test]

@@ -62,6 +62,13 @@ async fn main() -> ExitCode {
                 settings.sources.len(),
                 settings.sources.iter().map(|s| s.slug.as_str()).collect::<Vec<_>>().join(", ")
             );
+            let longest_redis = settings.sources.iter().filter_map(|s| s.dedupe_window_secs).max().unwrap_or(0);
+            println!(
+                "dedupe windows: Redis {} s ≤ PostgreSQL {} s (retention.dedupe_window_secs) ≤ retention {} days",
+                settings.redis.dedupe_ttl_secs.max(longest_redis),
+                settings.retention.dedupe_window_secs,
+                settings.retention.days.max(1)
+            );
             Ok(())
         }
         Command::Migrate => migrate(&settings).await,

@@ -58,6 +58,10 @@ pub struct CacheConfig {
     pub connect_timeout: Duration,
     /// Lifetime of an idempotency entry (the Redis side of the dedupe window).
     pub dedupe_ttl: Duration,
+    /// Longest lifetime of any entry: PostgreSQL's dedupe window (`retention.dedupe_window_secs`). A source's own
+    /// window is checked against it when the source is saved; a source saved before the window was shortened is
+    /// held to it here.
+    pub max_ttl: Duration,
     pub mailbox_capacity: usize,
     /// How often an idle connection is checked with PING.
     pub ping_interval: Duration,
@@ -226,7 +230,7 @@ impl Handler<CacheRemember> for Cache {
             return;
         };
         let key = self.key(msg.source_id, &msg.idempotency_key);
-        let ttl = msg.ttl.unwrap_or(self.cfg.dedupe_ttl).as_secs().max(1);
+        let ttl = msg.ttl.unwrap_or(self.cfg.dedupe_ttl).min(self.cfg.max_ttl).as_secs().max(1);
         let fut = async move {
             redis::cmd("SET")
                 .arg(&key)

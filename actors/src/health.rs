@@ -1,5 +1,9 @@
 //! Probes PostgreSQL and publishes each actor's state and mailbox depth, for `/readyz` and `/metrics`.
 //!
+//! The probe has a PostgreSQL connection of its own ([`hookgate_store::probe::Probe`]), never a pooled one: a busy
+//! pool (slow admin queries, an ingest burst) must not read as "PostgreSQL down" and take the node out of the load
+//! balancer. A lost connection is opened again by the next probe, within the same time limit.
+//!
 //! The shared [`HealthRegistry`] lives outside the actors so that it survives their restarts; the HTTP front end reads
 //! it without messaging anyone, so a readiness probe never waits behind a busy mailbox.
 //!
@@ -19,9 +23,10 @@ use hookgate_core::backoff::Backoff;
 use hookgate_core::internal_events::{
     emit, ActorBudgetExhausted, ActorObserved, ActorPanicked, ActorRegistered, ActorRestarted, DependencyObserved,
 };
-use hookgate_store::Pool;
+use hookgate_store::probe::Probe;
 use serde::Serialize;
 
+use crate::pg_tls::{PgConnect, PgTls};
 use crate::supervision::RestartPolicy;
 
 /// What an actor is doing right now.
@@ -457,40 +462,39 @@ fn delivery_status(states: impl Iterator<Item = ActorState>) -> &'static str {
     }
 }
 
-/// Probes PostgreSQL on a timer and publishes metrics from the registry.
+/// Probes PostgreSQL on a timer, on a connection of its own, and publishes metrics from the registry.
 pub struct Health {
-    pool: Pool,
+    /// The probe's connection; taken out while a probe runs (one at a time).
+    connection: Option<Probe<PgTls>>,
     registry: Arc<HealthRegistry>,
     interval: Duration,
     probe_timeout: Duration,
-    probing: bool,
     /// Set by [`Shutdown`]: no probe starts after it.
     stopped: bool,
 }
 
 impl Health {
-    pub fn new(pool: Pool, registry: Arc<HealthRegistry>, interval: Duration, probe_timeout: Duration) -> Self {
-        Self { pool, registry, interval, probe_timeout, probing: false, stopped: false }
+    /// `pg` is how the probe's connection is made (the pool's settings and TLS; give it an application name of its
+    /// own); `probe_timeout` bounds each probe, connecting included.
+    pub fn new(pg: &PgConnect, registry: Arc<HealthRegistry>, interval: Duration, probe_timeout: Duration) -> Self {
+        let probe = Probe::new(pg.config.clone(), pg.tls.clone());
+        Self { connection: Some(probe), registry, interval, probe_timeout, stopped: false }
     }
 
     fn probe(&mut self, ctx: &mut Context<Self>) {
         self.registry.publish_metrics();
-        if self.probing || self.stopped {
+        if self.stopped {
             return;
         }
-        self.probing = true;
-        let pool = self.pool.clone();
+        // None while the previous probe runs.
+        let Some(mut probe) = self.connection.take() else { return };
         let limit = self.probe_timeout;
         let fut = async move {
-            let check = async { hookgate_store::ping(&pool).await };
-            match tokio::time::timeout(limit, check).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err("probe timed out".to_owned()),
-            }
+            let res = probe.ping(limit).await;
+            (probe, res)
         };
-        ctx.spawn(fut.into_actor(self).map(|res, act, _| {
-            act.probing = false;
+        ctx.spawn(fut.into_actor(self).map(|(probe, res), act, _| {
+            act.connection = Some(probe);
             match res {
                 Ok(()) => act.registry.set_postgres(DependencyState::Up),
                 Err(error) => {

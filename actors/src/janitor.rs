@@ -1,11 +1,17 @@
 //! Runs the cluster's periodic singleton jobs (retention, the auto-disable sweep, the lease reaper) on exactly one
 //! node at a time, under a PostgreSQL advisory lock.
 //!
-//! Every node runs a Janitor; each round, the one that takes `pg_try_advisory_xact_lock` does the work and the others
+//! Every node runs a Janitor; each round, the one that takes `pg_try_advisory_lock` does the work and the others
 //! skip it. A node that dies mid-round releases the lock with its connection, so the next round runs elsewhere.
 //!
-//! Retention never removes an unfinished delivery in silence: before the daily partitions past the retention age
-//! are dropped, every `pending` delivery in them (leased or not, e.g. of a paused or disabled destination) is made
+//! A round is a series of short transactions (see [`hookgate_store::maintenance`]): each partition created or dropped
+//! in its own, under a lock time-out (`retention.ddl_lock_timeout_ms`), so that ingest never queues for long behind
+//! the janitor's DDL; a change that times out is logged, counted in `hookgate_janitor_ddl_deferred_total{action}` and
+//! tried again next round. Idempotency keys past the dedupe window are deleted in batches of
+//! `retention.key_prune_batch` until none is left, however fast they arrived.
+//!
+//! Retention never removes an unfinished delivery in silence: before a daily partition past the retention age is
+//! dropped, every `pending` delivery in it (leased or not, e.g. of a paused or disabled destination) is made
 //! `dead` with the reason [`EXPIRED_REASON`], counted in `hookgate_deliveries_expired_total{destination}` and logged
 //! as a warning per destination. A delivery lives in its event's partition (its `created_at` is the event's
 //! `received_at`), so the two are dropped together.
@@ -21,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use hookgate_core::internal_events::{emit, DeliveriesExpired};
+use hookgate_core::internal_events::{emit, DeliveriesExpired, PartitionChangeDeferred};
 use hookgate_store::maintenance::{refresh_statistics, RoundReport};
 use hookgate_store::Pool;
 use serde::Deserialize;
@@ -44,6 +50,12 @@ pub struct RetentionSettings {
     pub dedupe_window_secs: u64,
     /// Seconds between planner-statistics refreshes of the partitions that doubled (0: autovacuum alone).
     pub statistics_interval_secs: u64,
+    /// Idempotency keys deleted per statement when pruning; a round deletes batches until none past the window is
+    /// left.
+    pub key_prune_batch: u64,
+    /// Longest a partition's creation or drop waits for its locks (`lock_timeout`); past it the change is left for
+    /// the next round, and ingest stops queueing behind it.
+    pub ddl_lock_timeout_ms: u64,
 }
 
 impl Default for RetentionSettings {
@@ -54,6 +66,8 @@ impl Default for RetentionSettings {
             partitions_ahead_days: 3,
             dedupe_window_secs: 7 * 24 * 3600,
             statistics_interval_secs: 10,
+            key_prune_batch: 10_000,
+            ddl_lock_timeout_ms: 2_000,
         }
     }
 }
@@ -149,8 +163,8 @@ impl actix::Supervised for Janitor {
     }
 }
 
-/// Starts no round after it; a round running now is one transaction under the janitor's lock, which commits or rolls
-/// back whole, so it needs no waiting for.
+/// Starts no round after it; a round running now is a series of short transactions, each committing or rolling back
+/// whole, so it needs no waiting for: stopped between two of them, the next round (on any node) goes on from there.
 impl Handler<Shutdown> for Janitor {
     type Result = ();
     fn handle(&mut self, msg: Shutdown, _: &mut Self::Context) {
@@ -187,10 +201,15 @@ pub async fn round(pool: Pool, cfg: RetentionSettings, auto_disable_after: Durat
         retention_days: i32::try_from(cfg.days.max(1)).unwrap_or(i32::MAX),
         dedupe_window_secs: cfg.dedupe_window_secs as f64,
         auto_disable_after_secs: auto_disable_after.as_secs_f64(),
+        key_batch: i64::try_from(cfg.key_prune_batch.max(1)).unwrap_or(i64::MAX),
+        ddl_lock_timeout: Duration::from_millis(cfg.ddl_lock_timeout_ms.max(1)),
     };
     let report = hookgate_store::maintenance::round(&pool, &job).await?;
     for (slug, count) in &report.expired_by_destination {
         emit(DeliveriesExpired { destination: slug, count: *count, retention_days: job.retention_days });
+    }
+    for d in &report.ddl_deferred {
+        emit(PartitionChangeDeferred { action: d.action, partition: &d.partition, reason: &d.reason });
     }
     Ok(report)
 }

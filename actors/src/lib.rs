@@ -4,11 +4,11 @@
 //! |---|---|---|---|---|
 //! | [`EventWriter`] | group-commits ingested events to PostgreSQL and answers each sender after COMMIT | [`Persist`], [`PersistMany`] | PostgreSQL | flush at `batch_max` events or `flush_interval` |
 //! | [`Cache`] | the Redis idempotency fast path, degrading to "miss" when Redis is away | [`CacheLookup`], [`CacheRemember`] | Redis | none (one pipelined connection) |
-//! | [`Health`] | probes PostgreSQL and publishes each actor's state and mailbox depth | timer only | [`HealthRegistry`] | probe every `probe_interval` |
+//! | [`Health`] | probes PostgreSQL (on a connection of its own) and publishes each actor's state and mailbox depth | timer only | [`HealthRegistry`] | probe every `probe_interval` |
 //! | [`router::Router`] | keeps the routing snapshot ([`catalog::SharedCatalog`]) current | LISTEN `hookgate_catalog` | the snapshot | reload on change, at most one at a time |
 //! | [`scheduler::Scheduler`] | claims due deliveries with leases, fairly per destination | `Completed`, `Wake`, LISTEN `hookgate_deliveries` | [`deliverer::Deliverer`] | one claim round at a time, polled every `poll_interval_ms` |
 //! | [`deliverer::Deliverer`] | makes one signed, SSRF-guarded HTTP attempt per delivery | `Deliver` | `ResultWriter`, `Scheduler` | none (many attempts at once) |
-//! | [`janitor::Janitor`] | the cluster's singleton jobs: partitions, retention, key pruning, lease reaper, auto-disable sweep | timer, `RunNow` | PostgreSQL | one round per `interval_secs`, on the node holding the advisory lock |
+//! | [`janitor::Janitor`] | the cluster's singleton jobs: partitions, retention, key pruning, lease reaper, auto-disable sweep | timer, `RunNow` | PostgreSQL | one round per `interval_secs`, on the node holding the advisory lock; short transactions, DDL under a lock time-out |
 //! | [`result_writer::ResultWriter`] | batches attempt rows and delivery state changes | `AttemptResult` | PostgreSQL | flush at `result_batch_max` or `result_flush_interval_ms` |
 //!
 //! Every message that can arrive in a flood carries its own reply channel and is sent with `try_send`: a full

@@ -1,5 +1,6 @@
 //! TLS to PostgreSQL: libpq's `sslmode` and `sslrootcert`, read from `database.url`, and [`PgTls`], the rustls
-//! connector (ring) that honours them on every connection hookgate opens, the pool's and the LISTEN connections'.
+//! connector (ring) that honours them on every connection hookgate opens, the pools', the probe's and the LISTEN
+//! connections'.
 //!
 //! tokio-postgres knows `sslmode` `disable`, `prefer` and `require` only, and refuses `sslrootcert`. [`split_url`]
 //! takes both out of the URL, in either of its forms (`postgres://…?sslmode=verify-full&sslrootcert=/ca.pem`, or

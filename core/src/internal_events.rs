@@ -424,3 +424,25 @@ impl InternalEvent for DeliveriesExpired<'_> {
         );
     }
 }
+
+/// A janitor round gave up creating or dropping a partition: it did not get its locks within
+/// `retention.ddl_lock_timeout_ms` (or PostgreSQL broke a deadlock by cancelling it). Nothing changed; the next round
+/// tries again.
+pub struct PartitionChangeDeferred<'a> {
+    /// `create` or `drop`.
+    pub action: &'static str,
+    pub partition: &'a str,
+    pub reason: &'a str,
+}
+
+impl InternalEvent for PartitionChangeDeferred<'_> {
+    fn emit(self) {
+        counter!("hookgate_janitor_ddl_deferred_total", "action" => self.action).increment(1);
+        tracing::warn!(
+            message = "Partition change deferred to the next janitor round: its locks were not free in time.",
+            action = self.action,
+            partition = self.partition,
+            reason = self.reason,
+        );
+    }
+}

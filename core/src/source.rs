@@ -63,8 +63,8 @@ pub struct SourceConfig {
     /// CloudEvents always use their `type` attribute.
     #[serde(default)]
     pub event_type: Option<EventTypeConfig>,
-    /// How long the Redis fast path remembers a key (default: `redis.dedupe_ttl_secs`). PostgreSQL remembers keys
-    /// for `retention.dedupe_window_secs` (7 days by default); keep this no longer than that.
+    /// How long the Redis fast path remembers a key (default: `redis.dedupe_ttl_secs`). At most
+    /// `retention.dedupe_window_secs`, how long PostgreSQL remembers keys (7 days by default).
     #[serde(default)]
     pub dedupe_window_secs: Option<u64>,
     /// Accept only CloudEvents (binary, structured or batch mode of the HTTP binding).
@@ -359,12 +359,23 @@ impl Serialize for Secrets {
     }
 }
 
+/// The server's settings that bound every source's: what [`SourceConfig::validate`] checks a source against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceBounds {
+    /// `server.max_body_bytes`: no source accepts larger bodies.
+    pub max_body_bytes: usize,
+    /// `retention.dedupe_window_secs`: how long PostgreSQL remembers a key. A source's Redis window may not be
+    /// longer, or a repeat would be a duplicate or not depending on whether Redis still had the key.
+    pub dedupe_window_secs: u64,
+}
+
 impl SourceConfig {
     /// Checks what serde cannot, the same way for the configuration file and the admin API: the slug, the body
-    /// limit against `server_max_body_bytes`, header names, JSON pointers, the dedupe window, and the verification
-    /// (header names, templates, secret counts and key formats). Every message names the field.
-    pub fn validate(&self, server_max_body_bytes: usize) -> Result<(), InvalidSource> {
+    /// limit and the dedupe window against the server's [`SourceBounds`], header names, JSON pointers, and the
+    /// verification (header names, templates, secret counts and key formats). Every message names the field.
+    pub fn validate(&self, bounds: &SourceBounds) -> Result<(), InvalidSource> {
         let bad = |msg: String| Err(InvalidSource(msg));
+        let server_max_body_bytes = bounds.max_body_bytes;
         validate_slug(&self.slug).map_err(|e| InvalidSource(e.into()))?;
         if self.max_body_bytes == 0 || self.max_body_bytes > server_max_body_bytes {
             return bad(format!(
@@ -384,8 +395,16 @@ impl SourceConfig {
             Some(EventTypeConfig::JsonPointer { pointer }) => json_pointer(pointer, "event_type.pointer")?,
             None => {}
         }
-        if self.dedupe_window_secs == Some(0) {
-            return bad("dedupe_window_secs must be positive".into());
+        match self.dedupe_window_secs {
+            Some(0) => return bad("dedupe_window_secs must be positive".into()),
+            Some(w) if w > bounds.dedupe_window_secs => {
+                return bad(format!(
+                    "dedupe_window_secs ({w}) must be at most retention.dedupe_window_secs ({}), how long \
+                     PostgreSQL remembers a key",
+                    bounds.dedupe_window_secs
+                ))
+            }
+            _ => {}
         }
         if let Some(origin) = self.allowed_origins.iter().find(|o| o.is_empty() || o.chars().any(char::is_whitespace)) {
             return bad(format!("allowed_origins: {origin:?} is not an origin"));
@@ -604,14 +623,18 @@ mod tests {
         serde_json::from_value(json).unwrap()
     }
 
+    fn bounds(max_body_bytes: usize) -> SourceBounds {
+        SourceBounds { max_body_bytes, dedupe_window_secs: 7 * 24 * 3600 }
+    }
+
     fn invalid(json: serde_json::Value) -> String {
-        source(json).validate(1024 * 1024).expect_err("refused").0
+        source(json).validate(&bounds(1024 * 1024)).expect_err("refused").0
     }
 
     #[test]
     fn one_validation_names_the_field_it_refuses() {
         assert!(source(serde_json::json!({"slug": "gh", "verification": {"kind": "github", "secret": "s"}}))
-            .validate(1024 * 1024)
+            .validate(&bounds(1024 * 1024))
             .is_ok());
         assert!(invalid(serde_json::json!({"slug": "Bad"})).contains("slug"));
         assert!(invalid(serde_json::json!({"slug": "x", "max_body_bytes": 2_000_000})).contains("max_body_bytes"));
@@ -628,6 +651,15 @@ mod tests {
             invalid(serde_json::json!({"slug": "x", "idempotency": {"from": "cloudevents"}})).contains("cloudevents")
         );
         assert!(invalid(serde_json::json!({"slug": "x", "dedupe_window_secs": 0})).contains("dedupe_window_secs"));
+        let week = 7 * 24 * 3600;
+        assert!(source(serde_json::json!({"slug": "x", "dedupe_window_secs": week}))
+            .validate(&bounds(1024 * 1024))
+            .is_ok());
+        let too_long = invalid(serde_json::json!({"slug": "x", "dedupe_window_secs": week + 1}));
+        assert!(
+            too_long.starts_with("dedupe_window_secs (604801) must be at most retention.dedupe_window_secs (604800)"),
+            "{too_long}"
+        );
         let no_secret = invalid(serde_json::json!({"slug": "x", "verification": {"kind": "stripe"}}));
         assert!(no_secret.starts_with("verification:") && no_secret.contains("secret"), "{no_secret}");
         let template = invalid(serde_json::json!({"slug": "x", "verification":
@@ -650,9 +682,9 @@ mod tests {
         ];
         for kind in kinds {
             let mut s = source(serde_json::json!({"slug": "x", "verification": kind}));
-            assert!(s.validate(1024).is_err(), "{kind}: no secret yet");
+            assert!(s.validate(&bounds(1024)).is_err(), "{kind}: no secret yet");
             let generated = s.verification.fill_missing_secret().expect("generated");
-            s.validate(1024 * 1024).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            s.validate(&bounds(1024 * 1024)).unwrap_or_else(|e| panic!("{kind}: {e}"));
             assert_eq!(s.verification.secrets().len(), 1);
             assert_eq!(s.verification.secrets()[0].expose_secret(), generated);
             assert_eq!(s.verification.fill_missing_secret(), None, "{kind}: a second call keeps the secret");

@@ -23,6 +23,9 @@ use hookgate_actors::{
 
 use crate::config::Settings;
 
+/// The readiness probe's connection, as `pg_stat_activity` names it.
+const PROBE_APPLICATION_NAME: &str = "hookgate-health";
+
 /// The addresses of a node's supervised actors; the delivery side's only when delivery is enabled.
 #[derive(Clone)]
 pub struct Actors {
@@ -84,8 +87,11 @@ pub(super) fn start(
     } else {
         (None, None)
     };
+    // The readiness probe's own connection, never a pooled one.
+    let mut probe = pg.clone();
+    probe.config.application_name(PROBE_APPLICATION_NAME);
     let prober = Health::new(
-        pool.clone(),
+        &probe,
         health.clone(),
         Duration::from_millis(settings.server.health_interval_ms),
         Duration::from_millis(settings.database.connect_timeout_ms),
@@ -139,6 +145,7 @@ fn cache(settings: &Settings, health: &Arc<HealthRegistry>) -> anyhow::Result<Ma
         op_timeout: Duration::from_millis(settings.redis.op_timeout_ms),
         connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
         dedupe_ttl: Duration::from_secs(settings.redis.dedupe_ttl_secs),
+        max_ttl: Duration::from_secs(settings.retention.dedupe_window_secs),
         mailbox_capacity: settings.redis.mailbox_capacity,
         ping_interval: Duration::from_millis(settings.server.health_interval_ms),
     };

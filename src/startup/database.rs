@@ -1,5 +1,5 @@
-//! The database half of start-up: the pool, the migrations, the configuration's declared objects, and the
-//! snapshots (sources, catalog) every node serves from.
+//! The database half of start-up: the pools (the main one, the admin API's), the migrations, the configuration's
+//! declared objects, and the snapshots (sources, catalog) every node serves from.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +13,21 @@ use hookgate_actors::sources::{self as source_snapshot, SourceRegistry};
 use crate::config::{DatabaseSettings, Settings};
 use crate::sources;
 
+/// The admin API's connections, as `pg_stat_activity` names them.
+const ADMIN_APPLICATION_NAME: &str = "hookgate-admin";
+
 /// Builds the connection pool; no connection is opened until first use.
 pub fn build_pool(db: &DatabaseSettings) -> anyhow::Result<Pool> {
-    pool(db, &db.pg_connect()?)
+    pool(db, &db.pg_connect()?, db.pool_size)
+}
+
+/// The admin API's own pool (`admin.pool_size`, named `hookgate-admin`), apart from the writer's and the delivery
+/// side's: slow admin queries wait for each other, never take a connection ingest needs. No connection is opened
+/// until the first admin request.
+pub fn admin_pool(settings: &Settings, pg: &PgConnect) -> anyhow::Result<Pool> {
+    let mut pg = pg.clone();
+    pg.config.application_name(ADMIN_APPLICATION_NAME);
+    pool(&settings.database, &pg, settings.admin.pool_size)
 }
 
 /// The pool, with its first connection open: a wrong address, password or TLS setting (a wrong CA, say) fails here
@@ -26,14 +38,14 @@ pub async fn connect_pool(db: &DatabaseSettings) -> anyhow::Result<Pool> {
     Ok(pool)
 }
 
-fn pool(db: &DatabaseSettings, pg: &PgConnect) -> anyhow::Result<Pool> {
+fn pool(db: &DatabaseSettings, pg: &PgConnect, size: usize) -> anyhow::Result<Pool> {
     let mgr = Manager::from_config(
         pg.config.clone(),
         pg.tls.clone(),
         ManagerConfig { recycling_method: RecyclingMethod::Fast },
     );
     Pool::builder(mgr)
-        .max_size(db.pool_size)
+        .max_size(size)
         .wait_timeout(Some(Duration::from_millis(db.pool_wait_timeout_ms)))
         .create_timeout(Some(Duration::from_millis(db.connect_timeout_ms)))
         .recycle_timeout(Some(Duration::from_millis(db.connect_timeout_ms)))
@@ -56,9 +68,9 @@ async fn first_connection(pool: &Pool) -> anyhow::Result<()> {
 
 /// The pool (its first connection open), with the schema migrated (unless `database.migrate_on_start` is off) and
 /// the configuration's declared sources, destinations and routes applied in one transaction. `pg` is how every
-/// connection reaches PostgreSQL (the pool's, the LISTEN connections').
+/// connection reaches PostgreSQL (the pools', the probe's, the LISTEN connections').
 pub async fn prepare(settings: &Settings, pg: &PgConnect) -> anyhow::Result<Pool> {
-    let pool = pool(&settings.database, pg)?;
+    let pool = pool(&settings.database, pg, settings.database.pool_size)?;
     first_connection(&pool).await?;
     if settings.database.migrate_on_start {
         hookgate_store::migrations::run(&pool).await?;

@@ -1,7 +1,7 @@
 //! Builds a node and stops it in order. [`Application::build`] reads as the list of what starts; each step is a
 //! small builder in its own module:
 //!
-//! - `database.rs`: the pool, the migrations, the declared objects, the snapshots;
+//! - `database.rs`: the pools (the main one, the admin API's), the migrations, the declared objects, the snapshots;
 //! - `actors.rs`: every actor under supervision, registered in the health registry;
 //! - `server.rs`: the front end's and the admin API's state, and the bound HTTP server;
 //! - `shutdown.rs`: `run_until_stopped`, one `Shutdown` per actor in order.
@@ -47,13 +47,14 @@ impl Application {
         let metrics = telemetry::metrics_handle();
         // The one rustls crypto provider (ring) of every TLS connection (destinations, PostgreSQL, Redis).
         hookgate_actors::tls::install_crypto_provider();
-        // How every PostgreSQL connection is made (the pool's, the LISTEN connections'), TLS included.
+        // How every PostgreSQL connection is made (the pools', the probe's, the LISTEN connections'), TLS included.
         let pg = settings.database.pg_connect()?;
         let pool = database::prepare(&settings, &pg).await?;
         let (sources, catalog) = database::load_snapshots(&pool).await?;
         let health = HealthRegistry::new();
         let started = actors::start(&settings, &pool, &pg, &sources, &catalog, &health)?;
-        let admin = server::admin_state(&settings, &pool, &started, catalog.clone());
+        let admin_pool = database::admin_pool(&settings, &pg)?;
+        let admin = server::admin_state(&settings, admin_pool, &started, catalog.clone());
         let state = server::app_state(&settings, &started, sources, catalog, health.clone(), metrics);
         let (server, port) = server::serve(listener, &settings, state, admin)?;
         Ok(Self {

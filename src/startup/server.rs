@@ -45,15 +45,16 @@ pub(super) fn app_state(
     })
 }
 
-/// What the admin handlers reach; starts the admin background task (replay jobs, rotated-secret expiry).
+/// What the admin handlers reach, with the admin API's own `pool`; starts the admin background task (replay jobs,
+/// rotated-secret expiry), which uses that pool too.
 pub(super) fn admin_state(
     settings: &Settings,
-    pool: &Pool,
+    pool: Pool,
     started: &Started,
     catalog: Arc<SharedCatalog>,
 ) -> web::Data<admin::AdminState> {
     let state = Arc::new(admin::AdminState {
-        pool: pool.clone(),
+        pool,
         tokens: admin::auth::Tokens::new(&settings.admin.tokens),
         ssrf: settings.delivery.ssrf_policy(),
         catalog,
@@ -62,7 +63,7 @@ pub(super) fn admin_state(
         rotation_grace: Duration::from_secs(settings.admin.rotation_grace_secs),
         jq_timeout: Duration::from_millis(settings.delivery.jq_timeout_ms),
         jq_max_output: settings.delivery.jq_max_output_bytes,
-        max_body_bytes: settings.server.max_body_bytes,
+        source_bounds: settings.source_bounds(),
     });
     let interval = Duration::from_millis(settings.admin.job_interval_ms.max(10));
     actix_rt::spawn(admin::jobs::run(state.clone(), settings.server.node_id(), interval));

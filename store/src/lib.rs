@@ -1,6 +1,6 @@
 //! hookgate's PostgreSQL layer: the schema and its migrations, the NOTIFY channels, the advisory locks and the
-//! LISTEN connection, and the readiness ping. Its functions fail with [`error::StoreError`], which says what a failure
-//! means (unavailable, conflict, rejected value, …) so that no layer above looks at a driver's error.
+//! LISTEN connection, and the readiness probe's connection. Its functions fail with [`error::StoreError`], which says
+//! what a failure means (unavailable, conflict, rejected value, …) so that no layer above looks at a driver's error.
 //!
 //! The layers, each depending only on those before it: `hookgate-core` ← **`hookgate-store`** (this crate) ←
 //! `hookgate-actors` ← `hookgate`.
@@ -16,6 +16,7 @@ pub mod listen;
 pub mod locks;
 pub mod maintenance;
 pub mod migrations;
+pub mod probe;
 pub mod replay_jobs;
 pub mod results;
 pub mod routes;
@@ -75,11 +76,4 @@ pub async fn apply_declared(
     sources::apply_declared(&tx, sources).await?;
     catalog::apply_declared(&tx, destinations, routes).await?;
     tx.commit().await.context("Failed to commit the declared sources, destinations and routes")
-}
-
-/// One round trip through a pooled connection: what "PostgreSQL is up" means to the readiness probe.
-pub async fn ping(pool: &Pool) -> Result<(), String> {
-    let client = pool.get().await.map_err(|e| e.to_string())?;
-    client.simple_query("SELECT 1").await.map_err(|e| e.to_string())?;
-    Ok(())
 }

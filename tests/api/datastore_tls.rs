@@ -53,30 +53,32 @@ async fn verify_full_carries_the_pool_and_the_listen_connections_to_a_postgresql
     assert_eq!(events, 1);
 
     // The Router's and the Scheduler's LISTEN connections are up (over TCP, hence TLS), and every connection of
-    // hookgate's is encrypted.
+    // hookgate's is encrypted (the pool's, the LISTEN connections', the readiness probe's own).
     let admin = pg.admin("postgres").await;
-    eventually("both LISTEN connections", Duration::from_secs(60), || async {
-        let listening: i64 = admin
+    eventually("both LISTEN connections and the probe's", Duration::from_secs(60), || async {
+        let row = admin
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hookgate' AND query LIKE 'LISTEN %'",
+                "SELECT count(*) FILTER (WHERE application_name = 'hookgate' AND query LIKE 'LISTEN %'),
+                        count(*) FILTER (WHERE application_name = 'hookgate-health')
+                 FROM pg_stat_activity",
                 &[],
             )
             .await
-            .unwrap()
-            .get(0);
-        (listening >= 2).then_some(())
+            .unwrap();
+        let (listening, probe): (i64, i64) = (row.get(0), row.get(1));
+        (listening >= 2 && probe == 1).then_some(())
     })
     .await;
     let row = admin
         .query_one(
             "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
-             WHERE a.application_name = 'hookgate'",
+             WHERE a.application_name IN ('hookgate', 'hookgate-health')",
             &[],
         )
         .await
         .unwrap();
     let (all, encrypted): (i64, i64) = (row.get(0), row.get(1));
-    assert!(all >= 3, "the pool's and the LISTEN connections: {all}");
+    assert!(all >= 4, "the pool's, the LISTEN and the probe's connections: {all}");
     assert_eq!(encrypted, all, "every connection is TLS");
 }
 

@@ -1,4 +1,7 @@
-//! Retention by daily partitions, the dedupe window, and singleton jobs under an advisory lock.
+//! Retention by daily partitions, the dedupe window, key pruning that keeps up, partition changes that never hold
+//! ingest up for long, and singleton jobs under an advisory lock.
+
+use std::time::Duration;
 
 use hookgate_actors::janitor::RunNow;
 use hookgate_store::locks::{JANITOR_LOCK, STATISTICS_LOCK};
@@ -160,4 +163,136 @@ async fn partitions_that_doubled_get_fresh_planner_statistics_on_one_node() {
     assert_eq!(analyzed_rows(today.clone()).await, 2000, "the planner now knows the partition's size");
     let again = refresh_statistics(pool).await.unwrap();
     assert!(!again.iter().any(|p| p.ends_with(&today)), "unchanged since: not analyzed again ({again:?})");
+}
+
+#[actix_rt::test]
+async fn one_round_prunes_every_expired_key_in_bounded_batches_and_keeps_the_rest() {
+    let app = spawn_app_with(|s| s.retention.key_prune_batch = 100).await;
+    app.db
+        .batch_execute(
+            "INSERT INTO event_keys (source_id, idempotency_key, event_id, received_at)
+             SELECT s.id, 'old-' || g, gen_random_uuid(), now() - interval '8 days' - g * interval '1 second'
+             FROM sources s, generate_series(1, 1050) g WHERE s.slug = 'open';
+             INSERT INTO event_keys (source_id, idempotency_key, event_id, received_at)
+             SELECT s.id, 'recent-' || g, gen_random_uuid(), now() - interval '6 days'
+             FROM sources s, generate_series(1, 20) g WHERE s.slug = 'open';",
+        )
+        .await
+        .unwrap();
+    let report = janitor_round(&app).await;
+    assert_eq!(report.keys_pruned, 1050, "{report:?}");
+    assert_eq!(report.key_batches, 11, "ten full batches of 100, then the 50 left: {report:?}");
+    let db = &app.db;
+    let count = |prefix: &'static str| async move {
+        db.query_one("SELECT count(*) FROM event_keys WHERE idempotency_key LIKE $1", &[&format!("{prefix}%")])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(count("old-").await, 0, "every key past the window is gone after one round");
+    assert_eq!(count("recent-").await, 20, "keys within the window stay");
+    assert_eq!(janitor_round(&app).await.keys_pruned, 0);
+}
+
+/// The name of the events partition of the day `days_ago` (UTC).
+async fn events_partition(app: &TestApp, days_ago: i32) -> String {
+    app.db
+        .query_one("SELECT 'events_p' || to_char((now() AT TIME ZONE 'UTC')::date - $1::int, 'YYYYMMDD')", &[&days_ago])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn partition_exists(app: &TestApp, name: &str) -> bool {
+    app.db.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name]).await.unwrap().get(0)
+}
+
+/// Old partitions from 40 days ago, and a reader (a long report, an export) holding the events partition of 35 days
+/// ago in its transaction: returned, with that partition's name.
+async fn old_partitions_with_a_reader(app: &TestApp) -> (tokio_postgres::Client, String) {
+    app.db.execute("SELECT hookgate_ensure_partitions((now() AT TIME ZONE 'UTC')::date - 40, 3)", &[]).await.unwrap();
+    let held = events_partition(app, 35).await;
+    let reader = connect(&app._db.url()).await;
+    reader.batch_execute(&format!("BEGIN; SELECT count(*) FROM {held}")).await.unwrap();
+    (reader, held)
+}
+
+#[actix_rt::test]
+async fn a_partition_drop_that_cannot_have_its_lock_in_time_is_left_for_the_next_round() {
+    let app = spawn_app_with(|s| {
+        s.retention.days = 30;
+        s.retention.ddl_lock_timeout_ms = 200;
+    })
+    .await;
+    let (reader, held) = old_partitions_with_a_reader(&app).await;
+
+    let report = janitor_round(&app).await;
+    assert!(report.ran);
+    assert_eq!(report.ddl_deferred.len(), 1, "{report:?}");
+    let deferred = &report.ddl_deferred[0];
+    assert_eq!((deferred.action, deferred.partition.as_str()), ("drop", held.as_str()), "{report:?}");
+    assert!(deferred.reason.contains("timeout"), "PostgreSQL's reason: {report:?}");
+    // Days 31 to 40 ago of three tables, less the one held: the round went on without it.
+    assert_eq!(report.partitions_dropped, 3 * 10 - 1, "{report:?}");
+    assert!(partition_exists(&app, &held).await);
+    assert!(!partition_exists(&app, &held.replace("events_", "deliveries_")).await);
+    assert!(!partition_exists(&app, &events_partition(&app, 36).await).await);
+    // Ingest (into today's partition) commits while the reader still holds the old one.
+    let a = app.post_signed(br#"{"during":"a held drop"}"#, "held-drop").await;
+    assert_eq!(a.status, 202, "{a:?}");
+    let text = app.http.get(app.url("/metrics")).send().await.unwrap().body().await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&text)
+            .lines()
+            .any(|l| l.starts_with("hookgate_janitor_ddl_deferred_total{action=\"drop\"")),
+        "the deferral is counted"
+    );
+
+    reader.batch_execute("COMMIT").await.unwrap();
+    let later = janitor_round(&app).await;
+    assert_eq!((later.partitions_dropped, later.ddl_deferred.len()), (1, 0), "{later:?}");
+    assert!(!partition_exists(&app, &held).await);
+}
+
+#[actix_rt::test]
+async fn ingest_commits_while_the_janitor_waits_for_an_old_partition() {
+    let app = spawn_app_with(|s| {
+        s.retention.days = 30;
+        // Long enough that only the reader's COMMIT ends the wait.
+        s.retention.ddl_lock_timeout_ms = 600_000;
+    })
+    .await;
+    let (reader, held) = old_partitions_with_a_reader(&app).await;
+
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    app.janitor.send(RunNow(tx)).await.expect("janitor mailbox");
+    let waiting = || async {
+        let n: i64 = app
+            .db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'
+                   AND query LIKE '%LOCK TABLE ' || $1 || ' IN ACCESS EXCLUSIVE MODE%'",
+                &[&held],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n == 1
+    };
+    crate::helpers::eventually("the janitor to wait for the held partition", Duration::from_secs(60), || async {
+        waiting().await.then_some(())
+    })
+    .await;
+
+    let a = app.post_signed(br#"{"while":"the janitor waits"}"#, "janitor-waits").await;
+    assert_eq!((a.status, a.duplicate()), (202, false), "{a:?}");
+    assert!(rx.try_recv().is_err(), "the round is still waiting");
+    assert!(waiting().await, "…for the partition the reader holds, holding nothing ingest needs");
+
+    reader.batch_execute("COMMIT").await.unwrap();
+    let report = rx.await.expect("janitor answered").expect("janitor round");
+    assert_eq!((report.partitions_dropped, report.ddl_deferred.len()), (3 * 10, 0), "{report:?}");
+    assert!(!partition_exists(&app, &held).await);
+    assert_eq!(app.event_count().await, 1);
 }

@@ -33,12 +33,15 @@ use deadpool_postgres::Pool;
 use hookgate_actors::catalog::SharedCatalog;
 use hookgate_actors::limits::Limits;
 use hookgate_actors::RedisLink;
+use hookgate_core::source::SourceBounds;
 use hookgate_core::ssrf::SsrfPolicy;
 
 pub use error::AdminError;
 
 /// What the admin handlers reach. Built once in `Application::build`.
 pub struct AdminState {
+    /// The admin API's own pool (`admin.pool_size`), apart from the writer's and the delivery side's: a slow admin
+    /// query never takes a connection ingest is waiting for.
     pub pool: Pool,
     pub tokens: auth::Tokens,
     pub ssrf: SsrfPolicy,
@@ -49,8 +52,8 @@ pub struct AdminState {
     pub rotation_grace: Duration,
     pub jq_timeout: Duration,
     pub jq_max_output: usize,
-    /// Ceiling on any source's body size (`server.max_body_bytes`).
-    pub max_body_bytes: usize,
+    /// What every source is checked against (`server.max_body_bytes`, `retention.dedupe_window_secs`).
+    pub source_bounds: SourceBounds,
 }
 
 /// Declares every admin route once: the same table registers the handlers and is what the tests enumerate.

@@ -102,7 +102,7 @@ fn view(record: &SourceRecord) -> Result<SourceView, AdminError> {
 /// and names none a generated one (answered, to be shown once).
 fn validate(state: &AdminState, input: &mut SourceConfig) -> Result<Option<String>, AdminError> {
     let shown = input.verification.fill_missing_secret();
-    input.validate(state.max_body_bytes).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    input.validate(&state.source_bounds).map_err(|e| AdminError::Invalid(e.to_string()))?;
     Ok(shown)
 }
 
