@@ -2,6 +2,8 @@
 
 use std::sync::OnceLock;
 
+use hookgate_core::internal_events::{emit, BuildInfo};
+
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{fmt::MakeWriter, EnvFilter};
 
@@ -64,7 +66,7 @@ fn build_recorder(node_id: Option<&str>) -> PrometheusHandle {
     let handle = recorder.handle();
     if metrics::set_global_recorder(recorder).is_ok() {
         process_collector().describe();
-        metrics::gauge!("hookgate_build_info", "version" => env!("CARGO_PKG_VERSION"), "commit" => COMMIT).set(1.0);
+        emit(BuildInfo { version: env!("CARGO_PKG_VERSION"), commit: COMMIT });
     }
     handle
 }

@@ -19,6 +19,18 @@ pub fn emit(event: impl InternalEvent) {
     event.emit();
 }
 
+/// The metrics recorder was installed: the build's version and commit, as `hookgate_build_info` (always 1).
+pub struct BuildInfo {
+    pub version: &'static str,
+    pub commit: &'static str,
+}
+
+impl InternalEvent for BuildInfo {
+    fn emit(self) {
+        gauge!("hookgate_build_info", "version" => self.version, "commit" => self.commit).set(1.0);
+    }
+}
+
 /// An actor registered in the health registry: its counters start at zero, so they exist before the first failure.
 pub struct ActorRegistered {
     pub actor: &'static str,

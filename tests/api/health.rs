@@ -61,7 +61,8 @@ async fn metrics_expose_ingest_outcomes_batches_flushes_mailboxes_and_restarts()
     ] {
         assert!(series(name, labels, value), "missing {name} {labels:?} = {value} in:\n{text}");
     }
-    for process in ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"] {
+    // (CPU seconds are whole seconds, still 0 for this young process: its presence is what is checked.)
+    for process in ["process_resident_memory_bytes", "process_open_fds", "process_max_fds"] {
         let value = text
             .lines()
             .find(|l| l.starts_with(process) && l.contains(r#"node="node-7""#))
@@ -69,5 +70,6 @@ async fn metrics_expose_ingest_outcomes_batches_flushes_mailboxes_and_restarts()
             .and_then(|v| v.parse::<f64>().ok());
         assert!(value.is_some_and(|v| v > 0.0), "{process}: {value:?} in:\n{text}");
     }
+    assert!(text.lines().any(|l| l.starts_with("process_cpu_seconds_total{")), "{text}");
     assert!(!text.contains("test-secret"), "metrics never carry secrets");
 }
