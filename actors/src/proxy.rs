@@ -322,10 +322,23 @@ pub fn proxy_error(io: &io::Error) -> Option<&ProxyError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+
+    /// Reads a request or reply head (up to its blank line) from a test's peer; `None` when the peer closed first.
+    pub(crate) async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        Some(seen)
+    }
 
     fn proxy(url: &str) -> Result<EgressProxy, String> {
         EgressProxy::parse(url, NoProxy::default())
@@ -443,14 +456,7 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let Ok((mut stream, _)) = listener.accept().await else { return };
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => seen.extend_from_slice(&buf[..n]),
-                }
-            }
+            let Some(seen) = read_head(&mut stream).await else { return };
             let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
             let _ = stream.write_all(answer).await;
             let _ = stream.shutdown().await;

@@ -287,12 +287,10 @@ mod tests {
         time::Duration,
     };
 
-    use tokio::{
-        io::{AsyncReadExt, AsyncWriteExt},
-        net::TcpListener,
-    };
+    use tokio::{io::AsyncWriteExt, net::TcpListener};
 
     use super::*;
+    use crate::proxy::tests::read_head;
     use crate::proxy::NoProxy;
 
     /// A listener on 127.0.0.1 that answers every request with `response` and counts the connections it accepts.
@@ -307,13 +305,8 @@ mod tests {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let response = response.clone();
                 tokio::spawn(async move {
-                    let mut seen = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
+                    if read_head(&mut stream).await.is_none() {
+                        return;
                     }
                     let _ = stream.write_all(response.as_bytes()).await;
                     let _ = stream.shutdown().await;
@@ -410,14 +403,7 @@ mod tests {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let recorded = Arc::clone(&recorded);
                 tokio::spawn(async move {
-                    let mut seen = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
+                    let Some(seen) = read_head(&mut stream).await else { return };
                     let head = String::from_utf8_lossy(&seen).into_owned();
                     let answer = if head.starts_with("CONNECT ") {
                         "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"

@@ -139,17 +139,21 @@ impl InternalEvent for SourceUnusable<'_> {
     }
 }
 
-/// An ingest request was answered.
+/// An ingest request was answered, `elapsed` after its handler began (the acknowledgement latency producers see,
+/// less the network and the HTTP parsing before the handler).
 pub struct IngestAnswered<'a> {
     /// The source's slug, or `unknown` for a slug that names no source (the label stays bounded).
     pub source: Cow<'a, str>,
     pub outcome: &'static str,
+    pub elapsed: Duration,
 }
 
 impl InternalEvent for IngestAnswered<'_> {
     fn emit(self) {
-        counter!("hookgate_ingest_requests_total", "source" => self.source.into_owned(), "outcome" => self.outcome)
-            .increment(1);
+        let source = self.source.into_owned();
+        histogram!("hookgate_ingest_duration_seconds", "source" => source.clone(), "outcome" => self.outcome)
+            .record(self.elapsed.as_secs_f64());
+        counter!("hookgate_ingest_requests_total", "source" => source, "outcome" => self.outcome).increment(1);
     }
 }
 

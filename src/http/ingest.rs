@@ -52,6 +52,7 @@ pub async fn ingest(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, IngestError> {
+    let started = std::time::Instant::now();
     let source = state.sources.get().get(path.as_str()).cloned();
     let label: Cow<'static, str> = source.as_ref().map_or(Cow::Borrowed("unknown"), |s| Cow::Owned(s.slug.clone()));
     // Admission first: past `server.max_inflight_ingest` requests in progress, refuse at once, before reading the
@@ -69,7 +70,7 @@ pub async fn ingest(
         Ok(Accepted::Many(_)) => "accepted_batch",
         Err(e) => e.outcome(),
     };
-    emit(IngestAnswered { source: label, outcome });
+    emit(IngestAnswered { source: label, outcome, elapsed: started.elapsed() });
     match result {
         Ok(Accepted::One(p)) => {
             Ok(HttpResponse::Accepted().json(serde_json::json!({ "id": p.id, "duplicate": p.duplicate })))

@@ -3,8 +3,9 @@
 //!
 //! - `ingest.rs`: `POST /ingest/{source}`; `handshake.rs`: `OPTIONS /ingest/{source}` (CloudEvents abuse protection);
 //! - `health.rs`: `/healthz`, `/readyz`, `/metrics`; `problem.rs`: `IngestError`, the RFC 7807 answers of ingest;
-//! - `admin/`: the admin API.
+//! - `admin/`: the admin API; `access_log.rs`: a log line per request and its `X-Request-Id`.
 
+pub mod access_log;
 pub mod admin;
 pub mod handshake;
 pub mod health;

@@ -85,13 +85,18 @@ pub(super) fn serve(
     admin: web::Data<admin::AdminState>,
 ) -> anyhow::Result<(Server, u16)> {
     let port = listener.local_addr()?.port();
-    let mut server =
-        HttpServer::new(move || App::new().app_data(state.clone()).app_data(admin.clone()).configure(http::configure))
-            // Signals are handled in `run_until_stopped`, which drains in order.
-            .disable_signals()
-            .shutdown_timeout(settings.server.shutdown_timeout_secs)
-            .max_connections(settings.server.max_connections_per_worker())
-            .listen(listener)?;
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .wrap(actix_web::middleware::from_fn(http::access_log::access_log))
+            .app_data(state.clone())
+            .app_data(admin.clone())
+            .configure(http::configure)
+    })
+    // Signals are handled in `run_until_stopped`, which drains in order.
+    .disable_signals()
+    .shutdown_timeout(settings.server.shutdown_timeout_secs)
+    .max_connections(settings.server.max_connections_per_worker())
+    .listen(listener)?;
     if let Some(workers) = settings.server.workers {
         server = server.workers(workers);
     }

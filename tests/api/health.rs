@@ -58,6 +58,8 @@ async fn metrics_expose_ingest_outcomes_batches_flushes_mailboxes_and_restarts()
         ("hookgate_actor_restarts_total{", &[r#"actor="cache""#][..], "0"),
         ("hookgate_dependency_up{", &[r#"dependency="postgres""#][..], "1"),
         ("hookgate_build_info{", &[r#"version=""#, r#"commit=""#][..], "1"),
+        ("hookgate_ingest_duration_seconds_count{", &[r#"source="hmac""#, r#"outcome="accepted""#][..], "1"),
+        ("hookgate_ingest_duration_seconds_count{", &[r#"source="hmac""#, r#"outcome="bad_request""#][..], "1"),
     ] {
         assert!(series(name, labels, value), "missing {name} {labels:?} = {value} in:\n{text}");
     }
