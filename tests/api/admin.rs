@@ -691,6 +691,10 @@ async fn a_destination_signs_with_ed25519_keys_beside_or_instead_of_hmac_and_sho
     assert_eq!(both["public_keys"].as_array().unwrap().len(), 2);
     let a = app.admin("put", &format!("/destinations/{id}"), Some(WRITE), Some(put(json!([])))).await;
     a.assert_problem(422, "validation-failed");
+    let hmac_on_put = json!({"slug": "k", "url": rx.url, "hmac": true});
+    let a = app.admin("put", &format!("/destinations/{id}"), Some(WRITE), Some(hmac_on_put)).await;
+    a.assert_problem(422, "validation-failed");
+    assert!(a.json["detail"].as_str().unwrap().contains("hmac"), "{a:?}");
     let kept = app.admin_ok("put", &format!("/destinations/{id}"), Some(json!({"slug": "k", "url": rx.url}))).await;
     assert_eq!(kept["public_keys"], both["public_keys"], "omitted keeps the keys");
 }
