@@ -96,6 +96,16 @@ pub struct ServerSettings {
     pub host: String,
     /// Port to listen on; 0 picks a free one.
     pub port: u16,
+    /// A second listener for `/metrics` and `/admin` (and the health endpoints): when set, the main port serves
+    /// ingest and health only, so the public port need not expose them. 0 picks a free one.
+    pub admin_port: Option<u16>,
+    /// Address of the `admin_port` listener; default: `host`.
+    pub admin_host: Option<String>,
+    /// Destinations with a `destination` label of their own on per-destination metrics (the first ones by slug);
+    /// the rest share `destination="other"`, so the series count stays bounded.
+    pub metrics_destination_labels: usize,
+    /// Seconds between samples of each destination's backlog and oldest pending delivery (one query per sample).
+    pub metrics_destination_interval_secs: u64,
     /// actix-web worker threads; default: one per core.
     pub workers: Option<usize>,
     /// Longest an ingest request waits for its COMMIT before answering 503.
@@ -133,6 +143,10 @@ impl Default for ServerSettings {
         Self {
             host: "127.0.0.1".into(),
             port: 8080,
+            admin_port: None,
+            admin_host: None,
+            metrics_destination_labels: hookgate_core::internal_events::DEFAULT_DESTINATION_LABELS,
+            metrics_destination_interval_secs: 15,
             workers: None,
             ingest_timeout_ms: 10_000,
             body_timeout_ms: 10_000,
@@ -153,6 +167,14 @@ impl ServerSettings {
     fn validate(&self) -> anyhow::Result<()> {
         if self.body_timeout_ms == 0 || self.max_connections == 0 {
             anyhow::bail!("server.body_timeout_ms and max_connections must be positive");
+        }
+        if self.metrics_destination_interval_secs == 0 {
+            anyhow::bail!("server.metrics_destination_interval_secs must be positive");
+        }
+        if let Some(admin) = self.admin_port {
+            if admin == self.port && admin != 0 && self.admin_host.as_deref().is_none_or(|h| h == self.host) {
+                anyhow::bail!("server.admin_port must differ from server.port ({admin})");
+            }
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use anyhow::Context;
 use hookgate_core::catalog::{
     validate_headers, Catalog, Destination, DestinationSpec, DestinationTls, Route, RouteSpec,
 };
+use hookgate_core::internal_events::label_destinations;
 use hookgate_core::signing::{SigningKey, SigningSecret};
 use hookgate_core::snapshot::Snapshot;
 use hookgate_core::state::DestinationState;
@@ -21,7 +22,9 @@ pub type SharedCatalog = Snapshot<Catalog>;
 
 /// Loads destinations and enabled routes from PostgreSQL, compiles the routes' programs, and swaps them in.
 pub async fn reload(catalog: &SharedCatalog, pool: &Pool) -> anyhow::Result<()> {
-    catalog.replace(load(pool).await?);
+    let loaded = load(pool).await?;
+    label_destinations(loaded.destinations.values().map(|d| (d.id, d.slug.as_str())));
+    catalog.replace(loaded);
     Ok(())
 }
 

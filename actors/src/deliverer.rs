@@ -335,7 +335,7 @@ async fn route_now(msg: &Deliver, timeout: Duration, max_output: usize) -> Optio
 
 /// The result of a job whose destination's TLS material gives no client: a failed try of kind `tls`.
 fn unusable_tls(job: &Job, why: String) -> AttemptResult {
-    emit(AttemptMade { outcome: "tls", elapsed: Duration::ZERO });
+    emit(AttemptMade { destination: job.destination_id, outcome: "tls", elapsed: Duration::ZERO });
     without_request(job, Some("tls"), Some(why), None)
 }
 
@@ -459,7 +459,11 @@ async fn attempt(client: &GuardedClient, job: &Job, dest: &Destination) -> Attem
         }
     }
     result.latency_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
-    emit(AttemptMade { outcome: result.error_kind.unwrap_or("success"), elapsed: clock.elapsed() });
+    emit(AttemptMade {
+        destination: result.destination_id,
+        outcome: result.error_kind.unwrap_or("success"),
+        elapsed: clock.elapsed(),
+    });
     result
 }
 

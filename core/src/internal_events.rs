@@ -5,9 +5,13 @@
 //! one); the labels are bounded (actor and source names, destination ids, outcome kinds; never an event id).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge, histogram, SharedString};
+use uuid::Uuid;
 
 /// Something that happened, reported as a log line and a metric at once.
 pub trait InternalEvent {
@@ -17,6 +21,67 @@ pub trait InternalEvent {
 /// Reports `event`.
 pub fn emit(event: impl InternalEvent) {
     event.emit();
+}
+
+/// How many destinations get their own `destination` label (`server.metrics_destination_labels`).
+static DESTINATION_LABEL_LIMIT: AtomicUsize = AtomicUsize::new(DEFAULT_DESTINATION_LABELS);
+/// Each labelled destination's label, by id (swapped whole when the catalog reloads).
+static DESTINATION_LABELS: RwLock<Option<Arc<HashMap<Uuid, Arc<str>>>>> = RwLock::new(None);
+
+/// The default of `server.metrics_destination_labels`.
+pub const DEFAULT_DESTINATION_LABELS: usize = 100;
+/// The `destination` label of every destination past the limit, and of one no longer in the catalog.
+pub const OTHER_DESTINATION: &str = "other";
+
+/// Sets how many destinations get a `destination` label of their own (set once at start, before the catalog loads).
+pub fn set_destination_label_limit(limit: usize) {
+    DESTINATION_LABEL_LIMIT.store(limit, Ordering::Relaxed);
+}
+
+/// The catalog's destinations, as `(id, slug)`, at each load: a destination keeps the label it was given (its
+/// slug, updated when the slug changes), and a new one gets its slug while fewer than
+/// [`set_destination_label_limit`] have one (new ones in slug order), else `other`. So a per-destination series
+/// count stays bounded however many destinations are created, and no series flips between its slug and `other`
+/// while the process runs; nodes started on the same catalog label the same destinations.
+pub fn label_destinations<'a>(destinations: impl IntoIterator<Item = (Uuid, &'a str)>) {
+    let mut all: Vec<(Uuid, &str)> = destinations.into_iter().collect();
+    all.sort_unstable_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(&b.0)));
+    let limit = DESTINATION_LABEL_LIMIT.load(Ordering::Relaxed);
+    let mut guard = DESTINATION_LABELS.write().unwrap_or_else(|e| e.into_inner());
+    let mut labels: HashMap<Uuid, Arc<str>> = guard.as_deref().cloned().unwrap_or_default();
+    for (id, slug) in all {
+        let labelled = labels.len();
+        match labels.get_mut(&id) {
+            Some(label) => {
+                if label.as_ref() != slug {
+                    *label = Arc::from(slug);
+                }
+            }
+            None if labelled < limit => {
+                labels.insert(id, Arc::from(slug));
+            }
+            None => {}
+        }
+    }
+    *guard = Some(Arc::new(labels));
+}
+
+/// The `destination` label of `id`: its slug, or `other` (past the limit, or unknown to the catalog).
+pub fn destination_label(id: Uuid) -> SharedString {
+    let labels = DESTINATION_LABELS.read().unwrap_or_else(|e| e.into_inner()).clone();
+    match labels.as_ref().and_then(|l| l.get(&id)) {
+        Some(slug) => SharedString::from(slug.to_string()),
+        None => SharedString::const_str(OTHER_DESTINATION),
+    }
+}
+
+/// The `destination` label of the destination slugged `slug`: the slug when it is labelled, else `other`.
+pub fn slug_label(slug: &str) -> SharedString {
+    let labels = DESTINATION_LABELS.read().unwrap_or_else(|e| e.into_inner()).clone();
+    match labels.as_ref().and_then(|l| l.values().find(|s| s.as_ref() == slug)) {
+        Some(slug) => SharedString::from(slug.to_string()),
+        None => SharedString::const_str(OTHER_DESTINATION),
+    }
 }
 
 /// The metrics recorder was installed: the build's version and commit, as `hookgate_build_info` (always 1).
@@ -263,7 +328,7 @@ impl InternalEvent for LimitsFellBack<'_> {
     }
 }
 
-/// A destination's circuit state as this process last saw it (`code`: 0 closed, 1 half-open, 2 open).
+/// A destination's circuit state as this process last saw it (`code`: 0 closed, 1 open, 2 half-open, 3 ramping).
 pub struct CircuitObserved {
     pub destination: uuid::Uuid,
     pub code: i64,
@@ -273,11 +338,11 @@ pub struct CircuitObserved {
 
 impl InternalEvent for CircuitObserved {
     fn emit(self) {
-        let destination = self.destination.to_string();
-        gauge!("hookgate_circuit_state", "destination" => destination.clone()).set(self.code as f64);
+        let label = destination_label(self.destination);
+        gauge!("hookgate_circuit_state", "destination" => label.clone()).set(self.code as f64);
         if self.opened {
-            counter!("hookgate_circuit_opens_total", "destination" => destination.clone()).increment(1);
-            tracing::info!(message = "Circuit opened.", destination);
+            counter!("hookgate_circuit_opens_total", "destination" => label).increment(1);
+            tracing::info!(message = "Circuit opened.", destination = %self.destination);
         }
     }
 }
@@ -369,16 +434,20 @@ impl InternalEvent for DeliveryUnattemptable<'_> {
     }
 }
 
-/// An HTTP attempt ended: `outcome` is `success` or the error kind.
+/// An HTTP attempt to `destination` ended: `outcome` is `success` or the error kind.
 pub struct AttemptMade {
+    pub destination: Uuid,
     pub outcome: &'static str,
     pub elapsed: Duration,
 }
 
 impl InternalEvent for AttemptMade {
     fn emit(self) {
-        counter!("hookgate_delivery_attempts_total", "outcome" => self.outcome).increment(1);
-        histogram!("hookgate_delivery_attempt_seconds").record(self.elapsed.as_secs_f64());
+        let label = destination_label(self.destination);
+        counter!("hookgate_delivery_attempts_total", "destination" => label.clone(), "outcome" => self.outcome)
+            .increment(1);
+        histogram!("hookgate_delivery_attempt_seconds", "destination" => label, "outcome" => self.outcome)
+            .record(self.elapsed.as_secs_f64());
     }
 }
 
@@ -423,6 +492,7 @@ impl InternalEvent for ResultsNotStored<'_> {
 
 /// Retention expired `count` deliveries of a destination that were never delivered; they are dead.
 pub struct DeliveriesExpired<'a> {
+    /// The destination's slug.
     pub destination: &'a str,
     pub count: i64,
     pub retention_days: i32,
@@ -430,7 +500,7 @@ pub struct DeliveriesExpired<'a> {
 
 impl InternalEvent for DeliveriesExpired<'_> {
     fn emit(self) {
-        counter!("hookgate_deliveries_expired_total", "destination" => self.destination.to_owned())
+        counter!("hookgate_deliveries_expired_total", "destination" => slug_label(self.destination))
             .increment(self.count.max(0) as u64);
         tracing::warn!(
             message = "Retention expired deliveries that were never delivered; they are dead.",
@@ -460,5 +530,40 @@ impl InternalEvent for PartitionChangeDeferred<'_> {
             partition = self.partition,
             reason = self.reason,
         );
+    }
+}
+
+/// A sample of each destination's waiting deliveries (every `server.metrics_destination_interval_secs`, on each node
+/// from PostgreSQL, so every node reports the same figures): `backlog` pending deliveries, the oldest created
+/// `oldest_pending` ago. Destinations sharing the `other` label add up, and show the oldest of theirs.
+pub struct DestinationBacklogSampled<'a> {
+    /// `(destination id, pending deliveries, age of the oldest)`, one per destination (those with none included,
+    /// at zero, so a drained backlog reads 0 rather than its last value).
+    pub destinations: &'a [(Uuid, i64, Duration)],
+}
+
+impl InternalEvent for DestinationBacklogSampled<'_> {
+    fn emit(self) {
+        let mut by_label: HashMap<SharedString, (i64, Duration)> = HashMap::new();
+        for (id, backlog, oldest) in self.destinations {
+            let entry = by_label.entry(destination_label(*id)).or_default();
+            entry.0 += backlog;
+            entry.1 = entry.1.max(*oldest);
+        }
+        for (label, (backlog, oldest)) in by_label {
+            gauge!("hookgate_destination_backlog", "destination" => label.clone()).set(backlog as f64);
+            gauge!("hookgate_destination_oldest_pending_seconds", "destination" => label).set(oldest.as_secs_f64());
+        }
+    }
+}
+
+/// The destination sampler's query failed; the gauges keep their last values until the next sample.
+pub struct DestinationBacklogNotSampled<'a> {
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for DestinationBacklogNotSampled<'_> {
+    fn emit(self) {
+        tracing::warn!(message = "Sampling the destinations' backlog failed.", error = %self.error);
     }
 }

@@ -43,10 +43,22 @@ pub struct AppState {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.configure(configure_ingest).configure(configure_operator);
+}
+
+/// The public listener's routes when `server.admin_port` is set: ingest and the health endpoints.
+pub fn configure_ingest(cfg: &mut web::ServiceConfig) {
     cfg.route("/ingest/{source}", web::post().to(ingest::ingest))
         .route("/ingest/{source}", web::method(actix_web::http::Method::OPTIONS).to(handshake::handshake))
-        .route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(health::metrics))
-        .configure(admin::configure);
+        .configure(configure_health);
+}
+
+/// The operators' routes: `/metrics` and `/admin` (on `server.admin_port` when it is set).
+pub fn configure_operator(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(health::metrics)).configure(admin::configure);
+}
+
+/// `/healthz` and `/readyz`, on every listener (probes may target either port).
+pub fn configure_health(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(health::healthz)).route("/readyz", web::get().to(health::readyz));
 }

@@ -29,6 +29,8 @@ use crate::telemetry;
 pub struct Application {
     port: u16,
     server: Server,
+    /// The operators' listener (`server.admin_port`) and its port.
+    admin_server: Option<(Server, u16)>,
     actors: Actors,
     prober: Addr<Health>,
     health: Arc<HealthRegistry>,
@@ -42,7 +44,7 @@ impl Application {
     /// Binds the listener, prepares the database, starts the actors and the server. Must run inside an actix
     /// `System`.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let listener = server::listener(&settings)?;
+        let listeners = server::listeners(&settings)?;
         // Installed first, so that metrics recorded while starting are kept.
         let metrics = telemetry::metrics_handle();
         // The one rustls crypto provider (ring) of every TLS connection (destinations, PostgreSQL, Redis).
@@ -50,16 +52,18 @@ impl Application {
         // How every PostgreSQL connection is made (the pools', the probe's, the LISTEN connections'), TLS included.
         let pg = settings.database.pg_connect()?;
         let pool = database::prepare(&settings, &pg).await?;
+        hookgate_core::internal_events::set_destination_label_limit(settings.server.metrics_destination_labels);
         let (sources, catalog) = database::load_snapshots(&pool).await?;
         let health = HealthRegistry::new();
         let started = actors::start(&settings, &pool, &pg, &sources, &catalog, &health)?;
         let admin_pool = database::admin_pool(&settings, &pg)?;
         let admin = server::admin_state(&settings, admin_pool, &started, catalog.clone());
         let state = server::app_state(&settings, &started, sources, catalog, health.clone(), metrics);
-        let (server, port) = server::serve(listener, &settings, state, admin)?;
+        let servers = server::serve(listeners, &settings, state, admin)?;
         Ok(Self {
-            port,
-            server,
+            port: servers.port,
+            server: servers.main,
+            admin_server: servers.admin,
             actors: started.actors,
             prober: started.prober,
             health,
@@ -71,6 +75,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of the operators' listener (`server.admin_port`), when there is one.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin_server.as_ref().map(|(_, port)| *port)
     }
 
     /// The singleton-jobs actor (tests run a round with `RunNow`).

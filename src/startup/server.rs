@@ -67,39 +67,91 @@ pub(super) fn admin_state(
     });
     let interval = Duration::from_millis(settings.admin.job_interval_ms.max(10));
     actix_rt::spawn(admin::jobs::run(state.clone(), settings.server.node_id(), interval));
+    let every = Duration::from_secs(settings.server.metrics_destination_interval_secs.max(1));
+    actix_rt::spawn(admin::jobs::sample_destinations(state.pool.clone(), every));
     web::Data::from(state)
 }
 
-/// Binds the listening socket (port 0 picks a free one). Done first at start, so that a port already taken ends
-/// start before any actor runs.
-pub(super) fn listener(settings: &Settings) -> anyhow::Result<TcpListener> {
-    TcpListener::bind((settings.server.host.as_str(), settings.server.port))
-        .with_context(|| format!("Failed to bind {}:{}", settings.server.host, settings.server.port))
+/// The bound listening sockets: the main one, and the operators' one when `server.admin_port` is set.
+pub(super) struct Listeners {
+    pub main: TcpListener,
+    pub admin: Option<TcpListener>,
 }
 
-/// Builds the server on the bound `listener`; answers it with the bound port.
+/// Binds the listening sockets (port 0 picks a free one). Done first at start, so that a port already taken ends
+/// start before any actor runs.
+pub(super) fn listeners(settings: &Settings) -> anyhow::Result<Listeners> {
+    let main = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+        .with_context(|| format!("Failed to bind {}:{}", settings.server.host, settings.server.port))?;
+    let admin = match settings.server.admin_port {
+        None => None,
+        Some(port) => {
+            let host = settings.server.admin_host.as_deref().unwrap_or(&settings.server.host);
+            Some(
+                TcpListener::bind((host, port))
+                    .with_context(|| format!("Failed to bind server.admin_port: {host}:{port}"))?,
+            )
+        }
+    };
+    Ok(Listeners { main, admin })
+}
+
+/// The running HTTP servers and their bound ports.
+pub(super) struct Servers {
+    pub main: Server,
+    pub port: u16,
+    /// `/metrics` and `/admin` on `server.admin_port`, when it is set.
+    pub admin: Option<(Server, u16)>,
+}
+
+/// Builds the servers on the bound listeners: everything on the main one, or ingest and health there and the
+/// operators' routes (with health) on the admin one.
 pub(super) fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     settings: &Settings,
     state: web::Data<AppState>,
     admin: web::Data<admin::AdminState>,
-) -> anyhow::Result<(Server, u16)> {
-    let port = listener.local_addr()?.port();
-    let mut server = HttpServer::new(move || {
+) -> anyhow::Result<Servers> {
+    let split = listeners.admin.is_some();
+    let port = listeners.main.local_addr()?.port();
+    let (main_state, main_admin) = (state.clone(), admin.clone());
+    let main = HttpServer::new(move || {
         App::new()
             .wrap(actix_web::middleware::from_fn(http::access_log::access_log))
-            .app_data(state.clone())
-            .app_data(admin.clone())
-            .configure(http::configure)
+            .app_data(main_state.clone())
+            .app_data(main_admin.clone())
+            .configure(if split { http::configure_ingest } else { http::configure })
     })
     // Signals are handled in `run_until_stopped`, which drains in order.
     .disable_signals()
     .shutdown_timeout(settings.server.shutdown_timeout_secs)
-    .max_connections(settings.server.max_connections_per_worker())
-    .listen(listener)?;
-    if let Some(workers) = settings.server.workers {
-        server = server.workers(workers);
+    .max_connections(settings.server.max_connections_per_worker());
+    let main = match settings.server.workers {
+        Some(workers) => main.workers(workers),
+        None => main,
     }
+    .listen(listeners.main)?;
     tracing::info!(message = "Listening.", host = %settings.server.host, port, node = %settings.server.node_id());
-    Ok((server.run(), port))
+    let admin = match listeners.admin {
+        None => None,
+        Some(listener) => {
+            let admin_port = listener.local_addr()?.port();
+            let server = HttpServer::new(move || {
+                App::new()
+                    .wrap(actix_web::middleware::from_fn(http::access_log::access_log))
+                    .app_data(state.clone())
+                    .app_data(admin.clone())
+                    .configure(http::configure_operator)
+                    .configure(http::configure_health)
+            })
+            // Operators' traffic is light: two workers are enough.
+            .workers(2)
+            .disable_signals()
+            .shutdown_timeout(settings.server.shutdown_timeout_secs)
+            .listen(listener)?;
+            tracing::info!(message = "Listening for /metrics and /admin.", port = admin_port);
+            Some((server.run(), admin_port))
+        }
+    };
+    Ok(Servers { main: main.run(), port, admin })
 }

@@ -22,9 +22,14 @@ impl Application {
     /// Each step is one [`Shutdown`](hookgate_actors::Shutdown) with the same deadline, answered when the actor is
     /// done.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Self { server, actors, prober, health, drain_delay, shutdown_timeout, arbiters, .. } = self;
+        let Self { server, admin_server, actors, prober, health, drain_delay, shutdown_timeout, arbiters, .. } = self;
         let handle = server.handle();
         let mut serving = actix_rt::spawn(server);
+        // The operators' listener keeps answering (`/metrics`, `/readyz`) until the node has stopped.
+        let admin_handle = admin_server.map(|(server, _)| {
+            let handle = server.handle();
+            (handle, actix_rt::spawn(server))
+        });
         tokio::select! {
             result = &mut serving => {
                 return result.unwrap_or_else(|e| Err(std::io::Error::other(e)));
@@ -52,6 +57,10 @@ impl Application {
         shut_down(&actors.router, deadline).await;
         shut_down(&actors.cache, deadline).await;
         shut_down(&prober, deadline).await;
+        if let Some((handle, serving)) = admin_handle {
+            handle.stop(true).await;
+            let _ = serving.await;
+        }
         drop(arbiters);
         tracing::info!(message = "Stopped.");
         Ok(())

@@ -269,6 +269,21 @@ pub async fn expire_retiring_secrets(client: &impl GenericClient) -> StoreResult
         .await?)
 }
 
+/// Each destination's pending deliveries, and the age (by PostgreSQL's clock) of its oldest one; zero for a
+/// destination with none. One index probe per destination and partition.
+pub async fn backlogs(client: &impl GenericClient) -> StoreResult<Vec<(Uuid, i64, f64)>> {
+    let rows = client
+        .query(
+            "SELECT d.id, p.n, COALESCE(EXTRACT(EPOCH FROM now() - p.oldest)::float8, 0)
+             FROM destinations d
+             CROSS JOIN LATERAL (SELECT count(*) AS n, min(x.created_at) AS oldest FROM deliveries x
+                                 WHERE x.destination_id = d.id AND x.state = 'pending') p",
+            &[],
+        )
+        .await?;
+    rows.iter().map(|r| Ok((r.column(0)?, r.column(1)?, r.column::<_, f64>(2)?.max(0.0)))).collect()
+}
+
 /// A destination's waiting and dead deliveries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Backlog {

@@ -36,6 +36,8 @@ pub fn test_config_toml() -> String {
         health_interval_ms = 100
         drain_delay_ms = 300
         shutdown_timeout_secs = 5
+        # Tests share one process (and its metrics): every test's destinations get a label of their own.
+        metrics_destination_labels = 1000000
         [database]
         pool_size = 8
         [delivery]

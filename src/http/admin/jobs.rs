@@ -21,6 +21,7 @@ use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use hookgate_actors::catalog::SharedCatalog;
+use hookgate_core::internal_events::{emit, DestinationBacklogNotSampled, DestinationBacklogSampled};
 use hookgate_core::jq::{JqProgram, RouteOutcome};
 use hookgate_store::replay_jobs as store;
 use serde::{Deserialize, Serialize};
@@ -181,6 +182,30 @@ pub async fn run(state: Arc<AdminState>, node: String, interval: Duration) {
         match run_one(&state, &node).await {
             Ok(_) => {}
             Err(e) => tracing::warn!(message = "Replay job round failed.", error = %e),
+        }
+    }
+}
+
+/// Samples every destination's backlog and oldest pending delivery into their gauges every `interval`, forever
+/// (on the admin pool: a slow sample never holds a connection ingest or delivery needs).
+pub async fn sample_destinations(pool: hookgate_store::Pool, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let sampled = async {
+            let client = hookgate_store::connect(&pool).await?;
+            hookgate_store::destinations::backlogs(&client).await.map_err(AdminError::from)
+        };
+        match sampled.await {
+            Ok(rows) => {
+                let rows: Vec<(Uuid, i64, Duration)> = rows
+                    .into_iter()
+                    .map(|(id, n, age)| (id, n, Duration::try_from_secs_f64(age).unwrap_or_default()))
+                    .collect();
+                emit(DestinationBacklogSampled { destinations: &rows });
+            }
+            Err(error) => emit(DestinationBacklogNotSampled { error: &error }),
         }
     }
 }
