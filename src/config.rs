@@ -584,6 +584,21 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_port_must_be_another_port() {
+        let mut server = ServerSettings { admin_port: Some(8080), ..ServerSettings::default() };
+        let err = server.validate().unwrap_err().to_string();
+        assert!(err.contains("server.admin_port must differ from server.port (8080)"), "{err}");
+        server.admin_host = Some("10.0.0.1".into());
+        server.validate().expect("the same port on another address");
+        server.admin_host = None;
+        server.admin_port = Some(9090);
+        server.validate().expect("another port");
+        server.admin_port = Some(0);
+        server.port = 0;
+        server.validate().expect("two free ports picked at start");
+    }
+
+    #[test]
     fn debug_output_never_contains_secrets() {
         let s = Settings::from_toml(EXAMPLE).unwrap();
         let dbg = format!("{s:?}");

@@ -567,3 +567,31 @@ impl InternalEvent for DestinationBacklogNotSampled<'_> {
         tracing::warn!(message = "Sampling the destinations' backlog failed.", error = %self.error);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_labels_are_capped_with_other_and_never_flip() {
+        // The only test that labels destinations (the registry is process-wide).
+        set_destination_label_limit(2);
+        let (a, b, c, d) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        label_destinations([(c, "charlie"), (a, "alpha"), (b, "bravo")]);
+        assert_eq!(&*destination_label(a), "alpha");
+        assert_eq!(&*destination_label(b), "bravo");
+        assert_eq!(&*destination_label(c), OTHER_DESTINATION, "past the limit, in slug order");
+        assert_eq!(&*destination_label(d), OTHER_DESTINATION, "unknown to the catalog");
+        assert_eq!(&*slug_label("bravo"), "bravo");
+        assert_eq!(&*slug_label("charlie"), OTHER_DESTINATION);
+
+        // A later load with a new destination that sorts first: the labelled ones keep their labels; a rename
+        // follows the slug; a destination gone from the catalog keeps its label for the process's life.
+        label_destinations([(d, "aardvark"), (b, "bravo-2"), (c, "charlie")]);
+        assert_eq!(&*destination_label(d), OTHER_DESTINATION);
+        assert_eq!(&*destination_label(a), "alpha");
+        assert_eq!(&*destination_label(b), "bravo-2");
+        assert_eq!(&*destination_label(c), OTHER_DESTINATION);
+        set_destination_label_limit(DEFAULT_DESTINATION_LABELS);
+    }
+}

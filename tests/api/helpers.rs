@@ -139,6 +139,8 @@ pub struct TestApp {
     pub janitor: actix::Addr<hookgate_actors::janitor::Janitor>,
     pub actors: hookgate::startup::Actors,
     pub port: u16,
+    /// The operators' listener (`server.admin_port`), when the test set one.
+    pub admin_port: Option<u16>,
     pub db: tokio_postgres::Client,
     pub http: awc::Client,
     pub settings: Settings,
@@ -163,6 +165,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     tweak(&mut settings);
     let app = Application::build(settings.clone()).await.expect("build application");
     let port = app.port();
+    let admin_port = app.admin_port();
     let janitor = app.janitor();
     let actors = app.actors();
     actix_rt::spawn(app.run_until_stopped());
@@ -172,6 +175,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         janitor,
         actors,
         port,
+        admin_port,
         db,
         http: http_client(),
         settings,
