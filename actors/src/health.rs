@@ -22,6 +22,7 @@ use actix::prelude::*;
 use hookgate_core::backoff::Backoff;
 use hookgate_core::internal_events::{
     emit, ActorBudgetExhausted, ActorObserved, ActorPanicked, ActorRegistered, ActorRestarted, DependencyObserved,
+    ReadinessObserved,
 };
 use hookgate_store::probe::Probe;
 use serde::Serialize;
@@ -443,6 +444,8 @@ impl HealthRegistry {
         }
         emit(DependencyObserved { dependency: "postgres", up: self.postgres.get() == DependencyState::Up });
         emit(DependencyObserved { dependency: "redis", up: self.redis.get() == DependencyState::Up });
+        let report = self.report();
+        emit(ReadinessObserved { ready: report.ready, delivery: report.delivery });
     }
 }
 

@@ -84,6 +84,24 @@ pub fn slug_label(slug: &str) -> SharedString {
     }
 }
 
+/// `/readyz` as it would answer now (published when `/metrics` is scraped): `hookgate_ready` (1 ready, 0 not:
+/// PostgreSQL down, the event writer failed, draining) and `hookgate_delivery_running` (1 when the delivery side
+/// is `running`, 0 when `degraded`, `stalled` or `failed`; absent when delivery is disabled).
+pub struct ReadinessObserved<'a> {
+    pub ready: bool,
+    /// The delivery section: `running`, `degraded`, `stalled`, `failed` or `disabled`.
+    pub delivery: &'a str,
+}
+
+impl InternalEvent for ReadinessObserved<'_> {
+    fn emit(self) {
+        gauge!("hookgate_ready").set(if self.ready { 1.0 } else { 0.0 });
+        if self.delivery != "disabled" {
+            gauge!("hookgate_delivery_running").set(if self.delivery == "running" { 1.0 } else { 0.0 });
+        }
+    }
+}
+
 /// The metrics recorder was installed: the build's version and commit, as `hookgate_build_info` (always 1).
 pub struct BuildInfo {
     pub version: &'static str,
