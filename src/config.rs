@@ -362,6 +362,71 @@ pub fn secret_files(
     Ok(found)
 }
 
+/// The secrets of declared sources and destinations read from files, as Kubernetes mounts Secrets: in a source's
+/// `verification`, `secret_file` (or `password_file`, `token_file`, `key_file`: the field the kind takes) instead of
+/// the secret; in a destination, `signing_secrets_file` and `signing_keys_file` instead of the lists. A file holds
+/// one secret per line (two lines: both valid, as while rotating); blank lines are ignored. Naming a secret both
+/// ways, or a file that cannot be read or holds none, is an error naming the field and the path, never the content.
+fn declared_secrets_from_files(mut fig: Figment) -> anyhow::Result<Figment> {
+    use figment::value::{Dict, Value};
+
+    fn read_lines(what: &str, path: &Value) -> anyhow::Result<Vec<String>> {
+        let path = path.as_str().ok_or_else(|| anyhow::anyhow!("{what}: must be a file path"))?;
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{what}: cannot read {path}: {e}"))?;
+        let lines: Vec<String> = text
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect();
+        if lines.is_empty() {
+            anyhow::bail!("{what}: {path} holds no secret");
+        }
+        Ok(lines)
+    }
+    /// Replaces `{field}_file` in `dict` by `field` (the file's lines; one line as a string when `one_as_string`).
+    fn replace(dict: &mut Dict, field: &str, one_as_string: bool, what: &str) -> anyhow::Result<()> {
+        let file_field = format!("{field}_file");
+        let Some(path) = dict.remove(&file_field) else { return Ok(()) };
+        if dict.contains_key(field) {
+            anyhow::bail!("{what}: {field} and {file_field} are both set: give the secret one way");
+        }
+        let lines = read_lines(&format!("{what}.{file_field}"), &path)?;
+        let value = match lines.len() {
+            1 if one_as_string => Value::from(lines[0].clone()),
+            _ => Value::from(lines),
+        };
+        dict.insert(field.to_owned(), value);
+        Ok(())
+    }
+    let name = |i: usize, item: &Dict, section: &str| match item.get("slug").and_then(Value::as_str) {
+        Some(slug) => format!("{section}[{i}] ({slug})"),
+        None => format!("{section}[{i}]"),
+    };
+    if let Ok(Value::Array(tag, mut sources)) = fig.find_value("sources") {
+        for (i, source) in sources.iter_mut().enumerate() {
+            let Value::Dict(_, source) = source else { continue };
+            let what = format!("{}.verification", name(i, source, "sources"));
+            if let Some(Value::Dict(_, verification)) = source.get_mut("verification") {
+                for field in hookgate_core::source::SECRET_FIELDS {
+                    replace(verification, field, true, &what)?;
+                }
+            }
+        }
+        fig = fig.merge(Serialized::default("sources", Value::Array(tag, sources)));
+    }
+    if let Ok(Value::Array(tag, mut destinations)) = fig.find_value("destinations") {
+        for (i, destination) in destinations.iter_mut().enumerate() {
+            let Value::Dict(_, destination) = destination else { continue };
+            let what = name(i, destination, "destinations");
+            replace(destination, "signing_secrets", false, &what)?;
+            replace(destination, "signing_keys", false, &what)?;
+        }
+        fig = fig.merge(Serialized::default("destinations", Value::Array(tag, destinations)));
+    }
+    Ok(fig)
+}
+
 impl ServerSettings {
     pub fn node_id(&self) -> String {
         node_id_from(self.node_id.as_deref(), std::env::var("HOSTNAME").ok().as_deref())
@@ -402,6 +467,7 @@ impl Settings {
         for (key, value) in secret_files(std::env::vars())? {
             fig = fig.merge(Serialized::default(key, value));
         }
+        let fig = declared_secrets_from_files(fig)?;
         let settings: Settings = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         settings.validate()?;
         Ok(settings)
@@ -409,8 +475,9 @@ impl Settings {
 
     /// Parses TOML text on top of the defaults, without the environment (for tests and `check-config`).
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
-        let settings: Settings =
-            Figment::from(Toml::string(text)).extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let settings: Settings = declared_secrets_from_files(Figment::from(Toml::string(text)))?
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -629,6 +696,58 @@ mod tests {
             jail.set_env("HOOKGATE_DATABASE__URL", "postgres://other@db/hookgate");
             let both = Settings::load(Some(Path::new("hookgate.toml"))).unwrap_err().to_string();
             assert!(both.contains("HOOKGATE_DATABASE__URL and HOOKGATE_DATABASE__URL_FILE are both set"), "{both}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn declared_signing_secrets_come_from_files() {
+        use hookgate_core::signing::SigningKey;
+        let key = SigningKey::generate();
+        figment::Jail::expect_with(|jail| {
+            let config = EXAMPLE.replace(r#"secret = "s3cr3t-value""#, r#"secret_file = "github-secret""#)
+                + r#"
+                [[destinations]]
+                slug = "orders"
+                url = "https://hooks.example.com/orders"
+                signing_secrets_file = "orders-secrets"
+                signing_keys_file = "orders-keys"
+                "#;
+            jail.create_file("hookgate.toml", &config)?;
+            jail.create_file("github-secret", "from-a-mounted-file\n")?;
+            jail.create_file(
+                "orders-secrets",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\r\n\nwhsec_dGhlLW5ldy1zZWNyZXQtb2YtMzItYnl0ZXMhIQ==\n",
+            )?;
+            jail.create_file("orders-keys", &format!("{key}\n"))?;
+            let s = Settings::load(Some(Path::new("hookgate.toml"))).map_err(|e| e.to_string())?;
+            let secrets: Vec<&str> = s.sources[0].verification.secrets().iter().map(|x| x.expose_secret()).collect();
+            assert_eq!(secrets, ["from-a-mounted-file"]);
+            assert_eq!(
+                s.destinations[0].signing_secrets,
+                ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_dGhlLW5ldy1zZWNyZXQtb2YtMzItYnl0ZXMhIQ=="]
+            );
+            assert_eq!(s.destinations[0].signing_keys, [key.clone()]);
+
+            // Errors name the field and the path, never a secret.
+            jail.create_file("orders-keys", "\n\n")?;
+            let empty = Settings::load(Some(Path::new("hookgate.toml"))).unwrap_err().to_string();
+            assert!(
+                empty.contains("destinations[0] (orders).signing_keys_file: orders-keys holds no secret"),
+                "{empty}"
+            );
+            jail.create_file("hookgate.toml", &config.replace("orders-keys", "missing-keys"))?;
+            let missing = Settings::load(Some(Path::new("hookgate.toml"))).unwrap_err().to_string();
+            assert!(missing.contains("signing_keys_file: cannot read missing-keys"), "{missing}");
+            let both =
+                config.replace(r#"secret_file = "github-secret""#, r#"secret = "x", secret_file = "github-secret""#);
+            jail.create_file("hookgate.toml", &both)?;
+            let both = Settings::load(Some(Path::new("hookgate.toml"))).unwrap_err().to_string();
+            assert!(both.contains("sources[0] (github).verification: secret and secret_file are both set"), "{both}");
+            for message in [&empty, &missing, &both] {
+                assert!(!message.contains("from-a-mounted-file") && !message.contains("whsec_"), "{message}");
+            }
             Ok(())
         });
     }

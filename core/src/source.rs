@@ -428,7 +428,7 @@ fn json_pointer(pointer: &str, field: &str) -> Result<(), InvalidSource> {
 }
 
 /// The fields of [`VerificationConfig`] that hold secrets; everything else about a verification may be shown.
-const SECRET_FIELDS: &[&str] = &["secret", "password", "token", "key"];
+pub const SECRET_FIELDS: &[&str] = &["secret", "password", "token", "key"];
 
 impl VerificationConfig {
     /// The kind's name as configured, e.g. `github`.
