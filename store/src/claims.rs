@@ -93,7 +93,9 @@ RETURNING d.id, d.event_id, d.destination_id, d.attempts,
               (SELECT jsonb_build_object('source', s.slug, 'headers', e.headers, 'type', e.type)
                FROM events e JOIN sources s ON s.id = e.source_id WHERE e.id = d.event_id)
           END,
-          d.created_at";
+          d.created_at,
+          -- In the event's own partition only: rows older than that rule predate stored trace contexts.
+          (SELECT e.traceparent FROM events e WHERE e.id = d.event_id AND e.received_at = d.created_at)";
 
 /// One claimed row, read without trusting any column.
 enum Claimed {
@@ -133,6 +135,8 @@ fn read_claimed(r: &tokio_postgres::Row) -> Option<Claimed> {
             route_id: r.try_get(8)?,
             routing,
             created_at: r.try_get(11)?,
+            // Tracing never makes a delivery unattemptable: an unreadable context is no context.
+            traceparent: r.try_get::<_, Option<String>>(12).ok().flatten(),
         }))
     })();
     Some(match job {
