@@ -121,7 +121,7 @@ pub fn tracer_provider(telemetry: &TelemetrySettings, node_id: &str) -> anyhow::
         ])
         .build();
     let ratio = telemetry.sampling_ratio;
-    hookgate_actors::trace::set_sampling_ratio(ratio);
+    hookgate_actors::trace::enable(ratio);
     Ok(Some(
         SdkTracerProvider::builder()
             .with_span_processor(processor)

@@ -14,7 +14,7 @@
 //! counts as a failed try of kind `route_timeout` on the destination's retry schedule (never against the
 //! destination's circuit or health).
 //!
-//! Each attempt is an `attempt` span, a child of its event's ingest span (from the context stored with the event,
+//! With traces on, each attempt is an `attempt` span, a child of its event's ingest span (from the context stored with the event,
 //! carried in the [`Job`]; see [`crate::trace`]), and its outbound `traceparent` carries the attempt span's
 //! context.
 
@@ -323,8 +323,12 @@ impl Handler<Shutdown> for Deliverer {
     }
 }
 
-/// The span of one attempt: a child of its event's ingest span, in the event's trace (see [`crate::trace`]).
+/// The span of one attempt: a child of its event's ingest span, in the event's trace (see [`crate::trace`]). None
+/// without traces (the outbound `traceparent` is then the event's trace with a fresh span id).
 fn attempt_span(job: &Job) -> tracing::Span {
+    if !crate::trace::enabled() {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         "attempt",
         "otel.kind" = "client",

@@ -10,8 +10,9 @@
 //!   the event id, as hookgate always sent ([`attempt_parent`]). The outbound `traceparent` carries the attempt
 //!   span's context ([`outbound`]), or, with tracing off, the event's trace with a fresh span id.
 //!
-//! Without an OpenTelemetry layer (no `telemetry.otlp_endpoint`) every function here is a header parse or a format
-//! at most: spans have no OpenTelemetry context, and setting a parent or a link does nothing.
+//! Without traces (no `telemetry.otlp_endpoint`: [`enabled`] is false) the writer and the Deliverers create no
+//! span, and every function here is a header parse or a format at most: spans have no OpenTelemetry context, and
+//! setting a parent or a link does nothing.
 
 use std::sync::OnceLock;
 
@@ -22,13 +23,19 @@ use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
-/// The sampling ratio of the traces hookgate starts, when traces are recorded (see [`set_sampling_ratio`]).
+/// The sampling ratio of the traces hookgate starts; set when traces are recorded (see [`enable`]).
 static ROOT_RATIO: OnceLock<f64> = OnceLock::new();
 
-/// Records the ratio at which traces that hookgate starts are sampled (`telemetry.sampling_ratio`), so that the
-/// attempts of an event stored without a context are sampled like a root would be. Called once, at start.
-pub fn set_sampling_ratio(ratio: f64) {
+/// Says that this process records traces, and at which ratio it samples the traces it starts
+/// (`telemetry.sampling_ratio`, so that the attempts of an event stored without a context are sampled like a root
+/// would be). Called once, at start, when the tracer provider is installed.
+pub fn enable(ratio: f64) {
     let _ = ROOT_RATIO.set(ratio.clamp(0.0, 1.0));
+}
+
+/// Whether this process records traces: without, the flush and attempt spans are not even created.
+pub fn enabled() -> bool {
+    ROOT_RATIO.get().is_some()
 }
 
 /// One header value, as the propagator reads it.

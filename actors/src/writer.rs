@@ -30,7 +30,7 @@
 //! acknowledged for it, and the producer retries with the same idempotency key, so storing it would only spend the
 //! database's time on work nobody waits for. A unit already in a flush transaction is committed as usual.
 //!
-//! Each flush is a `flush` span (in a trace of its own) with a link to the ingest span of every event it committed,
+//! With traces on, each flush is a `flush` span (in a trace of its own) with a link to the ingest span of every event it committed,
 //! read from the context the event carries (see [`crate::trace`]).
 //!
 //! Memory is bounded twice: the mailbox holds at most `mailbox_capacity` messages (senders use `try_send`), and the
@@ -278,7 +278,8 @@ impl EventWriter {
             self.fifo_inflight |= fifo;
             let (pool, handoff) = (self.pool.clone(), self.handoff.clone());
             let deadline = self.cfg.flush_timeout();
-            let span = tracing::info_span!("flush", events = n);
+            // No span at all without traces: a flush is hot, and its lines had none before.
+            let span = if crate::trace::enabled() { tracing::info_span!("flush", events = n) } else { tracing::Span::none() };
             let fut = crate::supervision::guarded(write_batch(pool, handoff, batch, deadline).instrument(span));
             ctx.spawn(fut.into_actor(self).map(move |db_up, act, ctx| {
                 act.inflight -= 1;
@@ -594,9 +595,11 @@ async fn insert(
     let leased = insert_deliveries(&tx, arrival, &inserted, terms, &blocked).await?;
     hookgate_store::commit(tx).await.map_err(store_error)?;
     // The flush's span links to the ingest spans of the events it committed (not to a duplicate's).
-    let flush = tracing::Span::current();
-    for e in events.iter().filter(|e| inserted.contains(&e.id)) {
-        crate::trace::link_stored(&flush, e.traceparent.as_deref());
+    if crate::trace::enabled() {
+        let flush = tracing::Span::current();
+        for e in events.iter().filter(|e| inserted.contains(&e.id)) {
+            crate::trace::link_stored(&flush, e.traceparent.as_deref());
+        }
     }
     if let (Some(port), false) = (handoff, leased.is_empty()) {
         if let Err(refused) = port.send(leased) {

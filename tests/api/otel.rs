@@ -151,8 +151,9 @@ fn show(trace: &[&Exported]) -> String {
         .iter()
         .map(|s| {
             format!(
-                "  {:<8} span {} parent {} links {:?}\n",
+                "  {:<8} trace {} span {} parent {} links {:?}\n",
                 s.name,
+                s.trace_id,
                 s.span_id,
                 if s.parent.is_empty() { "(root)" } else { &s.parent },
                 s.links
@@ -283,6 +284,7 @@ async fn each_event_is_one_trace_from_ingest_through_flush_links_to_every_attemp
         members.push(flush);
         println!("event {event}: trace {trace}\n{}", show(&members));
     }
+    println!("event {b} after its context was removed, replayed:\n{}", show(&[&replayed_b]));
 }
 
 #[test]
