@@ -224,34 +224,36 @@ impl Handler<Deliver> for Deliverer {
         ctx.spawn(
             async move {
                 let delivery = msg.job.delivery_id;
-                let sent = guarded(async {
-                    let result = match route_now(&msg, jq_timeout, jq_max_output).await {
-                        None => attempt_with(&client, &msg.job, &msg.destination).await,
-                        Some(Routed::Payload(payload)) => {
-                            let mut job = msg.job.clone();
-                            if let Some(p) = &payload {
-                                job.body = p.clone();
-                                job.transformed = true;
+                let sent = guarded(
+                    async {
+                        let result = match route_now(&msg, jq_timeout, jq_max_output).await {
+                            None => attempt_with(&client, &msg.job, &msg.destination).await,
+                            Some(Routed::Payload(payload)) => {
+                                let mut job = msg.job.clone();
+                                if let Some(p) = &payload {
+                                    job.body = p.clone();
+                                    job.transformed = true;
+                                }
+                                let mut result = attempt_with(&client, &job, &msg.destination).await;
+                                result.routed = Some(Routed::Payload(payload));
+                                result
                             }
-                            let mut result = attempt_with(&client, &job, &msg.destination).await;
-                            result.routed = Some(Routed::Payload(payload));
-                            result
+                            Some(other) => not_attempted(&msg.job, other),
+                        };
+                        // The circuit learns the outcome before the delivery's next attempt can be scheduled.
+                        if result.reached_destination() {
+                            let elapsed = Duration::from_millis(result.latency_ms.max(0) as u64);
+                            let ok = !result.counts_against_circuit();
+                            limits.record(redis.get(), result.destination_id, ok, elapsed).await;
                         }
-                        Some(other) => not_attempted(&msg.job, other),
-                    };
-                    // The circuit learns the outcome before the delivery's next attempt can be scheduled.
-                    if result.reached_destination() {
-                        let elapsed = Duration::from_millis(result.latency_ms.max(0) as u64);
-                        let ok = !result.counts_against_circuit();
-                        limits.record(redis.get(), result.destination_id, ok, elapsed).await;
+                        record_outcome(&tracing::Span::current(), &result);
+                        // The result must reach the ResultWriter (it releases the lease): wait for mailbox space.
+                        if results.send(result).await.is_err() {
+                            tracing::warn!(message = "ResultWriter gone; the lease will expire.");
+                        }
                     }
-                    record_outcome(&tracing::Span::current(), &result);
-                    // The result must reach the ResultWriter (it releases the lease): wait for mailbox space.
-                    if results.send(result).await.is_err() {
-                        tracing::warn!(message = "ResultWriter gone; the lease will expire.");
-                    }
-                }
-                .instrument(span))
+                    .instrument(span),
+                )
                 .await;
                 if let Err(Panicked(what)) = sent {
                     // This attempt only: its lease expires and the delivery is attempted again.

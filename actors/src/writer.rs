@@ -44,7 +44,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use tracing::Instrument;
 use chrono::{DateTime, Utc};
 use hookgate_core::catalog::{without_nul, PlannedDelivery};
 use hookgate_core::delivery::Job;
@@ -55,6 +54,7 @@ use hookgate_store::error::StoreError;
 use hookgate_store::Pool;
 use serde::Deserialize;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::handoff::{Blocked, HandOffPort, LeaseTerms};
@@ -279,7 +279,8 @@ impl EventWriter {
             let (pool, handoff) = (self.pool.clone(), self.handoff.clone());
             let deadline = self.cfg.flush_timeout();
             // No span at all without traces: a flush is hot, and its lines had none before.
-            let span = if crate::trace::enabled() { tracing::info_span!("flush", events = n) } else { tracing::Span::none() };
+            let span =
+                if crate::trace::enabled() { tracing::info_span!("flush", events = n) } else { tracing::Span::none() };
             let fut = crate::supervision::guarded(write_batch(pool, handoff, batch, deadline).instrument(span));
             ctx.spawn(fut.into_actor(self).map(move |db_up, act, ctx| {
                 act.inflight -= 1;

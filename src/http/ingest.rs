@@ -149,9 +149,7 @@ async fn accept(
         serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| IngestError::InvalidJson(e.to_string()))?;
     }
     let attributes = match ce_mode {
-        Some(Mode::Batch) => {
-            return accept_batch(headers, state, source, &body, traceparent).await.map(Accepted::Many)
-        }
+        Some(Mode::Batch) => return accept_batch(headers, state, source, &body, traceparent).await.map(Accepted::Many),
         Some(Mode::Structured) => Some(cloudevents::decode_structured(&body)?),
         Some(Mode::Binary) => Some(cloudevents::decode_binary(&Headers(headers))?),
         None => None,

@@ -99,7 +99,7 @@ RETURNING d.id, d.event_id, d.destination_id, d.attempts,
 
 /// One claimed row, read without trusting any column.
 enum Claimed {
-    Job(Job),
+    Job(Box<Job>),
     /// The delivery's event row is gone (and it has no payload of its own): nothing can be sent.
     Orphan(Uuid),
     /// A column could not be read: the delivery cannot be attempted; why.
@@ -109,7 +109,7 @@ enum Claimed {
 /// Reads one row of `CLAIM`'s RETURNING. Never panics: a NULL or a wrong type is a value, not a crash.
 fn read_claimed(r: &tokio_postgres::Row) -> Option<Claimed> {
     let id: Uuid = r.try_get(0).ok()?;
-    let job = (|| -> Result<Option<Job>, tokio_postgres::Error> {
+    let job = (|| -> Result<Option<Box<Job>>, tokio_postgres::Error> {
         let Some(body) = r.try_get::<_, Option<Vec<u8>>>(4)? else { return Ok(None) };
         let routing = match r.try_get::<_, bool>(9)? {
             false => None,
@@ -123,7 +123,7 @@ fn read_claimed(r: &tokio_postgres::Row) -> Option<Claimed> {
                 }),
             },
         };
-        Ok(Some(Job {
+        Ok(Some(Box::new(Job {
             delivery_id: id,
             event_id: r.try_get(1)?,
             destination_id: r.try_get(2)?,
@@ -137,7 +137,7 @@ fn read_claimed(r: &tokio_postgres::Row) -> Option<Claimed> {
             created_at: r.try_get(11)?,
             // Tracing never makes a delivery unattemptable: an unreadable context is no context.
             traceparent: r.try_get::<_, Option<String>>(12).ok().flatten(),
-        }))
+        })))
     })();
     Some(match job {
         Ok(Some(job)) => Claimed::Job(job),
@@ -200,7 +200,7 @@ pub async fn claim(pool: &Pool, b: &Budgets<'_>) -> anyhow::Result<(Vec<Job>, Ve
         tx.query(&claim, &[&b.destinations, &b.wanted, &b.caps, &b.fifo, &b.node_id, &b.lease_margin_ms]).await?;
     for row in &rows {
         match read_claimed(row) {
-            Some(Claimed::Job(job)) => jobs.push(job),
+            Some(Claimed::Job(job)) => jobs.push(*job),
             Some(Claimed::Orphan(id)) => buried.push((id, ORPHAN_REASON.to_owned())),
             Some(Claimed::Unreadable(id, why)) => buried.push((id, why)),
             // No id: nothing to name or bury; its lease expires and the reaper clears it.

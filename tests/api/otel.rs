@@ -206,7 +206,8 @@ async fn each_event_is_one_trace_from_ingest_through_flush_links_to_every_attemp
 
     let ingest_a = collector.wait_for("A's ingest span", |s| s.name == "ingest" && s.trace_id == producer_trace).await;
     assert_eq!(ingest_a.parent, producer_span, "the ingest span's parent is the producer's span");
-    let attempt_of = |event: Uuid| move |s: &Exported| s.name == "attempt" && s.attributes["event"] == event.to_string();
+    let attempt_of =
+        |event: Uuid| move |s: &Exported| s.name == "attempt" && s.attributes["event"] == event.to_string();
     let attempt_a = collector.wait_for("A's attempt span", attempt_of(a)).await;
     assert_eq!((&attempt_a.trace_id, &attempt_a.parent), (&producer_trace, &ingest_a.span_id), "a child of ingest");
     assert_eq!(attempt_a.attributes["http.response.status_code"], "200");
@@ -250,16 +251,14 @@ async fn each_event_is_one_trace_from_ingest_through_flush_links_to_every_attemp
 
     // A replay goes the claim path, later: its attempt joins the event's trace all the same.
     replay(&http, &node.base, a).await;
-    let replayed_a = collector
-        .wait_for("A's replayed attempt", |s| attempt_of(a)(s) && s.span_id != attempt_a.span_id)
-        .await;
+    let replayed_a =
+        collector.wait_for("A's replayed attempt", |s| attempt_of(a)(s) && s.span_id != attempt_a.span_id).await;
     assert_eq!((&replayed_a.trace_id, &replayed_a.parent), (&producer_trace, &ingest_a.span_id));
     // An event stored without a context (as before it was stored) gets the trace its id names.
     pg.execute("UPDATE events SET traceparent = NULL WHERE id = $1", &[&b]).await.unwrap();
     replay(&http, &node.base, b).await;
-    let replayed_b = collector
-        .wait_for("B's replayed attempt", |s| attempt_of(b)(s) && s.span_id != attempt_b.span_id)
-        .await;
+    let replayed_b =
+        collector.wait_for("B's replayed attempt", |s| attempt_of(b)(s) && s.span_id != attempt_b.span_id).await;
     assert_eq!(replayed_b.trace_id, b.simple().to_string(), "trace id = the event id");
     let delivered = sink.wait_for(4).await;
     let last_b = delivered.iter().rev().find(|r| &r.body[..] == br#"{"n":"b"}"#).unwrap();
@@ -269,7 +268,9 @@ async fn each_event_is_one_trace_from_ingest_through_flush_links_to_every_attemp
     let lines = node.log_lines();
     let access = lines
         .iter()
-        .find(|l| l["target"] == "hookgate::access" && l["path"] == "/ingest/{source}" && l["trace_id"] == *producer_trace)
+        .find(|l| {
+            l["target"] == "hookgate::access" && l["path"] == "/ingest/{source}" && l["trace_id"] == *producer_trace
+        })
         .unwrap_or_else(|| panic!("no access line with A's trace id in {lines:#?}"));
     assert_eq!(access["status"], 202);
     let attempted = lines
@@ -309,5 +310,8 @@ fn check_config_refuses_bad_telemetry_settings_with_the_reason() {
     let out = hookgate_check_config(&format!("{}\n{good}", test_config_toml()), &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("traces: exported to https://otel.internal:4318/v1/traces, sampling ratio 0.1"), "{stdout}");
+    assert!(
+        stdout.contains("traces: exported to https://otel.internal:4318/v1/traces, sampling ratio 0.1"),
+        "{stdout}"
+    );
 }
