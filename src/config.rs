@@ -50,6 +50,76 @@ pub struct Settings {
     /// The admin API (`/admin/v1`): its bearer tokens and secret-rotation grace.
     #[serde(default)]
     pub admin: AdminSettings,
+    /// Traces exported over OTLP (off unless `otlp_endpoint` is set).
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+}
+
+/// OpenTelemetry traces: one trace per event (its ingest span, the attempts as its children; the writer's flush
+/// linked to it), exported over OTLP/HTTP with protobuf. Without `otlp_endpoint` nothing is exported and no
+/// OpenTelemetry layer is installed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The OTLP/HTTP collector, e.g. `http://otel-collector:4318` (spans are POSTed to its `/v1/traces`, unless the
+    /// URL's path already ends with it). Unset: no export.
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces recorded, 0 to 1. Parent-based: a producer's sampled `traceparent` is always
+    /// recorded, an unsampled one never; only traces hookgate starts are sampled by this ratio.
+    pub sampling_ratio: f64,
+    /// The `service.name` resource attribute (`service.instance.id` is the node id).
+    pub service_name: String,
+    /// Spans waiting for export at most; past it new spans are dropped (never waited for).
+    pub max_queue_size: usize,
+    /// Longest one export may take.
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sampling_ratio: 1.0,
+            service_name: "hookgate".into(),
+            max_queue_size: 2048,
+            export_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl TelemetrySettings {
+    /// The URL spans are POSTed to: `otlp_endpoint` with `/v1/traces` appended (unless its path ends with it);
+    /// `None` when export is off.
+    pub fn traces_url(&self) -> anyhow::Result<Option<String>> {
+        let Some(endpoint) = self.otlp_endpoint.as_deref().filter(|e| !e.trim().is_empty()) else { return Ok(None) };
+        let mut url = url::Url::parse(endpoint.trim())
+            .map_err(|e| anyhow::anyhow!("telemetry.otlp_endpoint is not a valid URL ({e}): {endpoint:?}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+            anyhow::bail!("telemetry.otlp_endpoint must be an http:// or https:// URL with a host: {endpoint:?}");
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            anyhow::bail!("telemetry.otlp_endpoint must not carry credentials");
+        }
+        if !url.path().ends_with("/v1/traces") {
+            let path = format!("{}/v1/traces", url.path().trim_end_matches('/'));
+            url.set_path(&path);
+        }
+        Ok(Some(url.to_string()))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.traces_url()?;
+        if !(0.0..=1.0).contains(&self.sampling_ratio) {
+            anyhow::bail!("telemetry.sampling_ratio must be between 0 and 1, not {}", self.sampling_ratio);
+        }
+        if self.service_name.trim().is_empty() {
+            anyhow::bail!("telemetry.service_name must not be empty");
+        }
+        if self.max_queue_size == 0 || self.export_timeout_ms == 0 {
+            anyhow::bail!("telemetry.max_queue_size and export_timeout_ms must be positive");
+        }
+        Ok(())
+    }
 }
 
 /// The admin API. With no token configured it is closed: every request answers 401.
@@ -328,7 +398,7 @@ use hookgate_core::source::{validate_slug, SourceBounds, SourceConfig};
 
 /// The sections that environment variables may set (`HOOKGATE_<SECTION>__<KEY>`).
 const ENV_SECTIONS: &[&str] =
-    &["server", "database", "redis", "writer", "supervision", "delivery", "retention", "admin"];
+    &["server", "database", "redis", "writer", "supervision", "delivery", "retention", "admin", "telemetry"];
 
 /// The secret settings that may also come from a file named by `HOOKGATE_<SECTION>__<KEY>_FILE` (a Kubernetes
 /// Secret mounted as a file), as dotted keys.
@@ -495,6 +565,7 @@ impl Settings {
             anyhow::bail!("database.pool_size and admin.pool_size must be positive");
         }
         self.validate_dedupe_windows()?;
+        self.telemetry.validate()?;
         let mut seen = std::collections::HashSet::new();
         for s in &self.sources {
             if !seen.insert(s.slug.as_str()) {
@@ -865,6 +936,13 @@ mod tests {
             ("[redis]\nurl = \"redis://cache:6379\"\ntls_ca_file = \"/etc/hostname\"", "does not use TLS (rediss://)"),
             ("[redis]\nurl = \"rediss://cache:6380/#insecure\"", "#insecure"),
             ("[admin]\npool_size = 0", "admin.pool_size must be positive"),
+            ("[telemetry]\nsampling_ratio = 1.5", "telemetry.sampling_ratio must be between 0 and 1, not 1.5"),
+            ("[telemetry]\nsampling_ratio = -0.1", "telemetry.sampling_ratio must be between 0 and 1"),
+            ("[telemetry]\notlp_endpoint = \"collector:4318\"", "telemetry.otlp_endpoint must be an http:// or https://"),
+            ("[telemetry]\notlp_endpoint = \"not a url\"", "telemetry.otlp_endpoint is not a valid URL"),
+            ("[telemetry]\notlp_endpoint = \"https://u:pw@c:4318\"", "must not carry credentials"),
+            ("[telemetry]\nservice_name = \"\"", "telemetry.service_name must not be empty"),
+            ("[telemetry]\nendpoint = \"http://c\"", "endpoint"),
             (
                 "[redis]\ndedupe_ttl_secs = 700000",
                 "redis.dedupe_ttl_secs (700000) must be at most retention.dedupe_window_secs (604800)",
@@ -892,6 +970,18 @@ mod tests {
             assert!(err.contains(needle), "{text:?} gave {err:?}, expected it to mention {needle:?}");
             assert!(!err.contains("pw"), "{text:?} gave {err:?}, which shows the password");
         }
+    }
+
+    #[test]
+    fn the_traces_url_is_the_endpoint_with_v1_traces() {
+        let t = |e: &str| TelemetrySettings { otlp_endpoint: Some(e.into()), ..Default::default() };
+        assert_eq!(TelemetrySettings::default().traces_url().unwrap(), None, "off by default");
+        assert_eq!(t("http://c:4318").traces_url().unwrap().as_deref(), Some("http://c:4318/v1/traces"));
+        assert_eq!(t("https://c/otlp/").traces_url().unwrap().as_deref(), Some("https://c/otlp/v1/traces"));
+        assert_eq!(t("http://c:4318/v1/traces").traces_url().unwrap().as_deref(), Some("http://c:4318/v1/traces"));
+        assert_eq!(t("").traces_url().unwrap(), None, "an empty endpoint is unset");
+        let s = Settings::from_toml("[telemetry]\notlp_endpoint = \"http://c:4318\"\nsampling_ratio = 0.25").unwrap();
+        assert_eq!((s.telemetry.sampling_ratio, s.telemetry.service_name.as_str()), (0.25, "hookgate"));
     }
 
     #[test]

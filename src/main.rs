@@ -53,7 +53,18 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_subscriber(&settings.server.log_format, std::io::stdout);
+    // Traces are exported by `serve` only (and only with `telemetry.otlp_endpoint` set).
+    let provider = match &cli.command {
+        Command::Serve => match telemetry::tracer_provider(&settings.telemetry, &settings.server.node_id()) {
+            Ok(provider) => provider,
+            Err(e) => {
+                eprintln!("hookgate: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    telemetry::init_subscriber_with(&settings.server.log_format, std::io::stdout, provider.as_ref());
     let result = match cli.command {
         Command::CheckConfig { file } => {
             println!(
@@ -69,12 +80,21 @@ async fn main() -> ExitCode {
                 settings.retention.dedupe_window_secs,
                 settings.retention.days.max(1)
             );
+            match settings.telemetry.traces_url() {
+                Ok(Some(url)) => {
+                    println!("traces: exported to {url}, sampling ratio {}", settings.telemetry.sampling_ratio)
+                }
+                _ => println!("traces: not exported (telemetry.otlp_endpoint is not set)"),
+            }
             Ok(())
         }
         Command::Migrate => migrate(&settings).await,
         Command::Serve => serve(settings).await,
         Command::GenerateSigningKey => unreachable!("handled before the configuration is loaded"),
     };
+    if let Some(provider) = provider {
+        telemetry::shutdown_tracing(provider).await;
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -95,7 +115,12 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let node = settings.server.node_id();
     telemetry::install_metrics(&node);
-    tracing::info!(message = "Starting.", node = %node, version = env!("CARGO_PKG_VERSION"));
+    tracing::info!(
+        message = "Starting.",
+        node = %node,
+        version = env!("CARGO_PKG_VERSION"),
+        traces = settings.telemetry.traces_url().ok().flatten().is_some()
+    );
     let app = Application::build(settings).await?;
     app.run_until_stopped().await?;
     Ok(())

@@ -72,6 +72,7 @@ fn event(i: usize, body: &Bytes, source: Uuid) -> NewEvent {
         body: body.clone(),
         deliveries: Vec::new(),
         event_type: Some("bench.event".into()),
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
     }
 }
 

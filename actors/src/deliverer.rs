@@ -13,6 +13,10 @@
 //! payload (stored, so that retries send the same bytes), or, when the evaluation still cannot finish in time, it
 //! counts as a failed try of kind `route_timeout` on the destination's retry schedule (never against the
 //! destination's circuit or health).
+//!
+//! With traces on, each attempt is an `attempt` span, a child of its event's ingest span (from the context stored with the event,
+//! carried in the [`Job`]; see [`crate::trace`]), and its outbound `traceparent` carries the attempt span's
+//! context.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,8 +31,9 @@ use hookgate_core::delivery::{AttemptOutcome, Job, Routed};
 use hookgate_core::internal_events::{emit, AttemptMade, AttemptPanicked};
 use hookgate_core::jq::{self, RouteOutcome};
 use hookgate_core::retry::parse_retry_after;
-use hookgate_core::signing::{signature_header, traceparent};
+use hookgate_core::signing::signature_header;
 use hookgate_core::ssrf::SsrfPolicy;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::limits::Limits;
@@ -215,35 +220,40 @@ impl Handler<Deliver> for Deliverer {
         let (results, scheduler) = (self.results.clone(), self.scheduler.clone());
         let (limits, redis) = (self.limits.clone(), self.redis.clone());
         let (jq_timeout, jq_max_output) = (self.jq_timeout, self.jq_max_output);
+        let span = attempt_span(&msg.job);
         ctx.spawn(
             async move {
                 let delivery = msg.job.delivery_id;
-                let sent = guarded(async {
-                    let result = match route_now(&msg, jq_timeout, jq_max_output).await {
-                        None => attempt_with(&client, &msg.job, &msg.destination).await,
-                        Some(Routed::Payload(payload)) => {
-                            let mut job = msg.job.clone();
-                            if let Some(p) = &payload {
-                                job.body = p.clone();
-                                job.transformed = true;
+                let sent = guarded(
+                    async {
+                        let result = match route_now(&msg, jq_timeout, jq_max_output).await {
+                            None => attempt_with(&client, &msg.job, &msg.destination).await,
+                            Some(Routed::Payload(payload)) => {
+                                let mut job = msg.job.clone();
+                                if let Some(p) = &payload {
+                                    job.body = p.clone();
+                                    job.transformed = true;
+                                }
+                                let mut result = attempt_with(&client, &job, &msg.destination).await;
+                                result.routed = Some(Routed::Payload(payload));
+                                result
                             }
-                            let mut result = attempt_with(&client, &job, &msg.destination).await;
-                            result.routed = Some(Routed::Payload(payload));
-                            result
+                            Some(other) => not_attempted(&msg.job, other),
+                        };
+                        // The circuit learns the outcome before the delivery's next attempt can be scheduled.
+                        if result.reached_destination() {
+                            let elapsed = Duration::from_millis(result.latency_ms.max(0) as u64);
+                            let ok = !result.counts_against_circuit();
+                            limits.record(redis.get(), result.destination_id, ok, elapsed).await;
                         }
-                        Some(other) => not_attempted(&msg.job, other),
-                    };
-                    // The circuit learns the outcome before the delivery's next attempt can be scheduled.
-                    if result.reached_destination() {
-                        let elapsed = Duration::from_millis(result.latency_ms.max(0) as u64);
-                        let ok = !result.counts_against_circuit();
-                        limits.record(redis.get(), result.destination_id, ok, elapsed).await;
+                        record_outcome(&tracing::Span::current(), &result);
+                        // The result must reach the ResultWriter (it releases the lease): wait for mailbox space.
+                        if results.send(result).await.is_err() {
+                            tracing::warn!(message = "ResultWriter gone; the lease will expire.");
+                        }
                     }
-                    // The result must reach the ResultWriter (it releases the lease): wait for mailbox space.
-                    if results.send(result).await.is_err() {
-                        tracing::warn!(message = "ResultWriter gone; the lease will expire.");
-                    }
-                })
+                    .instrument(span),
+                )
                 .await;
                 if let Err(Panicked(what)) = sent {
                     // This attempt only: its lease expires and the delivery is attempted again.
@@ -315,6 +325,38 @@ impl Handler<Shutdown> for Deliverer {
     }
 }
 
+/// The span of one attempt: a child of its event's ingest span, in the event's trace (see [`crate::trace`]). None
+/// without traces (the outbound `traceparent` is then the event's trace with a fresh span id).
+fn attempt_span(job: &Job) -> tracing::Span {
+    if !crate::trace::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "attempt",
+        "otel.kind" = "client",
+        delivery = %job.delivery_id,
+        event = %job.event_id,
+        destination = %job.destination_id,
+        attempt = job.attempt,
+        "http.response.status_code" = tracing::field::Empty,
+        "error.type" = tracing::field::Empty,
+        "otel.status_code" = tracing::field::Empty,
+    );
+    crate::trace::join_event_trace(&span, job.traceparent.as_deref(), job.event_id);
+    span
+}
+
+/// Records an attempt's outcome on its span: the status received, the kind of error.
+fn record_outcome(span: &tracing::Span, result: &AttemptResult) {
+    if let Some(status) = result.status {
+        span.record("http.response.status_code", status);
+    }
+    if let Some(kind) = result.error_kind {
+        span.record("error.type", kind);
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 /// Evaluates a deferred route's programs now; `None` when the job needs no evaluation.
 async fn route_now(msg: &Deliver, timeout: Duration, max_output: usize) -> Option<Routed> {
     let input = msg.job.routing.as_ref()?;
@@ -335,7 +377,14 @@ async fn route_now(msg: &Deliver, timeout: Duration, max_output: usize) -> Optio
 
 /// The result of a job whose destination's TLS material gives no client: a failed try of kind `tls`.
 fn unusable_tls(job: &Job, why: String) -> AttemptResult {
-    emit(AttemptMade { destination: job.destination_id, outcome: "tls", elapsed: Duration::ZERO });
+    emit(AttemptMade {
+        destination: job.destination_id,
+        delivery: job.delivery_id,
+        attempt: job.attempt,
+        outcome: "tls",
+        status: None,
+        elapsed: Duration::ZERO,
+    });
     without_request(job, Some("tls"), Some(why), None)
 }
 
@@ -400,7 +449,10 @@ async fn attempt(client: &GuardedClient, job: &Job, dest: &Destination) -> Attem
         .insert_header(("user-agent", concat!("hookgate/", env!("CARGO_PKG_VERSION"))))
         .insert_header(("webhook-id", msg_id.as_str()))
         .insert_header(("webhook-timestamp", timestamp.to_string()))
-        .insert_header(("traceparent", traceparent(job.event_id)));
+        .insert_header((
+            "traceparent",
+            crate::trace::outbound(&tracing::Span::current(), job.traceparent.as_deref(), job.event_id),
+        ));
     if let Some(signatures) = signature_header(&dest.secrets, &dest.keys, &msg_id, timestamp, &job.body) {
         req = req.insert_header(("webhook-signature", signatures));
     }
@@ -461,7 +513,10 @@ async fn attempt(client: &GuardedClient, job: &Job, dest: &Destination) -> Attem
     result.latency_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
     emit(AttemptMade {
         destination: result.destination_id,
+        delivery: job.delivery_id,
+        attempt: job.attempt,
         outcome: result.error_kind.unwrap_or("success"),
+        status: result.status,
         elapsed: clock.elapsed(),
     });
     result

@@ -36,6 +36,7 @@ pub mod sources;
 pub mod ssrf;
 pub mod supervision;
 pub mod tls;
+pub mod trace;
 pub mod writer;
 
 pub use cache::{Cache, CacheConfig, CacheLookup, CacheRemember};

@@ -30,6 +30,9 @@
 //! acknowledged for it, and the producer retries with the same idempotency key, so storing it would only spend the
 //! database's time on work nobody waits for. A unit already in a flush transaction is committed as usual.
 //!
+//! With traces on, each flush is a `flush` span (in a trace of its own) with a link to the ingest span of every event it committed,
+//! read from the context the event carries (see [`crate::trace`]).
+//!
 //! Memory is bounded twice: the mailbox holds at most `mailbox_capacity` messages (senders use `try_send`), and the
 //! writer holds at most `max_pending` events (buffered plus in flight); past that it answers
 //! [`PersistError::Overloaded`] at once.
@@ -51,6 +54,7 @@ use hookgate_store::error::StoreError;
 use hookgate_store::Pool;
 use serde::Deserialize;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::handoff::{Blocked, HandOffPort, LeaseTerms};
@@ -78,6 +82,9 @@ pub struct NewEvent {
     pub body: Bytes,
     /// The deliveries routing decided for it; inserted in the same transaction, only if the event is new.
     pub deliveries: Vec<hookgate_core::catalog::PlannedDelivery>,
+    /// The W3C `traceparent` of its ingest span (see [`crate::trace::stored_context`]): stored with the event, the
+    /// flush links to it, and every attempt of its deliveries is its child.
+    pub traceparent: Option<String>,
 }
 
 /// The outcome of a stored event.
@@ -271,7 +278,10 @@ impl EventWriter {
             self.fifo_inflight |= fifo;
             let (pool, handoff) = (self.pool.clone(), self.handoff.clone());
             let deadline = self.cfg.flush_timeout();
-            let fut = crate::supervision::guarded(write_batch(pool, handoff, batch, deadline));
+            // No span at all without traces: a flush is hot, and its lines had none before.
+            let span =
+                if crate::trace::enabled() { tracing::info_span!("flush", events = n) } else { tracing::Span::none() };
+            let fut = crate::supervision::guarded(write_batch(pool, handoff, batch, deadline).instrument(span));
             ctx.spawn(fut.into_actor(self).map(move |db_up, act, ctx| {
                 act.inflight -= 1;
                 act.pending -= n;
@@ -547,6 +557,7 @@ pub fn event_rows<'a>(events: &[&'a NewEvent]) -> Vec<EventRow<'a>> {
             headers: e.headers.as_ref(),
             body: &e.body,
             event_type: e.event_type.as_deref().map(without_nul),
+            traceparent: e.traceparent.as_deref(),
         })
         .collect()
 }
@@ -584,6 +595,13 @@ async fn insert(
     };
     let leased = insert_deliveries(&tx, arrival, &inserted, terms, &blocked).await?;
     hookgate_store::commit(tx).await.map_err(store_error)?;
+    // The flush's span links to the ingest spans of the events it committed (not to a duplicate's).
+    if crate::trace::enabled() {
+        let flush = tracing::Span::current();
+        for e in events.iter().filter(|e| inserted.contains(&e.id)) {
+            crate::trace::link_stored(&flush, e.traceparent.as_deref());
+        }
+    }
     if let (Some(port), false) = (handoff, leased.is_empty()) {
         if let Err(refused) = port.send(leased) {
             // The Scheduler's mailbox is full or it just stopped: these go the claim path.
@@ -682,6 +700,7 @@ async fn insert_deliveries(
                 transformed: d.payload.is_some(),
                 route_id: d.route_id,
                 routing: None,
+                traceparent: e.traceparent.clone(),
             })
         })
         .collect())

@@ -33,6 +33,9 @@ pub struct Job {
     pub route_id: Uuid,
     /// Set when the route's programs could not be evaluated at ingest: what they read, to evaluate them now.
     pub routing: Option<RoutingInput>,
+    /// The W3C `traceparent` its event stored (its ingest span's context), which the attempt's span continues;
+    /// `None` for an event stored without one.
+    pub traceparent: Option<String>,
 }
 
 /// What a deferred route evaluation reads besides the body: the event as stored.

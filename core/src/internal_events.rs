@@ -452,10 +452,15 @@ impl InternalEvent for DeliveryUnattemptable<'_> {
     }
 }
 
-/// An HTTP attempt to `destination` ended: `outcome` is `success` or the error kind.
+/// An HTTP attempt to `destination` ended: `outcome` is `success` or the error kind. Logged at `debug` when it
+/// succeeded, `info` when it did not (inside the attempt's span, so the line carries the trace id when traces are
+/// recorded).
 pub struct AttemptMade {
     pub destination: Uuid,
+    pub delivery: Uuid,
+    pub attempt: i32,
     pub outcome: &'static str,
+    pub status: Option<u16>,
     pub elapsed: Duration,
 }
 
@@ -466,6 +471,38 @@ impl InternalEvent for AttemptMade {
             .increment(1);
         histogram!("hookgate_delivery_attempt_seconds", "destination" => label, "outcome" => self.outcome)
             .record(self.elapsed.as_secs_f64());
+        let elapsed_ms = self.elapsed.as_secs_f64() * 1000.0;
+        let (attempt, outcome, status) = (self.attempt, self.outcome, self.status);
+        if outcome == "success" {
+            tracing::debug!(message = "Delivery attempted.", delivery = %self.delivery, attempt, outcome, status, elapsed_ms);
+        } else {
+            tracing::info!(message = "Delivery attempt failed.", delivery = %self.delivery, attempt, outcome, status, elapsed_ms);
+        }
+    }
+}
+
+/// Spans could not be exported to the OTLP collector (a batch was dropped). Logged at most once per `interval`
+/// by its reporter: `unlogged` failures happened since the last line.
+pub struct TracesNotExported<'a> {
+    pub spans: usize,
+    pub error: &'a dyn std::fmt::Display,
+    /// Whether this failure writes a log line (the reporter's once-per-interval decision).
+    pub log: bool,
+    pub unlogged: u64,
+}
+
+impl InternalEvent for TracesNotExported<'_> {
+    fn emit(self) {
+        counter!("hookgate_trace_export_failures_total").increment(1);
+        counter!("hookgate_trace_spans_dropped_total").increment(self.spans as u64);
+        if self.log {
+            tracing::warn!(
+                message = "Spans could not be exported; they are dropped (ingest and delivery go on).",
+                spans = self.spans,
+                error = %self.error,
+                failures_since_last_line = self.unlogged
+            );
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Standard Webhooks signatures, both ways: hookgate signs its outbound deliveries with them, and its
 //! `standard_webhooks` sources are verified with them (the verifier in [`crate::verify`] calls
-//! [`SigningSecret::verify`]). Also the W3C `traceparent` of a delivery.
+//! [`SigningSecret::verify`]).
 //!
 //! `webhook-signature` is `v1,<base64 HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{body}">`; while a secret
 //! rotates, one such value per active secret, separated by spaces (receivers accept any one of them). A destination
@@ -14,7 +14,6 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use uuid::Uuid;
 
 /// The prefix of Standard Webhooks secrets.
 pub const SECRET_PREFIX: &str = "whsec_";
@@ -143,12 +142,6 @@ pub fn signature_header(
     (!all.is_empty()).then(|| all.join(" "))
 }
 
-/// A W3C `traceparent` whose trace id is the event id, so one event's deliveries share a trace.
-pub fn traceparent(event_id: Uuid) -> String {
-    let span: u64 = rand::random::<u64>().max(1);
-    format!("00-{}-{span:016x}-01", event_id.simple())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,15 +253,5 @@ mod tests {
         assert!(SigningKey::parse(&STANDARD.encode([1u8; 31])).is_err());
         assert!(SigningKey::parse("whsk_not base64!").is_err());
         assert_eq!(format!("{from_seed:?}"), "SigningKey([REDACTED])");
-    }
-
-    #[test]
-    fn traceparent_carries_the_event_id() {
-        let id = Uuid::now_v7();
-        let tp = traceparent(id);
-        let parts: Vec<&str> = tp.split('-').collect();
-        assert_eq!(parts.len(), 4);
-        assert_eq!(parts[1], id.simple().to_string());
-        assert_eq!(parts[2].len(), 16);
     }
 }

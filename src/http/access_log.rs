@@ -7,8 +7,23 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
+use actix_web::HttpMessage;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The trace a request belongs to, when a handler knows it (ingest: its events' trace): the access log line shows
+/// its `trace_id`.
+#[derive(Debug, Clone)]
+pub struct RequestTrace {
+    pub trace_id: String,
+}
+
+impl RequestTrace {
+    /// The trace of a W3C `traceparent` value (`00-<trace id>-<span id>-<flags>`).
+    pub fn of(traceparent: &str) -> Self {
+        Self { trace_id: traceparent.split('-').nth(1).unwrap_or_default().to_owned() }
+    }
+}
 
 /// A caller's request id is kept when it is 1 to 200 visible ASCII characters; anything else is replaced, so that
 /// what reaches the log is always one plain token.
@@ -29,6 +44,7 @@ pub async fn access_log(
     let method = req.method().clone();
     let mut res = next.call(req).await?;
     let path = res.request().match_pattern().unwrap_or_else(|| "(unmatched)".to_owned());
+    let trace = res.request().extensions().get::<RequestTrace>().map(|t| t.trace_id.clone());
     tracing::info!(
         target: "hookgate::access",
         message = "HTTP request.",
@@ -37,6 +53,7 @@ pub async fn access_log(
         status = res.status().as_u16(),
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
         request_id = request_id.to_str().unwrap_or_default(),
+        trace_id = trace.as_deref(),
     );
     res.headers_mut().insert(REQUEST_ID, request_id);
     Ok(res)

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use hookgate_actors::sources::Source;
+use hookgate_actors::trace;
 use hookgate_actors::{
     CacheLookup, CacheRemember, EventWriter, NewEvent, Persist, PersistError, PersistMany, Persisted, Refused,
 };
@@ -18,13 +19,17 @@ use hookgate_core::event::{self, EventType, IdempotencyKey, LazyJson};
 use hookgate_core::internal_events::{emit, IngestAnswered};
 use hookgate_core::jq::{stored_route_input, stored_route_input_from_bytes};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::http::access_log::RequestTrace;
 use crate::http::problem::IngestError;
 use crate::http::AppState;
 
 use crate::sources::Headers;
 
+/// The W3C trace-context header a producer may send.
+const TRACEPARENT: &str = "traceparent";
 /// Most events accepted in one CloudEvents batch.
 pub const MAX_BATCH_EVENTS: usize = 1000;
 /// Headers never stored with an event (credentials and hop-by-hop headers). The header carrying the source's own
@@ -45,14 +50,34 @@ const MAX_STORED_HEADERS: usize = 64;
 /// buffer grows with what is received, so a client that declares much and sends little costs what it sent.
 const MAX_INITIAL_BODY_CAPACITY: usize = 64 * 1024;
 
-#[tracing::instrument(name = "ingest", skip_all, fields(source = %path.as_str()))]
+/// The handler: one `ingest` span per request, continuing the producer's trace when its `traceparent` is valid.
 pub async fn ingest(
     req: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, IngestError> {
+    let producer = trace::incoming(req.headers().get(TRACEPARENT).map(|v| v.as_bytes()));
+    let span = tracing::info_span!("ingest", "otel.kind" = "server", source = %path.as_str());
+    if let Some(producer) = &producer {
+        trace::continue_trace(&span, producer);
+    }
+    ingest_in_span(req, path, payload, state, producer).instrument(span).await
+}
+
+async fn ingest_in_span(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    producer: Option<opentelemetry::trace::SpanContext>,
+) -> Result<HttpResponse, IngestError> {
     let started = std::time::Instant::now();
+    // What the request's events store as their trace context, and what the access log line shows.
+    let traceparent = trace::stored_context(&tracing::Span::current(), producer.as_ref());
+    if let Some(tp) = &traceparent {
+        req.extensions_mut().insert(RequestTrace::of(tp));
+    }
     let source = state.sources.get().get(path.as_str()).cloned();
     let label: Cow<'static, str> = source.as_ref().map_or(Cow::Borrowed("unknown"), |s| Cow::Owned(s.slug.clone()));
     // Admission first: past `server.max_inflight_ingest` requests in progress, refuse at once, before reading the
@@ -62,7 +87,7 @@ pub async fn ingest(
     let result = match (source, permit) {
         (None, _) => Err(IngestError::UnknownSource(path.into_inner())),
         (Some(_), Err(_)) => Err(IngestError::Overloaded { retry_after_secs: state.retry_after_secs }),
-        (Some(source), Ok(_permit)) => accept(&req, payload, &state, &source).await,
+        (Some(source), Ok(_permit)) => accept(&req, payload, &state, &source, traceparent).await,
     };
     let outcome = match &result {
         Ok(Accepted::One(p)) if p.duplicate => "duplicate",
@@ -100,6 +125,7 @@ async fn accept(
     payload: web::Payload,
     state: &AppState,
     source: &Source,
+    traceparent: Option<String>,
 ) -> Result<Accepted, IngestError> {
     let headers = req.headers();
     check_encoding(headers)?;
@@ -123,7 +149,7 @@ async fn accept(
         serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| IngestError::InvalidJson(e.to_string()))?;
     }
     let attributes = match ce_mode {
-        Some(Mode::Batch) => return accept_batch(headers, state, source, &body).await.map(Accepted::Many),
+        Some(Mode::Batch) => return accept_batch(headers, state, source, &body, traceparent).await.map(Accepted::Many),
         Some(Mode::Structured) => Some(cloudevents::decode_structured(&body)?),
         Some(Mode::Binary) => Some(cloudevents::decode_binary(&Headers(headers))?),
         None => None,
@@ -162,6 +188,7 @@ async fn accept(
         headers: kept_headers,
         body: body.clone(),
         deliveries,
+        traceparent,
     };
     let persisted = persist(state, event).await?;
     remember(state, source, key, persisted.id);
@@ -174,10 +201,11 @@ async fn accept_batch(
     state: &AppState,
     source: &Source,
     body: &Bytes,
+    traceparent: Option<String>,
 ) -> Result<Vec<Persisted>, IngestError> {
     let items = cloudevents::decode_batch(body, MAX_BATCH_EVENTS)?;
     let kept_headers = stored_headers(headers, source.verifier.credential_header());
-    let mut events = batch_events(items, &kept_headers, source.id, chrono::Utc::now())?;
+    let mut events = batch_events(items, &kept_headers, source.id, chrono::Utc::now(), traceparent.as_deref())?;
     let catalog = state.catalog.get();
     for event in &mut events {
         event.deliveries = catalog
@@ -211,6 +239,7 @@ fn batch_events(
     headers: &Arc<serde_json::Value>,
     source_id: Uuid,
     received_at: chrono::DateTime<chrono::Utc>,
+    traceparent: Option<&str>,
 ) -> Result<Vec<NewEvent>, IngestError> {
     items
         .into_iter()
@@ -229,6 +258,8 @@ fn batch_events(
                 // The event's own JSON text, moved (not copied) into the body.
                 body: Bytes::from(String::from(Box::<str>::from(raw))),
                 deliveries: Vec::new(),
+                // The events of one request share its ingest span.
+                traceparent: traceparent.map(str::to_owned),
             })
         })
         .collect()
@@ -434,7 +465,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::USER_AGENT, HeaderValue::from_static("producer/1"));
         let headers = stored_headers(&h, None);
-        let events = batch_events(items, &headers, Uuid::now_v7(), chrono::Utc::now()).unwrap();
+        let events = batch_events(items, &headers, Uuid::now_v7(), chrono::Utc::now(), None).unwrap();
         assert_eq!(events.len(), 3);
         for e in &events {
             assert!(Arc::ptr_eq(&e.headers, &headers), "event {} has its own copy of the headers", e.idempotency_key);

@@ -93,11 +93,13 @@ RETURNING d.id, d.event_id, d.destination_id, d.attempts,
               (SELECT jsonb_build_object('source', s.slug, 'headers', e.headers, 'type', e.type)
                FROM events e JOIN sources s ON s.id = e.source_id WHERE e.id = d.event_id)
           END,
-          d.created_at";
+          d.created_at,
+          -- In the event's own partition only: rows older than that rule predate stored trace contexts.
+          (SELECT e.traceparent FROM events e WHERE e.id = d.event_id AND e.received_at = d.created_at)";
 
 /// One claimed row, read without trusting any column.
 enum Claimed {
-    Job(Job),
+    Job(Box<Job>),
     /// The delivery's event row is gone (and it has no payload of its own): nothing can be sent.
     Orphan(Uuid),
     /// A column could not be read: the delivery cannot be attempted; why.
@@ -107,7 +109,7 @@ enum Claimed {
 /// Reads one row of `CLAIM`'s RETURNING. Never panics: a NULL or a wrong type is a value, not a crash.
 fn read_claimed(r: &tokio_postgres::Row) -> Option<Claimed> {
     let id: Uuid = r.try_get(0).ok()?;
-    let job = (|| -> Result<Option<Job>, tokio_postgres::Error> {
+    let job = (|| -> Result<Option<Box<Job>>, tokio_postgres::Error> {
         let Some(body) = r.try_get::<_, Option<Vec<u8>>>(4)? else { return Ok(None) };
         let routing = match r.try_get::<_, bool>(9)? {
             false => None,
@@ -121,7 +123,7 @@ fn read_claimed(r: &tokio_postgres::Row) -> Option<Claimed> {
                 }),
             },
         };
-        Ok(Some(Job {
+        Ok(Some(Box::new(Job {
             delivery_id: id,
             event_id: r.try_get(1)?,
             destination_id: r.try_get(2)?,
@@ -133,7 +135,9 @@ fn read_claimed(r: &tokio_postgres::Row) -> Option<Claimed> {
             route_id: r.try_get(8)?,
             routing,
             created_at: r.try_get(11)?,
-        }))
+            // Tracing never makes a delivery unattemptable: an unreadable context is no context.
+            traceparent: r.try_get::<_, Option<String>>(12).ok().flatten(),
+        })))
     })();
     Some(match job {
         Ok(Some(job)) => Claimed::Job(job),
@@ -196,7 +200,7 @@ pub async fn claim(pool: &Pool, b: &Budgets<'_>) -> anyhow::Result<(Vec<Job>, Ve
         tx.query(&claim, &[&b.destinations, &b.wanted, &b.caps, &b.fifo, &b.node_id, &b.lease_margin_ms]).await?;
     for row in &rows {
         match read_claimed(row) {
-            Some(Claimed::Job(job)) => jobs.push(job),
+            Some(Claimed::Job(job)) => jobs.push(*job),
             Some(Claimed::Orphan(id)) => buried.push((id, ORPHAN_REASON.to_owned())),
             Some(Claimed::Unreadable(id, why)) => buried.push((id, why)),
             // No id: nothing to name or bury; its lease expires and the reaper clears it.

@@ -26,6 +26,8 @@ pub struct EventRow<'a> {
     pub body: &'a [u8],
     /// Without NUL (PostgreSQL text cannot hold one).
     pub event_type: Option<Cow<'a, str>>,
+    /// The W3C `traceparent` of the request that stored it (its ingest span's context), if any.
+    pub traceparent: Option<&'a str>,
 }
 
 /// The parameters of the insert of one batch: one array per column, in statement order.
@@ -38,11 +40,12 @@ pub struct EventColumns<'a> {
     headers: Vec<&'a serde_json::Value>,
     bodies: Vec<&'a [u8]>,
     types: Vec<Option<&'a str>>,
+    traceparents: Vec<Option<&'a str>>,
 }
 
 impl<'a> EventColumns<'a> {
     /// The PostgreSQL types of [`EventColumns::params`], in order.
-    pub const TYPES: [tokio_postgres::types::Type; 8] = {
+    pub const TYPES: [tokio_postgres::types::Type; 9] = {
         use tokio_postgres::types::Type;
         [
             Type::UUID_ARRAY,
@@ -52,6 +55,7 @@ impl<'a> EventColumns<'a> {
             Type::TEXT_ARRAY,
             Type::JSONB_ARRAY,
             Type::BYTEA_ARRAY,
+            Type::TEXT_ARRAY,
             Type::TEXT_ARRAY,
         ]
     };
@@ -66,10 +70,11 @@ impl<'a> EventColumns<'a> {
             headers: events.iter().map(|e| e.headers).collect(),
             bodies: events.iter().map(|e| e.body).collect(),
             types: events.iter().map(|e| e.event_type.as_deref()).collect(),
+            traceparents: events.iter().map(|e| e.traceparent).collect(),
         }
     }
 
-    pub fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 8] {
+    pub fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 9] {
         [
             &self.ids,
             &self.sources,
@@ -79,6 +84,7 @@ impl<'a> EventColumns<'a> {
             &self.headers,
             &self.bodies,
             &self.types,
+            &self.traceparents,
         ]
     }
 }
@@ -90,15 +96,16 @@ pub async fn insert_new(client: &impl GenericClient, events: &[EventRow<'_>]) ->
         .prepare_cached(
             "WITH input AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::jsonb[],
-                                      $7::bytea[], $8::text[])
-                     AS u(id, source_id, idempotency_key, received_at, content_type, headers, body, type)
+                                      $7::bytea[], $8::text[], $9::text[])
+                     AS u(id, source_id, idempotency_key, received_at, content_type, headers, body, type, traceparent)
              ), fresh AS (
                  INSERT INTO event_keys (source_id, idempotency_key, event_id, received_at)
                  SELECT source_id, idempotency_key, id, received_at FROM input
                  ON CONFLICT (source_id, idempotency_key) DO NOTHING
                  RETURNING event_id
              )
-             INSERT INTO events (id, source_id, idempotency_key, received_at, content_type, headers, body, type)
+             INSERT INTO events (id, source_id, idempotency_key, received_at, content_type, headers, body, type,
+                                 traceparent)
              SELECT input.* FROM input JOIN fresh ON fresh.event_id = input.id
              RETURNING id",
         )

@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (7, "replay_fencing", include_str!("../migrations/0007_replay_fencing.sql")),
     (8, "destination_tls", include_str!("../migrations/0008_destination_tls.sql")),
     (9, "signing_keys", include_str!("../migrations/0009_signing_keys.sql")),
+    (10, "trace_context", include_str!("../migrations/0010_trace_context.sql")),
 ];
 
 /// How many migrations this binary carries.

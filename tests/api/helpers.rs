@@ -348,6 +348,8 @@ pub fn socket_of(url: &str) -> SocketAddr {
 pub struct Node {
     pub child: std::process::Child,
     pub base: String,
+    /// Its last [`Node::KEPT_LOG_LINES`] stdout lines (JSON log lines).
+    pub logs: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
 }
 
 impl Drop for Node {
@@ -358,6 +360,14 @@ impl Drop for Node {
 }
 
 impl Node {
+    /// How many of its latest log lines a node keeps for the test to read.
+    pub const KEPT_LOG_LINES: usize = 10_000;
+
+    /// Its log lines that parse as JSON, oldest first.
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        self.logs.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
     /// Starts the binary on port 0 with `config`, pointing it at `db_url` and Redis under `prefix`; returns once it
     /// reported its port and answers `/healthz`.
     pub async fn start(config: &std::path::Path, db_url: &str, prefix: &str, extra_env: &[(&str, &str)]) -> Node {
@@ -383,6 +393,8 @@ impl Node {
         let mut child = cmd.spawn().expect("spawn hookgate");
         let stdout = child.stdout.take().unwrap();
         let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let logs = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let kept = logs.clone();
         std::thread::spawn(move || {
             // Reads the port from the "Listening." line, then keeps draining stdout so the child never blocks.
             let verbose = std::env::var("TEST_LOG").is_ok();
@@ -395,9 +407,14 @@ impl Node {
                         let _ = port_tx.send(v["port"].as_u64().unwrap_or(0) as u16);
                     }
                 }
+                let mut kept = kept.lock().unwrap();
+                if kept.len() >= Node::KEPT_LOG_LINES {
+                    kept.pop_front();
+                }
+                kept.push_back(line);
             }
         });
-        let mut node = Node { child, base: String::new() };
+        let mut node = Node { child, base: String::new(), logs };
         let port = eventually("the node to report its port", Duration::from_secs(60), || {
             let got = port_rx.try_recv().ok();
             let exited = node.child.try_wait().ok().flatten();

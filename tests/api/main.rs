@@ -19,6 +19,7 @@ mod helpers;
 mod ingest;
 mod load;
 mod observability;
+mod otel;
 mod overload;
 mod plans;
 mod poison;

@@ -52,6 +52,7 @@ pub fn event(source_id: Uuid, key: &str, received_at: DateTime<Utc>, deliveries:
         headers: serde_json::json!({}).into(),
         body: Bytes::from(format!(r#"{{"key":"{key}"}}"#)),
         deliveries,
+        traceparent: None,
     }
 }
 
