@@ -29,4 +29,5 @@ mod servers;
 mod stored_headers;
 mod stranding;
 mod supervision;
+mod tail;
 mod tls;
