@@ -6,12 +6,12 @@ use hookgate::cli::{self, CliError, Remote, TailLine};
 use hookgate::config::Settings;
 use hookgate::http::admin::events::{EventQuery, ReplayInput};
 use hookgate::http::admin::tail::TailQuery;
-use hookgate_core::state::DeliveryState;
-use uuid::Uuid;
 use hookgate::startup::{connect_pool, Application};
 use hookgate::telemetry;
 use hookgate_core::signing::SigningKey;
+use hookgate_core::state::DeliveryState;
 use hookgate_store::migrations;
+use uuid::Uuid;
 
 /// hookgate: a self-hosted, durable webhook event gateway.
 #[derive(Parser)]
@@ -224,7 +224,9 @@ async fn operator(command: &Command) -> Option<ExitCode> {
                 .await;
             ended.and_then(|()| Err(CliError::Other("the stream ended (the node is stopping)".into())))
         }
-        Command::Events { command: EventsCommand::List { source, status, event_type, limit, cursor, json, remote } } => {
+        Command::Events {
+            command: EventsCommand::List { source, status, event_type, limit, cursor, json, remote },
+        } => {
             let query = EventQuery {
                 source: source.clone(),
                 status: *status,

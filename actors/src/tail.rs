@@ -137,8 +137,14 @@ impl TailPublisher {
 /// What a node's SSE clients receive from the hub.
 #[derive(Debug)]
 pub enum TailItem {
-    Event { node: Arc<str>, event: TailEvent },
-    Outcome { node: Arc<str>, outcome: TailOutcome },
+    Event {
+        node: Arc<str>,
+        event: TailEvent,
+    },
+    Outcome {
+        node: Arc<str>,
+        outcome: TailOutcome,
+    },
     /// The Redis subscription is down (the reason); nothing arrives until [`TailItem::Up`].
     Down(String),
     /// The subscription is back.
@@ -508,7 +514,9 @@ mod tests {
         let events: Vec<TailEvent> = (0..5).map(event).collect();
         hub.fan_out(&serde_json::to_vec(&TailMessage::Events { node: "a".into(), events }).unwrap());
         assert!(matches!(client.rx.recv().await, Err(broadcast::error::RecvError::Lagged(3))));
-        assert!(matches!(&*client.rx.recv().await.unwrap(), TailItem::Event { event, .. } if event.body == TailBody::Json(3.into())));
+        assert!(
+            matches!(&*client.rx.recv().await.unwrap(), TailItem::Event { event, .. } if event.body == TailBody::Json(3.into()))
+        );
     }
 
     #[test]

@@ -30,6 +30,9 @@
 //! acknowledged for it, and the producer retries with the same idempotency key, so storing it would only spend the
 //! database's time on work nobody waits for. A unit already in a flush transaction is committed as usual.
 //!
+//! After COMMIT, while someone tails (see [`crate::tail`]), the events a flush stored are offered to the live tail:
+//! one `try_send` per flush, dropped (and counted) when its queue is full; a flush never waits for it.
+//!
 //! Memory is bounded twice: the mailbox holds at most `mailbox_capacity` messages (senders use `try_send`), and the
 //! writer holds at most `max_pending` events (buffered plus in flight); past that it answers
 //! [`PersistError::Overloaded`] at once.

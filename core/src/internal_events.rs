@@ -475,7 +475,12 @@ pub struct TailNotPublished<'a> {
 impl InternalEvent for TailNotPublished<'_> {
     fn emit(self) {
         counter!("hookgate_tail_dropped_total", "stage" => "publish").increment(self.count as u64);
-        tracing::debug!(message = "Live tail items not published.", kind = self.kind, count = self.count, reason = self.reason);
+        tracing::debug!(
+            message = "Live tail items not published.",
+            kind = self.kind,
+            count = self.count,
+            reason = self.reason
+        );
     }
 }
 

@@ -288,8 +288,9 @@ async fn outcomes_show_each_attempt_with_its_delivery_destination_and_status() {
 
     let id = post_signed(&app.address, json!({"marker": "paid"}), "paid-key").await;
     let delivered = sse
-        .wait_for("the delivered outcome", |f| f.is("outcome") && f.json()["event_id"] == id.to_string()
-            && f.json()["outcome"] == "delivered")
+        .wait_for("the delivered outcome", |f| {
+            f.is("outcome") && f.json()["event_id"] == id.to_string() && f.json()["outcome"] == "delivered"
+        })
         .await;
     let o = delivered.json();
     assert_eq!(o["destination"], "sink");
@@ -327,7 +328,8 @@ async fn a_client_that_falls_behind_is_told_how_many_events_it_missed_and_the_st
     let dropped = loop {
         round += 1;
         assert!(round < 20, "no dropped notice: {:#?}", sse.seen);
-        let batch: Vec<Value> = (0..40).map(|i| ce(&format!("b{round}-{i}"), "bulk", &format!("b{round}-{i}"))).collect();
+        let batch: Vec<Value> =
+            (0..40).map(|i| ce(&format!("b{round}-{i}"), "bulk", &format!("b{round}-{i}"))).collect();
         post_ce(&app.address, Value::Array(batch)).await;
         let last = format!("b{round}-39");
         let f = sse

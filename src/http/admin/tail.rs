@@ -184,10 +184,10 @@ pub async fn stream(state: web::Data<AdminState>, query: web::Query<TailQuery>) 
         outcomes: query.outcomes.unwrap_or(false),
         state: state.clone(),
     };
-    let frames = futures::stream::once(async move { Ok(Bytes::from(first)) }).chain(futures::stream::unfold(
-        tail,
-        |mut tail| async move { tail.next_frame().await.map(|frame| (Ok::<_, std::convert::Infallible>(frame), tail)) },
-    ));
+    let frames = futures::stream::once(async move { Ok(Bytes::from(first)) })
+        .chain(futures::stream::unfold(tail, |mut tail| async move {
+            tail.next_frame().await.map(|frame| (Ok::<_, std::convert::Infallible>(frame), tail))
+        }));
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))
