@@ -62,7 +62,10 @@ done
 curl -fsS -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/admin/v1/openapi.json" > "$WORK/openapi.json"
 
 set +e
+# GET /admin/v1/events/stream (the live tail) is an endless Server-Sent Events stream: every call would last until the
+# request timeout and report it as a failure. Excluded here; tests/api/tail.rs covers it (its refusals included).
 timeout 300 "$VENV/bin/st" run "$WORK/openapi.json" --url "http://127.0.0.1:$PORT" \
+    --exclude-path /admin/v1/events/stream \
     -H "Authorization: Bearer $TOKEN" --max-examples "$MAX_EXAMPLES" --checks not_a_server_error \
     --request-timeout 10 --no-color
 rc=$?

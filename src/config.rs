@@ -10,6 +10,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use hookgate_actors::janitor::RetentionSettings;
 use hookgate_actors::pg_tls::{split_url, PgConnect, PgTls, PgTlsParams};
+use hookgate_actors::tail::TailSettings;
 use hookgate_actors::tls::{check as check_tls, pem_certificates, OutboundTls};
 use hookgate_actors::{DeliveryConfig, RestartPolicy, WriterConfig};
 use hookgate_core::catalog::{DestinationSpec, DestinationTls, RouteSpec, TlsFieldError, TlsFiles};
@@ -53,6 +54,9 @@ pub struct Settings {
     /// Traces exported over OTLP (off unless `otlp_endpoint` is set).
     #[serde(default)]
     pub telemetry: TelemetrySettings,
+    /// The live tail (`GET /admin/v1/events/stream`): client buffers, heartbeats, body size shown, publishing.
+    #[serde(default)]
+    pub tail: TailSettings,
 }
 
 /// OpenTelemetry traces: one trace per event (its ingest span, the attempts as its children; the writer's flush
@@ -398,7 +402,7 @@ use hookgate_core::source::{validate_slug, SourceBounds, SourceConfig};
 
 /// The sections that environment variables may set (`HOOKGATE_<SECTION>__<KEY>`).
 const ENV_SECTIONS: &[&str] =
-    &["server", "database", "redis", "writer", "supervision", "delivery", "retention", "admin", "telemetry"];
+    &["server", "database", "redis", "writer", "supervision", "delivery", "retention", "admin", "telemetry", "tail"];
 
 /// The secret settings that may also come from a file named by `HOOKGATE_<SECTION>__<KEY>_FILE` (a Kubernetes
 /// Secret mounted as a file), as dotted keys.
@@ -560,6 +564,10 @@ impl Settings {
         let w = &self.writer;
         if w.batch_max == 0 || w.max_inflight_flushes == 0 || w.max_pending == 0 || w.mailbox_capacity == 0 {
             anyhow::bail!("writer.batch_max, max_inflight_flushes, max_pending and mailbox_capacity must be positive");
+        }
+        let t = &self.tail;
+        if t.buffer == 0 || t.max_clients == 0 || t.publish_queue == 0 || t.heartbeat_ms == 0 || t.max_body_bytes == 0 {
+            anyhow::bail!("tail.buffer, max_clients, publish_queue, heartbeat_ms and max_body_bytes must be positive");
         }
         if self.database.pool_size == 0 || self.admin.pool_size == 0 {
             anyhow::bail!("database.pool_size and admin.pool_size must be positive");

@@ -2,11 +2,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use hookgate::cli::{self, CliError, Remote, TailLine};
 use hookgate::config::Settings;
+use hookgate::http::admin::events::{EventQuery, ReplayInput};
+use hookgate::http::admin::tail::TailQuery;
 use hookgate::startup::{connect_pool, Application};
 use hookgate::telemetry;
 use hookgate_core::signing::SigningKey;
+use hookgate_core::state::DeliveryState;
 use hookgate_store::migrations;
+use uuid::Uuid;
 
 /// hookgate: a self-hosted, durable webhook event gateway.
 #[derive(Parser)]
@@ -30,6 +35,96 @@ enum Command {
     /// Print a new ed25519 signing key for a destination's `signing_keys` (`whsk_…`) and the public key its
     /// receivers verify `v1a` signatures with (`whpk_…`). Needs no configuration.
     GenerateSigningKey,
+    /// Print the cluster's new events as they are stored (the admin API's live tail), one line each.
+    Tail {
+        /// Only events of this source (slug); with --outcomes, only the outcomes of its events.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only events of this type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only events for which this jq program (over the input route filters see) yields neither false nor null.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Also print every delivery attempt's outcome.
+        #[arg(long)]
+        outcomes: bool,
+        /// One JSON object per line: {"event": "event"|"outcome", "data": …}.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// List or show stored events.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Replay an event: new deliveries to its routes' destinations (all, or those named).
+    Replay {
+        id: Uuid,
+        /// Only to this destination (slug); may be given several times.
+        #[arg(long = "destination")]
+        destinations: Vec<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Act on deliveries.
+    Deliveries {
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Events, newest first, one line each.
+    List {
+        /// Only events of this source (slug).
+        #[arg(long)]
+        source: Option<String>,
+        /// Only events with at least one delivery in this state (pending, delivered, dead, failed, cancelled).
+        #[arg(long, value_parser = delivery_state)]
+        status: Option<DeliveryState>,
+        /// Only events of this type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// At most this many (1 to 500).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// The page after this cursor (printed after a full page).
+        #[arg(long)]
+        cursor: Option<Uuid>,
+        /// Print the page as the API answers it (JSON).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// One event with its headers, body, deliveries and attempts (JSON).
+    Get {
+        id: Uuid,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// Retry a dead or failed delivery.
+    Retry {
+        id: Uuid,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+/// Where the operator commands find hookgate; the token is read from HOOKGATE_TOKEN.
+#[derive(clap::Args)]
+struct RemoteArgs {
+    /// The node's base URL.
+    #[arg(long, env = "HOOKGATE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
 }
 
 #[actix_web::main]
@@ -41,6 +136,9 @@ async fn main() -> ExitCode {
         println!("signing key (destination signing_keys, keep it secret): {secret}");
         println!("public key (for receivers, to verify v1a signatures):  {public}");
         return ExitCode::SUCCESS;
+    }
+    if let Some(code) = operator(&cli.command).await {
+        return code;
     }
     let file = match &cli.command {
         Command::CheckConfig { file } => Some(file.clone()),
@@ -90,7 +188,11 @@ async fn main() -> ExitCode {
         }
         Command::Migrate => migrate(&settings).await,
         Command::Serve => serve(settings).await,
-        Command::GenerateSigningKey => unreachable!("handled before the configuration is loaded"),
+        Command::GenerateSigningKey
+        | Command::Tail { .. }
+        | Command::Events { .. }
+        | Command::Replay { .. }
+        | Command::Deliveries { .. } => unreachable!("handled before the configuration is loaded"),
     };
     if let Some(provider) = provider {
         telemetry::shutdown_tracing(provider).await;
@@ -124,4 +226,82 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let app = Application::build(settings).await?;
     app.run_until_stopped().await?;
     Ok(())
+}
+
+/// Runs an operator command (one that speaks to a running node's admin API: no configuration, no database);
+/// `None` for the others.
+async fn operator(command: &Command) -> Option<ExitCode> {
+    let result = match command {
+        Command::Tail { source, event_type, filter, outcomes, json, remote } => {
+            let query = TailQuery {
+                source: source.clone(),
+                event_type: event_type.clone(),
+                filter: filter.clone(),
+                outcomes: outcomes.then_some(true),
+            };
+            let remote = Remote::new(&remote.url);
+            let ended = remote
+                .tail(&query, |event| match cli::tail_line(&event, *json) {
+                    Some(TailLine::Out(line)) => println!("{line}"),
+                    Some(TailLine::Notice(line)) => eprintln!("{line}"),
+                    None => {}
+                })
+                .await;
+            ended.and_then(|()| Err(CliError::Other("the stream ended (the node is stopping)".into())))
+        }
+        Command::Events {
+            command: EventsCommand::List { source, status, event_type, limit, cursor, json, remote },
+        } => {
+            let query = EventQuery {
+                source: source.clone(),
+                status: *status,
+                event_type: event_type.clone(),
+                limit: Some(*limit),
+                cursor: *cursor,
+                ..Default::default()
+            };
+            Remote::new(&remote.url).list_events(&query).await.map(|page| {
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&page).unwrap_or_default());
+                } else {
+                    for line in cli::event_lines(&page) {
+                        println!("{line}");
+                    }
+                    if let Some(next) = page.next_cursor {
+                        eprintln!("more: --cursor {next}");
+                    }
+                }
+            })
+        }
+        Command::Events { command: EventsCommand::Get { id, remote } } => Remote::new(&remote.url)
+            .get_event(*id)
+            .await
+            .map(|event| println!("{}", serde_json::to_string_pretty(&event).unwrap_or_default())),
+        Command::Replay { id, destinations, remote } => {
+            let input = ReplayInput { destinations: (!destinations.is_empty()).then(|| destinations.clone()) };
+            Remote::new(&remote.url).replay(*id, &input).await.map(|result| {
+                if result.deliveries.is_empty() {
+                    eprintln!("no route takes this event now: nothing to deliver");
+                }
+                for d in &result.deliveries {
+                    println!("{}", cli::delivery_line(d));
+                }
+            })
+        }
+        Command::Deliveries { command: DeliveriesCommand::Retry { id, remote } } => {
+            Remote::new(&remote.url).retry_delivery(*id).await.map(|d| println!("{}", cli::delivery_line(&d)))
+        }
+        _ => return None,
+    };
+    Some(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hookgate: {e}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+fn delivery_state(text: &str) -> Result<DeliveryState, String> {
+    DeliveryState::parse(text).ok_or_else(|| "one of pending, delivered, dead, failed, cancelled".into())
 }

@@ -11,6 +11,9 @@
 //! | [`janitor::Janitor`] | the cluster's singleton jobs: partitions, retention, key pruning, lease reaper, auto-disable sweep | timer, `RunNow` | PostgreSQL | one round per `interval_secs`, on the node holding the advisory lock; short transactions, DDL under a lock time-out |
 //! | [`result_writer::ResultWriter`] | batches attempt rows and delivery state changes | `AttemptResult` | PostgreSQL | flush at `result_batch_max` or `result_flush_interval_ms` |
 //!
+//! Beside the actors, [`tail`] publishes what the writers committed on Redis while someone tails (offered with
+//! `try_send` into a bounded queue after COMMIT) and fans the cluster's messages out to this node's SSE clients.
+//!
 //! Every message that can arrive in a flood carries its own reply channel and is sent with `try_send`: a full
 //! mailbox is an immediate, visible refusal (the front end answers 503), never an unbounded queue.
 //! Actors run under [`actix::Supervisor`]; [`supervision`] adds what actix lacks (back-off, a restart budget).
@@ -35,6 +38,7 @@ pub mod shutdown;
 pub mod sources;
 pub mod ssrf;
 pub mod supervision;
+pub mod tail;
 pub mod tls;
 pub mod trace;
 pub mod writer;

@@ -27,6 +27,8 @@ pub const FAILURES_BEFORE_RECONNECT: u32 = 3;
 /// How the link reaches Redis.
 #[derive(Debug, Clone)]
 pub struct RedisLinkConfig {
+    /// What the connection is for, in logs and metrics (`limits`, `tail`).
+    pub name: &'static str,
     /// Longest wait for one command on this connection.
     pub response_timeout: Duration,
     /// Longest wait for a connection attempt.
@@ -90,15 +92,15 @@ async fn watch(link: Weak<RedisLink>, client: redis::Client, cfg: RedisLinkConfi
                     Ok(Ok(conn)) => {
                         strong.set(Some(conn));
                         failures = 0;
-                        tracing::info!(message = "Delivery limits connected to Redis.");
+                        tracing::info!(message = "Connected to Redis.", link = cfg.name);
                     }
                     Ok(Err(error)) => {
-                        tracing::debug!(message = "Delivery limits cannot reach Redis.", %error);
+                        tracing::debug!(message = "Cannot reach Redis.", link = cfg.name, %error);
                         drop(strong);
                         tokio::time::sleep(backoff.next_delay()).await;
                     }
                     Err(_) => {
-                        tracing::debug!(message = "Delivery limits: connecting to Redis timed out.");
+                        tracing::debug!(message = "Connecting to Redis timed out.", link = cfg.name);
                         drop(strong);
                         tokio::time::sleep(backoff.next_delay()).await;
                     }
@@ -118,7 +120,7 @@ async fn watch(link: Weak<RedisLink>, client: redis::Client, cfg: RedisLinkConfi
                     }
                     Ok(Err(error)) if !error.is_timeout() => {
                         // The connection is broken (closed, reset): replace it now.
-                        emit(RedisReconnecting { link: "limits", reason: RedisReconnectReason::Broken(&error) });
+                        emit(RedisReconnecting { link: cfg.name, reason: RedisReconnectReason::Broken(&error) });
                         strong.set(None);
                         failures = 0;
                     }
@@ -126,7 +128,7 @@ async fn watch(link: Weak<RedisLink>, client: redis::Client, cfg: RedisLinkConfi
                         failures += 1;
                         if failures >= FAILURES_BEFORE_RECONNECT {
                             let reason = RedisReconnectReason::Unanswered { failed_pings: failures };
-                            emit(RedisReconnecting { link: "limits", reason });
+                            emit(RedisReconnecting { link: cfg.name, reason });
                             strong.set(None);
                             failures = 0;
                         }
@@ -145,6 +147,7 @@ mod tests {
 
     fn cfg() -> RedisLinkConfig {
         RedisLinkConfig {
+            name: "test",
             response_timeout: Duration::from_millis(200),
             connect_timeout: Duration::from_millis(500),
             ping_interval: Duration::from_millis(50),

@@ -26,6 +26,7 @@ use crate::health::{ActorState, ActorStatus};
 use crate::scheduler::{LeasesFreed, Scheduler, Wake, WakeAt};
 use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
+use crate::tail::{Publish, TailPublisher};
 
 /// Where the scheduler can be woken once results are committed (set after both are started).
 #[derive(Message)]
@@ -45,6 +46,8 @@ pub struct ResultWriter {
     drains: Vec<tokio::sync::oneshot::Sender<()>>,
     /// The back-off delay of the last restart.
     resume_delay: Duration,
+    /// The live tail: outcomes are offered to it after COMMIT while someone tails.
+    tail: Option<Arc<TailPublisher>>,
 }
 
 impl ResultWriter {
@@ -67,7 +70,14 @@ impl ResultWriter {
             flushing: false,
             drains: Vec::new(),
             resume_delay: Duration::ZERO,
+            tail: None,
         }
+    }
+
+    /// Offers the outcomes it records to the live tail (after COMMIT, only while someone tails, never waiting).
+    pub fn with_tail(mut self, tail: Arc<TailPublisher>) -> Self {
+        self.tail = Some(tail);
+        self
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
@@ -88,6 +98,7 @@ impl ResultWriter {
         let fifo = batch.iter().any(|r| catalog.destinations.get(&r.destination_id).is_some_and(|d| d.fifo));
         let next_due =
             plan.deliveries.iter().filter(|(state, ..)| *state == DeliveryState::Pending).map(|(_, at, _)| *at).min();
+        let tail = self.tail.clone().filter(|t| t.active()).map(|t| (t, tail_outcomes(&batch, &plan, &catalog)));
         let (pool, node_id, auto_disable) = (self.pool.clone(), self.node_id.clone(), self.cfg.auto_disable_after_secs);
         let fut = async move {
             let res = write(&pool, &node_id, &batch, &plan, auto_disable).await;
@@ -107,6 +118,9 @@ impl ResultWriter {
             match res {
                 Ok(()) => {
                     act.status.set_state(ActorState::Running);
+                    if let Some((tail, outcomes)) = tail {
+                        tail.offer(Publish::Outcomes(outcomes));
+                    }
                     if let Some(s) = &act.scheduler {
                         if fifo {
                             let _ = s.try_send(Wake);
@@ -262,4 +276,35 @@ async fn write(
     }
     emit(ResultsStored { size: batch.len(), elapsed: started.elapsed() });
     Ok(())
+}
+
+/// What the live tail shows of a batch's outcomes: each attempt with what it made of its delivery.
+fn tail_outcomes(
+    batch: &[AttemptResult],
+    plan: &OutcomePlan,
+    catalog: &hookgate_core::catalog::Catalog,
+) -> Vec<hookgate_core::tail::TailOutcome> {
+    let source_of = |route_id: uuid::Uuid| {
+        catalog.routes_by_source.values().flatten().find(|r| r.id == route_id).map(|r| r.source_id)
+    };
+    batch
+        .iter()
+        .zip(&plan.deliveries)
+        .map(|(r, (state, ..))| hookgate_core::tail::TailOutcome {
+            delivery_id: r.delivery_id,
+            event_id: r.event_id,
+            source_id: source_of(r.route_id),
+            destination_id: r.destination_id,
+            destination: catalog
+                .destinations
+                .get(&r.destination_id)
+                .map_or_else(|| "unknown".to_owned(), |d| d.slug.clone()),
+            attempt: r.attempt,
+            outcome: hookgate_core::tail::outcome_word(*state).to_owned(),
+            status: r.status,
+            latency_ms: r.latency_ms,
+            error_kind: r.error_kind.map(str::to_owned),
+            started_at: r.started_at,
+        })
+        .collect()
 }

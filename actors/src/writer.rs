@@ -33,6 +33,9 @@
 //! With traces on, each flush is a `flush` span (in a trace of its own) with a link to the ingest span of every event it committed,
 //! read from the context the event carries (see [`crate::trace`]).
 //!
+//! After COMMIT, while someone tails (see [`crate::tail`]), the events a flush stored are offered to the live tail:
+//! one `try_send` per flush, dropped (and counted) when its queue is full; a flush never waits for it.
+//!
 //! Memory is bounded twice: the mailbox holds at most `mailbox_capacity` messages (senders use `try_send`), and the
 //! writer holds at most `max_pending` events (buffered plus in flight); past that it answers
 //! [`PersistError::Overloaded`] at once.
@@ -60,6 +63,7 @@ use uuid::Uuid;
 use crate::handoff::{Blocked, HandOffPort, LeaseTerms};
 use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
 use crate::shutdown::Shutdown;
+use crate::tail::{EventBrief, Publish, TailPublisher};
 
 // The EventWriter's messages. Each carries its own reply channel, so that the front end can `try_send` (refused at
 // once when the mailbox is full) and still get an answer after COMMIT.
@@ -239,6 +243,8 @@ pub struct EventWriter {
     resume_delay: Duration,
     /// This node's Scheduler, for deliveries committed already leased (see [`crate::handoff`]).
     handoff: Option<Arc<HandOffPort>>,
+    /// The live tail: the events stored are offered to it after COMMIT while someone tails.
+    tail: Option<Arc<TailPublisher>>,
 }
 
 impl EventWriter {
@@ -257,7 +263,14 @@ impl EventWriter {
             drains: Vec::new(),
             resume_delay: Duration::ZERO,
             handoff: None,
+            tail: None,
         }
+    }
+
+    /// Offers the events it stores to the live tail (after COMMIT, only while someone tails, never waiting).
+    pub fn with_tail(mut self, tail: Arc<TailPublisher>) -> Self {
+        self.tail = Some(tail);
+        self
     }
 
     /// Hands the deliveries it commits to this node's Scheduler through `port` (when delivery runs here).
@@ -276,12 +289,12 @@ impl EventWriter {
             self.buffered -= n;
             self.inflight += 1;
             self.fifo_inflight |= fifo;
-            let (pool, handoff) = (self.pool.clone(), self.handoff.clone());
+            let (pool, handoff, tail) = (self.pool.clone(), self.handoff.clone(), self.tail.clone());
             let deadline = self.cfg.flush_timeout();
             // No span at all without traces: a flush is hot, and its lines had none before.
             let span =
                 if crate::trace::enabled() { tracing::info_span!("flush", events = n) } else { tracing::Span::none() };
-            let fut = crate::supervision::guarded(write_batch(pool, handoff, batch, deadline).instrument(span));
+            let fut = crate::supervision::guarded(write_batch(pool, handoff, tail, batch, deadline).instrument(span));
             ctx.spawn(fut.into_actor(self).map(move |db_up, act, ctx| {
                 act.inflight -= 1;
                 act.pending -= n;
@@ -477,7 +490,13 @@ use hookgate_store::events::EventRow;
 ///
 /// The batch is one transaction; when PostgreSQL refuses it for good ([`PersistError::Internal`]), its halves are
 /// retried (whole units, in order) until only the refused units remain, so one poison unit fails alone.
-async fn write_batch(pool: Pool, handoff: Option<Arc<HandOffPort>>, batch: Vec<Unit>, deadline: Duration) -> bool {
+async fn write_batch(
+    pool: Pool,
+    handoff: Option<Arc<HandOffPort>>,
+    tail: Option<Arc<TailPublisher>>,
+    batch: Vec<Unit>,
+    deadline: Duration,
+) -> bool {
     let started = Instant::now();
     let size: usize = batch.iter().map(Unit::len).sum();
     let mut outcomes: HashMap<Uuid, Result<Persisted, PersistError>> = HashMap::with_capacity(size);
@@ -513,8 +532,23 @@ async fn write_batch(pool: Pool, handoff: Option<Arc<HandOffPort>>, batch: Vec<U
         }
     }
     emit(EventsFlushed { size, elapsed: started.elapsed() });
+    // The events stored now (not the duplicates), for the live tail while someone tails.
+    let tail = tail.filter(|t| t.active());
+    let mut stored = Vec::new();
     let mut take = |e: &NewEvent| {
-        outcomes.remove(&e.id).unwrap_or_else(|| Err(PersistError::Internal("event missing from batch".into())))
+        let outcome =
+            outcomes.remove(&e.id).unwrap_or_else(|| Err(PersistError::Internal("event missing from batch".into())));
+        if tail.is_some() && matches!(outcome, Ok(Persisted { duplicate: false, .. })) {
+            stored.push(EventBrief {
+                id: e.id,
+                source_id: e.source_id,
+                event_type: e.event_type.clone(),
+                received_at: e.received_at,
+                headers: e.headers.clone(),
+                body: e.body.clone(),
+            });
+        }
+        outcome
     };
     for (unit, failed) in batch.into_iter().zip(failed) {
         match (unit, failed) {
@@ -526,6 +560,9 @@ async fn write_batch(pool: Pool, handoff: Option<Arc<HandOffPort>>, batch: Vec<U
                 let _ = reply.send(events.iter().map(&mut take).collect());
             }
         }
+    }
+    if let Some(tail) = tail {
+        tail.offer(Publish::Events(stored));
     }
     db_up
 }

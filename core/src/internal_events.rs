@@ -314,10 +314,10 @@ impl InternalEvent for RedisReconnecting<'_> {
         counter!("hookgate_redis_reconnects_total", "link" => self.link).increment(1);
         match self.reason {
             RedisReconnectReason::Broken(error) => {
-                tracing::warn!(message = "Delivery limits lost Redis; reconnecting.", link = self.link, %error)
+                tracing::warn!(message = "A Redis connection was lost; reconnecting.", link = self.link, %error)
             }
             RedisReconnectReason::Unanswered { failed_pings } => tracing::warn!(
-                message = "Redis stopped answering the delivery limits; reconnecting.",
+                message = "Redis stopped answering on a connection; reconnecting.",
                 link = self.link,
                 failed_pings
             ),
@@ -585,6 +585,62 @@ impl InternalEvent for PartitionChangeDeferred<'_> {
             partition = self.partition,
             reason = self.reason,
         );
+    }
+}
+
+/// Live tail messages that did not reach Redis (the publish queue was full, or Redis refused or did not answer);
+/// the tail clients miss them, ingest and delivery never notice.
+pub struct TailNotPublished<'a> {
+    /// `events` or `outcomes`.
+    pub kind: &'static str,
+    pub count: usize,
+    pub reason: &'a str,
+}
+
+impl InternalEvent for TailNotPublished<'_> {
+    fn emit(self) {
+        counter!("hookgate_tail_dropped_total", "stage" => "publish").increment(self.count as u64);
+        tracing::debug!(
+            message = "Live tail items not published.",
+            kind = self.kind,
+            count = self.count,
+            reason = self.reason
+        );
+    }
+}
+
+/// A tail client fell behind its buffer (`tail.buffer`): it was told how many items it missed.
+pub struct TailClientLagged {
+    pub count: u64,
+}
+
+impl InternalEvent for TailClientLagged {
+    fn emit(self) {
+        counter!("hookgate_tail_dropped_total", "stage" => "client").increment(self.count);
+        tracing::debug!(message = "A live tail client fell behind; items dropped for it.", count = self.count);
+    }
+}
+
+/// The number of live tail (SSE) clients on this node changed.
+pub struct TailClients {
+    pub count: usize,
+}
+
+impl InternalEvent for TailClients {
+    fn emit(self) {
+        gauge!("hookgate_tail_clients").set(self.count as f64);
+    }
+}
+
+/// The node's live tail subscription to Redis was lost or could not be made; its clients were told.
+pub struct TailSubscriptionLost<'a> {
+    pub reason: &'a str,
+}
+
+impl InternalEvent for TailSubscriptionLost<'_> {
+    fn emit(self) {
+        counter!("hookgate_tail_subscription_failures_total").increment(1);
+        tracing::warn!(message = "Live tail: the Redis subscription is down; retrying.", reason = self.reason);
     }
 }
 

@@ -16,6 +16,7 @@
 //! | [`backoff`] | exponential back-off with jitter, for restarts and reconnects |
 //! | [`delivery`] | a leased delivery (`Job`) as the engine carries it from claim to attempt |
 //! | [`ssrf`] | the SSRF policy: which destination addresses outbound requests may use |
+//! | [`tail`] | live tail: what is published on Redis after a COMMIT for the SSE stream, and the body's shape there |
 //! | [`state`] | the typed states of deliveries and destinations, and their stored text |
 //! | [`snapshot`] | a value many readers share and one reloader swaps whole (sources, catalog) |
 //! | [`source`] | the source model (verification, idempotency key, event type) and its one validation |
@@ -34,4 +35,5 @@ pub mod snapshot;
 pub mod source;
 pub mod ssrf;
 pub mod state;
+pub mod tail;
 pub mod verify;

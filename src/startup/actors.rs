@@ -16,6 +16,7 @@ use hookgate_actors::result_writer::{ConnectScheduler, ResultWriter};
 use hookgate_actors::router::Router;
 use hookgate_actors::scheduler::Scheduler;
 use hookgate_actors::sources::SourceRegistry;
+use hookgate_actors::tail::{self, TailContext, TailHub, TailPublisher};
 use hookgate_actors::tls::OutboundTls;
 use hookgate_actors::{
     ActorStatus, Cache, CacheConfig, EventWriter, Health, HealthRegistry, Mailbox, RedisLink, RedisLinkConfig,
@@ -58,6 +59,8 @@ pub(super) struct Started {
     /// The limits' own Redis connection (never the cache's, never its fate).
     pub limits_redis: Arc<RedisLink>,
     pub arbiters: Vec<ArbiterGuard>,
+    /// The live tail's fan-out to this node's SSE clients.
+    pub tail: Arc<TailHub>,
 }
 
 /// Starts every actor: the ingest side, the background side, the delivery side (when enabled), then the prober.
@@ -70,10 +73,20 @@ pub(super) fn start(
     health: &Arc<HealthRegistry>,
 ) -> anyhow::Result<Started> {
     let policy = settings.supervision;
+    let (tail_publisher, tail) = tail::start(
+        &settings.tail,
+        TailContext {
+            client: settings.redis.client()?,
+            key_prefix: settings.redis.key_prefix.clone(),
+            node_id: settings.server.node_id(),
+            connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
+            sources: registry.clone(),
+        },
+    );
     // Fresh deliveries go from the writer to this node's Scheduler in memory, when both run here.
     let handoff = (settings.delivery.enabled && settings.delivery.handoff)
         .then(|| HandOffPort::new(settings.server.node_id(), settings.delivery.lease_margin_ms));
-    let (writer, writer_arbiter) = event_writer(settings, pool, health, handoff.clone());
+    let (writer, writer_arbiter) = event_writer(settings, pool, health, handoff.clone(), tail_publisher.clone());
     let cache = cache(settings, health)?;
     let router = router(pool, pg, catalog, registry, health.register("router", false, policy));
     let janitor = janitor(settings, pool, health.register("janitor", false, policy));
@@ -81,7 +94,7 @@ pub(super) fn start(
     let mut arbiters = vec![writer_arbiter];
     let (scheduler, result_writer) = if settings.delivery.enabled {
         let (scheduler, results, deliverer_arbiters) =
-            delivery(settings, pool, pg, catalog, health, &limits, &limits_redis, handoff)?;
+            delivery(settings, pool, pg, catalog, health, &limits, &limits_redis, handoff, tail_publisher)?;
         arbiters.extend(deliverer_arbiters);
         (Some(scheduler), Some(results))
     } else {
@@ -112,6 +125,7 @@ pub(super) fn start(
         limits,
         limits_redis,
         arbiters,
+        tail,
     })
 }
 
@@ -121,13 +135,14 @@ fn event_writer(
     pool: &Pool,
     health: &Arc<HealthRegistry>,
     handoff: Option<Arc<HandOffPort>>,
+    tail: Arc<TailPublisher>,
 ) -> (Mailbox<EventWriter>, ArbiterGuard) {
     let status = health.register("event_writer", true, settings.supervision);
     let arbiter = Arbiter::new();
     let addr = {
         let (pool, cfg, status, health) = (pool.clone(), settings.writer.clone(), status.clone(), health.clone());
         Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-            let writer = EventWriter::new(pool, cfg, status, health);
+            let writer = EventWriter::new(pool, cfg, status, health).with_tail(tail);
             match handoff {
                 Some(port) => writer.with_handoff(port),
                 None => writer,
@@ -187,6 +202,7 @@ fn limits(settings: &Settings) -> anyhow::Result<(Arc<Limits>, Arc<RedisLink>)> 
     let link = RedisLink::start(
         settings.redis.client()?,
         RedisLinkConfig {
+            name: "limits",
             response_timeout: Duration::from_millis(settings.delivery.limits_timeout_ms),
             connect_timeout: Duration::from_millis(settings.redis.connect_timeout_ms),
             ping_interval: Duration::from_millis(settings.server.health_interval_ms.max(100)),
@@ -206,6 +222,7 @@ fn delivery(
     limits: &Arc<Limits>,
     limits_redis: &Arc<RedisLink>,
     handoff: Option<Arc<HandOffPort>>,
+    tail: Arc<TailPublisher>,
 ) -> anyhow::Result<(Addr<Scheduler>, Addr<ResultWriter>, Vec<ArbiterGuard>)> {
     let cfg = settings.delivery.clone();
     let policy = settings.supervision;
@@ -214,7 +231,7 @@ fn delivery(
     let results_status = health.register_delivery("result_writer", None, policy);
     let results = {
         let (pool, catalog, node, cfg) = (pool.clone(), catalog.clone(), node_id.clone(), cfg.clone());
-        Supervisor::start(move |_| ResultWriter::new(pool, catalog, node, cfg, results_status))
+        Supervisor::start(move |_| ResultWriter::new(pool, catalog, node, cfg, results_status).with_tail(tail))
     };
     let ssrf = Arc::new(cfg.ssrf_policy());
     // Read once (the system store is files on disk); every deliverer's clients trust these roots.

@@ -17,6 +17,7 @@ use std::time::Duration;
 use actix::Addr;
 use actix_web::dev::Server;
 use hookgate_actors::janitor::Janitor;
+use hookgate_actors::tail::TailHub;
 use hookgate_actors::{Health, HealthRegistry};
 
 pub use actors::Actors;
@@ -38,6 +39,8 @@ pub struct Application {
     shutdown_timeout: Duration,
     /// The writer's and the deliverers' arbiters, stopped when the node is.
     arbiters: Vec<actors::ArbiterGuard>,
+    /// The live tail's hub: its streams end when the node stops.
+    tail: Arc<TailHub>,
 }
 
 impl Application {
@@ -56,6 +59,7 @@ impl Application {
         let (sources, catalog) = database::load_snapshots(&pool).await?;
         let health = HealthRegistry::new();
         let started = actors::start(&settings, &pool, &pg, &sources, &catalog, &health)?;
+        let tail = started.tail.clone();
         let admin_pool = database::admin_pool(&settings, &pg)?;
         let admin = server::admin_state(&settings, admin_pool, &started, catalog.clone());
         let state = server::app_state(&settings, &started, sources, catalog, health.clone(), metrics);
@@ -70,6 +74,7 @@ impl Application {
             drain_delay: Duration::from_millis(settings.server.drain_delay_ms),
             shutdown_timeout: Duration::from_secs(settings.server.shutdown_timeout_secs),
             arbiters: started.arbiters,
+            tail,
         })
     }
 

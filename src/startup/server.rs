@@ -64,6 +64,9 @@ pub(super) fn admin_state(
         jq_timeout: Duration::from_millis(settings.delivery.jq_timeout_ms),
         jq_max_output: settings.delivery.jq_max_output_bytes,
         source_bounds: settings.source_bounds(),
+        tail: started.tail.clone(),
+        tail_heartbeat: Duration::from_millis(settings.tail.heartbeat_ms),
+        node_id: settings.server.node_id(),
     });
     let interval = Duration::from_millis(settings.admin.job_interval_ms.max(10));
     actix_rt::spawn(admin::jobs::run(state.clone(), settings.server.node_id(), interval));

@@ -11,7 +11,7 @@ impl Application {
     ///
     /// 1. readiness turns false at once (`/readyz` answers 503) while ingest keeps serving for `drain_delay_ms`,
     ///    so that load balancers stop sending before anything is refused;
-    /// 2. ingest stops accepting; requests in progress finish (each waits for its COMMIT), for at most
+    /// 2. live tail streams end; ingest stops accepting; requests in progress finish (each waits for its COMMIT), for at most
     ///    `shutdown_timeout_secs`;
     /// 3. the EventWriter flushes what it holds;
     /// 4. the Scheduler stops claiming; attempts in flight finish, and those still running when the rest of the
@@ -22,7 +22,9 @@ impl Application {
     /// Each step is one [`Shutdown`](hookgate_actors::Shutdown) with the same deadline, answered when the actor is
     /// done.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Self { server, admin_server, actors, prober, health, drain_delay, shutdown_timeout, arbiters, .. } = self;
+        let Self {
+            server, admin_server, actors, prober, health, drain_delay, shutdown_timeout, arbiters, tail, ..
+        } = self;
         let handle = server.handle();
         let mut serving = actix_rt::spawn(server);
         // The operators' listener keeps answering (`/metrics`, `/readyz`) until the node has stopped.
@@ -42,6 +44,8 @@ impl Application {
         health.set_draining();
         tokio::time::sleep(drain_delay).await;
         tracing::info!(message = "Ingest stops accepting.");
+        // Live tail streams never end on their own: they end now, so the server's graceful stop does not wait on them.
+        tail.close();
         handle.stop(true).await;
         let _ = serving.await;
 

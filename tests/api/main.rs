@@ -31,4 +31,5 @@ mod servers;
 mod stored_headers;
 mod stranding;
 mod supervision;
+mod tail;
 mod tls;

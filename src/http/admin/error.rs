@@ -3,7 +3,7 @@
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse, ResponseError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use hookgate_store::error::StoreError;
@@ -11,7 +11,7 @@ use hookgate_store::error::StoreError;
 use crate::http::problem::problem_type;
 
 /// An RFC 7807 problem (`Content-Type: application/problem+json`).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ProblemBody {
     /// Stable URI naming the kind of problem, e.g. `urn:hookgate:problem:not-found`.
     #[serde(rename = "type")]

@@ -16,7 +16,7 @@ use super::error::ProblemBody;
 use super::sources::IdPath;
 use super::{notify_deliveries, page_limit, AdminError, AdminState};
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EventQuery {
     /// Only events of this source (slug).
@@ -37,7 +37,7 @@ pub struct EventQuery {
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EventSummary {
     pub id: Uuid,
     pub source_id: Uuid,
@@ -49,7 +49,7 @@ pub struct EventSummary {
     pub event_type: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EventPage {
     pub items: Vec<EventSummary>,
     /// Pass as `cursor` for the next (older) page; absent on the last page.
@@ -97,7 +97,7 @@ pub async fn list(state: web::Data<AdminState>, query: web::Query<EventQuery>) -
     Ok(HttpResponse::Ok().json(EventPage { items, next_cursor }))
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Body {
     /// `text` (valid UTF-8) or `base64`.
     pub encoding: String,
@@ -113,7 +113,7 @@ impl Body {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AttemptView {
     pub id: Uuid,
     pub attempt: i32,
@@ -128,7 +128,7 @@ pub struct AttemptView {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryView {
     pub id: Uuid,
     pub event_id: Uuid,
@@ -163,7 +163,7 @@ impl From<DeliveryRow> for DeliveryView {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EventDetail {
     pub id: Uuid,
     pub source_id: Uuid,
@@ -219,7 +219,7 @@ pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Resul
     }))
 }
 
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayInput {
     /// Destination slugs; absent: every route of the event's source.
@@ -227,7 +227,7 @@ pub struct ReplayInput {
     pub destinations: Option<Vec<String>>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ReplayResult {
     /// The new deliveries (state `pending`, or `failed` when a filter or transform failed).
     pub deliveries: Vec<DeliveryView>,

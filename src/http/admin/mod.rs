@@ -12,6 +12,7 @@
 //! - `deliveries.rs`: retry dead deliveries, cancel pending ones, dead-letter listing.
 //! - `jobs.rs`: bulk replay jobs and the background task that runs them (and expires rotated secrets).
 //! - `stats.rs`: counts per source and destination over time windows.
+//! - `tail.rs`: the live tail, Server-Sent Events of the cluster's new events and attempt outcomes (ADR-0012).
 //! - `openapi.rs`: the OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]` annotations.
 
 pub mod auth;
@@ -24,6 +25,7 @@ pub mod openapi;
 pub mod routes;
 pub mod sources;
 pub mod stats;
+pub mod tail;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +34,7 @@ use actix_web::web;
 use deadpool_postgres::Pool;
 use hookgate_actors::catalog::SharedCatalog;
 use hookgate_actors::limits::Limits;
+use hookgate_actors::tail::TailHub;
 use hookgate_actors::RedisLink;
 use hookgate_core::source::SourceBounds;
 use hookgate_core::ssrf::SsrfPolicy;
@@ -54,6 +57,12 @@ pub struct AdminState {
     pub jq_max_output: usize,
     /// What every source is checked against (`server.max_body_bytes`, `retention.dedupe_window_secs`).
     pub source_bounds: SourceBounds,
+    /// The live tail's fan-out to this node's SSE clients.
+    pub tail: Arc<TailHub>,
+    /// Between SSE heartbeats on an idle stream (`tail.heartbeat_ms`).
+    pub tail_heartbeat: Duration,
+    /// This node's id (the live tail's first comment names it).
+    pub node_id: String,
 }
 
 /// Declares every admin route once: the same table registers the handlers and is what the tests enumerate.
@@ -94,6 +103,7 @@ admin_routes! {
     put "/routes/{id}" => routes::update;
     delete "/routes/{id}" => routes::delete;
     get "/events" => events::list;
+    get "/events/stream" => tail::stream;
     get "/events/{id}" => events::get;
     post "/events/{id}/replay" => events::replay;
     post "/deliveries/{id}/retry" => deliveries::retry;

@@ -4,7 +4,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{deliveries, destinations, error, events, jobs, routes, sources, stats};
+use super::{deliveries, destinations, error, events, jobs, routes, sources, stats, tail};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,11 +19,12 @@ use super::{deliveries, destinations, error, events, jobs, routes, sources, stat
         deliveries::list_for_destination, deliveries::retry_dead_of_destination,
         deliveries::cancel_pending_of_destination, deliveries::retry, deliveries::cancel,
         routes::list, routes::create, routes::get, routes::update, routes::delete,
-        events::list, events::get, events::replay,
+        events::list, events::get, events::replay, tail::stream,
         jobs::list, jobs::create, jobs::get, jobs::cancel,
         stats::stats,
     ),
-    components(schemas(error::ProblemBody, hookgate_core::state::DeliveryState)),
+    components(schemas(error::ProblemBody, hookgate_core::state::DeliveryState, tail::TailEventView,
+        tail::TailOutcomeView, tail::TailDropped, tail::TailInterrupted)),
     modifiers(&BearerAuth),
     tags((name = "sources"), (name = "destinations"), (name = "routes"), (name = "events"), (name = "replay"),
          (name = "deliveries"), (name = "stats"), (name = "meta"))
