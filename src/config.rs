@@ -9,6 +9,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use hookgate_actors::janitor::RetentionSettings;
+use hookgate_actors::notifier::NotificationSettings;
 use hookgate_actors::pg_tls::{split_url, PgConnect, PgTls, PgTlsParams};
 use hookgate_actors::tls::{check as check_tls, pem_certificates, OutboundTls};
 use hookgate_actors::{DeliveryConfig, RestartPolicy, WriterConfig};
@@ -50,6 +51,9 @@ pub struct Settings {
     /// The admin API (`/admin/v1`): its bearer tokens and secret-rotation grace.
     #[serde(default)]
     pub admin: AdminSettings,
+    /// Operational notifications about hookgate itself, delivered to one of its destinations.
+    #[serde(default)]
+    pub notifications: NotificationSettings,
 }
 
 /// The admin API. With no token configured it is closed: every request answers 401.
@@ -324,11 +328,12 @@ impl RedisSettings {
     }
 }
 
+use hookgate_core::notification::is_reserved;
 use hookgate_core::source::{validate_slug, SourceBounds, SourceConfig};
 
 /// The sections that environment variables may set (`HOOKGATE_<SECTION>__<KEY>`).
 const ENV_SECTIONS: &[&str] =
-    &["server", "database", "redis", "writer", "supervision", "delivery", "retention", "admin"];
+    &["server", "database", "redis", "writer", "supervision", "delivery", "retention", "admin", "notifications"];
 
 /// The secret settings that may also come from a file named by `HOOKGATE_<SECTION>__<KEY>_FILE` (a Kubernetes
 /// Secret mounted as a file), as dotted keys.
@@ -440,6 +445,7 @@ impl Settings {
                 anyhow::bail!("admin.tokens: every token must be at least 16 characters");
             }
         }
+        self.notifications.validate().map_err(anyhow::Error::msg)?;
         self.validate_delivery()
     }
 
@@ -506,6 +512,9 @@ impl Settings {
         let mut seen_routes = std::collections::HashSet::new();
         for r in &self.routes {
             validate_slug(&r.slug).map_err(|e| anyhow::anyhow!("route {:?}: {e}", r.slug))?;
+            if is_reserved(&r.slug) {
+                anyhow::bail!("route {:?}: the slug is reserved for hookgate's own notifications", r.slug);
+            }
             if !seen_routes.insert(r.slug.as_str()) {
                 anyhow::bail!("route {:?} is declared twice", r.slug);
             }

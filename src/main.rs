@@ -69,6 +69,16 @@ async fn main() -> ExitCode {
                 settings.retention.dedupe_window_secs,
                 settings.retention.days.max(1)
             );
+            match &settings.notifications.destination {
+                None => println!("notifications: off"),
+                Some(slug) if settings.destinations.iter().any(|d| d.slug == *slug) => {
+                    println!("notifications: to destination {slug:?} (declared)")
+                }
+                Some(slug) => println!(
+                    "notifications: to destination {slug:?}, not declared here: it must exist (created through the \
+                     admin API) when hookgate starts, or the start fails"
+                ),
+            }
             Ok(())
         }
         Command::Migrate => migrate(&settings).await,

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
-use hookgate_core::internal_events::{emit, ResultsNotStored, ResultsStored};
+use hookgate_core::internal_events::{emit, DeliveriesDead, ResultsNotStored, ResultsStored};
+use hookgate_core::notification::{DeadReason, Happening};
 
 use hookgate_core::catalog::without_nul;
 use hookgate_core::delivery::{AttemptOutcome, OutcomePlan, Routed};
@@ -23,6 +24,7 @@ use crate::catalog::SharedCatalog;
 use crate::config::DeliveryConfig;
 use crate::deliverer::AttemptResult;
 use crate::health::{ActorState, ActorStatus};
+use crate::notifier::Notices;
 use crate::scheduler::{LeasesFreed, Scheduler, Wake, WakeAt};
 use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
@@ -45,6 +47,8 @@ pub struct ResultWriter {
     drains: Vec<tokio::sync::oneshot::Sender<()>>,
     /// The back-off delay of the last restart.
     resume_delay: Duration,
+    /// Where disabled destinations and dead deliveries are told (operational notifications).
+    notices: Notices,
 }
 
 impl ResultWriter {
@@ -67,7 +71,14 @@ impl ResultWriter {
             flushing: false,
             drains: Vec::new(),
             resume_delay: Duration::ZERO,
+            notices: Notices::off(),
         }
+    }
+
+    /// Tells `notices` of the destinations each batch disables and the deliveries it makes dead.
+    pub fn with_notices(mut self, notices: Notices) -> Self {
+        self.notices = notices;
+        self
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
@@ -89,8 +100,9 @@ impl ResultWriter {
         let next_due =
             plan.deliveries.iter().filter(|(state, ..)| *state == DeliveryState::Pending).map(|(_, at, _)| *at).min();
         let (pool, node_id, auto_disable) = (self.pool.clone(), self.node_id.clone(), self.cfg.auto_disable_after_secs);
+        let notices = self.notices.clone();
         let fut = async move {
-            let res = write(&pool, &node_id, &batch, &plan, auto_disable).await;
+            let res = write(&pool, &node_id, &batch, &plan, auto_disable, &notices).await;
             (res, batch)
         };
         ctx.spawn(guarded(fut).into_actor(self).map(move |outcome, act, ctx| {
@@ -215,6 +227,7 @@ async fn write(
     batch: &[AttemptResult],
     plan: &OutcomePlan,
     auto_disable_after_secs: u64,
+    notices: &Notices,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let errors: Vec<Option<std::borrow::Cow<'_, str>>> =
@@ -256,9 +269,20 @@ async fn write(
         failing: plan.failing.clone(),
         auto_disable_after_secs: auto_disable_after_secs as f64,
     };
-    let disabled = hookgate_store::results::record(pool, node_id, &outcomes, &destinations).await?;
-    if disabled > 0 {
-        tracing::warn!(message = "Destinations disabled by their outcomes.", count = disabled);
+    let recorded = hookgate_store::results::record(pool, node_id, &outcomes, &destinations).await?;
+    for d in recorded.disabled {
+        tracing::warn!(message = "Destination disabled by its outcomes.", destination = %d.slug, reason = %d.reason);
+        notices.send(Happening::Disabled {
+            destination: d.id,
+            slug: d.slug,
+            reason: d.reason,
+            disabled_at: d.disabled_at,
+        });
+    }
+    for (destination, count) in recorded.dead {
+        let (count, reason) = (count.max(0) as u64, DeadReason::Exhausted);
+        emit(DeliveriesDead { destination, reason, count });
+        notices.send(Happening::Dead { destination, count, reason });
     }
     emit(ResultsStored { size: batch.len(), elapsed: started.elapsed() });
     Ok(())

@@ -567,3 +567,68 @@ impl InternalEvent for DestinationBacklogNotSampled<'_> {
         tracing::warn!(message = "Sampling the destinations' backlog failed.", error = %self.error);
     }
 }
+
+/// `count` deliveries of a destination ended `dead` (`reason`: `exhausted`, `unattemptable` or `expired`).
+pub struct DeliveriesDead {
+    pub destination: Uuid,
+    pub reason: crate::notification::DeadReason,
+    pub count: u64,
+}
+
+impl InternalEvent for DeliveriesDead {
+    fn emit(self) {
+        counter!(
+            "hookgate_deliveries_dead_total",
+            "destination" => destination_label(self.destination),
+            "reason" => self.reason.as_str(),
+        )
+        .increment(self.count);
+        tracing::debug!(
+            message = "Deliveries are dead.",
+            destination = %self.destination,
+            reason = self.reason.as_str(),
+            count = self.count,
+        );
+    }
+}
+
+/// What became of one operational notification (`outcome`: `stored`, `duplicate` (another replica stored it
+/// first), `suppressed` (about the notification destination itself), `dropped` (the Notifier's mailbox or queue
+/// was full) or `failed` (PostgreSQL refused it; tried again)).
+pub struct NotificationHandled<'a> {
+    pub kind: crate::notification::NotificationType,
+    pub outcome: &'static str,
+    pub destination: Uuid,
+    pub error: Option<&'a dyn std::fmt::Display>,
+}
+
+impl InternalEvent for NotificationHandled<'_> {
+    fn emit(self) {
+        counter!("hookgate_notifications_total", "type" => self.kind.as_str(), "outcome" => self.outcome)
+            .increment(1);
+        match (self.outcome, self.error) {
+            ("stored", _) => tracing::info!(
+                message = "Operational notification stored.",
+                r#type = self.kind.as_str(),
+                destination = %self.destination,
+            ),
+            ("dropped", _) => tracing::warn!(
+                message = "Operational notification dropped: the notifier is full.",
+                r#type = self.kind.as_str(),
+                destination = %self.destination,
+            ),
+            (_, Some(error)) => tracing::warn!(
+                message = "Operational notification not stored; trying again.",
+                r#type = self.kind.as_str(),
+                destination = %self.destination,
+                error = %error,
+            ),
+            _ => tracing::debug!(
+                message = "Operational notification not stored.",
+                r#type = self.kind.as_str(),
+                outcome = self.outcome,
+                destination = %self.destination,
+            ),
+        }
+    }
+}
