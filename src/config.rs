@@ -711,6 +711,11 @@ mod tests {
             ("[[sources]]\nslug = \"a\"\nverification = { kind = \"standard_webhooks\", secret = \"whsec_!!\" }", "base64"),
             ("[[sources]]\nslug = \"a\"\nidempotency = { from = \"cloudevents\" }", "cloudevents = true"),
             ("[[sources]]\nslug = \"a\"\nverification = { kind = \"rot13\" }", "rot13"),
+            ("[[sources]]\nslug = \"hookgate\"", "reserved for hookgate's own notifications"),
+            ("[notifications]\ndead_window_secs = 0", "notifications.dead_window_secs must be positive"),
+            ("[notifications]\ndestination = \"Ops!\"", "notifications.destination: slug must be"),
+            ("[notifications]\nbacklog_age_overrides = { a = 0 }", "notifications.backlog_age_overrides.a must be positive"),
+            ("[notifications]\ndestinaton = \"ops\"", "destinaton"),
             (
                 "[[destinations]]\nslug = \"d\"\nurl = \"https://example.com/\"\nheaders = { \"Webhook-Id\" = \"x\" }",
                 "\"Webhook-Id\" cannot be set",

@@ -545,6 +545,8 @@ struct Circuit {
     wtotal: u32,
     wfail: u32,
     opened: i64,
+    /// When it opened, on the wall clock (ms since the Unix epoch): the open period's identity in notifications.
+    opened_unix_ms: i64,
     period: i64,
     opens: u32,
     since: i64,
@@ -565,6 +567,7 @@ impl Circuit {
             wtotal: 0,
             wfail: 0,
             opened: 0,
+            opened_unix_ms: 0,
             period: 0,
             opens: 0,
             since: 0,
@@ -581,6 +584,7 @@ impl Circuit {
         Self {
             state: CircuitState::Open,
             opened: now,
+            opened_unix_ms: unix_ms(),
             period: p.period(opens),
             opens,
             expires: now + p.ttl_ms,
@@ -925,7 +929,9 @@ impl Limits {
             Some(v) => {
                 let at = |i: usize| v.get(i).copied().unwrap_or(0);
                 let change = match at(1) {
-                    1 => Change::Opened { at_ms: at(2), period_ms: at(3), opens: at(4).clamp(0, u32::MAX as i64) as u32 },
+                    1 => {
+                        Change::Opened { at_ms: at(2), period_ms: at(3), opens: at(4).clamp(0, u32::MAX as i64) as u32 }
+                    }
                     2 => Change::Closed { opened_at_ms: at(2) },
                     _ => Change::None,
                 };
@@ -959,11 +965,9 @@ impl Limits {
             }
             CircuitState::Closed => {}
         }
-        // The local clock's ms (since `epoch`) on the wall clock.
-        let wall = |ms: i64| unix_ms() - (now - ms);
         let open = |circuits: &mut LocalMap<Circuit>, opens: u32| {
             let opened = Circuit::opened(now, opens, &p);
-            let change = Change::Opened { at_ms: wall(now), period_ms: opened.period, opens: opened.opens };
+            let change = Change::Opened { at_ms: opened.opened_unix_ms, period_ms: opened.period, opens: opened.opens };
             circuits.entries.insert(dest, opened);
             (CircuitState::Open, change)
         };
@@ -973,7 +977,7 @@ impl Limits {
             }
             let mut change = Change::None;
             if p.ramp_initial >= p.ramp_max {
-                change = Change::Closed { opened_at_ms: wall(c.opened) };
+                change = Change::Closed { opened_at_ms: c.opened_unix_ms };
                 c = Circuit::closed();
             } else {
                 c.state = CircuitState::Ramping;
@@ -1021,7 +1025,7 @@ impl Limits {
         let mut change = Change::None;
         if ramping && c.allow >= p.ramp_max {
             // Fully closed: the back-off starts over; the failure counters carry on.
-            change = Change::Closed { opened_at_ms: wall(c.opened) };
+            change = Change::Closed { opened_at_ms: c.opened_unix_ms };
             c = Circuit {
                 consec: c.consec,
                 lastfail: c.lastfail,
@@ -1121,16 +1125,26 @@ impl Limits {
 enum Change {
     None,
     /// It opened, for `period_ms`; `opens` since it was last fully closed.
-    Opened { at_ms: i64, period_ms: i64, opens: u32 },
+    Opened {
+        at_ms: i64,
+        period_ms: i64,
+        opens: u32,
+    },
     /// It closed fully again; its last open period began at `opened_at_ms`.
-    Closed { opened_at_ms: i64 },
+    Closed {
+        opened_at_ms: i64,
+    },
 }
 
 impl Limits {
     /// Reports the state this process saw (the gauge, the opens counter), and tells the Notifier of an open or a
     /// return to closed.
     fn observe(&self, dest: Uuid, state: CircuitState, change: Change, scope: Scope) {
-        emit(CircuitObserved { destination: dest, code: state.code(), opened: matches!(change, Change::Opened { .. }) });
+        emit(CircuitObserved {
+            destination: dest,
+            code: state.code(),
+            opened: matches!(change, Change::Opened { .. }),
+        });
         let scope = match scope {
             Scope::Cluster => CircuitScope::Cluster,
             Scope::Local => CircuitScope::Local,
@@ -1223,6 +1237,25 @@ mod tests {
         assert_eq!(l.record(None, dest, false, Duration::ZERO).await.0, CircuitState::Closed);
         assert_eq!(l.record(None, dest, false, Duration::ZERO).await.0, CircuitState::Closed);
         assert_eq!(l.record(None, dest, false, Duration::ZERO).await.0, CircuitState::Open);
+    }
+
+    #[tokio::test]
+    async fn an_open_and_the_return_to_closed_are_reported_once_naming_the_same_open_period() {
+        let (l, clock) = local(config());
+        let dest = Uuid::new_v4();
+        assert_eq!(l.record_local(dest, false, 0), (CircuitState::Closed, Change::None));
+        assert_eq!(l.record_local(dest, false, 0), (CircuitState::Closed, Change::None));
+        let (state, opened) = l.record_local(dest, false, 0);
+        assert_eq!(state, CircuitState::Open);
+        let Change::Opened { at_ms, period_ms, opens } = opened else { panic!("{opened:?}") };
+        assert_eq!((period_ms, opens), (1_000, 1));
+        assert_eq!(l.record_local(dest, false, 0), (CircuitState::Open, Change::None), "reported once");
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(l.admit(None, dest, 1).await.0, 1, "the probe");
+        let (state, closed) = l.record_local(dest, true, 0);
+        assert_eq!(state, CircuitState::Closed);
+        assert_eq!(closed, Change::Closed { opened_at_ms: at_ms }, "the close names its open period");
+        assert_eq!(l.record_local(dest, true, 0), (CircuitState::Closed, Change::None));
     }
 
     #[tokio::test]

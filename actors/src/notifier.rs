@@ -264,7 +264,12 @@ impl Notifier {
                 }
                 Err(e) if e.is_unavailable() || e.is_transient() => {
                     act.status.set_state(ActorState::Degraded);
-                    emit(NotificationHandled { kind: n.kind, outcome: "failed", destination: n.destination, error: Some(&e) });
+                    emit(NotificationHandled {
+                        kind: n.kind,
+                        outcome: "failed",
+                        destination: n.destination,
+                        error: Some(&e),
+                    });
                     if act.stopped {
                         // Shutting down: what is left is dropped, its happenings are in the logs and metrics.
                         act.queue.clear();
@@ -276,7 +281,12 @@ impl Notifier {
                 Err(e) => {
                     // PostgreSQL refused this one for good (e.g. a row it cannot hold): it is dropped, logged.
                     act.queue.pop_front();
-                    emit(NotificationHandled { kind: n.kind, outcome: "failed", destination: n.destination, error: Some(&e) });
+                    emit(NotificationHandled {
+                        kind: n.kind,
+                        outcome: "failed",
+                        destination: n.destination,
+                        error: Some(&e),
+                    });
                     act.store_next(ctx);
                 }
             }

@@ -604,8 +604,7 @@ pub struct NotificationHandled<'a> {
 
 impl InternalEvent for NotificationHandled<'_> {
     fn emit(self) {
-        counter!("hookgate_notifications_total", "type" => self.kind.as_str(), "outcome" => self.outcome)
-            .increment(1);
+        counter!("hookgate_notifications_total", "type" => self.kind.as_str(), "outcome" => self.outcome).increment(1);
         match (self.outcome, self.error) {
             ("stored", _) => tracing::info!(
                 message = "Operational notification stored.",

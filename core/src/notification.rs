@@ -319,7 +319,8 @@ mod tests {
         let a = Notification::backlog_age_exceeded(id, "a", 1000.0, 900, 3, 3600, "0", now);
         let b = Notification::backlog_age_exceeded(id, "a", 1059.0, 900, 3, 3600, "1", later);
         assert_eq!(a.key, b.key, "one notice per repeat period");
-        let c = Notification::backlog_age_exceeded(id, "a", 5000.0, 900, 3, 3600, "1", now + chrono::Duration::hours(1));
+        let c =
+            Notification::backlog_age_exceeded(id, "a", 5000.0, 900, 3, 3600, "1", now + chrono::Duration::hours(1));
         assert_ne!(a.key, c.key);
     }
 

@@ -223,9 +223,7 @@ pub async fn claim(pool: &Pool, b: &Budgets<'_>) -> anyhow::Result<(Vec<Job>, Ve
         }
     }
     tx.commit().await?;
-    let buried = buried
-        .into_iter()
-        .map(|(id, reason)| Buried { id, reason, destination_id: dead.get(&id).copied() })
-        .collect();
+    let buried =
+        buried.into_iter().map(|(id, reason)| Buried { id, reason, destination_id: dead.get(&id).copied() }).collect();
     Ok((jobs, buried))
 }

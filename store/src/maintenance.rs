@@ -331,7 +331,11 @@ async fn expire_pending(
     Ok(rows
         .iter()
         .filter_map(|r| {
-            Some((r.try_get::<_, Uuid>(0).ok()?, r.try_get::<_, String>(1).unwrap_or_default(), r.try_get(2).unwrap_or(0)))
+            Some((
+                r.try_get::<_, Uuid>(0).ok()?,
+                r.try_get::<_, String>(1).unwrap_or_default(),
+                r.try_get(2).unwrap_or(0),
+            ))
         })
         .collect())
 }

@@ -138,4 +138,3 @@ pub async fn insert(pool: &Pool, n: &NewNotification<'_>) -> StoreResult<bool> {
     crate::commit(tx).await?;
     Ok(true)
 }
-

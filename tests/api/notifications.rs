@@ -372,14 +372,23 @@ async fn the_hookgate_source_is_not_ingestible_nor_editable() {
     assert_eq!(own["destination"], "ops");
     let route_id = own["id"].as_str().unwrap().to_owned();
     let edit = json!({"slug": "hookgate", "source": "hmac", "destination": "ops"});
-    app.admin("put", &format!("/routes/{route_id}"), Some(WRITE), Some(edit)).await.assert_problem(422, "validation-failed");
-    app.admin("delete", &format!("/routes/{route_id}"), Some(WRITE), None).await.assert_problem(409, "declared-in-config");
+    app.admin("put", &format!("/routes/{route_id}"), Some(WRITE), Some(edit))
+        .await
+        .assert_problem(422, "validation-failed");
+    app.admin("delete", &format!("/routes/{route_id}"), Some(WRITE), None)
+        .await
+        .assert_problem(409, "declared-in-config");
 
     // Nor can anyone create one of their own under that slug, or route from it.
     let a = app.admin("post", "/sources", Some(WRITE), Some(json!({"slug": "hookgate"}))).await;
     assert_eq!(a.status, 422, "{a:?}");
     let a = app
-        .admin("post", "/routes", Some(WRITE), Some(json!({"slug": "steal", "source": "hookgate", "destination": "ops"})))
+        .admin(
+            "post",
+            "/routes",
+            Some(WRITE),
+            Some(json!({"slug": "steal", "source": "hookgate", "destination": "ops"})),
+        )
         .await;
     assert_eq!(a.status, 422, "{a:?}");
 }
