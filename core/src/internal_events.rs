@@ -26,7 +26,10 @@ pub fn emit(event: impl InternalEvent) {
 /// How many destinations get their own `destination` label (`server.metrics_destination_labels`).
 static DESTINATION_LABEL_LIMIT: AtomicUsize = AtomicUsize::new(DEFAULT_DESTINATION_LABELS);
 /// Each labelled destination's label, by id (swapped whole when the catalog reloads).
-static DESTINATION_LABELS: RwLock<Option<Arc<HashMap<Uuid, Arc<str>>>>> = RwLock::new(None);
+static DESTINATION_LABELS: RwLock<Option<Arc<Labels>>> = RwLock::new(None);
+
+/// Each labelled destination's label, by id.
+type Labels = HashMap<Uuid, Arc<str>>;
 
 /// The default of `server.metrics_destination_labels`.
 pub const DEFAULT_DESTINATION_LABELS: usize = 100;
@@ -52,11 +55,8 @@ pub fn label_destinations<'a>(destinations: impl IntoIterator<Item = (Uuid, &'a 
     for (id, slug) in all {
         let labelled = labels.len();
         match labels.get_mut(&id) {
-            Some(label) => {
-                if label.as_ref() != slug {
-                    *label = Arc::from(slug);
-                }
-            }
+            Some(label) if label.as_ref() != slug => *label = Arc::from(slug),
+            Some(_) => {}
             None if labelled < limit => {
                 labels.insert(id, Arc::from(slug));
             }

@@ -160,6 +160,7 @@ impl Notification {
 
     /// `destination.circuit_opened`, once per open period (keyed by its start; a node's own fallback breaker is
     /// keyed by the node too, as each node has its own).
+    #[allow(clippy::too_many_arguments)]
     pub fn circuit_opened(
         destination: Uuid,
         slug: &str,
