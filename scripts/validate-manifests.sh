@@ -362,7 +362,7 @@ def schema_validate(o, where):
 
 # Top-level sections of hookgate's Settings (src/config.rs); HOOKGATE_CONFIG names the file.
 SECTIONS = {"server", "database", "redis", "writer", "supervision", "sources", "delivery", "destinations", "routes", "admin",
-            "retention", "telemetry"}
+            "retention", "telemetry", "notifications"}
 
 def check_env_name(name, where):
     if not name.startswith("HOOKGATE_") or name == "HOOKGATE_CONFIG":

@@ -9,6 +9,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use hookgate_actors::janitor::RetentionSettings;
+use hookgate_actors::notifier::NotificationSettings;
 use hookgate_actors::pg_tls::{split_url, PgConnect, PgTls, PgTlsParams};
 use hookgate_actors::tail::TailSettings;
 use hookgate_actors::tls::{check as check_tls, pem_certificates, OutboundTls};
@@ -57,6 +58,9 @@ pub struct Settings {
     /// The live tail (`GET /admin/v1/events/stream`): client buffers, heartbeats, body size shown, publishing.
     #[serde(default)]
     pub tail: TailSettings,
+    /// Operational notifications about hookgate itself, delivered to one of its destinations.
+    #[serde(default)]
+    pub notifications: NotificationSettings,
 }
 
 /// OpenTelemetry traces: one trace per event (its ingest span, the attempts as its children; the writer's flush
@@ -398,11 +402,23 @@ impl RedisSettings {
     }
 }
 
+use hookgate_core::notification::is_reserved;
 use hookgate_core::source::{validate_slug, SourceBounds, SourceConfig};
 
 /// The sections that environment variables may set (`HOOKGATE_<SECTION>__<KEY>`).
-const ENV_SECTIONS: &[&str] =
-    &["server", "database", "redis", "writer", "supervision", "delivery", "retention", "admin", "telemetry", "tail"];
+const ENV_SECTIONS: &[&str] = &[
+    "server",
+    "database",
+    "redis",
+    "writer",
+    "supervision",
+    "delivery",
+    "retention",
+    "admin",
+    "telemetry",
+    "tail",
+    "notifications",
+];
 
 /// The secret settings that may also come from a file named by `HOOKGATE_<SECTION>__<KEY>_FILE` (a Kubernetes
 /// Secret mounted as a file), as dotted keys.
@@ -586,6 +602,7 @@ impl Settings {
                 anyhow::bail!("admin.tokens: every token must be at least 16 characters");
             }
         }
+        self.notifications.validate().map_err(anyhow::Error::msg)?;
         self.validate_delivery()
     }
 
@@ -652,6 +669,9 @@ impl Settings {
         let mut seen_routes = std::collections::HashSet::new();
         for r in &self.routes {
             validate_slug(&r.slug).map_err(|e| anyhow::anyhow!("route {:?}: {e}", r.slug))?;
+            if is_reserved(&r.slug) {
+                anyhow::bail!("route {:?}: the slug is reserved for hookgate's own notifications", r.slug);
+            }
             if !seen_routes.insert(r.slug.as_str()) {
                 anyhow::bail!("route {:?} is declared twice", r.slug);
             }
@@ -915,6 +935,11 @@ mod tests {
             ("[[sources]]\nslug = \"a\"\nverification = { kind = \"standard_webhooks\", secret = \"whsec_!!\" }", "base64"),
             ("[[sources]]\nslug = \"a\"\nidempotency = { from = \"cloudevents\" }", "cloudevents = true"),
             ("[[sources]]\nslug = \"a\"\nverification = { kind = \"rot13\" }", "rot13"),
+            ("[[sources]]\nslug = \"hookgate\"", "reserved for hookgate's own notifications"),
+            ("[notifications]\ndead_window_secs = 0", "notifications.dead_window_secs must be positive"),
+            ("[notifications]\ndestination = \"Ops!\"", "notifications.destination: slug must be"),
+            ("[notifications]\nbacklog_age_overrides = { a = 0 }", "notifications.backlog_age_overrides.a must be positive"),
+            ("[notifications]\ndestinaton = \"ops\"", "destinaton"),
             (
                 "[[destinations]]\nslug = \"d\"\nurl = \"https://example.com/\"\nheaders = { \"Webhook-Id\" = \"x\" }",
                 "\"Webhook-Id\" cannot be set",

@@ -184,6 +184,16 @@ async fn main() -> ExitCode {
                 }
                 _ => println!("traces: not exported (telemetry.otlp_endpoint is not set)"),
             }
+            match &settings.notifications.destination {
+                None => println!("notifications: off"),
+                Some(slug) if settings.destinations.iter().any(|d| d.slug == *slug) => {
+                    println!("notifications: to destination {slug:?} (declared)")
+                }
+                Some(slug) => println!(
+                    "notifications: to destination {slug:?}, not declared here: it must exist (created through the \
+                     admin API) when hookgate starts, or the start fails"
+                ),
+            }
             Ok(())
         }
         Command::Migrate => migrate(&settings).await,

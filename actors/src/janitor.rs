@@ -27,12 +27,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use hookgate_core::internal_events::{emit, DeliveriesExpired, PartitionChangeDeferred};
+use hookgate_core::internal_events::{emit, DeliveriesDead, DeliveriesExpired, PartitionChangeDeferred};
+use hookgate_core::notification::{DeadReason, Happening};
 use hookgate_store::maintenance::{refresh_statistics, RoundReport};
 use hookgate_store::Pool;
 use serde::Deserialize;
 
 use crate::health::{ActorState, ActorStatus};
+use crate::notifier::Notices;
 use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
 
@@ -89,11 +91,27 @@ pub struct Janitor {
     stopped: bool,
     /// After a restart: how long to wait before taking work again (the supervision back-off).
     resume_delay: Duration,
+    /// Where disabled destinations and expired deliveries are told (operational notifications).
+    notices: Notices,
 }
 
 impl Janitor {
     pub fn new(pool: Pool, cfg: RetentionSettings, auto_disable_after: Duration, status: Arc<ActorStatus>) -> Self {
-        Self { pool, cfg, auto_disable_after, status, stopped: false, resume_delay: Duration::ZERO }
+        Self {
+            pool,
+            cfg,
+            auto_disable_after,
+            status,
+            stopped: false,
+            resume_delay: Duration::ZERO,
+            notices: Notices::off(),
+        }
+    }
+
+    /// Tells `notices` of the destinations a round disables and the deliveries retention expires.
+    pub fn with_notices(mut self, notices: Notices) -> Self {
+        self.notices = notices;
+        self
     }
 }
 
@@ -108,7 +126,7 @@ impl Actor for Janitor {
             if act.stopped {
                 return;
             }
-            let fut = guarded(round(act.pool.clone(), act.cfg.clone(), act.auto_disable_after));
+            let fut = guarded(round(act.pool.clone(), act.cfg.clone(), act.auto_disable_after, act.notices.clone()));
             ctx.spawn(fut.into_actor(act).map(|res, act, ctx| match res {
                 Ok(res) => act.log(res),
                 Err(Panicked(what)) => {
@@ -176,7 +194,7 @@ impl Handler<Shutdown> for Janitor {
 impl Handler<RunNow> for Janitor {
     type Result = ();
     fn handle(&mut self, msg: RunNow, ctx: &mut Self::Context) {
-        let fut = guarded(round(self.pool.clone(), self.cfg.clone(), self.auto_disable_after));
+        let fut = guarded(round(self.pool.clone(), self.cfg.clone(), self.auto_disable_after, self.notices.clone()));
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
             let res = match res {
                 Ok(res) => res,
@@ -194,8 +212,14 @@ impl Handler<RunNow> for Janitor {
     }
 }
 
-/// One janitor round, if this node takes the lock; its expired deliveries are counted and logged here.
-pub async fn round(pool: Pool, cfg: RetentionSettings, auto_disable_after: Duration) -> anyhow::Result<RoundReport> {
+/// One janitor round, if this node takes the lock; its expired deliveries and disabled destinations are counted,
+/// logged and told to `notices` here.
+pub async fn round(
+    pool: Pool,
+    cfg: RetentionSettings,
+    auto_disable_after: Duration,
+    notices: Notices,
+) -> anyhow::Result<RoundReport> {
     let job = hookgate_store::maintenance::Round {
         partitions_ahead_days: i32::try_from(cfg.partitions_ahead_days).unwrap_or(i32::MAX),
         retention_days: i32::try_from(cfg.days.max(1)).unwrap_or(i32::MAX),
@@ -205,8 +229,20 @@ pub async fn round(pool: Pool, cfg: RetentionSettings, auto_disable_after: Durat
         ddl_lock_timeout: Duration::from_millis(cfg.ddl_lock_timeout_ms.max(1)),
     };
     let report = hookgate_store::maintenance::round(&pool, &job).await?;
-    for (slug, count) in &report.expired_by_destination {
+    for (id, slug, count) in &report.expired_by_destination {
         emit(DeliveriesExpired { destination: slug, count: *count, retention_days: job.retention_days });
+        let (count, reason) = ((*count).max(0) as u64, DeadReason::Expired);
+        emit(DeliveriesDead { destination: *id, reason, count });
+        notices.send(Happening::Dead { destination: *id, count, reason });
+    }
+    for d in &report.destinations_disabled {
+        tracing::warn!(message = "Destination disabled: failing continuously.", destination = %d.slug, reason = %d.reason);
+        notices.send(Happening::Disabled {
+            destination: d.id,
+            slug: d.slug.clone(),
+            reason: d.reason.clone(),
+            disabled_at: d.disabled_at,
+        });
     }
     for d in &report.ddl_deferred {
         emit(PartitionChangeDeferred { action: d.action, partition: &d.partition, reason: &d.reason });

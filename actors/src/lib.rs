@@ -9,7 +9,8 @@
 //! | [`scheduler::Scheduler`] | claims due deliveries with leases, fairly per destination | `Completed`, `Wake`, LISTEN `hookgate_deliveries` | [`deliverer::Deliverer`] | one claim round at a time, polled every `poll_interval_ms` |
 //! | [`deliverer::Deliverer`] | makes one signed, SSRF-guarded HTTP attempt per delivery | `Deliver` | `ResultWriter`, `Scheduler` | none (many attempts at once) |
 //! | [`janitor::Janitor`] | the cluster's singleton jobs: partitions, retention, key pruning, lease reaper, auto-disable sweep | timer, `RunNow` | PostgreSQL | one round per `interval_secs`, on the node holding the advisory lock; short transactions, DDL under a lock time-out |
-//! | [`result_writer::ResultWriter`] | batches attempt rows and delivery state changes | `AttemptResult` | PostgreSQL | flush at `result_batch_max` or `result_flush_interval_ms` |
+//! | [`result_writer::ResultWriter`] | batches attempt rows and delivery state changes | `AttemptResult` | PostgreSQL, [`notifier::Notifier`] | flush at `result_batch_max` or `result_flush_interval_ms` |
+//! | [`notifier::Notifier`] | turns what hookgate sees about its destinations into operational notifications, delivered like any event | `Notice` (from the ResultWriter, the Scheduler, the Janitor, the circuit breakers), timers | PostgreSQL | `delivery.dead` added up per `dead_window_secs`; one store at a time |
 //!
 //! Beside the actors, [`tail`] publishes what the writers committed on Redis while someone tails (offered with
 //! `try_send` into a bounded queue after COMMIT) and fans the cluster's messages out to this node's SSE clients.
@@ -28,6 +29,7 @@ pub mod health;
 pub mod janitor;
 pub mod limits;
 pub mod mailbox;
+pub mod notifier;
 pub mod pg_tls;
 pub mod proxy;
 pub mod redis_link;

@@ -63,9 +63,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hookgate_core::internal_events::{emit, CircuitObserved, LimitsFellBack};
+use hookgate_core::notification::{CircuitScope, Happening};
 use redis::aio::MultiplexedConnection;
 use redis::Script;
 use uuid::Uuid;
+
+use crate::notifier::Notices;
 
 /// When the circuit of one destination opens, for how long, and how it closes again.
 #[derive(Debug, Clone, Copy, serde::Deserialize)]
@@ -323,7 +326,9 @@ return 0
 "#;
 
 /// ARGV[3..]: success (1|0), elapsed_ms, failure_threshold, failure_ratio, min_requests, window_ms,
-/// open_initial_ms, open_ms, ramp_initial, ramp_max. Returns {state after recording, 1 if this outcome opened it}.
+/// open_initial_ms, open_ms, ramp_initial, ramp_max. Returns {state after recording, 0}, or, when this outcome
+/// changed the circuit, {1, 1, opened (ms), period (ms), opens} (it opened) or {0, 2, opened (ms)} (it closed fully
+/// again; `opened` is the start of the last open period).
 const CB_RECORD: &str = r#"
 local ok = ARGV[3] == '1'
 local started = now - tonumber(ARGV[4])
@@ -336,7 +341,7 @@ local open_max = tonumber(ARGV[10])
 local ramp_initial = tonumber(ARGV[11])
 local ramp_max = tonumber(ARGV[12])
 local h = redis.call('HMGET', key, 'state', 'consec', 'lastfail', 'wstart', 'wtotal', 'wfail', 'opens', 'since',
-  'allow', 'rsucc')
+  'allow', 'rsucc', 'opened')
 local state = tonumber(h[1]) or 0
 if state == 1 then
   return {1, 0}
@@ -351,14 +356,14 @@ local function open()
   redis.call('HSET', key, 'state', 1, 'opened', string.format('%.0f', now), 'period', string.format('%.0f', period),
     'opens', opens)
   redis.call('PEXPIRE', key, ttl)
-  return {1, 1}
+  return {1, 1, now, period, opens}
 end
 local function fully_close()
   redis.call('DEL', gkey)
   redis.call('HDEL', key, 'opened', 'period', 'opens', 'since', 'allow', 'rsucc', 'gseq')
   redis.call('HSET', key, 'state', 0)
   redis.call('PEXPIRE', key, ttl)
-  return {0, 0}
+  return {0, 2, tonumber(h[11]) or 0}
 end
 if state == 2 or state == 3 then
   if started < (tonumber(h[8]) or 0) then
@@ -540,6 +545,8 @@ struct Circuit {
     wtotal: u32,
     wfail: u32,
     opened: i64,
+    /// When it opened, on the wall clock (ms since the Unix epoch): the open period's identity in notifications.
+    opened_unix_ms: i64,
     period: i64,
     opens: u32,
     since: i64,
@@ -560,6 +567,7 @@ impl Circuit {
             wtotal: 0,
             wfail: 0,
             opened: 0,
+            opened_unix_ms: 0,
             period: 0,
             opens: 0,
             since: 0,
@@ -576,6 +584,7 @@ impl Circuit {
         Self {
             state: CircuitState::Open,
             opened: now,
+            opened_unix_ms: unix_ms(),
             period: p.period(opens),
             opens,
             expires: now + p.ttl_ms,
@@ -639,6 +648,8 @@ pub struct Limits {
     /// Destinations whose last `admit` here answered half-open or ramping: only those can have grants to release,
     /// so releasing skips Redis for the others (the claim round releases after every round with unused budget).
     probing: Mutex<std::collections::HashSet<Uuid>>,
+    /// Where opens and returns to closed are told (operational notifications); off unless set.
+    notices: Notices,
 }
 
 impl std::fmt::Debug for Limits {
@@ -682,7 +693,14 @@ impl Limits {
             },
             degraded: AtomicBool::new(false),
             probing: Mutex::new(std::collections::HashSet::new()),
+            notices: Notices::off(),
         }
+    }
+
+    /// Tells `notices` each time a circuit opens or closes fully again (operational notifications).
+    pub fn with_notices(mut self, notices: Notices) -> Self {
+        self.notices = notices;
+        self
     }
 
     /// Sets the longest wait for one Redis script; past it the local fallback answers.
@@ -798,7 +816,7 @@ impl Limits {
                     (n, state, Scope::Local)
                 }
             };
-        observe(dest, state, false);
+        self.observe(dest, state, Change::None, scope);
         let mut probing = self.probing.lock().unwrap_or_else(|e| e.into_inner());
         if matches!(state, CircuitState::HalfOpen | CircuitState::Ramping) {
             probing.insert(dest);
@@ -904,24 +922,33 @@ impl Limits {
             p.ramp_initial.to_string(),
             p.ramp_max.to_string(),
         ];
-        let (state, opened, scope) = match self
+        let (state, change, scope) = match self
             .eval::<Vec<i64>>(conn, "record", &self.scripts.record, &self.circuit_keys(dest), &args)
             .await
         {
             Some(v) => {
-                (CircuitState::from_code(v.first().copied().unwrap_or(0)), v.get(1).copied() == Some(1), Scope::Cluster)
+                let at = |i: usize| v.get(i).copied().unwrap_or(0);
+                let change = match at(1) {
+                    1 => {
+                        Change::Opened { at_ms: at(2), period_ms: at(3), opens: at(4).clamp(0, u32::MAX as i64) as u32 }
+                    }
+                    2 => Change::Closed { opened_at_ms: at(2) },
+                    _ => Change::None,
+                };
+                (CircuitState::from_code(at(0)), change, Scope::Cluster)
             }
             None => {
-                let (state, opened) = self.record_local(dest, success, elapsed_ms);
-                (state, opened, Scope::Local)
+                let (state, change) = self.record_local(dest, success, elapsed_ms);
+                (state, change, Scope::Local)
             }
         };
-        observe(dest, state, opened);
+        self.observe(dest, state, change, scope);
         (state, scope)
     }
 
-    /// The local fallback of [`Limits::record`]: the state after recording, and whether this outcome opened it.
-    fn record_local(&self, dest: Uuid, success: bool, elapsed_ms: i64) -> (CircuitState, bool) {
+    /// The local fallback of [`Limits::record`]: the state after recording, and how this outcome changed it (the
+    /// times on the wall clock, in ms since the Unix epoch).
+    fn record_local(&self, dest: Uuid, success: bool, elapsed_ms: i64) -> (CircuitState, Change) {
         let p = self.params;
         let now = self.now_ms();
         let started = now - elapsed_ms;
@@ -929,21 +956,28 @@ impl Limits {
         circuits.sweep(now, |c| c.expires);
         let mut c = circuits.entries.get(&dest).filter(|c| c.expires > now).cloned().unwrap_or_else(Circuit::closed);
         match c.state {
-            CircuitState::Open => return (CircuitState::Open, false),
+            CircuitState::Open => return (CircuitState::Open, Change::None),
             CircuitState::HalfOpen | CircuitState::Ramping => {
                 if started < c.since {
-                    return (c.state, false);
+                    return (c.state, Change::None);
                 }
                 c.grants.pop_front();
             }
             CircuitState::Closed => {}
         }
+        let open = |circuits: &mut LocalMap<Circuit>, opens: u32| {
+            let opened = Circuit::opened(now, opens, &p);
+            let change = Change::Opened { at_ms: opened.opened_unix_ms, period_ms: opened.period, opens: opened.opens };
+            circuits.entries.insert(dest, opened);
+            (CircuitState::Open, change)
+        };
         if c.state == CircuitState::HalfOpen {
             if !success {
-                circuits.entries.insert(dest, Circuit::opened(now, c.opens, &p));
-                return (CircuitState::Open, true);
+                return open(&mut circuits, c.opens);
             }
+            let mut change = Change::None;
             if p.ramp_initial >= p.ramp_max {
+                change = Change::Closed { opened_at_ms: c.opened_unix_ms };
                 c = Circuit::closed();
             } else {
                 c.state = CircuitState::Ramping;
@@ -953,7 +987,7 @@ impl Limits {
             c.expires = now + p.ttl_ms;
             let state = c.state;
             circuits.entries.insert(dest, c);
-            return (state, false);
+            return (state, change);
         }
         if !(0..p.window_ms).contains(&(now.saturating_sub(c.wstart))) {
             c.wstart = now;
@@ -981,16 +1015,17 @@ impl Limits {
             let consecutive = p.threshold > 0 && c.consec >= p.threshold;
             let ratio = c.wtotal >= p.min_requests && c.wfail as f64 / c.wtotal as f64 >= p.ratio;
             if consecutive || ratio {
-                circuits.entries.insert(dest, Circuit::opened(now, c.opens, &p));
-                return (CircuitState::Open, true);
+                return open(&mut circuits, c.opens);
             }
             if counted && ramping {
                 c.allow = p.ramp_initial;
                 c.rsucc = 0;
             }
         }
+        let mut change = Change::None;
         if ramping && c.allow >= p.ramp_max {
             // Fully closed: the back-off starts over; the failure counters carry on.
+            change = Change::Closed { opened_at_ms: c.opened_unix_ms };
             c = Circuit {
                 consec: c.consec,
                 lastfail: c.lastfail,
@@ -1003,7 +1038,7 @@ impl Limits {
         c.expires = now + p.ttl_ms;
         let state = c.state;
         circuits.entries.insert(dest, c);
-        (state, false)
+        (state, change)
     }
 
     /// The stored state of `dest`'s circuit (see the module notes on `Open` past its open period).
@@ -1085,8 +1120,54 @@ impl Limits {
 }
 
 /// Publishes the state of `dest`'s circuit as this process last saw it (and that it has just opened).
-fn observe(dest: Uuid, state: CircuitState, opened: bool) {
-    emit(CircuitObserved { destination: dest, code: state.code(), opened });
+/// How one recorded outcome changed a circuit (times in ms since the Unix epoch, on the breaker's clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    None,
+    /// It opened, for `period_ms`; `opens` since it was last fully closed.
+    Opened {
+        at_ms: i64,
+        period_ms: i64,
+        opens: u32,
+    },
+    /// It closed fully again; its last open period began at `opened_at_ms`.
+    Closed {
+        opened_at_ms: i64,
+    },
+}
+
+impl Limits {
+    /// Reports the state this process saw (the gauge, the opens counter), and tells the Notifier of an open or a
+    /// return to closed.
+    fn observe(&self, dest: Uuid, state: CircuitState, change: Change, scope: Scope) {
+        emit(CircuitObserved {
+            destination: dest,
+            code: state.code(),
+            opened: matches!(change, Change::Opened { .. }),
+        });
+        let scope = match scope {
+            Scope::Cluster => CircuitScope::Cluster,
+            Scope::Local => CircuitScope::Local,
+        };
+        match change {
+            Change::None => {}
+            Change::Opened { at_ms, period_ms, opens } => self.notices.send(Happening::CircuitOpened {
+                destination: dest,
+                opened_at_ms: at_ms,
+                open_period_ms: period_ms.max(0) as u64,
+                opens,
+                scope,
+            }),
+            Change::Closed { opened_at_ms } => {
+                self.notices.send(Happening::CircuitClosed { destination: dest, opened_at_ms, scope })
+            }
+        }
+    }
+}
+
+/// Now on the wall clock, in ms since the Unix epoch.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// How long a bucket of `rate` takes to refill from empty, plus a second: after that it is full, so it may vanish.
@@ -1156,6 +1237,25 @@ mod tests {
         assert_eq!(l.record(None, dest, false, Duration::ZERO).await.0, CircuitState::Closed);
         assert_eq!(l.record(None, dest, false, Duration::ZERO).await.0, CircuitState::Closed);
         assert_eq!(l.record(None, dest, false, Duration::ZERO).await.0, CircuitState::Open);
+    }
+
+    #[tokio::test]
+    async fn an_open_and_the_return_to_closed_are_reported_once_naming_the_same_open_period() {
+        let (l, clock) = local(config());
+        let dest = Uuid::new_v4();
+        assert_eq!(l.record_local(dest, false, 0), (CircuitState::Closed, Change::None));
+        assert_eq!(l.record_local(dest, false, 0), (CircuitState::Closed, Change::None));
+        let (state, opened) = l.record_local(dest, false, 0);
+        assert_eq!(state, CircuitState::Open);
+        let Change::Opened { at_ms, period_ms, opens } = opened else { panic!("{opened:?}") };
+        assert_eq!((period_ms, opens), (1_000, 1));
+        assert_eq!(l.record_local(dest, false, 0), (CircuitState::Open, Change::None), "reported once");
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(l.admit(None, dest, 1).await.0, 1, "the probe");
+        let (state, closed) = l.record_local(dest, true, 0);
+        assert_eq!(state, CircuitState::Closed);
+        assert_eq!(closed, Change::Closed { opened_at_ms: at_ms }, "the close names its open period");
+        assert_eq!(l.record_local(dest, true, 0), (CircuitState::Closed, Change::None));
     }
 
     #[tokio::test]

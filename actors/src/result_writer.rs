@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
-use hookgate_core::internal_events::{emit, ResultsNotStored, ResultsStored};
+use hookgate_core::internal_events::{emit, DeliveriesDead, ResultsNotStored, ResultsStored};
+use hookgate_core::notification::{DeadReason, Happening};
 
 use hookgate_core::catalog::without_nul;
 use hookgate_core::delivery::{AttemptOutcome, OutcomePlan, Routed};
@@ -23,6 +24,7 @@ use crate::catalog::SharedCatalog;
 use crate::config::DeliveryConfig;
 use crate::deliverer::AttemptResult;
 use crate::health::{ActorState, ActorStatus};
+use crate::notifier::Notices;
 use crate::scheduler::{LeasesFreed, Scheduler, Wake, WakeAt};
 use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
@@ -48,6 +50,8 @@ pub struct ResultWriter {
     resume_delay: Duration,
     /// The live tail: outcomes are offered to it after COMMIT while someone tails.
     tail: Option<Arc<TailPublisher>>,
+    /// Where disabled destinations and dead deliveries are told (operational notifications).
+    notices: Notices,
 }
 
 impl ResultWriter {
@@ -71,12 +75,19 @@ impl ResultWriter {
             drains: Vec::new(),
             resume_delay: Duration::ZERO,
             tail: None,
+            notices: Notices::off(),
         }
     }
 
     /// Offers the outcomes it records to the live tail (after COMMIT, only while someone tails, never waiting).
     pub fn with_tail(mut self, tail: Arc<TailPublisher>) -> Self {
         self.tail = Some(tail);
+        self
+    }
+
+    /// Tells `notices` of the destinations each batch disables and the deliveries it makes dead.
+    pub fn with_notices(mut self, notices: Notices) -> Self {
+        self.notices = notices;
         self
     }
 
@@ -100,8 +111,9 @@ impl ResultWriter {
             plan.deliveries.iter().filter(|(state, ..)| *state == DeliveryState::Pending).map(|(_, at, _)| *at).min();
         let tail = self.tail.clone().filter(|t| t.active()).map(|t| (t, tail_outcomes(&batch, &plan, &catalog)));
         let (pool, node_id, auto_disable) = (self.pool.clone(), self.node_id.clone(), self.cfg.auto_disable_after_secs);
+        let notices = self.notices.clone();
         let fut = async move {
-            let res = write(&pool, &node_id, &batch, &plan, auto_disable).await;
+            let res = write(&pool, &node_id, &batch, &plan, auto_disable, &notices).await;
             (res, batch)
         };
         ctx.spawn(guarded(fut).into_actor(self).map(move |outcome, act, ctx| {
@@ -229,6 +241,7 @@ async fn write(
     batch: &[AttemptResult],
     plan: &OutcomePlan,
     auto_disable_after_secs: u64,
+    notices: &Notices,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let errors: Vec<Option<std::borrow::Cow<'_, str>>> =
@@ -270,9 +283,20 @@ async fn write(
         failing: plan.failing.clone(),
         auto_disable_after_secs: auto_disable_after_secs as f64,
     };
-    let disabled = hookgate_store::results::record(pool, node_id, &outcomes, &destinations).await?;
-    if disabled > 0 {
-        tracing::warn!(message = "Destinations disabled by their outcomes.", count = disabled);
+    let recorded = hookgate_store::results::record(pool, node_id, &outcomes, &destinations).await?;
+    for d in recorded.disabled {
+        tracing::warn!(message = "Destination disabled by its outcomes.", destination = %d.slug, reason = %d.reason);
+        notices.send(Happening::Disabled {
+            destination: d.id,
+            slug: d.slug,
+            reason: d.reason,
+            disabled_at: d.disabled_at,
+        });
+    }
+    for (destination, count) in recorded.dead {
+        let (count, reason) = (count.max(0) as u64, DeadReason::Exhausted);
+        emit(DeliveriesDead { destination, reason, count });
+        notices.send(Happening::Dead { destination, count, reason });
     }
     emit(ResultsStored { size: batch.len(), elapsed: started.elapsed() });
     Ok(())

@@ -26,8 +26,10 @@ use chrono::{DateTime, Utc};
 use hookgate_core::catalog::Destination;
 use hookgate_core::delivery::Job;
 use hookgate_core::internal_events::{
-    emit, ClaimRoundFailed, DeliveriesClaimed, DeliveriesHandedOff, DeliveryUnattemptable, DispatchRefused,
+    emit, ClaimRoundFailed, DeliveriesClaimed, DeliveriesDead, DeliveriesHandedOff, DeliveryUnattemptable,
+    DispatchRefused,
 };
+use hookgate_core::notification::{DeadReason, Happening};
 use hookgate_core::state::DestinationState;
 use hookgate_store::channels::{CATALOG_CHANNEL, DELIVERIES_CHANNEL};
 use hookgate_store::claims;
@@ -43,6 +45,7 @@ use crate::deliverer::{Completed, Deliver, Deliverer};
 use crate::handoff::{self, Blocked, HandOff, HandOffPort};
 use crate::health::{ActorState, ActorStatus};
 use crate::limits::Limits;
+use crate::notifier::Notices;
 use crate::pg_tls::PgConnect;
 use crate::redis_link::RedisLink;
 use crate::shutdown::Shutdown;
@@ -100,6 +103,8 @@ pub struct Scheduler {
     next_deliverer: usize,
     /// Opened while this scheduler takes hand-offs from the writer.
     handoff: Option<Arc<HandOffPort>>,
+    /// Where deliveries made dead at claim (unattemptable) are told (operational notifications).
+    notices: Notices,
 }
 
 impl Scheduler {
@@ -137,6 +142,7 @@ impl Scheduler {
             again: false,
             starved: false,
             reserved: HashMap::new(),
+            notices: Notices::off(),
             next_wake: None,
             next_deliverer: 0,
             handoff: None,
@@ -146,6 +152,12 @@ impl Scheduler {
     /// Takes the writer's hand-offs through `port`, opening it while it takes work.
     pub fn with_handoff(mut self, port: Arc<HandOffPort>) -> Self {
         self.handoff = Some(port);
+        self
+    }
+
+    /// Tells `notices` of the deliveries claim rounds make dead because they can never be attempted.
+    pub fn with_notices(mut self, notices: Notices) -> Self {
+        self.notices = notices;
         self
     }
 
@@ -185,6 +197,7 @@ impl Scheduler {
             node_id: self.node_id.clone(),
             lease_margin_ms: self.cfg.lease_margin_ms.min(i32::MAX as u64) as i32,
             handoff: self.handoff.clone(),
+            notices: self.notices.clone(),
         };
         let local = self.inflight_by_destination.clone();
         let capacity = self.cfg.max_in_flight;
@@ -623,6 +636,7 @@ struct ClaimRound {
     node_id: String,
     lease_margin_ms: i32,
     handoff: Option<Arc<HandOffPort>>,
+    notices: Notices,
 }
 
 impl ClaimRound {
@@ -720,8 +734,17 @@ impl ClaimRound {
                 return Err(error);
             }
         };
-        for (id, reason) in &buried {
-            emit(DeliveryUnattemptable { delivery: *id, reason });
+        let mut dead: HashMap<Uuid, u64> = HashMap::new();
+        for b in &buried {
+            emit(DeliveryUnattemptable { delivery: b.id, reason: &b.reason });
+            if let Some(destination) = b.destination_id {
+                *dead.entry(destination).or_default() += 1;
+            }
+        }
+        for (destination, count) in dead {
+            let reason = DeadReason::Unattemptable;
+            emit(DeliveriesDead { destination, reason, count });
+            self.notices.send(Happening::Dead { destination, count, reason });
         }
 
         let mut claimed: HashMap<Uuid, u32> = HashMap::new();

@@ -10,7 +10,8 @@ use tokio::time::Instant;
 /// Finish what you hold by `deadline` and take nothing new; answer on `reply` once done. What each actor finishes:
 /// the EventWriter and the ResultWriter flush their buffers; the Scheduler stops claiming, waits for the attempts in
 /// flight and, at the deadline, gives back the leases of those still running; a Deliverer waits for its attempts;
-/// the Janitor, the Router and Health stop their timers and reloads; the Cache has nothing buffered.
+/// the Janitor, the Router and Health stop their timers and reloads; the Notifier stores what it holds; the Cache has
+/// nothing buffered.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown {
@@ -39,7 +40,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{cache, deliverer, health, janitor, result_writer, router, scheduler, writer};
+    use crate::{cache, deliverer, health, janitor, notifier, result_writer, router, scheduler, writer};
 
     fn handles_shutdown<A: Actor + Handler<Shutdown>>() {}
 
@@ -54,6 +55,7 @@ mod tests {
         handles_shutdown::<deliverer::Deliverer>();
         handles_shutdown::<janitor::Janitor>();
         handles_shutdown::<result_writer::ResultWriter>();
+        handles_shutdown::<notifier::Notifier>();
     }
 
     struct Silent;

@@ -26,7 +26,10 @@ pub fn emit(event: impl InternalEvent) {
 /// How many destinations get their own `destination` label (`server.metrics_destination_labels`).
 static DESTINATION_LABEL_LIMIT: AtomicUsize = AtomicUsize::new(DEFAULT_DESTINATION_LABELS);
 /// Each labelled destination's label, by id (swapped whole when the catalog reloads).
-static DESTINATION_LABELS: RwLock<Option<Arc<HashMap<Uuid, Arc<str>>>>> = RwLock::new(None);
+static DESTINATION_LABELS: RwLock<Option<Arc<Labels>>> = RwLock::new(None);
+
+/// Each labelled destination's label, by id.
+type Labels = HashMap<Uuid, Arc<str>>;
 
 /// The default of `server.metrics_destination_labels`.
 pub const DEFAULT_DESTINATION_LABELS: usize = 100;
@@ -52,11 +55,8 @@ pub fn label_destinations<'a>(destinations: impl IntoIterator<Item = (Uuid, &'a 
     for (id, slug) in all {
         let labelled = labels.len();
         match labels.get_mut(&id) {
-            Some(label) => {
-                if label.as_ref() != slug {
-                    *label = Arc::from(slug);
-                }
-            }
+            Some(label) if label.as_ref() != slug => *label = Arc::from(slug),
+            Some(_) => {}
             None if labelled < limit => {
                 labels.insert(id, Arc::from(slug));
             }
@@ -676,6 +676,70 @@ pub struct DestinationBacklogNotSampled<'a> {
 impl InternalEvent for DestinationBacklogNotSampled<'_> {
     fn emit(self) {
         tracing::warn!(message = "Sampling the destinations' backlog failed.", error = %self.error);
+    }
+}
+
+/// `count` deliveries of a destination ended `dead` (`reason`: `exhausted`, `unattemptable` or `expired`).
+pub struct DeliveriesDead {
+    pub destination: Uuid,
+    pub reason: crate::notification::DeadReason,
+    pub count: u64,
+}
+
+impl InternalEvent for DeliveriesDead {
+    fn emit(self) {
+        counter!(
+            "hookgate_deliveries_dead_total",
+            "destination" => destination_label(self.destination),
+            "reason" => self.reason.as_str(),
+        )
+        .increment(self.count);
+        tracing::debug!(
+            message = "Deliveries are dead.",
+            destination = %self.destination,
+            reason = self.reason.as_str(),
+            count = self.count,
+        );
+    }
+}
+
+/// What became of one operational notification (`outcome`: `stored`, `duplicate` (another replica stored it
+/// first), `suppressed` (about the notification destination itself), `dropped` (the Notifier's mailbox or queue
+/// was full) or `failed` (PostgreSQL refused it; tried again)).
+pub struct NotificationHandled<'a> {
+    pub kind: crate::notification::NotificationType,
+    pub outcome: &'static str,
+    pub destination: Uuid,
+    pub error: Option<&'a dyn std::fmt::Display>,
+}
+
+impl InternalEvent for NotificationHandled<'_> {
+    fn emit(self) {
+        counter!("hookgate_notifications_total", "type" => self.kind.as_str(), "outcome" => self.outcome).increment(1);
+        match (self.outcome, self.error) {
+            ("stored", _) => tracing::info!(
+                message = "Operational notification stored.",
+                r#type = self.kind.as_str(),
+                destination = %self.destination,
+            ),
+            ("dropped", _) => tracing::warn!(
+                message = "Operational notification dropped: the notifier is full.",
+                r#type = self.kind.as_str(),
+                destination = %self.destination,
+            ),
+            (_, Some(error)) => tracing::warn!(
+                message = "Operational notification not stored; trying again.",
+                r#type = self.kind.as_str(),
+                destination = %self.destination,
+                error = %error,
+            ),
+            _ => tracing::debug!(
+                message = "Operational notification not stored.",
+                r#type = self.kind.as_str(),
+                outcome = self.outcome,
+                destination = %self.destination,
+            ),
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! | [`catalog`] | destinations and routes, declared and compiled; the `Catalog` whose `plan` decides an event's deliveries |
 //! | [`cloudevents`] | the CloudEvents 1.0 HTTP binding: modes, attributes, the idempotency key of an event |
 //! | [`event`] | an event's idempotency key and type, taken where its source says and checked once (newtypes) |
+//! | [`notification`] | operational notifications: the reserved `hookgate` source and route, each type's key and body |
 //! | [`retry`] | when a failed delivery is tried again (delays, jitter, `Retry-After` with its floor) |
 //! | [`signing`] | Standard Webhooks signatures of outgoing deliveries |
 //! | [`internal_events`] | everything hookgate reports about itself: one typed event per thing that happens, its log line and its metric together |
@@ -29,6 +30,7 @@ pub mod delivery;
 pub mod event;
 pub mod internal_events;
 pub mod jq;
+pub mod notification;
 pub mod retry;
 pub mod signing;
 pub mod snapshot;

@@ -377,6 +377,9 @@ impl SourceConfig {
         let bad = |msg: String| Err(InvalidSource(msg));
         let server_max_body_bytes = bounds.max_body_bytes;
         validate_slug(&self.slug).map_err(|e| InvalidSource(e.into()))?;
+        if crate::notification::is_reserved(&self.slug) {
+            return bad(format!("slug {:?} is reserved for hookgate's own notifications", self.slug));
+        }
         if self.max_body_bytes == 0 || self.max_body_bytes > server_max_body_bytes {
             return bad(format!(
                 "max_body_bytes must be between 1 and server.max_body_bytes ({server_max_body_bytes})"

@@ -1,5 +1,5 @@
 //! Live tail: what a node publishes on Redis after a COMMIT (the events it stored, the attempt outcomes it
-//! recorded) and what every node's subscriber reads back for its SSE clients (ADR-0011).
+//! recorded) and what every node's subscriber reads back for its SSE clients (ADR-0012).
 //!
 //! Pure types and rules; the publishing and the subscription are `hookgate_actors::tail`, the SSE endpoint is the
 //! admin API's. A message carries only what a tail shows or filters on: an event's stored headers (credentials

@@ -11,6 +11,7 @@ use hookgate_actors::deliverer::Deliverer;
 use hookgate_actors::handoff::HandOffPort;
 use hookgate_actors::janitor::Janitor;
 use hookgate_actors::limits::Limits;
+use hookgate_actors::notifier::{Notices, Notifier};
 use hookgate_actors::pg_tls::PgConnect;
 use hookgate_actors::result_writer::{ConnectScheduler, ResultWriter};
 use hookgate_actors::router::Router;
@@ -21,6 +22,7 @@ use hookgate_actors::tls::OutboundTls;
 use hookgate_actors::{
     ActorStatus, Cache, CacheConfig, EventWriter, Health, HealthRegistry, Mailbox, RedisLink, RedisLinkConfig,
 };
+use hookgate_store::notifications::NotificationDestination;
 
 use crate::config::Settings;
 
@@ -36,6 +38,8 @@ pub struct Actors {
     pub janitor: Addr<Janitor>,
     pub scheduler: Option<Addr<Scheduler>>,
     pub result_writer: Option<Addr<ResultWriter>>,
+    /// Only when notifications are on.
+    pub notifier: Option<Addr<Notifier>>,
 }
 
 /// Stops an arbiter (the writer's, each deliverer's) when dropped.
@@ -63,7 +67,8 @@ pub(super) struct Started {
     pub tail: Arc<TailHub>,
 }
 
-/// Starts every actor: the ingest side, the background side, the delivery side (when enabled), then the prober.
+/// Starts every actor: the Notifier (when notifications are on), the ingest side, the background side, the delivery
+/// side (when enabled), then the prober.
 pub(super) fn start(
     settings: &Settings,
     pool: &Pool,
@@ -71,6 +76,7 @@ pub(super) fn start(
     registry: &Arc<SourceRegistry>,
     catalog: &Arc<SharedCatalog>,
     health: &Arc<HealthRegistry>,
+    notifications: Option<NotificationDestination>,
 ) -> anyhow::Result<Started> {
     let policy = settings.supervision;
     let (tail_publisher, tail) = tail::start(
@@ -83,18 +89,25 @@ pub(super) fn start(
             sources: registry.clone(),
         },
     );
+    let (notifier, notices) = match notifications {
+        Some(ops) => {
+            let mailbox = notifier(settings, pool, catalog, ops, health.register("notifier", false, policy));
+            (Some(mailbox.addr().clone()), Notices::new(mailbox))
+        }
+        None => (None, Notices::off()),
+    };
     // Fresh deliveries go from the writer to this node's Scheduler in memory, when both run here.
     let handoff = (settings.delivery.enabled && settings.delivery.handoff)
         .then(|| HandOffPort::new(settings.server.node_id(), settings.delivery.lease_margin_ms));
     let (writer, writer_arbiter) = event_writer(settings, pool, health, handoff.clone(), tail_publisher.clone());
     let cache = cache(settings, health)?;
     let router = router(pool, pg, catalog, registry, health.register("router", false, policy));
-    let janitor = janitor(settings, pool, health.register("janitor", false, policy));
-    let (limits, limits_redis) = limits(settings)?;
+    let janitor = janitor(settings, pool, health.register("janitor", false, policy), notices.clone());
+    let (limits, limits_redis) = limits(settings, notices.clone())?;
     let mut arbiters = vec![writer_arbiter];
     let (scheduler, result_writer) = if settings.delivery.enabled {
         let (scheduler, results, deliverer_arbiters) =
-            delivery(settings, pool, pg, catalog, health, &limits, &limits_redis, handoff, tail_publisher)?;
+            delivery(settings, pool, pg, catalog, health, &limits, &limits_redis, handoff, tail_publisher, notices)?;
         arbiters.extend(deliverer_arbiters);
         (Some(scheduler), Some(results))
     } else {
@@ -118,6 +131,7 @@ pub(super) fn start(
             janitor,
             scheduler,
             result_writer,
+            notifier,
         },
         writer,
         cache,
@@ -185,19 +199,38 @@ fn router(
     Supervisor::start(move |_| Router::new(pool, pg, catalog, registry, status))
 }
 
+/// The Notifier: operational notifications, stored and delivered like any event.
+fn notifier(
+    settings: &Settings,
+    pool: &Pool,
+    catalog: &Arc<SharedCatalog>,
+    ops: NotificationDestination,
+    status: Arc<ActorStatus>,
+) -> Mailbox<Notifier> {
+    tracing::info!(message = "Operational notifications are on.", destination = %ops.slug);
+    let (pool, catalog, node, cfg) =
+        (pool.clone(), catalog.clone(), settings.server.node_id(), settings.notifications.clone());
+    let addr = {
+        let status = status.clone();
+        Supervisor::start(move |_| Notifier::new(pool, catalog, node, ops, cfg, status))
+    };
+    Mailbox::new(addr, status)
+}
+
 /// The Janitor: the cluster's singleton jobs.
-fn janitor(settings: &Settings, pool: &Pool, status: Arc<ActorStatus>) -> Addr<Janitor> {
+fn janitor(settings: &Settings, pool: &Pool, status: Arc<ActorStatus>, notices: Notices) -> Addr<Janitor> {
     let cfg = settings.retention.clone();
     let auto_disable = Duration::from_secs(settings.delivery.auto_disable_after_secs);
     let pool = pool.clone();
-    Supervisor::start(move |_| Janitor::new(pool, cfg, auto_disable, status))
+    Supervisor::start(move |_| Janitor::new(pool, cfg, auto_disable, status).with_notices(notices))
 }
 
 /// Circuit breakers and rate limits, with one Redis connection of their own.
-fn limits(settings: &Settings) -> anyhow::Result<(Arc<Limits>, Arc<RedisLink>)> {
+fn limits(settings: &Settings, notices: Notices) -> anyhow::Result<(Arc<Limits>, Arc<RedisLink>)> {
     let limits = Arc::new(
         Limits::new(&settings.redis.key_prefix, settings.delivery.circuit)
-            .with_op_timeout(Duration::from_millis(settings.delivery.limits_timeout_ms)),
+            .with_op_timeout(Duration::from_millis(settings.delivery.limits_timeout_ms))
+            .with_notices(notices),
     );
     let link = RedisLink::start(
         settings.redis.client()?,
@@ -223,6 +256,7 @@ fn delivery(
     limits_redis: &Arc<RedisLink>,
     handoff: Option<Arc<HandOffPort>>,
     tail: Arc<TailPublisher>,
+    notices: Notices,
 ) -> anyhow::Result<(Addr<Scheduler>, Addr<ResultWriter>, Vec<ArbiterGuard>)> {
     let cfg = settings.delivery.clone();
     let policy = settings.supervision;
@@ -231,7 +265,12 @@ fn delivery(
     let results_status = health.register_delivery("result_writer", None, policy);
     let results = {
         let (pool, catalog, node, cfg) = (pool.clone(), catalog.clone(), node_id.clone(), cfg.clone());
-        Supervisor::start(move |_| ResultWriter::new(pool, catalog, node, cfg, results_status).with_tail(tail))
+        let notices = notices.clone();
+        Supervisor::start(move |_| {
+            ResultWriter::new(pool, catalog, node, cfg, results_status)
+                .with_tail(tail.clone())
+                .with_notices(notices.clone())
+        })
     };
     let ssrf = Arc::new(cfg.ssrf_policy());
     // Read once (the system store is files on disk); every deliverer's clients trust these roots.
@@ -268,7 +307,8 @@ fn delivery(
                     })
                 })
                 .collect();
-            let scheduler = Scheduler::new(pool, pg, catalog, limits, redis, deliverers, node, cfg, scheduler_status);
+            let scheduler = Scheduler::new(pool, pg, catalog, limits, redis, deliverers, node, cfg, scheduler_status)
+                .with_notices(notices.clone());
             match handoff {
                 Some(port) => scheduler.with_handoff(port),
                 None => scheduler,

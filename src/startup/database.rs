@@ -9,6 +9,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use hookgate_actors::catalog::{self, SharedCatalog};
 use hookgate_actors::pg_tls::{tls_failure, PgConnect};
 use hookgate_actors::sources::{self as source_snapshot, SourceRegistry};
+use hookgate_store::notifications::NotificationDestination;
 
 use crate::config::{DatabaseSettings, Settings};
 use crate::sources;
@@ -67,9 +68,10 @@ async fn first_connection(pool: &Pool) -> anyhow::Result<()> {
 }
 
 /// The pool (its first connection open), with the schema migrated (unless `database.migrate_on_start` is off) and
-/// the configuration's declared sources, destinations and routes applied in one transaction. `pg` is how every
-/// connection reaches PostgreSQL (the pools', the probe's, the LISTEN connections').
-pub async fn prepare(settings: &Settings, pg: &PgConnect) -> anyhow::Result<Pool> {
+/// the configuration's declared sources, destinations and routes applied in one transaction, with hookgate's own
+/// source and route (see `[notifications]`). `pg` is how every connection reaches PostgreSQL (the pools', the
+/// probe's, the LISTEN connections'). Answers the notification destination too, when notifications are on.
+pub async fn prepare(settings: &Settings, pg: &PgConnect) -> anyhow::Result<(Pool, Option<NotificationDestination>)> {
     let pool = pool(&settings.database, pg, settings.database.pool_size)?;
     first_connection(&pool).await?;
     if settings.database.migrate_on_start {
@@ -77,8 +79,15 @@ pub async fn prepare(settings: &Settings, pg: &PgConnect) -> anyhow::Result<Pool
     }
     let tls = settings.destination_tls()?;
     let (destinations, routes) = catalog::declared_rows(&settings.destinations, &tls, &settings.routes)?;
-    hookgate_store::apply_declared(&pool, &sources::declared_rows(&settings.sources)?, &destinations, &routes).await?;
-    Ok(pool)
+    let ops = hookgate_store::apply_declared(
+        &pool,
+        &sources::declared_rows(&settings.sources)?,
+        &destinations,
+        &routes,
+        settings.notifications.destination.as_deref(),
+    )
+    .await?;
+    Ok((pool, ops))
 }
 
 /// The snapshots the front end and the actors read: the enabled sources and the routing catalog.

@@ -54,11 +54,11 @@ impl Application {
         hookgate_actors::tls::install_crypto_provider();
         // How every PostgreSQL connection is made (the pools', the probe's, the LISTEN connections'), TLS included.
         let pg = settings.database.pg_connect()?;
-        let pool = database::prepare(&settings, &pg).await?;
+        let (pool, notifications) = database::prepare(&settings, &pg).await?;
         hookgate_core::internal_events::set_destination_label_limit(settings.server.metrics_destination_labels);
         let (sources, catalog) = database::load_snapshots(&pool).await?;
         let health = HealthRegistry::new();
-        let started = actors::start(&settings, &pool, &pg, &sources, &catalog, &health)?;
+        let started = actors::start(&settings, &pool, &pg, &sources, &catalog, &health, notifications)?;
         let tail = started.tail.clone();
         let admin_pool = database::admin_pool(&settings, &pg)?;
         let admin = server::admin_state(&settings, admin_pool, &started, catalog.clone());

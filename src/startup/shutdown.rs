@@ -17,7 +17,8 @@ impl Application {
     /// 4. the Scheduler stops claiming; attempts in flight finish, and those still running when the rest of the
     ///    grace period is over give their leases back so that another node takes them over at once;
     /// 5. the ResultWriter flushes the last attempt results;
-    /// 6. the Janitor, the Router, the Cache and Health stop.
+    /// 6. the Janitor stops; the Notifier stores the notifications it holds (its last `delivery.dead` window too);
+    /// 7. the Router, the Cache and Health stop.
     ///
     /// Each step is one [`Shutdown`](hookgate_actors::Shutdown) with the same deadline, answered when the actor is
     /// done.
@@ -58,6 +59,10 @@ impl Application {
             shut_down(results, tokio::time::Instant::now() + Duration::from_secs(5)).await;
         }
         shut_down(&actors.janitor, deadline).await;
+        if let Some(notifier) = &actors.notifier {
+            // After the ResultWriter and the Janitor, the last to tell it anything: it stores what it holds.
+            shut_down(notifier, deadline.max(tokio::time::Instant::now() + Duration::from_secs(2))).await;
+        }
         shut_down(&actors.router, deadline).await;
         shut_down(&actors.cache, deadline).await;
         shut_down(&prober, deadline).await;

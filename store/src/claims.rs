@@ -152,7 +152,17 @@ UPDATE deliveries d
 SET state = 'dead', last_error = u.reason, lease_owner = NULL, lease_id = NULL, lease_expires_at = NULL,
     updated_at = now()
 FROM UNNEST($1::uuid[], $2::text[]) AS u(id, reason)
-WHERE d.id = u.id AND d.state = 'pending'";
+WHERE d.id = u.id AND d.state = 'pending'
+RETURNING d.id, d.destination_id";
+
+/// A claimed delivery that can never be attempted, made `dead` in the claim's transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Buried {
+    pub id: Uuid,
+    pub reason: String,
+    /// Its destination, when the row was made dead by this claim (`None`: it had changed meanwhile).
+    pub destination_id: Option<Uuid>,
+}
 
 /// What one claim round asks for: per destination, how many and its `max_in_flight`; the FIFO destinations (their
 /// head only); who claims, and the margin added to each destination's timeout for its leases.
@@ -187,7 +197,7 @@ pub async fn due(
 
 /// Leases up to each budget in one transaction under the claim lock; answers the jobs to attempt, and the claimed
 /// deliveries that can never be attempted, made `dead` in the same transaction, with their reasons.
-pub async fn claim(pool: &Pool, b: &Budgets<'_>) -> anyhow::Result<(Vec<Job>, Vec<(Uuid, String)>)> {
+pub async fn claim(pool: &Pool, b: &Budgets<'_>) -> anyhow::Result<(Vec<Job>, Vec<Buried>)> {
     let mut jobs = Vec::new();
     let mut buried: Vec<(Uuid, String)> = Vec::new();
     let mut client = pool.get().await?;
@@ -207,10 +217,17 @@ pub async fn claim(pool: &Pool, b: &Budgets<'_>) -> anyhow::Result<(Vec<Job>, Ve
             None => tracing::error!(message = "A claimed delivery row has no readable id."),
         }
     }
+    let mut dead: HashMap<Uuid, Uuid> = HashMap::new();
     if !buried.is_empty() {
         let (ids, reasons): (Vec<Uuid>, Vec<&str>) = buried.iter().map(|(id, r)| (*id, r.as_str())).unzip();
-        tx.execute(BURY, &[&ids, &reasons]).await?;
+        for row in tx.query(BURY, &[&ids, &reasons]).await? {
+            if let (Ok(id), Ok(destination)) = (row.try_get(0), row.try_get(1)) {
+                dead.insert(id, destination);
+            }
+        }
     }
     tx.commit().await?;
+    let buried =
+        buried.into_iter().map(|(id, reason)| Buried { id, reason, destination_id: dead.get(&id).copied() }).collect();
     Ok((jobs, buried))
 }

@@ -36,20 +36,51 @@ pub async fn release_leases(client: &impl GenericClient, leases: &[Lease]) -> St
         .await?)
 }
 
+/// A destination hookgate just disabled (410 Gone, or failing continuously): who, why and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisabledDestination {
+    pub id: Uuid,
+    pub slug: String,
+    /// `auto: 410 Gone`, or `auto: failing continuously since …`.
+    pub reason: String,
+    /// When it was disabled (the statement's `now()`: the same on every node that reads it).
+    pub disabled_at: DateTime<Utc>,
+}
+
+/// The columns [`DisabledDestination::read`] reads, for an `UPDATE destinations … RETURNING`.
+pub(crate) const DISABLED_COLUMNS: &str = "id, slug, COALESCE(disabled_reason, ''), updated_at";
+
+impl DisabledDestination {
+    /// Reads the rows of a statement returning [`DISABLED_COLUMNS`].
+    pub(crate) fn read_all(rows: &[tokio_postgres::Row]) -> StoreResult<Vec<Self>> {
+        rows.iter()
+            .map(|r| Ok(Self { id: r.column(0)?, slug: r.column(1)?, reason: r.column(2)?, disabled_at: r.column(3)? }))
+            .collect()
+    }
+}
+
 /// Disables the active destinations that have been failing without a success for longer than `after_secs`
-/// (all of them, or only those in `among`), with the reason `auto: failing continuously since …`. Answers how many
-/// were disabled; the caller notifies the catalog when any were.
-pub async fn disable_failing(client: &impl GenericClient, among: Option<&[Uuid]>, after_secs: f64) -> StoreResult<u64> {
-    Ok(client
-        .execute(
-            "UPDATE destinations
-             SET state = 'disabled', updated_at = now(), failing_since = NULL,
-                 disabled_reason = 'auto: failing continuously since ' || failing_since::text
-             WHERE state = 'active' AND failing_since < now() - $2 * interval '1 second'
-               AND ($1::uuid[] IS NULL OR id = ANY($1))",
+/// (all of them, or only those in `among`), with the reason `auto: failing continuously since …`. Answers those it
+/// disabled; the caller notifies the catalog when any were.
+pub async fn disable_failing(
+    client: &impl GenericClient,
+    among: Option<&[Uuid]>,
+    after_secs: f64,
+) -> StoreResult<Vec<DisabledDestination>> {
+    let rows = client
+        .query(
+            &format!(
+                "UPDATE destinations
+                 SET state = 'disabled', updated_at = now(), failing_since = NULL,
+                     disabled_reason = 'auto: failing continuously since ' || failing_since::text
+                 WHERE state = 'active' AND failing_since < now() - $2 * interval '1 second'
+                   AND ($1::uuid[] IS NULL OR id = ANY($1))
+                 RETURNING {DISABLED_COLUMNS}"
+            ),
             &[&among, &after_secs],
         )
-        .await?)
+        .await?;
+    DisabledDestination::read_all(&rows)
 }
 
 /// The columns of a [`DeliveryRow`], in its order, for statements that return deliveries.

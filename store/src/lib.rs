@@ -16,6 +16,7 @@ pub mod listen;
 pub mod locks;
 pub mod maintenance;
 pub mod migrations;
+pub mod notifications;
 pub mod probe;
 pub mod replay_jobs;
 pub mod results;
@@ -62,18 +63,24 @@ pub async fn rollback(tx: deadpool_postgres::Transaction<'_>) -> StoreResult<()>
     Ok(tx.rollback().await?)
 }
 
-/// Applies the configuration's declared sources, destinations and routes in one transaction: a configuration is
-/// applied whole or not at all (a route naming a missing source fails it), and every node is told at COMMIT.
+/// Applies the configuration's declared sources, destinations and routes in one transaction, then hookgate's own
+/// source and route (the route to `notifications`, the notification destination's slug, when notifications are
+/// on): a configuration is applied whole or not at all (a route naming a missing source, a notification
+/// destination that does not exist, fails it), and every node is told at COMMIT. Answers the notification
+/// destination.
 pub async fn apply_declared(
     pool: &Pool,
     sources: &[sources::SourceSettings<'_>],
     destinations: &[catalog::DeclaredDestination<'_>],
     routes: &[catalog::DeclaredRoute<'_>],
-) -> anyhow::Result<()> {
+    notifications: Option<&str>,
+) -> anyhow::Result<Option<notifications::NotificationDestination>> {
     use anyhow::Context;
     let mut client = pool.get().await.context("Failed to get a connection to apply the configuration")?;
     let tx = client.transaction().await?;
     sources::apply_declared(&tx, sources).await?;
     catalog::apply_declared(&tx, destinations, routes).await?;
-    tx.commit().await.context("Failed to commit the declared sources, destinations and routes")
+    let ops = notifications::reconcile(&tx, notifications).await?;
+    tx.commit().await.context("Failed to commit the declared sources, destinations and routes")?;
+    Ok(ops)
 }

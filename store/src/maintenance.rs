@@ -21,6 +21,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Object;
 use tokio_postgres::error::SqlState;
+use uuid::Uuid;
 
 use crate::channels::CATALOG_CHANNEL;
 use crate::locks::{JANITOR_LOCK, STATISTICS_LOCK};
@@ -66,13 +67,14 @@ pub struct RoundReport {
     pub partitions_dropped: i32,
     /// Pending deliveries made `dead` because their partition was dropped.
     pub deliveries_expired: i64,
-    /// The same, per destination (slug, count).
-    pub expired_by_destination: Vec<(String, i64)>,
+    /// The same, per destination (id, slug, count).
+    pub expired_by_destination: Vec<(Uuid, String, i64)>,
     pub keys_pruned: i64,
     /// The statements that pruned them (the last one found fewer than a batch).
     pub key_batches: u32,
     pub leases_reaped: u64,
-    pub destinations_disabled: u64,
+    /// The destinations the auto-disable sweep disabled.
+    pub destinations_disabled: Vec<crate::deliveries::DisabledDestination>,
     /// Partition changes that did not get their locks in time; the next round tries them again.
     pub ddl_deferred: Vec<DeferredDdl>,
 }
@@ -98,7 +100,7 @@ pub async fn round(pool: &Pool, job: &Round) -> anyhow::Result<RoundReport> {
         .await?;
     let tx = client.transaction().await?;
     report.destinations_disabled = crate::deliveries::disable_failing(&tx, None, job.auto_disable_after_secs).await?;
-    if report.destinations_disabled > 0 {
+    if !report.destinations_disabled.is_empty() {
         tx.execute("SELECT pg_notify($1, 'destination-disabled')", &[&CATALOG_CHANNEL]).await?;
     }
     tx.commit().await?;
@@ -251,12 +253,12 @@ async fn drop_partitions(client: &mut Object, job: &Round, report: &mut RoundRep
 }
 
 impl RoundReport {
-    fn count_expired(&mut self, expired: Vec<(String, i64)>) {
-        for (slug, count) in expired {
+    fn count_expired(&mut self, expired: Vec<(Uuid, String, i64)>) {
+        for (id, slug, count) in expired {
             self.deliveries_expired += count;
-            match self.expired_by_destination.iter_mut().find(|(s, _)| *s == slug) {
-                Some((_, n)) => *n += count,
-                None => self.expired_by_destination.push((slug, count)),
+            match self.expired_by_destination.iter_mut().find(|(i, _, _)| *i == id) {
+                Some((_, _, n)) => *n += count,
+                None => self.expired_by_destination.push((id, slug, count)),
             }
         }
     }
@@ -286,14 +288,14 @@ async fn wait_for_partition(
 
 /// Drops one partition: its parent and it locked first (in that order, as every statement locks them), then, for a
 /// deliveries partition, any delivery still `pending` in it made `dead` (see [`expire_pending`]). Answers those
-/// expired deliveries per destination (slug, count).
+/// expired deliveries per destination (id, slug, count).
 async fn drop_partition(
     client: &mut Object,
     parent: &str,
     partition: &str,
     deliveries: bool,
     timeout: Duration,
-) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
+) -> Result<Vec<(Uuid, String, i64)>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     // Both names come from the catalog, quoted by regclass: nothing from outside reaches these statements.
     tx.batch_execute(&bounded(timeout, &format!("LOCK TABLE ONLY {parent}, {partition} IN ACCESS EXCLUSIVE MODE")))
@@ -306,11 +308,11 @@ async fn drop_partition(
 }
 
 /// Makes every `pending` delivery of a deliveries partition `dead` with [`EXPIRED_REASON`]; answers how many per
-/// destination (slug, count).
+/// destination (id, slug, count).
 async fn expire_pending(
     tx: &deadpool_postgres::Transaction<'_>,
     partition: &str,
-) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
+) -> Result<Vec<(Uuid, String, i64)>, tokio_postgres::Error> {
     let rows = tx
         .query(
             &format!(
@@ -320,15 +322,21 @@ async fn expire_pending(
                          lease_expires_at = NULL, updated_at = now()
                      WHERE d.state = 'pending'
                      RETURNING d.destination_id)
-                 SELECT x.slug, count(*) FROM expired JOIN destinations x ON x.id = expired.destination_id
-                 GROUP BY x.slug"
+                 SELECT x.id, x.slug, count(*) FROM expired JOIN destinations x ON x.id = expired.destination_id
+                 GROUP BY x.id, x.slug"
             ),
             &[&EXPIRED_REASON],
         )
         .await?;
     Ok(rows
         .iter()
-        .map(|r| (r.try_get::<_, String>(0).unwrap_or_default(), r.try_get::<_, i64>(1).unwrap_or(0)))
+        .filter_map(|r| {
+            Some((
+                r.try_get::<_, Uuid>(0).ok()?,
+                r.try_get::<_, String>(1).unwrap_or_default(),
+                r.try_get(2).unwrap_or(0),
+            ))
+        })
         .collect())
 }
 

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::channels::CATALOG_CHANNEL;
+use crate::deliveries::{DisabledDestination, DISABLED_COLUMNS};
 use crate::Pool;
 
 /// One attempt's outcome and the state it leaves its delivery in.
@@ -50,13 +51,23 @@ pub struct DestinationOutcomes {
     pub auto_disable_after_secs: f64,
 }
 
-/// Writes a batch of outcomes in one transaction; answers how many destinations it disabled (every node is told).
+/// What a recorded batch changed beyond its deliveries.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    /// The destinations it disabled (every node is told).
+    pub disabled: Vec<DisabledDestination>,
+    /// Per destination, how many of the batch's deliveries it made `dead` (those whose lease still held).
+    pub dead: Vec<(Uuid, i64)>,
+}
+
+/// Writes a batch of outcomes in one transaction; answers the destinations it disabled and the deliveries it made
+/// dead.
 pub async fn record(
     pool: &Pool,
     node_id: &str,
     outcomes: &[Outcome<'_>],
     destinations: &DestinationOutcomes,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Recorded> {
     let mut client = pool.get().await.context("Failed to get a connection to record outcomes")?;
     let tx = crate::begin_hot(&mut client).await?;
 
@@ -113,7 +124,8 @@ pub async fn record(
     let created: Vec<DateTime<Utc>> = outcomes.iter().map(|o| o.created_at).collect();
     let stmt = tx
         .prepare_cached(
-            "UPDATE deliveries d
+            "WITH upd AS (
+             UPDATE deliveries d
              SET state = u.state, attempts = GREATEST(d.attempts, u.attempt), next_attempt_at = u.next,
                  last_error = u.err, lease_owner = NULL, lease_id = NULL, lease_expires_at = NULL,
                  payload = CASE WHEN u.routed THEN u.payload ELSE d.payload END,
@@ -124,20 +136,31 @@ pub async fn record(
                   AS u(id, state, attempt, next, err, lease_id, routed, payload, created_at)
              -- The whole primary key (id and partition key): one probe per row in one partition, whatever the
              -- backlog (a join on the id alone lets a generic plan scan the pending index for every row).
-             WHERE d.id = u.id AND d.created_at = u.created_at AND d.state = 'pending' AND d.lease_id = u.lease_id",
+             WHERE d.id = u.id AND d.created_at = u.created_at AND d.state = 'pending' AND d.lease_id = u.lease_id
+             RETURNING d.destination_id, d.state)
+             -- What the batch made dead, per destination (only rows whose lease held were updated).
+             SELECT destination_id, count(*) FROM upd WHERE state = 'dead' GROUP BY destination_id",
         )
         .await?;
-    tx.execute(&stmt, &[&delivery_ids, &states, &counts, &next, &last_errors, &leases, &routed, &payloads, &created])
-        .await?;
+    let dead = tx
+        .query(&stmt, &[&delivery_ids, &states, &counts, &next, &last_errors, &leases, &routed, &payloads, &created])
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<Vec<(Uuid, i64)>, tokio_postgres::Error>>()?;
 
-    let mut disabled = tx
-        .execute(
-            "UPDATE destinations
-             SET state = 'disabled', disabled_reason = 'auto: 410 Gone', failing_since = NULL, updated_at = now()
-             WHERE id = ANY($1) AND state = 'active'",
+    let gone = tx
+        .query(
+            &format!(
+                "UPDATE destinations
+                 SET state = 'disabled', disabled_reason = 'auto: 410 Gone', failing_since = NULL, updated_at = now()
+                 WHERE id = ANY($1) AND state = 'active'
+                 RETURNING {DISABLED_COLUMNS}"
+            ),
             &[&destinations.gone],
         )
         .await?;
+    let mut disabled = DisabledDestination::read_all(&gone)?;
     if !destinations.healthy.is_empty() {
         tx.execute(
             "UPDATE destinations SET failing_since = NULL WHERE id = ANY($1) AND failing_since IS NOT NULL",
@@ -151,13 +174,14 @@ pub async fn record(
             &[&destinations.failing],
         )
         .await?;
-        disabled +=
+        disabled.extend(
             crate::deliveries::disable_failing(&tx, Some(&destinations.failing), destinations.auto_disable_after_secs)
-                .await?;
+                .await?,
+        );
     }
-    if disabled > 0 {
+    if !disabled.is_empty() {
         tx.execute("SELECT pg_notify($1, 'destination-disabled')", &[&CATALOG_CHANNEL]).await?;
     }
     tx.commit().await?;
-    Ok(disabled)
+    Ok(Recorded { disabled, dead })
 }

@@ -170,7 +170,7 @@ async fn a_backlog_built_while_the_circuit_was_open_drains_without_thrashing_int
     let text = String::from_utf8(resp.body().limit(1 << 24).await.unwrap().to_vec()).unwrap();
     let label = r#"destination="small-queue""#;
     for name in ["hookgate_circuit_state{", "hookgate_circuit_opens_total{"] {
-        assert!(text.lines().any(|l| l.starts_with(name) && l.contains(&label)), "no {name}{label}}} in /metrics");
+        assert!(text.lines().any(|l| l.starts_with(name) && l.contains(label)), "no {name}{label}}} in /metrics");
     }
 }
 

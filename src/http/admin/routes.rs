@@ -3,6 +3,7 @@
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use hookgate_core::catalog::RouteSpec;
+use hookgate_core::notification::{is_reserved, SYSTEM_SLUG};
 use hookgate_core::source::validate_slug;
 use hookgate_store::routes as store;
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::ProblemBody;
-use super::sources::{declared, IdPath};
+use super::sources::{refused, IdPath};
 use super::{notify_catalog, AdminError, AdminState};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -72,6 +73,11 @@ impl From<store::RouteRow> for RouteView {
 
 fn validate(input: &RouteInput) -> Result<(), AdminError> {
     validate_slug(&input.slug).map_err(|e| AdminError::Invalid(e.into()))?;
+    if is_reserved(&input.slug) || is_reserved(&input.source) {
+        return Err(AdminError::Invalid(format!(
+            "{SYSTEM_SLUG:?} is reserved for hookgate's own notifications (as a route's slug and as its source)"
+        )));
+    }
     let too_long = |p: &Option<String>| p.as_ref().is_some_and(|p| p.len() > 64 * 1024);
     if too_long(&input.filter) || too_long(&input.transform) {
         return Err(AdminError::Invalid("filter and transform are limited to 64 KiB".into()));
@@ -147,7 +153,7 @@ pub async fn get(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Resul
 async fn lock_editable(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> Result<(), AdminError> {
     match store::lock(tx, id).await? {
         None => Err(AdminError::NotFound(format!("no route has id {id}"))),
-        Some(true) => Err(declared("route")),
+        Some(true) => Err(refused("route", id)),
         Some(false) => Ok(()),
     }
 }

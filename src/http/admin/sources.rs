@@ -171,7 +171,7 @@ pub async fn update(
     let tx = hookgate_store::begin(&mut client).await?;
     let stored = store::fetch_for_update(&tx, path.id).await?.ok_or_else(|| not_found(path.id))?;
     if stored.declared {
-        return Err(declared("source"));
+        return Err(refused("source", stored.id));
     }
     let stored = stored.model().map_err(|e| anyhow::anyhow!("stored source {}: {e}", stored.slug))?;
     input.verification.keep_secrets_of(&stored.verification);
@@ -189,6 +189,19 @@ pub async fn update(
     Ok(HttpResponse::Ok().json(SourceWithSecret { source, secret: shown }))
 }
 
+/// The refusal to edit a declared object: hookgate's own source and route (operational notifications) are declared
+/// too, with a message of their own.
+pub(super) fn refused(what: &str, id: Uuid) -> AdminError {
+    use hookgate_core::notification::{SYSTEM_ROUTE_ID, SYSTEM_SOURCE_ID};
+    if id == SYSTEM_SOURCE_ID || id == SYSTEM_ROUTE_ID {
+        return AdminError::Declared(format!(
+            "this {what} is hookgate's own: it carries the operational notifications ([notifications] in the \
+             configuration file) and cannot be changed"
+        ));
+    }
+    declared(what)
+}
+
 pub(super) fn declared(what: &str) -> AdminError {
     AdminError::Declared(format!(
         "this {what} is declared in the configuration file, which is re-applied at every start; change it there"
@@ -204,7 +217,7 @@ pub async fn delete(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Re
     let tx = hookgate_store::begin(&mut client).await?;
     let stored = store::fetch_for_update(&tx, path.id).await?.ok_or_else(|| not_found(path.id))?;
     if stored.declared {
-        return Err(declared("source"));
+        return Err(refused("source", stored.id));
     }
     if store::in_use(&tx, path.id).await? {
         return Err(AdminError::InUse("this source has events or routes; disable it instead".into()));
@@ -231,7 +244,7 @@ pub async fn rotate_secret(
     let tx = hookgate_store::begin(&mut client).await?;
     let stored = store::fetch_for_update(&tx, path.id).await?.ok_or_else(|| not_found(path.id))?;
     if stored.declared {
-        return Err(declared("source"));
+        return Err(refused("source", stored.id));
     }
     let mut model = stored.model().map_err(|e| anyhow::anyhow!("stored source {}: {e}", stored.slug))?;
     let kind = model.verification.kind();
