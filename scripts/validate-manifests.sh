@@ -158,7 +158,7 @@ def b64_kyaml(raw):
     return "".join(enc[i:i + 70] + "\n" for i in range(0, len(enc), 70))
 
 def generate(gen, d, kind):
-    allowed = {"name", "behavior", "files", "literals", "envs"} | ({"type"} if kind == "Secret" else set())
+    allowed = {"name", "behavior", "files", "literals", "envs", "options"} | ({"type"} if kind == "Secret" else set())
     extra = set(gen) - allowed
     if extra:
         raise RenderError(f"{kind} generator {gen.get('name')}: unsupported keys {sorted(extra)}")
@@ -178,6 +178,15 @@ def generate(gen, d, kind):
                 key, _, value = line.partition("=")
                 data[key] = value
     obj = {"apiVersion": "v1", "kind": kind, "metadata": {"name": gen["name"]}}
+    options = gen.get("options") or {}
+    extra = set(options) - {"labels", "annotations", "disableNameSuffixHash"}
+    if extra:
+        raise RenderError(f"{kind} generator {gen.get('name')}: unsupported options {sorted(extra)}")
+    for key in ("labels", "annotations"):
+        if options.get(key):
+            obj["metadata"][key] = {str(k): str(v) for k, v in options[key].items()}
+    # Read by apply_generated (and removed there): no hash suffix for this object.
+    obj["__hash__"] = not options.get("disableNameSuffixHash", False)
     if kind == "Secret":
         obj["type"] = gen.get("type", "Opaque")
         obj["data"] = {k: b64_kyaml(v.encode()) for k, v in data.items()}
@@ -186,11 +195,12 @@ def generate(gen, d, kind):
     return obj
 
 def apply_generated(resources, new, behavior):
+    hashed = new.pop("__hash__", True)
     existing = find(resources, new["kind"], new["metadata"]["name"])
     if behavior == "create":
         if existing:
             raise RenderError(f"{new['kind']} {new['metadata']['name']} already exists (use behavior: replace)")
-        resources.append(Res(new, generated=True))
+        resources.append(Res(new, generated=hashed))
     elif behavior in ("replace", "merge"):
         if len(existing) != 1:
             raise RenderError(f"{new['kind']} {new['metadata']['name']}: behavior {behavior} needs exactly one")
@@ -344,17 +354,79 @@ SERVICEMONITOR_SCHEMA = {
                     "honorLabels": {"type": "boolean"},
                     "relabelings": {"type": "array"}, "metricRelabelings": {"type": "array"}}}}}}}}
 
+DURATION = "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+# The same for PrometheusRule (alerting and recording rules). The PromQL of each `expr` is parsed, and its metric
+# names checked against the README, by the Rust test `monitoring::` (tests/api/monitoring.rs).
+PROMETHEUSRULE_SCHEMA = {
+    "type": "object", "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"},
+        "metadata": SERVICEMONITOR_SCHEMA["properties"]["metadata"],
+        "spec": {"type": "object", "required": ["groups"], "additionalProperties": False, "properties": {
+            "groups": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["name", "rules"], "additionalProperties": False, "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "interval": {"type": "string", "pattern": DURATION},
+                    "rules": {"type": "array", "minItems": 1, "items": {
+                        "type": "object", "required": ["expr"], "additionalProperties": False,
+                        "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                        "properties": {
+                            "alert": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                            "record": {"type": "string", "pattern": "^[a-zA-Z_:][a-zA-Z0-9_:]*$"},
+                            "expr": {"type": "string", "minLength": 1},
+                            "for": {"type": "string", "pattern": DURATION},
+                            "keep_firing_for": {"type": "string", "pattern": DURATION},
+                            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                            "annotations": {"type": "object",
+                                            "additionalProperties": {"type": "string"}}}}}}}}}}}}
+
+def check_alerts(o, where):
+    """Every alert says how bad it is and what happened."""
+    for g in o["spec"]["groups"]:
+        for r in g["rules"]:
+            if "alert" not in r:
+                continue
+            if (r.get("labels") or {}).get("severity") not in ("info", "warning", "critical"):
+                fail(f"{where}: alert {r['alert']}: labels.severity must be info, warning or critical")
+            if not {"summary", "description"} <= set(r.get("annotations") or {}):
+                fail(f"{where}: alert {r['alert']}: annotations need summary and description")
+
+def check_dashboard(o, where):
+    """A Grafana dashboard ConfigMap: each JSON document parses, its panels have unique ids, every query has an
+    expression and uses the dashboard's data source variable."""
+    for key, text in (o.get("data") or {}).items():
+        try:
+            dash = json.loads(text)
+        except json.JSONDecodeError as e:
+            fail(f"{where}: {key}: not JSON: {e}")
+            continue
+        panels = [p for top in dash.get("panels", []) for p in [top] + top.get("panels", [])]
+        ids = [p.get("id") for p in panels]
+        if len(ids) != len(set(ids)) or None in ids:
+            fail(f"{where}: {key}: panel ids must be present and unique")
+        for p in panels:
+            for t in p.get("targets", []):
+                if not t.get("expr") or (t.get("datasource") or {}).get("uid") != "${datasource}":
+                    fail(f"{where}: {key}: panel {p.get('title')!r}: every target needs an expr and the $datasource")
+        if not dash.get("uid") or not dash.get("title"):
+            fail(f"{where}: {key}: the dashboard needs a uid and a title")
+        ok(f"{where}: {key}: Grafana dashboard with {len(panels)} panels")
+
 def schema_validate(o, where):
     try:
         kubernetes_validate.validate(o, K8S_VERSION, strict=True)
         ok(f"{where}: {o['kind']}/{o['metadata']['name']} valid (Kubernetes {K8S_VERSION}, strict)")
     except SchemaNotFoundError:
-        if o.get("kind") == "ServiceMonitor":
+        crd = {"ServiceMonitor": SERVICEMONITOR_SCHEMA, "PrometheusRule": PROMETHEUSRULE_SCHEMA}.get(o.get("kind"))
+        if crd:
             try:
-                jsonschema.validate(o, SERVICEMONITOR_SCHEMA)
-                ok(f"{where}: ServiceMonitor/{o['metadata']['name']} valid (built-in CRD subset)")
+                jsonschema.validate(o, crd)
+                ok(f"{where}: {o['kind']}/{o['metadata']['name']} valid (built-in CRD subset)")
             except jsonschema.ValidationError as e:
-                fail(f"{where}: ServiceMonitor: {e.message} at {'/'.join(map(str, e.absolute_path))}")
+                fail(f"{where}: {o['kind']}: {e.message} at {'/'.join(map(str, e.absolute_path))}")
+            if o["kind"] == "PrometheusRule":
+                check_alerts(o, where)
         else:
             fail(f"{where}: no schema for {o.get('apiVersion')} {o.get('kind')}")
     except kubernetes_validate.ValidationError as e:
@@ -486,6 +558,8 @@ def check_overlay(d):
             for fname, text in (o.get("data") or {}).items():
                 if fname.endswith(".toml"):
                     check_toml(text, f"{where}: ConfigMap/{o['metadata']['name']}/{fname}")
+            if (o["metadata"].get("labels") or {}).get("grafana_dashboard") == "1":
+                check_dashboard(o, f"{where}: ConfigMap/{o['metadata']['name']}")
         if o["kind"] == "PodDisruptionBudget" and o["spec"].get("maxUnavailable") != 1:
             fail(f"{where}: PodDisruptionBudget must have maxUnavailable 1")
     kinds = {o["kind"] for o in objs}

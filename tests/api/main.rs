@@ -18,6 +18,7 @@ mod health;
 mod helpers;
 mod ingest;
 mod load;
+mod monitoring;
 mod notifications;
 mod observability;
 mod otel;
