@@ -81,6 +81,23 @@ async fn sigkill_under_load_loses_no_acknowledged_event() {
     let Ledger { acked, in_flight } = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(acked.len() >= CYCLES * ACKS_PER_CYCLE);
     let client = connect(&db.url()).await;
+    // A COMMIT the killed node had already sent still completes in PostgreSQL after the kill: wait until its
+    // server processes have ended (each ends once it sees its client gone), so the snapshot below is final.
+    eventually("the killed node's connections to end", Duration::from_secs(60), || {
+        let client = &client;
+        async move {
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (n == 0).then_some(())
+        }
+    })
+    .await;
     let stored = || async {
         client
             .query("SELECT idempotency_key, id FROM events", &[])
