@@ -5,6 +5,7 @@ mod certs;
 mod circuit;
 mod cli;
 mod cluster;
+mod console;
 mod crash;
 mod datastore_tls;
 mod dedupe_windows;
