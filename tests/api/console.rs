@@ -114,6 +114,10 @@ async fn a_login_with_an_admin_token_sets_a_strict_http_only_cookie_and_a_bad_to
     let cross_site = app.login_form(WRITE, &[("Origin", "http://elsewhere.example")]).await;
     assert_eq!(cross_site.status, 400, "a login posted from another origin is refused");
     assert!(cross_site.set_cookie().is_empty());
+    let fetched_cross_site = app.login_form(WRITE, &[("Sec-Fetch-Site", "cross-site"), ("Origin", "null")]).await;
+    assert_eq!(fetched_cross_site.status, 400);
+    let own_page = app.login_form(WRITE, &[("Sec-Fetch-Site", "same-origin"), ("Origin", "null")]).await;
+    assert_eq!(own_page.status, 303, "the login page's own post (no-referrer: Origin null)");
 
     let json_ok = client().post(app.url("/console/login")).send_json(&json!({ "token": READ })).await.unwrap();
     let r = reply(json_ok).await;

@@ -6,6 +6,7 @@ mod circuit;
 mod cli;
 mod cluster;
 mod console;
+mod console_browser;
 mod crash;
 mod datastore_tls;
 mod dedupe_windows;

@@ -126,15 +126,27 @@ impl SessionInfo {
     }
 }
 
-/// Refuses a cross-origin form post (a login or logout forced from another site).
+/// Refuses a cross-origin form post (a login forced from another site). Browsers say where a request comes from in
+/// `Sec-Fetch-Site`; `Origin` is `null` on the console's own posts (its `Referrer-Policy` is `no-referrer`), so it
+/// only counts when it names an origin.
 fn same_origin(req: &HttpRequest) -> Result<(), AdminError> {
-    let Some(origin) = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()) else { return Ok(()) };
-    let info = req.connection_info();
-    let host = origin.split_once("://").map(|(_, h)| h).unwrap_or("");
-    if origin != "null" && host.eq_ignore_ascii_case(info.host()) {
-        Ok(())
-    } else {
-        Err(AdminError::BadRequest("this request comes from another origin".into()))
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let refused = || Err(AdminError::BadRequest("this request comes from another origin".into()));
+    if let Some(site) = header("sec-fetch-site") {
+        if site != "same-origin" && site != "none" {
+            return refused();
+        }
+    }
+    match header("origin") {
+        None | Some("null") => Ok(()),
+        Some(origin) => {
+            let host = origin.split_once("://").map(|(_, h)| h).unwrap_or("");
+            if host.eq_ignore_ascii_case(req.connection_info().host()) {
+                Ok(())
+            } else {
+                refused()
+            }
+        }
     }
 }
 

@@ -47,6 +47,7 @@ export async function destinations(main) {
     field('url', 'URL', { type: 'url', required: true, autocomplete: 'off' }),
     field('timeout_ms', 'Timeout (ms)', { type: 'number', min: 1, placeholder: '10000' }),
     field('max_in_flight', 'Max in flight', { type: 'number', min: 1, placeholder: '16' }),
+    field('max_attempts', 'Max attempts', { type: 'number', min: 1, placeholder: 'default' }, 'Then the delivery is dead.'),
     h('div.field', {}, h('input', { id: 'fifo', name: 'fifo', type: 'checkbox' }), h('label', { for: 'fifo' }, 'FIFO (one at a time, in order)')),
   ], async (f) => {
     const body = {
@@ -56,6 +57,7 @@ export async function destinations(main) {
       max_in_flight: num(f.max_in_flight.value),
       fifo: f.fifo.checked,
     };
+    if (f.max_attempts.value) body.retry = { max_attempts: Number(f.max_attempts.value) };
     try {
       const r = await api('POST', '/destinations', body);
       clearProblems(f);

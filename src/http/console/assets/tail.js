@@ -10,7 +10,7 @@ export async function tail(main, ctx) {
   const sources = new Map((await api('GET', '/sources')).map((s) => [s.id, s.slug]));
   const seen = new Set();
   const tbody = h('tbody');
-  const count = h('span', { role: 'status' }, '');
+  const count = h('span#tail-count', { role: 'status' }, '');
   let paused = false;
   const toggle = h('button', { type: 'button', 'aria-pressed': 'false', onclick: () => {
     paused = !paused;
