@@ -308,7 +308,12 @@ pub async fn backlog(client: &impl GenericClient, id: Uuid) -> StoreResult<Backl
             &[&id],
         )
         .await?;
-    Ok(Backlog { pending: row.column(0)?, due: row.column(1)?, dead: row.column(2)?, oldest_pending_at: row.column(3)? })
+    Ok(Backlog {
+        pending: row.column(0)?,
+        due: row.column(1)?,
+        dead: row.column(2)?,
+        oldest_pending_at: row.column(3)?,
+    })
 }
 
 /// A destination's attempts started in a window ending now.

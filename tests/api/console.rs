@@ -39,7 +39,11 @@ async fn reply(
     mut resp: awc::ClientResponse<impl futures::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin>,
 ) -> Reply {
     let body = resp.body().limit(1 << 20).await.expect("body");
-    Reply { status: resp.status().as_u16(), headers: resp.headers().clone(), body: String::from_utf8_lossy(&body).into() }
+    Reply {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: String::from_utf8_lossy(&body).into(),
+    }
 }
 
 impl TestApp {
@@ -187,7 +191,9 @@ async fn writes_through_the_session_cookie_need_its_csrf_token_and_bearer_tokens
     let with = app.admin_by_cookie("POST", "/destinations", &cookie, Some(&csrf), new_destination("a")).await;
     assert_eq!(with.status, 201, "{with:?}");
     let id = with.json["destination"]["id"].as_str().unwrap().to_owned();
-    let paused = app.admin_by_cookie("POST", &format!("/destinations/{id}/pause"), &other_cookie, Some(&other_csrf), json!({})).await;
+    let paused = app
+        .admin_by_cookie("POST", &format!("/destinations/{id}/pause"), &other_cookie, Some(&other_csrf), json!({}))
+        .await;
     assert_eq!((paused.status, paused.json["state"].as_str()), (200, Some("paused")), "{paused:?}");
 
     // Bearer tokens need no CSRF token, and decide alone when both are sent.

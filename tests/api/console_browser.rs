@@ -74,7 +74,8 @@ impl Browser {
         }}});
         let mut r = http.post(format!("{base}/session")).send_json(&caps).await.expect("new session");
         let v: Value = r.json().limit(1 << 20).await.unwrap();
-        let session = v["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {v}")).to_owned();
+        let session =
+            v["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {v}")).to_owned();
         Self { driver, base, session, http, _profile: profile }
     }
 
@@ -117,7 +118,8 @@ impl Browser {
                 return id.to_owned();
             }
             if Instant::now() >= until {
-                let page = self.js("return document.body ? document.body.innerText.slice(0, 2000) : ''", json!([])).await;
+                let page =
+                    self.js("return document.body ? document.body.innerText.slice(0, 2000) : ''", json!([])).await;
                 panic!("timed out waiting for {css:?} with {text:?} on {}; the page reads: {page}", self.url().await);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -128,7 +130,12 @@ impl Browser {
     async fn wait_exact(&self, css: &str, text: &str) {
         let until = Instant::now() + DEADLINE;
         loop {
-            let now = self.js("const el = document.querySelector(arguments[0]); return el && el.textContent.trim();", json!([css])).await;
+            let now = self
+                .js(
+                    "const el = document.querySelector(arguments[0]); return el && el.textContent.trim();",
+                    json!([css]),
+                )
+                .await;
             if now.as_str() == Some(text) {
                 return;
             }
@@ -176,7 +183,11 @@ impl Browser {
     /// Every form control and button on the page, with the name the browser's accessibility tree gives it.
     async fn unnamed_controls(&self) -> Vec<String> {
         let ids = self
-            .call("POST", "/elements", Some(json!({ "using": "css selector", "value": "input, select, textarea, button, a[href]" })))
+            .call(
+                "POST",
+                "/elements",
+                Some(json!({ "using": "css selector", "value": "input, select, textarea, button, a[href]" })),
+            )
             .await;
         let mut unnamed = Vec::new();
         for el in ids.as_array().unwrap() {
@@ -193,7 +204,8 @@ impl Browser {
     async fn assert_accessible(&self, page: &str) {
         let unnamed = self.unnamed_controls().await;
         assert!(unnamed.is_empty(), "{page}: controls without an accessible name: {unnamed:#?}");
-        let landmarks = self.js("return ['main', 'nav', 'header'].filter(s => !document.querySelector(s))", json!([])).await;
+        let landmarks =
+            self.js("return ['main', 'nav', 'header'].filter(s => !document.querySelector(s))", json!([])).await;
         assert_eq!(landmarks, json!([]), "{page}: missing landmarks");
     }
 

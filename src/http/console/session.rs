@@ -191,7 +191,8 @@ mod tests {
             let exp = 1_000 + TTL_SECS;
             cookie.replacen(&format!(".{exp}."), &format!(".{}.", exp + 1_000_000), 1)
         };
-        for bad in [forged_role, later, format!("{cookie}x"), cookie.replace("v1.", "v2."), String::new(), "...".into()] {
+        for bad in [forged_role, later, format!("{cookie}x"), cookie.replace("v1.", "v2."), String::new(), "...".into()]
+        {
             assert!(Session::verify(&t, &bad, 1_001).is_none(), "{bad}");
         }
     }
@@ -199,10 +200,7 @@ mod tests {
     #[test]
     fn the_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
-        h.insert(
-            actix_web::http::header::COOKIE,
-            "a=1; hookgate_session=abc.def; b=2".parse().unwrap(),
-        );
+        h.insert(actix_web::http::header::COOKIE, "a=1; hookgate_session=abc.def; b=2".parse().unwrap());
         assert_eq!(cookie_of(&h).as_deref(), Some("abc.def"));
         assert!(set_cookie("v", 60, true).ends_with("HttpOnly; SameSite=Strict; Secure"));
         assert!(clear_cookie(false).contains("Max-Age=0"));
