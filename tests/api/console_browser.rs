@@ -80,6 +80,13 @@ impl Browser {
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .await
+            .unwrap_or_else(|(status, v)| panic!("WebDriver {method} {path}: {status} {v}"))
+    }
+
+    /// A WebDriver command: its value, or the status and body of the refusal.
+    async fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, (u16, Value)> {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let req = self.http.request(awc::http::Method::from_bytes(method.as_bytes()).unwrap(), url);
         let mut resp = match body {
@@ -89,8 +96,11 @@ impl Browser {
         .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"));
         let status = resp.status();
         let v: Value = resp.json().limit(32 << 20).await.unwrap();
-        assert!(status.is_success(), "WebDriver {method} {path}: {status} {v}");
-        v["value"].clone()
+        if status.is_success() {
+            Ok(v["value"].clone())
+        } else {
+            Err((status.as_u16(), v))
+        }
     }
 
     async fn goto(&self, url: &str) {
@@ -180,25 +190,34 @@ impl Browser {
         assert_eq!(ok, json!(true), "{css} has an option {value}");
     }
 
-    /// Every form control and button on the page, with the name the browser's accessibility tree gives it.
+    /// Every form control, button and link on the page without a name in the browser's accessibility tree. When the
+    /// page re-renders during the scan (a refresh replaced an element), the scan starts again.
     async fn unnamed_controls(&self) -> Vec<String> {
-        let ids = self
-            .call(
-                "POST",
-                "/elements",
-                Some(json!({ "using": "css selector", "value": "input, select, textarea, button, a[href]" })),
-            )
-            .await;
-        let mut unnamed = Vec::new();
-        for el in ids.as_array().unwrap() {
-            let id = el[ELEMENT].as_str().unwrap();
-            let label = self.call("GET", &format!("/element/{id}/computedlabel"), None).await;
-            if label.as_str().is_none_or(|l| l.trim().is_empty()) {
-                let html = self.js("return arguments[0].outerHTML.slice(0, 120)", json!([el])).await;
-                unnamed.push(html.as_str().unwrap_or_default().to_owned());
+        let until = Instant::now() + DEADLINE;
+        'scan: loop {
+            assert!(Instant::now() < until, "the page never held still for the accessibility scan");
+            let ids = self
+                .call(
+                    "POST",
+                    "/elements",
+                    Some(json!({ "using": "css selector", "value": "input, select, textarea, button, a[href]" })),
+                )
+                .await;
+            let mut unnamed = Vec::new();
+            for el in ids.as_array().unwrap() {
+                let id = el[ELEMENT].as_str().unwrap();
+                let label = match self.try_call("GET", &format!("/element/{id}/computedlabel"), None).await {
+                    Ok(label) => label,
+                    Err((_, e)) if e["value"]["error"] == "stale element reference" => continue 'scan,
+                    Err((status, e)) => panic!("computedlabel: {status} {e}"),
+                };
+                if label.as_str().is_none_or(|l| l.trim().is_empty()) {
+                    let html = self.js("return arguments[0].outerHTML.slice(0, 120)", json!([el])).await;
+                    unnamed.push(html.as_str().unwrap_or_default().to_owned());
+                }
             }
+            return unnamed;
         }
-        unnamed
     }
 
     async fn assert_accessible(&self, page: &str) {
