@@ -1,19 +1,27 @@
 # hookgate: `make run` starts it with the example configuration, `make test` runs the whole suite.
-# Both bring up PostgreSQL and Redis first (scripts/services.sh), installing them when missing.
+# Both bring up PostgreSQL and Redis first (scripts/services.sh), installing them when missing; `make test` also
+# installs headless Chromium and chromedriver for the console's browser test (scripts/chromium.sh).
 
 CARGO ?= cargo
 CONFIG ?= config/hookgate.example.toml
 
-.PHONY: run test validate-deploy services build release fmt lint bench bench-ingest bench-delivery bench-verify fuzz chaos chaos-quick
+.PHONY: run test validate-deploy services browser console-screenshots build release fmt lint bench bench-ingest bench-delivery bench-verify fuzz chaos chaos-quick
 
 services:
 	@scripts/services.sh
+
+browser:
+	@scripts/chromium.sh
+
+# Refreshes the console's screenshots in docs/console/ (the browser test, writing there instead of a temp folder).
+console-screenshots: services browser
+	HOOKGATE_UPDATE_SCREENSHOTS=1 $(CARGO) test -p hookgate --test api -- console_browser::
 
 run: services
 	@scripts/createdb.sh hookgate
 	$(CARGO) run --release -- --config $(CONFIG) serve
 
-test: services
+test: services browser
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)"; exit 1; }
 	$(CARGO) test --workspace --all-targets
 	scripts/schemathesis.sh

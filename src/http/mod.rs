@@ -3,10 +3,12 @@
 //!
 //! - `ingest.rs`: `POST /ingest/{source}`; `handshake.rs`: `OPTIONS /ingest/{source}` (CloudEvents abuse protection);
 //! - `health.rs`: `/healthz`, `/readyz`, `/metrics`; `problem.rs`: `IngestError`, the RFC 7807 answers of ingest;
-//! - `admin/`: the admin API; `access_log.rs`: a log line per request and its `X-Request-Id`.
+//! - `admin/`: the admin API; `console/`: the web console over it (`/console`);
+//! - `access_log.rs`: a log line per request and its `X-Request-Id`.
 
 pub mod access_log;
 pub mod admin;
+pub mod console;
 pub mod handshake;
 pub mod health;
 pub mod ingest;
@@ -53,9 +55,9 @@ pub fn configure_ingest(cfg: &mut web::ServiceConfig) {
         .configure(configure_health);
 }
 
-/// The operators' routes: `/metrics` and `/admin` (on `server.admin_port` when it is set).
+/// The operators' routes: `/metrics`, `/admin` and `/console` (on `server.admin_port` when it is set).
 pub fn configure_operator(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", web::get().to(health::metrics)).configure(admin::configure);
+    cfg.route("/metrics", web::get().to(health::metrics)).configure(admin::configure).configure(console::configure);
 }
 
 /// `/healthz` and `/readyz`, on every listener (probes may target either port).

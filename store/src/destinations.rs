@@ -292,6 +292,8 @@ pub struct Backlog {
     /// Pending deliveries already due.
     pub due: i64,
     pub dead: i64,
+    /// When the oldest pending delivery was created (`None` without pending deliveries).
+    pub oldest_pending_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A destination's [`Backlog`].
@@ -300,12 +302,18 @@ pub async fn backlog(client: &impl GenericClient, id: Uuid) -> StoreResult<Backl
         .query_one(
             "SELECT count(*) FILTER (WHERE state = 'pending'),
                     count(*) FILTER (WHERE state = 'pending' AND next_attempt_at <= now()),
-                    count(*) FILTER (WHERE state = 'dead')
+                    count(*) FILTER (WHERE state = 'dead'),
+                    min(created_at) FILTER (WHERE state = 'pending')
              FROM deliveries WHERE destination_id = $1 AND state IN ('pending', 'dead')",
             &[&id],
         )
         .await?;
-    Ok(Backlog { pending: row.column(0)?, due: row.column(1)?, dead: row.column(2)? })
+    Ok(Backlog {
+        pending: row.column(0)?,
+        due: row.column(1)?,
+        dead: row.column(2)?,
+        oldest_pending_at: row.column(3)?,
+    })
 }
 
 /// A destination's attempts started in a window ending now.

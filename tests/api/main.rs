@@ -5,6 +5,8 @@ mod certs;
 mod circuit;
 mod cli;
 mod cluster;
+mod console;
+mod console_browser;
 mod crash;
 mod datastore_tls;
 mod dedupe_windows;

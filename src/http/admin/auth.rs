@@ -2,6 +2,10 @@
 //!
 //! The role a request needs follows from its method: `GET`/`HEAD` read, everything else writes. So a route added to
 //! the table cannot be left unguarded or given the wrong role by mistake. With no token configured the API is closed.
+//!
+//! A request without an `Authorization` header may instead carry the console's session cookie
+//! ([`crate::http::console::session`]): same roles, and every write so authenticated must also carry the session's
+//! CSRF token in `X-CSRF-Token`. A request with an `Authorization` header is decided by it alone.
 
 use actix_web::body::BoxBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -14,23 +18,59 @@ use subtle::ConstantTimeEq;
 
 use super::{AdminError, AdminState};
 use crate::config::{AdminRole, AdminToken};
+use crate::http::console::session::{self, SessionKey};
 
-/// The configured tokens, kept as SHA-256 digests: comparing digests in constant time leaks neither the contents
-/// nor the lengths of the tokens.
-pub struct Tokens(Vec<([u8; 32], AdminRole)>);
+/// One configured token: its SHA-256 digest (comparing digests in constant time leaks neither the contents nor the
+/// lengths of the tokens), its role, and the console's session key derived from it.
+struct Known {
+    digest: [u8; 32],
+    role: AdminRole,
+    session: SessionKey,
+}
+
+/// The configured tokens.
+pub struct Tokens(Vec<Known>);
 
 impl Tokens {
     pub fn new(tokens: &[AdminToken]) -> Self {
-        Self(tokens.iter().map(|t| (digest(t.token.expose_secret().as_bytes()), t.role)).collect())
+        Self(
+            tokens
+                .iter()
+                .map(|t| {
+                    let secret = t.token.expose_secret().as_bytes();
+                    Known { digest: digest(secret), role: t.role, session: SessionKey::derive(secret) }
+                })
+                .collect(),
+        )
     }
 
     /// The role of `presented`, if it is a configured token. Every configured token is compared.
     pub fn role_of(&self, presented: &[u8]) -> Option<AdminRole> {
+        self.known(presented).map(|k| k.role)
+    }
+
+    fn known(&self, presented: &[u8]) -> Option<&Known> {
         let d = digest(presented);
         let mut found = None;
-        for (known, role) in &self.0 {
-            if bool::from(known.ct_eq(&d)) {
-                found = Some(*role);
+        for known in &self.0 {
+            if bool::from(known.digest.ct_eq(&d)) {
+                found = Some(known);
+            }
+        }
+        found
+    }
+
+    /// The role and session key of `presented`, if it is a configured token (a console login).
+    pub fn session_of(&self, presented: &[u8]) -> Option<(AdminRole, &SessionKey)> {
+        self.known(presented).map(|k| (k.role, &k.session))
+    }
+
+    /// The role and session key of the token whose public id a session cookie names.
+    pub fn by_session_id(&self, id: &[u8; session::ID_LEN]) -> Option<(AdminRole, &SessionKey)> {
+        let mut found = None;
+        for known in &self.0 {
+            if bool::from(known.session.id().ct_eq(id)) {
+                found = Some((known.role, &known.session));
             }
         }
         found
@@ -64,11 +104,42 @@ pub fn authorize(tokens: &Tokens, method: &Method, authorization: Option<&[u8]>)
     }
 }
 
+/// Decides a request that carries the console's session cookie and no `Authorization` header: the session's role
+/// as for a token, and a write must also carry the session's CSRF token.
+pub fn authorize_session(
+    tokens: &Tokens,
+    method: &Method,
+    cookie: &str,
+    csrf: Option<&[u8]>,
+    now: i64,
+) -> Result<(), AdminError> {
+    let session = session::Session::verify(tokens, cookie, now).ok_or(AdminError::Unauthorized)?;
+    if required_role(method) == AdminRole::Write {
+        if !csrf.is_some_and(|c| session.csrf_matches(c)) {
+            return Err(AdminError::CsrfMissing);
+        }
+        if session.role == AdminRole::Read {
+            return Err(AdminError::Forbidden);
+        }
+    }
+    Ok(())
+}
+
 /// The scope-wide middleware.
 pub async fn guard(req: ServiceRequest, next: Next<BoxBody>) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let decision = match req.app_data::<web::Data<AdminState>>() {
         Some(state) => {
-            authorize(&state.tokens, req.method(), req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()))
+            let authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+            match (authorization, session::cookie_of(req.headers())) {
+                (None, Some(cookie)) => authorize_session(
+                    &state.tokens,
+                    req.method(),
+                    &cookie,
+                    req.headers().get(session::CSRF_HEADER).map(|v| v.as_bytes()),
+                    chrono::Utc::now().timestamp(),
+                ),
+                _ => authorize(&state.tokens, req.method(), authorization),
+            }
         }
         None => Err(AdminError::Unauthorized),
     };

@@ -488,6 +488,8 @@ pub struct DestinationHealth {
     pub backlog: i64,
     /// Pending deliveries already due.
     pub due: i64,
+    /// When the oldest pending delivery was created (null without pending deliveries).
+    pub oldest_pending_at: Option<DateTime<Utc>>,
     pub dead: i64,
     pub windows: Vec<HealthWindow>,
 }
@@ -525,6 +527,7 @@ pub async fn health(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Re
         circuit_open_period_ms: breaker.open_period_ms,
         backlog: backlog.pending,
         due: backlog.due,
+        oldest_pending_at: backlog.oldest_pending_at,
         dead: backlog.dead,
         windows,
     }))

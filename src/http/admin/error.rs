@@ -27,6 +27,9 @@ pub enum AdminError {
     Unauthorized,
     #[error("this token may only read")]
     Forbidden,
+    /// A write authenticated by the console's session cookie without its CSRF token.
+    #[error("a write authenticated by the console's session cookie must carry the session's X-CSRF-Token header")]
+    CsrfMissing,
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -59,7 +62,7 @@ impl AdminError {
     fn slug_and_title(&self) -> (&'static str, &'static str) {
         match self {
             Self::Unauthorized => ("unauthorized", "Unauthorized"),
-            Self::Forbidden => ("forbidden", "Forbidden"),
+            Self::Forbidden | Self::CsrfMissing => ("forbidden", "Forbidden"),
             Self::BadRequest(_) => ("bad-request", "Bad request"),
             Self::NotFound(_) => ("not-found", "Not found"),
             Self::SlugTaken(_) => ("slug-taken", "Slug already taken"),
@@ -105,7 +108,7 @@ impl ResponseError for AdminError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::CsrfMissing => StatusCode::FORBIDDEN,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::SlugTaken(_) | Self::InUse(_) | Self::Declared(_) | Self::WrongState(_) => StatusCode::CONFLICT,

@@ -1,0 +1,84 @@
+// Overview: ingest rate, delivery success ratio and latency, backlog and oldest pending per destination, dead
+// counts; refreshed every few seconds from /admin/v1/stats and each destination's health.
+
+import { api } from './api.js';
+import { age, bar, h, percent, put, table } from './ui.js';
+
+const EVERY_MS = 3000;
+const SAMPLES = 40;
+const NS = 'http://www.w3.org/2000/svg';
+
+/** A line chart of the last samples (inline SVG, scaled to its largest value). */
+function sparkline(samples, label) {
+  const w = 300;
+  const hgt = 60;
+  const svg = document.createElementNS(NS, 'svg');
+  svg.setAttribute('viewBox', `0 0 ${w} ${hgt}`);
+  svg.setAttribute('role', 'img');
+  svg.setAttribute('aria-label', label);
+  svg.classList.add('spark');
+  const max = Math.max(1e-9, ...samples);
+  const pts = samples.map((v, i) => `${(i / Math.max(1, SAMPLES - 1)) * w},${hgt - 4 - (v / max) * (hgt - 8)}`);
+  const line = document.createElementNS(NS, 'polyline');
+  line.setAttribute('points', pts.join(' '));
+  svg.append(line);
+  return svg;
+}
+
+function card(title, value, id, extra) {
+  return h('section.card', { 'aria-labelledby': `${id}-title` }, h('h2', { id: `${id}-title` }, title),
+    h('p.big', { id }, value), extra);
+}
+
+export async function overview(main, ctx) {
+  const rates = [];
+  put(main, h('h1', {}, 'Overview'), h('div#overview-body', {}, h('p', {}, 'Loading…')));
+  const refresh = async () => {
+    const [stats, dests] = await Promise.all([api('GET', '/stats?window_secs=60'), api('GET', '/destinations')]);
+    const healths = await Promise.all(dests.slice(0, 100).map((d) => api('GET', `/destinations/${d.id}/health`)));
+    if (!ctx.live) return;
+    const events = stats.sources.reduce((n, s) => n + s.events, 0);
+    const rate = events / stats.window_secs;
+    rates.push(rate);
+    while (rates.length > SAMPLES) rates.shift();
+    let attempts = 0;
+    let ok = 0;
+    let backlog = 0;
+    let deadCount = 0;
+    for (const hl of healths) {
+      const w = hl.windows[0];
+      attempts += w.attempts;
+      ok += (w.success_ratio || 0) * w.attempts;
+      backlog += hl.backlog;
+      deadCount += hl.dead;
+    }
+    const maxBacklog = Math.max(0, ...healths.map((x) => x.backlog));
+    const rows = dests.slice(0, 100).map((d, i) => {
+      const hl = healths[i];
+      const w = hl.windows[0];
+      return h('tr', { dataset: { destination: d.slug } },
+        h('th', { scope: 'row' }, h('a', { href: `#/dead/${d.id}` }, d.slug)),
+        h('td', {}, hl.state),
+        h('td', {}, hl.circuit),
+        h('td.num', { dataset: { field: 'backlog' } }, String(hl.backlog), ' ', bar(hl.backlog, maxBacklog, `backlog ${hl.backlog}`)),
+        h('td', {}, age(hl.oldest_pending_at)),
+        h('td.num', {}, percent(w.success_ratio)),
+        h('td.num', {}, w.latency_p50_ms === null ? '—' : `${Math.round(w.latency_p50_ms)} ms`),
+        h('td.num', { dataset: { field: 'dead' } }, String(hl.dead)));
+    });
+    put(document.getElementById('overview-body'),
+      h('div.cards', {},
+        card('Ingest rate (last minute)', `${rate.toFixed(2)} events/s`, 'ingest-rate',
+          sparkline(rates, 'Ingest rate over the last refreshes')),
+        card('Events received (last minute)', String(events), 'ingest-count'),
+        card('Delivery success (last 5 min)', attempts ? percent(ok / attempts) : '—', 'success-ratio',
+          h('small', {}, `${attempts} attempts`)),
+        card('Backlog', String(backlog), 'backlog-total'),
+        card('Dead deliveries', String(deadCount), 'dead-total')),
+      table('Destinations', ['Destination', 'State', 'Circuit', 'Backlog', 'Oldest pending', 'Success (5 min)',
+        'Latency p50 (5 min)', 'Dead'], rows, { id: 'destination-health' }),
+      h('p', {}, h('small', {}, `Updated ${new Date().toLocaleTimeString()}; every ${EVERY_MS / 1000} s.`)));
+  };
+  await refresh();
+  ctx.timers.push(setInterval(() => refresh().catch(() => {}), EVERY_MS));
+}
