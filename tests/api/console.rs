@@ -313,3 +313,28 @@ async fn with_an_admin_port_the_console_is_on_the_operators_listener_only() {
     assert_eq!(on_admin.status, 200);
     assert_eq!(app.console_get("/console/login", None).await.status, 404);
 }
+
+#[actix_rt::test]
+async fn the_live_tail_stream_accepts_a_session_cookie_and_refuses_a_request_without_one() {
+    let app = spawn_app_with(with_tokens).await;
+    let (cookie, _) = app.console_session(READ).await;
+    let resp = client()
+        .get(app.url("/admin/v1/events/stream"))
+        .insert_header(("Cookie", format!("hookgate_session={cookie}")))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(resp.status().as_u16(), 200);
+    let kind = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    assert!(kind.starts_with("text/event-stream"), "{kind}");
+    drop(resp);
+    let bad = client()
+        .get(app.url("/admin/v1/events/stream?filter=.body%20%7C%7C"))
+        .insert_header(("Cookie", format!("hookgate_session={cookie}")))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(answer(bad).await.status, 422);
+    let none = client().get(app.url("/admin/v1/events/stream")).send().await.expect("stream");
+    assert_eq!(answer(none).await.status, 401);
+}

@@ -311,7 +311,11 @@ async fn count(app: &TestApp, sql: &str) -> i64 {
 
 #[actix_rt::test]
 async fn an_operator_works_through_the_console_in_a_real_browser() {
-    let app = spawn_app_with(with_tokens).await;
+    let app = spawn_app_with(|s| {
+        with_tokens(s);
+        crate::tail::quick_tail(s);
+    })
+    .await;
     let good = Receiver::start(vec![], None);
     // The flaky receiver fails twice (both deliveries die: one attempt allowed), then answers 200.
     let flaky = Receiver::start(vec![Reply::Status(500), Reply::Status(500)], None);
@@ -367,10 +371,31 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     b.wait_exact("#ingest-count", &events.to_string()).await;
     b.wait_exact("#destination-health tr[data-destination=flaky] [data-field=dead]", "2").await;
     b.screenshot("overview").await;
+    // The live tail, over the admin API's event stream: a jq filter that does not compile is shown beside its field;
+    // with a good one, an event ingested after the page opened appears.
     b.click("nav a", "Live tail").await;
-    b.wait_for("#tail tbody tr", "open").await;
-    ingest(&app, 1).await;
-    b.wait_for("#tail-count", "1 new").await;
+    b.wait_exact("#tail-mode", "live").await;
+    b.type_into("#tail-filter", ".body |||").await;
+    b.click("#tail-filters button[type=submit]", "Apply filters").await;
+    b.wait_for("#tail-filter-error", "invalid jq program").await;
+    b.type_into("#tail-filter", ".body.type == \"order.created\"").await;
+    b.click("#tail-filters button[type=submit]", "Apply filters").await;
+    b.wait_exact("#tail-mode", "live").await;
+    b.assert_accessible("live tail").await;
+    // The cluster publishes once a node notices someone tails (tail.presence_interval_ms): ingest until one shows.
+    let until = Instant::now() + DEADLINE;
+    let mut sent = Vec::new();
+    loop {
+        sent.extend(ingest(&app, 1).await.into_iter().map(|id| id.to_string()));
+        let shown = b.js("return [...document.querySelectorAll('#tail tbody tr')].map(r => r.dataset.id)", json!([])).await;
+        if shown.as_array().unwrap().iter().any(|id| sent.iter().any(|s| id == s)) {
+            break;
+        }
+        assert!(Instant::now() < until, "no event ingested after the tail opened appeared on it");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.wait_for("#tail-count", "new since this page opened").await;
+    assert_eq!(b.js("return document.querySelector('#tail-mode').textContent", json!([])).await, "live");
 
     // An event's detail: headers, pretty body, every attempt of every delivery.
     b.click("nav a", "Events").await;

@@ -38,10 +38,12 @@ async function show() {
   const [re, render, title] = found;
   document.title = `${title} · hookgate console`;
   say('');
-  const ctx = { timers: [], live: true };
+  // What a page leaves running (timers, streams) ends when another page is shown.
+  const ctx = { timers: [], stops: [], live: true };
   stop = () => {
     ctx.live = false;
     ctx.timers.forEach(clearInterval);
+    ctx.stops.forEach((f) => f());
   };
   put(main);
   try {
