@@ -439,6 +439,42 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     assert_eq!(count(&app, "SELECT count(*) FROM destinations WHERE slug = 'orders' AND state = 'paused'").await, 1);
     b.screenshot("destinations").await;
 
+    // Edit a destination: a refused timeout is shown beside its field; the saved change keeps what the form does
+    // not show (its state, its secret).
+    b.click("button[aria-label='Edit destination orders']", "Edit").await;
+    b.type_into("#edit-timeout_ms", "700000").await;
+    b.click("#destination-editor button[type=submit]", "Save changes").await;
+    b.wait_for("#edit-timeout_ms-error", "at most 600000").await;
+    b.assert_accessible("destination editor").await;
+    b.type_into("#edit-timeout_ms", "5000").await;
+    b.click("#destination-editor button[type=submit]", "Save changes").await;
+    b.wait_for("#status", "Saved destination orders").await;
+    let edited = "SELECT count(*) FROM destinations WHERE slug = 'orders' AND timeout_ms = 5000 AND state = 'paused'";
+    assert_eq!(count(&app, edited).await, 1);
+
+    // Sources: the declared ones are read-only, with the reason; one made through the API is edited.
+    b.click("nav a", "Sources").await;
+    b.wait_for("#source-list [data-field=read-only]", "declared in the configuration file").await;
+    b.type_into("#slug", "made-here").await;
+    b.click("button[type=submit]", "Create source").await;
+    b.click("button[aria-label='Edit source made-here']", "Edit").await;
+    b.type_into("#edit-max_body_bytes", "2048").await;
+    b.click("#source-editor button[type=submit]", "Save changes").await;
+    b.wait_for("#status", "Saved source made-here").await;
+    b.wait_for("#source-list tbody tr", "2048").await;
+    b.assert_accessible("sources").await;
+
+    // Routes: a filter that does not compile is shown beside its field; a good one is saved.
+    b.click("nav a", "Routes").await;
+    b.click("button[aria-label='Edit route to-flaky']", "Edit").await;
+    b.type_into("#edit-filter", ".body |||").await;
+    b.click("#route-editor button[type=submit]", "Save changes").await;
+    b.wait_for("#edit-filter-error", "does not compile").await;
+    b.type_into("#edit-filter", ".body.order >= 0").await;
+    b.click("#route-editor button[type=submit]", "Save changes").await;
+    b.wait_for("#status", "Saved route to-flaky").await;
+    b.wait_for("#route-list tr[data-slug=to-flaky]", ".body.order >= 0").await;
+
     // Log out: the console is gone until the next login.
     b.click("#logout", "Log out").await;
     b.wait_url("/console/login").await;

@@ -1,4 +1,5 @@
-// Destinations, sources and routes: lists, creation forms (errors beside the field), pause/resume, secret rotation.
+// Destinations, sources and routes: lists, creation and edit forms (errors beside the field), pause/resume, secret
+// rotation. Objects declared in the configuration file are shown read-only, with the reason.
 
 import { api, ApiError } from './api.js';
 import { clearProblems, field, h, put, say, secretBox, showProblem, table, writeButton, writeForm } from './ui.js';
@@ -17,6 +18,42 @@ async function act(what, f, refresh) {
     return null;
   }
 }
+
+/** Why a declared object cannot be edited here (the API answers 409 `declared-in-config`). */
+const DECLARED = 'Read-only: declared in the configuration file, which wins at every start; edit it there.';
+
+/** The Edit control of a row: a button, or for a declared object the reason it is read-only. */
+function editControl(obj, kind, open) {
+  if (obj.declared) return h('span.read-only', { dataset: { field: 'read-only' } }, DECLARED);
+  return writeButton('Edit', open, { 'aria-label': `Edit ${kind} ${obj.slug}` });
+}
+
+/**
+ * Shows the edit form of one object in `slot`: its fields prefilled, saved with PUT by `save(form)`; the API's
+ * refusal (422, 409) is shown beside the field it names. `done` runs after a save.
+ */
+function openEditor(slot, title, fields, save, done) {
+  const form = writeForm(title, [...fields,
+    h('button', { type: 'button', onclick: () => put(slot) }, 'Cancel')], async (f) => {
+    try {
+      const what = await save(f);
+      clearProblems(f);
+      put(slot);
+      say(what);
+      await done();
+    } catch (e) {
+      if (e instanceof ApiError) showProblem(f, e);
+      else throw e;
+    }
+  }, 'Save changes');
+  form.classList.add('editor');
+  put(slot, form);
+  const first = form.querySelector('input, select');
+  if (first) first.focus();
+}
+
+const checkbox = (id, name, label, checked) =>
+  h('div.field', {}, h('input', { id, name, type: 'checkbox', checked }), h('label', { for: id }, label));
 
 export async function destinations(main) {
   const list = h('div#destination-list');
@@ -38,10 +75,35 @@ export async function destinations(main) {
               () => api('POST', `/destinations/${d.id}/rotate-secret`, {}), refresh);
             if (r) put(shown, secretBox(`New signing secret of ${d.slug}`, r.secret));
           }, { 'aria-label': `Rotate the signing secret of ${d.slug}` }),
-          h('a', { href: `#/dead/${d.id}` }, 'Dead letters', h('span.visually-hidden', {}, ` of ${d.slug}`))));
+          h('a', { href: `#/dead/${d.id}` }, 'Dead letters', h('span.visually-hidden', {}, ` of ${d.slug}`)),
+          editControl(d, 'destination', () => editDestination(d))));
     });
     put(list, table('Destinations', ['Slug', 'URL', 'State', 'Declared in', 'Actions'], rows));
   };
+  const editor = h('div#destination-editor');
+  // PUT replaces the whole destination: what the form does not show (headers, rate limit, retry delays, TLS and
+  // signing keys, which an omitted key keeps) is sent back as it is.
+  const editDestination = (d) => openEditor(editor, `Edit destination ${d.slug}`, [
+    field('edit-slug', 'Slug', { name: 'slug', value: d.slug, required: true, autocomplete: 'off' }),
+    field('edit-url', 'URL', { name: 'url', type: 'url', value: d.url, required: true, autocomplete: 'off' }),
+    field('edit-timeout_ms', 'Timeout (ms)', { name: 'timeout_ms', type: 'number', min: 1, value: d.timeout_ms }),
+    field('edit-max_in_flight', 'Max in flight', { name: 'max_in_flight', type: 'number', min: 1, value: d.max_in_flight }),
+    field('edit-max_attempts', 'Max attempts', { name: 'max_attempts', type: 'number', min: 1, value: d.retry && d.retry.max_attempts }),
+    checkbox('edit-fifo', 'fifo', 'FIFO (one at a time, in order)', d.fifo),
+  ], async (f) => {
+    const body = {
+      slug: f.elements.slug.value.trim(),
+      url: f.elements.url.value.trim(),
+      timeout_ms: num(f.elements.timeout_ms.value),
+      max_in_flight: num(f.elements.max_in_flight.value),
+      rate_limit: d.rate_limit,
+      retry: { ...d.retry, max_attempts: num(f.elements.max_attempts.value) },
+      fifo: f.elements.fifo.checked,
+      headers: d.headers,
+    };
+    const r = await api('PUT', `/destinations/${d.id}`, body);
+    return `Saved destination ${r.slug}`;
+  }, refresh);
   const form = writeForm('Create destination', [
     field('slug', 'Slug', { required: true, autocomplete: 'off' }, 'Lower-case letters, digits, - and _.'),
     field('url', 'URL', { type: 'url', required: true, autocomplete: 'off' }),
@@ -70,7 +132,7 @@ export async function destinations(main) {
       else throw e;
     }
   });
-  put(main, h('h1', {}, 'Destinations'), list, shown, form);
+  put(main, h('h1', {}, 'Destinations'), list, shown, editor, form);
   await refresh();
 }
 
@@ -82,9 +144,37 @@ export async function sources(main) {
       s.slug, (s.verification && s.verification.kind) || 'none', s.require_json ? 'yes' : 'no',
       String(s.max_body_bytes), s.enabled ? 'yes' : 'no', s.declared ? 'configuration' : 'admin API',
       h('a', { href: `#/events?source=${encodeURIComponent(s.slug)}` }, 'Events', h('span.visually-hidden', {}, ` of ${s.slug}`)),
+      editControl(s, 'source', () => editSource(s)),
     ]);
-    put(list, table('Sources', ['Slug', 'Verification', 'JSON only', 'Max body (bytes)', 'Enabled', 'Declared in', 'Events'], rows));
+    put(list, table('Sources', ['Slug', 'Verification', 'JSON only', 'Max body (bytes)', 'Enabled', 'Declared in', 'Events', 'Edit'], rows));
   };
+  const editor = h('div#source-editor');
+  // PUT takes the whole source, as a [[sources]] table: the settings the form does not show are sent back as they
+  // are; the verification keeps its kind, so its secrets are kept.
+  const editSource = (s) => openEditor(editor, `Edit source ${s.slug}`, [
+    field('edit-slug', 'Slug', { name: 'slug', value: s.slug, required: true, autocomplete: 'off' }),
+    field('edit-max_body_bytes', 'Max body (bytes)', { name: 'max_body_bytes', type: 'number', min: 1, value: s.max_body_bytes }),
+    checkbox('edit-require_json', 'require_json', 'JSON bodies only', s.require_json),
+    checkbox('edit-enabled', 'enabled', 'Enabled (accepts events)', s.enabled),
+  ], async (f) => {
+    const { previous_secret_valid_until: _, ...verification } = s.verification || { kind: 'none' };
+    const body = {
+      slug: f.elements.slug.value.trim(),
+      max_body_bytes: num(f.elements.max_body_bytes.value),
+      require_json: f.elements.require_json.checked,
+      idempotency: s.idempotency,
+      event_type: s.event_type || undefined,
+      dedupe_window_secs: s.dedupe_window_secs,
+      cloudevents: s.cloudevents,
+      allowed_origins: s.allowed_origins,
+      allowed_rate: s.allowed_rate,
+      verification,
+      enabled: f.elements.enabled.checked,
+    };
+    const r = await api('PUT', `/sources/${s.id}`, body);
+    if (r.secret) put(shown, secretBox(`Verification secret of ${r.source.slug}`, r.secret));
+    return `Saved source ${r.source.slug}`;
+  }, refresh);
   const kinds = ['none', 'github', 'stripe', 'shopify', 'standard_webhooks'];
   const form = writeForm('Create source', [
     field('slug', 'Slug', { required: true, autocomplete: 'off' }, `Events arrive at /ingest/<slug>.`),
@@ -107,7 +197,7 @@ export async function sources(main) {
       else throw e;
     }
   });
-  put(main, h('h1', {}, 'Sources'), list, shown, form);
+  put(main, h('h1', {}, 'Sources'), list, shown, editor, form);
   await refresh();
 }
 
@@ -115,11 +205,28 @@ export async function routes(main) {
   const list = h('div#route-list');
   const [srcs, dests] = await Promise.all([api('GET', '/sources'), api('GET', '/destinations')]);
   const refresh = async () => {
-    const rows = (await api('GET', '/routes')).map((r) => [r.slug, r.source, r.destination, r.filter || '—',
-      r.transform || '—', r.enabled ? 'yes' : 'no', r.declared ? 'configuration' : 'admin API']);
-    put(list, table('Routes', ['Slug', 'Source', 'Destination', 'Filter (jq)', 'Transform (jq)', 'Enabled', 'Declared in'], rows));
+    const rows = (await api('GET', '/routes')).map((r) => h('tr', { dataset: { slug: r.slug } },
+      [r.slug, r.source, r.destination, r.filter || '—', r.transform || '—', r.enabled ? 'yes' : 'no',
+        r.declared ? 'configuration' : 'admin API', editControl(r, 'route', () => editRoute(r))].map((c) => h('td', {}, c))));
+    put(list, table('Routes', ['Slug', 'Source', 'Destination', 'Filter (jq)', 'Transform (jq)', 'Enabled', 'Declared in', 'Edit'], rows));
   };
-  const opts = (xs) => xs.map((x) => h('option', { value: x.slug }, x.slug));
+  const opts = (xs, chosen) => xs.map((x) => h('option', { value: x.slug, selected: x.slug === chosen }, x.slug));
+  const editor = h('div#route-editor');
+  const editRoute = (r) => openEditor(editor, `Edit route ${r.slug}`, [
+    field('edit-slug', 'Slug', { name: 'slug', value: r.slug, required: true, autocomplete: 'off' }),
+    field('edit-source', 'Source', { name: 'source', type: 'select', options: opts(srcs, r.source) }),
+    field('edit-destination', 'Destination', { name: 'destination', type: 'select', options: opts(dests, r.destination) }),
+    field('edit-filter', 'Filter (jq, optional)', { name: 'filter', value: r.filter || '', autocomplete: 'off' }),
+    field('edit-transform', 'Transform (jq, optional)', { name: 'transform', value: r.transform || '', autocomplete: 'off' }),
+    checkbox('edit-enabled', 'enabled', 'Enabled', r.enabled),
+  ], async (f) => {
+    const body = { slug: f.elements.slug.value.trim(), source: f.elements.source.value,
+      destination: f.elements.destination.value, enabled: f.elements.enabled.checked };
+    if (f.elements.filter.value.trim()) body.filter = f.elements.filter.value.trim();
+    if (f.elements.transform.value.trim()) body.transform = f.elements.transform.value.trim();
+    const saved = await api('PUT', `/routes/${r.id}`, body);
+    return `Saved route ${saved.slug}`;
+  }, refresh);
   const form = writeForm('Create route', [
     field('slug', 'Slug', { required: true, autocomplete: 'off' }),
     field('source', 'Source', { type: 'select', options: opts(srcs) }),
@@ -141,6 +248,6 @@ export async function routes(main) {
       else throw e;
     }
   });
-  put(main, h('h1', {}, 'Routes'), list, form);
+  put(main, h('h1', {}, 'Routes'), list, editor, form);
   await refresh();
 }

@@ -121,9 +121,9 @@ export function field(id, label, attrs = {}, hint) {
   );
 }
 
-/** A form whose controls are disabled in a read-only session. */
-export function writeForm(legend, children, onsubmit) {
-  const fs = h('fieldset', {}, h('legend', {}, legend), children, h('button', { type: 'submit' }, legend));
+/** A form whose controls are disabled in a read-only session; its submit button reads `submitLabel`. */
+export function writeForm(legend, children, onsubmit, submitLabel = legend) {
+  const fs = h('fieldset', {}, h('legend', {}, legend), children, h('button', { type: 'submit' }, submitLabel));
   if (!canWrite()) {
     fs.disabled = true;
     fs.title = 'This session may only read';
