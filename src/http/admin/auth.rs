@@ -81,9 +81,12 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// The role a request needs.
-pub fn required_role(method: &Method) -> AdminRole {
-    if method == Method::GET || method == Method::HEAD {
+/// POSTs (paths under `/admin/v1`) that change nothing, so a `read` token may make them: they only evaluate.
+pub const READ_ONLY_POSTS: &[&str] = &["/routes/test"];
+
+/// The role a request needs (`path` is under `/admin/v1`).
+pub fn required_role(method: &Method, path: &str) -> AdminRole {
+    if method == Method::GET || method == Method::HEAD || (method == Method::POST && READ_ONLY_POSTS.contains(&path)) {
         AdminRole::Read
     } else {
         AdminRole::Write
@@ -91,36 +94,40 @@ pub fn required_role(method: &Method) -> AdminRole {
 }
 
 /// Decides a request: `Ok` to go on, or the 401/403 to answer.
-pub fn authorize(tokens: &Tokens, method: &Method, authorization: Option<&[u8]>) -> Result<(), AdminError> {
+pub fn authorize(
+    tokens: &Tokens,
+    method: &Method,
+    path: &str,
+    authorization: Option<&[u8]>,
+) -> Result<(), AdminError> {
     let presented = authorization
         .and_then(|v| v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer ")))
         .map(|t| t.trim_ascii())
         .filter(|t| !t.is_empty())
         .ok_or(AdminError::Unauthorized)?;
     let role = tokens.role_of(presented).ok_or(AdminError::Unauthorized)?;
-    match (required_role(method), role) {
+    match (required_role(method, path), role) {
         (AdminRole::Write, AdminRole::Read) => Err(AdminError::Forbidden),
         _ => Ok(()),
     }
 }
 
 /// Decides a request that carries the console's session cookie and no `Authorization` header: the session's role
-/// as for a token, and a write must also carry the session's CSRF token.
+/// as for a token, and anything but GET/HEAD (a read-only POST too) must also carry the session's CSRF token.
 pub fn authorize_session(
     tokens: &Tokens,
     method: &Method,
+    path: &str,
     cookie: &str,
     csrf: Option<&[u8]>,
     now: i64,
 ) -> Result<(), AdminError> {
     let session = session::Session::verify(tokens, cookie, now).ok_or(AdminError::Unauthorized)?;
-    if required_role(method) == AdminRole::Write {
-        if !csrf.is_some_and(|c| session.csrf_matches(c)) {
-            return Err(AdminError::CsrfMissing);
-        }
-        if session.role == AdminRole::Read {
-            return Err(AdminError::Forbidden);
-        }
+    if method != Method::GET && method != Method::HEAD && !csrf.is_some_and(|c| session.csrf_matches(c)) {
+        return Err(AdminError::CsrfMissing);
+    }
+    if required_role(method, path) == AdminRole::Write && session.role == AdminRole::Read {
+        return Err(AdminError::Forbidden);
     }
     Ok(())
 }
@@ -130,15 +137,17 @@ pub async fn guard(req: ServiceRequest, next: Next<BoxBody>) -> Result<ServiceRe
     let decision = match req.app_data::<web::Data<AdminState>>() {
         Some(state) => {
             let authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+            let path = req.path().strip_prefix("/admin/v1").unwrap_or(req.path());
             match (authorization, session::cookie_of(req.headers())) {
                 (None, Some(cookie)) => authorize_session(
                     &state.tokens,
                     req.method(),
+                    path,
                     &cookie,
                     req.headers().get(session::CSRF_HEADER).map(|v| v.as_bytes()),
                     chrono::Utc::now().timestamp(),
                 ),
-                _ => authorize(&state.tokens, req.method(), authorization),
+                _ => authorize(&state.tokens, req.method(), path, authorization),
             }
         }
         None => Err(AdminError::Unauthorized),
@@ -166,20 +175,22 @@ mod tests {
         let t = tokens();
         let read = Some(&b"Bearer read-token-0123456789"[..]);
         let write = Some(&b"Bearer write-token-0123456789"[..]);
-        assert!(authorize(&t, &Method::GET, read).is_ok());
-        assert!(matches!(authorize(&t, &Method::POST, read), Err(AdminError::Forbidden)));
-        assert!(matches!(authorize(&t, &Method::DELETE, read), Err(AdminError::Forbidden)));
-        assert!(authorize(&t, &Method::PUT, write).is_ok());
-        assert!(authorize(&t, &Method::GET, write).is_ok());
+        assert!(authorize(&t, &Method::GET, "/events", read).is_ok());
+        assert!(matches!(authorize(&t, &Method::POST, "/sources", read), Err(AdminError::Forbidden)));
+        assert!(matches!(authorize(&t, &Method::DELETE, "/routes/test", read), Err(AdminError::Forbidden)));
+        assert!(authorize(&t, &Method::PUT, "/sources/x", write).is_ok());
+        assert!(authorize(&t, &Method::GET, "/events", write).is_ok());
+        // A POST that only evaluates is a read.
+        assert!(authorize(&t, &Method::POST, "/routes/test", read).is_ok());
         for bad in [None, Some(&b"Bearer nope"[..]), Some(b"read-token-0123456789"), Some(b"Bearer "), Some(b"Basic x")]
         {
-            assert!(matches!(authorize(&t, &Method::GET, bad), Err(AdminError::Unauthorized)), "{bad:?}");
+            assert!(matches!(authorize(&t, &Method::GET, "/events", bad), Err(AdminError::Unauthorized)), "{bad:?}");
         }
     }
 
     #[test]
     fn with_no_token_configured_everything_is_refused() {
         let t = Tokens::new(&[]);
-        assert!(matches!(authorize(&t, &Method::GET, Some(b"Bearer anything")), Err(AdminError::Unauthorized)));
+        assert!(matches!(authorize(&t, &Method::GET, "/events", Some(b"Bearer anything")), Err(AdminError::Unauthorized)));
     }
 }

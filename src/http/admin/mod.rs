@@ -99,6 +99,8 @@ admin_routes! {
     post "/destinations/{id}/cancel-pending" => deliveries::cancel_pending_of_destination;
     get "/routes" => routes::list;
     post "/routes" => routes::create;
+    // Before `/routes/{id}`: the first resource whose path matches answers.
+    post "/routes/test" => routes::test;
     get "/routes/{id}" => routes::get;
     put "/routes/{id}" => routes::update;
     delete "/routes/{id}" => routes::delete;

@@ -9,8 +9,8 @@ use super::{deliveries, destinations, error, events, jobs, routes, sources, stat
 #[derive(OpenApi)]
 #[openapi(
     info(title = "hookgate admin API", description = "Sources, destinations, routes, events, replay and dead letter. \
-        Every route needs `Authorization: Bearer <token>`; GET needs a `read` or `write` token, everything else a \
-        `write` token. Errors are RFC 7807 problems (`application/problem+json`) with a stable `type`."),
+        Every route needs `Authorization: Bearer <token>`; GET (and `POST /routes/test`, which changes nothing) needs a `read` \
+        or `write` token, everything else a `write` token. Errors are RFC 7807 problems (`application/problem+json`) with a stable `type`."),
     paths(
         document,
         sources::list, sources::create, sources::get, sources::update, sources::delete, sources::rotate_secret,
@@ -18,7 +18,7 @@ use super::{deliveries, destinations, error, events, jobs, routes, sources, stat
         destinations::rotate_secret, destinations::pause, destinations::resume, destinations::health,
         deliveries::list_for_destination, deliveries::retry_dead_of_destination,
         deliveries::cancel_pending_of_destination, deliveries::retry, deliveries::cancel,
-        routes::list, routes::create, routes::get, routes::update, routes::delete,
+        routes::list, routes::create, routes::test, routes::get, routes::update, routes::delete,
         events::list, events::get, events::replay, tail::stream,
         jobs::list, jobs::create, jobs::get, jobs::cancel,
         stats::stats,

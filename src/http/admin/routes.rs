@@ -1,8 +1,12 @@
-//! Routes: CRUD. Filters and transforms must compile; source and destination are named by slug.
+//! Routes: CRUD. Filters and transforms must compile; source and destination are named by slug. `POST /routes/test`
+//! evaluates a filter and a transform against a stored event, as a route would, without saving anything.
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
+use std::sync::Arc;
+
 use hookgate_core::catalog::RouteSpec;
+use hookgate_core::jq::{evaluate, RouteOutcome};
 use hookgate_core::notification::{is_reserved, SYSTEM_SLUG};
 use hookgate_core::source::validate_slug;
 use hookgate_store::routes as store;
@@ -192,4 +196,72 @@ pub async fn delete(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Re
     notify_catalog(&tx, "admin:route").await?;
     hookgate_store::commit(tx).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// What `POST /routes/test` evaluates: a stored event, and the filter and transform a route would have.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTestInput {
+    /// A stored event (its source, type, stored headers and body make the programs' input).
+    pub event_id: Uuid,
+    /// jq program over `{body, headers, source, type}`; the event matches when its first output is truthy.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// jq program over the same input; its first output is what would be delivered.
+    #[serde(default)]
+    pub transform: Option<String>,
+}
+
+/// What a route with this filter and transform would make of the event.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RouteTestResult {
+    /// Whether the filter takes the event (no filter takes every event); false when an evaluation failed.
+    pub matched: bool,
+    /// The transform's output, what would be delivered; null without a transform (the body is delivered as it
+    /// came), when the event does not match, or when an evaluation failed.
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<serde_json::Value>,
+    /// Why an evaluation failed (a runtime error, an output over `delivery.jq_max_output_bytes`) or was not
+    /// decided (over `delivery.jq_timeout_ms`); null otherwise.
+    pub error: Option<String>,
+}
+
+/// Tests a filter and a transform against a stored event before saving them in a route, evaluated as a route
+/// would (same input, same time and output bounds). Changes nothing, so a `read` token may call it.
+#[utoipa::path(post, path = "/admin/v1/routes/test", tag = "routes", security(("bearer" = [])),
+    request_body = RouteTestInput,
+    responses((status = 200, body = RouteTestResult), (status = 404, body = ProblemBody),
+              (status = 422, body = ProblemBody), (status = 401, body = ProblemBody)))]
+pub async fn test(state: web::Data<AdminState>, input: web::Json<RouteTestInput>) -> Result<HttpResponse, AdminError> {
+    let input = input.into_inner();
+    let spec = RouteSpec {
+        slug: "test".into(),
+        source: String::new(),
+        destination: String::new(),
+        filter: input.filter,
+        transform: input.transform,
+    };
+    let too_long = |p: &Option<String>| p.as_ref().is_some_and(|p| p.len() > 64 * 1024);
+    if too_long(&spec.filter) || too_long(&spec.transform) {
+        return Err(AdminError::Invalid("filter and transform are limited to 64 KiB".into()));
+    }
+    let (filter, transform) = spec.compile().map_err(AdminError::Invalid)?;
+    let client = hookgate_store::connect(&state.pool).await?;
+    let record = hookgate_store::events::fetch(&client, input.event_id)
+        .await?
+        .ok_or_else(|| AdminError::NotFound(format!("no event has id {}", input.event_id)))?;
+    let event = super::events::StoredEvent::from(record);
+    let outcome = evaluate(filter, transform, Arc::new(event.jq_input()), state.jq_timeout, state.jq_max_output).await;
+    let result = match outcome {
+        RouteOutcome::Skip => RouteTestResult { matched: false, output: None, error: None },
+        RouteOutcome::Deliver(None) => RouteTestResult { matched: true, output: None, error: None },
+        RouteOutcome::Deliver(Some(bytes)) => match serde_json::from_slice(&bytes) {
+            Ok(v) => RouteTestResult { matched: true, output: Some(v), error: None },
+            Err(e) => RouteTestResult { matched: true, output: None, error: Some(format!("transform output: {e}")) },
+        },
+        RouteOutcome::Failed(why) | RouteOutcome::Unavailable(why) => {
+            RouteTestResult { matched: false, output: None, error: Some(why) }
+        }
+    };
+    Ok(HttpResponse::Ok().json(result))
 }
