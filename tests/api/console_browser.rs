@@ -155,6 +155,19 @@ impl Browser {
         }
     }
 
+    /// Waits until the input matching `css` has a value; returns it.
+    async fn wait_value(&self, css: &str) -> String {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let v = self.js("const el = document.querySelector(arguments[0]); return el && el.value;", json!([css])).await;
+            if let Some(v) = v.as_str().filter(|v| !v.is_empty()) {
+                return v.to_owned();
+            }
+            assert!(Instant::now() < until, "timed out waiting for {css:?} to have a value");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn url(&self) -> String {
         self.call("GET", "/url", None).await.as_str().unwrap_or_default().to_owned()
     }
@@ -470,7 +483,20 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     b.type_into("#edit-filter", ".body |||").await;
     b.click("#route-editor button[type=submit]", "Save changes").await;
     b.wait_for("#edit-filter-error", "does not compile").await;
+    // Before saving, the filter and transform are tried on a stored event (the source's newest to begin with).
+    b.wait_value("#edit-test-event").await;
+    b.type_into("#edit-filter", ".body.order < 0").await;
+    b.type_into("#edit-transform", "{n: ").await;
+    b.click("#route-editor button", "Test filter and transform").await;
+    b.wait_for("#edit-transform-error", "does not compile").await;
+    b.type_into("#edit-transform", "{n: .body.order, kind: .body.type}").await;
+    b.click("#route-editor button", "Test filter and transform").await;
+    b.wait_for("#edit-test-result", "Does not match this event").await;
     b.type_into("#edit-filter", ".body.order >= 0").await;
+    b.click("#route-editor button", "Test filter and transform").await;
+    b.wait_for("#edit-test-result pre", "\"kind\": \"order.created\"").await;
+    b.assert_accessible("route editor").await;
+    b.type_into("#edit-transform", "").await;
     b.click("#route-editor button[type=submit]", "Save changes").await;
     b.wait_for("#status", "Saved route to-flaky").await;
     b.wait_for("#route-list tr[data-slug=to-flaky]", ".body.order >= 0").await;

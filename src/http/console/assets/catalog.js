@@ -1,7 +1,7 @@
 // Destinations, sources and routes: lists, creation and edit forms (errors beside the field), pause/resume, secret
 // rotation. Objects declared in the configuration file are shown read-only, with the reason.
 
-import { api, ApiError } from './api.js';
+import { api, ApiError, query } from './api.js';
 import { clearProblems, field, h, put, say, secretBox, showProblem, table, writeButton, writeForm } from './ui.js';
 
 const num = (v) => (v === '' ? undefined : Number(v));
@@ -201,6 +201,53 @@ export async function sources(main) {
   await refresh();
 }
 
+/**
+ * The part of a route form that tests its filter and transform against a stored event before saving
+ * (`POST /admin/v1/routes/test`): the event's id (the newest event of the chosen source to begin with), a button, and
+ * what a route would make of the event. A program that does not compile is shown beside its field.
+ */
+function routeTester(prefix) {
+  const id = `${prefix}test-event`;
+  const result = h('output', { id: `${prefix}test-result`, role: 'status', 'aria-live': 'polite' });
+  const newest = async (form) => {
+    const input = form.elements.test_event;
+    if (input.dataset.typed) return;
+    const page = await api('GET', `/events${query({ source: form.elements.source.value, limit: 1 })}`);
+    input.value = page.items.length ? page.items[0].id : '';
+  };
+  const run = async (form) => {
+    clearProblems(form);
+    put(result, 'Testing…');
+    const body = { event_id: form.elements.test_event.value.trim() };
+    if (form.elements.filter.value.trim()) body.filter = form.elements.filter.value.trim();
+    if (form.elements.transform.value.trim()) body.transform = form.elements.transform.value.trim();
+    try {
+      const r = await api('POST', '/routes/test', body);
+      if (r.error) put(result, h('span.bad', {}, `Fails on this event: ${r.error}`));
+      else if (!r.matched) put(result, 'Does not match this event: the route would skip it.');
+      else if (r.output === null) put(result, 'Matches: the route would deliver the body as it came.');
+      else put(result, 'Matches; the route would deliver:', h('pre.body', {}, JSON.stringify(r.output, null, 2)));
+    } catch (e) {
+      put(result);
+      if (e instanceof ApiError) showProblem(form, e);
+      else throw e;
+    }
+  };
+  const section = h('div.tester', {},
+    field(id, 'Stored event to test against (id)', { name: 'test_event', autocomplete: 'off',
+      oninput: (e) => { e.target.dataset.typed = '1'; } }, 'The newest event of the chosen source, or any event id.'),
+    h('button', { type: 'button', onclick: (e) => run(e.target.form) }, 'Test filter and transform'),
+    result);
+  // Filled once the form is in the page (the source select is then known), and again when the source changes.
+  queueMicrotask(() => {
+    const form = section.closest('form');
+    if (!form) return;
+    form.elements.source.addEventListener('change', () => newest(form).catch(() => {}));
+    newest(form).catch(() => {});
+  });
+  return section;
+}
+
 export async function routes(main) {
   const list = h('div#route-list');
   const [srcs, dests] = await Promise.all([api('GET', '/sources'), api('GET', '/destinations')]);
@@ -219,6 +266,7 @@ export async function routes(main) {
     field('edit-filter', 'Filter (jq, optional)', { name: 'filter', value: r.filter || '', autocomplete: 'off' }),
     field('edit-transform', 'Transform (jq, optional)', { name: 'transform', value: r.transform || '', autocomplete: 'off' }),
     checkbox('edit-enabled', 'enabled', 'Enabled', r.enabled),
+    routeTester('edit-'),
   ], async (f) => {
     const body = { slug: f.elements.slug.value.trim(), source: f.elements.source.value,
       destination: f.elements.destination.value, enabled: f.elements.enabled.checked };
@@ -233,6 +281,7 @@ export async function routes(main) {
     field('destination', 'Destination', { type: 'select', options: opts(dests) }),
     field('filter', 'Filter (jq, optional)', { autocomplete: 'off', placeholder: '.type == "order.created"' }),
     field('transform', 'Transform (jq, optional)', { autocomplete: 'off' }),
+    routeTester(''),
   ], async (f) => {
     const body = { slug: f.slug.value.trim(), source: f.source.value, destination: f.destination.value, enabled: true };
     if (f.filter.value.trim()) body.filter = f.filter.value.trim();
