@@ -501,6 +501,20 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     b.wait_for("#status", "Saved route to-flaky").await;
     b.wait_for("#route-list tr[data-slug=to-flaky]", ".body.order >= 0").await;
 
+    // A bulk replay of the `open` source's last hour: a filter that does not compile is shown beside its field; the
+    // job's progress is shown until it is done.
+    b.click("nav a", "Replay").await;
+    b.choose("#replay-source", "open").await;
+    b.type_into("#replay-filter", ".body |||").await;
+    b.click("button[type=submit]", "Start replay").await;
+    b.wait_for("#replay-filter-error", "does not compile").await;
+    b.type_into("#replay-filter", ".body.type == \"order.created\"").await;
+    let stored = count(&app, "SELECT count(*) FROM events e JOIN sources s ON s.id = e.source_id WHERE s.slug = 'open'").await;
+    b.click("button[type=submit]", "Start replay").await;
+    b.wait_for("#replay-jobs tr[data-status=succeeded] [data-field=progress]", &format!("{stored} scanned, {stored} matched"))
+        .await;
+    b.assert_accessible("replay").await;
+
     // Log out: the console is gone until the next login.
     b.click("#logout", "Log out").await;
     b.wait_url("/console/login").await;
@@ -542,4 +556,25 @@ impl Browser {
         let unnamed = self.unnamed_controls().await;
         assert!(unnamed.is_empty(), "login: controls without an accessible name: {unnamed:#?}");
     }
+}
+
+#[actix_rt::test]
+async fn a_queued_replay_job_is_cancelled_from_the_console() {
+    // The job runner takes its first round at start, then not for an hour: the job stays queued until cancelled.
+    let app = spawn_app_with(|s| {
+        with_tokens(s);
+        s.admin.job_interval_ms = 3_600_000;
+    })
+    .await;
+    ingest(&app, 2).await;
+    let b = Browser::start().await;
+    b.login(&app, WRITE).await;
+    b.click("nav a", "Replay").await;
+    b.choose("#replay-source", "open").await;
+    b.click("button[type=submit]", "Start replay").await;
+    b.wait_for("#replay-jobs tr[data-status=queued] [data-field=progress]", "0 scanned").await;
+    b.click("#replay-jobs tr[data-status=queued] button", "Cancel").await;
+    b.wait_for("#replay-jobs tr[data-status=cancelled] [data-field=status]", "cancelled").await;
+    b.wait_for("#status", "Replay job cancelled").await;
+    assert_eq!(count(&app, "SELECT count(*) FROM replay_jobs WHERE status = 'cancelled'").await, 1);
 }

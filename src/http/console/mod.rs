@@ -34,6 +34,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("events.js", "text/javascript; charset=utf-8", include_str!("assets/events.js")),
     ("dead.js", "text/javascript; charset=utf-8", include_str!("assets/dead.js")),
     ("tail.js", "text/javascript; charset=utf-8", include_str!("assets/tail.js")),
+    ("replay.js", "text/javascript; charset=utf-8", include_str!("assets/replay.js")),
     ("favicon.svg", "image/svg+xml", include_str!("assets/favicon.svg")),
 ];
 

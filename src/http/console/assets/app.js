@@ -7,6 +7,7 @@ import { destinations, sources, routes } from './catalog.js';
 import { events, eventDetail } from './events.js';
 import { dead } from './dead.js';
 import { tail } from './tail.js';
+import { replay } from './replay.js';
 
 const pages = [
   [/^#\/overview$/, overview, 'Overview'],
@@ -17,6 +18,7 @@ const pages = [
   [/^#\/events\/([0-9a-f-]{36})$/, eventDetail, 'Event'],
   [/^#\/dead(?:\/([0-9a-f-]{36}))?$/, dead, 'Dead letters'],
   [/^#\/tail$/, tail, 'Live tail'],
+  [/^#\/replay$/, replay, 'Bulk replay'],
 ];
 
 let stop = null;
