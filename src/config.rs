@@ -827,7 +827,7 @@ mod tests {
                 s.destinations[0].signing_secrets,
                 ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_dGhlLW5ldy1zZWNyZXQtb2YtMzItYnl0ZXMhIQ=="]
             );
-            assert_eq!(s.destinations[0].signing_keys, [key.clone()]);
+            assert_eq!(s.destinations[0].signing_keys, std::slice::from_ref(&key));
 
             // Errors name the field and the path, never a secret.
             jail.create_file("orders-keys", "\n\n")?;

@@ -723,9 +723,14 @@ async fn a_filter_and_a_transform_are_tested_against_a_stored_event_with_a_read_
         let app = &app;
         async move { app.admin("post", "/routes/test", Some(READ), Some(body)).await }
     };
-    let a = test(Some(".body.total > 100 and .source == \"open\""), Some("{kind: .body.kind, cents: (.body.total * 100)}")).await;
+    let a =
+        test(Some(".body.total > 100 and .source == \"open\""), Some("{kind: .body.kind, cents: (.body.total * 100)}"))
+            .await;
     assert_eq!(a.status, 200, "{a:?}");
-    assert_eq!(a.json, json!({ "matched": true, "output": { "kind": "order.created", "cents": 15000 }, "error": null }));
+    assert_eq!(
+        a.json,
+        json!({ "matched": true, "output": { "kind": "order.created", "cents": 15000 }, "error": null })
+    );
     let a = test(Some(".body.total > 1000"), Some("{}")).await;
     assert_eq!(a.json, json!({ "matched": false, "output": null, "error": null }), "{a:?}");
     let a = test(None, None).await;

@@ -159,7 +159,8 @@ impl Browser {
     async fn wait_value(&self, css: &str) -> String {
         let until = Instant::now() + DEADLINE;
         loop {
-            let v = self.js("const el = document.querySelector(arguments[0]); return el && el.value;", json!([css])).await;
+            let v =
+                self.js("const el = document.querySelector(arguments[0]); return el && el.value;", json!([css])).await;
             if let Some(v) = v.as_str().filter(|v| !v.is_empty()) {
                 return v.to_owned();
             }
@@ -400,7 +401,8 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     let mut sent = Vec::new();
     loop {
         sent.extend(ingest(&app, 1).await.into_iter().map(|id| id.to_string()));
-        let shown = b.js("return [...document.querySelectorAll('#tail tbody tr')].map(r => r.dataset.id)", json!([])).await;
+        let shown =
+            b.js("return [...document.querySelectorAll('#tail tbody tr')].map(r => r.dataset.id)", json!([])).await;
         if shown.as_array().unwrap().iter().any(|id| sent.iter().any(|s| id == s)) {
             break;
         }
@@ -408,6 +410,7 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     b.wait_for("#tail-count", "new since this page opened").await;
+    b.screenshot("tail").await;
     assert_eq!(b.js("return document.querySelector('#tail-mode').textContent", json!([])).await, "live");
 
     // An event's detail: headers, pretty body, every attempt of every delivery.
@@ -509,11 +512,16 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     b.click("button[type=submit]", "Start replay").await;
     b.wait_for("#replay-filter-error", "does not compile").await;
     b.type_into("#replay-filter", ".body.type == \"order.created\"").await;
-    let stored = count(&app, "SELECT count(*) FROM events e JOIN sources s ON s.id = e.source_id WHERE s.slug = 'open'").await;
+    let stored =
+        count(&app, "SELECT count(*) FROM events e JOIN sources s ON s.id = e.source_id WHERE s.slug = 'open'").await;
     b.click("button[type=submit]", "Start replay").await;
-    b.wait_for("#replay-jobs tr[data-status=succeeded] [data-field=progress]", &format!("{stored} scanned, {stored} matched"))
-        .await;
+    b.wait_for(
+        "#replay-jobs tr[data-status=succeeded] [data-field=progress]",
+        &format!("{stored} scanned, {stored} matched"),
+    )
+    .await;
     b.assert_accessible("replay").await;
+    b.screenshot("replay").await;
 
     // Log out: the console is gone until the next login.
     b.click("#logout", "Log out").await;

@@ -94,12 +94,7 @@ pub fn required_role(method: &Method, path: &str) -> AdminRole {
 }
 
 /// Decides a request: `Ok` to go on, or the 401/403 to answer.
-pub fn authorize(
-    tokens: &Tokens,
-    method: &Method,
-    path: &str,
-    authorization: Option<&[u8]>,
-) -> Result<(), AdminError> {
+pub fn authorize(tokens: &Tokens, method: &Method, path: &str, authorization: Option<&[u8]>) -> Result<(), AdminError> {
     let presented = authorization
         .and_then(|v| v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer ")))
         .map(|t| t.trim_ascii())
@@ -191,6 +186,9 @@ mod tests {
     #[test]
     fn with_no_token_configured_everything_is_refused() {
         let t = Tokens::new(&[]);
-        assert!(matches!(authorize(&t, &Method::GET, "/events", Some(b"Bearer anything")), Err(AdminError::Unauthorized)));
+        assert!(matches!(
+            authorize(&t, &Method::GET, "/events", Some(b"Bearer anything")),
+            Err(AdminError::Unauthorized)
+        ));
     }
 }

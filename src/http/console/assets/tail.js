@@ -4,7 +4,7 @@
 // page polls the event list every two seconds instead, and says so.
 
 import { api, ApiError, query } from './api.js';
-import { clearProblems, field, h, put, showProblem, time } from './ui.js';
+import { clearProblems, field, h, put, say, showProblem, time } from './ui.js';
 
 const EVERY_MS = 2000;
 const KEEP = 200;
@@ -133,6 +133,7 @@ export async function tail(main, ctx) {
   const form = h('form#tail-filters', { novalidate: true, onsubmit: (e) => {
     e.preventDefault();
     clearProblems(form);
+    say('');
     connect(params(form), form);
   } }, h('fieldset', {}, h('legend', {}, 'Filter the tail'),
     field('tail-source', 'Source', { type: 'select', name: 'source',
