@@ -38,7 +38,8 @@ CROSS JOIN LATERAL (
 WHERE h.next_attempt_at <= now() AND (h.lease_expires_at IS NULL OR h.lease_expires_at <= now())";
 
 /// Leases up to each budget. The rows are then updated by their whole primary key (id and partition key): a probe
-/// per row, never a join the planner could drive from another table.
+/// per row, never a join the planner could drive from another table (`tests/api/plans.rs` checks the plan with the
+/// whole backlog due and with little of it due).
 pub const CLAIM: &str = "\
 WITH budget AS (
     SELECT b.* FROM UNNEST($1::uuid[], $2::int[], $3::int[]) AS b(destination_id, n, cap)
@@ -69,13 +70,18 @@ WITH budget AS (
         LIMIT 1
     ) h
     WHERE h.next_attempt_at <= now() AND (h.lease_expires_at IS NULL OR h.lease_expires_at <= now())
+-- Through arrays, so that the planner cannot join `picked` to the table as a set: it estimates a LIMIT whose value
+-- is a parameter at thousands of rows, and with the whole backlog due it then hashed every pending row to update a
+-- few hundred. An unnested array is estimated small, which makes the join a primary-key probe per picked row.
+), ids AS (
+    SELECT array_agg(id) AS id, array_agg(created_at) AS created_at FROM picked
 )
 UPDATE deliveries d
 SET lease_owner = $5, lease_id = gen_random_uuid(),
     lease_expires_at = now()
         + ((SELECT x.timeout_ms FROM destinations x WHERE x.id = d.destination_id) + $6::int) * interval '1 millisecond',
     updated_at = now()
-FROM picked p
+FROM ids CROSS JOIN LATERAL UNNEST(ids.id, ids.created_at) AS p(id, created_at)
 WHERE d.id = p.id AND d.created_at = p.created_at
   -- Re-checked on the locked row: a result committed meanwhile is not claimed again.
   AND d.state = 'pending' AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
