@@ -747,3 +747,35 @@ async fn a_filter_and_a_transform_are_tested_against_a_stored_event_with_a_read_
     let body = json!({ "event_id": event });
     app.admin("post", "/routes/test", None, Some(body)).await.assert_problem(401, "unauthorized");
 }
+
+#[actix_rt::test]
+async fn the_event_list_filters_by_a_jq_program_page_by_page() {
+    let app = spawn_app_with(with_tokens).await;
+    let mut ids = Vec::new();
+    for n in 0..7 {
+        let a = app
+            .post_signed(
+                format!(r#"{{"n":{n},"kind":"{}"}}"#, if n % 2 == 0 { "even" } else { "odd" }).as_bytes(),
+                &format!("jq-{n}"),
+            )
+            .await;
+        assert_eq!(a.status, 202, "{a:?}");
+        ids.push(a.id());
+    }
+    // Newest first: the even ones are n = 6, 4, 2, 0; pages of 2 follow the cursor.
+    let filter = "filter=.body.kind%20%3D%3D%20%22even%22";
+    let first = app.admin_ok("get", &format!("/events?{filter}&limit=2"), None).await;
+    let page_ids = |page: &Value| -> Vec<String> {
+        page["items"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(page_ids(&first), [ids[6].to_string(), ids[4].to_string()], "{first}");
+    let cursor = first["next_cursor"].as_str().expect("a next page").to_owned();
+    let second = app.admin_ok("get", &format!("/events?{filter}&limit=2&cursor={cursor}"), None).await;
+    assert_eq!(page_ids(&second), [ids[2].to_string(), ids[0].to_string()], "{second}");
+    assert!(second["next_cursor"].is_null(), "nothing after the last match: {second}");
+    // With the other filters, and a program that matches nothing.
+    let none = app.admin_ok("get", "/events?source=hmac&filter=.body.n%20%3E%20100", None).await;
+    assert_eq!(none["items"], serde_json::json!([]), "{none}");
+    // A program that does not compile is refused before anything is read.
+    app.admin("get", "/events?filter=.body.%5B", Some(READ), None).await.assert_problem(422, "validation-failed");
+}

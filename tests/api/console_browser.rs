@@ -235,6 +235,45 @@ impl Browser {
         }
     }
 
+    /// Walks the page with the Tab key alone, from its first control (the skip link): every enabled, visible control
+    /// is reached, in document order, and each shows a focus ring when the keyboard moved the focus there. (A date
+    /// field keeps the focus for several presses, one per part: day, month, year, hours, minutes.)
+    async fn assert_keyboard_walk(&self, page: &str) {
+        const CONTROLS: &str = "[...document.querySelectorAll('a[href], button, input, select, textarea, [tabindex]')]
+              .filter(e => !e.disabled && e.tabIndex >= 0 && e.getClientRects().length)";
+        let count = self.js(&format!("return {CONTROLS}.length"), json!([])).await.as_u64().unwrap();
+        assert!(count > 1, "{page}: no controls to walk");
+        let first = self.js(&format!("const c = {CONTROLS}; c[0].focus(); return c[0].className"), json!([])).await;
+        assert_eq!(first, "skip", "{page}: the first control is the skip link");
+        let mut reached = vec![0u64];
+        // Enough presses for every control, and for the parts of a few date fields.
+        for _ in 0..count * 4 {
+            if reached.last() == Some(&(count - 1)) {
+                break;
+            }
+            let tab = json!({ "type": "key", "id": "keyboard", "actions": [
+                { "type": "keyDown", "value": "\u{E004}" }, { "type": "keyUp", "value": "\u{E004}" }] });
+            self.call("POST", "/actions", Some(json!({ "actions": [tab] }))).await;
+            let at = self
+                .js(
+                    &format!(
+                        "const c = {CONTROLS}; const e = document.activeElement; const s = getComputedStyle(e);
+                         return [c.indexOf(e), s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0,
+                                 e.outerHTML.slice(0, 100)]"
+                    ),
+                    json!([]),
+                )
+                .await;
+            let (index, ring, html) = (at[0].as_i64().unwrap(), at[1].as_bool().unwrap(), at[2].to_string());
+            assert!(index >= 0, "{page}: Tab moved the focus to something that is not a control: {html}");
+            assert!(ring, "{page}: no focus ring on {html}");
+            if reached.last() != Some(&(index as u64)) {
+                reached.push(index as u64);
+            }
+        }
+        assert_eq!(reached, (0..count).collect::<Vec<_>>(), "{page}: Tab order is not the document's order");
+    }
+
     async fn assert_accessible(&self, page: &str) {
         let unnamed = self.unnamed_controls().await;
         assert!(unnamed.is_empty(), "{page}: controls without an accessible name: {unnamed:#?}");
@@ -355,6 +394,7 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     b.wait_for("#slug-error", "slug must be").await;
     assert_eq!(b.js("return document.activeElement.id", json!([])).await, "slug", "the field at fault has the focus");
     b.assert_accessible("destinations").await;
+    b.assert_keyboard_walk("destinations").await;
     b.type_into("#slug", "orders").await;
     b.click("button[type=submit]", "Create destination").await;
     b.wait_for(".secret output", "whsec_").await;
@@ -384,6 +424,12 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     let events = count(&app, "SELECT count(*) FROM events").await;
     b.wait_exact("#ingest-count", &events.to_string()).await;
     b.wait_exact("#destination-health tr[data-destination=flaky] [data-field=dead]", "2").await;
+    let charts = b
+        .js("return [...document.querySelectorAll('svg.spark')].map(s => s.getAttribute('aria-label'))", json!([]))
+        .await;
+    assert_eq!(charts.as_array().map(Vec::len), Some(4), "ingest, success, latency and backlog charts: {charts}");
+    // Charts of a few refreshes for the picture.
+    b.wait_for("#backlog-total-title ~ svg.spark:not([data-samples='1']):not([data-samples='2'])", "").await;
     b.screenshot("overview").await;
     // The live tail, over the admin API's event stream: a jq filter that does not compile is shown beside its field;
     // with a good one, an event ingested after the page opened appears.
@@ -420,6 +466,14 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     let rows = b.js("return document.querySelectorAll('#event-results tbody tr').length", json!([])).await;
     assert!(rows.as_u64().unwrap() >= 1);
     b.assert_accessible("events").await;
+    b.assert_keyboard_walk("events").await;
+    // A jq filter narrows the search (evaluated by the admin API on the stored events).
+    b.type_into("#q-filter", ".body.type == \"no-such-type\"").await;
+    b.click("#event-search button[type=submit]", "Search").await;
+    b.wait_for("#event-results", "No event matches").await;
+    b.type_into("#q-filter", ".body.type == \"order.created\"").await;
+    b.click("#event-search button[type=submit]", "Search").await;
+    b.wait_for("#event-results", &routed.to_string()).await;
     app.wait_count("both deliveries to orders", DELIVERED_TO_ORDERS, 2).await;
     b.goto(&app.url(&format!("/console/#/events/{routed}"))).await;
     // The JSON body, pretty-printed.

@@ -31,11 +31,18 @@ pub struct EventQuery {
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub event_type: Option<String>,
+    /// Only events for which this jq program (over `{body, headers, source, type}`, what route filters see) is
+    /// truthy. A page then reads at most `FILTER_SCAN` (1,000) events: it may hold fewer than `limit` items and
+    /// still have a `next_cursor`, where the next page goes on reading.
+    pub filter: Option<String>,
     /// The `next_cursor` of the previous page: events older than this id.
     pub cursor: Option<Uuid>,
     /// Page size, 1 to 500 (default 50).
     pub limit: Option<u32>,
 }
+
+/// Events one page of a jq-filtered list reads at most.
+pub const FILTER_SCAN: i64 = 1_000;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EventSummary {
@@ -70,7 +77,14 @@ pub async fn list(state: web::Data<AdminState>, query: web::Query<EventQuery>) -
         None => None,
     };
     let limit = page_limit(query.limit);
-    let filter = store::EventFilter {
+    let program = match query.filter.as_deref().filter(|f| !f.trim().is_empty()) {
+        Some(f) => Some(
+            hookgate_core::jq::JqProgram::compile(f)
+                .map_err(|e| AdminError::Invalid(format!("filter does not compile: {e}")))?,
+        ),
+        None => None,
+    };
+    let mut filter = store::EventFilter {
         source_id,
         from: query.from,
         to: query.to,
@@ -79,21 +93,71 @@ pub async fn list(state: web::Data<AdminState>, query: web::Query<EventQuery>) -
         before: query.cursor,
         limit: limit + 1,
     };
-    let mut items: Vec<EventSummary> = store::list(&client, &filter)
-        .await?
-        .into_iter()
-        .map(|r| EventSummary {
-            id: r.id,
-            source_id: r.source_id,
-            received_at: r.received_at,
-            content_type: r.content_type,
-            body_bytes: r.body_bytes,
-            event_type: r.event_type,
-        })
-        .collect();
-    let more = items.len() as i64 > limit;
-    items.truncate(limit as usize);
-    let next_cursor = if more { items.last().map(|e| e.id) } else { None };
+    let summary = |r: store::EventSummaryRow| EventSummary {
+        id: r.id,
+        source_id: r.source_id,
+        received_at: r.received_at,
+        content_type: r.content_type,
+        body_bytes: r.body_bytes,
+        event_type: r.event_type,
+    };
+    let Some(program) = program else {
+        let mut items: Vec<EventSummary> = store::list(&client, &filter).await?.into_iter().map(summary).collect();
+        let more = items.len() as i64 > limit;
+        items.truncate(limit as usize);
+        let next_cursor = if more { items.last().map(|e| e.id) } else { None };
+        return Ok(HttpResponse::Ok().json(EventPage { items, next_cursor }));
+    };
+    // Read pages of candidates and keep those the program accepts, until the page is full (and one more is known
+    // to exist), the candidates end, or FILTER_SCAN events were read (then the next page goes on from there).
+    let (mut items, mut scanned, mut more) = (Vec::new(), 0i64, false);
+    let mut last_read = None;
+    'pages: loop {
+        filter.limit = (FILTER_SCAN - scanned).min(200);
+        let rows = store::list(&client, &filter).await?;
+        let exhausted = (rows.len() as i64) < filter.limit;
+        for row in rows {
+            scanned += 1;
+            last_read = Some(row.id);
+            filter.before = Some(row.id);
+            let Some(event) = store::fetch(&client, row.id).await? else { continue };
+            let input = StoredEvent::from(event).jq_input();
+            let outcome = hookgate_core::jq::evaluate(
+                Some(program.clone()),
+                None,
+                std::sync::Arc::new(input),
+                state.jq_timeout,
+                state.jq_max_output,
+            )
+            .await;
+            match outcome {
+                hookgate_core::jq::RouteOutcome::Deliver(_) => {}
+                hookgate_core::jq::RouteOutcome::Unavailable(why) => {
+                    return Err(AdminError::Busy(format!("filter: {why}")))
+                }
+                hookgate_core::jq::RouteOutcome::Skip | hookgate_core::jq::RouteOutcome::Failed(_) => continue,
+            }
+            if items.len() as i64 == limit {
+                more = true;
+                break 'pages;
+            }
+            items.push(summary(row));
+        }
+        if exhausted {
+            break;
+        }
+        if scanned >= FILTER_SCAN {
+            more = true;
+            break;
+        }
+    }
+    let next_cursor = if !more {
+        None
+    } else if items.len() as i64 == limit {
+        items.last().map(|e| e.id)
+    } else {
+        last_read
+    };
     Ok(HttpResponse::Ok().json(EventPage { items, next_cursor }))
 }
 

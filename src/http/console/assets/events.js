@@ -1,4 +1,4 @@
-// Events: search by source, type, delivery status and time, newest first, paginated; one event's detail with its
+// Events: search by source, type, delivery status, time and a jq filter, newest first, paginated; one event's detail with its
 // headers, body (pretty JSON, text, or hex) and every delivery with every attempt; replay, retry, cancel.
 
 import { api, ApiError, query } from './api.js';
@@ -32,7 +32,9 @@ export async function events(main, ctx, qs) {
       field('q-status', 'Delivery status', { type: 'select', name: 'status',
         options: STATES.map((s) => h('option', { value: s }, s || 'any')) }),
       field('q-from', 'Received from', { type: 'datetime-local', name: 'from', step: 1 }),
-      field('q-to', 'Received before', { type: 'datetime-local', name: 'to', step: 1 })),
+      field('q-to', 'Received before', { type: 'datetime-local', name: 'to', step: 1 }),
+      field('q-filter', 'jq filter', { name: 'filter', autocomplete: 'off', spellcheck: 'false',
+        placeholder: '.body.amount > 100' })),
     h('button', { type: 'submit' }, 'Search'));
   if (preset.get('source')) form.elements.source.value = preset.get('source');
 
@@ -55,7 +57,9 @@ export async function events(main, ctx, qs) {
     ]);
     put(results, rows.length
       ? table(`Events, page ${cursors.length + 1}`, ['Event', 'Received', 'Source', 'Type', 'Content type', 'Bytes'], rows)
-      : h('p', {}, 'No event matches.'));
+      : h('p', {}, page.next_cursor
+        ? 'No match among the events read so far (a jq search reads 1,000 events a page): Older reads on.'
+        : 'No event matches.'));
     put(pager,
       h('button', { type: 'button', disabled: cursors.length === 0, onclick: () => { cursors = []; load(); } }, 'Newest'),
       h('button', { type: 'button', disabled: !page.next_cursor, onclick: () => { cursors.push(page.next_cursor); load(); } }, 'Older'));
@@ -64,7 +68,7 @@ export async function events(main, ctx, qs) {
     e.preventDefault();
     const f = form.elements;
     filters = { source: f.source.value, type: f.type.value.trim(), status: f.status.value,
-      from: rfc3339(f.from.value), to: rfc3339(f.to.value) };
+      from: rfc3339(f.from.value), to: rfc3339(f.to.value), filter: f.filter.value.trim() };
     cursors = [];
     load();
   });

@@ -17,21 +17,38 @@ function sparkline(samples, label) {
   svg.setAttribute('role', 'img');
   svg.setAttribute('aria-label', label);
   svg.classList.add('spark');
+  svg.dataset.samples = String(samples.length);
   const max = Math.max(1e-9, ...samples);
-  const pts = samples.map((v, i) => `${(i / Math.max(1, SAMPLES - 1)) * w},${hgt - 4 - (v / max) * (hgt - 8)}`);
+  const y = (v) => hgt - 4 - (v / max) * (hgt - 8);
+  // The samples span the width (oldest left, newest right); a single sample is a flat line.
+  const step = w / Math.max(1, samples.length - 1);
+  const pts = samples.length === 1 ? [`0,${y(samples[0])}`, `${w},${y(samples[0])}`]
+    : samples.map((v, i) => `${i * step},${y(v)}`);
+  const axis = document.createElementNS(NS, 'line');
+  for (const [k, v] of [['x1', 0], ['y1', hgt - 4], ['x2', w], ['y2', hgt - 4]]) axis.setAttribute(k, v);
   const line = document.createElementNS(NS, 'polyline');
   line.setAttribute('points', pts.join(' '));
-  svg.append(line);
+  svg.append(axis, line);
   return svg;
 }
 
-function card(title, value, id, extra) {
+function card(title, value, id, ...extra) {
   return h('section.card', { 'aria-labelledby': `${id}-title` }, h('h2', { id: `${id}-title` }, title),
-    h('p.big', { id }, value), extra);
+    h('p.big', { id }, value), ...extra);
+}
+
+/** Appends a sample to a series, keeping the last SAMPLES. */
+function record(series, value) {
+  series.push(value);
+  while (series.length > SAMPLES) series.shift();
 }
 
 export async function overview(main, ctx) {
+  // Series since the page opened, one sample per refresh: ingest rate, success ratio, slowest p50, backlog.
   const rates = [];
+  const ratios = [];
+  const slowest = [];
+  const backlogs = [];
   put(main, h('h1', {}, 'Overview'), h('div#overview-body', {}, h('p', {}, 'Loading…')));
   const refresh = async () => {
     const [stats, dests] = await Promise.all([api('GET', '/stats?window_secs=60'), api('GET', '/destinations')]);
@@ -39,8 +56,7 @@ export async function overview(main, ctx) {
     if (!ctx.live) return;
     const events = stats.sources.reduce((n, s) => n + s.events, 0);
     const rate = events / stats.window_secs;
-    rates.push(rate);
-    while (rates.length > SAMPLES) rates.shift();
+    record(rates, rate);
     let attempts = 0;
     let ok = 0;
     let backlog = 0;
@@ -52,6 +68,12 @@ export async function overview(main, ctx) {
       backlog += hl.backlog;
       deadCount += hl.dead;
     }
+    const p50s = healths.map((x) => x.windows[0]).filter((w) => w.attempts && w.latency_p50_ms !== null)
+      .map((w) => w.latency_p50_ms);
+    const slowestP50 = p50s.length ? Math.max(...p50s) : null;
+    record(ratios, attempts ? ok / attempts : 0);
+    record(slowest, slowestP50 ?? 0);
+    record(backlogs, backlog);
     const maxBacklog = Math.max(0, ...healths.map((x) => x.backlog));
     const rows = dests.slice(0, 100).map((d, i) => {
       const hl = healths[i];
@@ -72,8 +94,10 @@ export async function overview(main, ctx) {
           sparkline(rates, 'Ingest rate over the last refreshes')),
         card('Events received (last minute)', String(events), 'ingest-count'),
         card('Delivery success (last 5 min)', attempts ? percent(ok / attempts) : '—', 'success-ratio',
-          h('small', {}, `${attempts} attempts`)),
-        card('Backlog', String(backlog), 'backlog-total'),
+          h('small', {}, `${attempts} attempts`), sparkline(ratios, 'Delivery success over the last refreshes')),
+        card('Slowest destination, latency p50 (5 min)', slowestP50 === null ? '—' : `${Math.round(slowestP50)} ms`,
+          'latency-p50', sparkline(slowest, 'Slowest destination latency over the last refreshes')),
+        card('Backlog', String(backlog), 'backlog-total', sparkline(backlogs, 'Backlog over the last refreshes')),
         card('Dead deliveries', String(deadCount), 'dead-total')),
       table('Destinations', ['Destination', 'State', 'Circuit', 'Backlog', 'Oldest pending', 'Success (5 min)',
         'Latency p50 (5 min)', 'Dead'], rows, { id: 'destination-health' }),
