@@ -119,6 +119,9 @@ enum Command {
         /// Connections of the overload run.
         #[arg(long, default_value_t = 4096)]
         overload_connections: usize,
+        /// Backlog sizes of the drain sweep (deliveries stored pending, then drained by one node); empty: no sweep.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+        sweep: Vec<u64>,
         #[arg(long, default_value = "hookgate-bench.json")]
         out: PathBuf,
     },
@@ -257,6 +260,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             latency_rate,
             baseline_rows,
             overload_connections,
+            sweep,
             out,
         } => {
             let opts = StandardOptions {
@@ -269,6 +273,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 latency_rate,
                 baseline_rows,
                 overload_connections,
+                sweep,
                 out,
             };
             standard::run(opts).await?;

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::baseline::{self, BaselineResult};
 use crate::client::Conn;
 use crate::load::{closed_loop, open_loop, Stats};
-use crate::procfs::{rss_kib, RssSampler};
+use crate::procfs::{postgres_cpu_secs, process_cpu_secs, rss_kib, RssSampler};
 use crate::receiver::Receiver;
 use crate::report::{ingest_row, latency_json, latency_text, stats_json, table, INGEST_HEADER};
 use crate::workload::{get_request, Signing, Workload};
@@ -36,6 +36,8 @@ pub struct StandardOptions {
     pub baseline_rows: usize,
     /// Connections of the overload run: more than hookgate's shedding thresholds can hold, so excess can be refused.
     pub overload_connections: usize,
+    /// Backlog sizes of the drain sweep.
+    pub sweep: Vec<u64>,
     pub out: PathBuf,
 }
 
@@ -115,8 +117,8 @@ async fn wait_ready(port: u16, deadline: Duration) -> anyhow::Result<()> {
     anyhow::bail!("hookgate was not ready on port {port} within {deadline:?}")
 }
 
-/// Resumes the destination `slug` through the admin API (its id read from the database).
-async fn resume(opts: &StandardOptions, slug: &str) -> anyhow::Result<()> {
+/// Pauses or resumes (`action`) the destination `slug` through the admin API (its id read from the database).
+async fn destination_action(opts: &StandardOptions, slug: &str, action: &str) -> anyhow::Result<()> {
     let (client, conn) =
         tokio_postgres::connect(&format!("{}/{}", opts.pg, opts.database), tokio_postgres::NoTls).await?;
     tokio::spawn(async move {
@@ -124,12 +126,37 @@ async fn resume(opts: &StandardOptions, slug: &str) -> anyhow::Result<()> {
     });
     let id: uuid::Uuid = client.query_one("SELECT id FROM destinations WHERE slug = $1", &[&slug]).await?.get(0);
     let request = format!(
-        "POST /admin/v1/destinations/{id}/resume HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+        "POST /admin/v1/destinations/{id}/{action} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
          Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 0\r\n\r\n",
         port = opts.port
     );
     let status = Conn::new(([127, 0, 0, 1], opts.port).into()).send(request.as_bytes()).await?;
-    anyhow::ensure!(status == 200, "resuming {slug} answered {status}");
+    anyhow::ensure!(status == 200, "{action} {slug} answered {status}");
+    Ok(())
+}
+
+async fn resume(opts: &StandardOptions, slug: &str) -> anyhow::Result<()> {
+    destination_action(opts, slug, "resume").await
+}
+
+/// Stores `n` events of the `bench-sweep` source with a pending delivery each to the (paused) `sweep` destination,
+/// straight into the database: the backlog of a sweep step, made in seconds whatever its size.
+async fn seed_sweep(db: &tokio_postgres::Client, step: usize, n: u64, body_size: usize) -> anyhow::Result<()> {
+    let pad = body_size.saturating_sub(64) as i32;
+    db.batch_execute(&format!(
+        "INSERT INTO events (id, source_id, idempotency_key, received_at, headers, body, content_type)
+         SELECT gen_random_uuid(), s.id, 'sweep-{step}-' || g, now(), '{{}}',
+                convert_to(json_build_object('sent_ns', 0, 'id', 'sweep-{step}-' || g, 'pad', repeat('x', {pad}))::text,
+                           'UTF8'),
+                'application/json'
+         FROM generate_series(1, {n}) g, sources s WHERE s.slug = 'bench-sweep';
+         INSERT INTO deliveries (id, event_id, route_id, destination_id, state, created_at, next_attempt_at)
+         SELECT gen_random_uuid(), e.id, r.id, r.destination_id, 'pending', e.received_at, now()
+         FROM events e JOIN routes r ON r.source_id = e.source_id
+         WHERE r.slug = 'to-sweep' AND e.idempotency_key LIKE 'sweep-{step}-%';
+         ANALYZE events; ANALYZE deliveries;"
+    ))
+    .await?;
     Ok(())
 }
 
@@ -163,7 +190,8 @@ pub async fn run(opts: StandardOptions) -> anyhow::Result<Value> {
     // The HTTP-versus-HTTPS drain: one receiver each, the HTTPS one with a CA made for this run.
     let pki = crate::tls::generate()?;
     std::fs::write(dir.join("ca.pem"), &pki.ca_pem)?;
-    let drain_rx = [Receiver::start(0, 1)?, Receiver::start_tls(0, 1, pki.server)?];
+    // The third: the backlog sweep's.
+    let drain_rx = [Receiver::start(0, 1)?, Receiver::start_tls(0, 1, pki.server)?, Receiver::start(0, 1)?];
     let config = dir.join("bench.toml");
     std::fs::write(
         &config,
@@ -226,12 +254,27 @@ destination = "drain-http"
 slug = "to-https"
 source = "bench-https"
 destination = "drain-https"
+# The backlog sweep: deliveries stored straight into the database for a paused destination, then drained.
+[[sources]]
+slug = "bench-sweep"
+verification = {{ kind = "none" }}
+[[destinations]]
+slug = "sweep"
+url = "http://127.0.0.1:{sweep_port}/hook"
+max_in_flight = 256
+signing_secrets = ["{DESTINATION_SECRET}"]
+state = "paused"
+[[routes]]
+slug = "to-sweep"
+source = "bench-sweep"
+destination = "sweep"
 "#,
             port = opts.port,
             pid = std::process::id(),
             rport = receiver.port,
             http_port = drain_rx[0].port,
             https_port = drain_rx[1].port,
+            sweep_port = drain_rx[2].port,
             ca = dir.join("ca.pem").display(),
         ),
     )?;
@@ -279,7 +322,7 @@ async fn phases(
     opts: &StandardOptions,
     hg: &Hookgate,
     rx: &Receiver,
-    drain_rx: &[Receiver; 2],
+    drain_rx: &[Receiver; 3],
 ) -> anyhow::Result<Partial> {
     let secs = Duration::from_secs(opts.secs);
     let url = format!("http://127.0.0.1:{}/ingest/bench", opts.port);
@@ -373,6 +416,55 @@ async fn phases(
         rates[1] / rates[0].max(1e-9)
     ));
 
+    // The receiver's own capacity, taken by this generator (keep-alive, 64 connections): what a drain is compared with.
+    let sweep_rx = &drain_rx[2];
+    let sink = Arc::new(Workload::new(
+        &format!("http://127.0.0.1:{}/hook", sweep_rx.port),
+        Signing::None,
+        None,
+        opts.body_size,
+    )?);
+    eprintln!("bench: the receiver's own capacity, 64 connections, {fill:?}");
+    let capacity = closed_loop(sink, 64, fill).await.ok_rate();
+    lines.push(format!("receiver's own capacity (this generator, 64 connections): {capacity:.0} requests/s"));
+
+    // The backlog sweep: the same drain from backlogs of each size, with PostgreSQL's CPU per delivery.
+    let mut sweep_json = Vec::new();
+    let (db, conn) = tokio_postgres::connect(&format!("{}/{}", opts.pg, opts.database), tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut expected = sweep_rx.state.received();
+    for (step, &n) in opts.sweep.iter().enumerate() {
+        eprintln!("bench: backlog sweep, {n} pending deliveries");
+        seed_sweep(&db, step, n, opts.body_size).await?;
+        expected += n;
+        let (cpu0, hg0) = (postgres_cpu_secs(), process_cpu_secs(pid));
+        resume(opts, "sweep").await?;
+        let (delivered, took) =
+            wait_delivered(sweep_rx, expected, Duration::from_secs(5), Duration::from_secs(300)).await;
+        let (pg_cpu, hg_cpu) = (postgres_cpu_secs() - cpu0, process_cpu_secs(pid) - hg0);
+        destination_action(opts, "sweep", "pause").await?;
+        let rate = delivered as f64 / took.as_secs_f64().max(1e-9);
+        let per = 1000.0 * pg_cpu / (delivered.max(1) as f64);
+        let per_hg = 1000.0 * hg_cpu / (delivered.max(1) as f64);
+        lines.push(format!(
+            "drain from {n} pending: {delivered} in {:.1} s = {rate:.0} deliveries/s ({:.2} of the receiver's \
+             capacity); CPU per delivery: PostgreSQL {per:.3} ms, hookgate {per_hg:.3} ms",
+            took.as_secs_f64(),
+            rate / capacity.max(1.0)
+        ));
+        sweep_json.push(json!({"backlog": n, "delivered": delivered, "seconds": took.as_secs_f64(),
+                               "deliveries_per_s": rate.round(), "share_of_receiver": rate / capacity.max(1.0),
+                               "postgres_cpu_ms_per_delivery": per, "hookgate_cpu_ms_per_delivery": per_hg}));
+        expected = sweep_rx.state.received().max(expected);
+    }
+    if let (Some(first), Some(last)) = (sweep_json.first(), sweep_json.last()) {
+        let ratio = last["deliveries_per_s"].as_f64().unwrap_or(0.0)
+            / first["deliveries_per_s"].as_f64().unwrap_or(1.0).max(1.0);
+        lines.push(format!("drain rate at {} pending / at {} pending: {ratio:.2}", last["backlog"], first["backlog"]));
+    }
+
     // Open loop at 80 % of the best closed-loop rate.
     let rate80 = (max_rate * 0.8).round();
     eprintln!("bench: open loop at {rate80} events/s (80 % of max) for {secs:?}");
@@ -433,6 +525,8 @@ async fn phases(
         "closed_loop": closed_json,
         "drain": drain_json,
         "drain_http_vs_https": tls_json,
+        "receiver_capacity_per_s": capacity.round(),
+        "backlog_sweep": sweep_json,
         "open_loop_80": open_json,
         "overload": over_json,
         "rss_after_overload_kib": after_kib,

@@ -3,6 +3,7 @@
 //! condition in the page, with a deadline. Screenshots at 1280 and 390 pixels wide go to a temporary folder, or to `docs/console/` with
 //! `HOOKGATE_UPDATE_SCREENSHOTS=1` (`make console-screenshots`).
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,7 +47,9 @@ impl Browser {
         );
         let chromium = find_program(&["chromium", "chromium-browser", "google-chrome"]).expect("no chromium on PATH");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // In a process group of its own: Chromium and its helpers, started by the driver, are stopped with it.
         let driver = Command::new(chromedriver)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -319,6 +322,8 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The whole group (the driver, the browser and its helpers), or every run would leave a browser behind.
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.driver.id())]).status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
