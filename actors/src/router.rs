@@ -16,6 +16,7 @@ use hookgate_store::Pool;
 use crate::catalog::SharedCatalog;
 use crate::health::{ActorState, ActorStatus};
 use crate::pg_tls::PgConnect;
+use crate::scheduler::Wake;
 use crate::shutdown::Shutdown;
 use crate::sources::SourceRegistry;
 use crate::supervision::{guarded, Panicked};
@@ -33,6 +34,22 @@ pub struct Router {
     stopped: bool,
     /// After a restart: how long to wait before listening again (the supervision back-off).
     resume_delay: Duration,
+    /// This node's Scheduler, woken after every reload ([`WakeAfterReload`]).
+    scheduler: Option<Recipient<Wake>>,
+}
+
+/// Wakes this Scheduler after every reload: a destination resumed (or a route added) is claimable here only once
+/// this node's snapshot says so, and the Scheduler's own wake-up by the same NOTIFY may come before the reload (it
+/// then found nothing and waited for its poll, up to a second, before starting a resumed destination's backlog).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WakeAfterReload(pub Recipient<Wake>);
+
+impl Handler<WakeAfterReload> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: WakeAfterReload, _: &mut Self::Context) {
+        self.scheduler = Some(msg.0);
+    }
 }
 
 impl Router {
@@ -53,6 +70,7 @@ impl Router {
             again: false,
             stopped: false,
             resume_delay: Duration::ZERO,
+            scheduler: None,
         }
     }
 
@@ -85,6 +103,10 @@ impl Router {
                 Ok(()) => {
                     act.status.set_state(ActorState::Running);
                     tracing::debug!(message = "Catalog reloaded.");
+                    if let Some(scheduler) = &act.scheduler {
+                        // A full mailbox already holds a wake-up.
+                        let _ = scheduler.try_send(Wake);
+                    }
                 }
                 Err(error) => {
                     act.status.set_state(ActorState::Degraded);

@@ -1,7 +1,7 @@
 //! Claims due deliveries from PostgreSQL with leases and hands them to the Deliverers, fairly across destinations.
 //!
-//! Woken by NOTIFY `hookgate_deliveries` (new deliveries committed unleased), by `hookgate_catalog` (a destination
-//! resumed), by a Deliverer finishing an attempt and by the ResultWriter committing results ([`LeasesFreed`]) when
+//! Woken by NOTIFY `hookgate_deliveries` (new deliveries committed unleased), by `hookgate_catalog` and by the Router
+//! once it has reloaded the catalog (a destination resumed), by a Deliverer finishing an attempt and by the ResultWriter committing results ([`LeasesFreed`]) when
 //! the last round had to leave due work behind for lack of room, by the ResultWriter at once for a FIFO
 //! destination's result (its next head is then due) and at the due time of the earliest retry it scheduled
 //! ([`WakeAt`]), and by the poll timer (other nodes' retries, expired leases). A

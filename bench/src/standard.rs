@@ -440,21 +440,30 @@ async fn phases(
         seed_sweep(&db, step, n, opts.body_size).await?;
         expected += n;
         let (cpu0, hg0) = (postgres_cpu_secs(), process_cpu_secs(pid));
+        let (resumed, base) = (Instant::now(), sweep_rx.state.received());
         resume(opts, "sweep").await?;
-        let (delivered, took) =
-            wait_delivered(sweep_rx, expected, Duration::from_secs(5), Duration::from_secs(300)).await;
+        // The rate counts from the first delivery: how soon a resumed destination starts is reported apart.
+        while sweep_rx.state.received() == base && resumed.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let first_ms = resumed.elapsed().as_secs_f64() * 1000.0;
+        let early = sweep_rx.state.received() - base;
+        let (rest, took) = wait_delivered(sweep_rx, expected, Duration::from_secs(5), Duration::from_secs(300)).await;
         let (pg_cpu, hg_cpu) = (postgres_cpu_secs() - cpu0, process_cpu_secs(pid) - hg0);
         destination_action(opts, "sweep", "pause").await?;
-        let rate = delivered as f64 / took.as_secs_f64().max(1e-9);
+        let delivered = early + rest;
+        let rate = rest as f64 / took.as_secs_f64().max(1e-9);
         let per = 1000.0 * pg_cpu / (delivered.max(1) as f64);
         let per_hg = 1000.0 * hg_cpu / (delivered.max(1) as f64);
         lines.push(format!(
-            "drain from {n} pending: {delivered} in {:.1} s = {rate:.0} deliveries/s ({:.2} of the receiver's \
-             capacity); CPU per delivery: PostgreSQL {per:.3} ms, hookgate {per_hg:.3} ms",
+            "drain from {n} pending: first delivery {first_ms:.0} ms after the resume, then {delivered} in {:.1} s = \
+             {rate:.0} deliveries/s ({:.2} of the receiver's capacity); CPU per delivery: PostgreSQL {per:.3} ms, \
+             hookgate {per_hg:.3} ms",
             took.as_secs_f64(),
             rate / capacity.max(1.0)
         ));
         sweep_json.push(json!({"backlog": n, "delivered": delivered, "seconds": took.as_secs_f64(),
+                               "first_delivery_ms": first_ms,
                                "deliveries_per_s": rate.round(), "share_of_receiver": rate / capacity.max(1.0),
                                "postgres_cpu_ms_per_delivery": per, "hookgate_cpu_ms_per_delivery": per_hg}));
         expected = sweep_rx.state.received().max(expected);

@@ -14,7 +14,7 @@ use hookgate_actors::limits::Limits;
 use hookgate_actors::notifier::{Notices, Notifier};
 use hookgate_actors::pg_tls::PgConnect;
 use hookgate_actors::result_writer::{ConnectScheduler, ResultWriter};
-use hookgate_actors::router::Router;
+use hookgate_actors::router::{Router, WakeAfterReload};
 use hookgate_actors::scheduler::Scheduler;
 use hookgate_actors::sources::SourceRegistry;
 use hookgate_actors::tail::{self, TailContext, TailHub, TailPublisher};
@@ -109,6 +109,9 @@ pub(super) fn start(
         let (scheduler, results, deliverer_arbiters) =
             delivery(settings, pool, pg, catalog, health, &limits, &limits_redis, handoff, tail_publisher, notices)?;
         arbiters.extend(deliverer_arbiters);
+        router
+            .try_send(WakeAfterReload(scheduler.clone().recipient()))
+            .context("Failed to connect the scheduler to the router")?;
         (Some(scheduler), Some(results))
     } else {
         (None, None)

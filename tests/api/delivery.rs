@@ -494,6 +494,29 @@ async fn a_backlog_drains_by_claim_rounds_that_finished_attempts_start_without_w
     assert_eq!(rx.count(), 200);
 }
 
+#[actix_rt::test]
+async fn a_resumed_destination_starts_its_backlog_without_waiting_for_the_poll() {
+    let rx = Receiver::start(vec![], None);
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        // The poll never comes within the test: the resume itself must start the backlog.
+        s.delivery.poll_interval_ms = 3_600_000;
+        let mut sink = destination("sink", &url);
+        sink.state = hookgate_core::state::DestinationState::Paused;
+        s.destinations.push(sink);
+        s.routes.push(route("to-sink", "open", "sink"));
+    })
+    .await;
+    seed_backlog(&app, "open", "to-sink", 20).await;
+    // Resumed as the admin API does it: the row, then the catalog NOTIFY every node's Router and Scheduler hear.
+    app.db
+        .batch_execute("UPDATE destinations SET state = 'active' WHERE slug = 'sink'; NOTIFY hookgate_catalog")
+        .await
+        .unwrap();
+    app.wait_count("the resumed destination's backlog delivered", DELIVERED, 20).await;
+    assert_eq!(rx.count(), 20);
+}
+
 /// `n` due deliveries on `route` (from `source`), written straight into the tables, and the schedulers woken.
 async fn seed_backlog(app: &TestApp, source: &str, route: &str, n: i32) {
     app.db
