@@ -122,6 +122,9 @@ enum Command {
         /// Backlog sizes of the drain sweep (deliveries stored pending, then drained by one node); empty: no sweep.
         #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
         sweep: Vec<u64>,
+        /// Connections of the slow-client phase (each trickles a body one byte per second).
+        #[arg(long, default_value_t = 4096)]
+        slow_clients: usize,
         #[arg(long, default_value = "hookgate-bench.json")]
         out: PathBuf,
     },
@@ -261,6 +264,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             baseline_rows,
             overload_connections,
             sweep,
+            slow_clients,
             out,
         } => {
             let opts = StandardOptions {
@@ -274,6 +278,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 baseline_rows,
                 overload_connections,
                 sweep,
+                slow_clients,
                 out,
             };
             standard::run(opts).await?;

@@ -38,6 +38,8 @@ pub struct StandardOptions {
     pub overload_connections: usize,
     /// Backlog sizes of the drain sweep.
     pub sweep: Vec<u64>,
+    /// Connections of the slow-client phase, each trickling a body one byte per second.
+    pub slow_clients: usize,
     pub out: PathBuf,
 }
 
@@ -137,6 +139,27 @@ async fn destination_action(opts: &StandardOptions, slug: &str, action: &str) ->
 
 async fn resume(opts: &StandardOptions, slug: &str) -> anyhow::Result<()> {
     destination_action(opts, slug, "resume").await
+}
+
+/// One slow client: headers announcing a 1 KiB body, then a byte a second until `stop` or the server closes the
+/// connection (a body deadline). Answers whether it connected.
+async fn trickle(port: u16, i: usize, stop: Arc<std::sync::atomic::AtomicBool>) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let Ok(mut conn) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return false };
+    let head = format!(
+        "POST /ingest/bench HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         X-Request-Id: slow-{i}\r\nX-Signature: sha256=00\r\nContent-Length: 1024\r\n\r\n"
+    );
+    if conn.write_all(head.as_bytes()).await.is_err() {
+        return true;
+    }
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if conn.write_all(b" ").await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    true
 }
 
 /// Stores `n` events of the `bench-sweep` source with a pending delivery each to the (paused) `sweep` destination,
@@ -524,6 +547,58 @@ async fn phases(
     over_json["rss_kib_samples"] = json!(samples);
     runs.push(("overload 2x max".to_string(), format!("{rate2x}/s"), so));
 
+    // Overload at 5x the maximum, memory sampled the same way.
+    let rate5x = (max_rate * 5.0).round();
+    eprintln!("bench: overload, open loop at {rate5x} events/s for {secs:?}");
+    let sampler = RssSampler::start(pid, Duration::from_millis(250));
+    let s5 = open_loop(w.clone(), rate5x, opts.overload_connections, secs).await;
+    let rss5_max = sampler.stop().iter().map(|s| s.1).max().unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss5_after = rss_kib(pid).unwrap_or(0);
+    lines.push(format!(
+        "overload at {rate5x}/s: goodput {:.0}/s = {:.2} of max; 503 share {:.1} %, 503 service time (ms) {}; RSS max \
+         {} MiB, 2 s after {} MiB",
+        s5.ok_rate(),
+        s5.ok_rate() / max_rate.max(1.0),
+        100.0 * s5.count(503) as f64 / s5.total().max(1) as f64,
+        latency_text(&s5.service_503),
+        mib(rss5_max),
+        mib(rss5_after)
+    ));
+    let mut over5_json = stats_json(&s5, None);
+    over5_json["rate"] = json!(rate5x);
+    over5_json["goodput_share_of_max"] = json!(s5.ok_rate() / max_rate.max(1.0));
+    over5_json["rss_max_kib"] = json!(rss5_max);
+    over5_json["rss_after_kib"] = json!(rss5_after);
+    runs.push(("overload 5x max".to_string(), format!("{rate5x}/s"), s5));
+
+    // Slow clients: connections that send their headers, then trickle a body one byte per second, while one
+    // legitimate client posts signed events one at a time.
+    eprintln!("bench: {} slow clients trickling bodies, one legitimate client for {secs:?}", opts.slow_clients);
+    // First the overload's queue is let drain: a signed POST is answered 2xx again (or a minute passed).
+    let settle = Instant::now();
+    while closed_loop(w.clone(), 1, Duration::from_millis(200)).await.ok_count() == 0
+        && settle.elapsed() < Duration::from_secs(60)
+    {}
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickles: Vec<_> = (0..opts.slow_clients).map(|i| tokio::spawn(trickle(opts.port, i, stop.clone()))).collect();
+    // Every slow client has connected (or failed to) before the legitimate one starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let legit = closed_loop(w.clone(), 1, secs).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let connected = futures::future::join_all(trickles).await.into_iter().filter(|r| matches!(r, Ok(true))).count();
+    lines.push(format!(
+        "{} slow clients ({connected} connected): the legitimate client's {} requests, {} answered 2xx, latency (ms) {}",
+        opts.slow_clients,
+        legit.total(),
+        legit.ok_count(),
+        latency_text(&legit.ok)
+    ));
+    let mut slow_json = stats_json(&legit, None);
+    slow_json["slow_clients"] = json!(opts.slow_clients);
+    slow_json["slow_clients_connected"] = json!(connected);
+    runs.push((format!("signed POSTs beside {} slow clients", opts.slow_clients), "1 conn".to_string(), legit));
+
     let json = json!({
         "date": chrono::Utc::now().to_rfc3339(),
         "body_bytes": opts.body_size,
@@ -538,6 +613,8 @@ async fn phases(
         "backlog_sweep": sweep_json,
         "open_loop_80": open_json,
         "overload": over_json,
+        "overload_5x": over5_json,
+        "slow_clients": slow_json,
         "rss_after_overload_kib": after_kib,
         "rss_overload_first_max_last_kib": [rss_first, rss_max, rss_last],
         "env": std::env::vars().filter(|(k, _)| k.starts_with("HOOKGATE_")).collect::<std::collections::BTreeMap<_, _>>(),
