@@ -198,9 +198,16 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Seconds advertised in `Retry-After` on 503.
     pub retry_after_secs: u64,
-    /// Ingest requests in progress at once on this node; past it a request is refused with 503 before its body is
-    /// read (cheap overload answers, bounded memory).
+    /// Ingest requests being verified, routed and stored at once on this node, counted from the moment a request's
+    /// body has arrived (a body still arriving holds no slot: slow clients cannot fill them); past it, 503.
     pub max_inflight_ingest: usize,
+    /// Admission by time: while the oldest event waiting for the writer has waited longer than this, new ingest
+    /// requests are refused with 503 before their bodies are read; 0 turns it off. See ADR-0016.
+    pub admission_target_ms: u64,
+    /// Bytes of request bodies held by ingest requests in progress, from the first byte to the answer; a body whose
+    /// next chunk does not fit is refused with 503. Default: an eighth of the cgroup memory limit (8 MiB … 1 GiB),
+    /// or 64 MiB without one.
+    pub max_ingest_bytes: Option<u64>,
     /// `json` (one object per line) or `pretty`.
     pub log_format: String,
     /// Milliseconds between health probes of PostgreSQL and Redis.
@@ -232,6 +239,8 @@ impl Default for ServerSettings {
             max_body_bytes: 4 * 1024 * 1024,
             retry_after_secs: 1,
             max_inflight_ingest: 4_096,
+            admission_target_ms: 50,
+            max_ingest_bytes: None,
             log_format: "json".into(),
             health_interval_ms: 1_000,
             node_id: None,
@@ -242,7 +251,17 @@ impl Default for ServerSettings {
 }
 
 impl ServerSettings {
+    /// `max_ingest_bytes`, or its default derived from the cgroup memory limit.
+    pub fn ingest_bytes_bound(&self) -> u64 {
+        self.max_ingest_bytes.unwrap_or_else(|| {
+            hookgate_actors::admission::derived_byte_budget(hookgate_actors::admission::cgroup_memory_limit())
+        })
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
+        if self.max_ingest_bytes == Some(0) {
+            anyhow::bail!("server.max_ingest_bytes must be positive");
+        }
         if self.body_timeout_ms == 0 || self.max_connections == 0 {
             anyhow::bail!("server.body_timeout_ms and max_connections must be positive");
         }
@@ -580,6 +599,9 @@ impl Settings {
         let w = &self.writer;
         if w.batch_max == 0 || w.max_inflight_flushes == 0 || w.max_pending == 0 || w.mailbox_capacity == 0 {
             anyhow::bail!("writer.batch_max, max_inflight_flushes, max_pending and mailbox_capacity must be positive");
+        }
+        if w.max_pending_bytes == Some(0) {
+            anyhow::bail!("writer.max_pending_bytes must be positive");
         }
         let t = &self.tail;
         if t.buffer == 0 || t.max_clients == 0 || t.publish_queue == 0 || t.heartbeat_ms == 0 || t.max_body_bytes == 0 {
@@ -922,6 +944,8 @@ mod tests {
             ("[server]\nprot = 1", "prot"),
             ("[writer]\nbatch_max = 0", "batch_max"),
             ("[server]\nbody_timeout_ms = 0", "body_timeout_ms"),
+            ("[server]\nmax_ingest_bytes = 0", "server.max_ingest_bytes must be positive"),
+            ("[writer]\nmax_pending_bytes = 0", "writer.max_pending_bytes must be positive"),
             ("[server]\nmax_connections = 0", "max_connections"),
             (
                 "[[sources]]\nslug = \"a\"\nverification = { kind = \"hmac_sha256\", header = \"x-sig\", secret = \"\" }",

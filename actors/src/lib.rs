@@ -12,7 +12,8 @@
 //! | [`result_writer::ResultWriter`] | batches attempt rows and delivery state changes | `AttemptResult` | PostgreSQL, [`notifier::Notifier`] | flush at `result_batch_max` or `result_flush_interval_ms` |
 //! | [`notifier::Notifier`] | turns what hookgate sees about its destinations into operational notifications, delivered like any event | `Notice` (from the ResultWriter, the Scheduler, the Janitor, the circuit breakers), timers | PostgreSQL | `delivery.dead` added up per `dead_window_secs`; one store at a time |
 //!
-//! Beside the actors, [`tail`] publishes what the writers committed on Redis while someone tails (offered with
+//! Beside the actors, [`admission`] holds what ingest's admission reads (the writer's queueing delay, which the
+//! EventWriter publishes, and the byte budget of bodies in progress), and [`tail`] publishes what the writers committed on Redis while someone tails (offered with
 //! `try_send` into a bounded queue after COMMIT) and fans the cluster's messages out to this node's SSE clients.
 //!
 //! Every message that can arrive in a flood carries its own reply channel and is sent with `try_send`: a full
@@ -20,6 +21,7 @@
 //! Actors run under [`actix::Supervisor`]; [`supervision`] adds what actix lacks (back-off, a restart budget).
 //! Every actor handles the one [`Shutdown`] message, which the server sends in order at SIGTERM.
 
+pub mod admission;
 pub mod cache;
 pub mod catalog;
 pub mod config;

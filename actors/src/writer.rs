@@ -36,9 +36,13 @@
 //! After COMMIT, while someone tails (see [`crate::tail`]), the events a flush stored are offered to the live tail:
 //! one `try_send` per flush, dropped (and counted) when its queue is full; a flush never waits for it.
 //!
-//! Memory is bounded twice: the mailbox holds at most `mailbox_capacity` messages (senders use `try_send`), and the
-//! writer holds at most `max_pending` events (buffered plus in flight); past that it answers
-//! [`PersistError::Overloaded`] at once.
+//! Memory is bounded three times: the mailbox holds at most `mailbox_capacity` messages (senders use `try_send`), and
+//! the writer holds at most `max_pending` events and `max_pending_bytes` bytes of bodies (buffered plus in flight);
+//! past either it answers [`PersistError::Overloaded`] at once (one unit is always taken when nothing is pending).
+//!
+//! With an [`Admission`] attached, the writer publishes when the oldest unit still in its buffer arrived (the
+//! moment its event was received, so time spent in the mailbox counts): ingest refuses new requests while that
+//! queueing delay is over its target (see [`crate::admission`]).
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -60,6 +64,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::admission::{cgroup_memory_limit, derived_byte_budget, Admission};
 use crate::handoff::{Blocked, HandOffPort, LeaseTerms};
 use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
 use crate::shutdown::Shutdown;
@@ -143,6 +148,9 @@ pub struct WriterConfig {
     pub max_inflight_flushes: usize,
     /// Events held at once (buffered + in flight); past it new events are refused with 503.
     pub max_pending: usize,
+    /// Bytes of event bodies held at once (buffered + in flight); past it new events are refused with 503. Default:
+    /// an eighth of the cgroup memory limit (8 MiB … 1 GiB), or 64 MiB without one.
+    pub max_pending_bytes: Option<u64>,
     /// Messages the mailbox holds before `try_send` is refused.
     pub mailbox_capacity: usize,
     /// Longest one flush transaction may take before its events are answered "unavailable" (a client-side
@@ -157,6 +165,7 @@ impl Default for WriterConfig {
             flush_interval_us: 200,
             max_inflight_flushes: 4,
             max_pending: 16_384,
+            max_pending_bytes: None,
             mailbox_capacity: 4_096,
             flush_timeout_ms: 5_000,
         }
@@ -170,6 +179,11 @@ impl WriterConfig {
 
     pub fn flush_timeout(&self) -> Duration {
         Duration::from_millis(self.flush_timeout_ms)
+    }
+
+    /// `max_pending_bytes`, or its default derived from the cgroup memory limit.
+    pub fn pending_bytes_bound(&self) -> u64 {
+        self.max_pending_bytes.unwrap_or_else(|| derived_byte_budget(cgroup_memory_limit()))
     }
 }
 
@@ -188,6 +202,20 @@ impl Unit {
             Self::One(..) => 1,
             Self::Many(events, _) => events.len(),
         }
+    }
+
+    /// Bytes of its events' bodies.
+    fn bytes(&self) -> u64 {
+        self.events().map(|e| e.body.len() as u64).sum()
+    }
+
+    /// When its events were received (the handler's clock reading, carried over to this process's monotonic
+    /// clock), so that the time a unit spent in the mailbox counts as queueing.
+    fn received(&self) -> Instant {
+        let now = Instant::now();
+        let first = self.events().next().map(|e| e.received_at);
+        let waited = first.and_then(|at| (Utc::now() - at).to_std().ok()).unwrap_or_default();
+        now.checked_sub(waited.min(Duration::from_secs(60))).unwrap_or(now)
     }
 
     fn events(&self) -> impl Iterator<Item = &NewEvent> {
@@ -228,12 +256,19 @@ pub struct EventWriter {
     cfg: WriterConfig,
     pub(crate) status: Arc<ActorStatus>,
     registry: Arc<HealthRegistry>,
-    buffer: Vec<Unit>,
+    /// The units waiting for a flush, in arrival order, each with when it was received.
+    buffer: Vec<(Unit, Instant)>,
     /// Events in `buffer` (a unit may hold several).
     buffered: usize,
     flush_timer: Option<SpawnHandle>,
     /// Events buffered or in flight.
     pending: usize,
+    /// Bytes of the bodies of the events buffered or in flight.
+    pending_bytes: u64,
+    /// `cfg.max_pending_bytes`, resolved.
+    max_pending_bytes: u64,
+    /// Ingest's admission: told when the oldest buffered unit arrived.
+    admission: Option<Arc<Admission>>,
     inflight: usize,
     /// A flush carrying FIFO deliveries is in flight; the next such flush waits for it.
     fifo_inflight: bool,
@@ -251,19 +286,35 @@ impl EventWriter {
     pub fn new(pool: Pool, cfg: WriterConfig, status: Arc<ActorStatus>, registry: Arc<HealthRegistry>) -> Self {
         Self {
             pool,
-            cfg,
             status,
             registry,
             buffer: Vec::new(),
             buffered: 0,
             flush_timer: None,
             pending: 0,
+            pending_bytes: 0,
+            max_pending_bytes: cfg.pending_bytes_bound(),
+            admission: None,
             inflight: 0,
             fifo_inflight: false,
             drains: Vec::new(),
             resume_delay: Duration::ZERO,
             handoff: None,
             tail: None,
+            cfg,
+        }
+    }
+
+    /// Publishes the queueing delay of its buffer to ingest's admission (see [`crate::admission`]).
+    pub fn with_admission(mut self, admission: Arc<Admission>) -> Self {
+        self.admission = Some(admission);
+        self
+    }
+
+    /// Tells admission when the oldest unit still in the buffer arrived.
+    fn publish_oldest(&self) {
+        if let Some(admission) = &self.admission {
+            admission.set_oldest(self.buffer.first().map(|(_, at)| *at));
         }
     }
 
@@ -285,7 +336,8 @@ impl EventWriter {
         }
         while !self.buffer.is_empty() && self.inflight < self.cfg.max_inflight_flushes.max(1) {
             self.drop_abandoned();
-            let Some((batch, n, fifo)) = self.take_batch() else { break };
+            let Some((batch, n, bytes, fifo)) = self.take_batch() else { break };
+            self.publish_oldest();
             self.buffered -= n;
             self.inflight += 1;
             self.fifo_inflight |= fifo;
@@ -298,6 +350,7 @@ impl EventWriter {
             ctx.spawn(fut.into_actor(self).map(move |db_up, act, ctx| {
                 act.inflight -= 1;
                 act.pending -= n;
+                act.pending_bytes -= bytes;
                 if fifo {
                     act.fifo_inflight = false;
                 }
@@ -322,33 +375,36 @@ impl EventWriter {
     /// Drops the buffered units whose sender has gone (see the module's documentation), just before a flush would
     /// take them.
     fn drop_abandoned(&mut self) {
-        if !self.buffer.iter().any(Unit::abandoned) {
+        if !self.buffer.iter().any(|(unit, _)| unit.abandoned()) {
             return;
         }
-        let (mut units, mut events) = (0, 0);
-        self.buffer.retain(|unit| {
+        let (mut units, mut events, mut bytes) = (0, 0, 0);
+        self.buffer.retain(|(unit, _)| {
             let keep = !unit.abandoned();
             if !keep {
                 units += 1;
                 events += unit.len();
+                bytes += unit.bytes();
             }
             keep
         });
         self.buffered -= events;
         self.pending -= events;
+        self.pending_bytes -= bytes;
+        self.publish_oldest();
         emit(EventsAbandoned { units, events });
         self.answer_drains();
     }
 
     /// Takes the next batch from the buffer, in arrival order: whole units only (a unit is never split across
     /// transactions; one bigger than `batch_max` goes alone), and none that carries FIFO deliveries while another
-    /// such flush is in flight (those wait, in order, for it to finish). Returns the units, their event count and
-    /// whether they carry FIFO deliveries.
-    fn take_batch(&mut self) -> Option<(Vec<Unit>, usize, bool)> {
+    /// such flush is in flight (those wait, in order, for it to finish). Returns the units, their event count, their
+    /// bodies' bytes and whether they carry FIFO deliveries.
+    fn take_batch(&mut self) -> Option<(Vec<Unit>, usize, u64, bool)> {
         let max = self.cfg.batch_max.max(1);
         let mut take = vec![false; self.buffer.len()];
-        let (mut units, mut n, mut fifo) = (0, 0, false);
-        for (i, unit) in self.buffer.iter().enumerate() {
+        let (mut units, mut n, mut bytes, mut fifo) = (0, 0, 0, false);
+        for (i, (unit, _)) in self.buffer.iter().enumerate() {
             let unit_fifo = unit.has_fifo();
             if unit_fifo && self.fifo_inflight {
                 continue;
@@ -359,6 +415,7 @@ impl EventWriter {
             take[i] = true;
             units += 1;
             n += unit.len();
+            bytes += unit.bytes();
             fifo |= unit_fifo;
         }
         if units == 0 {
@@ -366,15 +423,15 @@ impl EventWriter {
         }
         let mut batch = Vec::with_capacity(units);
         let mut rest = Vec::with_capacity(self.buffer.len() - units);
-        for (unit, take) in self.buffer.drain(..).zip(take) {
+        for (queued, take) in self.buffer.drain(..).zip(take) {
             if take {
-                batch.push(unit);
+                batch.push(queued.0);
             } else {
-                rest.push(unit);
+                rest.push(queued);
             }
         }
         self.buffer = rest;
-        Some((batch, n, fifo))
+        Some((batch, n, bytes, fifo))
     }
 }
 
@@ -406,11 +463,13 @@ impl actix::Supervised for EventWriter {
 impl EventWriter {
     /// Answers every buffered event "unavailable" and forgets in-flight bookkeeping (their futures are gone).
     fn abandon(&mut self, why: &str) {
-        for unit in self.buffer.drain(..) {
+        for (unit, _) in self.buffer.drain(..) {
             unit.fail(PersistError::Unavailable(why.to_owned()));
         }
+        self.publish_oldest();
         self.buffered = 0;
         self.pending = 0;
+        self.pending_bytes = 0;
         self.inflight = 0;
         self.fifo_inflight = false;
         self.flush_timer = None;
@@ -442,11 +501,12 @@ impl Handler<Persist> for EventWriter {
 
     fn handle(&mut self, msg: Persist, ctx: &mut Self::Context) {
         self.status.dequeued();
-        if self.pending >= self.cfg.max_pending {
-            let _ = msg.reply.send(Err(PersistError::Overloaded));
+        let unit = Unit::One(msg.event, msg.reply);
+        if self.pending >= self.cfg.max_pending || self.over_bytes(&unit) {
+            unit.fail(PersistError::Overloaded);
             return;
         }
-        self.enqueue(Unit::One(msg.event, msg.reply), ctx);
+        self.enqueue(unit, ctx);
     }
 }
 
@@ -459,19 +519,31 @@ impl Handler<PersistMany> for EventWriter {
             let _ = msg.reply.send(Ok(Vec::new()));
             return;
         }
-        if self.pending + msg.events.len() > self.cfg.max_pending {
-            let _ = msg.reply.send(Err(PersistError::Overloaded));
+        let unit = Unit::Many(msg.events, msg.reply);
+        if self.pending + unit.len() > self.cfg.max_pending || self.over_bytes(&unit) {
+            unit.fail(PersistError::Overloaded);
             return;
         }
-        self.enqueue(Unit::Many(msg.events, msg.reply), ctx);
+        self.enqueue(unit, ctx);
     }
 }
 
 impl EventWriter {
+    /// Taking `unit` would pass `max_pending_bytes` (a unit is always taken when nothing is pending, so one larger
+    /// than the bound is not refused for ever).
+    fn over_bytes(&self, unit: &Unit) -> bool {
+        self.pending > 0 && self.pending_bytes + unit.bytes() > self.max_pending_bytes
+    }
+
     fn enqueue(&mut self, unit: Unit, ctx: &mut Context<Self>) {
         self.pending += unit.len();
+        self.pending_bytes += unit.bytes();
         self.buffered += unit.len();
-        self.buffer.push(unit);
+        let received = unit.received();
+        self.buffer.push((unit, received));
+        if self.buffer.len() == 1 {
+            self.publish_oldest();
+        }
         let eager = self.cfg.flush_interval_us == 0 && self.inflight < self.cfg.max_inflight_flushes;
         if eager || self.buffered >= self.cfg.batch_max {
             self.flush(ctx);

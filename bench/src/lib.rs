@@ -7,6 +7,7 @@ pub mod chaos_infra;
 pub mod chaos_load;
 pub mod chaos_receiver;
 pub mod client;
+pub mod flush_shapes;
 pub mod load;
 pub mod procfs;
 pub mod receiver;

@@ -4,6 +4,8 @@
 //! - `ingest` (closed loop), `open` (fixed rate, no coordinated omission), `overload`, `delivery`: against a
 //!   running server at `--url`; with `--sign none` any HTTP endpoint that takes a JSON POST can be measured.
 //! - `baseline`: raw PostgreSQL COPY and batched INSERT of the rows in an `events` table.
+//! - `flush-shapes`: the event writer's group-commit insert (UNNEST arrays) against binary COPY into a staging
+//!   table then one statement, on the same rows in a scratch database, beside a raw COPY.
 //! - `sink`: a receiver that answers 204 at once and reports requests per second.
 //! - `chaos`: the chaos suite (`make chaos`; `--quick` in `make test`): faults under load against a hookgate, a
 //!   PostgreSQL and a Redis it starts itself; every acknowledged event must be stored once and delivered.
@@ -17,6 +19,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hookgate_bench::baseline;
 use hookgate_bench::chaos::{self, ChaosOptions};
+use hookgate_bench::flush_shapes::{self, FlushShapesOptions};
 use hookgate_bench::load::{closed_loop, open_loop};
 use hookgate_bench::procfs::{rss_kib, RssSampler};
 use hookgate_bench::receiver::Receiver;
@@ -179,6 +182,28 @@ enum Command {
         batch: usize,
         #[arg(long, default_value_t = 4)]
         connections: usize,
+    },
+    /// The event writer's insert of the same rows in two shapes: (a) today's UNNEST statement, (b) binary COPY into
+    /// a temporary staging table then one statement; with (c) one raw binary COPY as the ceiling. Runs a, b, a, b
+    /// per batch size on a scratch database (created, migrated and dropped here).
+    FlushShapes {
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+        pg: String,
+        /// The scratch database (dropped and created at the start, dropped at the end).
+        #[arg(long, default_value = "hookgate_bench_flush")]
+        database: String,
+        /// Rows per run.
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        /// Batch sizes (rows per transaction).
+        #[arg(long, value_delimiter = ',', default_value = "64,256,1024")]
+        batch: Vec<usize>,
+        /// Concurrent flushers, each on its own connection (the writer's `max_inflight_flushes`).
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// The chaos suite: kill -9 cycles, PostgreSQL and Redis outages, bad destinations, an orphan delivery and a
     /// slow jq route, each under load; checks that every acknowledged event is stored once and delivered. Starts
@@ -361,6 +386,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 "{} rows: COPY {:.0} rows/s; INSERT ({batch} per statement, {connections} connections) {:.0} rows/s",
                 b.rows, b.copy_rows_per_s, b.insert_rows_per_s
             );
+        }
+        Command::FlushShapes { pg, database, rows, batch, connections, out } => {
+            let opts = FlushShapesOptions { pg, database, rows, batches: batch, connections };
+            let figures = flush_shapes::run(&opts).await?;
+            flush_shapes::print(&figures, &opts);
+            let batches: Vec<_> = figures.iter().map(|f| f.json()).collect();
+            write_json(&out, &json!({"rows": rows, "connections": connections, "flush_shapes": batches}))?;
         }
         Command::Sink { .. } | Command::Chaos { .. } => unreachable!("handled in main"),
     }

@@ -94,7 +94,8 @@ impl Drop for Hookgate {
     }
 }
 
-async fn pg_admin(pg: &str, sql: &str) -> anyhow::Result<()> {
+/// Runs `sql` (statements separated by `;`, one at a time) on the server's `postgres` database.
+pub(crate) async fn pg_admin(pg: &str, sql: &str) -> anyhow::Result<()> {
     let (client, conn) = tokio_postgres::connect(&format!("{pg}/postgres"), tokio_postgres::NoTls).await?;
     tokio::spawn(async move {
         let _ = conn.await;

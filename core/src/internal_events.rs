@@ -240,6 +240,23 @@ impl InternalEvent for IngestAnswered<'_> {
     }
 }
 
+/// Ingest admission's state, read at each scrape of `/metrics`: how long the oldest event waiting for the writer
+/// has waited (refusals start past `server.admission_target_ms`) and the bytes of request bodies in progress
+/// against their budget (`server.max_ingest_bytes`).
+pub struct AdmissionObserved {
+    pub queue_delay: Duration,
+    pub body_bytes: usize,
+    pub body_budget: usize,
+}
+
+impl InternalEvent for AdmissionObserved {
+    fn emit(self) {
+        gauge!("hookgate_ingest_queue_delay_seconds").set(self.queue_delay.as_secs_f64());
+        gauge!("hookgate_ingest_body_bytes").set(self.body_bytes as f64);
+        gauge!("hookgate_ingest_body_budget_bytes").set(self.body_budget as f64);
+    }
+}
+
 /// The EventWriter committed (or failed) a batch of `size` events in `elapsed`.
 pub struct EventsFlushed {
     pub size: usize,

@@ -9,6 +9,7 @@ use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use hookgate_actors::admission::BodyReservation;
 use hookgate_actors::sources::Source;
 use hookgate_actors::trace;
 use hookgate_actors::{
@@ -48,7 +49,7 @@ const DROPPED_HEADERS: &[&str] = &[
 const MAX_STORED_HEADERS: usize = 64;
 /// The most memory reserved for a body before its bytes arrive, whatever its `Content-Length` declares: past it the
 /// buffer grows with what is received, so a client that declares much and sends little costs what it sent.
-const MAX_INITIAL_BODY_CAPACITY: usize = 64 * 1024;
+const MAX_INITIAL_BODY_CAPACITY: usize = 4 * 1024;
 
 /// The handler: one `ingest` span per request, continuing the producer's trace when its `traceparent` is valid.
 pub async fn ingest(
@@ -80,14 +81,15 @@ async fn ingest_in_span(
     }
     let source = state.sources.get().get(path.as_str()).cloned();
     let label: Cow<'static, str> = source.as_ref().map_or(Cow::Borrowed("unknown"), |s| Cow::Owned(s.slug.clone()));
-    // Admission first: past `server.max_inflight_ingest` requests in progress, refuse at once, before reading the
-    // body, so that overload costs almost nothing and memory stays bounded. A permit is held at most
-    // `server.body_timeout_ms` while the body arrives (then 408), so slow clients cannot pin the permits.
-    let permit = state.ingest_permits.clone().try_acquire_owned();
-    let result = match (source, permit) {
-        (None, _) => Err(IngestError::UnknownSource(path.into_inner())),
-        (Some(_), Err(_)) => Err(IngestError::Overloaded { retry_after_secs: state.retry_after_secs }),
-        (Some(source), Ok(_permit)) => accept(&req, payload, &state, &source, traceparent).await,
+    // Admission by time first (see `hookgate_actors::admission`): while the writer's queue stands past its target,
+    // refuse at once, before reading the body, so that overload costs almost nothing and accepted requests never
+    // queue for long. The byte budget and the count of requests in progress are checked in `accept`.
+    let result = match source {
+        None => Err(IngestError::UnknownSource(path.into_inner())),
+        Some(_) if !state.admission.admits() => {
+            Err(IngestError::Overloaded { retry_after_secs: state.retry_after_secs })
+        }
+        Some(source) => accept(&req, payload, &state, &source, traceparent).await,
     };
     let outcome = match &result {
         Ok(Accepted::One(p)) if p.duplicate => "duplicate",
@@ -137,11 +139,19 @@ async fn accept(
     if json_body {
         check_json_content_type(headers)?;
     }
-    let body = match tokio::time::timeout(state.body_timeout, read_body(headers, payload, source.max_body_bytes)).await
-    {
+    // The body arrives within `server.body_timeout_ms` (else 408), its bytes reserved against
+    // `server.max_ingest_bytes` as they come; the reservation is held until the answer.
+    let mut reservation = state.admission.reserve_body();
+    let retry_after_secs = state.retry_after_secs;
+    let read = read_body(headers, payload, source.max_body_bytes, &mut reservation, retry_after_secs);
+    let body = match tokio::time::timeout(state.body_timeout, read).await {
         Ok(body) => Bytes::from(body?),
         Err(_) => return Err(IngestError::RequestTimeout { timeout_ms: state.body_timeout.as_millis() as u64 }),
     };
+    // Only now, with the whole body here, does the request take one of `server.max_inflight_ingest` slots: a body
+    // still trickling in holds none, so slow clients cannot lock out the others.
+    let _slot =
+        state.ingest_permits.clone().try_acquire_owned().map_err(|_| IngestError::Overloaded { retry_after_secs })?;
     source.verifier.verify(&Headers(headers), &body)?;
     if json_body {
         // JSON text is UTF-8 (RFC 8259 §8.1); serde skips string contents it ignores, so check the encoding first.
@@ -352,13 +362,18 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), IngestError> {
 }
 
 /// Reads the body chunk by chunk, refusing it as soon as it passes `limit` (a declared `Content-Length` over the
-/// limit is refused before any of the body is read). At most [`MAX_INITIAL_BODY_CAPACITY`] is reserved before bytes
-/// arrive; the buffer then grows with them (doubling, never past `limit`).
+/// limit is refused before any of the body is read). At most [`MAX_INITIAL_BODY_CAPACITY`] is allocated before bytes
+/// arrive; the buffer then grows with them (doubling, never past `limit`). Every allocation is first reserved in
+/// `reservation` (the node's byte budget of bodies in progress); when one does not fit, the answer is 503
+/// ([`IngestError::Overloaded`]).
 async fn read_body(
     headers: &HeaderMap,
     mut payload: impl Stream<Item = Result<Bytes, PayloadError>> + Unpin,
     limit: usize,
+    reservation: &mut BodyReservation,
+    retry_after_secs: u64,
 ) -> Result<Vec<u8>, IngestError> {
+    let refused = |_| IngestError::Overloaded { retry_after_secs };
     let declared = match headers.get(header::CONTENT_LENGTH) {
         Some(v) => Some(
             v.to_str()
@@ -371,8 +386,10 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngestError::PayloadTooLarge { limit });
     }
-    let initial = declared.map_or(8 * 1024, |n| n.min(MAX_INITIAL_BODY_CAPACITY as u64) as usize);
-    let mut body = Vec::with_capacity(initial.min(MAX_INITIAL_BODY_CAPACITY).min(limit));
+    let initial = declared.map_or(MAX_INITIAL_BODY_CAPACITY, |n| n.min(MAX_INITIAL_BODY_CAPACITY as u64) as usize);
+    let initial = initial.min(limit);
+    reservation.grow(initial).map_err(refused)?;
+    let mut body = Vec::with_capacity(initial);
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| IngestError::BadRequest(format!("the body could not be read: {e}")))?;
         let needed = body.len() + chunk.len();
@@ -381,6 +398,7 @@ async fn read_body(
         }
         if needed > body.capacity() {
             let target = needed.max(body.capacity().saturating_mul(2)).min(limit);
+            reservation.grow(target - body.capacity()).map_err(refused)?;
             body.reserve_exact(target - body.len());
         }
         body.extend_from_slice(&chunk);
@@ -417,6 +435,7 @@ fn stored_headers(headers: &HeaderMap, credential: Option<&str>) -> Arc<serde_js
 #[cfg(test)]
 mod tests {
     use actix_web::http::header::{HeaderName, HeaderValue};
+    use hookgate_actors::admission::Admission;
 
     use super::*;
 
@@ -430,11 +449,21 @@ mod tests {
         futures::stream::iter(sizes.iter().map(|&n| Ok(Bytes::from(vec![b'a'; n]))).collect::<Vec<_>>())
     }
 
+    /// Reads with a budget far larger than any body here.
+    async fn read(
+        headers: &HeaderMap,
+        payload: impl Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+        limit: usize,
+    ) -> Result<Vec<u8>, IngestError> {
+        let admission = Admission::new(std::time::Duration::ZERO, 1 << 40);
+        read_body(headers, payload, limit, &mut admission.reserve_body(), 1).await
+    }
+
     #[actix_rt::test]
     async fn a_huge_declared_length_reserves_no_more_than_the_initial_cap() {
         const GIB: u64 = 1 << 30;
         // The source accepts the declared gigabyte, but only 30 bytes come.
-        let body = read_body(&content_length(GIB), chunks(&[10, 10, 10]), 2 * GIB as usize).await.unwrap();
+        let body = read(&content_length(GIB), chunks(&[10, 10, 10]), 2 * GIB as usize).await.unwrap();
         assert_eq!(body.len(), 30);
         assert!(body.capacity() <= MAX_INITIAL_BODY_CAPACITY, "{} bytes reserved", body.capacity());
     }
@@ -442,15 +471,35 @@ mod tests {
     #[actix_rt::test]
     async fn the_buffer_grows_with_what_arrives_and_never_past_the_limit() {
         let limit = 300 * 1024;
-        let body = read_body(&HeaderMap::new(), chunks(&[1024; 200]), limit).await.unwrap();
+        let body = read(&HeaderMap::new(), chunks(&[1024; 200]), limit).await.unwrap();
         assert_eq!(body.len(), 200 * 1024);
         assert!(body.capacity() <= limit, "{} bytes reserved", body.capacity());
-        let body = read_body(&HeaderMap::new(), chunks(&[1024; 300]), limit).await.unwrap();
+        let body = read(&HeaderMap::new(), chunks(&[1024; 300]), limit).await.unwrap();
         assert_eq!((body.len(), body.capacity()), (limit, limit), "exactly the limit fits, in exactly its size");
-        let over = read_body(&HeaderMap::new(), chunks(&[1024; 301]), limit).await;
+        let over = read(&HeaderMap::new(), chunks(&[1024; 301]), limit).await;
         assert!(matches!(over, Err(IngestError::PayloadTooLarge { .. })));
-        let declared_over = read_body(&content_length(limit as u64 + 1), chunks(&[]), limit).await;
+        let declared_over = read(&content_length(limit as u64 + 1), chunks(&[]), limit).await;
         assert!(matches!(declared_over, Err(IngestError::PayloadTooLarge { .. })));
+    }
+
+    #[actix_rt::test]
+    async fn every_byte_of_a_body_is_reserved_first_and_one_that_does_not_fit_is_refused_with_503() {
+        let admission = Admission::new(std::time::Duration::ZERO, 16 * 1024);
+        // Another request in progress holds most of the budget.
+        let mut other = admission.reserve_body();
+        other.grow(10 * 1024).unwrap();
+        let mut mine = admission.reserve_body();
+        let body = read_body(&HeaderMap::new(), chunks(&[1024; 4]), 1 << 20, &mut mine, 3).await.unwrap();
+        assert!(mine.bytes() >= body.capacity(), "{} reserved for {} allocated", mine.bytes(), body.capacity());
+        drop(mine);
+        let mut mine = admission.reserve_body();
+        let refused = read_body(&HeaderMap::new(), chunks(&[1024; 8]), 1 << 20, &mut mine, 3).await;
+        assert!(
+            matches!(refused, Err(IngestError::Overloaded { retry_after_secs: 3 })),
+            "a body past the budget is refused with 503: {refused:?}"
+        );
+        drop((mine, other));
+        assert_eq!(admission.body_bytes_in_use(), 0, "a finished request gives its bytes back");
     }
 
     #[test]

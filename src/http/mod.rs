@@ -33,8 +33,10 @@ pub struct AppState {
     pub health: Arc<HealthRegistry>,
     pub metrics: PrometheusHandle,
     pub catalog: Arc<SharedCatalog>,
-    /// One permit per ingest request in progress (`server.max_inflight_ingest`).
+    /// One permit per ingest request in progress once its body has arrived (`server.max_inflight_ingest`).
     pub ingest_permits: Arc<tokio::sync::Semaphore>,
+    /// Admission by time (the writer's queueing delay) and the byte budget of bodies in progress.
+    pub admission: Arc<hookgate_actors::admission::Admission>,
     pub ingest_timeout: Duration,
     /// Longest wait for a request's body to arrive (`server.body_timeout_ms`); past it, 408.
     pub body_timeout: Duration,

@@ -100,6 +100,13 @@ pub fn problem_type(slug: &str) -> String {
     format!("urn:hookgate:problem:{slug}")
 }
 
+/// `Retry-After` for a refusal: between `secs` and twice `secs`, drawn at random, so that the producers refused in
+/// one burst do not all come back in the same second.
+fn jittered(secs: u64) -> u64 {
+    use rand::Rng;
+    secs.saturating_add(rand::thread_rng().gen_range(0..=secs))
+}
+
 impl ResponseError for IngestError {
     fn status_code(&self) -> StatusCode {
         match self {
@@ -123,7 +130,7 @@ impl ResponseError for IngestError {
         let mut resp = HttpResponse::build(status);
         resp.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json")));
         if let Self::Overloaded { retry_after_secs } | Self::Unavailable { retry_after_secs } = self {
-            resp.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            resp.insert_header((header::RETRY_AFTER, jittered(*retry_after_secs).to_string()));
         }
         if let Self::RequestTimeout { .. } = self {
             // The rest of the body may still come: this connection cannot carry another request (RFC 9110 §15.5.9).

@@ -6,6 +6,7 @@ use std::time::Duration;
 use actix::{Actor, Addr, Arbiter, AsyncContext, Supervisor};
 use anyhow::Context;
 use deadpool_postgres::Pool;
+use hookgate_actors::admission::Admission;
 use hookgate_actors::catalog::SharedCatalog;
 use hookgate_actors::deliverer::Deliverer;
 use hookgate_actors::handoff::HandOffPort;
@@ -65,6 +66,8 @@ pub(super) struct Started {
     pub arbiters: Vec<ArbiterGuard>,
     /// The live tail's fan-out to this node's SSE clients.
     pub tail: Arc<TailHub>,
+    /// Ingest's admission, which the EventWriter keeps informed of its queueing delay.
+    pub admission: Arc<Admission>,
 }
 
 /// Starts every actor: the Notifier (when notifications are on), the ingest side, the background side, the delivery
@@ -99,7 +102,12 @@ pub(super) fn start(
     // Fresh deliveries go from the writer to this node's Scheduler in memory, when both run here.
     let handoff = (settings.delivery.enabled && settings.delivery.handoff)
         .then(|| HandOffPort::new(settings.server.node_id(), settings.delivery.lease_margin_ms));
-    let (writer, writer_arbiter) = event_writer(settings, pool, health, handoff.clone(), tail_publisher.clone());
+    let admission = Arc::new(Admission::new(
+        Duration::from_millis(settings.server.admission_target_ms),
+        usize::try_from(settings.server.ingest_bytes_bound()).unwrap_or(usize::MAX),
+    ));
+    let (writer, writer_arbiter) =
+        event_writer(settings, pool, health, handoff.clone(), tail_publisher.clone(), admission.clone());
     let cache = cache(settings, health)?;
     let router = router(pool, pg, catalog, registry, health.register("router", false, policy));
     let janitor = janitor(settings, pool, health.register("janitor", false, policy), notices.clone());
@@ -143,6 +151,7 @@ pub(super) fn start(
         limits_redis,
         arbiters,
         tail,
+        admission,
     })
 }
 
@@ -153,13 +162,14 @@ fn event_writer(
     health: &Arc<HealthRegistry>,
     handoff: Option<Arc<HandOffPort>>,
     tail: Arc<TailPublisher>,
+    admission: Arc<Admission>,
 ) -> (Mailbox<EventWriter>, ArbiterGuard) {
     let status = health.register("event_writer", true, settings.supervision);
     let arbiter = Arbiter::new();
     let addr = {
         let (pool, cfg, status, health) = (pool.clone(), settings.writer.clone(), status.clone(), health.clone());
         Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-            let writer = EventWriter::new(pool, cfg, status, health).with_tail(tail);
+            let writer = EventWriter::new(pool, cfg, status, health).with_tail(tail).with_admission(admission);
             match handoff {
                 Some(port) => writer.with_handoff(port),
                 None => writer,

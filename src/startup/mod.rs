@@ -41,6 +41,8 @@ pub struct Application {
     arbiters: Vec<actors::ArbiterGuard>,
     /// The live tail's hub: its streams end when the node stops.
     tail: Arc<TailHub>,
+    /// Ingest's admission, shared with the EventWriter.
+    admission: Arc<hookgate_actors::admission::Admission>,
 }
 
 impl Application {
@@ -60,6 +62,7 @@ impl Application {
         let health = HealthRegistry::new();
         let started = actors::start(&settings, &pool, &pg, &sources, &catalog, &health, notifications)?;
         let tail = started.tail.clone();
+        let admission = started.admission.clone();
         let admin_pool = database::admin_pool(&settings, &pg)?;
         let admin = server::admin_state(&settings, admin_pool, &started, catalog.clone());
         let state = server::app_state(&settings, &started, sources, catalog, health.clone(), metrics);
@@ -75,6 +78,7 @@ impl Application {
             shutdown_timeout: Duration::from_secs(settings.server.shutdown_timeout_secs),
             arbiters: started.arbiters,
             tail,
+            admission,
         })
     }
 
@@ -90,6 +94,11 @@ impl Application {
     /// The singleton-jobs actor (tests run a round with `RunNow`).
     pub fn janitor(&self) -> Addr<Janitor> {
         self.actors.janitor.clone()
+    }
+
+    /// Ingest's admission state (the writer's queueing delay, the bytes of bodies in progress).
+    pub fn admission(&self) -> Arc<hookgate_actors::admission::Admission> {
+        self.admission.clone()
     }
 
     /// The addresses of the node's supervised actors (the supervision tests inject failures through them).

@@ -35,6 +35,7 @@ pub(super) fn app_state(
         metrics,
         catalog,
         ingest_permits: Arc::new(tokio::sync::Semaphore::new(settings.server.max_inflight_ingest.max(1))),
+        admission: started.admission.clone(),
         ingest_timeout: Duration::from_millis(settings.server.ingest_timeout_ms),
         body_timeout: Duration::from_millis(settings.server.body_timeout_ms),
         // The cache answers "miss" on its own after its op timeout; this only bounds a stuck mailbox.

@@ -33,6 +33,9 @@ pub fn test_config_toml() -> String {
         port = 0
         workers = 2
         ingest_timeout_ms = 20000
+        # Debug builds on a loaded machine: a burst can queue past the default target (50 ms) and be refused, which
+        # only the tests of admission itself (overload.rs) want.
+        admission_target_ms = 20000
         health_interval_ms = 100
         drain_delay_ms = 300
         shutdown_timeout_secs = 5
@@ -138,6 +141,8 @@ pub struct TestApp {
     pub address: String,
     pub janitor: actix::Addr<hookgate_actors::janitor::Janitor>,
     pub actors: hookgate::startup::Actors,
+    /// Ingest's admission state (read directly: a gauge on /metrics is shared by every app in this process).
+    pub admission: std::sync::Arc<hookgate_actors::admission::Admission>,
     pub port: u16,
     /// The operators' listener (`server.admin_port`), when the test set one.
     pub admin_port: Option<u16>,
@@ -168,12 +173,14 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let admin_port = app.admin_port();
     let janitor = app.janitor();
     let actors = app.actors();
+    let admission = app.admission();
     actix_rt::spawn(app.run_until_stopped());
     let db = connect(&test_db.url()).await;
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         janitor,
         actors,
+        admission,
         port,
         admin_port,
         db,
