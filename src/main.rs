@@ -13,6 +13,19 @@ use hookgate_core::state::DeliveryState;
 use hookgate_store::migrations;
 use uuid::Uuid;
 
+/// jemalloc, not the system allocator: glibc keeps what a burst allocated (thousands of connections' buffers under
+/// overload) for the life of the process; jemalloc gives pages back to the system a second after they were freed,
+/// from a background thread (ADR-0017).
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read once when it starts: purge freed pages after a second, from its own thread.
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 /// hookgate: a self-hosted, durable webhook event gateway.
 #[derive(Parser)]
 #[command(version, about)]

@@ -122,12 +122,18 @@ enum Command {
         /// Connections of the overload run.
         #[arg(long, default_value_t = 4096)]
         overload_connections: usize,
-        /// Backlog sizes of the drain sweep (deliveries stored pending, then drained by one node); empty: no sweep.
+        /// Backlog sizes of the drain sweep (deliveries stored pending, then drained by one node); 0: no sweep.
         #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
         sweep: Vec<u64>,
         /// Connections of the slow-client phase (each trickles a body one byte per second).
         #[arg(long, default_value_t = 4096)]
         slow_clients: usize,
+        /// Rates of the full-pipeline phases (ingest at that rate with delivery on); 0: none.
+        #[arg(long, value_delimiter = ',', default_value = "5000,10000")]
+        pipeline_rates: Vec<f64>,
+        /// Seconds of each full-pipeline phase.
+        #[arg(long, default_value_t = 60)]
+        pipeline_secs: u64,
         #[arg(long, default_value = "hookgate-bench.json")]
         out: PathBuf,
     },
@@ -290,6 +296,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             overload_connections,
             sweep,
             slow_clients,
+            pipeline_rates,
+            pipeline_secs,
             out,
         } => {
             let opts = StandardOptions {
@@ -304,6 +312,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 overload_connections,
                 sweep,
                 slow_clients,
+                pipeline_rates,
+                pipeline_secs,
                 out,
             };
             standard::run(opts).await?;

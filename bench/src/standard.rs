@@ -40,6 +40,9 @@ pub struct StandardOptions {
     pub sweep: Vec<u64>,
     /// Connections of the slow-client phase, each trickling a body one byte per second.
     pub slow_clients: usize,
+    /// Rates of the full-pipeline phases: ingest at that rate, delivery on, for `pipeline_secs` each.
+    pub pipeline_rates: Vec<f64>,
+    pub pipeline_secs: u64,
     pub out: PathBuf,
 }
 
@@ -412,6 +415,38 @@ async fn phases(
     let drain_json = json!({"backlog": backlog, "delivered": drained, "seconds": took.as_secs_f64(),
                             "deliveries_per_s": drain_rate.round()});
 
+    // The full pipeline at fixed rates: ingest with delivery on, does delivery keep up (the backlog left when the
+    // load stops), and how long does an event take from its send to its delivery?
+    let mut pipeline_json = Vec::new();
+    for &rate in opts.pipeline_rates.iter().filter(|r| **r > 0.0) {
+        let psecs = Duration::from_secs(opts.pipeline_secs);
+        eprintln!("bench: full pipeline, open loop at {rate} events/s for {psecs:?}");
+        rx.state.take_latency();
+        let before = rx.state.received();
+        let s = open_loop(w.clone(), rate, 512, psecs).await;
+        let delivered = rx.state.received() - before;
+        accepted += s.ok_count();
+        let left = s.ok_count().saturating_sub(delivered);
+        let _ = wait_delivered(rx, accepted, Duration::from_secs(3), Duration::from_secs(120)).await;
+        let e2e = rx.state.take_latency();
+        let secs_run = s.elapsed.as_secs_f64().max(1e-9);
+        lines.push(format!(
+            "pipeline at {rate}/s for {} s: ingested {:.0}/s ({:.1} % refused), delivered {:.0}/s meanwhile, backlog left when the load stopped {left}; ingest-to-delivered (ms p50/p90/p99/p99.9/max) {}",
+            opts.pipeline_secs,
+            s.ok_rate(),
+            100.0 * s.count(503) as f64 / s.total().max(1) as f64,
+            delivered as f64 / secs_run,
+            latency_text(&e2e)
+        ));
+        let mut j = stats_json(&s, None);
+        j["rate"] = json!(rate);
+        j["delivered_per_s_meanwhile"] = json!((delivered as f64 / secs_run).round());
+        j["backlog_left"] = json!(left);
+        j["delivery_latency"] = latency_json(&e2e);
+        pipeline_json.push(j);
+        runs.push((format!("pipeline {rate}/s"), format!("{rate}/s"), s));
+    }
+
     // The same kind of drain over HTTP and over HTTPS, one after the other, each alone: a backlog ingested for a
     // paused destination, then the destination resumed and emptied. (One backlog for both would favour whichever
     // drains second: by then the other's rows are gone from the pending set.)
@@ -459,7 +494,7 @@ async fn phases(
         let _ = conn.await;
     });
     let mut expected = sweep_rx.state.received();
-    for (step, &n) in opts.sweep.iter().enumerate() {
+    for (step, &n) in opts.sweep.iter().filter(|n| **n > 0).enumerate() {
         eprintln!("bench: backlog sweep, {n} pending deliveries");
         seed_sweep(&db, step, n, opts.body_size).await?;
         expected += n;
@@ -556,21 +591,27 @@ async fn phases(
     let rss5_max = sampler.stop().iter().map(|s| s.1).max().unwrap_or(0);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss5_after = rss_kib(pid).unwrap_or(0);
+    // Issue 14's bound: back near idle within 10 s of the load stopping.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let rss5_after10 = rss_kib(pid).unwrap_or(0);
     lines.push(format!(
         "overload at {rate5x}/s: goodput {:.0}/s = {:.2} of max; 503 share {:.1} %, 503 service time (ms) {}; RSS max \
-         {} MiB, 2 s after {} MiB",
+         {} MiB, 2 s after {} MiB, 10 s after {} MiB (idle {} MiB)",
         s5.ok_rate(),
         s5.ok_rate() / max_rate.max(1.0),
         100.0 * s5.count(503) as f64 / s5.total().max(1) as f64,
         latency_text(&s5.service_503),
         mib(rss5_max),
-        mib(rss5_after)
+        mib(rss5_after),
+        mib(rss5_after10),
+        mib(idle_kib)
     ));
     let mut over5_json = stats_json(&s5, None);
     over5_json["rate"] = json!(rate5x);
     over5_json["goodput_share_of_max"] = json!(s5.ok_rate() / max_rate.max(1.0));
     over5_json["rss_max_kib"] = json!(rss5_max);
     over5_json["rss_after_kib"] = json!(rss5_after);
+    over5_json["rss_after_10s_kib"] = json!(rss5_after10);
     runs.push(("overload 5x max".to_string(), format!("{rate5x}/s"), s5));
 
     // Slow clients: connections that send their headers, then trickle a body one byte per second, while one
@@ -609,6 +650,7 @@ async fn phases(
         "delivery_latency": e2e_json,
         "closed_loop": closed_json,
         "drain": drain_json,
+        "pipeline": pipeline_json,
         "drain_http_vs_https": tls_json,
         "receiver_capacity_per_s": capacity.round(),
         "backlog_sweep": sweep_json,
