@@ -194,6 +194,9 @@ pub struct ServerSettings {
     /// Connections open at once on this node (ingest, admin and health alike), split evenly among the workers
     /// (rounded up); past it, new connections wait in the kernel's backlog until one closes.
     pub max_connections: usize,
+    /// Connections the kernel completes and holds for hookgate to accept (the listening sockets' backlog; capped by
+    /// `net.core.somaxconn`). Past it a client's handshake is dropped and retried a second later.
+    pub listen_backlog: u32,
     /// Ceiling on any source's body size, in bytes.
     pub max_body_bytes: usize,
     /// Seconds advertised in `Retry-After` on 503.
@@ -236,6 +239,7 @@ impl Default for ServerSettings {
             ingest_timeout_ms: 10_000,
             body_timeout_ms: 10_000,
             max_connections: 10_000,
+            listen_backlog: 4_096,
             max_body_bytes: 4 * 1024 * 1024,
             retry_after_secs: 1,
             max_inflight_ingest: 4_096,
@@ -262,8 +266,8 @@ impl ServerSettings {
         if self.max_ingest_bytes == Some(0) {
             anyhow::bail!("server.max_ingest_bytes must be positive");
         }
-        if self.body_timeout_ms == 0 || self.max_connections == 0 {
-            anyhow::bail!("server.body_timeout_ms and max_connections must be positive");
+        if self.body_timeout_ms == 0 || self.max_connections == 0 || self.listen_backlog == 0 {
+            anyhow::bail!("server.body_timeout_ms, max_connections and listen_backlog must be positive");
         }
         if self.metrics_destination_interval_secs == 0 {
             anyhow::bail!("server.metrics_destination_interval_secs must be positive");

@@ -48,7 +48,14 @@ impl Receiver {
     }
 
     fn serve(port: u16, workers: usize, tls: Option<rustls::ServerConfig>) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(("127.0.0.1", port))?;
+        // A backlog for a burst of new connections (every deliverer opening its pool at once): past the standard
+        // library's 128, the kernel drops handshakes and each waits a second for its retry, which a drain then
+        // reports as a second of nothing.
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+        socket.listen(4096)?;
+        let listener: TcpListener = socket.into();
         let port = listener.local_addr()?.port();
         let state = Arc::new(ReceiverState { received: AtomicU64::new(0), latency: Mutex::new(histogram()) });
         let data = web::Data::from(state.clone());

@@ -85,19 +85,39 @@ pub(super) struct Listeners {
 /// Binds the listening sockets (port 0 picks a free one). Done first at start, so that a port already taken ends
 /// start before any actor runs.
 pub(super) fn listeners(settings: &Settings) -> anyhow::Result<Listeners> {
-    let main = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+    let backlog = settings.server.listen_backlog;
+    let main = bind(&settings.server.host, settings.server.port, backlog)
         .with_context(|| format!("Failed to bind {}:{}", settings.server.host, settings.server.port))?;
     let admin = match settings.server.admin_port {
         None => None,
         Some(port) => {
             let host = settings.server.admin_host.as_deref().unwrap_or(&settings.server.host);
             Some(
-                TcpListener::bind((host, port))
+                bind(host, port, backlog)
                     .with_context(|| format!("Failed to bind server.admin_port: {host}:{port}"))?,
             )
         }
     };
     Ok(Listeners { main, admin })
+}
+
+/// A listening socket on the first address `host` resolves to, with room for `backlog` connections the kernel has
+/// completed and hookgate not yet accepted (`server.listen_backlog`; the kernel caps it at `net.core.somaxconn`).
+/// The standard library's bind listens with a backlog of 128: past it the kernel drops the client's handshake, and
+/// the client tries again only a second later, so a burst of connections (producers reconnecting after a deploy)
+/// would wait a second each for nothing.
+fn bind(host: &str, port: u16, backlog: u32) -> std::io::Result<TcpListener> {
+    use std::net::ToSocketAddrs;
+    let addr = (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "the host resolves to nothing"))?;
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    // As the standard library does on Unix: a restarted node binds its port again at once.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
 }
 
 /// The running HTTP servers and their bound ports.

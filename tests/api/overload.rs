@@ -134,6 +134,44 @@ async fn past_max_connections_a_new_connection_waits_until_one_closes() {
     assert!(health.status().starts_with("HTTP/1.1 200 "), "{}", health.head);
 }
 
+#[actix_rt::test]
+async fn connections_past_the_accepted_ones_wait_in_a_backlog_larger_than_the_standard_librarys() {
+    let app = spawn_app_with(|s| {
+        s.server.workers = Some(1);
+        s.server.max_connections = 1;
+        s.server.body_timeout_ms = 120_000;
+    })
+    .await;
+    // The only connection hookgate takes, kept busy (as in the test above).
+    let mut first = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    first
+        .write_all(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n\
+              POST /ingest/open HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+    assert!(read_response(&mut first).await.status().starts_with("HTTP/1.1 200 "));
+    // 600 more connections, none of them accepted by hookgate: the kernel completes each handshake into the
+    // listening socket's backlog (4,096 by default). With the standard library's 128, the 130th would hang.
+    let mut waiting = Vec::new();
+    for i in 0..600 {
+        let connect = TcpStream::connect(("127.0.0.1", app.port));
+        let stream = tokio::time::timeout(Duration::from_secs(30), connect)
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} was not completed: the backlog is full"))
+            .unwrap();
+        waiting.push(stream);
+    }
+    drop(first);
+    // And they are served once hookgate takes them.
+    let last = waiting.last_mut().unwrap();
+    last.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    drop(waiting.drain(..waiting.len() - 1));
+    let health = read_response(waiting.last_mut().unwrap()).await;
+    assert!(health.status().starts_with("HTTP/1.1 200 "), "{}", health.head);
+}
+
 /// The sum of a metric's series as this process's /metrics shows it (0 before the first sample). Every app of the
 /// test process shares one recorder: only counters that grow are safe to compare this way.
 async fn metric_sum(app: &TestApp, name: &str) -> f64 {
