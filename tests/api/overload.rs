@@ -100,16 +100,16 @@ async fn a_body_that_stalls_gets_408_and_gives_its_reserved_bytes_back() {
     assert_eq!(app.event_count().await, 1);
 }
 
-#[actix_rt::test]
-async fn past_max_connections_a_new_connection_waits_until_one_closes() {
+/// An app that takes one connection at a time, and that connection, taken and kept busy: a health check (answered,
+/// so it is accepted), then a body that never comes, pipelined so that the connection is never idle (an idle one
+/// would be closed by keep-alive).
+async fn app_with_its_only_connection_taken() -> (TestApp, TcpStream) {
     let app = spawn_app_with(|s| {
         s.server.workers = Some(1);
         s.server.max_connections = 1;
         s.server.body_timeout_ms = 120_000;
     })
     .await;
-    // The only connection: a health check (answered, so it is accepted), then a body that never comes, pipelined
-    // so that the connection is never idle (an idle one would be closed by keep-alive).
     let mut first = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
     first
         .write_all(
@@ -120,6 +120,12 @@ async fn past_max_connections_a_new_connection_waits_until_one_closes() {
         .unwrap();
     let health = read_response(&mut first).await;
     assert!(health.status().starts_with("HTTP/1.1 200 "), "{}", health.head);
+    (app, first)
+}
+
+#[actix_rt::test]
+async fn past_max_connections_a_new_connection_waits_until_one_closes() {
+    let (app, first) = app_with_its_only_connection_taken().await;
 
     // The kernel completes the second connection, but hookgate does not take it while the first is open. (A broken
     // limit answers within milliseconds; a slow machine can only make this check pass, never fail.)
@@ -136,22 +142,7 @@ async fn past_max_connections_a_new_connection_waits_until_one_closes() {
 
 #[actix_rt::test]
 async fn connections_past_the_accepted_ones_wait_in_a_backlog_larger_than_the_standard_librarys() {
-    let app = spawn_app_with(|s| {
-        s.server.workers = Some(1);
-        s.server.max_connections = 1;
-        s.server.body_timeout_ms = 120_000;
-    })
-    .await;
-    // The only connection hookgate takes, kept busy (as in the test above).
-    let mut first = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
-    first
-        .write_all(
-            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n\
-              POST /ingest/open HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
-        )
-        .await
-        .unwrap();
-    assert!(read_response(&mut first).await.status().starts_with("HTTP/1.1 200 "));
+    let (app, first) = app_with_its_only_connection_taken().await;
     // 600 more connections, none of them accepted by hookgate: the kernel completes each handshake into the
     // listening socket's backlog (4,096 by default). With the standard library's 128, the 130th would hang.
     let mut waiting = Vec::new();
