@@ -134,9 +134,10 @@ impl ResultWriter {
                         tail.offer(Publish::Outcomes(outcomes));
                     }
                     if let Some(s) = &act.scheduler {
-                        let _ = s.try_send(LeasesFreed(batch.iter().map(|r| r.delivery_id).collect()));
                         if fifo {
                             let _ = s.try_send(Wake);
+                        } else {
+                            let _ = s.try_send(LeasesFreed);
                         }
                         if let Some(at) = next_due {
                             let _ = s.try_send(WakeAt(at));

@@ -1,10 +1,10 @@
 //! Claims due deliveries from PostgreSQL with leases and hands them to the Deliverers, fairly across destinations.
 //!
 //! Woken by NOTIFY `hookgate_deliveries` (new deliveries committed unleased), by `hookgate_catalog` and by the Router
-//! once it has reloaded the catalog (a destination resumed), by a Deliverer finishing an attempt and by the
-//! ResultWriter committing results ([`LeasesFreed`]) when the last round had to leave due work behind for lack of
-//! room, by the ResultWriter at once for a FIFO destination's result (its next head is then due) and at the due time
-//! of the earliest retry it scheduled ([`WakeAt`]), and by the poll timer (other nodes' retries, expired leases). A
+//! once it has reloaded the catalog (a destination resumed), by a Deliverer finishing an attempt and by the ResultWriter committing results ([`LeasesFreed`]) when
+//! the last round had to leave due work behind for lack of room, by the ResultWriter at once for a FIFO
+//! destination's result (its next head is then due) and at the due time of the earliest retry it scheduled
+//! ([`WakeAt`]), and by the poll timer (other nodes' retries, expired leases). A
 //! round runs only when there may be work for it: each round costs PostgreSQL two planned statements. One claim
 //! round: find the active destinations with due work; give each a budget (its free `max_in_flight` cluster-wide,
 //! capped by its fair share of this node's capacity, by its rate-limit tokens and by its circuit breaker); then, in one
@@ -17,11 +17,6 @@
 //! ([`HandOff`], see [`crate::handoff`]); it passes the same limits as a claimed one (node capacity, fair share,
 //! rate limit, circuit breaker) and what they refuse is released at once for the claim path. Claim rounds remain
 //! the path for retries, paused work, FIFO destinations, other nodes' expired leases and recovery after a crash.
-//!
-//! An attempt is in flight from its claim until it is over, not until its result is committed: the attempts this
-//! node finished whose results the ResultWriter is still writing are passed to each round and not counted against
-//! their destinations' `max_in_flight` (they stay leased, so nobody claims them again). So a destination at its
-//! limit gets new work as its attempts end, while their results commit, instead of in waves, one per result batch.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -61,14 +56,10 @@ use crate::supervision::{guarded, Panicked};
 #[rtype(result = "()")]
 pub struct Wake;
 
-/// The ResultWriter committed the results of these deliveries: their leases are cleared.
+/// The ResultWriter committed results: their leases no longer count against their destinations' `max_in_flight`.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct LeasesFreed(pub Vec<Uuid>);
-
-/// How long a finished attempt is remembered as "result being written" at most: past it (a result writer that could
-/// not commit for that long), it counts in flight again until its lease expires, which is the safe side.
-const FINISHED_MEMORY: std::time::Duration = std::time::Duration::from_secs(60);
+pub struct LeasesFreed;
 
 /// A delivery comes due at this time (a retry the ResultWriter just scheduled): look for work then.
 #[derive(Message)]
@@ -95,12 +86,6 @@ pub struct Scheduler {
     inflight_by_destination: HashMap<Uuid, u32>,
     /// The lease of every delivery in flight here, to release them at shutdown.
     leases: HashMap<Uuid, (Uuid, DateTime<Utc>)>,
-    /// Attempts that are over whose results the ResultWriter has not committed yet, since when: still leased, but
-    /// no longer in flight, so claims do not count them against `max_in_flight` (see `claims::DUE`).
-    finished: HashMap<Uuid, std::time::Instant>,
-    /// Deliveries still in flight here whose results were committed before their `Completed` arrived (the Deliverer
-    /// hands the result over first): not to be remembered as finished then.
-    freed_early: HashSet<Uuid>,
     /// Set by `Shutdown`: no more claims; answered when nothing is in flight.
     stopping: Option<tokio::sync::oneshot::Sender<()>>,
     /// The deadline of the [`Shutdown`] being answered.
@@ -150,8 +135,6 @@ impl Scheduler {
             inflight: 0,
             inflight_by_destination: HashMap::new(),
             leases: HashMap::new(),
-            finished: HashMap::new(),
-            freed_early: HashSet::new(),
             stopping: None,
             deadline: None,
             deliverers_told: false,
@@ -218,9 +201,7 @@ impl Scheduler {
         };
         let local = self.inflight_by_destination.clone();
         let capacity = self.cfg.max_in_flight;
-        self.finished.retain(|_, at| at.elapsed() < FINISHED_MEMORY);
-        let finished: Vec<Uuid> = self.finished.keys().copied().collect();
-        let fut = guarded(round.run(active, free, capacity, local, finished));
+        let fut = guarded(round.run(active, free, capacity, local));
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.claiming = false;
             act.status.beat();
@@ -380,9 +361,6 @@ impl Handler<Completed> for Scheduler {
             port.unblock(msg.destination_id, Some(Blocked::Full));
         }
         self.leases.remove(&msg.delivery_id);
-        if !self.freed_early.remove(&msg.delivery_id) {
-            self.finished.insert(msg.delivery_id, std::time::Instant::now());
-        }
         if self.inflight == 0 && self.stopping.is_some() {
             self.answer_shutdown(ctx);
         }
@@ -470,16 +448,11 @@ impl Handler<Wake> for Scheduler {
     }
 }
 
-/// The results of these deliveries are committed: they are no longer "finished, result being written". Work left
-/// behind for lack of room may fit now (another node's leases count until their results commit).
+/// Work left behind for lack of room may fit now: a finished attempt frees a slot here, but a destination's
+/// cluster-wide count drops only when its result is committed.
 impl Handler<LeasesFreed> for Scheduler {
     type Result = ();
-    fn handle(&mut self, LeasesFreed(ids): LeasesFreed, ctx: &mut Self::Context) {
-        for id in ids {
-            if self.finished.remove(&id).is_none() && self.leases.contains_key(&id) {
-                self.freed_early.insert(id);
-            }
-        }
+    fn handle(&mut self, _: LeasesFreed, ctx: &mut Self::Context) {
         if self.starved {
             self.tick(ctx);
         }
@@ -668,21 +641,20 @@ struct ClaimRound {
 
 impl ClaimRound {
     /// `capacity` is the node's limit and `free` what is left of it; `local` what this node has in flight per
-    /// destination; `finished` this node's attempts that are over and whose results are being written.
+    /// destination.
     async fn run(
         self,
         active: Vec<Arc<Destination>>,
         free: usize,
         capacity: usize,
         local: HashMap<Uuid, u32>,
-        finished: Vec<Uuid>,
     ) -> anyhow::Result<RoundOutcome> {
         let (fifo_all, normal_all): (Vec<_>, Vec<_>) = active.iter().partition(|d| d.fifo);
         let normal_ids: Vec<Uuid> = normal_all.iter().map(|d| d.id).collect();
         let normal_caps: Vec<i32> = normal_all.iter().map(|d| d.max_in_flight.min(i32::MAX as u32) as i32).collect();
         let fifo_ids: Vec<Uuid> = fifo_all.iter().map(|d| d.id).collect();
         // The connection goes back to the pool before any Redis call: a slow Redis never holds PostgreSQL.
-        let busy: HashMap<Uuid, u32> = claims::due(&self.pool, &normal_ids, &normal_caps, &fifo_ids, &finished).await?;
+        let busy: HashMap<Uuid, u32> = claims::due(&self.pool, &normal_ids, &normal_caps, &fifo_ids).await?;
         if busy.is_empty() {
             return Ok(RoundOutcome::default());
         }
@@ -752,7 +724,6 @@ impl ClaimRound {
             fifo: &fifo_ids,
             node_id: &self.node_id,
             lease_margin_ms: self.lease_margin_ms,
-            finished: &finished,
         };
         let claimed_rows = claims::claim(&self.pool, &budget).await;
         let (jobs, buried) = match claimed_rows {

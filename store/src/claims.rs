@@ -15,11 +15,6 @@ use crate::Pool;
 /// destination's `max_in_flight`: past it the number no longer matters). A FIFO destination has claimable work only
 /// when its head is due and not leased.
 ///
-/// A lease is in flight until its result is committed, but the claiming node's own finished attempts whose results
-/// are still being written (`$4`, and `$7` in [`CLAIM`]) are not: their requests are over, so they do not count
-/// against `max_in_flight`, and the next claim overlaps the commit of the last results instead of waiting for it.
-/// (They stay leased, so they are never claimed again meanwhile.)
-///
 /// Every lookup here and in [`CLAIM`] is an ordered index walk per destination (`ORDER BY … LIMIT`), which the
 /// planner takes whatever the statistics say: a daily partition is new and unanalyzed every midnight, and a plan
 /// chosen on guessed statistics (a hash join over every due row, a count through the wrong index) made each claim
@@ -28,7 +23,6 @@ pub const DUE: &str = "\
 SELECT d.id, (SELECT count(*)::int FROM (
                   SELECT 1 FROM deliveries b
                   WHERE b.destination_id = d.id AND b.state = 'pending' AND b.lease_expires_at > now()
-                    AND b.id <> ALL($4::uuid[])
                   ORDER BY b.lease_expires_at LIMIT d.cap) l)
 FROM UNNEST($1::uuid[], $3::int[]) AS d(id, cap)
 CROSS JOIN LATERAL (
@@ -56,7 +50,6 @@ WITH budget AS (
         SELECT count(*)::int AS n FROM (
             SELECT 1 FROM deliveries l
             WHERE l.destination_id = b.destination_id AND l.state = 'pending' AND l.lease_expires_at > now()
-              AND l.id <> ALL($7::uuid[])
             ORDER BY l.lease_expires_at LIMIT b.cap) l
     ) busy
     CROSS JOIN LATERAL (
@@ -186,25 +179,21 @@ pub struct Budgets<'a> {
     pub fifo: &'a [Uuid],
     pub node_id: &'a str,
     pub lease_margin_ms: i32,
-    /// This node's finished attempts whose results are not committed yet: not in flight (see [`DUE`]).
-    pub finished: &'a [Uuid],
 }
 
-/// The destinations (of these) with claimable work now, with their deliveries in flight cluster-wide (not counting
-/// `finished`, this node's attempts that are over and whose results are being written).
+/// The destinations (of these) with claimable work now, with their deliveries in flight cluster-wide.
 pub async fn due(
     pool: &Pool,
     destinations: &[Uuid],
     caps: &[i32],
     fifo: &[Uuid],
-    finished: &[Uuid],
 ) -> anyhow::Result<HashMap<Uuid, u32>> {
     let mut client = pool.get().await?;
     // Prepared once per connection and planned once (generic): planning it over every daily partition costs more
     // than running it.
     let tx = crate::begin_hot(&mut client).await?;
     let due = tx.prepare_cached(DUE).await?;
-    let rows = tx.query(&due, &[&destinations, &fifo, &caps, &finished]).await?;
+    let rows = tx.query(&due, &[&destinations, &fifo, &caps]).await?;
     tx.commit().await?;
     Ok(rows
         .iter()
@@ -223,9 +212,8 @@ pub async fn claim(pool: &Pool, b: &Budgets<'_>) -> anyhow::Result<(Vec<Job>, Ve
     tx.batch_execute("SET LOCAL lock_timeout = '5s'").await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK]).await?;
     let claim = tx.prepare_cached(CLAIM).await?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
-        [&b.destinations, &b.wanted, &b.caps, &b.fifo, &b.node_id, &b.lease_margin_ms, &b.finished];
-    let rows = tx.query(&claim, &params).await?;
+    let rows =
+        tx.query(&claim, &[&b.destinations, &b.wanted, &b.caps, &b.fifo, &b.node_id, &b.lease_margin_ms]).await?;
     for row in &rows {
         match read_claimed(row) {
             Some(Claimed::Job(job)) => jobs.push(*job),

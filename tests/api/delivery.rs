@@ -517,41 +517,6 @@ async fn a_resumed_destination_starts_its_backlog_without_waiting_for_the_poll()
     assert_eq!(rx.count(), 20);
 }
 
-#[actix_rt::test]
-async fn a_finished_attempt_frees_its_slot_before_its_result_is_committed() {
-    let rx = Receiver::start(vec![], None);
-    let url = rx.url.clone();
-    let app = spawn_app_with(move |s| {
-        let mut sink = destination("sink", &url);
-        sink.state = hookgate_core::state::DestinationState::Paused;
-        // One attempt at a time; leases that outlast the test's waits (no expiry can free the slot instead).
-        sink.max_in_flight = 1;
-        sink.timeout_ms = 120_000;
-        s.destinations.push(sink);
-        s.routes.push(route("to-sink", "open", "sink"));
-    })
-    .await;
-    seed_backlog(&app, "open", "to-sink", 2).await;
-    // The ResultWriter cannot commit while the attempts table is held (claims never touch it).
-    let locker = crate::helpers::connect(&app._db.url()).await;
-    locker.batch_execute("BEGIN; LOCK TABLE attempts IN ACCESS EXCLUSIVE MODE").await.unwrap();
-    app.db
-        .batch_execute("UPDATE destinations SET state = 'active' WHERE slug = 'sink'; NOTIFY hookgate_catalog")
-        .await
-        .unwrap();
-    // The first attempt is over but its result is not written: the second is sent all the same.
-    eventually("both deliveries attempted while the first result waits", Duration::from_secs(60), || async {
-        (rx.count() >= 2).then_some(())
-    })
-    .await;
-    let pending: i64 =
-        app.db.query_one("SELECT count(*) FROM deliveries WHERE state = 'pending'", &[]).await.unwrap().get(0);
-    assert_eq!(pending, 2, "no result was committed meanwhile");
-    locker.batch_execute("COMMIT").await.unwrap();
-    app.wait_count("both results committed", DELIVERED, 2).await;
-    assert_eq!(rx.count(), 2, "each delivery attempted once");
-}
-
 /// `n` due deliveries on `route` (from `source`), written straight into the tables, and the schedulers woken.
 async fn seed_backlog(app: &TestApp, source: &str, route: &str, n: i32) {
     app.db
