@@ -47,11 +47,17 @@ pub struct Admission {
 pub struct BodyReservation {
     permit: Option<OwnedSemaphorePermit>,
     bodies: Arc<Semaphore>,
+    budget: usize,
 }
 
-/// The body's next chunk does not fit in what is left of the budget.
+/// Why a body's next bytes were not reserved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OverBudget;
+pub enum OverBudget {
+    /// Not now: other bodies in progress hold the rest of the budget (a retry can succeed: 503).
+    Busy,
+    /// Never: this body alone needs more than the whole budget (413).
+    TooLarge { budget: usize },
+}
 
 impl Admission {
     /// `target` zero turns admission by time off (only the byte budget and the writer's own bounds refuse).
@@ -93,7 +99,7 @@ impl Admission {
 
     /// An empty reservation, grown chunk by chunk with [`BodyReservation::grow`].
     pub fn reserve_body(&self) -> BodyReservation {
-        BodyReservation { permit: None, bodies: Arc::clone(&self.bodies) }
+        BodyReservation { permit: None, bodies: Arc::clone(&self.bodies), budget: self.body_budget }
     }
 
     /// Bytes of request bodies reserved now.
@@ -113,8 +119,12 @@ impl BodyReservation {
         if bytes == 0 {
             return Ok(());
         }
-        let n = u32::try_from(bytes).map_err(|_| OverBudget)?;
-        let more = Arc::clone(&self.bodies).try_acquire_many_owned(n).map_err(|_| OverBudget)?;
+        let too_large = OverBudget::TooLarge { budget: self.budget };
+        if self.bytes().saturating_add(bytes) > self.budget {
+            return Err(too_large);
+        }
+        let n = u32::try_from(bytes).map_err(|_| too_large)?;
+        let more = Arc::clone(&self.bodies).try_acquire_many_owned(n).map_err(|_| OverBudget::Busy)?;
         match &mut self.permit {
             Some(permit) => permit.merge(more),
             None => self.permit = Some(more),
@@ -125,6 +135,11 @@ impl BodyReservation {
     /// Bytes this reservation holds.
     pub fn bytes(&self) -> usize {
         self.permit.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    /// The whole budget: a body larger than this can never be taken.
+    pub fn budget(&self) -> usize {
+        self.budget
     }
 }
 
@@ -179,7 +194,8 @@ mod tests {
         assert_eq!((slow.bytes(), a.body_bytes_in_use()), (600, 600));
         let mut other = a.reserve_body();
         other.grow(300).unwrap();
-        assert_eq!(other.grow(101), Err(OverBudget), "past the budget: refused, not queued");
+        assert_eq!(other.grow(101), Err(OverBudget::Busy), "past what is left: refused, not queued");
+        assert_eq!(other.grow(1001), Err(OverBudget::TooLarge { budget: 1000 }), "past the whole budget: never");
         assert_eq!(other.bytes(), 300, "a refused chunk reserves nothing");
         drop(slow);
         other.grow(101).unwrap();

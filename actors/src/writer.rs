@@ -40,8 +40,8 @@
 //! the writer holds at most `max_pending` events and `max_pending_bytes` bytes of bodies (buffered plus in flight);
 //! past either it answers [`PersistError::Overloaded`] at once (one unit is always taken when nothing is pending).
 //!
-//! With an [`Admission`] attached, the writer publishes when the oldest unit still in its buffer arrived (the
-//! moment its event was received, so time spent in the mailbox counts): ingest refuses new requests while that
+//! With an [`Admission`] attached, the writer publishes when the oldest unit still in its buffer was sent to it
+//! (`sent_at`, so time spent in the mailbox counts): ingest refuses new requests while that
 //! queueing delay is over its target (see [`crate::admission`]).
 
 use std::borrow::Cow;
@@ -125,6 +125,8 @@ pub enum PersistError {
 pub struct Persist {
     pub event: NewEvent,
     pub reply: oneshot::Sender<Result<Persisted, PersistError>>,
+    /// When it was sent: its wait for a flush, mailbox included, counts from here (see [`crate::admission`]).
+    pub sent_at: Instant,
 }
 
 /// Store several events as one unit: all of them are committed in one transaction or none is (a CloudEvents batch).
@@ -134,6 +136,8 @@ pub struct Persist {
 pub struct PersistMany {
     pub events: Vec<NewEvent>,
     pub reply: oneshot::Sender<Result<Vec<Persisted>, PersistError>>,
+    /// When it was sent (see [`Persist::sent_at`]).
+    pub sent_at: Instant,
 }
 
 /// The writer's tuning. Defaults come from `docs/adr/0002-group-commit.md`.
@@ -209,15 +213,6 @@ impl Unit {
         self.events().map(|e| e.body.len() as u64).sum()
     }
 
-    /// When its events were received (the handler's clock reading, carried over to this process's monotonic
-    /// clock), so that the time a unit spent in the mailbox counts as queueing.
-    fn received(&self) -> Instant {
-        let now = Instant::now();
-        let first = self.events().next().map(|e| e.received_at);
-        let waited = first.and_then(|at| (Utc::now() - at).to_std().ok()).unwrap_or_default();
-        now.checked_sub(waited.min(Duration::from_secs(60))).unwrap_or(now)
-    }
-
     fn events(&self) -> impl Iterator<Item = &NewEvent> {
         let (one, many) = match self {
             Self::One(e, _) => (Some(e), &[][..]),
@@ -256,7 +251,7 @@ pub struct EventWriter {
     cfg: WriterConfig,
     pub(crate) status: Arc<ActorStatus>,
     registry: Arc<HealthRegistry>,
-    /// The units waiting for a flush, in arrival order, each with when it was received.
+    /// The units waiting for a flush, in arrival order, each with when it was sent.
     buffer: Vec<(Unit, Instant)>,
     /// Events in `buffer` (a unit may hold several).
     buffered: usize,
@@ -501,12 +496,12 @@ impl Handler<Persist> for EventWriter {
 
     fn handle(&mut self, msg: Persist, ctx: &mut Self::Context) {
         self.status.dequeued();
-        let unit = Unit::One(msg.event, msg.reply);
+        let (unit, sent_at) = (Unit::One(msg.event, msg.reply), msg.sent_at);
         if self.pending >= self.cfg.max_pending || self.over_bytes(&unit) {
             unit.fail(PersistError::Overloaded);
             return;
         }
-        self.enqueue(unit, ctx);
+        self.enqueue(unit, sent_at, ctx);
     }
 }
 
@@ -519,12 +514,12 @@ impl Handler<PersistMany> for EventWriter {
             let _ = msg.reply.send(Ok(Vec::new()));
             return;
         }
-        let unit = Unit::Many(msg.events, msg.reply);
+        let (unit, sent_at) = (Unit::Many(msg.events, msg.reply), msg.sent_at);
         if self.pending + unit.len() > self.cfg.max_pending || self.over_bytes(&unit) {
             unit.fail(PersistError::Overloaded);
             return;
         }
-        self.enqueue(unit, ctx);
+        self.enqueue(unit, sent_at, ctx);
     }
 }
 
@@ -535,12 +530,11 @@ impl EventWriter {
         self.pending > 0 && self.pending_bytes + unit.bytes() > self.max_pending_bytes
     }
 
-    fn enqueue(&mut self, unit: Unit, ctx: &mut Context<Self>) {
+    fn enqueue(&mut self, unit: Unit, sent_at: Instant, ctx: &mut Context<Self>) {
         self.pending += unit.len();
         self.pending_bytes += unit.bytes();
         self.buffered += unit.len();
-        let received = unit.received();
-        self.buffer.push((unit, received));
+        self.buffer.push((unit, sent_at));
         if self.buffer.len() == 1 {
             self.publish_oldest();
         }

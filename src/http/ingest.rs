@@ -9,7 +9,7 @@ use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use hookgate_actors::admission::BodyReservation;
+use hookgate_actors::admission::{BodyReservation, OverBudget};
 use hookgate_actors::sources::Source;
 use hookgate_actors::trace;
 use hookgate_actors::{
@@ -285,13 +285,13 @@ fn remember(state: &AppState, source: &Source, key: String, id: Uuid) {
 /// Hands the event to the writer with `try_send` and waits (bounded) for its COMMIT.
 async fn persist(state: &AppState, event: NewEvent) -> Result<Persisted, IngestError> {
     let (reply, rx) = oneshot::channel();
-    hand_to_writer(state, Persist { event, reply }, rx).await
+    hand_to_writer(state, Persist { event, reply, sent_at: std::time::Instant::now() }, rx).await
 }
 
 /// Hands a CloudEvents batch to the writer as one unit and waits (bounded) for its COMMIT.
 async fn persist_many(state: &AppState, events: Vec<NewEvent>) -> Result<Vec<Persisted>, IngestError> {
     let (reply, rx) = oneshot::channel();
-    hand_to_writer(state, PersistMany { events, reply }, rx).await
+    hand_to_writer(state, PersistMany { events, reply, sent_at: std::time::Instant::now() }, rx).await
 }
 
 /// `try_send`s `msg` (a full mailbox is an immediate 503) and waits at most `ingest_timeout` for its answer on `rx`.
@@ -364,8 +364,8 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), IngestError> {
 /// Reads the body chunk by chunk, refusing it as soon as it passes `limit` (a declared `Content-Length` over the
 /// limit is refused before any of the body is read). At most [`MAX_INITIAL_BODY_CAPACITY`] is allocated before bytes
 /// arrive; the buffer then grows with them (doubling, never past `limit`). Every allocation is first reserved in
-/// `reservation` (the node's byte budget of bodies in progress); when one does not fit, the answer is 503
-/// ([`IngestError::Overloaded`]).
+/// `reservation` (the node's byte budget of bodies in progress); when one does not fit now, the answer is 503
+/// ([`IngestError::Overloaded`]), and a body larger than the whole budget is 413.
 async fn read_body(
     headers: &HeaderMap,
     mut payload: impl Stream<Item = Result<Bytes, PayloadError>> + Unpin,
@@ -373,7 +373,10 @@ async fn read_body(
     reservation: &mut BodyReservation,
     retry_after_secs: u64,
 ) -> Result<Vec<u8>, IngestError> {
-    let refused = |_| IngestError::Overloaded { retry_after_secs };
+    let refused = |e| match e {
+        OverBudget::Busy => IngestError::Overloaded { retry_after_secs },
+        OverBudget::TooLarge { budget } => IngestError::PayloadTooLarge { limit: budget },
+    };
     let declared = match headers.get(header::CONTENT_LENGTH) {
         Some(v) => Some(
             v.to_str()
@@ -386,6 +389,10 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngestError::PayloadTooLarge { limit });
     }
+    // Larger than this node's whole budget of bodies in progress: it could never be taken, so not a 503 to retry.
+    if declared.is_some_and(|n| n > reservation.budget() as u64) {
+        return Err(IngestError::PayloadTooLarge { limit: reservation.budget() });
+    }
     let initial = declared.map_or(MAX_INITIAL_BODY_CAPACITY, |n| n.min(MAX_INITIAL_BODY_CAPACITY as u64) as usize);
     let initial = initial.min(limit);
     reservation.grow(initial).map_err(refused)?;
@@ -397,7 +404,9 @@ async fn read_body(
             return Err(IngestError::PayloadTooLarge { limit });
         }
         if needed > body.capacity() {
-            let target = needed.max(body.capacity().saturating_mul(2)).min(limit);
+            let doubled = needed.max(body.capacity().saturating_mul(2)).min(limit);
+            // Never reserve past the budget for the doubling alone: a body that fits it exactly is taken.
+            let target = if doubled > reservation.budget() { needed } else { doubled };
             reservation.grow(target - body.capacity()).map_err(refused)?;
             body.reserve_exact(target - body.len());
         }
@@ -500,6 +509,11 @@ mod tests {
         );
         drop((mine, other));
         assert_eq!(admission.body_bytes_in_use(), 0, "a finished request gives its bytes back");
+        // A body larger than the whole budget can never be taken: 413, declared or not.
+        let never = read_body(&content_length(20 * 1024), chunks(&[]), 1 << 20, &mut admission.reserve_body(), 3).await;
+        assert!(matches!(never, Err(IngestError::PayloadTooLarge { limit: 16384 })), "{never:?}");
+        let never = read_body(&HeaderMap::new(), chunks(&[1024; 17]), 1 << 20, &mut admission.reserve_body(), 3).await;
+        assert!(matches!(never, Err(IngestError::PayloadTooLarge { limit: 16384 })), "{never:?}");
     }
 
     #[test]

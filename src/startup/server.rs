@@ -101,23 +101,29 @@ pub(super) fn listeners(settings: &Settings) -> anyhow::Result<Listeners> {
     Ok(Listeners { main, admin })
 }
 
-/// A listening socket on the first address `host` resolves to, with room for `backlog` connections the kernel has
-/// completed and hookgate not yet accepted (`server.listen_backlog`; the kernel caps it at `net.core.somaxconn`).
-/// The standard library's bind listens with a backlog of 128: past it the kernel drops the client's handshake, and
-/// the client tries again only a second later, so a burst of connections (producers reconnecting after a deploy)
-/// would wait a second each for nothing.
+/// A listening socket on the first address `host` resolves to that can be bound (as the standard library tries
+/// each), with room for `backlog` connections the kernel has completed and hookgate not yet accepted
+/// (`server.listen_backlog`; the kernel caps it at `net.core.somaxconn`). The standard library's bind listens with a
+/// backlog of 128: past it the kernel drops the client's handshake, and the client tries again only a second later,
+/// so a burst of connections (producers reconnecting after a deploy) would wait a second each for nothing.
 fn bind(host: &str, port: u16, backlog: u32) -> std::io::Result<TcpListener> {
     use std::net::ToSocketAddrs;
-    let addr = (host, port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "the host resolves to nothing"))?;
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
-    // As the standard library does on Unix: a restarted node binds its port again at once.
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    Ok(socket.into())
+    let mut last = std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "the host resolves to nothing");
+    for addr in (host, port).to_socket_addrs()? {
+        let listening =
+            socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).and_then(|socket| {
+                // As the standard library does on Unix: a restarted node binds its port again at once.
+                socket.set_reuse_address(true)?;
+                socket.bind(&addr.into())?;
+                socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+                Ok(socket)
+            });
+        match listening {
+            Ok(socket) => return Ok(socket.into()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// The running HTTP servers and their bound ports.

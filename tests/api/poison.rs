@@ -27,7 +27,10 @@ pub async fn start_writer(app: &TestApp, cfg: WriterConfig) -> Addr<EventWriter>
     let writer = EventWriter::new(pool, cfg, status, HealthRegistry::new()).start();
     // A round trip through the mailbox: once answered, the writer has started.
     let (reply, answered) = oneshot::channel();
-    writer.send(PersistMany { events: Vec::new(), reply }).await.expect("the writer runs");
+    writer
+        .send(PersistMany { events: Vec::new(), reply, sent_at: std::time::Instant::now() })
+        .await
+        .expect("the writer runs");
     answer(answered).await.expect("an empty unit is answered at once");
     writer
 }
@@ -71,7 +74,7 @@ pub fn planned(route_id: Uuid, destination_id: Uuid, fifo: bool) -> PlannedDeliv
 
 pub fn persist(writer: &Addr<EventWriter>, event: NewEvent) -> oneshot::Receiver<Result<Persisted, PersistError>> {
     let (reply, rx) = oneshot::channel();
-    writer.try_send(Persist { event, reply }).map_err(|_| "mailbox full").unwrap();
+    writer.try_send(Persist { event, reply, sent_at: std::time::Instant::now() }).map_err(|_| "mailbox full").unwrap();
     rx
 }
 
@@ -80,7 +83,10 @@ fn persist_many(
     events: Vec<NewEvent>,
 ) -> oneshot::Receiver<Result<Vec<Persisted>, PersistError>> {
     let (reply, rx) = oneshot::channel();
-    writer.try_send(PersistMany { events, reply }).map_err(|_| "mailbox full").unwrap();
+    writer
+        .try_send(PersistMany { events, reply, sent_at: std::time::Instant::now() })
+        .map_err(|_| "mailbox full")
+        .unwrap();
     rx
 }
 
