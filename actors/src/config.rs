@@ -42,7 +42,7 @@ pub struct DeliveryConfig {
     pub no_proxy: Vec<String>,
     /// Results batched into one transaction at most.
     pub result_batch_max: usize,
-    /// Longest a result waits for its batch, in milliseconds.
+    /// Longest a result waits for its batch, in milliseconds (two batches are written at once; a third waits).
     pub result_flush_interval_ms: u64,
     /// Longest one filter or transform may run.
     pub jq_timeout_ms: u64,
@@ -71,7 +71,7 @@ impl Default for DeliveryConfig {
             proxy: None,
             no_proxy: Vec::new(),
             result_batch_max: 256,
-            result_flush_interval_ms: 5,
+            result_flush_interval_ms: 1,
             jq_timeout_ms: 100,
             jq_max_output_bytes: 1024 * 1024,
             max_retry_after_secs: 3_600,

@@ -9,7 +9,7 @@
 //! | [`scheduler::Scheduler`] | claims due deliveries with leases, fairly per destination | `Completed`, `Wake`, LISTEN `hookgate_deliveries` | [`deliverer::Deliverer`] | one claim round at a time, polled every `poll_interval_ms` |
 //! | [`deliverer::Deliverer`] | makes one signed, SSRF-guarded HTTP attempt per delivery | `Deliver` | `ResultWriter`, `Scheduler` | none (many attempts at once) |
 //! | [`janitor::Janitor`] | the cluster's singleton jobs: partitions, retention, key pruning, lease reaper, auto-disable sweep | timer, `RunNow` | PostgreSQL | one round per `interval_secs`, on the node holding the advisory lock; short transactions, DDL under a lock time-out |
-//! | [`result_writer::ResultWriter`] | batches attempt rows and delivery state changes | `AttemptResult` | PostgreSQL, [`notifier::Notifier`] | flush at `result_batch_max` or `result_flush_interval_ms` |
+//! | [`result_writer::ResultWriter`] | batches attempt rows and delivery state changes | `AttemptResult` | PostgreSQL, [`notifier::Notifier`] | flush at `result_batch_max` or `result_flush_interval_ms`, two batches at once |
 //! | [`notifier::Notifier`] | turns what hookgate sees about its destinations into operational notifications, delivered like any event | `Notice` (from the ResultWriter, the Scheduler, the Janitor, the circuit breakers), timers | PostgreSQL | `delivery.dead` added up per `dead_window_secs`; one store at a time |
 //!
 //! Beside the actors, [`admission`] holds what ingest's admission reads (the writer's queueing delay, which the

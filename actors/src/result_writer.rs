@@ -30,6 +30,11 @@ use crate::shutdown::Shutdown;
 use crate::supervision::{guarded, Panicked};
 use crate::tail::{Publish, TailPublisher};
 
+/// Batches written at once. Two: a batch's results no longer wait for the previous batch's COMMIT (results are
+/// attempts already made; their leases count against their destinations' `max_in_flight` until committed). Each
+/// batch holds other deliveries, so the order between batches does not matter.
+const FLUSHES: usize = 2;
+
 /// Where the scheduler can be woken once results are committed (set after both are started).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -44,7 +49,8 @@ pub struct ResultWriter {
     scheduler: Option<Addr<Scheduler>>,
     buffer: Vec<AttemptResult>,
     timer: Option<SpawnHandle>,
-    flushing: bool,
+    /// Flushes running now (at most [`FLUSHES`]).
+    flushing: usize,
     drains: Vec<tokio::sync::oneshot::Sender<()>>,
     /// The back-off delay of the last restart.
     resume_delay: Duration,
@@ -71,7 +77,7 @@ impl ResultWriter {
             scheduler: None,
             buffer: Vec::new(),
             timer: None,
-            flushing: false,
+            flushing: 0,
             drains: Vec::new(),
             resume_delay: Duration::ZERO,
             tail: None,
@@ -95,10 +101,10 @@ impl ResultWriter {
         if let Some(t) = self.timer.take() {
             ctx.cancel_future(t);
         }
-        if self.flushing || self.buffer.is_empty() {
+        if self.flushing >= FLUSHES || self.buffer.is_empty() {
             return;
         }
-        self.flushing = true;
+        self.flushing += 1;
         let n = self.buffer.len().min(self.cfg.result_batch_max.max(1));
         let batch: Vec<AttemptResult> = self.buffer.drain(..n).collect();
         let outcomes: Vec<AttemptOutcome<'_>> = batch.iter().map(AttemptResult::outcome).collect();
@@ -117,7 +123,7 @@ impl ResultWriter {
             (res, batch)
         };
         ctx.spawn(guarded(fut).into_actor(self).map(move |outcome, act, ctx| {
-            act.flushing = false;
+            act.flushing = act.flushing.saturating_sub(1);
             let (res, batch) = match outcome {
                 Ok(done) => done,
                 Err(Panicked(what)) => {
@@ -150,6 +156,9 @@ impl ResultWriter {
                     act.status.set_state(ActorState::Degraded);
                     emit(ResultsNotStored { error: &format!("{error:#}") });
                     act.buffer.splice(0..0, batch);
+                    if let Some(t) = act.timer.take() {
+                        ctx.cancel_future(t);
+                    }
                     act.timer = Some(ctx.run_later(Duration::from_millis(500), |act, ctx| {
                         act.timer = None;
                         act.flush(ctx);
@@ -166,7 +175,7 @@ impl ResultWriter {
     }
 
     fn answer_drains(&mut self) {
-        if self.buffer.is_empty() && !self.flushing {
+        if self.buffer.is_empty() && self.flushing == 0 {
             for reply in self.drains.drain(..) {
                 let _ = reply.send(());
             }
@@ -205,7 +214,7 @@ impl Actor for ResultWriter {
 
 impl actix::Supervised for ResultWriter {
     fn restarting(&mut self, _: &mut Self::Context) {
-        self.flushing = false;
+        self.flushing = 0;
         self.timer = None;
         self.resume_delay = self.status.record_restart();
     }

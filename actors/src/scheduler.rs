@@ -653,6 +653,7 @@ impl ClaimRound {
         let normal_ids: Vec<Uuid> = normal_all.iter().map(|d| d.id).collect();
         let normal_caps: Vec<i32> = normal_all.iter().map(|d| d.max_in_flight.min(i32::MAX as u32) as i32).collect();
         let fifo_ids: Vec<Uuid> = fifo_all.iter().map(|d| d.id).collect();
+        let started = std::time::Instant::now();
         // The connection goes back to the pool before any Redis call: a slow Redis never holds PostgreSQL.
         let busy: HashMap<Uuid, u32> = claims::due(&self.pool, &normal_ids, &normal_caps, &fifo_ids).await?;
         if busy.is_empty() {
@@ -686,6 +687,7 @@ impl ClaimRound {
                 wants.push((d, want));
             }
         }
+        let due_took = started.elapsed();
         // Every destination's limits at once: a round waits for Redis at most once, however many destinations.
         let admitted = futures::future::join_all(wants.into_iter().map(|(d, want)| {
             let (limits, redis) = (self.limits.clone(), self.redis.clone());
@@ -725,7 +727,9 @@ impl ClaimRound {
             node_id: &self.node_id,
             lease_margin_ms: self.lease_margin_ms,
         };
+        let limits_took = started.elapsed() - due_took;
         let claimed_rows = claims::claim(&self.pool, &budget).await;
+        let claim_took = started.elapsed() - due_took - limits_took;
         let (jobs, buried) = match claimed_rows {
             Ok(claimed) => claimed,
             Err(error) => {
@@ -755,7 +759,7 @@ impl ClaimRound {
         // A destination that yielded work may have more behind it (its claim may also have been cut short by
         // leases taken meanwhile): the next finished attempt looks again.
         starved |= budgets.iter().any(|(d, _)| !d.fifo && claimed.contains_key(&d.id));
-        emit(DeliveriesClaimed { count: jobs.len() });
+        emit(DeliveriesClaimed { count: jobs.len(), due: due_took, limits: limits_took, claim: claim_took });
         Ok(RoundOutcome { jobs, buried: buried.len(), starved })
     }
 

@@ -134,6 +134,9 @@ enum Command {
         /// Seconds of each full-pipeline phase.
         #[arg(long, default_value_t = 60)]
         pipeline_secs: u64,
+        /// Only the delivery phases: the receiver's capacity, the backlog sweep and the full pipeline.
+        #[arg(long)]
+        delivery_only: bool,
         #[arg(long, default_value = "hookgate-bench.json")]
         out: PathBuf,
     },
@@ -298,6 +301,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             slow_clients,
             pipeline_rates,
             pipeline_secs,
+            delivery_only,
             out,
         } => {
             let opts = StandardOptions {
@@ -314,6 +318,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 slow_clients,
                 pipeline_rates,
                 pipeline_secs,
+                delivery_only,
                 out,
             };
             standard::run(opts).await?;

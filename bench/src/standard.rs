@@ -43,6 +43,8 @@ pub struct StandardOptions {
     /// Rates of the full-pipeline phases: ingest at that rate, delivery on, for `pipeline_secs` each.
     pub pipeline_rates: Vec<f64>,
     pub pipeline_secs: u64,
+    /// Only the delivery phases (the receiver's capacity, the backlog sweep, the full pipeline), and no baseline.
+    pub delivery_only: bool,
     pub out: PathBuf,
 }
 
@@ -311,6 +313,10 @@ destination = "sweep"
     let result = phases(&opts, &hookgate, &receiver, &drain_rx).await;
     hookgate.stop();
     let result = match result {
+        Ok(mut partial) if opts.delivery_only => {
+            finish(&opts, &mut partial, None);
+            Ok(partial)
+        }
         Ok(mut partial) => {
             eprintln!("bench: baseline (raw PostgreSQL COPY and batched INSERT of the stored rows)");
             let b = baseline::run(&db_url, opts.baseline_rows, 64, 4).await;
@@ -366,83 +372,88 @@ async fn phases(
     let idle_kib = rss_kib(pid).unwrap_or(0);
     eprintln!("bench: idle RSS {} MiB", mib(idle_kib));
 
-    // Warm-up (connections, prepared statements), delivered before the latency run starts.
-    let warm = closed_loop(w.clone(), 16, Duration::from_secs(2)).await;
-    accepted += warm.ok_count();
-    let _ = wait_delivered(rx, accepted, Duration::from_secs(3), Duration::from_secs(30)).await;
+    // `delivery_only`: the receiver's capacity, the backlog sweep and the full-pipeline phases, nothing else.
+    let full = !opts.delivery_only;
+    let (mut e2e_json, mut closed_json, mut max_rate) = (json!(null), Vec::new(), 0.0f64);
+    let (mut drain_json, mut tls_json) = (json!(null), json!({}));
+    if full {
+        // Warm-up (connections, prepared statements), delivered before the latency run starts.
+        let warm = closed_loop(w.clone(), 16, Duration::from_secs(2)).await;
+        accepted += warm.ok_count();
+        let _ = wait_delivered(rx, accepted, Duration::from_secs(3), Duration::from_secs(30)).await;
 
-    // Ingest-to-delivered latency at a modest fixed rate, on an empty queue.
-    eprintln!("bench: open loop at {} events/s for {secs:?}, ingest-to-delivered latency", opts.latency_rate);
-    rx.state.take_latency();
-    let s = open_loop(w.clone(), opts.latency_rate, 64, secs).await;
-    accepted += s.ok_count();
-    let (_, _) = wait_delivered(rx, accepted, Duration::from_secs(3), Duration::from_secs(15)).await;
-    let e2e = rx.state.take_latency();
-    lines.push(format!(
-        "ingest-to-delivered at {} events/s (ms p50/p90/p99/p99.9/max): {}",
-        opts.latency_rate,
-        latency_text(&e2e)
-    ));
-    let e2e_json = json!({"rate": opts.latency_rate, "latency": latency_json(&e2e), "ingest": stats_json(&s, None)});
-    runs.push(("open loop (latency)".to_string(), format!("{}/s", opts.latency_rate), s));
-
-    // Closed loop at three concurrencies (delivery on: each event also gets its delivery row and is delivered).
-    let mut closed_json = Vec::new();
-    let mut max_rate: f64 = 0.0;
-    for c in [16, 64, 256] {
-        eprintln!("bench: closed loop, {c} connections, {secs:?}");
-        let before = rx.state.received();
-        let s = closed_loop(w.clone(), c, secs).await;
-        let delivered = rx.state.received() - before;
+        // Ingest-to-delivered latency at a modest fixed rate, on an empty queue.
+        eprintln!("bench: open loop at {} events/s for {secs:?}, ingest-to-delivered latency", opts.latency_rate);
+        rx.state.take_latency();
+        let s = open_loop(w.clone(), opts.latency_rate, 64, secs).await;
         accepted += s.ok_count();
-        max_rate = max_rate.max(s.ok_rate());
-        let mut j = stats_json(&s, None);
-        j["connections"] = json!(c);
-        j["delivered_per_s_meanwhile"] = json!((delivered as f64 / s.elapsed.as_secs_f64()).round());
-        closed_json.push(j);
-        runs.push((format!("closed loop {c}"), format!("{c} conns"), s));
-    }
+        let (_, _) = wait_delivered(rx, accepted, Duration::from_secs(3), Duration::from_secs(15)).await;
+        let e2e = rx.state.take_latency();
+        lines.push(format!(
+            "ingest-to-delivered at {} events/s (ms p50/p90/p99/p99.9/max): {}",
+            opts.latency_rate,
+            latency_text(&e2e)
+        ));
+        e2e_json = json!({"rate": opts.latency_rate, "latency": latency_json(&e2e), "ingest": stats_json(&s, None)});
+        runs.push(("open loop (latency)".to_string(), format!("{}/s", opts.latency_rate), s));
 
-    // Drain: the backlog the closed-loop runs left, delivered with no ingest going on.
-    eprintln!("bench: draining the delivery backlog");
-    let backlog = accepted.saturating_sub(rx.state.received());
-    let (drained, took) = wait_delivered(rx, accepted, Duration::from_secs(3), Duration::from_secs(45)).await;
-    let drain_rate = drained as f64 / took.as_secs_f64().max(1e-9);
-    lines.push(format!(
-        "drain: {drained} of a {backlog}-delivery backlog in {:.1} s = {drain_rate:.0} deliveries/s",
-        took.as_secs_f64()
-    ));
-    let drain_json = json!({"backlog": backlog, "delivered": drained, "seconds": took.as_secs_f64(),
+        // Closed loop at three concurrencies (delivery on: each event also gets its delivery row and is delivered).
+        for c in [16, 64, 256] {
+            eprintln!("bench: closed loop, {c} connections, {secs:?}");
+            let before = rx.state.received();
+            let s = closed_loop(w.clone(), c, secs).await;
+            let delivered = rx.state.received() - before;
+            accepted += s.ok_count();
+            max_rate = max_rate.max(s.ok_rate());
+            let mut j = stats_json(&s, None);
+            j["connections"] = json!(c);
+            j["delivered_per_s_meanwhile"] = json!((delivered as f64 / s.elapsed.as_secs_f64()).round());
+            closed_json.push(j);
+            runs.push((format!("closed loop {c}"), format!("{c} conns"), s));
+        }
+
+        // Drain: the backlog the closed-loop runs left, delivered with no ingest going on.
+        eprintln!("bench: draining the delivery backlog");
+        let backlog = accepted.saturating_sub(rx.state.received());
+        let (drained, took) = wait_delivered(rx, accepted, Duration::from_secs(3), Duration::from_secs(45)).await;
+        let drain_rate = drained as f64 / took.as_secs_f64().max(1e-9);
+        lines.push(format!(
+            "drain: {drained} of a {backlog}-delivery backlog in {:.1} s = {drain_rate:.0} deliveries/s",
+            took.as_secs_f64()
+        ));
+        drain_json = json!({"backlog": backlog, "delivered": drained, "seconds": took.as_secs_f64(),
                             "deliveries_per_s": drain_rate.round()});
 
-    // The same kind of drain over HTTP and over HTTPS, one after the other, each alone: a backlog ingested for a
-    // paused destination, then the destination resumed and emptied. (One backlog for both would favour whichever
-    // drains second: by then the other's rows are gone from the pending set.)
-    let fill = Duration::from_secs(opts.secs.clamp(1, 4));
-    let mut tls_json = json!({});
-    let mut rates = [0.0f64; 2];
-    for (i, (scheme, rx)) in [("http", &drain_rx[0]), ("https", &drain_rx[1])].into_iter().enumerate() {
-        let url = format!("http://127.0.0.1:{}/ingest/bench-{scheme}", opts.port);
-        let signing = Signing::Hmac { header: "X-Signature".into(), prefix: "sha256=".into(), secret: SECRET.into() };
-        let w = Arc::new(Workload::new(&url, signing, Some("X-Request-Id".into()), opts.body_size)?);
-        eprintln!("bench: drain over {scheme}: ingesting for {fill:?} with its destination paused");
-        let events = closed_loop(w, 64, fill).await.ok_count();
-        resume(opts, &format!("drain-{scheme}")).await?;
-        let (n, took) = wait_delivered(rx, events, Duration::from_secs(3), Duration::from_secs(60)).await;
-        rates[i] = n as f64 / took.as_secs_f64().max(1e-9);
-        tls_json[scheme] = json!({"backlog": events, "delivered": n, "seconds": took.as_secs_f64(),
+        // The same kind of drain over HTTP and over HTTPS, one after the other, each alone: a backlog ingested for a
+        // paused destination, then the destination resumed and emptied. (One backlog for both would favour whichever
+        // drains second: by then the other's rows are gone from the pending set.)
+        let fill = Duration::from_secs(opts.secs.clamp(1, 4));
+        let mut rates = [0.0f64; 2];
+        for (i, (scheme, rx)) in [("http", &drain_rx[0]), ("https", &drain_rx[1])].into_iter().enumerate() {
+            let url = format!("http://127.0.0.1:{}/ingest/bench-{scheme}", opts.port);
+            let signing =
+                Signing::Hmac { header: "X-Signature".into(), prefix: "sha256=".into(), secret: SECRET.into() };
+            let w = Arc::new(Workload::new(&url, signing, Some("X-Request-Id".into()), opts.body_size)?);
+            eprintln!("bench: drain over {scheme}: ingesting for {fill:?} with its destination paused");
+            let events = closed_loop(w, 64, fill).await.ok_count();
+            resume(opts, &format!("drain-{scheme}")).await?;
+            let (n, took) = wait_delivered(rx, events, Duration::from_secs(3), Duration::from_secs(60)).await;
+            rates[i] = n as f64 / took.as_secs_f64().max(1e-9);
+            tls_json[scheme] = json!({"backlog": events, "delivered": n, "seconds": took.as_secs_f64(),
                                   "deliveries_per_s": rates[i].round()});
+        }
+        tls_json["https_to_http"] = json!(rates[1] / rates[0].max(1e-9));
+        lines.push(format!(
+            "drain of {} deliveries over HTTP: {:.0}/s; of {} over HTTPS: {:.0}/s (HTTPS / HTTP = {:.2})",
+            tls_json["http"]["backlog"],
+            rates[0],
+            tls_json["https"]["backlog"],
+            rates[1],
+            rates[1] / rates[0].max(1e-9)
+        ));
     }
-    tls_json["https_to_http"] = json!(rates[1] / rates[0].max(1e-9));
-    lines.push(format!(
-        "drain of {} deliveries over HTTP: {:.0}/s; of {} over HTTPS: {:.0}/s (HTTPS / HTTP = {:.2})",
-        tls_json["http"]["backlog"],
-        rates[0],
-        tls_json["https"]["backlog"],
-        rates[1],
-        rates[1] / rates[0].max(1e-9)
-    ));
 
+    let fill = Duration::from_secs(opts.secs.clamp(1, 4));
     // The receiver's own capacity, taken by this generator (keep-alive, 64 connections): what a drain is compared with.
     let sweep_rx = &drain_rx[2];
     let sink = Arc::new(Workload::new(
@@ -501,34 +512,38 @@ async fn phases(
         lines.push(format!("drain rate at {} pending / at {} pending: {ratio:.2}", last["backlog"], first["backlog"]));
     }
 
-    // Open loop at 80 % of the best closed-loop rate.
-    let rate80 = (max_rate * 0.8).round();
-    eprintln!("bench: open loop at {rate80} events/s (80 % of max) for {secs:?}");
-    let s80 = open_loop(w.clone(), rate80, 512, secs).await;
-    accepted += s80.ok_count();
-    let mut open_json = stats_json(&s80, None);
-    open_json["rate"] = json!(rate80);
-    lines.push(format!(
-        "open loop at {rate80}/s: service time (ms, from the actual send) {}",
-        latency_text(&s80.service)
-    ));
-    runs.push(("open loop 80 % of max".to_string(), format!("{rate80}/s"), s80));
-    let _ = wait_delivered(rx, accepted, Duration::from_secs(3), Duration::from_secs(30)).await;
+    let (mut open_json, mut over_json, mut over5_json, mut slow_json) =
+        (json!(null), json!(null), json!(null), json!(null));
+    let (mut after_kib, mut rss_first, mut rss_max, mut rss_last) = (0, 0, 0, 0);
+    if full {
+        // Open loop at 80 % of the best closed-loop rate.
+        let rate80 = (max_rate * 0.8).round();
+        eprintln!("bench: open loop at {rate80} events/s (80 % of max) for {secs:?}");
+        let s80 = open_loop(w.clone(), rate80, 512, secs).await;
+        accepted += s80.ok_count();
+        open_json = stats_json(&s80, None);
+        open_json["rate"] = json!(rate80);
+        lines.push(format!(
+            "open loop at {rate80}/s: service time (ms, from the actual send) {}",
+            latency_text(&s80.service)
+        ));
+        runs.push(("open loop 80 % of max".to_string(), format!("{rate80}/s"), s80));
+        let _ = wait_delivered(rx, accepted, Duration::from_secs(3), Duration::from_secs(30)).await;
 
-    // Overload at 2x the maximum, memory sampled.
-    let rate2x = (max_rate * 2.0).round();
-    eprintln!("bench: overload, open loop at {rate2x} events/s for {secs:?}");
-    let sampler = RssSampler::start(pid, Duration::from_millis(250));
-    let so = open_loop(w.clone(), rate2x, opts.overload_connections, secs).await;
-    let samples = sampler.stop();
-    let after_kib = {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        rss_kib(pid).unwrap_or(0)
-    };
-    let rss_max = samples.iter().map(|s| s.1).max().unwrap_or(0);
-    let rss_first = samples.first().map_or(0, |s| s.1);
-    let rss_last = samples.last().map_or(0, |s| s.1);
-    lines.push(format!(
+        // Overload at 2x the maximum, memory sampled.
+        let rate2x = (max_rate * 2.0).round();
+        eprintln!("bench: overload, open loop at {rate2x} events/s for {secs:?}");
+        let sampler = RssSampler::start(pid, Duration::from_millis(250));
+        let so = open_loop(w.clone(), rate2x, opts.overload_connections, secs).await;
+        let samples = sampler.stop();
+        after_kib = {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            rss_kib(pid).unwrap_or(0)
+        };
+        rss_max = samples.iter().map(|s| s.1).max().unwrap_or(0);
+        rss_first = samples.first().map_or(0, |s| s.1);
+        rss_last = samples.last().map_or(0, |s| s.1);
+        lines.push(format!(
         "overload at {rate2x}/s: goodput {:.0}/s = {:.2} of max {max_rate:.0}/s; 503 share {:.1} %, 503 latency (ms p50/p90/p99/p99.9/max) from due {}, service {}; all answers' service time {}",
         so.ok_rate(),
         so.ok_rate() / max_rate.max(1.0),
@@ -537,32 +552,32 @@ async fn phases(
         latency_text(&so.service_503),
         latency_text(&so.service),
     ));
-    lines.push(format!(
-        "RSS: idle {} MiB; under overload first {} / max {} / last {} MiB; 2 s after {} MiB",
-        mib(idle_kib),
-        mib(rss_first),
-        mib(rss_max),
-        mib(rss_last),
-        mib(after_kib)
-    ));
-    let mut over_json = stats_json(&so, None);
-    over_json["rate"] = json!(rate2x);
-    over_json["goodput_share_of_max"] = json!(so.ok_rate() / max_rate.max(1.0));
-    over_json["rss_kib_samples"] = json!(samples);
-    runs.push(("overload 2x max".to_string(), format!("{rate2x}/s"), so));
+        lines.push(format!(
+            "RSS: idle {} MiB; under overload first {} / max {} / last {} MiB; 2 s after {} MiB",
+            mib(idle_kib),
+            mib(rss_first),
+            mib(rss_max),
+            mib(rss_last),
+            mib(after_kib)
+        ));
+        over_json = stats_json(&so, None);
+        over_json["rate"] = json!(rate2x);
+        over_json["goodput_share_of_max"] = json!(so.ok_rate() / max_rate.max(1.0));
+        over_json["rss_kib_samples"] = json!(samples);
+        runs.push(("overload 2x max".to_string(), format!("{rate2x}/s"), so));
 
-    // Overload at 5x the maximum, memory sampled the same way.
-    let rate5x = (max_rate * 5.0).round();
-    eprintln!("bench: overload, open loop at {rate5x} events/s for {secs:?}");
-    let sampler = RssSampler::start(pid, Duration::from_millis(250));
-    let s5 = open_loop(w.clone(), rate5x, opts.overload_connections, secs).await;
-    let rss5_max = sampler.stop().iter().map(|s| s.1).max().unwrap_or(0);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss5_after = rss_kib(pid).unwrap_or(0);
-    // Issue 14's bound: back near idle within 10 s of the load stopping.
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let rss5_after10 = rss_kib(pid).unwrap_or(0);
-    lines.push(format!(
+        // Overload at 5x the maximum, memory sampled the same way.
+        let rate5x = (max_rate * 5.0).round();
+        eprintln!("bench: overload, open loop at {rate5x} events/s for {secs:?}");
+        let sampler = RssSampler::start(pid, Duration::from_millis(250));
+        let s5 = open_loop(w.clone(), rate5x, opts.overload_connections, secs).await;
+        let rss5_max = sampler.stop().iter().map(|s| s.1).max().unwrap_or(0);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss5_after = rss_kib(pid).unwrap_or(0);
+        // Issue 14's bound: back near idle within 10 s of the load stopping.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let rss5_after10 = rss_kib(pid).unwrap_or(0);
+        lines.push(format!(
         "overload at {rate5x}/s: goodput {:.0}/s = {:.2} of max; 503 share {:.1} %, 503 service time (ms) {}; RSS max \
          {} MiB, 2 s after {} MiB, 10 s after {} MiB (idle {} MiB)",
         s5.ok_rate(),
@@ -574,40 +589,42 @@ async fn phases(
         mib(rss5_after10),
         mib(idle_kib)
     ));
-    let mut over5_json = stats_json(&s5, None);
-    over5_json["rate"] = json!(rate5x);
-    over5_json["goodput_share_of_max"] = json!(s5.ok_rate() / max_rate.max(1.0));
-    over5_json["rss_max_kib"] = json!(rss5_max);
-    over5_json["rss_after_kib"] = json!(rss5_after);
-    over5_json["rss_after_10s_kib"] = json!(rss5_after10);
-    runs.push(("overload 5x max".to_string(), format!("{rate5x}/s"), s5));
+        over5_json = stats_json(&s5, None);
+        over5_json["rate"] = json!(rate5x);
+        over5_json["goodput_share_of_max"] = json!(s5.ok_rate() / max_rate.max(1.0));
+        over5_json["rss_max_kib"] = json!(rss5_max);
+        over5_json["rss_after_kib"] = json!(rss5_after);
+        over5_json["rss_after_10s_kib"] = json!(rss5_after10);
+        runs.push(("overload 5x max".to_string(), format!("{rate5x}/s"), s5));
 
-    // Slow clients: connections that send their headers, then trickle a body one byte per second, while one
-    // legitimate client posts signed events one at a time.
-    eprintln!("bench: {} slow clients trickling bodies, one legitimate client for {secs:?}", opts.slow_clients);
-    // First the overload's queue is let drain: a signed POST is answered 2xx again (or a minute passed).
-    let settle = Instant::now();
-    while closed_loop(w.clone(), 1, Duration::from_millis(200)).await.ok_count() == 0
-        && settle.elapsed() < Duration::from_secs(60)
-    {}
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let trickles: Vec<_> = (0..opts.slow_clients).map(|i| tokio::spawn(trickle(opts.port, i, stop.clone()))).collect();
-    // Every slow client has connected (or failed to) before the legitimate one starts.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let legit = closed_loop(w.clone(), 1, secs).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let connected = futures::future::join_all(trickles).await.into_iter().filter(|r| matches!(r, Ok(true))).count();
-    lines.push(format!(
+        // Slow clients: connections that send their headers, then trickle a body one byte per second, while one
+        // legitimate client posts signed events one at a time.
+        eprintln!("bench: {} slow clients trickling bodies, one legitimate client for {secs:?}", opts.slow_clients);
+        // First the overload's queue is let drain: a signed POST is answered 2xx again (or a minute passed).
+        let settle = Instant::now();
+        while closed_loop(w.clone(), 1, Duration::from_millis(200)).await.ok_count() == 0
+            && settle.elapsed() < Duration::from_secs(60)
+        {}
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trickles: Vec<_> =
+            (0..opts.slow_clients).map(|i| tokio::spawn(trickle(opts.port, i, stop.clone()))).collect();
+        // Every slow client has connected (or failed to) before the legitimate one starts.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let legit = closed_loop(w.clone(), 1, secs).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let connected = futures::future::join_all(trickles).await.into_iter().filter(|r| matches!(r, Ok(true))).count();
+        lines.push(format!(
         "{} slow clients ({connected} connected): the legitimate client's {} requests, {} answered 2xx, latency (ms) {}",
         opts.slow_clients,
         legit.total(),
         legit.ok_count(),
         latency_text(&legit.ok)
     ));
-    let mut slow_json = stats_json(&legit, None);
-    slow_json["slow_clients"] = json!(opts.slow_clients);
-    slow_json["slow_clients_connected"] = json!(connected);
-    runs.push((format!("signed POSTs beside {} slow clients", opts.slow_clients), "1 conn".to_string(), legit));
+        slow_json = stats_json(&legit, None);
+        slow_json["slow_clients"] = json!(opts.slow_clients);
+        slow_json["slow_clients_connected"] = json!(connected);
+        runs.push((format!("signed POSTs beside {} slow clients", opts.slow_clients), "1 conn".to_string(), legit));
+    }
 
     // The full pipeline at fixed rates, last (a rate delivery cannot keep up with leaves a backlog that would weigh
     // on every later phase): ingest with delivery on, does delivery keep up (the backlog left when the load stops),

@@ -395,14 +395,22 @@ impl InternalEvent for RouteEvaluationDeferred<'_> {
     }
 }
 
-/// The Scheduler leased `count` deliveries in one claim round.
+/// The Scheduler leased `count` deliveries in one claim round, which spent `due` finding the destinations with due
+/// work, `limits` asking their limits (Redis) and `claim` leasing (under the claim lock).
 pub struct DeliveriesClaimed {
     pub count: usize,
+    pub due: Duration,
+    pub limits: Duration,
+    pub claim: Duration,
 }
 
 impl InternalEvent for DeliveriesClaimed {
     fn emit(self) {
         counter!("hookgate_scheduler_claimed_total").increment(self.count as u64);
+        histogram!("hookgate_scheduler_claim_round_size").record(self.count as f64);
+        for (step, took) in [("due", self.due), ("limits", self.limits), ("claim", self.claim)] {
+            histogram!("hookgate_scheduler_claim_round_seconds", "step" => step).record(took.as_secs_f64());
+        }
     }
 }
 

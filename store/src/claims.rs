@@ -45,7 +45,7 @@ WITH budget AS (
     SELECT b.* FROM UNNEST($1::uuid[], $2::int[], $3::int[]) AS b(destination_id, n, cap)
     JOIN destinations x ON x.id = b.destination_id AND x.state = 'active'
 ), picked AS (
-    SELECT x.id, x.created_at FROM budget b
+    SELECT x.id, x.created_at, x.event_id FROM budget b
     CROSS JOIN LATERAL (
         SELECT count(*)::int AS n FROM (
             SELECT 1 FROM deliveries l
@@ -53,7 +53,7 @@ WITH budget AS (
             ORDER BY l.lease_expires_at LIMIT b.cap) l
     ) busy
     CROSS JOIN LATERAL (
-        SELECT id, created_at FROM deliveries d
+        SELECT id, created_at, event_id FROM deliveries d
         WHERE d.destination_id = b.destination_id AND d.state = 'pending' AND d.next_attempt_at <= now()
           AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
         ORDER BY d.next_attempt_at
@@ -61,10 +61,10 @@ WITH budget AS (
         FOR UPDATE SKIP LOCKED
     ) x
     UNION ALL
-    SELECT h.id, h.created_at FROM UNNEST($4::uuid[]) AS f(destination_id)
+    SELECT h.id, h.created_at, h.event_id FROM UNNEST($4::uuid[]) AS f(destination_id)
     JOIN destinations x ON x.id = f.destination_id AND x.state = 'active'
     CROSS JOIN LATERAL (
-        SELECT id, created_at, next_attempt_at, lease_expires_at FROM deliveries d
+        SELECT id, created_at, event_id, next_attempt_at, lease_expires_at FROM deliveries d
         WHERE d.destination_id = f.destination_id AND d.state = 'pending'
         ORDER BY d.seq
         LIMIT 1
@@ -74,26 +74,27 @@ WITH budget AS (
 -- is a parameter at thousands of rows, and with the whole backlog due it then hashed every pending row to update a
 -- few hundred. An unnested array is estimated small, which makes the join a primary-key probe per picked row.
 ), ids AS (
-    SELECT array_agg(id) AS id, array_agg(created_at) AS created_at FROM picked
+    SELECT array_agg(id) AS id, array_agg(created_at) AS created_at, array_agg(event_id) AS event_id FROM picked
 )
 UPDATE deliveries d
 SET lease_owner = $5, lease_id = gen_random_uuid(),
     lease_expires_at = now()
         + ((SELECT x.timeout_ms FROM destinations x WHERE x.id = d.destination_id) + $6::int) * interval '1 millisecond',
     updated_at = now()
-FROM ids CROSS JOIN LATERAL UNNEST(ids.id, ids.created_at) AS p(id, created_at)
+FROM ids CROSS JOIN LATERAL UNNEST(ids.id, ids.created_at, ids.event_id) AS p(id, created_at, event_id)
+-- The event, probed once by its whole primary key in its own partition (a delivery's created_at is its event's
+-- received_at); for rows older than that rule, the fallbacks below look it up by id alone.
+LEFT JOIN LATERAL (
+    SELECT e.body, e.content_type, e.traceparent FROM events e WHERE e.id = p.event_id AND e.received_at = p.created_at
+) ev ON true
 WHERE d.id = p.id AND d.created_at = p.created_at
   -- Re-checked on the locked row: a result committed meanwhile is not claimed again.
   AND d.state = 'pending' AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
--- The event is looked up in its own partition (a delivery's created_at is its event's received_at), then, for rows
--- older than that rule, by id alone: one index probe instead of one per partition.
+-- COALESCE evaluates a fallback only when what precedes it is NULL.
 RETURNING d.id, d.event_id, d.destination_id, d.attempts,
-          coalesce(d.payload,
-                   (SELECT e.body FROM events e WHERE e.id = d.event_id AND e.received_at = d.created_at),
-                   (SELECT e.body FROM events e WHERE e.id = d.event_id)),
+          coalesce(d.payload, ev.body, (SELECT e.body FROM events e WHERE e.id = d.event_id)),
           d.payload IS NOT NULL,
-          coalesce((SELECT e.content_type FROM events e WHERE e.id = d.event_id AND e.received_at = d.created_at),
-                   (SELECT e.content_type FROM events e WHERE e.id = d.event_id)),
+          coalesce(ev.content_type, (SELECT e.content_type FROM events e WHERE e.id = d.event_id)),
           d.lease_id, d.route_id, d.needs_routing,
           CASE WHEN d.needs_routing THEN
               (SELECT jsonb_build_object('source', s.slug, 'headers', e.headers, 'type', e.type)
@@ -101,7 +102,7 @@ RETURNING d.id, d.event_id, d.destination_id, d.attempts,
           END,
           d.created_at,
           -- In the event's own partition only: rows older than that rule predate stored trace contexts.
-          (SELECT e.traceparent FROM events e WHERE e.id = d.event_id AND e.received_at = d.created_at)";
+          ev.traceparent";
 
 /// One claimed row, read without trusting any column.
 enum Claimed {
@@ -188,13 +189,11 @@ pub async fn due(
     caps: &[i32],
     fifo: &[Uuid],
 ) -> anyhow::Result<HashMap<Uuid, u32>> {
-    let mut client = pool.get().await?;
+    let client = pool.get().await?;
     // Prepared once per connection and planned once (generic): planning it over every daily partition costs more
     // than running it.
-    let tx = crate::begin_hot(&mut client).await?;
-    let due = tx.prepare_cached(DUE).await?;
-    let rows = tx.query(&due, &[&destinations, &fifo, &caps]).await?;
-    tx.commit().await?;
+    let due = client.prepare_cached(DUE).await?;
+    let rows = crate::read_hot(&client, &due, &[&destinations, &fifo, &caps]).await?;
     Ok(rows
         .iter()
         .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get::<_, Option<i32>>(1).ok()?.unwrap_or(0).max(0) as u32)))
@@ -207,13 +206,17 @@ pub async fn claim(pool: &Pool, b: &Budgets<'_>) -> anyhow::Result<(Vec<Job>, Ve
     let mut jobs = Vec::new();
     let mut buried: Vec<(Uuid, String)> = Vec::new();
     let mut client = pool.get().await?;
-    let tx = crate::begin_hot(&mut client).await?;
-    // A claimer stuck holding the lock (a partitioned node) delays the others by at most this.
-    tx.batch_execute("SET LOCAL lock_timeout = '5s'").await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK]).await?;
+    let tx = crate::begin(&mut client).await?;
     let claim = tx.prepare_cached(CLAIM).await?;
-    let rows =
-        tx.query(&claim, &[&b.destinations, &b.wanted, &b.caps, &b.fifo, &b.node_id, &b.lease_margin_ms]).await?;
+    // The settings, the lock and the claim are sent together (pipelined; executed in this order): one round trip.
+    // A claimer stuck holding the lock (a partitioned node) delays the others by at most the lock time-out.
+    let prelude =
+        format!("{}; SET LOCAL lock_timeout = '5s'; SELECT pg_advisory_xact_lock({CLAIM_LOCK})", crate::GENERIC_PLANS);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+        [&b.destinations, &b.wanted, &b.caps, &b.fifo, &b.node_id, &b.lease_margin_ms];
+    let (locked, rows) = futures::join!(tx.batch_execute(&prelude), tx.query(&claim, &params));
+    locked?;
+    let rows = rows?;
     for row in &rows {
         match read_claimed(row) {
             Some(Claimed::Job(job)) => jobs.push(*job),

@@ -53,6 +53,24 @@ pub async fn begin_hot(client: &mut deadpool_postgres::Object) -> StoreResult<de
 /// Sets the current transaction's prepared statements to reuse one generic plan (see [`begin_hot`]).
 pub const GENERIC_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
 
+/// Runs one prepared read-only statement with generic plans (see [`begin_hot`]) in a single round trip: the
+/// transaction's `BEGIN` and settings, the statement and the `COMMIT` are pipelined (sent together, executed in
+/// order). All three are always awaited, so the connection goes back to the pool outside any transaction whatever
+/// fails.
+pub async fn read_hot(
+    client: &tokio_postgres::Client,
+    statement: &tokio_postgres::Statement,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> StoreResult<Vec<tokio_postgres::Row>> {
+    let begin = format!("BEGIN READ ONLY; {GENERIC_PLANS}");
+    let (begun, rows, ended) =
+        futures::join!(client.batch_execute(&begin), client.query(statement, params), client.batch_execute("COMMIT"));
+    begun?;
+    let rows = rows?;
+    ended?;
+    Ok(rows)
+}
+
 /// Commits `tx`.
 pub async fn commit(tx: deadpool_postgres::Transaction<'_>) -> StoreResult<()> {
     Ok(tx.commit().await?)

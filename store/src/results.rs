@@ -69,7 +69,7 @@ pub async fn record(
     destinations: &DestinationOutcomes,
 ) -> anyhow::Result<Recorded> {
     let mut client = pool.get().await.context("Failed to get a connection to record outcomes")?;
-    let tx = crate::begin_hot(&mut client).await?;
+    let tx = crate::begin(&mut client).await?;
 
     let ids: Vec<Uuid> = outcomes.iter().map(|_| Uuid::now_v7()).collect();
     let delivery_ids: Vec<Uuid> = outcomes.iter().map(|o| o.delivery_id).collect();
@@ -82,7 +82,7 @@ pub async fn record(
     let kinds: Vec<Option<&str>> = outcomes.iter().map(|o| o.error_kind).collect();
     let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error).collect();
     let counted: Vec<bool> = outcomes.iter().map(|o| o.counted).collect();
-    let stmt = tx
+    let insert = tx
         .prepare_cached(
             "INSERT INTO attempts (id, delivery_id, attempt, node_id, started_at, status, latency_ms,
                                    response_headers, response_excerpt, error_kind, error)
@@ -95,24 +95,20 @@ pub async fn record(
              WHERE a.counted",
         )
         .await?;
-    tx.execute(
-        &stmt,
-        &[
-            &ids,
-            &delivery_ids,
-            &attempts,
-            &node_id,
-            &started_at,
-            &statuses,
-            &latencies,
-            &headers,
-            &excerpts,
-            &kinds,
-            &errors,
-            &counted,
-        ],
-    )
-    .await?;
+    let attempt_params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
+        &ids,
+        &delivery_ids,
+        &attempts,
+        &node_id,
+        &started_at,
+        &statuses,
+        &latencies,
+        &headers,
+        &excerpts,
+        &kinds,
+        &errors,
+        &counted,
+    ];
 
     let states: Vec<&str> = outcomes.iter().map(|o| o.state).collect();
     let counts: Vec<i32> = outcomes.iter().map(|o| o.attempts).collect();
@@ -122,7 +118,7 @@ pub async fn record(
     let routed: Vec<bool> = outcomes.iter().map(|o| o.routed).collect();
     let payloads: Vec<Option<&[u8]>> = outcomes.iter().map(|o| o.payload).collect();
     let created: Vec<DateTime<Utc>> = outcomes.iter().map(|o| o.created_at).collect();
-    let stmt = tx
+    let update = tx
         .prepare_cached(
             "WITH upd AS (
              UPDATE deliveries d
@@ -142,32 +138,46 @@ pub async fn record(
              SELECT destination_id, count(*) FROM upd WHERE state = 'dead' GROUP BY destination_id",
         )
         .await?;
-    let dead = tx
-        .query(&stmt, &[&delivery_ids, &states, &counts, &next, &last_errors, &leases, &routed, &payloads, &created])
-        .await?
+    let gone_stmt = tx
+        .prepare_cached(&format!(
+            "UPDATE destinations
+             SET state = 'disabled', disabled_reason = 'auto: 410 Gone', failing_since = NULL, updated_at = now()
+             WHERE id = ANY($1) AND state = 'active'
+             RETURNING {DISABLED_COLUMNS}"
+        ))
+        .await?;
+    let healthy_stmt = tx
+        .prepare_cached("UPDATE destinations SET failing_since = NULL WHERE id = ANY($1) AND failing_since IS NOT NULL")
+        .await?;
+    let update_params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] =
+        [&delivery_ids, &states, &counts, &next, &last_errors, &leases, &routed, &payloads, &created];
+    // Every statement of the batch is sent at once (pipelined; executed in this order): one round trip, not one
+    // per statement. The settings come first, so that the prepared statements run their generic plans.
+    let (set, inserted, updated, gone, healthy) = futures::join!(
+        tx.batch_execute(crate::GENERIC_PLANS),
+        tx.execute(&insert, &attempt_params),
+        tx.query(&update, &update_params),
+        async {
+            match destinations.gone.is_empty() {
+                true => Ok(Vec::new()),
+                false => tx.query(&gone_stmt, &[&destinations.gone]).await,
+            }
+        },
+        async {
+            match destinations.healthy.is_empty() {
+                true => Ok(0),
+                false => tx.execute(&healthy_stmt, &[&destinations.healthy]).await,
+            }
+        },
+    );
+    set?;
+    inserted?;
+    let dead = updated?
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect::<Result<Vec<(Uuid, i64)>, tokio_postgres::Error>>()?;
-
-    let gone = tx
-        .query(
-            &format!(
-                "UPDATE destinations
-                 SET state = 'disabled', disabled_reason = 'auto: 410 Gone', failing_since = NULL, updated_at = now()
-                 WHERE id = ANY($1) AND state = 'active'
-                 RETURNING {DISABLED_COLUMNS}"
-            ),
-            &[&destinations.gone],
-        )
-        .await?;
-    let mut disabled = DisabledDestination::read_all(&gone)?;
-    if !destinations.healthy.is_empty() {
-        tx.execute(
-            "UPDATE destinations SET failing_since = NULL WHERE id = ANY($1) AND failing_since IS NOT NULL",
-            &[&destinations.healthy],
-        )
-        .await?;
-    }
+    let mut disabled = DisabledDestination::read_all(&gone?)?;
+    healthy?;
     if !destinations.failing.is_empty() {
         tx.execute(
             "UPDATE destinations SET failing_since = now() WHERE id = ANY($1) AND failing_since IS NULL",

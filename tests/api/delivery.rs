@@ -492,6 +492,57 @@ async fn a_backlog_drains_by_claim_rounds_that_finished_attempts_start_without_w
     seed_backlog(&app, "open", "to-sink", 200).await;
     app.wait_count("the whole backlog delivered", DELIVERED, 200).await;
     assert_eq!(rx.count(), 200);
+    // These deliveries were created after their events (`created_at` is not the event's `received_at`): the claim
+    // found each body by the event's id alone.
+    assert!(rx.requests().iter().all(|r| r.body.as_ref() == b"{}"), "every body sent whole");
+}
+
+#[actix_rt::test]
+async fn a_batch_of_results_held_behind_a_lock_does_not_hold_back_the_next_batch() {
+    // The first request is held until the test lets it go; the rest are answered at once.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let rx = Receiver::start(vec![Reply::Gate(gate.clone(), 200)], None);
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        s.destinations.push(destination("sink", &url));
+        s.routes.push(route("to-sink", "hmac", "sink"));
+    })
+    .await;
+    app.post_signed(br#"{"n":1}"#, "first").await;
+    rx.wait_for(1).await;
+    // The first delivery's row is locked, then its attempt ends: the batch holding its result waits for the lock.
+    let locker = crate::helpers::connect(&app._db.url()).await;
+    locker.batch_execute("BEGIN; SELECT 1 FROM deliveries FOR UPDATE").await.unwrap();
+    gate.add_permits(1);
+    eventually("the first result's batch waits for the row lock", Duration::from_secs(60), || async {
+        let waiting: i64 = app
+            .db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%UPDATE deliveries%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (waiting > 0).then_some(())
+    })
+    .await;
+    // The next delivery's result is written by another batch meanwhile.
+    app.post_signed(br#"{"n":2}"#, "second").await;
+    app.wait_count("the second delivery recorded while the first batch waits", DELIVERED, 1).await;
+    let first: String = app
+        .db
+        .query_one(
+            "SELECT d.state FROM deliveries d JOIN events e ON e.id = d.event_id WHERE e.idempotency_key = 'first'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(first, "pending", "the first result is still waiting for the lock");
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    app.wait_count("both recorded once the lock is gone", DELIVERED, 2).await;
 }
 
 #[actix_rt::test]

@@ -113,3 +113,24 @@ async fn claim_statements_read_bounded_rows(all_due: bool) {
     assert_eq!(plans.len(), 2);
     assert!(plans.iter().all(|(_, generic, custom)| *generic >= 2 && *custom == 0), "{plans:?}");
 }
+
+/// `read_hot` sends `BEGIN`, the statement and `COMMIT` together: when the statement fails, its error is returned and
+/// the connection is still left outside any transaction (it goes back to the pool as it came).
+#[actix_rt::test]
+async fn a_hot_read_that_fails_leaves_its_connection_outside_any_transaction() {
+    let app = spawn_app_with(|_| {}).await;
+    let db = connect(&app._db.url()).await;
+    let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let divide = db.prepare("SELECT 1 / $1::int").await.unwrap();
+    let one = hookgate_store::read_hot(&db, &divide, &[&1i32]).await.unwrap();
+    assert_eq!(one[0].get::<_, i32>(0), 1);
+    let error = hookgate_store::read_hot(&db, &divide, &[&0i32]).await.unwrap_err();
+    assert!(format!("{error:#}").contains("division by zero"), "{error:#}");
+    // Seen from another connection (a backend reports its state before it says it is ready for the next query).
+    let state: String =
+        app.db.query_one("SELECT state FROM pg_stat_activity WHERE pid = $1", &[&pid]).await.unwrap().get(0);
+    assert_eq!(state, "idle", "the connection was left inside a transaction");
+    // And the settings were the transaction's own.
+    let mode: String = db.query_one("SHOW plan_cache_mode", &[]).await.unwrap().get(0);
+    assert_eq!(mode, "auto");
+}
