@@ -546,6 +546,35 @@ async fn a_batch_of_results_held_behind_a_lock_does_not_hold_back_the_next_batch
 }
 
 #[actix_rt::test]
+async fn a_destinations_max_in_flight_holds_on_the_claim_path_with_its_window_full_throughout() {
+    // Every request is held until the test lets one go: the destination's window stays full throughout.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let rx = Receiver::start(vec![], Some(Reply::Gate(gate.clone(), 200)));
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        // Only finished attempts and committed results start rounds.
+        s.delivery.poll_interval_ms = 3_600_000;
+        let mut sink = destination("sink", &url);
+        sink.max_in_flight = 3;
+        s.destinations.push(sink);
+        s.routes.push(route("to-sink", "open", "sink"));
+    })
+    .await;
+    seed_backlog(&app, "open", "to-sink", 40).await;
+    rx.wait_for(3).await;
+    // One answer at a time: each ends an attempt, and its completion and its committed result each start a round.
+    for answered in 1..=37 {
+        gate.add_permits(1);
+        rx.wait_for(3 + answered).await;
+    }
+    gate.add_permits(100);
+    app.wait_count("the whole backlog delivered", DELIVERED, 40).await;
+    let most = rx.state.most_at_once.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most <= 3, "{most} requests at once to a destination whose max_in_flight is 3");
+    assert_eq!(rx.state.overlaps.load(std::sync::atomic::Ordering::SeqCst), 0, "no delivery in flight twice");
+}
+
+#[actix_rt::test]
 async fn a_resumed_destination_starts_its_backlog_without_waiting_for_the_poll() {
     let rx = Receiver::start(vec![], None);
     let url = rx.url.clone();

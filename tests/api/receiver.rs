@@ -46,6 +46,8 @@ pub struct ReceiverState {
     in_progress: Mutex<std::collections::HashSet<String>>,
     pub overlaps: AtomicUsize,
     pub completed: AtomicUsize,
+    /// The most requests ever being answered at once.
+    pub most_at_once: AtomicUsize,
 }
 
 pub struct Receiver {
@@ -61,8 +63,12 @@ async fn handle(req: HttpRequest, body: Bytes, state: web::Data<ReceiverState>) 
         .collect();
     let received = Received { at: Instant::now(), headers, body };
     let id = received.header("webhook-id").unwrap_or_default().to_owned();
-    if !state.in_progress.lock().unwrap().insert(id.clone()) {
-        state.overlaps.fetch_add(1, Ordering::SeqCst);
+    {
+        let mut in_progress = state.in_progress.lock().unwrap();
+        if !in_progress.insert(id.clone()) {
+            state.overlaps.fetch_add(1, Ordering::SeqCst);
+        }
+        state.most_at_once.fetch_max(in_progress.len(), Ordering::SeqCst);
     }
     state.requests.lock().unwrap().push(received);
     let reply = state
