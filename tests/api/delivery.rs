@@ -515,17 +515,7 @@ async fn a_batch_of_results_held_behind_a_lock_does_not_hold_back_the_next_batch
     locker.batch_execute("BEGIN; SELECT 1 FROM deliveries FOR UPDATE").await.unwrap();
     gate.add_permits(1);
     eventually("the first result's batch waits for the row lock", Duration::from_secs(60), || async {
-        let waiting: i64 = app
-            .db
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%UPDATE deliveries%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (waiting > 0).then_some(())
+        (app.waiting_for_a_lock("UPDATE deliveries").await > 0).then_some(())
     })
     .await;
     // The next delivery's result is written by another batch meanwhile.

@@ -533,6 +533,21 @@ pub fn route(slug: &str, source: &str, destination: &str) -> hookgate_core::cata
 
 impl TestApp {
     /// Waits until `sql` (a count query) returns at least `n`.
+    /// Sessions of this app's database (other than the test's own) waiting for a lock while running a statement that
+    /// contains `statement`.
+    pub async fn waiting_for_a_lock(&self, statement: &str) -> i64 {
+        self.db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()
+                   AND strpos(query, $1) > 0",
+                &[&statement],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     pub async fn wait_count(&self, what: &str, sql: &str, n: i64) -> i64 {
         eventually(what, Duration::from_secs(60), || async {
             let c: i64 = self.db.query_one(sql, &[]).await.unwrap().get(0);

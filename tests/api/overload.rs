@@ -195,17 +195,7 @@ async fn stall_the_writer(
     let in_flight = persist(&app.actors.writer, event(source, "in-flight", chrono::Utc::now(), vec![]));
     // (The janitor may wait for the lock too: only the writer's statement counts.)
     eventually("the first flush to wait for the lock", Duration::from_secs(60), || async {
-        let waiting: i64 = app
-            .db
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
-                 AND pid <> pg_backend_pid() AND query LIKE '%INSERT INTO events %'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (waiting > 0).then_some(())
+        (app.waiting_for_a_lock("INSERT INTO events ").await > 0).then_some(())
     })
     .await;
     (locker, in_flight)

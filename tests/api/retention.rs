@@ -266,20 +266,8 @@ async fn ingest_commits_while_the_janitor_waits_for_an_old_partition() {
 
     let (tx, mut rx) = tokio::sync::oneshot::channel();
     app.janitor.send(RunNow(tx)).await.expect("janitor mailbox");
-    let waiting = || async {
-        let n: i64 = app
-            .db
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'
-                   AND query LIKE '%LOCK TABLE ' || $1 || ' IN ACCESS EXCLUSIVE MODE%'",
-                &[&held],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        n == 1
-    };
+    let statement = format!("LOCK TABLE {held} IN ACCESS EXCLUSIVE MODE");
+    let waiting = || async { app.waiting_for_a_lock(&statement).await == 1 };
     crate::helpers::eventually("the janitor to wait for the held partition", Duration::from_secs(60), || async {
         waiting().await.then_some(())
     })
