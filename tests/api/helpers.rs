@@ -533,6 +533,20 @@ pub fn route(slug: &str, source: &str, destination: &str) -> hookgate_core::cata
 
 impl TestApp {
     /// Waits until `sql` (a count query) returns at least `n`.
+    /// Creates the daily partitions of `days` days from `days_ago` days ago. The DDL runs beside the app's own work (a
+    /// janitor round at start): should PostgreSQL end it to break a deadlock, it is run again.
+    pub async fn ensure_partitions(&self, days_ago: i32, days: i32) {
+        eventually("the partitions created", Duration::from_secs(60), || async {
+            let sql = "SELECT hookgate_ensure_partitions((now() AT TIME ZONE 'UTC')::date - $1::int, $2::int)";
+            match self.db.execute(sql, &[&days_ago, &days]).await {
+                Ok(_) => Some(()),
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) => None,
+                Err(e) => panic!("creating partitions: {e}"),
+            }
+        })
+        .await
+    }
+
     /// Sessions of this app's database (other than the test's own) waiting for a lock while running a statement that
     /// contains `statement`.
     pub async fn waiting_for_a_lock(&self, statement: &str) -> i64 {

@@ -20,7 +20,7 @@ async fn janitor_round(app: &TestApp) -> RoundReport {
 async fn partitions_past_the_retention_age_are_dropped_whole_and_recent_data_stays() {
     let app = spawn_app_with(|s| s.retention.days = 30).await;
     // Day partitions back to 40 days ago, and an old event with a delivery and an attempt in them.
-    app.db.execute("SELECT hookgate_ensure_partitions((now() AT TIME ZONE 'UTC')::date - 40, 3)", &[]).await.unwrap();
+    app.ensure_partitions(40, 3).await;
     let old = Uuid::now_v7();
     app.db
         .batch_execute(&format!(
@@ -210,7 +210,7 @@ async fn partition_exists(app: &TestApp, name: &str) -> bool {
 /// Old partitions from 40 days ago, and a reader (a long report, an export) holding the events partition of 35 days
 /// ago in its transaction: returned, with that partition's name.
 async fn old_partitions_with_a_reader(app: &TestApp) -> (tokio_postgres::Client, String) {
-    app.db.execute("SELECT hookgate_ensure_partitions((now() AT TIME ZONE 'UTC')::date - 40, 3)", &[]).await.unwrap();
+    app.ensure_partitions(40, 3).await;
     let held = events_partition(app, 35).await;
     let reader = connect(&app._db.url()).await;
     reader.batch_execute(&format!("BEGIN; SELECT count(*) FROM {held}")).await.unwrap();

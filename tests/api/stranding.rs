@@ -270,7 +270,7 @@ async fn retention_makes_unfinished_deliveries_dead_loudly_before_dropping_their
         with_sink(url)(s);
     })
     .await;
-    app.db.execute("SELECT hookgate_ensure_partitions((now() AT TIME ZONE 'UTC')::date - 40, 3)", &[]).await.unwrap();
+    app.ensure_partitions(40, 3).await;
     set_destination_state(&app, "paused").await;
     let a = app.post_signed(br#"{"old":true}"#, "old").await;
     assert_eq!(a.status, 202);
