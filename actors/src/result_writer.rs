@@ -140,10 +140,10 @@ impl ResultWriter {
                         tail.offer(Publish::Outcomes(outcomes));
                     }
                     if let Some(s) = &act.scheduler {
-                        // Not sent (a full mailbox): the scheduler forgets these leases when they expire.
-                        let _ = s.try_send(LeasesFreed(batch.iter().map(|r| r.lease_id).collect()));
                         if fifo {
                             let _ = s.try_send(Wake);
+                        } else {
+                            let _ = s.try_send(LeasesFreed);
                         }
                         if let Some(at) = next_due {
                             let _ = s.try_send(WakeAt(at));

@@ -56,10 +56,10 @@ use crate::supervision::{guarded, Panicked};
 #[rtype(result = "()")]
 pub struct Wake;
 
-/// The ResultWriter committed results holding these leases: their rows are no longer pending under them.
+/// The ResultWriter committed results: their leases no longer count against their destinations' `max_in_flight`.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct LeasesFreed(pub Vec<Uuid>);
+pub struct LeasesFreed;
 
 /// A delivery comes due at this time (a retry the ResultWriter just scheduled): look for work then.
 #[derive(Message)]
@@ -86,10 +86,6 @@ pub struct Scheduler {
     inflight_by_destination: HashMap<Uuid, u32>,
     /// The lease of every delivery in flight here, to release them at shutdown.
     leases: HashMap<Uuid, (Uuid, DateTime<Utc>)>,
-    /// Leases whose attempt finished here and whose result is not known committed, with when to forget them (their
-    /// lease has expired by then). Claim rounds do not count them in flight: the request is over, only the row is
-    /// still leased until the ResultWriter commits ([`LeasesFreed`]).
-    settled: HashMap<Uuid, std::time::Instant>,
     /// Set by `Shutdown`: no more claims; answered when nothing is in flight.
     stopping: Option<tokio::sync::oneshot::Sender<()>>,
     /// The deadline of the [`Shutdown`] being answered.
@@ -139,7 +135,6 @@ impl Scheduler {
             inflight: 0,
             inflight_by_destination: HashMap::new(),
             leases: HashMap::new(),
-            settled: HashMap::new(),
             stopping: None,
             deadline: None,
             deliverers_told: false,
@@ -206,10 +201,7 @@ impl Scheduler {
         };
         let local = self.inflight_by_destination.clone();
         let capacity = self.cfg.max_in_flight;
-        let now = std::time::Instant::now();
-        self.settled.retain(|_, forget| *forget > now);
-        let settled = uncounted(&self.settled, capacity);
-        let fut = guarded(round.run(active, free, capacity, local, settled));
+        let fut = guarded(round.run(active, free, capacity, local));
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.claiming = false;
             act.status.beat();
@@ -368,13 +360,7 @@ impl Handler<Completed> for Scheduler {
         if let Some(port) = &self.handoff {
             port.unblock(msg.destination_id, Some(Blocked::Full));
         }
-        if let Some((lease_id, _)) = self.leases.remove(&msg.delivery_id) {
-            // Its lease lasts at most the destination's timeout plus the margin from its claim, which was earlier.
-            let timeout = self.catalog.get().destinations.get(&msg.destination_id).map(|d| d.timeout);
-            let margin = std::time::Duration::from_millis(self.cfg.lease_margin_ms);
-            let lasts = timeout.unwrap_or(std::time::Duration::from_secs(600)) + margin;
-            self.settled.insert(lease_id, std::time::Instant::now() + lasts);
-        }
+        self.leases.remove(&msg.delivery_id);
         if self.inflight == 0 && self.stopping.is_some() {
             self.answer_shutdown(ctx);
         }
@@ -462,14 +448,11 @@ impl Handler<Wake> for Scheduler {
     }
 }
 
-/// Forgets the settled leases whose results are committed. Work left behind for lack of room may fit now: a finished
-/// attempt already freed its slot for this node's rounds, but other nodes count it until its result is committed.
+/// Work left behind for lack of room may fit now: a finished attempt frees a slot here, but a destination's
+/// cluster-wide count drops only when its result is committed.
 impl Handler<LeasesFreed> for Scheduler {
     type Result = ();
-    fn handle(&mut self, LeasesFreed(leases): LeasesFreed, ctx: &mut Self::Context) {
-        for lease in leases {
-            self.settled.remove(&lease);
-        }
+    fn handle(&mut self, _: LeasesFreed, ctx: &mut Self::Context) {
         if self.starved {
             self.tick(ctx);
         }
@@ -623,17 +606,6 @@ impl Scheduler {
     }
 }
 
-/// The settled leases a claim round leaves out of the in-flight counts: all of them while there are at most
-/// `capacity` (the node's `max_in_flight`), none past it. Results that cannot be committed (PostgreSQL refusing the
-/// result writer's statements but not the claims) then hold claims back again, so the results waiting here stay
-/// bounded by about twice the node's capacity.
-fn uncounted(settled: &HashMap<Uuid, std::time::Instant>, capacity: usize) -> Vec<Uuid> {
-    if settled.len() > capacity {
-        return Vec::new();
-    }
-    settled.keys().copied().collect()
-}
-
 /// Takes up to `want` of the destination's rate-limit tokens, then asks its circuit breaker; returns the tokens it
 /// did not admit. Answers how many deliveries may start now.
 async fn admit(limits: &Limits, redis: Option<redis::aio::MultiplexedConnection>, d: &Destination, want: u32) -> u32 {
@@ -669,14 +641,13 @@ struct ClaimRound {
 
 impl ClaimRound {
     /// `capacity` is the node's limit and `free` what is left of it; `local` what this node has in flight per
-    /// destination; `settled` the leases of attempts finished here whose results are not yet committed.
+    /// destination.
     async fn run(
         self,
         active: Vec<Arc<Destination>>,
         free: usize,
         capacity: usize,
         local: HashMap<Uuid, u32>,
-        settled: Vec<Uuid>,
     ) -> anyhow::Result<RoundOutcome> {
         let (fifo_all, normal_all): (Vec<_>, Vec<_>) = active.iter().partition(|d| d.fifo);
         let normal_ids: Vec<Uuid> = normal_all.iter().map(|d| d.id).collect();
@@ -684,7 +655,7 @@ impl ClaimRound {
         let fifo_ids: Vec<Uuid> = fifo_all.iter().map(|d| d.id).collect();
         let started = std::time::Instant::now();
         // The connection goes back to the pool before any Redis call: a slow Redis never holds PostgreSQL.
-        let busy: HashMap<Uuid, u32> = claims::due(&self.pool, &normal_ids, &normal_caps, &fifo_ids, &settled).await?;
+        let busy: HashMap<Uuid, u32> = claims::due(&self.pool, &normal_ids, &normal_caps, &fifo_ids).await?;
         if busy.is_empty() {
             return Ok(RoundOutcome::default());
         }
@@ -755,7 +726,6 @@ impl ClaimRound {
             fifo: &fifo_ids,
             node_id: &self.node_id,
             lease_margin_ms: self.lease_margin_ms,
-            settled: &settled,
         };
         let limits_took = started.elapsed() - due_took;
         let claimed_rows = claims::claim(&self.pool, &budget).await;
@@ -809,23 +779,5 @@ impl ClaimRound {
             }
         }))
         .await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn settled_leases_are_left_out_of_the_counts_only_up_to_the_nodes_capacity() {
-        let later = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let mut settled: HashMap<Uuid, std::time::Instant> = (0..2).map(|_| (Uuid::new_v4(), later)).collect();
-        let mut left_out = uncounted(&settled, 2);
-        left_out.sort();
-        let mut all: Vec<Uuid> = settled.keys().copied().collect();
-        all.sort();
-        assert_eq!(left_out, all);
-        settled.insert(Uuid::new_v4(), later);
-        assert!(uncounted(&settled, 2).is_empty(), "past the capacity every lease counts again");
     }
 }

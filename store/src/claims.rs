@@ -15,11 +15,6 @@ use crate::Pool;
 /// destination's `max_in_flight`: past it the number no longer matters). A FIFO destination has claimable work only
 /// when its head is due and not leased.
 ///
-/// In flight means an attempt not yet finished. A lease whose attempt this node has finished, its result not yet
-/// committed, still holds its row but no longer a request to the destination: the claimer names those leases
-/// (`$4`) and they are not counted, so a slot is free again as soon as its attempt ends, not one result commit
-/// later (`docs/adr/0019-settled-leases-free-their-slot.md`). Other nodes count them until the commit.
-///
 /// Every lookup here and in [`CLAIM`] is an ordered index walk per destination (`ORDER BY … LIMIT`), which the
 /// planner takes whatever the statistics say: a daily partition is new and unanalyzed every midnight, and a plan
 /// chosen on guessed statistics (a hash join over every due row, a count through the wrong index) made each claim
@@ -28,7 +23,6 @@ pub const DUE: &str = "\
 SELECT d.id, (SELECT count(*)::int FROM (
                   SELECT 1 FROM deliveries b
                   WHERE b.destination_id = d.id AND b.state = 'pending' AND b.lease_expires_at > now()
-                    AND b.lease_id <> ALL($4::uuid[])
                   ORDER BY b.lease_expires_at LIMIT d.cap) l)
 FROM UNNEST($1::uuid[], $3::int[]) AS d(id, cap)
 CROSS JOIN LATERAL (
@@ -56,7 +50,6 @@ WITH budget AS (
         SELECT count(*)::int AS n FROM (
             SELECT 1 FROM deliveries l
             WHERE l.destination_id = b.destination_id AND l.state = 'pending' AND l.lease_expires_at > now()
-              AND l.lease_id <> ALL($7::uuid[])
             ORDER BY l.lease_expires_at LIMIT b.cap) l
     ) busy
     CROSS JOIN LATERAL (
@@ -179,8 +172,7 @@ pub struct Buried {
 }
 
 /// What one claim round asks for: per destination, how many and its `max_in_flight`; the FIFO destinations (their
-/// head only); who claims, the margin added to each destination's timeout for its leases, and the claimer's
-/// settled leases (attempts finished, results not yet committed: not counted in flight, see [`DUE`]).
+/// head only); who claims, and the margin added to each destination's timeout for its leases.
 pub struct Budgets<'a> {
     pub destinations: &'a [Uuid],
     pub wanted: &'a [i32],
@@ -188,23 +180,20 @@ pub struct Budgets<'a> {
     pub fifo: &'a [Uuid],
     pub node_id: &'a str,
     pub lease_margin_ms: i32,
-    pub settled: &'a [Uuid],
 }
 
-/// The destinations (of these) with claimable work now, with their deliveries in flight cluster-wide (not counting
-/// the `settled` leases).
+/// The destinations (of these) with claimable work now, with their deliveries in flight cluster-wide.
 pub async fn due(
     pool: &Pool,
     destinations: &[Uuid],
     caps: &[i32],
     fifo: &[Uuid],
-    settled: &[Uuid],
 ) -> anyhow::Result<HashMap<Uuid, u32>> {
     let client = pool.get().await?;
     // Prepared once per connection and planned once (generic): planning it over every daily partition costs more
     // than running it.
     let due = client.prepare_cached(DUE).await?;
-    let rows = crate::read_hot(&client, &due, &[&destinations, &fifo, &caps, &settled]).await?;
+    let rows = crate::read_hot(&client, &due, &[&destinations, &fifo, &caps]).await?;
     Ok(rows
         .iter()
         .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get::<_, Option<i32>>(1).ok()?.unwrap_or(0).max(0) as u32)))
@@ -223,8 +212,8 @@ pub async fn claim(pool: &Pool, b: &Budgets<'_>) -> anyhow::Result<(Vec<Job>, Ve
     // A claimer stuck holding the lock (a partitioned node) delays the others by at most the lock time-out.
     let prelude =
         format!("{}; SET LOCAL lock_timeout = '5s'; SELECT pg_advisory_xact_lock({CLAIM_LOCK})", crate::GENERIC_PLANS);
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
-        [&b.destinations, &b.wanted, &b.caps, &b.fifo, &b.node_id, &b.lease_margin_ms, &b.settled];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+        [&b.destinations, &b.wanted, &b.caps, &b.fifo, &b.node_id, &b.lease_margin_ms];
     let (locked, rows) = futures::join!(tx.batch_execute(&prelude), tx.query(&claim, &params));
     locked?;
     let rows = rows?;

@@ -565,41 +565,6 @@ async fn a_destinations_max_in_flight_holds_on_the_claim_path_with_its_window_fu
 }
 
 #[actix_rt::test]
-async fn a_finished_attempt_frees_its_slot_before_its_result_is_committed() {
-    let rx = Receiver::start(vec![], None);
-    let url = rx.url.clone();
-    let app = spawn_app_with(move |s| {
-        // Only finished attempts start rounds.
-        s.delivery.poll_interval_ms = 3_600_000;
-        let mut sink = destination("sink", &url);
-        sink.max_in_flight = 1;
-        // The leases outlast the test: nothing is attempted twice because a lease expired.
-        sink.timeout_ms = 120_000;
-        s.destinations.push(sink);
-        s.routes.push(route("to-sink", "open", "sink"));
-    })
-    .await;
-    // No result can be committed: attempt rows cannot be inserted while the table is locked.
-    let locker = crate::helpers::connect(&app._db.url()).await;
-    locker.batch_execute("BEGIN; LOCK TABLE attempts IN SHARE MODE").await.unwrap();
-    seed_backlog(&app, "open", "to-sink", 3).await;
-    // One at a time, each started once the one before it had answered: their results are all still waiting.
-    rx.wait_for(3).await;
-    eventually("the results wait for the lock", Duration::from_secs(60), || async {
-        (app.waiting_for_a_lock("INSERT INTO attempts").await > 0).then_some(())
-    })
-    .await;
-    let delivered: i64 = app.db.query_one(DELIVERED, &[]).await.unwrap().get(0);
-    assert_eq!(delivered, 0, "no result was committed while the attempts went on");
-    let most = rx.state.most_at_once.load(std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(most, 1, "requests at once to a destination whose max_in_flight is 1");
-    locker.batch_execute("ROLLBACK").await.unwrap();
-    app.wait_count("every result committed once the lock is gone", DELIVERED, 3).await;
-    assert_eq!(rx.requests().len(), 3, "each delivery attempted once");
-    assert_eq!(rx.state.overlaps.load(std::sync::atomic::Ordering::SeqCst), 0, "no delivery in flight twice");
-}
-
-#[actix_rt::test]
 async fn a_resumed_destination_starts_its_backlog_without_waiting_for_the_poll() {
     let rx = Receiver::start(vec![], None);
     let url = rx.url.clone();

@@ -73,23 +73,15 @@ async fn claim_statements_read_bounded_rows(all_due: bool) {
 
     let db = connect(&app._db.url()).await;
     db.batch_execute(&format!(
-        "PREPARE due(uuid[], uuid[], int[], uuid[]) AS {DUE};
-         PREPARE claim(uuid[], int[], int[], uuid[], text, int, uuid[]) AS {CLAIM};"
+        "PREPARE due(uuid[], uuid[], int[]) AS {DUE};
+         PREPARE claim(uuid[], int[], int[], uuid[], text, int) AS {CLAIM};"
     ))
     .await
     .unwrap();
-    // The claimer's settled leases, as many as a full window of them.
-    let settled: Vec<String> = (0..256).map(|_| format!("'{}'", uuid::Uuid::new_v4())).collect();
-    let settled = format!("ARRAY[{}]::uuid[]", settled.join(","));
     let cases = [
-        ("DUE", format!("EXECUTE due(ARRAY['{dest}']::uuid[], ARRAY[]::uuid[], ARRAY[16], {settled})")),
-        (
-            "CLAIM",
-            format!(
-                "EXECUTE claim(ARRAY['{dest}']::uuid[], ARRAY[16], ARRAY[16], ARRAY[]::uuid[], 'n', 1000, {settled})"
-            ),
-        ),
-        ("FIFO DUE", format!("EXECUTE due(ARRAY[]::uuid[], ARRAY['{dest}']::uuid[], ARRAY[]::int[], {settled})")),
+        ("DUE", format!("EXECUTE due(ARRAY['{dest}']::uuid[], ARRAY[]::uuid[], ARRAY[16])")),
+        ("CLAIM", format!("EXECUTE claim(ARRAY['{dest}']::uuid[], ARRAY[16], ARRAY[16], ARRAY[]::uuid[], 'n', 1000)")),
+        ("FIFO DUE", format!("EXECUTE due(ARRAY[]::uuid[], ARRAY['{dest}']::uuid[], ARRAY[]::int[])")),
     ];
     for (name, execute) in cases {
         // Twice: the first execution plans; the second must reuse that plan.
