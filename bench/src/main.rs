@@ -137,6 +137,10 @@ enum Command {
         /// Only the delivery phases: the receiver's capacity, the backlog sweep and the full pipeline.
         #[arg(long)]
         delivery_only: bool,
+        /// Every bench destination's `max_in_flight` (past 384, raise the node's too:
+        /// `HOOKGATE_DELIVERY__MAX_IN_FLIGHT`, of which one destination gets at most three quarters).
+        #[arg(long, default_value_t = 256)]
+        window: u32,
         #[arg(long, default_value = "hookgate-bench.json")]
         out: PathBuf,
     },
@@ -302,6 +306,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             pipeline_rates,
             pipeline_secs,
             delivery_only,
+            window,
             out,
         } => {
             let opts = StandardOptions {
@@ -319,6 +324,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 pipeline_rates,
                 pipeline_secs,
                 delivery_only,
+                window,
                 out,
             };
             standard::run(opts).await?;

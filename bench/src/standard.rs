@@ -45,6 +45,8 @@ pub struct StandardOptions {
     pub pipeline_secs: u64,
     /// Only the delivery phases (the receiver's capacity, the backlog sweep, the full pipeline), and no baseline.
     pub delivery_only: bool,
+    /// Every bench destination's `max_in_flight`.
+    pub window: u32,
     pub out: PathBuf,
 }
 
@@ -245,7 +247,7 @@ verification = {{ kind = "hmac_sha256", header = "X-Signature", prefix = "sha256
 [[destinations]]
 slug = "receiver"
 url = "http://127.0.0.1:{rport}/hook"
-max_in_flight = 256
+max_in_flight = {window}
 signing_secrets = ["{DESTINATION_SECRET}"]
 [[routes]]
 slug = "bench-to-receiver"
@@ -265,13 +267,13 @@ verification = {{ kind = "hmac_sha256", header = "X-Signature", prefix = "sha256
 [[destinations]]
 slug = "drain-http"
 url = "http://127.0.0.1:{http_port}/hook"
-max_in_flight = 256
+max_in_flight = {window}
 signing_secrets = ["{DESTINATION_SECRET}"]
 state = "paused"
 [[destinations]]
 slug = "drain-https"
 url = "https://127.0.0.1:{https_port}/hook"
-max_in_flight = 256
+max_in_flight = {window}
 signing_secrets = ["{DESTINATION_SECRET}"]
 state = "paused"
 tls = {{ ca_file = "{ca}" }}
@@ -290,7 +292,7 @@ verification = {{ kind = "none" }}
 [[destinations]]
 slug = "sweep"
 url = "http://127.0.0.1:{sweep_port}/hook"
-max_in_flight = 256
+max_in_flight = {window}
 signing_secrets = ["{DESTINATION_SECRET}"]
 state = "paused"
 [[routes]]
@@ -305,6 +307,7 @@ destination = "sweep"
             https_port = drain_rx[1].port,
             sweep_port = drain_rx[2].port,
             ca = dir.join("ca.pem").display(),
+            window = opts.window,
         ),
     )?;
     let db = &opts.database;
@@ -465,6 +468,7 @@ async fn phases(
     eprintln!("bench: the receiver's own capacity, 64 connections, {fill:?}");
     let capacity = closed_loop(sink, 64, fill).await.ok_rate();
     lines.push(format!("receiver's own capacity (this generator, 64 connections): {capacity:.0} requests/s"));
+    lines.push(format!("every bench destination's max_in_flight: {}", opts.window));
 
     // The backlog sweep: the same drain from backlogs of each size, with PostgreSQL's CPU per delivery.
     let mut sweep_json = Vec::new();
