@@ -134,3 +134,18 @@ async fn a_hot_read_that_fails_leaves_its_connection_outside_any_transaction() {
     let mode: String = db.query_one("SHOW plan_cache_mode", &[]).await.unwrap().get(0);
     assert_eq!(mode, "auto");
 }
+
+/// Every session hookgate opens (its pools', the probe's, the LISTEN connections') runs without JIT and commits
+/// synchronously, whatever the server's or the role's defaults: JIT compiled the backlog sample over 100,000 pending
+/// rows for 0.56 s of CPU (ADR-0019).
+#[actix_rt::test]
+async fn hookgate_sessions_run_without_jit_and_commit_synchronously() {
+    let app = spawn_app_with(|_| {}).await;
+    let pg = app.settings.database.pg_connect().unwrap();
+    let (client, connection) = pg.config.connect(pg.tls.clone()).await.unwrap();
+    actix_rt::spawn(connection);
+    let row = client.query_one("SELECT current_setting('jit'), current_setting('synchronous_commit')", &[]).await;
+    let row = row.unwrap();
+    let (jit, commit): (String, String) = (row.get(0), row.get(1));
+    assert_eq!((jit.as_str(), commit.as_str()), ("off", "on"));
+}
