@@ -36,7 +36,7 @@ use hookgate_core::ssrf::SsrfPolicy;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::limits::Limits;
+use crate::limits::{Limits, HELD_FLUSH_EVERY};
 use crate::proxy::EgressProxy;
 use crate::redis_link::RedisLink;
 use crate::shutdown::Shutdown;
@@ -210,6 +210,13 @@ impl Actor for Deliverer {
         ctx.set_mailbox_capacity(self.mailbox_capacity);
         self.client =
             Some(guarded_client(self.policy.clone(), self.proxy.clone(), self.max_connections, self.tls.shared()));
+        // Successes to closed circuits are held by the limits and counted in bulk (see `limits`).
+        ctx.run_interval(HELD_FLUSH_EVERY, |act, ctx| {
+            if act.limits.holds_successes() {
+                let (limits, redis) = (act.limits.clone(), act.redis.clone());
+                ctx.spawn(async move { limits.flush_held(redis.get()).await }.into_actor(act));
+            }
+        });
     }
 }
 
@@ -266,9 +273,9 @@ impl Handler<Deliver> for Deliverer {
                 let _ = scheduler.send(done).await;
             }
             .into_actor(self)
-            .map(|(), act, _| {
+            .map(|(), act, ctx| {
                 act.inflight -= 1;
-                act.answer_shutdown();
+                act.answer_shutdown(ctx);
             }),
         );
         self.inflight += 1;
@@ -308,12 +315,20 @@ impl Deliverer {
         client
     }
 
-    /// Answers the [`Shutdown`]s waiting for this deliverer's attempts, once none is in flight.
-    fn answer_shutdown(&mut self) {
-        if self.inflight == 0 {
-            for reply in self.shutdowns.drain(..) {
-                let _ = reply.send(());
-            }
+    /// Once no attempt is in flight, counts the held successes and answers the [`Shutdown`]s waiting for them.
+    fn answer_shutdown(&mut self, ctx: &mut Context<Self>) {
+        if self.inflight == 0 && !self.shutdowns.is_empty() {
+            let replies = std::mem::take(&mut self.shutdowns);
+            let (limits, redis) = (self.limits.clone(), self.redis.clone());
+            ctx.spawn(
+                async move {
+                    limits.flush_held(redis.get()).await;
+                    for reply in replies {
+                        let _ = reply.send(());
+                    }
+                }
+                .into_actor(self),
+            );
         }
     }
 }
@@ -322,9 +337,9 @@ impl Deliverer {
 /// their leases were given back, and the ResultWriter fences their late results).
 impl Handler<Shutdown> for Deliverer {
     type Result = ();
-    fn handle(&mut self, msg: Shutdown, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) {
         self.shutdowns.push(msg.reply);
-        self.answer_shutdown();
+        self.answer_shutdown(ctx);
     }
 }
 

@@ -31,6 +31,13 @@
 //!   circuit opens when it holds >= `min_requests` with failed/total >= `failure_ratio`. Both rules are evaluated
 //!   when a failure is recorded; a success never opens the circuit. `failure_threshold = 0` disables the
 //!   consecutive rule; `failure_ratio > 1` disables the ratio rule. The counters survive the ramp's full close.
+//! - Successes while closed are counted in bulk: while this process last saw a destination's circuit closed, its
+//!   successes are held in memory and added to the window in one script per destination and flush
+//!   ([`Limits::flush_held`]; the deliverer calls it every [`HELD_FLUSH_EVERY`]), or ahead of this process's next
+//!   other outcome for the destination, in the same script: a failure here always counts after the successes
+//!   before it. Held successes count only if the circuit is still closed when they arrive (they started while it
+//!   was closed, so an open, half-open or ramping circuit would have ignored them anyway). To other processes a
+//!   held success looks like an attempt that took up to `HELD_FLUSH_EVERY` longer.
 //! - Outcomes recorded while open are ignored (they belong to requests started before the circuit opened); so are,
 //!   while half-open or ramping, outcomes of attempts started before the probe phase began. While half-open, the
 //!   first other outcome decides (success starts the ramp, failure re-opens); hookgate only starts the probe then.
@@ -326,7 +333,8 @@ return 0
 "#;
 
 /// ARGV[3..]: success (1|0), elapsed_ms, failure_threshold, failure_ratio, min_requests, window_ms,
-/// open_initial_ms, open_ms, ramp_initial, ramp_max. Returns {state after recording, 0}, or, when this outcome
+/// open_initial_ms, open_ms, ramp_initial, ramp_max, held (successes held before this outcome: counted first, and
+/// only if the circuit is closed). Returns {state after recording, 0}, or, when this outcome
 /// changed the circuit, {1, 1, opened (ms), period (ms), opens} (it opened) or {0, 2, opened (ms)} (it closed fully
 /// again; `opened` is the start of the last open period).
 const CB_RECORD: &str = r#"
@@ -340,6 +348,7 @@ local open_initial = tonumber(ARGV[9])
 local open_max = tonumber(ARGV[10])
 local ramp_initial = tonumber(ARGV[11])
 local ramp_max = tonumber(ARGV[12])
+local held = tonumber(ARGV[13]) or 0
 local h = redis.call('HMGET', key, 'state', 'consec', 'lastfail', 'wstart', 'wtotal', 'wfail', 'opens', 'since',
   'allow', 'rsucc', 'opened')
 local state = tonumber(h[1]) or 0
@@ -394,6 +403,10 @@ if wstart == nil or now - wstart >= window_ms or now < wstart then
   wtotal = 0
   wfail = 0
 end
+if state == 0 and held > 0 then
+  consec = 0
+  wtotal = wtotal + held
+end
 wtotal = wtotal + 1
 if ok then
   consec = 0
@@ -434,6 +447,32 @@ end
 redis.call('HSET', key, 'state', 0)
 redis.call('PEXPIRE', key, ttl)
 return {0, 0}
+"#;
+
+/// ARGV[3..]: n, window_ms, age_ms (since the newest of them was recorded). Adds n successes to a closed circuit's
+/// window (as n successes recorded now would); they reset the consecutive failures unless a failure was counted
+/// after the newest of them. Ignored in any other state. Returns the state.
+const CB_SUCCESSES: &str = r#"
+local n = tonumber(ARGV[3])
+local window_ms = tonumber(ARGV[4])
+local newest = now - tonumber(ARGV[5])
+local h = redis.call('HMGET', key, 'state', 'wstart', 'wtotal', 'lastfail')
+local state = tonumber(h[1]) or 0
+if state ~= 0 then
+  return state
+end
+local lastfail = tonumber(h[4])
+if lastfail == nil or newest >= lastfail then
+  redis.call('HSET', key, 'consec', 0)
+end
+local wstart = tonumber(h[2])
+if wstart == nil or now - wstart >= window_ms or now < wstart then
+  redis.call('HSET', key, 'state', 0, 'wstart', string.format('%.0f', now), 'wtotal', n, 'wfail', 0)
+else
+  redis.call('HSET', key, 'state', 0, 'wtotal', (tonumber(h[3]) or 0) + n)
+end
+redis.call('PEXPIRE', key, ttl)
+return 0
 "#;
 
 /// Returns {state, allowance (0 unless ramping), live grants, opens, period}.
@@ -512,6 +551,13 @@ return math.floor(tokens + 1e-9)
 /// Whole tokens available in `tokens` (tolerating float error just below an integer).
 fn whole(tokens: f64) -> u64 {
     (tokens + 1e-9).floor().max(0.0) as u64
+}
+
+/// Successes held for one destination: how many, and when the newest was recorded (local clock).
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    n: u32,
+    newest: Instant,
 }
 
 /// A destination's token bucket in the local fallback.
@@ -627,6 +673,7 @@ struct Scripts {
     admit: Script,
     release: Script,
     record: Script,
+    successes: Script,
     health: Script,
     take: Script,
     give_back: Script,
@@ -648,6 +695,11 @@ pub struct Limits {
     /// Destinations whose last `admit` here answered half-open or ramping: only those can have grants to release,
     /// so releasing skips Redis for the others (the claim round releases after every round with unused budget).
     probing: Mutex<std::collections::HashSet<Uuid>>,
+    /// Destinations whose circuit this process last saw closed in Redis (by `admit` or a recorded outcome): their
+    /// successes are held and counted in bulk.
+    seen_closed: Mutex<std::collections::HashSet<Uuid>>,
+    /// Successes held per destination, not yet added to its window (see the module notes).
+    held: Mutex<HashMap<Uuid, Held>>,
     /// Where opens and returns to closed are told (operational notifications); off unless set.
     notices: Notices,
 }
@@ -662,6 +714,9 @@ impl std::fmt::Debug for Limits {
             .finish_non_exhaustive()
     }
 }
+
+/// How often the deliverer adds held successes to their circuits' windows ([`Limits::flush_held`]).
+pub const HELD_FLUSH_EVERY: Duration = Duration::from_millis(20);
 
 /// Default longest wait for one Redis script before the local fallback answers.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(500);
@@ -687,12 +742,15 @@ impl Limits {
                 admit: Script::new(&format!("{NOW}{CB_COMMON}{CB_ADMIT}")),
                 release: Script::new(&format!("{NOW}{CB_COMMON}{CB_RELEASE}")),
                 record: Script::new(&format!("{NOW}{CB_COMMON}{CB_RECORD}")),
+                successes: Script::new(&format!("{NOW}{CB_COMMON}{CB_SUCCESSES}")),
                 health: Script::new(&format!("{NOW}{CB_COMMON}{CB_HEALTH}")),
                 take: Script::new(&format!("{NOW}{RL_REFILL}{RL_TAKE}")),
                 give_back: Script::new(&format!("{NOW}{RL_REFILL}{RL_RETURN}")),
             },
             degraded: AtomicBool::new(false),
             probing: Mutex::new(std::collections::HashSet::new()),
+            seen_closed: Mutex::new(std::collections::HashSet::new()),
+            held: Mutex::new(HashMap::new()),
             notices: Notices::off(),
         }
     }
@@ -906,6 +964,15 @@ impl Limits {
         success: bool,
         elapsed: Duration,
     ) -> (CircuitState, Scope) {
+        if success && conn.is_some() && self.seen_closed.lock().unwrap_or_else(|e| e.into_inner()).contains(&dest) {
+            let now = self.clock.now();
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            let h = held.entry(dest).or_insert(Held { n: 0, newest: now });
+            h.n = h.n.saturating_add(1);
+            h.newest = now;
+            return (CircuitState::Closed, Scope::Cluster);
+        }
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&dest).map_or(0, |h| h.n);
         let p = self.params;
         let elapsed_ms = elapsed.as_millis().min(1 << 40) as i64;
         let args = [
@@ -921,6 +988,7 @@ impl Limits {
             p.open_ms.to_string(),
             p.ramp_initial.to_string(),
             p.ramp_max.to_string(),
+            held.to_string(),
         ];
         let (state, change, scope) = match self
             .eval::<Vec<i64>>(conn, "record", &self.scripts.record, &self.circuit_keys(dest), &args)
@@ -938,12 +1006,59 @@ impl Limits {
                 (CircuitState::from_code(at(0)), change, Scope::Cluster)
             }
             None => {
+                if held > 0 {
+                    let (_, earlier) = self.record_local_successes(dest, held);
+                    if earlier != Change::None {
+                        self.observe(dest, CircuitState::Closed, earlier, Scope::Local);
+                    }
+                }
                 let (state, change) = self.record_local(dest, success, elapsed_ms);
                 (state, change, Scope::Local)
             }
         };
         self.observe(dest, state, change, scope);
         (state, scope)
+    }
+
+    /// Whether successes are held, waiting for [`Limits::flush_held`].
+    pub fn holds_successes(&self) -> bool {
+        !self.held.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
+    /// Adds the held successes to their circuits' windows: one script per destination (see the module notes).
+    pub async fn flush_held(&self, conn: Option<MultiplexedConnection>) {
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
+        // One script per destination, all on the wire at once (the connection pipelines them).
+        futures::future::join_all(held.into_iter().map(|(dest, h)| self.flush_one(conn.clone(), dest, h))).await;
+    }
+
+    /// Adds one destination's held successes to its window (the local fallback's when Redis does not answer).
+    async fn flush_one(&self, conn: Option<MultiplexedConnection>, dest: Uuid, Held { n, newest }: Held) {
+        let p = self.params;
+        let age_ms = self.clock.now().saturating_duration_since(newest).as_millis().min(1 << 40);
+        let args =
+            [p.ttl_ms.to_string(), p.open_ms.to_string(), n.to_string(), p.window_ms.to_string(), age_ms.to_string()];
+        let keys = self.circuit_keys(dest);
+        let (state, change, scope) = match self.eval::<i64>(conn, "record", &self.scripts.successes, &keys, &args).await
+        {
+            Some(code) => (CircuitState::from_code(code), Change::None, Scope::Cluster),
+            None => {
+                let (state, change) = self.record_local_successes(dest, n);
+                (state, change, Scope::Local)
+            }
+        };
+        self.observe(dest, state, change, scope);
+    }
+
+    /// Held successes that could not reach Redis go to the local fallback state, one by one: the state after the
+    /// last, and the change they made (if any).
+    fn record_local_successes(&self, dest: Uuid, n: u32) -> (CircuitState, Change) {
+        let mut last = (CircuitState::Closed, Change::None);
+        for _ in 0..n {
+            let (state, change) = self.record_local(dest, true, 0);
+            last = (state, if change == Change::None { last.1 } else { change });
+        }
+        last
     }
 
     /// The local fallback of [`Limits::record`]: the state after recording, and how this outcome changed it (the
@@ -1140,6 +1255,14 @@ impl Limits {
     /// Reports the state this process saw (the gauge, the opens counter), and tells the Notifier of an open or a
     /// return to closed.
     fn observe(&self, dest: Uuid, state: CircuitState, change: Change, scope: Scope) {
+        {
+            let mut closed = self.seen_closed.lock().unwrap_or_else(|e| e.into_inner());
+            if scope == Scope::Cluster && state == CircuitState::Closed {
+                closed.insert(dest);
+            } else {
+                closed.remove(&dest);
+            }
+        }
         emit(CircuitObserved {
             destination: dest,
             code: state.code(),
@@ -1759,6 +1882,106 @@ mod tests {
         assert_eq!(b.record(c(), dest, true, Duration::ZERO).await, (CircuitState::Closed, Scope::Cluster));
         assert_eq!(a.admit(c(), dest, 3).await, (3, Scope::Cluster));
 
+        cleanup(conn, &prefix).await;
+    }
+
+    async fn field(conn: &MultiplexedConnection, l: &Limits, dest: Uuid, name: &str) -> Option<i64> {
+        redis::cmd("HGET").arg(l.circuit_key(dest)).arg(name).query_async(&mut conn.clone()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn limits_redis_successes_to_a_closed_circuit_are_held_and_counted_in_bulk() {
+        let conn = redis().await;
+        let prefix = prefix();
+        let (a, b) = (Limits::new(&prefix, ratio_config()), Limits::new(&prefix, ratio_config()));
+        let dest = Uuid::new_v4();
+        let c = || Some(conn.clone());
+
+        // Until a process has seen the circuit closed, a success goes to Redis at once; then successes are held.
+        assert_eq!(a.record(c(), dest, true, Duration::ZERO).await, (CircuitState::Closed, Scope::Cluster));
+        assert_eq!(field(&conn, &a, dest, "wtotal").await, Some(1));
+        for _ in 0..4 {
+            assert_eq!(a.record(c(), dest, true, Duration::ZERO).await, (CircuitState::Closed, Scope::Cluster));
+        }
+        assert!(a.holds_successes());
+        assert_eq!(field(&conn, &a, dest, "wtotal").await, Some(1), "held, not yet counted");
+        a.flush_held(c()).await;
+        assert!(!a.holds_successes());
+        assert_eq!(field(&conn, &a, dest, "wtotal").await, Some(5));
+
+        // This process's next failure counts the successes held before it first (1 of 10 failed); then 8 more
+        // failures from another process open it (9 of 18), not 5 (6 of 11) as without the held successes.
+        for _ in 0..4 {
+            a.record(c(), dest, true, Duration::ZERO).await;
+        }
+        assert_eq!(a.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Closed, Scope::Cluster));
+        assert_eq!(field(&conn, &a, dest, "wtotal").await, Some(10));
+        assert_eq!(field(&conn, &a, dest, "wfail").await, Some(1));
+        for _ in 0..7 {
+            assert_eq!(b.record(c(), dest, false, Duration::ZERO).await.0, CircuitState::Closed);
+        }
+        assert_eq!(b.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Open, Scope::Cluster));
+
+        // Successes held while this process still saw it closed are dropped: an open circuit ignores them.
+        a.record(c(), dest, true, Duration::ZERO).await;
+        assert!(a.holds_successes());
+        a.flush_held(c()).await;
+        assert_eq!(a.state(c(), dest).await, (CircuitState::Open, Scope::Cluster));
+        assert_eq!(field(&conn, &a, dest, "wtotal").await, None, "an open circuit keeps no window");
+        // Having seen it open, this process records its next outcome at once.
+        a.record(c(), dest, true, Duration::ZERO).await;
+        assert!(!a.holds_successes());
+        cleanup(conn, &prefix).await;
+    }
+
+    #[tokio::test]
+    async fn limits_redis_held_successes_do_not_undo_a_failure_counted_after_them() {
+        let conn = redis().await;
+        let prefix = prefix();
+        let clock = Arc::new(ManualClock::new());
+        let a = Limits::with_clock(&prefix, config(), clock.clone());
+        let b = Limits::new(&prefix, config());
+        let dest = Uuid::new_v4();
+        let c = || Some(conn.clone());
+
+        a.record(c(), dest, true, Duration::ZERO).await;
+        a.record(c(), dest, true, Duration::ZERO).await;
+        assert!(a.holds_successes());
+        // Another process counts a failure after the held success; when the success arrives (a minute old by the
+        // local clock, so older than the failure), it adds to the window but leaves the consecutive count alone.
+        b.record(c(), dest, false, Duration::ZERO).await;
+        clock.advance(Duration::from_secs(60));
+        a.flush_held(c()).await;
+        assert_eq!(field(&conn, &a, dest, "consec").await, Some(1));
+        assert_eq!(field(&conn, &a, dest, "wtotal").await, Some(3));
+        // A success held after the failure resets it.
+        a.record(c(), dest, true, Duration::ZERO).await;
+        a.flush_held(c()).await;
+        assert_eq!(field(&conn, &a, dest, "consec").await, Some(0));
+        assert_eq!(field(&conn, &a, dest, "wtotal").await, Some(4));
+        cleanup(conn, &prefix).await;
+    }
+
+    #[tokio::test]
+    async fn limits_redis_held_successes_go_to_the_local_state_when_redis_fails() {
+        let conn = redis().await;
+        let prefix = prefix();
+        let l = Limits::new(&prefix, ratio_config());
+        let dest = Uuid::new_v4();
+        let c = || Some(conn.clone());
+        for _ in 0..10 {
+            l.record(c(), dest, true, Duration::ZERO).await;
+        }
+        // The script fails (WRONGTYPE): the 9 held successes count locally, so 8 local failures do not open it
+        // (8 of 17), and the ninth does (9 of 18).
+        let _: () = redis::cmd("DEL").arg(l.circuit_key(dest)).query_async(&mut conn.clone()).await.unwrap();
+        let _: () = redis::cmd("SET").arg(l.circuit_key(dest)).arg("x").query_async(&mut conn.clone()).await.unwrap();
+        l.flush_held(c()).await;
+        assert!(!l.holds_successes());
+        for _ in 0..8 {
+            assert_eq!(l.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Closed, Scope::Local));
+        }
+        assert_eq!(l.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Open, Scope::Local));
         cleanup(conn, &prefix).await;
     }
 
