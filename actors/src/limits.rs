@@ -34,10 +34,11 @@
 //! - Successes while closed are counted in bulk: while this process last saw a destination's circuit closed, its
 //!   successes are held in memory and added to the window in one script per destination and flush
 //!   ([`Limits::flush_held`]; the deliverer calls it every [`HELD_FLUSH_EVERY`]), or ahead of this process's next
-//!   other outcome for the destination, in the same script: a failure here always counts after the successes
-//!   before it. Held successes count only if the circuit is still closed when they arrive (they started while it
-//!   was closed, so an open, half-open or ramping circuit would have ignored them anyway). To other processes a
-//!   held success looks like an attempt that took up to `HELD_FLUSH_EVERY` longer.
+//!   other outcome for the destination, in the same script (unless a flush already took them: then both scripts
+//!   are on the wire at once, in either order). Held successes count only if the circuit is still closed when they
+//!   arrive (they started while it was closed, so an open, half-open or ramping circuit would have ignored them
+//!   anyway), and they reset the consecutive failures only if no failure was counted after the newest of them. To
+//!   other processes a held success looks like an attempt that took up to `HELD_FLUSH_EVERY` longer.
 //! - Outcomes recorded while open are ignored (they belong to requests started before the circuit opened); so are,
 //!   while half-open or ramping, outcomes of attempts started before the probe phase began. While half-open, the
 //!   first other outcome decides (success starts the ramp, failure re-opens); hookgate only starts the probe then.
@@ -334,7 +335,8 @@ return 0
 
 /// ARGV[3..]: success (1|0), elapsed_ms, failure_threshold, failure_ratio, min_requests, window_ms,
 /// open_initial_ms, open_ms, ramp_initial, ramp_max, held (successes held before this outcome: counted first, and
-/// only if the circuit is closed). Returns {state after recording, 0}, or, when this outcome
+/// only if the circuit is closed), held_age_ms (since the newest of them was recorded: as in `CB_SUCCESSES`, they
+/// reset the consecutive failures only if no failure was counted after the newest of them). Returns {state after recording, 0}, or, when this outcome
 /// changed the circuit, {1, 1, opened (ms), period (ms), opens} (it opened) or {0, 2, opened (ms)} (it closed fully
 /// again; `opened` is the start of the last open period).
 const CB_RECORD: &str = r#"
@@ -349,6 +351,7 @@ local open_max = tonumber(ARGV[10])
 local ramp_initial = tonumber(ARGV[11])
 local ramp_max = tonumber(ARGV[12])
 local held = tonumber(ARGV[13]) or 0
+local held_newest = now - (tonumber(ARGV[14]) or 0)
 local h = redis.call('HMGET', key, 'state', 'consec', 'lastfail', 'wstart', 'wtotal', 'wfail', 'opens', 'since',
   'allow', 'rsucc', 'opened')
 local state = tonumber(h[1]) or 0
@@ -404,7 +407,9 @@ if wstart == nil or now - wstart >= window_ms or now < wstart then
   wfail = 0
 end
 if state == 0 and held > 0 then
-  consec = 0
+  if lastfail == nil or held_newest >= lastfail then
+    consec = 0
+  end
   wtotal = wtotal + held
 end
 wtotal = wtotal + 1
@@ -972,7 +977,9 @@ impl Limits {
             h.newest = now;
             return (CircuitState::Closed, Scope::Cluster);
         }
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&dest).map_or(0, |h| h.n);
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&dest);
+        let held_age_ms = held.as_ref().map_or(0, |h| self.clock.now().saturating_duration_since(h.newest).as_millis());
+        let held = held.map_or(0, |h| h.n);
         let p = self.params;
         let elapsed_ms = elapsed.as_millis().min(1 << 40) as i64;
         let args = [
@@ -989,6 +996,7 @@ impl Limits {
             p.ramp_initial.to_string(),
             p.ramp_max.to_string(),
             held.to_string(),
+            held_age_ms.min(1 << 40).to_string(),
         ];
         let (state, change, scope) = match self
             .eval::<Vec<i64>>(conn, "record", &self.scripts.record, &self.circuit_keys(dest), &args)
@@ -1959,6 +1967,32 @@ mod tests {
         a.flush_held(c()).await;
         assert_eq!(field(&conn, &a, dest, "consec").await, Some(0));
         assert_eq!(field(&conn, &a, dest, "wtotal").await, Some(4));
+        cleanup(conn, &prefix).await;
+    }
+
+    #[tokio::test]
+    async fn limits_redis_a_failure_carrying_held_successes_keeps_failures_counted_after_them() {
+        let conn = redis().await;
+        let prefix = prefix();
+        let clock = Arc::new(ManualClock::new());
+        let a = Limits::with_clock(&prefix, config(), clock.clone());
+        let b = Limits::new(&prefix, config());
+        let dest = Uuid::new_v4();
+        let c = || Some(conn.clone());
+
+        a.record(c(), dest, true, Duration::ZERO).await;
+        a.record(c(), dest, true, Duration::ZERO).await;
+        assert!(a.holds_successes());
+        // Another process counts a failure after the held success; this process's own failure then carries the
+        // held success (a minute old by the local clock): it joins the window, but the consecutive count keeps the
+        // other process's failure, and the third consecutive failure opens the circuit.
+        b.record(c(), dest, false, Duration::ZERO).await;
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(a.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Closed, Scope::Cluster));
+        assert!(!a.holds_successes());
+        assert_eq!(field(&conn, &a, dest, "consec").await, Some(2));
+        assert_eq!(field(&conn, &a, dest, "wtotal").await, Some(4));
+        assert_eq!(b.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Open, Scope::Cluster));
         cleanup(conn, &prefix).await;
     }
 
