@@ -1942,23 +1942,32 @@ mod tests {
         cleanup(conn, &prefix).await;
     }
 
+    /// Process `a` (on a manual clock) holds a success, then process `b` counts a failure, then a minute passes on
+    /// `a`'s clock: the held success is older than the failure when it reaches Redis. The window then holds 3.
+    async fn a_success_held_before_another_process_failed(
+        conn: &MultiplexedConnection,
+        prefix: &str,
+    ) -> (Limits, Limits, Uuid) {
+        let clock = Arc::new(ManualClock::new());
+        let a = Limits::with_clock(prefix, config(), clock.clone());
+        let b = Limits::new(prefix, config());
+        let dest = Uuid::new_v4();
+        // The first success goes to Redis at once (`a` has not seen the circuit yet); the second is held.
+        a.record(Some(conn.clone()), dest, true, Duration::ZERO).await;
+        a.record(Some(conn.clone()), dest, true, Duration::ZERO).await;
+        assert!(a.holds_successes());
+        b.record(Some(conn.clone()), dest, false, Duration::ZERO).await;
+        clock.advance(Duration::from_secs(60));
+        (a, b, dest)
+    }
+
     #[tokio::test]
     async fn limits_redis_held_successes_do_not_undo_a_failure_counted_after_them() {
         let conn = redis().await;
         let prefix = prefix();
-        let clock = Arc::new(ManualClock::new());
-        let a = Limits::with_clock(&prefix, config(), clock.clone());
-        let b = Limits::new(&prefix, config());
-        let dest = Uuid::new_v4();
         let c = || Some(conn.clone());
-
-        a.record(c(), dest, true, Duration::ZERO).await;
-        a.record(c(), dest, true, Duration::ZERO).await;
-        assert!(a.holds_successes());
-        // Another process counts a failure after the held success; when the success arrives (a minute old by the
-        // local clock, so older than the failure), it adds to the window but leaves the consecutive count alone.
-        b.record(c(), dest, false, Duration::ZERO).await;
-        clock.advance(Duration::from_secs(60));
+        let (a, _b, dest) = a_success_held_before_another_process_failed(&conn, &prefix).await;
+        // Flushed, the held success adds to the window but leaves the consecutive count alone.
         a.flush_held(c()).await;
         assert_eq!(field(&conn, &a, dest, "consec").await, Some(1));
         assert_eq!(field(&conn, &a, dest, "wtotal").await, Some(3));
@@ -1974,20 +1983,10 @@ mod tests {
     async fn limits_redis_a_failure_carrying_held_successes_keeps_failures_counted_after_them() {
         let conn = redis().await;
         let prefix = prefix();
-        let clock = Arc::new(ManualClock::new());
-        let a = Limits::with_clock(&prefix, config(), clock.clone());
-        let b = Limits::new(&prefix, config());
-        let dest = Uuid::new_v4();
         let c = || Some(conn.clone());
-
-        a.record(c(), dest, true, Duration::ZERO).await;
-        a.record(c(), dest, true, Duration::ZERO).await;
-        assert!(a.holds_successes());
-        // Another process counts a failure after the held success; this process's own failure then carries the
-        // held success (a minute old by the local clock): it joins the window, but the consecutive count keeps the
-        // other process's failure, and the third consecutive failure opens the circuit.
-        b.record(c(), dest, false, Duration::ZERO).await;
-        clock.advance(Duration::from_secs(60));
+        let (a, b, dest) = a_success_held_before_another_process_failed(&conn, &prefix).await;
+        // Carried by this process's own failure, the held success joins the window, but the consecutive count keeps
+        // the other process's failure, and the third consecutive failure opens the circuit.
         assert_eq!(a.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Closed, Scope::Cluster));
         assert!(!a.holds_successes());
         assert_eq!(field(&conn, &a, dest, "consec").await, Some(2));
