@@ -336,9 +336,9 @@ return 0
 /// ARGV[3..]: success (1|0), elapsed_ms, failure_threshold, failure_ratio, min_requests, window_ms,
 /// open_initial_ms, open_ms, ramp_initial, ramp_max, held (successes held before this outcome: counted first, and
 /// only if the circuit is closed), held_age_ms (since the newest of them was recorded: as in `CB_SUCCESSES`, they
-/// reset the consecutive failures only if no failure was counted after the newest of them). Returns {state after recording, 0}, or, when this outcome
-/// changed the circuit, {1, 1, opened (ms), period (ms), opens} (it opened) or {0, 2, opened (ms)} (it closed fully
-/// again; `opened` is the start of the last open period).
+/// reset the consecutive failures only if no failure was counted after the newest of them). Returns {state after
+/// recording, 0}, or, when this outcome changed the circuit, {1, 1, opened (ms), period (ms), opens} (it opened) or
+/// {0, 2, opened (ms)} (it closed fully again; `opened` is the start of the last open period).
 const CB_RECORD: &str = r#"
 local ok = ARGV[3] == '1'
 local started = now - tonumber(ARGV[4])
@@ -563,6 +563,13 @@ fn whole(tokens: f64) -> u64 {
 struct Held {
     n: u32,
     newest: Instant,
+}
+
+impl Held {
+    /// Milliseconds since the newest of them was recorded (the scripts' `age_ms`).
+    fn age_ms(&self, now: Instant) -> u128 {
+        now.saturating_duration_since(self.newest).as_millis().min(1 << 40)
+    }
 }
 
 /// A destination's token bucket in the local fallback.
@@ -978,7 +985,7 @@ impl Limits {
             return (CircuitState::Closed, Scope::Cluster);
         }
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&dest);
-        let held_age_ms = held.as_ref().map_or(0, |h| self.clock.now().saturating_duration_since(h.newest).as_millis());
+        let held_age_ms = held.map_or(0, |h| h.age_ms(self.clock.now()));
         let held = held.map_or(0, |h| h.n);
         let p = self.params;
         let elapsed_ms = elapsed.as_millis().min(1 << 40) as i64;
@@ -996,7 +1003,7 @@ impl Limits {
             p.ramp_initial.to_string(),
             p.ramp_max.to_string(),
             held.to_string(),
-            held_age_ms.min(1 << 40).to_string(),
+            held_age_ms.to_string(),
         ];
         let (state, change, scope) = match self
             .eval::<Vec<i64>>(conn, "record", &self.scripts.record, &self.circuit_keys(dest), &args)
@@ -1041,9 +1048,9 @@ impl Limits {
     }
 
     /// Adds one destination's held successes to its window (the local fallback's when Redis does not answer).
-    async fn flush_one(&self, conn: Option<MultiplexedConnection>, dest: Uuid, Held { n, newest }: Held) {
-        let p = self.params;
-        let age_ms = self.clock.now().saturating_duration_since(newest).as_millis().min(1 << 40);
+    async fn flush_one(&self, conn: Option<MultiplexedConnection>, dest: Uuid, held: Held) {
+        let (p, n) = (self.params, held.n);
+        let age_ms = held.age_ms(self.clock.now());
         let args =
             [p.ttl_ms.to_string(), p.open_ms.to_string(), n.to_string(), p.window_ms.to_string(), age_ms.to_string()];
         let keys = self.circuit_keys(dest);
