@@ -19,7 +19,7 @@
 //! beside another such flush: at most one is in flight, so such deliveries commit in the order they arrived (their
 //! units wait in the buffer meanwhile; the other units keep flushing).
 //!
-//! A poison unit (one the database refuses for good, e.g. a delivery whose route was deleted meanwhile) does not fail
+//! A poison unit (one the database refuses for good, e.g. a value a column cannot hold) does not fail
 //! its batch: on a non-transient error ([`PersistError::Internal`]) the batch is retried in halves, whole units only,
 //! until only the refused units fail. A transient error ([`PersistError::Unavailable`]) fails every unit not yet
 //! committed, as clients retry those. NUL characters, which PostgreSQL refuses in text, are stripped from the stored
@@ -114,6 +114,9 @@ pub enum PersistError {
     /// PostgreSQL could not be reached or did not answer in time.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// The event's source was deleted before the event could be stored.
+    #[error("the source was deleted")]
+    SourceDeleted,
     /// Anything else; a bug or an unexpected database error.
     #[error("unexpected database error: {0}")]
     Internal(String),
@@ -678,6 +681,8 @@ async fn insert(
     let inserted = hookgate_store::events::insert_new(&tx, &event_rows(events)).await.map_err(store_error)?;
 
     let mut existing: HashMap<(Uuid, &str), Uuid> = HashMap::new();
+    // Sources that were deleted meanwhile (their events are not stored: no foreign key, ADR-0021).
+    let mut deleted: HashSet<Uuid> = HashSet::new();
     if inserted.len() < events.len() {
         let keys: Vec<(Uuid, &str)> = events
             .iter()
@@ -689,6 +694,13 @@ async fn insert(
             if let Some(e) = events.iter().find(|e| e.idempotency_key == key && e.source_id == source_id) {
                 existing.insert((e.source_id, e.idempotency_key.as_str()), event_id);
             }
+        }
+        if existing.len() < keys.len() {
+            let mut sources: Vec<Uuid> = keys.iter().map(|(s, _)| *s).collect();
+            sources.sort_unstable();
+            sources.dedup();
+            let live = hookgate_store::sources::existing(&tx, &sources).await.map_err(store_error)?;
+            deleted.extend(sources.into_iter().filter(|s| !live.contains(s)));
         }
     }
     let terms = handoff.and_then(HandOffPort::terms);
@@ -721,6 +733,7 @@ async fn insert(
             } else {
                 match existing.get(&(e.source_id, e.idempotency_key.as_str())) {
                     Some(id) => Ok(Persisted { id: *id, duplicate: true }),
+                    None if deleted.contains(&e.source_id) => Err(PersistError::SourceDeleted),
                     None => Err(PersistError::Internal("conflicting event vanished before lookup".into())),
                 }
             }
@@ -777,7 +790,7 @@ async fn insert_deliveries(
             lease: *lease,
         })
         .collect();
-    let leased = hookgate_store::deliveries::insert_planned(tx, &rows).await.map_err(store_error)?;
+    let leased = hookgate_store::deliveries::insert_planned(tx, &rows).await.map_err(store_error)?.leased;
     // A blocked destination's deliveries are found by the Scheduler when it has room again (a finished attempt,
     // the poll), and by other nodes at their poll: no NOTIFY that would start a claim round per flush for them.
     let wakes = |d: &NewDelivery<'_>| {

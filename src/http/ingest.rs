@@ -315,6 +315,7 @@ where
         Ok(Ok(Ok(p))) => Ok(p),
         Ok(Ok(Err(PersistError::Overloaded))) => Err(IngestError::Overloaded { retry_after_secs }),
         Ok(Ok(Err(PersistError::Unavailable(_)))) => Err(IngestError::Unavailable { retry_after_secs }),
+        Ok(Ok(Err(PersistError::SourceDeleted))) => Err(IngestError::SourceDeleted),
         Ok(Ok(Err(PersistError::Internal(e)))) => Err(IngestError::Unexpected(anyhow::anyhow!(e))),
         // The writer dropped the reply (stopping) or did not commit in time: the outcome is unknown to us,
         // so the producer must retry; the idempotency key makes the retry safe.

@@ -23,6 +23,9 @@ pub struct Problem {
 pub enum IngestError {
     #[error("no source is named {0:?}")]
     UnknownSource(String),
+    /// Deleted while the event was on its way to the database: nothing was stored.
+    #[error("the source was deleted before the event could be stored")]
+    SourceDeleted,
     #[error("{0}")]
     Unauthorized(#[from] VerifyError),
     #[error("the body is larger than this source accepts ({limit} bytes)")]
@@ -62,7 +65,7 @@ impl IngestError {
     /// A short, bounded label for metrics and logs.
     pub fn outcome(&self) -> &'static str {
         match self {
-            Self::UnknownSource(_) => "unknown_source",
+            Self::UnknownSource(_) | Self::SourceDeleted => "unknown_source",
             Self::Unauthorized(_) => "unauthorized",
             Self::PayloadTooLarge { .. } => "too_large",
             Self::RequestTimeout { .. } => "request_timeout",
@@ -79,7 +82,7 @@ impl IngestError {
 
     fn slug_and_title(&self) -> (&'static str, &'static str) {
         match self {
-            Self::UnknownSource(_) => ("unknown-source", "Unknown source"),
+            Self::UnknownSource(_) | Self::SourceDeleted => ("unknown-source", "Unknown source"),
             Self::Unauthorized(_) => ("invalid-signature", "Request verification failed"),
             Self::PayloadTooLarge { .. } => ("payload-too-large", "Payload too large"),
             Self::RequestTimeout { .. } => ("request-timeout", "Request timeout"),
@@ -110,7 +113,7 @@ fn jittered(secs: u64) -> u64 {
 impl ResponseError for IngestError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::UnknownSource(_) => StatusCode::NOT_FOUND,
+            Self::UnknownSource(_) | Self::SourceDeleted => StatusCode::NOT_FOUND,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,

@@ -309,12 +309,21 @@ pub struct NewLease<'a> {
     pub ms: i32,
 }
 
+/// The deliveries [`insert_planned`] stored, and which of them it leased.
+#[derive(Debug, Clone, Default)]
+pub struct Inserted {
+    pub ids: HashSet<Uuid>,
+    pub leased: HashSet<Uuid>,
+}
+
 /// Inserts planned deliveries in one statement, numbering them (`seq`, the FIFO order) in the order given: the
-/// writer's batches and the admin API's replays alike. A delivery asking for a lease gets it only if its destination
-/// is active and not FIFO in the database now; answers the ids of those leased. The caller notifies the schedulers.
-pub async fn insert_planned(client: &impl GenericClient, planned: &[NewDelivery<'_>]) -> StoreResult<HashSet<Uuid>> {
+/// writer's batches and the admin API's replays alike. A delivery is stored only while its route and destination
+/// exist in the database now (no foreign key checks them: ADR-0021; one deleted meanwhile routes nothing, as if the
+/// event had come a moment later), and one asking for a lease gets it only if its destination is active and not FIFO
+/// now. The caller notifies the schedulers.
+pub async fn insert_planned(client: &impl GenericClient, planned: &[NewDelivery<'_>]) -> StoreResult<Inserted> {
     if planned.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(Inserted::default());
     }
     let ids: Vec<Uuid> = planned.iter().map(|d| d.id).collect();
     let event_ids: Vec<Uuid> = planned.iter().map(|d| d.event_id).collect();
@@ -336,9 +345,7 @@ pub async fn insert_planned(client: &impl GenericClient, planned: &[NewDelivery<
                  SELECT u.*, s.seq,
                         -- A lease only while the destination is active and not FIFO as committed now (the
                         -- caller's snapshot of the catalog may be older than a pause).
-                        u.lease_id IS NOT NULL AND EXISTS (
-                            SELECT 1 FROM destinations x
-                            WHERE x.id = u.destination_id AND x.state = 'active' AND NOT x.fifo) AS leased
+                        u.lease_id IS NOT NULL AND x.state = 'active' AND NOT x.fifo AS leased
                  FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bytea[], $7::text[],
                              $8::timestamptz[], $9::bool[], $10::text[], $11::uuid[], $12::int[])
                           WITH ORDINALITY AS u(id, event_id, route_id, destination_id, state, payload, last_error,
@@ -347,6 +354,9 @@ pub async fn insert_planned(client: &impl GenericClient, planned: &[NewDelivery<
                        FROM (SELECT nextval('deliveries_seq') AS v
                              FROM generate_series(1, cardinality($1::uuid[]))) drawn) s
                    ON s.ord = u.ord
+                 -- Only while the destination and the route exist as committed now (ADR-0021).
+                 JOIN destinations x ON x.id = u.destination_id
+                 WHERE EXISTS (SELECT 1 FROM routes r WHERE r.id = u.route_id)
              ), inserted AS (
                  INSERT INTO deliveries (id, seq, event_id, route_id, destination_id, state, payload, last_error,
                                          created_at, needs_routing, lease_owner, lease_id, lease_expires_at)
@@ -356,12 +366,12 @@ pub async fn insert_planned(client: &impl GenericClient, planned: &[NewDelivery<
                         CASE WHEN leased THEN lease_id END,
                         CASE WHEN leased THEN now() + lease_ms * interval '1 millisecond' END
                  FROM planned
-                 RETURNING id, lease_id
+                 RETURNING id, lease_id IS NOT NULL
              )
-             SELECT id FROM inserted WHERE lease_id IS NOT NULL",
+             SELECT * FROM inserted",
         )
         .await?;
-    let leased = client
+    let rows = client
         .query(
             &stmt,
             &[
@@ -380,5 +390,13 @@ pub async fn insert_planned(client: &impl GenericClient, planned: &[NewDelivery<
             ],
         )
         .await?;
-    Ok(leased.iter().filter_map(|r| r.try_get(0).ok()).collect())
+    let mut inserted = Inserted::default();
+    for row in &rows {
+        let (id, leased): (Uuid, bool) = (row.column(0)?, row.column(1)?);
+        inserted.ids.insert(id);
+        if leased {
+            inserted.leased.insert(id);
+        }
+    }
+    Ok(inserted)
 }

@@ -208,9 +208,11 @@ pub async fn update(client: &impl GenericClient, id: Uuid, d: &DestinationFields
     Ok(())
 }
 
-/// Deletes a destination no route and no delivery refers to; `false` (nothing deleted) when one does.
-pub async fn delete_unused(client: &impl GenericClient, id: Uuid) -> StoreResult<bool> {
-    let used: bool = client
+/// Deletes a destination no route and no delivery refers to; `false` (nothing deleted) when one does. Inserts of
+/// deliveries wait until `tx` ends ([`crate::lock_against_inserts`]).
+pub async fn delete_unused(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> StoreResult<bool> {
+    crate::lock_against_inserts(tx, "deliveries").await?;
+    let used: bool = tx
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM routes WHERE destination_id = $1)
                  OR EXISTS (SELECT 1 FROM deliveries WHERE destination_id = $1)",
@@ -221,7 +223,7 @@ pub async fn delete_unused(client: &impl GenericClient, id: Uuid) -> StoreResult
     if used {
         return Ok(false);
     }
-    client.execute("DELETE FROM destinations WHERE id = $1", &[&id]).await?;
+    tx.execute("DELETE FROM destinations WHERE id = $1", &[&id]).await?;
     Ok(true)
 }
 

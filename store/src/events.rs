@@ -95,9 +95,17 @@ pub async fn insert_new(client: &impl GenericClient, events: &[EventRow<'_>]) ->
     let stmt = client
         .prepare_cached(
             "WITH input AS (
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::jsonb[],
-                                      $7::bytea[], $8::text[], $9::text[])
-                     AS u(id, source_id, idempotency_key, received_at, content_type, headers, body, type, traceparent)
+                 SELECT u.id, u.source_id, u.idempotency_key, u.received_at, u.content_type, u.headers, u.body, u.type,
+                        u.traceparent
+                 FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::jsonb[],
+                             $7::bytea[], $8::text[], $9::text[])
+                     WITH ORDINALITY AS u(id, source_id, idempotency_key, received_at, content_type, headers, body,
+                                          type, traceparent, ord)
+                 -- Only while the source exists, as committed now: no foreign key checks it (ADR-0021).
+                 WHERE EXISTS (SELECT 1 FROM sources s WHERE s.id = u.source_id)
+                 -- In the order given, whatever join the check becomes: of two events with one key, the first is
+                 -- stored, and concurrent batches take the keys' locks in one order.
+                 ORDER BY u.ord
              ), fresh AS (
                  INSERT INTO event_keys (source_id, idempotency_key, event_id, received_at)
                  SELECT source_id, idempotency_key, id, received_at FROM input

@@ -54,6 +54,14 @@ pub async fn begin_hot(client: &mut deadpool_postgres::Object) -> StoreResult<de
 /// Sets the current transaction's prepared statements to reuse one generic plan (see [`begin_hot`]).
 pub const GENERIC_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
 
+/// The settings of a result batch's transaction: generic plans, and a commit that does not wait for its WAL flush
+/// (ADR-0021). Losing such a commit in a crash of PostgreSQL only leaves its deliveries leased as they were, to be
+/// attempted again when the lease expires (at least once); the next synchronous commit on the server (an ingest
+/// flush, a claim) flushes it with its own. `LOCAL`: the connection goes back to the pool with the session's
+/// `synchronous_commit = on` (a test checks it).
+pub const RESULT_SETTINGS: &str =
+    "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL synchronous_commit = off";
+
 /// Runs one prepared read-only statement with generic plans (see [`begin_hot`]) in a single round trip: the
 /// transaction's `BEGIN` and settings, the statement and the `COMMIT` are pipelined (sent together, executed in
 /// order). All three are always awaited, so the connection goes back to the pool outside any transaction whatever
@@ -70,6 +78,15 @@ pub async fn read_hot(
     let rows = rows?;
     ended?;
     Ok(rows)
+}
+
+/// Waits for every transaction that writes `table` (`events` or `deliveries`) to end and holds off new ones until
+/// `tx` ends: a SHARE lock, taken before looking for rows that refer to a source, route or destination about to be
+/// deleted (no foreign key guards them: ADR-0021). At most `lock_timeout` (5 s): past it, a transient error.
+pub async fn lock_against_inserts(tx: &deadpool_postgres::Transaction<'_>, table: &str) -> StoreResult<()> {
+    debug_assert!(matches!(table, "events" | "deliveries"));
+    tx.batch_execute(&format!("SET LOCAL lock_timeout = '5s'; LOCK TABLE {table} IN SHARE MODE")).await?;
+    Ok(())
 }
 
 /// Commits `tx`.

@@ -152,9 +152,10 @@ pub async fn record(
     let update_params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] =
         [&delivery_ids, &states, &counts, &next, &last_errors, &leases, &routed, &payloads, &created];
     // Every statement of the batch is sent at once (pipelined; executed in this order): one round trip, not one
-    // per statement. The settings come first, so that the prepared statements run their generic plans.
+    // per statement. The settings come first, so that the prepared statements run their generic plans (and the
+    // commit does not wait for its WAL flush: ADR-0021).
     let (set, inserted, updated, gone, healthy) = futures::join!(
-        tx.batch_execute(crate::GENERIC_PLANS),
+        tx.batch_execute(crate::RESULT_SETTINGS),
         tx.execute(&insert, &attempt_params),
         tx.query(&update, &update_params),
         async {

@@ -110,13 +110,15 @@ pub async fn update(client: &impl GenericClient, id: Uuid, r: &RouteFields<'_>) 
     Ok(())
 }
 
-/// Deletes a route no delivery refers to; `false` (nothing deleted) when deliveries refer to it.
-pub async fn delete_unused(client: &impl GenericClient, id: Uuid) -> StoreResult<bool> {
+/// Deletes a route no delivery refers to; `false` (nothing deleted) when deliveries refer to it. Inserts of
+/// deliveries wait until `tx` ends ([`crate::lock_against_inserts`]).
+pub async fn delete_unused(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> StoreResult<bool> {
+    crate::lock_against_inserts(tx, "deliveries").await?;
     let used: bool =
-        client.query_one("SELECT EXISTS (SELECT 1 FROM deliveries WHERE route_id = $1)", &[&id]).await?.column(0)?;
+        tx.query_one("SELECT EXISTS (SELECT 1 FROM deliveries WHERE route_id = $1)", &[&id]).await?.column(0)?;
     if used {
         return Ok(false);
     }
-    client.execute("DELETE FROM routes WHERE id = $1", &[&id]).await?;
+    tx.execute("DELETE FROM routes WHERE id = $1", &[&id]).await?;
     Ok(true)
 }

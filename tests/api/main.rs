@@ -29,6 +29,7 @@ mod plans;
 mod poison;
 mod pools;
 mod receiver;
+mod references;
 mod replay_fencing;
 mod retention;
 mod servers;

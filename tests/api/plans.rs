@@ -149,3 +149,53 @@ async fn hookgate_sessions_run_without_jit_and_commit_synchronously() {
     let (jit, commit): (String, String) = (row.get(0), row.get(1));
     assert_eq!((jit.as_str(), commit.as_str()), ("off", "on"));
 }
+
+/// A result batch commits without waiting for its WAL flush (ADR-0021), and only that transaction does: the
+/// connection goes back to the pool committing synchronously, so an ingest flush that gets it next still answers
+/// `2xx` only once its events are on disk.
+#[actix_rt::test]
+async fn a_result_batch_commits_asynchronously_and_leaves_its_connection_committing_synchronously() {
+    let app = spawn_app_with(|_| {}).await;
+    let mut settings = app.settings.database.clone();
+    settings.pool_size = 1;
+    let pool = hookgate::startup::build_pool(&settings).expect("pool");
+
+    // The settings themselves: asynchronous inside the transaction, synchronous again after it.
+    {
+        let mut client = pool.get().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        tx.batch_execute(hookgate_store::RESULT_SETTINGS).await.unwrap();
+        let inside: String = tx.query_one("SHOW synchronous_commit", &[]).await.unwrap().get(0);
+        let plans: String = tx.query_one("SHOW plan_cache_mode", &[]).await.unwrap().get(0);
+        assert_eq!((inside.as_str(), plans.as_str()), ("off", "force_generic_plan"));
+        tx.commit().await.unwrap();
+    }
+    // A batch recorded through the one pooled connection (it updates nothing: no such delivery), then that same
+    // connection is asked.
+    let headers = serde_json::json!({});
+    let outcome = hookgate_store::results::Outcome {
+        delivery_id: uuid::Uuid::now_v7(),
+        created_at: chrono::Utc::now(),
+        lease_id: uuid::Uuid::new_v4(),
+        counted: false,
+        attempt: 1,
+        started_at: chrono::Utc::now(),
+        status: Some(200),
+        latency_ms: 1,
+        response_headers: &headers,
+        excerpt: None,
+        error_kind: None,
+        error: None,
+        state: "delivered",
+        next_attempt_at: chrono::Utc::now(),
+        last_error: None,
+        attempts: 1,
+        routed: false,
+        payload: None,
+    };
+    let recorded = hookgate_store::results::record(&pool, "node-a", &[outcome], &Default::default()).await.unwrap();
+    assert!(recorded.dead.is_empty() && recorded.disabled.is_empty());
+    let client = pool.get().await.unwrap();
+    let after: String = client.query_one("SHOW synchronous_commit", &[]).await.unwrap().get(0);
+    assert_eq!(after, "on", "the result batch's setting outlived its transaction");
+}

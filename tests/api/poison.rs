@@ -112,8 +112,12 @@ async fn a_poison_unit_fails_alone_and_the_rest_of_its_batch_commits() {
     let route_id = id_of(&app, "SELECT id FROM routes WHERE slug = 'r'").await;
     let dest = id_of(&app, "SELECT id FROM destinations WHERE slug = 'sink'").await;
     let good = || vec![planned(route_id, dest, false)];
-    // A route that does not exist (deleted after planning): the delivery's foreign key fails, for good.
-    let poison = || vec![planned(Uuid::now_v7(), dest, false)];
+    // One delivery planned twice under one id: its primary key refuses the second, for good. (A route deleted after
+    // planning is no poison: its delivery is not made, ADR-0021.)
+    let poison = || {
+        let twice = planned(route_id, dest, false);
+        vec![twice.clone(), twice]
+    };
     let now = Utc::now();
 
     let writer = start_writer(&app, batch_of(7)).await;

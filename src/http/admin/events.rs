@@ -390,8 +390,9 @@ pub async fn replay_into(
             lease: None,
         })
         .collect();
-    hookgate_store::deliveries::insert_planned(tx, &rows).await?;
-    let ids = planned.iter().map(|p| p.id).collect();
+    // A route or destination deleted since the catalog was read has none (ADR-0021).
+    let inserted = hookgate_store::deliveries::insert_planned(tx, &rows).await?;
+    let ids = planned.iter().map(|p| p.id).filter(|id| inserted.ids.contains(id)).collect();
     Ok(ids)
 }
 
