@@ -59,8 +59,7 @@ pub const GENERIC_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan"
 /// attempted again when the lease expires (at least once); the next synchronous commit on the server (an ingest
 /// flush, a claim) flushes it with its own. `LOCAL`: the connection goes back to the pool with the session's
 /// `synchronous_commit = on` (a test checks it).
-pub const RESULT_SETTINGS: &str =
-    "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL synchronous_commit = off";
+pub const RESULT_SETTINGS: &str = "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL synchronous_commit = off";
 
 /// Runs one prepared read-only statement with generic plans (see [`begin_hot`]) in a single round trip: the
 /// transaction's `BEGIN` and settings, the statement and the `COMMIT` are pipelined (sent together, executed in

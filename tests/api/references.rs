@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use hookgate_store::deliveries::{insert_planned, NewDelivery};
 use hookgate_core::state::DeliveryState;
+use hookgate_store::deliveries::{insert_planned, NewDelivery};
 use uuid::Uuid;
 
 use crate::admin::{with_tokens, WRITE};
