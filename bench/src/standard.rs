@@ -645,6 +645,8 @@ async fn phases(
         let delivered = rx.state.received() - before;
         let left = s.ok_count().saturating_sub(delivered);
         let _ = wait_delivered(rx, before + s.ok_count(), Duration::from_secs(3), Duration::from_secs(180)).await;
+        // A mark for scripts that measure the phase from outside (scripts/bench-cpu-per-event.sh).
+        eprintln!("bench: full pipeline at {rate} events/s over, its events delivered");
         let e2e = rx.state.take_latency();
         let secs_run = s.elapsed.as_secs_f64().max(1e-9);
         lines.push(format!(
