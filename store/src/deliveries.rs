@@ -317,10 +317,12 @@ pub struct Inserted {
 }
 
 /// Inserts planned deliveries in one statement, numbering them (`seq`, the FIFO order) in the order given: the
-/// writer's batches and the admin API's replays alike. A delivery is stored only while its route and destination
-/// exist in the database now (no foreign key checks them: ADR-0021; one deleted meanwhile routes nothing, as if the
-/// event had come a moment later), and one asking for a lease gets it only if its destination is active and not FIFO
-/// now. The caller notifies the schedulers.
+/// writer's batches and the admin API's replays alike. A delivery is stored only while its route exists in the
+/// database now, and goes to the destination the route names now (no foreign key checks them: ADR-0021; a route
+/// deleted meanwhile routes nothing, one pointed elsewhere delivers there, as either would for an event a moment
+/// later). One asking for a lease gets it only if its destination is still the planned one, active and not FIFO as
+/// committed now (the caller's snapshot of the catalog may be older than a pause). The caller notifies the
+/// schedulers.
 pub async fn insert_planned(client: &impl GenericClient, planned: &[NewDelivery<'_>]) -> StoreResult<Inserted> {
     if planned.is_empty() {
         return Ok(Inserted::default());
@@ -342,10 +344,10 @@ pub async fn insert_planned(client: &impl GenericClient, planned: &[NewDelivery<
     let stmt = client
         .prepare_cached(
             "WITH planned AS (
-                 SELECT u.*, s.seq,
-                        -- A lease only while the destination is active and not FIFO as committed now (the
-                        -- caller's snapshot of the catalog may be older than a pause).
-                        u.lease_id IS NOT NULL AND x.state = 'active' AND NOT x.fifo AS leased
+                 SELECT u.id, u.event_id, u.route_id, x.id AS destination_id, u.state, u.payload, u.last_error,
+                        u.created_at, u.needs_routing, u.lease_owner, u.lease_id, u.lease_ms, s.seq,
+                        u.lease_id IS NOT NULL AND x.id = u.destination_id AND x.state = 'active' AND NOT x.fifo
+                            AS leased
                  FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bytea[], $7::text[],
                              $8::timestamptz[], $9::bool[], $10::text[], $11::uuid[], $12::int[])
                           WITH ORDINALITY AS u(id, event_id, route_id, destination_id, state, payload, last_error,
@@ -354,9 +356,8 @@ pub async fn insert_planned(client: &impl GenericClient, planned: &[NewDelivery<
                        FROM (SELECT nextval('deliveries_seq') AS v
                              FROM generate_series(1, cardinality($1::uuid[]))) drawn) s
                    ON s.ord = u.ord
-                 -- Only while the destination and the route exist as committed now (ADR-0021).
-                 JOIN destinations x ON x.id = u.destination_id
-                 WHERE EXISTS (SELECT 1 FROM routes r WHERE r.id = u.route_id)
+                 JOIN routes r ON r.id = u.route_id
+                 JOIN destinations x ON x.id = r.destination_id
              ), inserted AS (
                  INSERT INTO deliveries (id, seq, event_id, route_id, destination_id, state, payload, last_error,
                                          created_at, needs_routing, lease_owner, lease_id, lease_expires_at)

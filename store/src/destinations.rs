@@ -209,9 +209,8 @@ pub async fn update(client: &impl GenericClient, id: Uuid, d: &DestinationFields
 }
 
 /// Deletes a destination no route and no delivery refers to; `false` (nothing deleted) when one does. Inserts of
-/// deliveries wait until `tx` ends ([`crate::lock_against_inserts`]).
+/// deliveries wait until `tx` ends: the caller holds [`crate::lock_against_inserts`] on `deliveries` (ADR-0021).
 pub async fn delete_unused(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> StoreResult<bool> {
-    crate::lock_against_inserts(tx, "deliveries").await?;
     let used: bool = tx
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM routes WHERE destination_id = $1)

@@ -90,22 +90,21 @@ impl<'a> EventColumns<'a> {
 }
 
 /// Stores the events whose (source, idempotency key) is new, keys first; answers the ids stored. Callers pass the
-/// events sorted by (source, key), so that concurrent batches take row locks in one order and cannot deadlock.
+/// events sorted by (source, key), so that concurrent batches take row locks in one order and cannot deadlock; the
+/// statement keeps that order (`ORDER BY ord`) whatever join the source check becomes, and of two events with one key
+/// the first is stored. An event is stored only while its source exists, as committed now: no foreign key checks it
+/// (ADR-0021). The text up to `INSERT INTO events` stays under PostgreSQL's 1,024 characters of
+/// `pg_stat_activity.query`, where tests look for it.
 pub async fn insert_new(client: &impl GenericClient, events: &[EventRow<'_>]) -> StoreResult<HashSet<Uuid>> {
     let stmt = client
         .prepare_cached(
             "WITH input AS (
-                 SELECT u.id, u.source_id, u.idempotency_key, u.received_at, u.content_type, u.headers, u.body, u.type,
-                        u.traceparent
-                 FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::jsonb[],
-                             $7::bytea[], $8::text[], $9::text[])
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::jsonb[],
+                                      $7::bytea[], $8::text[], $9::text[])
                      WITH ORDINALITY AS u(id, source_id, idempotency_key, received_at, content_type, headers, body,
                                           type, traceparent, ord)
-                 -- Only while the source exists, as committed now: no foreign key checks it (ADR-0021).
                  WHERE EXISTS (SELECT 1 FROM sources s WHERE s.id = u.source_id)
-                 -- In the order given, whatever join the check becomes: of two events with one key, the first is
-                 -- stored, and concurrent batches take the keys' locks in one order.
-                 ORDER BY u.ord
+                 ORDER BY ord
              ), fresh AS (
                  INSERT INTO event_keys (source_id, idempotency_key, event_id, received_at)
                  SELECT source_id, idempotency_key, id, received_at FROM input
@@ -114,7 +113,9 @@ pub async fn insert_new(client: &impl GenericClient, events: &[EventRow<'_>]) ->
              )
              INSERT INTO events (id, source_id, idempotency_key, received_at, content_type, headers, body, type,
                                  traceparent)
-             SELECT input.* FROM input JOIN fresh ON fresh.event_id = input.id
+             SELECT i.id, i.source_id, i.idempotency_key, i.received_at, i.content_type, i.headers, i.body, i.type,
+                    i.traceparent
+             FROM input i JOIN fresh ON fresh.event_id = i.id
              RETURNING id",
         )
         .await?;

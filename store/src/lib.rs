@@ -79,14 +79,42 @@ pub async fn read_hot(
     Ok(rows)
 }
 
-/// Waits for every transaction that writes `table` (`events` or `deliveries`) to end and holds off new ones until
-/// `tx` ends: a SHARE lock, taken before looking for rows that refer to a source, route or destination about to be
-/// deleted (no foreign key guards them: ADR-0021). At most `lock_timeout` (5 s): past it, a transient error.
-pub async fn lock_against_inserts(tx: &deadpool_postgres::Transaction<'_>, table: &str) -> StoreResult<()> {
+/// Holds off every transaction that would write `table` (`events` or `deliveries`) until `tx` ends, after waiting
+/// for those in flight: a SHARE lock on the parent table (`ONLY`: its partitions' maintenance, an `ANALYZE`, does not
+/// conflict), taken before looking for rows that refer to a source, route or destination about to be deleted (no
+/// foreign key guards them: ADR-0021). A lock waiting in PostgreSQL's queue stalls every write queued behind it, and
+/// a bulk replay's transaction can hold `deliveries` for seconds; so each try waits at most [`LOCK_TRY`] and gives way
+/// for [`LOCK_PAUSE`] before the next, and after [`LOCK_TRIES`] it answers `false` (nothing locked, `tx` still usable:
+/// the caller answers "retry later"). Later statements of `tx` wait for locks at most 5 s.
+pub async fn lock_against_inserts(tx: &deadpool_postgres::Transaction<'_>, table: &str) -> StoreResult<bool> {
     debug_assert!(matches!(table, "events" | "deliveries"));
-    tx.batch_execute(&format!("SET LOCAL lock_timeout = '5s'; LOCK TABLE {table} IN SHARE MODE")).await?;
-    Ok(())
+    let lock = format!(
+        "SAVEPOINT lock_against_inserts; SET LOCAL lock_timeout = {}; LOCK TABLE ONLY {table} IN SHARE MODE",
+        LOCK_TRY.as_millis()
+    );
+    for _ in 0..LOCK_TRIES {
+        match tx.batch_execute(&lock).await {
+            Ok(()) => {
+                tx.batch_execute("RELEASE SAVEPOINT lock_against_inserts; SET LOCAL lock_timeout = '5s'").await?;
+                return Ok(true);
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT lock_against_inserts; RELEASE SAVEPOINT lock_against_inserts")
+                    .await?;
+                tokio::time::sleep(LOCK_PAUSE).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(false)
 }
+
+/// How long one try of [`lock_against_inserts`] waits for its lock (and so stalls the writes queued behind it).
+pub const LOCK_TRY: std::time::Duration = std::time::Duration::from_millis(100);
+/// The pause between two tries, in which the writes that waited go through.
+pub const LOCK_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+/// Tries before [`lock_against_inserts`] gives up (about 3 s in all).
+pub const LOCK_TRIES: u32 = 20;
 
 /// Commits `tx`.
 pub async fn commit(tx: deadpool_postgres::Transaction<'_>) -> StoreResult<()> {

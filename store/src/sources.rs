@@ -212,12 +212,11 @@ pub async fn existing(client: &impl GenericClient, ids: &[Uuid]) -> StoreResult<
     rows.iter().map(|r| r.column(0)).collect()
 }
 
-/// Whether anything refers to the source: events, routes or replay jobs. First waits for every insert of events in
-/// flight and holds off new ones until `tx` ends (a SHARE lock on `events`): no foreign key guards `events.source_id`
-/// (ADR-0021), so a source is deleted only after this has found no event, and an event is inserted only while its
+/// Whether anything refers to the source: events, routes or replay jobs. Before a delete, the caller holds
+/// [`crate::lock_against_inserts`] on `events`: no foreign key guards `events.source_id` (ADR-0021), so a source is
+/// deleted only after this has found no event while no insert was in flight, and an event is inserted only while its
 /// source exists.
 pub async fn in_use(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> StoreResult<bool> {
-    crate::lock_against_inserts(tx, "events").await?;
     tx.query_one(
         "SELECT EXISTS (SELECT 1 FROM events WHERE source_id = $1)
              OR EXISTS (SELECT 1 FROM routes WHERE source_id = $1)

@@ -190,7 +190,9 @@ pub async fn delete(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Re
     let mut client = hookgate_store::connect(&state.pool).await?;
     let tx = hookgate_store::begin(&mut client).await?;
     // The table lock before the row's: a result batch holding deliveries may be waiting for this row (ADR-0021).
-    hookgate_store::lock_against_inserts(&tx, "deliveries").await?;
+    if !hookgate_store::lock_against_inserts(&tx, "deliveries").await? {
+        return Err(AdminError::Busy("writes to deliveries kept the delete from starting".into()));
+    }
     lock_editable(&tx, path.id).await?;
     if !store::delete_unused(&tx, path.id).await? {
         return Err(AdminError::InUse("deliveries refer to this route; disable it instead".into()));
