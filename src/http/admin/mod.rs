@@ -139,6 +139,16 @@ pub async fn notify_catalog(tx: &deadpool_postgres::Transaction<'_>, why: &str) 
     Ok(hookgate_store::channels::notify_catalog(tx, why).await?)
 }
 
+/// Before a delete, holds off the writes of the table that refers to the object (`events` for a source, `deliveries`
+/// for a route or destination), taken before the object's own row lock: a result batch holding `deliveries` may be
+/// waiting for a destination's row (ADR-0021). 503 (busy) when the table stays busy past the lock's tries.
+pub async fn lock_before_delete(tx: &deadpool_postgres::Transaction<'_>, table: &str) -> Result<(), AdminError> {
+    match hookgate_store::lock_against_inserts(tx, table).await? {
+        true => Ok(()),
+        false => Err(AdminError::Busy(format!("writes to {table} kept the delete from starting"))),
+    }
+}
+
 /// The NOTIFY that wakes every Scheduler when deliveries became due.
 pub async fn notify_deliveries(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), AdminError> {
     Ok(hookgate_store::channels::notify_deliveries(tx, "admin").await?)

@@ -189,10 +189,7 @@ pub async fn update(
 pub async fn delete(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
     let mut client = hookgate_store::connect(&state.pool).await?;
     let tx = hookgate_store::begin(&mut client).await?;
-    // The table lock before the row's: a result batch holding deliveries may be waiting for this row (ADR-0021).
-    if !hookgate_store::lock_against_inserts(&tx, "deliveries").await? {
-        return Err(AdminError::Busy("writes to deliveries kept the delete from starting".into()));
-    }
+    super::lock_before_delete(&tx, "deliveries").await?;
     lock_editable(&tx, path.id).await?;
     if !store::delete_unused(&tx, path.id).await? {
         return Err(AdminError::InUse("deliveries refer to this route; disable it instead".into()));

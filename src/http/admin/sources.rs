@@ -215,10 +215,7 @@ pub(super) fn declared(what: &str) -> AdminError {
 pub async fn delete(state: web::Data<AdminState>, path: web::Path<IdPath>) -> Result<HttpResponse, AdminError> {
     let mut client = hookgate_store::connect(&state.pool).await?;
     let tx = hookgate_store::begin(&mut client).await?;
-    // The table lock before the row's, as for routes and destinations (ADR-0021).
-    if !hookgate_store::lock_against_inserts(&tx, "events").await? {
-        return Err(AdminError::Busy("writes to events kept the delete from starting".into()));
-    }
+    super::lock_before_delete(&tx, "events").await?;
     let stored = store::fetch_for_update(&tx, path.id).await?.ok_or_else(|| not_found(path.id))?;
     if stored.declared {
         return Err(refused("source", stored.id));
