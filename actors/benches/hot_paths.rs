@@ -64,6 +64,7 @@ fn event(i: usize, body: &Bytes, source: Uuid) -> NewEvent {
         id: Uuid::now_v7(),
         source_id: source,
         idempotency_key: format!("bench-{i}"),
+        dedupe_ttl: None,
         received_at: Utc::now(),
         content_type: Some("application/json".into()),
         headers: serde_json::json!({"content-type": "application/json", "x-request-id": format!("bench-{i}"),

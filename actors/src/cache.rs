@@ -1,8 +1,13 @@
 //! The Redis idempotency fast path: answers "seen before" without touching PostgreSQL, and "miss" when Redis is away.
 //!
-//! Redis is an accelerator, never the truth: a miss (or an unreachable Redis) only means the event goes on to the
-//! [`EventWriter`](crate::EventWriter), where PostgreSQL's unique constraint decides. A key is written only after its
-//! event is committed, so a hit always names a stored event.
+//! Redis is an accelerator, never the truth: a miss (or an unreachable Redis) only means the event goes on to
+//! PostgreSQL, where the unique constraint decides. A key is written only after its event is committed, so a hit
+//! always names a stored event.
+//!
+//! Its one client is the [`EventWriter`](crate::EventWriter), on whose arbiter it runs: each flush asks about all its
+//! events' keys at once (one `MGET`) before it opens a transaction, answers the hits as duplicates, and after COMMIT
+//! tells the cache every key it stored or found (one pipelined round of `SET NX EX`). Both messages stay on one
+//! thread, and Redis sees two commands per flush, not two per event (ADR-0022).
 //!
 //! Connection handling: the actor connects in `started`, retrying with back-off while Redis is down (state
 //! `degraded`). When an established connection is lost it stops itself; its supervisor restarts it after the delay
@@ -24,21 +29,29 @@ use uuid::Uuid;
 use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
 use crate::shutdown::Shutdown;
 
-/// Ask whether an idempotency key was seen; answers the first event's id, or `None` on a miss or when Redis is away.
+/// Ask which of these idempotency keys (source, key) were seen; answers, in order, each one's first event id, or
+/// `None` on a miss. Every answer is `None` when Redis is away. One `MGET` for all of them.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CacheLookup {
-    pub source_id: Uuid,
-    pub idempotency_key: String,
-    pub reply: oneshot::Sender<Option<Uuid>>,
+    pub keys: Vec<(Uuid, String)>,
+    pub reply: oneshot::Sender<Vec<Option<Uuid>>>,
 }
 
-/// Record that an idempotency key now belongs to a committed event (SET NX with the dedupe TTL).
+/// Record that these idempotency keys now belong to committed events (`SET NX` with each one's dedupe TTL), in one
+/// pipelined round trip.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CacheRemember {
+    pub entries: Vec<Remembered>,
+}
+
+/// One committed event's idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remembered {
     pub source_id: Uuid,
     pub idempotency_key: String,
+    /// The (first) event's id.
     pub id: Uuid,
     /// The source's dedupe window; `None` uses the cache's default TTL.
     pub ttl: Option<std::time::Duration>,
@@ -198,25 +211,28 @@ impl Handler<CacheLookup> for Cache {
 
     fn handle(&mut self, msg: CacheLookup, ctx: &mut Self::Context) {
         self.status.dequeued();
-        let Some(mut conn) = self.conn.clone() else {
-            let _ = msg.reply.send(None);
+        let n = msg.keys.len();
+        let Some(mut conn) = self.conn.clone().filter(|_| n > 0) else {
+            let _ = msg.reply.send(vec![None; n]);
             return;
         };
-        let key = self.key(msg.source_id, &msg.idempotency_key);
-        let fut = async move { redis::cmd("GET").arg(&key).query_async::<Option<String>>(&mut conn).await };
+        let keys: Vec<String> = msg.keys.iter().map(|(source, key)| self.key(*source, key)).collect();
+        // MGET always answers an array, even for one key.
+        let fut = async move { redis::cmd("MGET").arg(&keys).query_async::<Vec<Option<String>>>(&mut conn).await };
         let reply = msg.reply;
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-            let hit = match res {
-                Ok(v) => {
+            let hits = match res {
+                Ok(values) if values.len() == n => {
                     act.timeouts_in_a_row = 0;
-                    v.and_then(|s| Uuid::parse_str(&s).ok())
+                    values.into_iter().map(|v| v.and_then(|s| Uuid::parse_str(&s).ok())).collect()
                 }
+                Ok(_) => vec![None; n],
                 Err(error) => {
                     act.on_error(&error, ctx);
-                    None
+                    vec![None; n]
                 }
             };
-            let _ = reply.send(hit);
+            let _ = reply.send(hits);
         }));
     }
 }
@@ -226,23 +242,18 @@ impl Handler<CacheRemember> for Cache {
 
     fn handle(&mut self, msg: CacheRemember, ctx: &mut Self::Context) {
         self.status.dequeued();
-        let Some(mut conn) = self.conn.clone() else {
+        let Some(mut conn) = self.conn.clone().filter(|_| !msg.entries.is_empty()) else {
             return;
         };
-        let key = self.key(msg.source_id, &msg.idempotency_key);
-        let ttl = msg.ttl.unwrap_or(self.cfg.dedupe_ttl).min(self.cfg.max_ttl).as_secs().max(1);
-        let fut = async move {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(msg.id.to_string())
-                .arg("NX")
-                .arg("EX")
-                .arg(ttl)
-                .query_async::<Option<String>>(&mut conn)
-                .await
-        };
+        let mut pipe = redis::pipe();
+        for e in &msg.entries {
+            let ttl = e.ttl.unwrap_or(self.cfg.dedupe_ttl).min(self.cfg.max_ttl).as_secs().max(1);
+            let key = self.key(e.source_id, &e.idempotency_key);
+            pipe.cmd("SET").arg(key).arg(e.id.to_string()).arg("NX").arg("EX").arg(ttl).ignore();
+        }
+        let fut = async move { pipe.query_async::<()>(&mut conn).await };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(_) => act.timeouts_in_a_row = 0,
+            Ok(()) => act.timeouts_in_a_row = 0,
             Err(error) => act.on_error(&error, ctx),
         }));
     }

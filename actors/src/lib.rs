@@ -2,8 +2,8 @@
 //!
 //! | actor | its one job | receives | sends to | batching |
 //! |---|---|---|---|---|
-//! | [`EventWriter`] | group-commits ingested events to PostgreSQL and answers each sender after COMMIT | [`Persist`], [`PersistMany`] | PostgreSQL | flush at `batch_max` events or `flush_interval` |
-//! | [`Cache`] | the Redis idempotency fast path, degrading to "miss" when Redis is away | [`CacheLookup`], [`CacheRemember`] | Redis | none (one pipelined connection) |
+//! | [`EventWriter`] | group-commits ingested events to PostgreSQL and answers each sender after COMMIT | [`Persist`], [`PersistMany`] | PostgreSQL, [`Cache`] | flush at `batch_max` events or `flush_interval` |
+//! | [`Cache`] | the Redis idempotency fast path, degrading to "miss" when Redis is away | [`CacheLookup`], [`CacheRemember`] (from the EventWriter, on its arbiter) | Redis | one `MGET` and one pipeline of `SET`s per flush |
 //! | [`Health`] | probes PostgreSQL (on a connection of its own) and publishes each actor's state and mailbox depth | timer only | [`HealthRegistry`] | probe every `probe_interval` |
 //! | [`router::Router`] | keeps the routing snapshot ([`catalog::SharedCatalog`]) current | LISTEN `hookgate_catalog` | the snapshot | reload on change, at most one at a time |
 //! | [`scheduler::Scheduler`] | claims due deliveries with leases, fairly per destination | `Completed`, `Wake`, LISTEN `hookgate_deliveries` | [`deliverer::Deliverer`] | one claim round at a time, polled every `poll_interval_ms` |
@@ -47,11 +47,11 @@ pub mod tls;
 pub mod trace;
 pub mod writer;
 
-pub use cache::{Cache, CacheConfig, CacheLookup, CacheRemember};
+pub use cache::{Cache, CacheConfig, CacheLookup, CacheRemember, Remembered};
 pub use config::DeliveryConfig;
 pub use health::{ActorState, ActorStatus, DependencyState, Health, HealthRegistry, ReadinessReport};
 pub use mailbox::{Mailbox, Refused};
 pub use redis_link::{RedisLink, RedisLinkConfig};
 pub use shutdown::{shut_down, Shutdown};
 pub use supervision::RestartPolicy;
-pub use writer::{EventWriter, NewEvent, Persist, PersistError, PersistMany, Persisted, WriterConfig};
+pub use writer::{CacheLink, EventWriter, NewEvent, Persist, PersistError, PersistMany, Persisted, WriterConfig};

@@ -3,9 +3,12 @@
 //! [`Persist`] messages are buffered and flushed when `batch_max` events are waiting or `flush_interval` has passed
 //! since the first of them arrived. A flush is one transaction with one statement that inserts the batch's new
 //! idempotency keys into `event_keys` (`ON CONFLICT DO NOTHING`) and the events whose key was new (one round trip for
-//! the whole batch) plus, only when some keys were already stored, one lookup of the
-//! first events' ids. Up to `max_inflight_flushes` flushes run at once, each on its own pooled connection; while
-//! they are busy, new events accumulate into the next batch, so batches grow with load (classic group commit).
+//! the whole batch) plus, only when some keys were already stored, one lookup of the first events' ids. Up to
+//! `max_inflight_flushes` flushes run at once, each on its own pooled connection; while they are busy, new events
+//! accumulate into the next batch, so batches grow with load (classic group commit).
+//!
+//! Before its transaction, a flush asks the dedupe cache about its single events' keys (one `MGET`) and answers the
+//! hits as duplicates; after its COMMIT it tells the cache every key it stored or found (see [`CacheLink`]).
 //!
 //! A [`PersistMany`] (a CloudEvents batch) is one *unit*: its events always travel in the same flush, so they are
 //! committed together or not at all; a unit larger than `batch_max` is flushed alone. Single events stay single
@@ -65,8 +68,10 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::admission::{cgroup_memory_limit, derived_byte_budget, Admission};
+use crate::cache::{Cache, CacheLookup, CacheRemember, Remembered};
 use crate::handoff::{Blocked, HandOffPort, LeaseTerms};
 use crate::health::{ActorState, ActorStatus, DependencyState, HealthRegistry};
+use crate::mailbox::Mailbox;
 use crate::shutdown::Shutdown;
 use crate::tail::{EventBrief, Publish, TailPublisher};
 
@@ -80,6 +85,8 @@ pub struct NewEvent {
     pub id: Uuid,
     pub source_id: Uuid,
     pub idempotency_key: String,
+    /// How long the dedupe cache keeps its key: its source's `dedupe_window_secs` (`None`: the cache's default).
+    pub dedupe_ttl: Option<Duration>,
     /// The event's type (from a header, a JSON pointer or the CloudEvents `type`), when the source names one.
     pub event_type: Option<String>,
     pub received_at: DateTime<Utc>,
@@ -278,6 +285,68 @@ pub struct EventWriter {
     handoff: Option<Arc<HandOffPort>>,
     /// The live tail: the events stored are offered to it after COMMIT while someone tails.
     tail: Option<Arc<TailPublisher>>,
+    /// The dedupe cache, on this actor's arbiter: asked before each flush, told after its COMMIT.
+    cache: Option<CacheLink>,
+}
+
+/// The Redis dedupe fast path as the writer uses it: one [`CacheLookup`] for a flush's single events before its
+/// transaction (the hits are answered as duplicates and not written), one [`CacheRemember`] for every key the flush
+/// stored or found after its COMMIT. Best effort both ways: a full mailbox, a Redis away or slow is a miss, and a
+/// key not remembered costs a later miss; PostgreSQL decides duplicates.
+#[derive(Clone)]
+pub struct CacheLink {
+    mailbox: Mailbox<Cache>,
+    /// Longest wait for the lookup's answer (the cache answers "miss" on its own after its op timeout; this only
+    /// bounds a stuck mailbox).
+    timeout: Duration,
+}
+
+impl CacheLink {
+    pub fn new(mailbox: Mailbox<Cache>, timeout: Duration) -> Self {
+        Self { mailbox, timeout }
+    }
+
+    /// Answers, as duplicates, the single events whose key the cache knows; returns the units still to write, in
+    /// order. A CloudEvents batch is all or nothing, so it is never answered from the cache.
+    async fn answer_known(&self, batch: Vec<Unit>) -> Vec<Unit> {
+        let keys: Vec<(Uuid, String)> = batch
+            .iter()
+            .filter_map(|unit| match unit {
+                Unit::One(e, _) => Some((e.source_id, e.idempotency_key.clone())),
+                Unit::Many(..) => None,
+            })
+            .collect();
+        if keys.is_empty() {
+            return batch;
+        }
+        let (reply, rx) = oneshot::channel();
+        if self.mailbox.try_send(CacheLookup { keys, reply }).is_err() {
+            return batch;
+        }
+        let Ok(Ok(hits)) = tokio::time::timeout(self.timeout, rx).await else { return batch };
+        let mut hits = hits.into_iter();
+        let mut rest = Vec::with_capacity(batch.len());
+        for unit in batch {
+            match unit {
+                Unit::One(event, reply) => match hits.next().flatten() {
+                    Some(id) => {
+                        let _ = reply.send(Ok(Persisted { id, duplicate: true }));
+                    }
+                    None => rest.push(Unit::One(event, reply)),
+                },
+                many => rest.push(many),
+            }
+        }
+        rest
+    }
+
+    /// Tells the cache the keys a flush stored or found (after its COMMIT), never waiting.
+    fn remember(&self, entries: Vec<Remembered>) {
+        if !entries.is_empty() {
+            // A full mailbox only costs later misses.
+            let _ = self.mailbox.try_send(CacheRemember { entries });
+        }
+    }
 }
 
 impl EventWriter {
@@ -299,8 +368,15 @@ impl EventWriter {
             resume_delay: Duration::ZERO,
             handoff: None,
             tail: None,
+            cache: None,
             cfg,
         }
+    }
+
+    /// Asks the dedupe cache before each flush and tells it after (see [`CacheLink`]).
+    pub fn with_cache(mut self, cache: CacheLink) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// Publishes the queueing delay of its buffer to ingest's admission (see [`crate::admission`]).
@@ -339,12 +415,14 @@ impl EventWriter {
             self.buffered -= n;
             self.inflight += 1;
             self.fifo_inflight |= fifo;
-            let (pool, handoff, tail) = (self.pool.clone(), self.handoff.clone(), self.tail.clone());
+            let (pool, handoff, tail, cache) =
+                (self.pool.clone(), self.handoff.clone(), self.tail.clone(), self.cache.clone());
             let deadline = self.cfg.flush_timeout();
             // No span at all without traces: a flush is hot, and its lines had none before.
             let span =
                 if crate::trace::enabled() { tracing::info_span!("flush", events = n) } else { tracing::Span::none() };
-            let fut = crate::supervision::guarded(write_batch(pool, handoff, tail, batch, deadline).instrument(span));
+            let flush = write_batch(pool, handoff, tail, cache, batch, deadline);
+            let fut = crate::supervision::guarded(flush.instrument(span));
             ctx.spawn(fut.into_actor(self).map(move |db_up, act, ctx| {
                 act.inflight -= 1;
                 act.pending -= n;
@@ -361,7 +439,10 @@ impl EventWriter {
                         return;
                     }
                 };
-                act.registry.set_postgres(if db_up { DependencyState::Up } else { DependencyState::Down });
+                // (A flush the cache answered whole never reached PostgreSQL: it says nothing about it.)
+                if let Some(up) = db_up {
+                    act.registry.set_postgres(if up { DependencyState::Up } else { DependencyState::Down });
+                }
                 if !act.buffer.is_empty() && (act.flush_timer.is_none() || act.cfg.flush_interval_us == 0) {
                     act.flush(ctx);
                 }
@@ -555,17 +636,27 @@ impl EventWriter {
 
 use hookgate_store::events::EventRow;
 
-/// Writes one batch and answers every sender. Returns whether PostgreSQL answered.
+/// Writes one batch and answers every sender. Returns whether PostgreSQL answered (`None`: the cache answered every
+/// event, PostgreSQL was not asked).
 ///
-/// The batch is one transaction; when PostgreSQL refuses it for good ([`PersistError::Internal`]), its halves are
-/// retried (whole units, in order) until only the refused units remain, so one poison unit fails alone.
+/// The events the cache knows are answered first, as duplicates (see [`CacheLink`]). The rest is one transaction;
+/// when PostgreSQL refuses it for good ([`PersistError::Internal`]), its halves are retried (whole units, in order)
+/// until only the refused units remain, so one poison unit fails alone.
 async fn write_batch(
     pool: Pool,
     handoff: Option<Arc<HandOffPort>>,
     tail: Option<Arc<TailPublisher>>,
+    cache: Option<CacheLink>,
     batch: Vec<Unit>,
     deadline: Duration,
-) -> bool {
+) -> Option<bool> {
+    let batch = match &cache {
+        Some(cache) => cache.answer_known(batch).await,
+        None => batch,
+    };
+    if batch.is_empty() {
+        return None;
+    }
     let started = Instant::now();
     let size: usize = batch.iter().map(Unit::len).sum();
     let mut outcomes: HashMap<Uuid, Result<Persisted, PersistError>> = HashMap::with_capacity(size);
@@ -619,21 +710,38 @@ async fn write_batch(
         }
         outcome
     };
+    // The keys now stored (new or found), for the cache.
+    let mut remember = Vec::new();
+    let mut note = |e: NewEvent, outcome: &Result<Persisted, PersistError>| {
+        if let (Some(_), Ok(p)) = (&cache, outcome) {
+            let (source_id, id, ttl) = (e.source_id, p.id, e.dedupe_ttl);
+            remember.push(Remembered { source_id, idempotency_key: e.idempotency_key, id, ttl });
+        }
+    };
     for (unit, failed) in batch.into_iter().zip(failed) {
         match (unit, failed) {
             (unit, Some(error)) => unit.fail(error),
             (Unit::One(event, reply), None) => {
-                let _ = reply.send(take(&event));
+                let outcome = take(&event);
+                note(event, &outcome);
+                let _ = reply.send(outcome);
             }
             (Unit::Many(events, reply), None) => {
-                let _ = reply.send(events.iter().map(&mut take).collect());
+                let outcomes: Vec<_> = events.iter().map(&mut take).collect();
+                for (event, outcome) in events.into_iter().zip(&outcomes) {
+                    note(event, outcome);
+                }
+                let _ = reply.send(outcomes.into_iter().collect());
             }
         }
     }
     if let Some(tail) = tail {
         tail.offer(Publish::Events(stored));
     }
-    db_up
+    if let Some(cache) = &cache {
+        cache.remember(remember);
+    }
+    Some(db_up)
 }
 
 /// Writes `units` in one transaction; returns each event's outcome by id.

@@ -12,9 +12,7 @@ use futures::{Stream, StreamExt};
 use hookgate_actors::admission::{BodyReservation, OverBudget};
 use hookgate_actors::sources::Source;
 use hookgate_actors::trace;
-use hookgate_actors::{
-    CacheLookup, CacheRemember, EventWriter, NewEvent, Persist, PersistError, PersistMany, Persisted, Refused,
-};
+use hookgate_actors::{EventWriter, NewEvent, Persist, PersistError, PersistMany, Persisted, Refused};
 use hookgate_core::cloudevents::{self, Attributes, CloudEventError, Mode};
 use hookgate_core::event::{self, EventType, IdempotencyKey, LazyJson};
 use hookgate_core::internal_events::{emit, IngestAnswered};
@@ -174,10 +172,6 @@ async fn accept(
     }
     .map(EventType::into_string);
 
-    if let Some(id) = cache_lookup(state, source.id, &key).await {
-        return Ok(Accepted::One(Persisted { id, duplicate: true }));
-    }
-
     let kept_headers = stored_headers(headers, source.verifier.credential_header());
     let catalog = state.catalog.get();
     let deliveries = catalog
@@ -191,7 +185,8 @@ async fn accept(
     let event = NewEvent {
         id: Uuid::now_v7(),
         source_id: source.id,
-        idempotency_key: key.clone(),
+        idempotency_key: key,
+        dedupe_ttl: dedupe_ttl(source),
         event_type,
         received_at: chrono::Utc::now(),
         content_type: headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned),
@@ -200,9 +195,7 @@ async fn accept(
         deliveries,
         traceparent,
     };
-    let persisted = persist(state, event).await?;
-    remember(state, source, key, persisted.id);
-    Ok(Accepted::One(persisted))
+    Ok(Accepted::One(persist(state, event).await?))
 }
 
 /// A CloudEvents batch: every event is decoded and routed first, then all are stored as one unit (all or nothing).
@@ -215,7 +208,8 @@ async fn accept_batch(
 ) -> Result<Vec<Persisted>, IngestError> {
     let items = cloudevents::decode_batch(body, MAX_BATCH_EVENTS)?;
     let kept_headers = stored_headers(headers, source.verifier.credential_header());
-    let mut events = batch_events(items, &kept_headers, source.id, chrono::Utc::now(), traceparent.as_deref())?;
+    let (received_at, ttl) = (chrono::Utc::now(), dedupe_ttl(source));
+    let mut events = batch_events(items, &kept_headers, source.id, ttl, received_at, traceparent.as_deref())?;
     let catalog = state.catalog.get();
     for event in &mut events {
         event.deliveries = catalog
@@ -234,12 +228,7 @@ async fn accept_batch(
             )
             .await;
     }
-    let keys: Vec<String> = events.iter().map(|e| e.idempotency_key.clone()).collect();
-    let persisted = persist_many(state, events).await?;
-    for (key, p) in keys.into_iter().zip(&persisted) {
-        remember(state, source, key, p.id);
-    }
-    Ok(persisted)
+    persist_many(state, events).await
 }
 
 /// The events of a decoded CloudEvents batch, not yet routed. They share `headers`, the request's: one allocation
@@ -248,6 +237,7 @@ fn batch_events(
     items: Vec<(Attributes, Box<serde_json::value::RawValue>)>,
     headers: &Arc<serde_json::Value>,
     source_id: Uuid,
+    dedupe_ttl: Option<std::time::Duration>,
     received_at: chrono::DateTime<chrono::Utc>,
     traceparent: Option<&str>,
 ) -> Result<Vec<NewEvent>, IngestError> {
@@ -261,6 +251,7 @@ fn batch_events(
                 id: Uuid::now_v7(),
                 source_id,
                 idempotency_key: key,
+                dedupe_ttl,
                 event_type,
                 received_at,
                 content_type: Some("application/cloudevents+json".into()),
@@ -275,11 +266,9 @@ fn batch_events(
         .collect()
 }
 
-/// Tells the cache (best effort) that `key` now names a committed event, for the source's dedupe window.
-fn remember(state: &AppState, source: &Source, key: String, id: Uuid) {
-    let ttl = source.options.dedupe_window_secs.map(std::time::Duration::from_secs);
-    // A full cache mailbox only costs a later fast-path miss: PostgreSQL decides duplicates.
-    let _ = state.cache.try_send(CacheRemember { source_id: source.id, idempotency_key: key, id, ttl });
+/// How long the dedupe cache keeps the source's keys (its `dedupe_window_secs`; `None`: the cache's default).
+fn dedupe_ttl(source: &Source) -> Option<std::time::Duration> {
+    source.options.dedupe_window_secs.map(std::time::Duration::from_secs)
 }
 
 /// Hands the event to the writer with `try_send` and waits (bounded) for its COMMIT.
@@ -321,15 +310,6 @@ where
         // so the producer must retry; the idempotency key makes the retry safe.
         Ok(Err(_)) | Err(_) => Err(IngestError::Unavailable { retry_after_secs }),
     }
-}
-
-async fn cache_lookup(state: &AppState, source_id: Uuid, key: &str) -> Option<Uuid> {
-    let (tx, rx) = oneshot::channel();
-    let msg = CacheLookup { source_id, idempotency_key: key.to_owned(), reply: tx };
-    if state.cache.try_send(msg).is_err() {
-        return None;
-    }
-    tokio::time::timeout(state.cache_timeout, rx).await.ok().and_then(Result::ok).flatten()
 }
 
 fn check_encoding(headers: &HeaderMap) -> Result<(), IngestError> {
@@ -529,7 +509,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::USER_AGENT, HeaderValue::from_static("producer/1"));
         let headers = stored_headers(&h, None);
-        let events = batch_events(items, &headers, Uuid::now_v7(), chrono::Utc::now(), None).unwrap();
+        let events = batch_events(items, &headers, Uuid::now_v7(), None, chrono::Utc::now(), None).unwrap();
         assert_eq!(events.len(), 3);
         for e in &events {
             assert!(Arc::ptr_eq(&e.headers, &headers), "event {} has its own copy of the headers", e.idempotency_key);

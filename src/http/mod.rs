@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use actix_web::web;
 use hookgate_actors::catalog::SharedCatalog;
-use hookgate_actors::{Cache, EventWriter, HealthRegistry, Mailbox};
+use hookgate_actors::{EventWriter, HealthRegistry, Mailbox};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use hookgate_actors::sources::SourceRegistry;
@@ -27,9 +27,8 @@ use hookgate_actors::sources::SourceRegistry;
 /// What every ingest and health handler can reach. Built once, before the HTTP workers start.
 pub struct AppState {
     pub sources: Arc<SourceRegistry>,
-    /// The EventWriter and the Cache, behind bounded mailboxes.
+    /// The EventWriter, behind its bounded mailbox (it asks the dedupe cache itself, ADR-0022).
     pub writer: Mailbox<EventWriter>,
-    pub cache: Mailbox<Cache>,
     pub health: Arc<HealthRegistry>,
     pub metrics: PrometheusHandle,
     pub catalog: Arc<SharedCatalog>,
@@ -40,7 +39,6 @@ pub struct AppState {
     pub ingest_timeout: Duration,
     /// Longest wait for a request's body to arrive (`server.body_timeout_ms`); past it, 408.
     pub body_timeout: Duration,
-    pub cache_timeout: Duration,
     pub retry_after_secs: u64,
     pub jq_timeout: Duration,
     pub jq_max_output: usize,

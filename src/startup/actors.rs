@@ -21,7 +21,8 @@ use hookgate_actors::sources::SourceRegistry;
 use hookgate_actors::tail::{self, TailContext, TailHub, TailPublisher};
 use hookgate_actors::tls::OutboundTls;
 use hookgate_actors::{
-    ActorStatus, Cache, CacheConfig, EventWriter, Health, HealthRegistry, Mailbox, RedisLink, RedisLinkConfig,
+    ActorStatus, Cache, CacheConfig, CacheLink, EventWriter, Health, HealthRegistry, Mailbox, RedisLink,
+    RedisLinkConfig,
 };
 use hookgate_store::notifications::NotificationDestination;
 
@@ -55,9 +56,8 @@ impl Drop for ArbiterGuard {
 /// Everything the actors' start gives the rest of the node.
 pub(super) struct Started {
     pub actors: Actors,
-    /// The front end's bounded addresses of the ingest actors.
+    /// The front end's bounded address of the EventWriter (the one ingest actor it talks to).
     pub writer: Mailbox<EventWriter>,
-    pub cache: Mailbox<Cache>,
     pub prober: Addr<Health>,
     /// Circuit breakers and rate limits, shared by the delivery side and the admin API's destination health.
     pub limits: Arc<Limits>,
@@ -106,13 +106,25 @@ pub(super) fn start(
         Duration::from_millis(settings.server.admission_target_ms),
         usize::try_from(settings.server.ingest_bytes_bound()).unwrap_or(usize::MAX),
     ));
-    let (writer, writer_arbiter) =
-        event_writer(settings, pool, health, handoff.clone(), tail_publisher.clone(), admission.clone());
-    let cache = cache(settings, health)?;
+    // The dedupe cache's one client is the writer: both live on the writer's arbiter (ADR-0022).
+    let writer_arbiter = Arbiter::new();
+    let writer_status = health.register("event_writer", true, policy);
+    let cache = cache(settings, health, &writer_arbiter)?;
+    let writer = event_writer(
+        settings,
+        pool,
+        writer_status,
+        health,
+        &writer_arbiter,
+        cache.clone(),
+        handoff.clone(),
+        tail_publisher.clone(),
+        admission.clone(),
+    );
     let router = router(pool, pg, catalog, registry, health.register("router", false, policy));
     let janitor = janitor(settings, pool, health.register("janitor", false, policy), notices.clone());
     let (limits, limits_redis) = limits(settings, notices.clone())?;
-    let mut arbiters = vec![writer_arbiter];
+    let mut arbiters = vec![ArbiterGuard(writer_arbiter)];
     let (scheduler, result_writer) = if settings.delivery.enabled {
         let (scheduler, results, deliverer_arbiters) =
             delivery(settings, pool, pg, catalog, health, &limits, &limits_redis, handoff, tail_publisher, notices)?;
@@ -145,7 +157,6 @@ pub(super) fn start(
             notifier,
         },
         writer,
-        cache,
         prober,
         limits,
         limits_redis,
@@ -155,32 +166,38 @@ pub(super) fn start(
     })
 }
 
-/// The EventWriter, on an arbiter of its own (its flushes never wait behind HTTP work).
+/// The EventWriter, on an arbiter of its own (its flushes never wait behind HTTP work), asking `cache` (on the same
+/// arbiter) around each flush.
+#[allow(clippy::too_many_arguments)]
 fn event_writer(
     settings: &Settings,
     pool: &Pool,
+    status: Arc<ActorStatus>,
     health: &Arc<HealthRegistry>,
+    arbiter: &Arbiter,
+    cache: Mailbox<Cache>,
     handoff: Option<Arc<HandOffPort>>,
     tail: Arc<TailPublisher>,
     admission: Arc<Admission>,
-) -> (Mailbox<EventWriter>, ArbiterGuard) {
-    let status = health.register("event_writer", true, settings.supervision);
-    let arbiter = Arbiter::new();
+) -> Mailbox<EventWriter> {
+    // The cache answers "miss" on its own after its op timeout; this only bounds a stuck mailbox.
+    let cache = CacheLink::new(cache, Duration::from_millis(settings.redis.op_timeout_ms.saturating_mul(2)));
     let addr = {
         let (pool, cfg, status, health) = (pool.clone(), settings.writer.clone(), status.clone(), health.clone());
         Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-            let writer = EventWriter::new(pool, cfg, status, health).with_tail(tail).with_admission(admission);
+            let writer =
+                EventWriter::new(pool, cfg, status, health).with_tail(tail).with_admission(admission).with_cache(cache);
             match handoff {
                 Some(port) => writer.with_handoff(port),
                 None => writer,
             }
         })
     };
-    (Mailbox::new(addr, status), ArbiterGuard(arbiter))
+    Mailbox::new(addr, status)
 }
 
 /// The Cache: the Redis idempotency fast path.
-fn cache(settings: &Settings, health: &Arc<HealthRegistry>) -> anyhow::Result<Mailbox<Cache>> {
+fn cache(settings: &Settings, health: &Arc<HealthRegistry>, arbiter: &Arbiter) -> anyhow::Result<Mailbox<Cache>> {
     let status = health.register("cache", false, settings.supervision);
     let cfg = CacheConfig {
         key_prefix: settings.redis.key_prefix.clone(),
@@ -194,7 +211,7 @@ fn cache(settings: &Settings, health: &Arc<HealthRegistry>) -> anyhow::Result<Ma
     let client = settings.redis.client()?;
     let addr = {
         let (status, health) = (status.clone(), health.clone());
-        Supervisor::start(move |_| Cache::new(client, cfg, status, health))
+        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| Cache::new(client, cfg, status, health))
     };
     Ok(Mailbox::new(addr, status))
 }

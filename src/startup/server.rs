@@ -30,7 +30,6 @@ pub(super) fn app_state(
     web::Data::new(AppState {
         sources,
         writer: started.writer.clone(),
-        cache: started.cache.clone(),
         health,
         metrics,
         catalog,
@@ -38,8 +37,6 @@ pub(super) fn app_state(
         admission: started.admission.clone(),
         ingest_timeout: Duration::from_millis(settings.server.ingest_timeout_ms),
         body_timeout: Duration::from_millis(settings.server.body_timeout_ms),
-        // The cache answers "miss" on its own after its op timeout; this only bounds a stuck mailbox.
-        cache_timeout: Duration::from_millis(settings.redis.op_timeout_ms.saturating_mul(2)),
         retry_after_secs: settings.server.retry_after_secs,
         jq_timeout: Duration::from_millis(settings.delivery.jq_timeout_ms),
         jq_max_output: settings.delivery.jq_max_output_bytes,

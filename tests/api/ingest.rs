@@ -109,6 +109,74 @@ async fn a_duplicate_is_caught_by_postgresql_when_the_cache_has_forgotten_it() {
     assert_eq!(app.event_count().await, 1);
 }
 
+/// The writer asks Redis before it opens a flush's transaction: a repeat whose key Redis holds is answered while
+/// PostgreSQL could not have answered it (the keys' table is locked), and a new key waits for the lock meanwhile.
+#[actix_rt::test]
+async fn a_repeat_the_cache_knows_is_answered_without_postgresql() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        // The flush that waits for the lock keeps waiting until the test lets it go.
+        s.database.statement_timeout_ms = 0;
+        s.writer.flush_timeout_ms = 300_000;
+        s.server.ingest_timeout_ms = 300_000;
+    })
+    .await;
+    let first = app.post_signed(br#"{"a":1}"#, "dup-3").await;
+    assert_eq!((first.status, first.duplicate()), (202, false));
+    // The writer remembers the key after COMMIT, without waiting: wait for it to land.
+    let client = redis::Client::open(crate::helpers::redis_url()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let pattern = format!("{}:idem:*:dup-3", app.settings.redis.key_prefix);
+    crate::helpers::eventually("the cache entry to be written", std::time::Duration::from_secs(10), || {
+        let (pattern, mut conn) = (pattern.clone(), conn.clone());
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.unwrap();
+            (!keys.is_empty()).then_some(())
+        }
+    })
+    .await;
+
+    let blocker = crate::helpers::connect(&app._db.url()).await;
+    blocker.batch_execute("BEGIN; LOCK TABLE event_keys IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let fresh = {
+        let req = app
+            .http
+            .post(app.url("/ingest/hmac"))
+            .insert_header(("Content-Type", "application/json"))
+            .insert_header(("X-Signature", sign(br#"{"b":2}"#)))
+            .insert_header(("X-Request-Id", "new-while-locked"));
+        actix_rt::spawn(async move { req.send_body(r#"{"b":2}"#).await.map(|r| r.status().as_u16()) })
+    };
+    crate::helpers::eventually(
+        "the new key's flush to wait for the lock",
+        std::time::Duration::from_secs(30),
+        || async {
+            let waiting: i64 = app
+                .db
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name = 'hookgate' AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (waiting == 1).then_some(())
+        },
+    )
+    .await;
+
+    // Through PostgreSQL, the repeat would wait for the lock as long as the new key does.
+    let again = tokio::time::timeout(std::time::Duration::from_secs(30), app.post_signed(br#"{"a":1}"#, "dup-3"))
+        .await
+        .expect("the repeat is answered while the keys' table is locked");
+    assert_eq!((again.status, again.id(), again.duplicate()), (202, first.id(), true));
+    assert!(!fresh.is_finished(), "the new key's request waits for PostgreSQL");
+
+    blocker.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(fresh.await.unwrap().expect("answered"), 202);
+    assert_eq!(app.event_count().await, 2);
+}
+
 #[actix_rt::test]
 async fn concurrent_copies_of_one_event_are_stored_once_and_all_get_its_id() {
     let app = spawn_app().await;

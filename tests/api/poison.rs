@@ -49,6 +49,7 @@ pub fn event(source_id: Uuid, key: &str, received_at: DateTime<Utc>, deliveries:
         id: Uuid::now_v7(),
         source_id,
         idempotency_key: key.into(),
+        dedupe_ttl: None,
         event_type: None,
         received_at,
         content_type: Some("application/json".into()),
