@@ -316,7 +316,9 @@ impl CacheLink {
                 Unit::Many(..) => None,
             })
             .collect();
-        if keys.is_empty() {
+        // A cache that is not connected (Redis away, or the actor waiting out its restart back-off, when nothing
+        // reads its mailbox) would only make the flush wait for its time-out: ask PostgreSQL straight away.
+        if keys.is_empty() || self.mailbox.status().state() != ActorState::Running {
             return batch;
         }
         let (reply, rx) = oneshot::channel();
