@@ -651,3 +651,24 @@ pub fn hookgate_check_config(toml: &str, env: &[(&str, &str)]) -> std::process::
     cmd.envs(env.iter().copied());
     cmd.arg("check-config").arg(&file.0).output().unwrap()
 }
+
+/// Connections of this app named `application` that are waiting for a lock.
+pub async fn connections_waiting_for_a_lock(app: &TestApp, application: &str) -> i64 {
+    app.db
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = $1 AND wait_event_type = 'Lock'",
+            &[&application],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits until exactly `n` connections named `application` wait for a lock.
+pub async fn until_stuck(app: &TestApp, application: &str, n: i64) {
+    eventually(&format!("{n} {application} connection(s) waiting for the lock"), Duration::from_secs(60), || async {
+        (connections_waiting_for_a_lock(app, application).await == n).then_some(())
+    })
+    .await;
+}

@@ -146,24 +146,7 @@ async fn a_repeat_the_cache_knows_is_answered_without_postgresql() {
             .insert_header(("X-Request-Id", "new-while-locked"));
         actix_rt::spawn(async move { req.send_body(r#"{"b":2}"#).await.map(|r| r.status().as_u16()) })
     };
-    crate::helpers::eventually(
-        "the new key's flush to wait for the lock",
-        std::time::Duration::from_secs(30),
-        || async {
-            let waiting: i64 = app
-                .db
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND application_name = 'hookgate' AND wait_event_type = 'Lock'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            (waiting == 1).then_some(())
-        },
-    )
-    .await;
+    crate::helpers::until_stuck(&app, "hookgate", 1).await;
 
     // Through PostgreSQL, the repeat would wait for the lock as long as the new key does.
     let again = tokio::time::timeout(std::time::Duration::from_secs(30), app.post_signed(br#"{"a":1}"#, "dup-3"))

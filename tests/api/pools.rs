@@ -6,32 +6,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::admin::{with_tokens, READ};
-use crate::helpers::{connect, eventually, sign, TestApp};
+use crate::helpers::{connect, connections_waiting_for_a_lock, eventually, sign, until_stuck, TestApp};
 
 const ADMIN: &str = "hookgate-admin";
 const MAIN: &str = "hookgate";
 const PROBE: &str = "hookgate-health";
-
-/// Connections of this app named `application` that are waiting for a lock.
-async fn waiting_for_a_lock(app: &TestApp, application: &str) -> i64 {
-    app.db
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND application_name = $1 AND wait_event_type = 'Lock'",
-            &[&application],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-/// Waits until exactly `n` connections named `application` wait for a lock.
-async fn until_stuck(app: &TestApp, application: &str, n: i64) {
-    eventually(&format!("{n} {application} connection(s) waiting for the lock"), Duration::from_secs(60), || async {
-        (waiting_for_a_lock(app, application).await == n).then_some(())
-    })
-    .await;
-}
 
 /// The start of the readiness probe's latest round trip, once it is later than `after`.
 async fn probe_started_after(app: &TestApp, after: DateTime<Utc>) -> DateTime<Utc> {
@@ -89,7 +68,7 @@ async fn with_every_admin_connection_stuck_ingest_commits_and_the_node_stays_rea
     assert_eq!((ready.status, ready.json["postgres"].as_str()), (200, Some("up")), "{ready:?}");
     // The admin API itself is out of connections: it answers 503 once its wait for one is over.
     app.admin("get", "/sources", Some(READ), None).await.assert_problem(503, "storage-unavailable");
-    assert_eq!(waiting_for_a_lock(&app, MAIN).await, 0, "nothing of the main pool waited");
+    assert_eq!(connections_waiting_for_a_lock(&app, MAIN).await, 0, "nothing of the main pool waited");
 
     blocker.batch_execute("COMMIT").await.unwrap();
     for request in stuck {
