@@ -257,9 +257,8 @@ impl Handler<Deliver> for Deliverer {
                             limits.record(redis.get(), result.destination_id, ok, elapsed).await;
                         }
                         record_outcome(&tracing::Span::current(), &result);
-                        // The result must reach the ResultWriter (it releases the lease): queued at once, or, when
-                        // its mailbox is full, after waiting for space.
-                        if !queue_or_wait(&results, result).await {
+                        // The result must reach the ResultWriter (it releases the lease): wait for mailbox space.
+                        if results.send(result).await.is_err() {
                             tracing::warn!(message = "ResultWriter gone; the lease will expire.");
                         }
                     }
@@ -271,7 +270,7 @@ impl Handler<Deliver> for Deliverer {
                     emit(AttemptPanicked { delivery, panic: &what });
                 }
                 let done = Completed { delivery_id: msg.job.delivery_id, destination_id: msg.job.destination_id };
-                queue_or_wait(&scheduler, done).await;
+                let _ = scheduler.send(done).await;
             }
             .into_actor(self)
             .map(|(), act, ctx| {
@@ -280,21 +279,6 @@ impl Handler<Deliver> for Deliverer {
             }),
         );
         self.inflight += 1;
-    }
-}
-
-/// Queues `msg` for `to` without waiting for its handling: `try_send`, and only when the mailbox is full, `send`
-/// (which waits for space, and then for the handler). Returns whether the actor took it. An attempt's two messages
-/// (its result, its completion) go to actors on another thread: a `send` whose answer is awaited costs a second
-/// cross-thread wake-up for every attempt, which only a full mailbox (backpressure) is worth.
-async fn queue_or_wait<M>(to: &Recipient<M>, msg: M) -> bool
-where
-    M: Message<Result = ()> + Send + 'static,
-{
-    match to.try_send(msg) {
-        Ok(()) => true,
-        Err(SendError::Full(msg)) => to.send(msg).await.is_ok(),
-        Err(SendError::Closed(_)) => false,
     }
 }
 
@@ -574,71 +558,4 @@ where
         }
     }
     buf.freeze()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Counts what it handles; stops on `Stop`.
-    struct Sink(Arc<std::sync::atomic::AtomicUsize>);
-
-    impl Actor for Sink {
-        type Context = Context<Self>;
-    }
-
-    #[derive(Message)]
-    #[rtype(result = "()")]
-    struct Ping;
-
-    #[derive(Message)]
-    #[rtype(result = "()")]
-    struct Stop;
-
-    impl Handler<Ping> for Sink {
-        type Result = ();
-        fn handle(&mut self, _: Ping, _: &mut Self::Context) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
-    impl Handler<Stop> for Sink {
-        type Result = ();
-        fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
-            ctx.stop();
-        }
-    }
-
-    #[actix_rt::test]
-    async fn a_full_mailbox_is_waited_for_and_a_stopped_actor_refuses() {
-        let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let addr = Sink::create(|ctx| {
-            ctx.set_mailbox_capacity(1);
-            Sink(handled.clone())
-        });
-        let to = addr.clone().recipient::<Ping>();
-        // Nothing runs the actor until this task awaits: fill its mailbox.
-        let mut queued = 0;
-        while to.try_send(Ping).is_ok() {
-            queued += 1;
-            assert!(queued < 100, "the mailbox is bounded");
-        }
-        // Each of these finds the mailbox full and waits for space instead of being refused or dropped.
-        for _ in 0..10 {
-            assert!(queue_or_wait(&to, Ping).await);
-        }
-        addr.send(Ping).await.unwrap();
-        assert_eq!(handled.load(std::sync::atomic::Ordering::SeqCst), queued + 11);
-
-        addr.send(Stop).await.unwrap();
-        for _ in 0..1000 {
-            if !addr.connected() {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        assert!(!addr.connected(), "the sink stopped");
-        assert!(!queue_or_wait(&to, Ping).await, "a stopped actor takes nothing");
-        assert_eq!(handled.load(std::sync::atomic::Ordering::SeqCst), queued + 11);
-    }
 }

@@ -316,8 +316,8 @@ impl CacheLink {
                 Unit::Many(..) => None,
             })
             .collect();
-        // A cache that is not connected (Redis away, or the actor waiting out its restart back-off, when nothing
-        // reads its mailbox) would only make the flush wait for its time-out: ask PostgreSQL straight away.
+        // A cache that is not connected (Redis away, or the actor reconnecting after a restart) answers every key
+        // "miss": skip the round trip to it.
         if keys.is_empty() || self.mailbox.status().state() != ActorState::Running {
             return batch;
         }
