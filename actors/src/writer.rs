@@ -285,15 +285,16 @@ pub struct EventWriter {
     handoff: Option<Arc<HandOffPort>>,
     /// The live tail: the events stored are offered to it after COMMIT while someone tails.
     tail: Option<Arc<TailPublisher>>,
-    /// The dedupe cache, on this actor's arbiter: asked before each flush, told after its COMMIT.
-    cache: Option<CacheLink>,
+    /// The dedupe cache, on this actor's arbiter: asked before each flush, told after its COMMIT. Shared, not cloned,
+    /// by the flushes: actix bounds a mailbox only against a sender it has parked, so every flush must use the same
+    /// one for the Cache's mailbox bound to hold.
+    cache: Option<Arc<CacheLink>>,
 }
 
 /// The Redis dedupe fast path as the writer uses it: one [`CacheLookup`] for a flush's single events before its
 /// transaction (the hits are answered as duplicates and not written), one [`CacheRemember`] for every key the flush
 /// stored or found after its COMMIT. Best effort both ways: a full mailbox, a Redis away or slow is a miss, and a
 /// key not remembered costs a later miss; PostgreSQL decides duplicates.
-#[derive(Clone)]
 pub struct CacheLink {
     mailbox: Mailbox<Cache>,
     /// Longest wait for the lookup's answer (the cache answers "miss" on its own after its op timeout; this only
@@ -377,7 +378,7 @@ impl EventWriter {
 
     /// Asks the dedupe cache before each flush and tells it after (see [`CacheLink`]).
     pub fn with_cache(mut self, cache: CacheLink) -> Self {
-        self.cache = Some(cache);
+        self.cache = Some(Arc::new(cache));
         self
     }
 
@@ -648,7 +649,7 @@ async fn write_batch(
     pool: Pool,
     handoff: Option<Arc<HandOffPort>>,
     tail: Option<Arc<TailPublisher>>,
-    cache: Option<CacheLink>,
+    cache: Option<Arc<CacheLink>>,
     batch: Vec<Unit>,
     deadline: Duration,
 ) -> Option<bool> {
