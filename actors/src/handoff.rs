@@ -6,16 +6,18 @@
 //! the [`HandOff`] in memory. A lease taken at insert is an ordinary lease: claim rounds on every node skip it and
 //! count it against the destination's `max_in_flight`, the result is applied only while it holds, and when this node
 //! dies before attempting it the lease expires and any node claims the delivery. The Scheduler applies the same
-//! limits as a claim round (node capacity, fair share, rate limit, circuit breaker) and gives back at once, as a
-//! released lease, whatever they refuse; those deliveries then go the claim path.
+//! limits as a claim round (node capacity, fair share, rate limit, circuit breaker). A delivery whose destination
+//! has no free slot here waits on the Scheduler for one (leased, up to one more round of the destination's slots,
+//! for at most half the lease margin); whatever the limits refuse, or waits past those bounds, is given back as a
+//! released lease and goes the claim path (see `docs/adr/0023-hand-offs-wait-for-a-slot.md`).
 //!
 //! The port is closed while the Scheduler is not taking work (before it starts, during a restart's back-off, after
 //! `Shutdown`): the writer then inserts deliveries unleased and wakes the claimers with NOTIFY, as before.
 //!
 //! The Scheduler also tells the writer which destinations would refuse a hand-off now ([`Blocked`]), so that their
 //! deliveries are inserted unleased rather than leased, handed off and released again, which would cost two more
-//! statements per event while a circuit is open or a slow destination is full. A block lasts until the Scheduler
-//! lifts it (a slot freed, the limits admitted again) or for at most [`BLOCK_FOR`].
+//! statements per event while a circuit is open or a slow destination is full (its waiting room too). A block lasts
+//! until the Scheduler lifts it (room to wait again, the limits admitted again) or for at most [`BLOCK_FOR`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

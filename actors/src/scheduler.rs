@@ -15,11 +15,14 @@
 //!
 //! A fresh delivery needs no claim round: the EventWriter commits it already leased to this node and sends it here
 //! ([`HandOff`], see [`crate::handoff`]); it passes the same limits as a claimed one (node capacity, fair share,
-//! rate limit, circuit breaker) and what they refuse is released at once for the claim path. Claim rounds remain
-//! the path for retries, paused work, FIFO destinations, other nodes' expired leases and recovery after a crash.
+//! rate limit, circuit breaker). One whose destination has no free slot here waits for one in memory, still leased,
+//! and starts when an attempt of that destination ends; what the limits refuse, or what waits past its bounds, is
+//! released for the claim path. Claim rounds remain the path for retries, paused work, FIFO destinations, other
+//! nodes' expired leases and recovery after a crash.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -27,7 +30,7 @@ use hookgate_core::catalog::Destination;
 use hookgate_core::delivery::Job;
 use hookgate_core::internal_events::{
     emit, ClaimRoundFailed, DeliveriesClaimed, DeliveriesDead, DeliveriesHandedOff, DeliveryUnattemptable,
-    DispatchRefused,
+    DispatchRefused, HandOffsWaiting,
 };
 use hookgate_core::notification::{DeadReason, Happening};
 use hookgate_core::state::DestinationState;
@@ -98,6 +101,10 @@ pub struct Scheduler {
     starved: bool,
     /// Slots counted in flight for hand-offs waiting for their limits' answer, per destination.
     reserved: HashMap<Uuid, i64>,
+    /// Hand-offs waiting for a slot of their destination, oldest first, with when each arrived.
+    waiting: HashMap<Uuid, VecDeque<(Job, Instant)>>,
+    /// How many hand-offs wait in `waiting`.
+    waiting_len: usize,
     /// The timer of the earliest retry the ResultWriter announced ([`WakeAt`]).
     next_wake: Option<(DateTime<Utc>, SpawnHandle)>,
     next_deliverer: usize,
@@ -142,6 +149,8 @@ impl Scheduler {
             again: false,
             starved: false,
             reserved: HashMap::new(),
+            waiting: HashMap::new(),
+            waiting_len: 0,
             notices: Notices::off(),
             next_wake: None,
             next_deliverer: 0,
@@ -306,6 +315,13 @@ impl Scheduler {
             listen::spawn_listener(self.pg.config.clone(), self.pg.tls.clone(), &[DELIVERIES_CHANNEL, CATALOG_CHANNEL]);
         ctx.add_stream(listen::stream(rx));
         ctx.run_interval(self.cfg.poll_interval(), |act, ctx| act.tick(ctx));
+        // Hand-offs that wait too long for a slot (a slow destination) are given back, even when no attempt ends.
+        let every = Duration::from_millis((self.cfg.lease_margin_ms / 4).max(50));
+        ctx.run_interval(every, |act, ctx| {
+            if act.waiting_len > 0 {
+                act.start_all_waiting(ctx);
+            }
+        });
         self.tick(ctx);
     }
 }
@@ -341,6 +357,7 @@ impl actix::Supervised for Scheduler {
         self.next_wake = None;
         self.resumed = false;
         self.set_taking_handoffs(false);
+        self.give_back_waiting(None);
         self.resume_delay = self.status.record_restart();
     }
 }
@@ -356,10 +373,8 @@ impl StreamHandler<ListenEvent> for Scheduler {
 impl Handler<Completed> for Scheduler {
     type Result = ();
     fn handle(&mut self, msg: Completed, ctx: &mut Self::Context) {
+        let node_was_full = self.inflight >= self.cfg.max_in_flight;
         self.inflight = self.inflight.saturating_sub(1);
-        if let Some(port) = &self.handoff {
-            port.unblock(msg.destination_id, Some(Blocked::Full));
-        }
         self.leases.remove(&msg.delivery_id);
         if self.inflight == 0 && self.stopping.is_some() {
             self.answer_shutdown(ctx);
@@ -369,6 +384,15 @@ impl Handler<Completed> for Scheduler {
             if *n == 0 {
                 self.inflight_by_destination.remove(&msg.destination_id);
             }
+        }
+        // The freed slot goes to a hand-off waiting for it (its destination's, or any when the node was full).
+        if self.waiting.contains_key(&msg.destination_id) {
+            self.start_waiting(msg.destination_id, ctx);
+        } else if let Some(port) = &self.handoff {
+            port.unblock(msg.destination_id, Some(Blocked::Full));
+        }
+        if node_was_full && self.waiting_len > 0 {
+            self.start_all_waiting(ctx);
         }
         // A freed slot matters only to work a round had to leave behind; retries come due by `WakeAt` or the poll.
         if self.starved {
@@ -384,6 +408,7 @@ impl Handler<Shutdown> for Scheduler {
 
     fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) {
         self.set_taking_handoffs(false);
+        self.give_back_waiting(Some(ctx));
         self.deadline = Some(msg.deadline);
         self.stopping = Some(msg.reply);
         if self.inflight == 0 {
@@ -480,7 +505,8 @@ impl Handler<WakeAt> for Scheduler {
 }
 
 /// Deliveries the writer committed leased to this node: started at once as far as the limits allow (the same as a
-/// claim round's), the rest released for the claim path.
+/// claim round's); those without a slot yet wait here for one, up to a bound, and the rest are released for the claim
+/// path.
 impl Handler<HandOff> for Scheduler {
     type Result = ();
 
@@ -490,79 +516,161 @@ impl Handler<HandOff> for Scheduler {
             return;
         }
         let catalog = self.catalog.get();
-        let mut by_destination: HashMap<Uuid, Vec<Job>> = HashMap::new();
+        let now = Instant::now();
+        let mut refused = Vec::new();
+        let mut arrived = Vec::new();
         for job in jobs {
-            by_destination.entry(job.destination_id).or_default().push(job);
-        }
-        // The fair share, as in a claim round: the node's capacity split among the destinations with work here.
-        let capacity = self.cfg.max_in_flight;
-        let contending =
-            self.inflight_by_destination.keys().chain(by_destination.keys()).collect::<HashSet<_>>().len().max(1);
-        let share = (capacity / contending).clamp(1, (capacity - capacity / 4).max(1)) as u32;
-        let (mut refused, mut wants) = (Vec::new(), Vec::new());
-        for (id, mut jobs) in by_destination {
-            let usable = catalog.destinations.get(&id).filter(|d| d.state == DestinationState::Active && !d.fifo);
-            let Some(destination) = usable.cloned() else {
-                refused.extend(jobs);
-                continue;
-            };
-            let mine = self.inflight_by_destination.get(&id).copied().unwrap_or(0);
-            let free = capacity.saturating_sub(self.inflight).min(u32::MAX as usize) as u32;
-            let room = destination.max_in_flight.min(share).saturating_sub(mine).min(free) as usize;
-            if jobs.len() > room {
-                refused.extend(jobs.split_off(room));
-                // Until an attempt of it finishes here: its next deliveries are inserted unleased.
-                self.block(id, Blocked::Full);
-            }
-            if jobs.is_empty() {
+            let id = job.destination_id;
+            if !catalog.destinations.get(&id).is_some_and(|d| takes_handoffs(d)) {
+                refused.push(job);
                 continue;
             }
-            // Reserved while the limits answer, so that a claim round meanwhile does not count on these slots.
-            self.reserve(id, jobs.len() as i64);
-            wants.push((destination, jobs));
+            if !arrived.contains(&id) {
+                arrived.push(id);
+            }
+            self.waiting.entry(id).or_default().push_back((job, now));
+            self.waiting_len += 1;
         }
         if !refused.is_empty() {
             // Another node may have room for these.
             self.give_back(refused, true, ctx);
         }
-        // Each destination's jobs start as soon as its own limits answer: one slow answer holds up no other.
-        for (destination, jobs) in wants {
-            let (limits, redis) = (self.limits.clone(), self.redis.get());
-            let (id, want) = (destination.id, jobs.len() as u32);
-            let fut = async move { admit(&limits, redis, &destination, want).await };
-            ctx.spawn(guarded(fut).into_actor(self).map(move |res, act, ctx| {
-                act.reserve(id, -i64::from(want));
-                let admitted = match res {
-                    Ok(admitted) => admitted as usize,
-                    Err(Panicked(what)) => {
-                        // The leases expire; the supervisor restarts the scheduler.
-                        act.status.record_panic(&what);
-                        ctx.stop();
-                        return;
-                    }
-                };
-                let mut jobs = jobs;
-                let back = jobs.split_off(admitted.min(jobs.len()));
-                emit(DeliveriesHandedOff { started: jobs.len(), given_back: back.len() });
-                if admitted == 0 {
-                    act.block(id, Blocked::Limits);
-                } else if let Some(port) = &act.handoff {
-                    port.unblock(id, Some(Blocked::Limits));
-                }
-                for job in jobs {
-                    act.dispatch(job, ctx);
-                }
-                if !back.is_empty() {
-                    // The limits are cluster-wide: no node may start these now. A claim round takes them when the
-                    // limits allow (after a finished attempt here, or at the poll).
-                    act.starved = true;
-                    act.give_back(back, false, ctx);
-                }
-                if act.inflight == 0 && act.stopping.is_some() {
-                    act.answer_shutdown(ctx);
-                }
-            }));
+        for id in arrived {
+            self.start_waiting(id, ctx);
         }
+    }
+}
+
+/// Whether a destination's fresh deliveries may be handed off (and wait for a slot here).
+fn takes_handoffs(destination: &Destination) -> bool {
+    destination.state == DestinationState::Active && !destination.fifo
+}
+
+impl Scheduler {
+    /// Starts as many of `id`'s waiting hand-offs as its slots allow, each as soon as its limits answer; gives back
+    /// those that waited too long for their lease or past the bound, and tells the writer whether to lease more.
+    fn start_waiting(&mut self, id: Uuid, ctx: &mut Context<Self>) {
+        let Some(mut queue) = self.waiting.remove(&id) else { return };
+        self.waiting_len -= queue.len();
+        let destination = self.catalog.get().destinations.get(&id).filter(|d| takes_handoffs(d)).cloned();
+        let Some(destination) = destination else {
+            // Paused, disabled, made FIFO or deleted meanwhile: the claim path decides.
+            self.give_back(queue.into_iter().map(|(job, _)| job).collect(), true, ctx);
+            emit(HandOffsWaiting { count: self.waiting_len });
+            return;
+        };
+        // A lease taken at insert lasts the destination's timeout plus the margin: an attempt started later than half
+        // the margin after the hand-off might outlive it.
+        let max_wait = Duration::from_millis(self.cfg.lease_margin_ms / 2);
+        let mut back = Vec::new();
+        while queue.front().is_some_and(|(_, at)| at.elapsed() > max_wait) {
+            back.extend(queue.pop_front().map(|(job, _)| job));
+        }
+        // The fair share, as in a claim round: the node's capacity split among the destinations with work here.
+        let capacity = self.cfg.max_in_flight;
+        let contending = self
+            .inflight_by_destination
+            .keys()
+            .chain(self.waiting.keys())
+            .chain(std::iter::once(&id))
+            .collect::<HashSet<_>>()
+            .len();
+        let share = (capacity / contending).clamp(1, (capacity - capacity / 4).max(1)) as u32;
+        let slots = destination.max_in_flight.min(share);
+        let mine = self.inflight_by_destination.get(&id).copied().unwrap_or(0);
+        let free = capacity.saturating_sub(self.inflight).min(u32::MAX as usize) as u32;
+        let room = slots.saturating_sub(mine).min(free) as usize;
+        let jobs: Vec<Job> = queue.drain(..room.min(queue.len())).map(|(job, _)| job).collect();
+        // At most one more round of its slots waits here; the newest past that go to the claim path, and its next
+        // deliveries are inserted unleased until the waiting room is half empty again (a writer's flush then fits,
+        // rather than being leased and largely released again).
+        let bound = slots as usize;
+        if queue.len() >= bound {
+            back.extend(queue.drain(bound..).map(|(job, _)| job));
+            self.block(id, Blocked::Full);
+        } else if queue.len() <= bound / 2 {
+            if let Some(port) = &self.handoff {
+                port.unblock(id, Some(Blocked::Full));
+            }
+        }
+        if !queue.is_empty() {
+            self.waiting_len += queue.len();
+            self.waiting.insert(id, queue);
+        }
+        emit(HandOffsWaiting { count: self.waiting_len });
+        if !back.is_empty() {
+            emit(DeliveriesHandedOff { started: 0, given_back: back.len() });
+            self.give_back(back, true, ctx);
+        }
+        if !jobs.is_empty() {
+            self.admit_and_start(destination, jobs, ctx);
+        }
+    }
+
+    /// Starts the waiting hand-offs of every destination with a free slot (a slot of the node's was freed).
+    fn start_all_waiting(&mut self, ctx: &mut Context<Self>) {
+        let ids: Vec<Uuid> = self.waiting.keys().copied().collect();
+        for id in ids {
+            self.start_waiting(id, ctx);
+        }
+    }
+
+    /// Gives back every waiting hand-off (shutting down, restarting): another node, or this one's claims, take them.
+    fn give_back_waiting(&mut self, ctx: Option<&mut Context<Self>>) {
+        let jobs: Vec<Job> =
+            self.waiting.drain().flat_map(|(_, queue)| queue.into_iter().map(|(job, _)| job)).collect();
+        self.waiting_len = 0;
+        emit(HandOffsWaiting { count: 0 });
+        if jobs.is_empty() {
+            return;
+        }
+        match ctx {
+            Some(ctx) => self.give_back(jobs, true, ctx),
+            // A restarting actor's own futures are dropped with it: released on the arbiter instead.
+            None => drop(actix::spawn(handoff::give_back(self.pool.clone(), jobs, true))),
+        }
+    }
+
+    /// Takes `jobs`' slots while their destination's limits (rate limit, circuit breaker) answer, then starts those
+    /// admitted; the rest are released for a claim round to take when the limits allow.
+    fn admit_and_start(&mut self, destination: Arc<Destination>, jobs: Vec<Job>, ctx: &mut Context<Self>) {
+        // Reserved while the limits answer, so that a claim round meanwhile does not count on these slots.
+        let (id, want) = (destination.id, jobs.len() as u32);
+        self.reserve(id, i64::from(want));
+        let (limits, redis) = (self.limits.clone(), self.redis.get());
+        let fut = async move { admit(&limits, redis, &destination, want).await };
+        ctx.spawn(guarded(fut).into_actor(self).map(move |res, act, ctx| {
+            act.reserve(id, -i64::from(want));
+            let admitted = match res {
+                Ok(admitted) => admitted as usize,
+                Err(Panicked(what)) => {
+                    // The leases expire; the supervisor restarts the scheduler.
+                    act.status.record_panic(&what);
+                    ctx.stop();
+                    return;
+                }
+            };
+            let mut jobs = jobs;
+            let back = jobs.split_off(admitted.min(jobs.len()));
+            emit(DeliveriesHandedOff { started: jobs.len(), given_back: back.len() });
+            if admitted == 0 {
+                act.block(id, Blocked::Limits);
+            } else if let Some(port) = &act.handoff {
+                port.unblock(id, Some(Blocked::Limits));
+            }
+            for job in jobs {
+                act.dispatch(job, ctx);
+            }
+            if !back.is_empty() {
+                // The limits are cluster-wide: no node may start these now. A claim round takes them when the
+                // limits allow (after a finished attempt here, or at the poll).
+                act.starved = true;
+                act.give_back(back, false, ctx);
+            }
+            if act.inflight == 0 && act.stopping.is_some() {
+                act.answer_shutdown(ctx);
+            }
+        }));
     }
 }
 

@@ -414,9 +414,9 @@ impl InternalEvent for DeliveriesClaimed {
     }
 }
 
-/// The Scheduler took deliveries handed off by the writer (committed already leased to this node): `started`
-/// went to the Deliverers at once, `given_back` were refused by the limits (node capacity, fair share, rate limit,
-/// circuit) and released for the claim path.
+/// The Scheduler took deliveries handed off by the writer (committed already leased to this node): `started` went to
+/// the Deliverers, `given_back` were released for the claim path (refused by the rate limit or circuit, past the
+/// bound of those waiting for a slot, waited past half the lease margin, or their destination paused meanwhile).
 pub struct DeliveriesHandedOff {
     pub started: usize,
     pub given_back: usize,
@@ -426,6 +426,18 @@ impl InternalEvent for DeliveriesHandedOff {
     fn emit(self) {
         counter!("hookgate_scheduler_handed_off_total").increment(self.started as u64);
         counter!("hookgate_scheduler_handoff_given_back_total").increment(self.given_back as u64);
+    }
+}
+
+/// How many handed-off deliveries wait on the Scheduler for a slot of their destination (leased to this node, not
+/// attempted yet).
+pub struct HandOffsWaiting {
+    pub count: usize,
+}
+
+impl InternalEvent for HandOffsWaiting {
+    fn emit(self) {
+        gauge!("hookgate_scheduler_handoffs_waiting").set(self.count as f64);
     }
 }
 

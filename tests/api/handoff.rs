@@ -1,5 +1,6 @@
 //! The hand-off: a fresh delivery is attempted by the node that ingested it with no claim round, under the same
-//! limits as a claimed one, and what the limits refuse goes back to the claim path at once.
+//! limits as a claimed one; one without a slot yet waits on the node for one, and what the limits refuse (or what
+//! waits too long) goes back to the claim path.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -63,7 +64,8 @@ async fn a_handed_off_delivery_keeps_the_destinations_max_in_flight_and_the_rest
         assert_eq!(app.post_signed(format!(r#"{{"i":{i}}}"#).as_bytes(), &format!("k{i}")).await.status, 202);
     }
     rx.wait_for(2).await;
-    // The four the destination has no room for were given back: pending, not leased, claimable by any node.
+    // The four the destination has no room for were given back: two at once (past the two that may wait for a slot
+    // here), two when they had waited half the lease margin (0.5 s). Pending, not leased, claimable by any node.
     app.wait_count(
         "the deliveries past max_in_flight released",
         "SELECT count(*) FROM deliveries WHERE state = 'pending' AND lease_id IS NULL",
@@ -77,6 +79,49 @@ async fn a_handed_off_delivery_keeps_the_destinations_max_in_flight_and_the_rest
     gate.add_permits(1_000);
     app.wait_count("all six delivered", "SELECT count(*) FROM deliveries WHERE state = 'delivered'", 6).await;
     assert_eq!(rx.count(), 6, "each delivered once");
+}
+
+#[actix_rt::test]
+async fn a_handed_off_delivery_without_a_slot_waits_leased_and_starts_when_one_frees_with_no_claim_round() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let rx = Receiver::start(vec![], Some(Reply::Gate(gate.clone(), 200)));
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        // Waiting for a slot is allowed for half the margin: longer than this test runs.
+        s.delivery.lease_margin_ms = 600_000;
+        let mut d = destination("narrow", &url);
+        d.max_in_flight = 2;
+        d.timeout_ms = 60_000;
+        s.destinations.push(d);
+        s.routes.push(route("to-narrow", "hmac", "narrow"));
+    })
+    .await;
+    // No claim round can run: whatever is attempted came through the hand-off.
+    let blocker = hold_claim_lock(&app).await;
+    for i in 0..4 {
+        assert_eq!(app.post_signed(format!(r#"{{"i":{i}}}"#).as_bytes(), &format!("k{i}")).await.status, 202);
+    }
+    rx.wait_for(2).await;
+    app.wait_count(
+        "all four leased: two in flight, two waiting here",
+        "SELECT count(*) FROM deliveries WHERE state = 'pending' AND lease_id IS NOT NULL",
+        4,
+    )
+    .await;
+    assert_eq!(rx.count(), 2, "never more than max_in_flight at once");
+
+    // The two in flight are answered: their slots go to the two waiting, and no more than two are in flight.
+    gate.add_permits(2);
+    rx.wait_for(4).await;
+    app.wait_count("two delivered", "SELECT count(*) FROM deliveries WHERE state = 'delivered'", 2).await;
+    assert_eq!(rx.count(), 4);
+    gate.add_permits(1_000);
+    app.wait_count("all four delivered", "SELECT count(*) FROM deliveries WHERE state = 'delivered'", 4).await;
+    assert_eq!(rx.count(), 4, "each delivered once");
+    assert_eq!(rx.state.overlaps.load(Ordering::SeqCst), 0);
+    let claimed: i64 = app.db.query_one("SELECT count(*) FROM attempts", &[]).await.unwrap().get(0);
+    assert_eq!(claimed, 4, "one attempt each");
+    blocker.execute("SELECT pg_advisory_unlock($1)", &[&CLAIM_LOCK]).await.unwrap();
 }
 
 #[actix_rt::test]
