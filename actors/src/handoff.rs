@@ -44,7 +44,11 @@ pub enum Blocked {
 /// Attempt these deliveries: committed just now, already leased to this node.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct HandOff(pub Vec<Job>);
+pub struct HandOff {
+    pub jobs: Vec<Job>,
+    /// Taken before the transaction that leased them began: their leases run from no earlier than this.
+    pub leased_at: Instant,
+}
 
 /// Where the EventWriter sends its [`HandOff`]s, shared by the writer and the Scheduler.
 pub struct HandOffPort {
@@ -93,7 +97,14 @@ impl HandOffPort {
     /// Marks `destination` as refusing hand-offs for `why`, for at most [`BLOCK_FOR`].
     pub fn block(&self, destination: Uuid, why: Blocked) {
         let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
-        blocked.insert(destination, (why, Instant::now() + BLOCK_FOR));
+        let now = Instant::now();
+        // A full node does not hide limits that admit nothing (those wake no node when inserting unleased).
+        if why == Blocked::Full
+            && blocked.get(&destination).is_some_and(|(b, until)| *b == Blocked::Limits && *until > now)
+        {
+            return;
+        }
+        blocked.insert(destination, (why, now + BLOCK_FOR));
     }
 
     /// Lifts a block (of any reason, or only of `only`).
@@ -117,10 +128,11 @@ impl HandOffPort {
         blocked.iter().map(|(id, (why, _))| (*id, *why)).collect()
     }
 
-    /// Hands committed, leased deliveries to the Scheduler; gives them back when its mailbox refuses them.
-    pub fn send(&self, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+    /// Hands committed, leased deliveries to the Scheduler (`leased_at`: taken before their transaction began); gives
+    /// them back when its mailbox refuses them.
+    pub fn send(&self, jobs: Vec<Job>, leased_at: Instant) -> Result<(), Vec<Job>> {
         let Some(to) = self.to.get() else { return Err(jobs) };
-        to.try_send(HandOff(jobs)).map_err(|e| e.into_inner().0)
+        to.try_send(HandOff { jobs, leased_at }).map_err(|e| e.into_inner().jobs)
     }
 }
 

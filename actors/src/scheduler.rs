@@ -105,6 +105,10 @@ pub struct Scheduler {
     waiting: HashMap<Uuid, VecDeque<(Job, Instant)>>,
     /// How many hand-offs wait in `waiting`.
     waiting_len: usize,
+    /// Destinations whose waiting room filled: the writer leases none of their deliveries until it is half empty.
+    room_full: HashSet<Uuid>,
+    /// Shutting down, the waiting hand-offs' leases are being released: the Shutdown is answered after.
+    releasing_waiting: bool,
     /// The timer of the earliest retry the ResultWriter announced ([`WakeAt`]).
     next_wake: Option<(DateTime<Utc>, SpawnHandle)>,
     next_deliverer: usize,
@@ -151,6 +155,8 @@ impl Scheduler {
             reserved: HashMap::new(),
             waiting: HashMap::new(),
             waiting_len: 0,
+            room_full: HashSet::new(),
+            releasing_waiting: false,
             notices: Notices::off(),
             next_wake: None,
             next_deliverer: 0,
@@ -357,7 +363,12 @@ impl actix::Supervised for Scheduler {
         self.next_wake = None;
         self.resumed = false;
         self.set_taking_handoffs(false);
-        self.give_back_waiting(None);
+        let waiting = self.take_waiting();
+        if !waiting.is_empty() {
+            // A restarting actor's own futures are dropped with it: released on the arbiter instead.
+            drop(actix::spawn(handoff::give_back(self.pool.clone(), waiting, true)));
+        }
+        self.releasing_waiting = false;
         self.resume_delay = self.status.record_restart();
     }
 }
@@ -408,15 +419,29 @@ impl Handler<Shutdown> for Scheduler {
 
     fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) {
         self.set_taking_handoffs(false);
-        self.give_back_waiting(Some(ctx));
         self.deadline = Some(msg.deadline);
         self.stopping = Some(msg.reply);
-        if self.inflight == 0 {
+        let waiting = self.take_waiting();
+        if !waiting.is_empty() {
+            // Released (and the other nodes woken) before the Shutdown is answered, or past its deadline.
+            self.releasing_waiting = true;
+            let fut = handoff::give_back(self.pool.clone(), waiting, true);
+            ctx.spawn(fut.into_actor(self).map(|(), act, ctx| {
+                act.releasing_waiting = false;
+                if act.inflight == 0 {
+                    act.answer_shutdown(ctx);
+                }
+            }));
+        }
+        if self.inflight == 0 && !self.releasing_waiting {
             self.answer_shutdown(ctx);
             return;
         }
         ctx.run_later(msg.deadline.saturating_duration_since(tokio::time::Instant::now()), |act, ctx| {
+            // Past the deadline, leases still held expire.
+            act.releasing_waiting = false;
             if act.leases.is_empty() {
+                act.answer_shutdown(ctx);
                 return;
             }
             let leases: Vec<Lease> = act
@@ -446,6 +471,9 @@ impl Scheduler {
     /// attempts end, at the latest past the deadline). The scheduler stays stopped, so a later `Completed` or
     /// `Wake` never claims again.
     fn answer_shutdown(&mut self, ctx: &mut Context<Self>) {
+        if self.releasing_waiting {
+            return;
+        }
         let Some(reply) = self.stopping.take() else { return };
         self.stopping = Some(tokio::sync::oneshot::channel().0);
         if std::mem::replace(&mut self.deliverers_told, true) {
@@ -510,13 +538,13 @@ impl Handler<WakeAt> for Scheduler {
 impl Handler<HandOff> for Scheduler {
     type Result = ();
 
-    fn handle(&mut self, HandOff(jobs): HandOff, ctx: &mut Self::Context) {
+    fn handle(&mut self, HandOff { jobs, leased_at }: HandOff, ctx: &mut Self::Context) {
         if self.stopping.is_some() || !self.resumed {
+            emit(DeliveriesHandedOff { started: 0, given_back: jobs.len() });
             self.give_back(jobs, true, ctx);
             return;
         }
         let catalog = self.catalog.get();
-        let now = Instant::now();
         let mut refused = Vec::new();
         let mut arrived = Vec::new();
         for job in jobs {
@@ -528,11 +556,12 @@ impl Handler<HandOff> for Scheduler {
             if !arrived.contains(&id) {
                 arrived.push(id);
             }
-            self.waiting.entry(id).or_default().push_back((job, now));
+            self.waiting.entry(id).or_default().push_back((job, leased_at));
             self.waiting_len += 1;
         }
         if !refused.is_empty() {
             // Another node may have room for these.
+            emit(DeliveriesHandedOff { started: 0, given_back: refused.len() });
             self.give_back(refused, true, ctx);
         }
         for id in arrived {
@@ -555,13 +584,13 @@ impl Scheduler {
         let destination = self.catalog.get().destinations.get(&id).filter(|d| takes_handoffs(d)).cloned();
         let Some(destination) = destination else {
             // Paused, disabled, made FIFO or deleted meanwhile: the claim path decides.
+            self.room_full.remove(&id);
+            emit(DeliveriesHandedOff { started: 0, given_back: queue.len() });
             self.give_back(queue.into_iter().map(|(job, _)| job).collect(), true, ctx);
             emit(HandOffsWaiting { count: self.waiting_len });
             return;
         };
-        // A lease taken at insert lasts the destination's timeout plus the margin: an attempt started later than half
-        // the margin after the hand-off might outlive it.
-        let max_wait = Duration::from_millis(self.cfg.lease_margin_ms / 2);
+        let max_wait = self.max_wait();
         let mut back = Vec::new();
         while queue.front().is_some_and(|(_, at)| at.elapsed() > max_wait) {
             back.extend(queue.pop_front().map(|(job, _)| job));
@@ -578,20 +607,27 @@ impl Scheduler {
         let share = (capacity / contending).clamp(1, (capacity - capacity / 4).max(1)) as u32;
         let slots = destination.max_in_flight.min(share);
         let mine = self.inflight_by_destination.get(&id).copied().unwrap_or(0);
-        let free = capacity.saturating_sub(self.inflight).min(u32::MAX as usize) as u32;
+        // While claim rounds leave due work behind (retries, FIFO destinations, what went unleased), a quarter of the
+        // node stays theirs: waiting hand-offs never take every slot a finished attempt frees.
+        let kept = if self.starved { capacity / 4 } else { 0 };
+        let free = capacity.saturating_sub(self.inflight + kept).min(u32::MAX as usize) as u32;
         let room = slots.saturating_sub(mine).min(free) as usize;
-        let jobs: Vec<Job> = queue.drain(..room.min(queue.len())).map(|(job, _)| job).collect();
+        let jobs: Vec<(Job, Instant)> = queue.drain(..room.min(queue.len())).collect();
         // At most one more round of its slots waits here; the newest past that go to the claim path, and its next
         // deliveries are inserted unleased until the waiting room is half empty again (a writer's flush then fits,
         // rather than being leased and largely released again).
         let bound = slots as usize;
         if queue.len() >= bound {
             back.extend(queue.drain(bound..).map(|(job, _)| job));
-            self.block(id, Blocked::Full);
+            self.room_full.insert(id);
         } else if queue.len() <= bound / 2 {
-            if let Some(port) = &self.handoff {
-                port.unblock(id, Some(Blocked::Full));
-            }
+            self.room_full.remove(&id);
+        }
+        if self.room_full.contains(&id) {
+            // Renewed at every look while the room stays more than half full (a block lapses after a second).
+            self.block(id, Blocked::Full);
+        } else if let Some(port) = &self.handoff {
+            port.unblock(id, Some(Blocked::Full));
         }
         if !queue.is_empty() {
             self.waiting_len += queue.len();
@@ -607,33 +643,39 @@ impl Scheduler {
         }
     }
 
+    /// A lease taken at insert lasts the destination's timeout plus the margin from the start of its transaction: an
+    /// attempt started more than half the margin after that might outlive it with its result.
+    fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.cfg.lease_margin_ms / 2)
+    }
+
     /// Starts the waiting hand-offs of every destination with a free slot (a slot of the node's was freed).
     fn start_all_waiting(&mut self, ctx: &mut Context<Self>) {
-        let ids: Vec<Uuid> = self.waiting.keys().copied().collect();
+        let mut ids: Vec<Uuid> = self.waiting.keys().copied().collect();
+        // A different order every time, so no destination is always served last.
+        ids.shuffle(&mut rand::thread_rng());
         for id in ids {
             self.start_waiting(id, ctx);
         }
     }
 
-    /// Gives back every waiting hand-off (shutting down, restarting): another node, or this one's claims, take them.
-    fn give_back_waiting(&mut self, ctx: Option<&mut Context<Self>>) {
+    /// Takes every waiting hand-off out (shutting down, restarting), to be given back: another node, or this one's
+    /// claims, take them.
+    fn take_waiting(&mut self) -> Vec<Job> {
         let jobs: Vec<Job> =
             self.waiting.drain().flat_map(|(_, queue)| queue.into_iter().map(|(job, _)| job)).collect();
         self.waiting_len = 0;
+        self.room_full.clear();
         emit(HandOffsWaiting { count: 0 });
-        if jobs.is_empty() {
-            return;
+        if !jobs.is_empty() {
+            emit(DeliveriesHandedOff { started: 0, given_back: jobs.len() });
         }
-        match ctx {
-            Some(ctx) => self.give_back(jobs, true, ctx),
-            // A restarting actor's own futures are dropped with it: released on the arbiter instead.
-            None => drop(actix::spawn(handoff::give_back(self.pool.clone(), jobs, true))),
-        }
+        jobs
     }
 
     /// Takes `jobs`' slots while their destination's limits (rate limit, circuit breaker) answer, then starts those
     /// admitted; the rest are released for a claim round to take when the limits allow.
-    fn admit_and_start(&mut self, destination: Arc<Destination>, jobs: Vec<Job>, ctx: &mut Context<Self>) {
+    fn admit_and_start(&mut self, destination: Arc<Destination>, jobs: Vec<(Job, Instant)>, ctx: &mut Context<Self>) {
         // Reserved while the limits answer, so that a claim round meanwhile does not count on these slots.
         let (id, want) = (destination.id, jobs.len() as u32);
         self.reserve(id, i64::from(want));
@@ -651,14 +693,27 @@ impl Scheduler {
                 }
             };
             let mut jobs = jobs;
-            let back = jobs.split_off(admitted.min(jobs.len()));
-            emit(DeliveriesHandedOff { started: jobs.len(), given_back: back.len() });
+            let mut back: Vec<Job> = jobs.split_off(admitted.min(jobs.len())).into_iter().map(|(job, _)| job).collect();
             if admitted == 0 {
                 act.block(id, Blocked::Limits);
+                // Nothing of it may start now: what waits for it goes the claim path too.
+                if let Some(queue) = act.waiting.remove(&id) {
+                    act.waiting_len -= queue.len();
+                    act.room_full.remove(&id);
+                    back.extend(queue.into_iter().map(|(job, _)| job));
+                    emit(HandOffsWaiting { count: act.waiting_len });
+                }
             } else if let Some(port) = &act.handoff {
                 port.unblock(id, Some(Blocked::Limits));
             }
-            for job in jobs {
+            // The limits took a while to answer: a lease too old to outlive its attempt is given back instead.
+            let max_wait = act.max_wait();
+            let (late, jobs): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(_, at)| at.elapsed() > max_wait);
+            emit(DeliveriesHandedOff { started: jobs.len(), given_back: back.len() + late.len() });
+            if !late.is_empty() {
+                act.give_back(late.into_iter().map(|(job, _)| job).collect(), true, ctx);
+            }
+            for (job, _) in jobs {
                 act.dispatch(job, ctx);
             }
             if !back.is_empty() {

@@ -787,6 +787,8 @@ async fn insert(
     events: &[&NewEvent],
     arrival: &[&NewEvent],
 ) -> Result<Vec<Result<Persisted, PersistError>>, PersistError> {
+    // Before the transaction begins: the leases it takes run from its start (PostgreSQL's `now()`), not earlier.
+    let leased_at = std::time::Instant::now();
     let mut client = hookgate_store::connect(pool).await.map_err(store_error)?;
     let tx = hookgate_store::begin_hot(&mut client).await.map_err(store_error)?;
     let inserted = hookgate_store::events::insert_new(&tx, &event_rows(events)).await.map_err(store_error)?;
@@ -829,7 +831,7 @@ async fn insert(
         }
     }
     if let (Some(port), false) = (handoff, leased.is_empty()) {
-        if let Err(refused) = port.send(leased) {
+        if let Err(refused) = port.send(leased, leased_at) {
             // The Scheduler's mailbox is full or it just stopped: these go the claim path.
             emit(HandOffRefused { count: refused.len() });
             actix::spawn(crate::handoff::give_back(pool.clone(), refused, true));

@@ -416,7 +416,8 @@ impl InternalEvent for DeliveriesClaimed {
 
 /// The Scheduler took deliveries handed off by the writer (committed already leased to this node): `started` went to
 /// the Deliverers, `given_back` were released for the claim path (refused by the rate limit or circuit, past the
-/// bound of those waiting for a slot, waited past half the lease margin, or their destination paused meanwhile).
+/// bound of those waiting for a slot, waited past half the lease margin, their destination paused meanwhile, or the
+/// Scheduler stopping or restarting).
 pub struct DeliveriesHandedOff {
     pub started: usize,
     pub given_back: usize,
