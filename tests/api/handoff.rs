@@ -23,6 +23,33 @@ async fn sink_app(handoff: bool) -> (Receiver, TestApp) {
     (rx, app)
 }
 
+/// A node with one destination, "narrow" (`max_in_flight` 2, a 60 s timeout), on a receiver that holds every request
+/// until the gate lets it answer (what it has received is what is in flight), and `lease_margin_ms` when given.
+async fn narrow_app(lease_margin_ms: Option<u64>) -> (Arc<tokio::sync::Semaphore>, Receiver, TestApp) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let rx = Receiver::start(vec![], Some(Reply::Gate(gate.clone(), 200)));
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        if let Some(ms) = lease_margin_ms {
+            s.delivery.lease_margin_ms = ms;
+        }
+        let mut d = destination("narrow", &url);
+        d.max_in_flight = 2;
+        d.timeout_ms = 60_000;
+        s.destinations.push(d);
+        s.routes.push(route("to-narrow", "hmac", "narrow"));
+    })
+    .await;
+    (gate, rx, app)
+}
+
+/// Posts `n` signed events, each acknowledged.
+async fn post_events(app: &TestApp, n: usize) {
+    for i in 0..n {
+        assert_eq!(app.post_signed(format!(r#"{{"i":{i}}}"#).as_bytes(), &format!("k{i}")).await.status, 202);
+    }
+}
+
 /// Another session holding the cluster-wide claim lock, until it unlocks or is dropped.
 async fn hold_claim_lock(app: &TestApp) -> tokio_postgres::Client {
     let blocker = connect(&app._db.url()).await;
@@ -36,9 +63,7 @@ async fn a_fresh_delivery_is_attempted_while_no_claim_round_can_run() {
     // Another session holds the cluster-wide claim lock: every claim round waits for it, then fails.
     let blocker = hold_claim_lock(&app).await;
 
-    for i in 0..5 {
-        assert_eq!(app.post_signed(format!(r#"{{"i":{i}}}"#).as_bytes(), &format!("k{i}")).await.status, 202);
-    }
+    post_events(&app, 5).await;
     rx.wait_for(5).await;
     app.wait_count("five delivered", "SELECT count(*) FROM deliveries WHERE state = 'delivered'", 5).await;
     let attempts: i64 = app.db.query_one("SELECT count(*) FROM attempts", &[]).await.unwrap().get(0);
@@ -48,21 +73,8 @@ async fn a_fresh_delivery_is_attempted_while_no_claim_round_can_run() {
 
 #[actix_rt::test]
 async fn a_handed_off_delivery_keeps_the_destinations_max_in_flight_and_the_rest_waits_unleased() {
-    // The receiver holds every request until the end of the test: what it has received is what is in flight.
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let rx = Receiver::start(vec![], Some(Reply::Gate(gate.clone(), 200)));
-    let url = rx.url.clone();
-    let app = spawn_app_with(move |s| {
-        let mut d = destination("narrow", &url);
-        d.max_in_flight = 2;
-        d.timeout_ms = 60_000;
-        s.destinations.push(d);
-        s.routes.push(route("to-narrow", "hmac", "narrow"));
-    })
-    .await;
-    for i in 0..6 {
-        assert_eq!(app.post_signed(format!(r#"{{"i":{i}}}"#).as_bytes(), &format!("k{i}")).await.status, 202);
-    }
+    let (gate, rx, app) = narrow_app(None).await;
+    post_events(&app, 6).await;
     rx.wait_for(2).await;
     // The four the destination has no room for are pending and unleased, claimable by any node: two waited for a
     // slot here and were given back after half the lease margin (0.5 s); the other two found the waiting room full
@@ -84,24 +96,11 @@ async fn a_handed_off_delivery_keeps_the_destinations_max_in_flight_and_the_rest
 
 #[actix_rt::test]
 async fn a_handed_off_delivery_without_a_slot_waits_leased_and_starts_when_one_frees_with_no_claim_round() {
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let rx = Receiver::start(vec![], Some(Reply::Gate(gate.clone(), 200)));
-    let url = rx.url.clone();
-    let app = spawn_app_with(move |s| {
-        // Waiting for a slot is allowed for half the margin: longer than this test runs.
-        s.delivery.lease_margin_ms = 600_000;
-        let mut d = destination("narrow", &url);
-        d.max_in_flight = 2;
-        d.timeout_ms = 60_000;
-        s.destinations.push(d);
-        s.routes.push(route("to-narrow", "hmac", "narrow"));
-    })
-    .await;
+    // Waiting for a slot is allowed for half the margin: longer than this test runs.
+    let (gate, rx, app) = narrow_app(Some(600_000)).await;
     // No claim round can run: whatever is attempted came through the hand-off.
     let blocker = hold_claim_lock(&app).await;
-    for i in 0..4 {
-        assert_eq!(app.post_signed(format!(r#"{{"i":{i}}}"#).as_bytes(), &format!("k{i}")).await.status, 202);
-    }
+    post_events(&app, 4).await;
     rx.wait_for(2).await;
     app.wait_count(
         "all four leased: two in flight, two waiting here",
@@ -129,9 +128,7 @@ async fn a_handed_off_delivery_without_a_slot_waits_leased_and_starts_when_one_f
 async fn with_the_hand_off_off_fresh_deliveries_wait_for_a_claim_round() {
     let (rx, app) = sink_app(false).await;
     let blocker = hold_claim_lock(&app).await;
-    for i in 0..5 {
-        assert_eq!(app.post_signed(format!(r#"{{"i":{i}}}"#).as_bytes(), &format!("k{i}")).await.status, 202);
-    }
+    post_events(&app, 5).await;
     // Committed unleased: only a claim round can take them, and none can run yet.
     let unleased: i64 = app
         .db
