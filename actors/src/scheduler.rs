@@ -706,13 +706,9 @@ impl Scheduler {
             } else if let Some(port) = &act.handoff {
                 port.unblock(id, Some(Blocked::Limits));
             }
-            // The limits took a while to answer: a lease too old to outlive its attempt is given back instead.
-            let max_wait = act.max_wait();
-            let (late, jobs): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(_, at)| at.elapsed() > max_wait);
-            emit(DeliveriesHandedOff { started: jobs.len(), given_back: back.len() + late.len() });
-            if !late.is_empty() {
-                act.give_back(late.into_iter().map(|(job, _)| job).collect(), true, ctx);
-            }
+            // Started however long the limits took to answer (bounded by `limits_timeout_ms`), as a claimed
+            // delivery is: giving these back would leave nothing deliverable while Redis does not answer.
+            emit(DeliveriesHandedOff { started: jobs.len(), given_back: back.len() });
             for (job, _) in jobs {
                 act.dispatch(job, ctx);
             }
