@@ -612,7 +612,7 @@ impl Scheduler {
         let kept = if self.starved { capacity / 4 } else { 0 };
         let free = capacity.saturating_sub(self.inflight + kept).min(u32::MAX as usize) as u32;
         let room = slots.saturating_sub(mine).min(free) as usize;
-        let jobs: Vec<(Job, Instant)> = queue.drain(..room.min(queue.len())).collect();
+        let jobs: Vec<Job> = queue.drain(..room.min(queue.len())).map(|(job, _)| job).collect();
         // At most one more round of its slots waits here; the newest past that go to the claim path, and its next
         // deliveries are inserted unleased until the waiting room is half empty again (a writer's flush then fits,
         // rather than being leased and largely released again).
@@ -675,7 +675,7 @@ impl Scheduler {
 
     /// Takes `jobs`' slots while their destination's limits (rate limit, circuit breaker) answer, then starts those
     /// admitted; the rest are released for a claim round to take when the limits allow.
-    fn admit_and_start(&mut self, destination: Arc<Destination>, jobs: Vec<(Job, Instant)>, ctx: &mut Context<Self>) {
+    fn admit_and_start(&mut self, destination: Arc<Destination>, jobs: Vec<Job>, ctx: &mut Context<Self>) {
         // Reserved while the limits answer, so that a claim round meanwhile does not count on these slots.
         let (id, want) = (destination.id, jobs.len() as u32);
         self.reserve(id, i64::from(want));
@@ -693,7 +693,7 @@ impl Scheduler {
                 }
             };
             let mut jobs = jobs;
-            let mut back: Vec<Job> = jobs.split_off(admitted.min(jobs.len())).into_iter().map(|(job, _)| job).collect();
+            let mut back = jobs.split_off(admitted.min(jobs.len()));
             if admitted == 0 {
                 act.block(id, Blocked::Limits);
                 // Nothing of it may start now: what waits for it goes the claim path too.
@@ -709,7 +709,7 @@ impl Scheduler {
             // Started however long the limits took to answer (bounded by `limits_timeout_ms`), as a claimed
             // delivery is: giving these back would leave nothing deliverable while Redis does not answer.
             emit(DeliveriesHandedOff { started: jobs.len(), given_back: back.len() });
-            for (job, _) in jobs {
+            for job in jobs {
                 act.dispatch(job, ctx);
             }
             if !back.is_empty() {

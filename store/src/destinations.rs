@@ -328,19 +328,20 @@ pub struct AttemptWindow {
     pub latency_p99_ms: Option<f64>,
 }
 
+/// Destination `$1`'s attempts started in the last `$2` seconds, found through their primary key: an attempt's UUIDv7
+/// id is generated when its outcome is recorded, after `started_at`, so none of the window's is below the smallest
+/// UUIDv7 of its start less a minute (`hookgate_v7_floor`, migration 0012; ADR-0024).
+pub const ATTEMPT_WINDOW_SQL: &str = "SELECT count(*),
+        avg(CASE WHEN a.status BETWEEN 200 AND 299 THEN 1.0 ELSE 0.0 END)::float8,
+        percentile_cont(0.5) WITHIN GROUP (ORDER BY a.latency_ms),
+        percentile_cont(0.99) WITHIN GROUP (ORDER BY a.latency_ms)
+ FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+ WHERE a.id >= hookgate_v7_floor(now() - make_interval(secs => $2) - interval '1 minute')
+   AND a.started_at > now() - make_interval(secs => $2) AND d.destination_id = $1";
+
 /// A destination's [`AttemptWindow`] over the last `secs` seconds.
 pub async fn attempt_window(client: &impl GenericClient, id: Uuid, secs: f64) -> StoreResult<AttemptWindow> {
-    let row = client
-        .query_one(
-            "SELECT count(*),
-                    avg(CASE WHEN a.status BETWEEN 200 AND 299 THEN 1.0 ELSE 0.0 END)::float8,
-                    percentile_cont(0.5) WITHIN GROUP (ORDER BY a.latency_ms),
-                    percentile_cont(0.99) WITHIN GROUP (ORDER BY a.latency_ms)
-             FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
-             WHERE a.started_at > now() - make_interval(secs => $2) AND d.destination_id = $1",
-            &[&id, &secs],
-        )
-        .await?;
+    let row = client.query_one(ATTEMPT_WINDOW_SQL, &[&id, &secs]).await?;
     Ok(AttemptWindow {
         attempts: row.column(0)?,
         success_ratio: row.column(1)?,

@@ -124,6 +124,89 @@ async fn a_handed_off_delivery_without_a_slot_waits_leased_and_starts_when_one_f
     blocker.execute("SELECT pg_advisory_unlock($1)", &[&CLAIM_LOCK]).await.unwrap();
 }
 
+/// Posts four events to "narrow" while no claim round can run and waits until two are in flight and the other two
+/// wait leased on the node (`lease_margin_ms` 600 s: they may wait longer than the test runs).
+async fn two_in_flight_two_waiting() -> (Arc<tokio::sync::Semaphore>, Receiver, TestApp, tokio_postgres::Client) {
+    let (gate, rx, app) = narrow_app(Some(600_000)).await;
+    let blocker = hold_claim_lock(&app).await;
+    post_events(&app, 4).await;
+    rx.wait_for(2).await;
+    app.wait_count(
+        "all four leased",
+        "SELECT count(*) FROM deliveries WHERE state = 'pending' AND lease_id IS NOT NULL",
+        4,
+    )
+    .await;
+    (gate, rx, app, blocker)
+}
+
+const RELEASED: &str = "SELECT count(*) FROM deliveries d JOIN routes r ON r.id = d.route_id
+                        WHERE r.slug = 'to-narrow' AND d.state = 'pending' AND d.lease_id IS NULL";
+
+#[actix_rt::test]
+async fn a_destination_paused_while_hand_offs_wait_for_it_gets_them_released_when_a_slot_frees() {
+    let (gate, rx, app, blocker) = two_in_flight_two_waiting().await;
+    // Paused, and in the same transaction a route from `open` to it: once an event to `open` gets that route's
+    // delivery, this node serves the catalog in which "narrow" is paused.
+    app.db
+        .batch_execute(
+            "UPDATE destinations SET state = 'paused' WHERE slug = 'narrow';
+             INSERT INTO routes (id, slug, source_id, destination_id)
+             SELECT gen_random_uuid(), 'probe', s.id, d.id FROM sources s, destinations d
+             WHERE s.slug = 'open' AND d.slug = 'narrow';
+             NOTIFY hookgate_catalog",
+        )
+        .await
+        .unwrap();
+    let mut n = 0;
+    crate::helpers::eventually("the node serves the paused catalog", std::time::Duration::from_secs(60), || {
+        n += 1;
+        let body = format!(r#"{{"probe":{n}}}"#);
+        let app = &app;
+        async move {
+            let resp = app.http.post(app.url("/ingest/open")).send_body(body).await.unwrap();
+            assert_eq!(resp.status().as_u16(), 202);
+            let probes: i64 = app
+                .db
+                .query_one(
+                    "SELECT count(*) FROM deliveries d JOIN routes r ON r.id = d.route_id WHERE r.slug = 'probe'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (probes > 0).then_some(())
+        }
+    })
+    .await;
+
+    // One attempt ends: its slot would go to a waiting hand-off, but the destination is paused. Both are released
+    // for the claim path (which, while paused, leaves them alone) and nothing more is sent.
+    gate.add_permits(1);
+    app.wait_count("the two waiting released", RELEASED, 2).await;
+    app.wait_count("one delivered", "SELECT count(*) FROM deliveries WHERE state = 'delivered'", 1).await;
+    assert_eq!(rx.count(), 2, "nothing started for a paused destination");
+    gate.add_permits(1_000);
+    blocker.execute("SELECT pg_advisory_unlock($1)", &[&CLAIM_LOCK]).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_restarted_scheduler_releases_the_hand_offs_waiting_on_it_and_they_are_delivered_once() {
+    let (gate, rx, app, blocker) = two_in_flight_two_waiting().await;
+    let scheduler = app.actors.scheduler.clone().expect("delivery is enabled in tests");
+    scheduler.send(hookgate_actors::supervision::InjectPanic).await.unwrap();
+    // Released at the restart, not at the end of their leases (the destination's timeout plus 600 s).
+    app.wait_count("the two waiting released", RELEASED, 2).await;
+    assert_eq!(rx.count(), 2);
+
+    // The claim path delivers them; the two in flight across the restart finish as well, each once.
+    blocker.execute("SELECT pg_advisory_unlock($1)", &[&CLAIM_LOCK]).await.unwrap();
+    gate.add_permits(1_000);
+    app.wait_count("all four delivered", "SELECT count(*) FROM deliveries WHERE state = 'delivered'", 4).await;
+    assert_eq!(rx.count(), 4, "each delivered once");
+    assert_eq!(rx.state.overlaps.load(Ordering::SeqCst), 0);
+}
+
 #[actix_rt::test]
 async fn with_the_hand_off_off_fresh_deliveries_wait_for_a_claim_round() {
     let (rx, app) = sink_app(false).await;

@@ -5,6 +5,7 @@ use hookgate_store::claims::{CLAIM, DUE};
 use hookgate_store::GENERIC_PLANS;
 use serde_json::Value;
 
+use crate::admin::{with_tokens, READ};
 use crate::helpers::{connect, destination, route, spawn_app_with};
 
 /// Rows each plan node produced or filtered away, over all its loops: what the statement read.
@@ -198,4 +199,98 @@ async fn a_result_batch_commits_asynchronously_and_leaves_its_connection_committ
     let client = pool.get().await.unwrap();
     let after: String = client.query_one("SHOW synchronous_commit", &[]).await.unwrap().get(0);
     assert_eq!(after, "on", "the result batch's setting outlived its transaction");
+}
+
+/// The admin API's recent windows (events per source, attempts per destination, a destination's health) on 100,000
+/// events, deliveries and attempts spread over three days: each reads about its window's rows through the UUIDv7 ids
+/// (no index on the timestamps: ADR-0024), and counts exactly what the timestamps say.
+#[actix_rt::test]
+async fn the_admin_windows_read_their_rows_through_the_ids_and_count_what_the_timestamps_say() {
+    let app = spawn_app_with(|s| {
+        with_tokens(s);
+        s.delivery.enabled = false;
+        s.destinations.push(destination("busy", "http://192.0.2.1/"));
+        s.routes.push(route("to-busy", "hmac", "busy"));
+    })
+    .await;
+    // UUIDv7-shaped ids whose time is the row's own timestamp: an event's is its `received_at`, an attempt's is taken
+    // up to 30 s after its `started_at` (its outcome is recorded when the attempt ends).
+    app.db
+        .batch_execute(
+            "SELECT hookgate_ensure_partitions((now() AT TIME ZONE 'UTC')::date - 4, 6);
+             CREATE FUNCTION pg_temp.v7(t timestamptz, g int) RETURNS uuid LANGUAGE sql AS
+               $$ SELECT (lpad(to_hex((extract(epoch FROM t) * 1000)::bigint), 12, '0')
+                          || '7' || substr(md5(g::text), 1, 3) || '8' || substr(md5(g::text), 4, 15))::uuid $$;
+             INSERT INTO events (id, source_id, idempotency_key, received_at, headers, body)
+             SELECT pg_temp.v7(t, g), s.id, 'bulk-' || g, t, '{}', '\\x7b7d'
+             FROM generate_series(1, 100000) g, sources s,
+                  LATERAL (SELECT now() - make_interval(secs => g * 2.592) AS t) x
+             WHERE s.slug = 'hmac';
+             INSERT INTO deliveries (id, event_id, route_id, destination_id, state, created_at, next_attempt_at)
+             SELECT pg_temp.v7(e.received_at, 0), e.id, r.id, r.destination_id, 'delivered', e.received_at,
+                    e.received_at
+             FROM events e JOIN routes r ON r.source_id = e.source_id WHERE r.slug = 'to-busy';
+             INSERT INTO attempts (id, delivery_id, attempt, node_id, started_at, status, latency_ms)
+             SELECT pg_temp.v7(d.created_at + make_interval(secs => (d.seq % 30)), d.seq::int), d.id, 1, 'n',
+                    d.created_at, 200, (d.seq % 100)::int
+             FROM deliveries d;
+             ANALYZE;",
+        )
+        .await
+        .expect("seed three days");
+    let expected = |table: &'static str, column: &'static str, secs: f64| {
+        let db = &app.db;
+        async move {
+            let sql = format!("SELECT count(*) FROM {table} WHERE {column} > now() - make_interval(secs => $1)");
+            db.query_one(&sql, &[&secs]).await.unwrap().get::<_, i64>(0)
+        }
+    };
+    let window = 1_800.0_f64;
+    let events = expected("events", "received_at", window).await;
+    let attempts = expected("attempts", "started_at", window).await;
+    // 1,800 s of a row every 2.592 s.
+    assert!((600..=800).contains(&events), "{events} events in the window");
+    assert!((600..=800).contains(&attempts), "{attempts} attempts in the window");
+
+    let stats = app.admin("get", "/stats?window_secs=1800", Some(READ), None).await;
+    assert_eq!(stats.status, 200, "{stats:?}");
+    let hmac = stats.json["sources"].as_array().unwrap().iter().find(|s| s["slug"] == "hmac").unwrap().clone();
+    assert_eq!(hmac["events"].as_i64(), Some(events), "{stats:?}");
+    let busy = stats.json["destinations"].as_array().unwrap().iter().find(|d| d["slug"] == "busy").unwrap().clone();
+    assert_eq!(busy["attempts"].as_i64(), Some(attempts), "{stats:?}");
+    let dest: uuid::Uuid = busy["id"].as_str().unwrap().parse().unwrap();
+    let health = app.admin("get", &format!("/destinations/{dest}/health"), Some(READ), None).await;
+    assert_eq!(health.status, 200, "{health:?}");
+    for w in health.json["windows"].as_array().unwrap() {
+        let secs = w["window_secs"].as_f64().unwrap();
+        assert_eq!(w["attempts"].as_i64(), Some(expected("attempts", "started_at", secs).await), "{w}");
+    }
+
+    let cases = [
+        ("events per source", hookgate_store::stats::SOURCES_SQL.replace("$1", &format!("{window}"))),
+        ("attempts per destination", hookgate_store::stats::DESTINATIONS_SQL.replace("$1", &format!("{window}"))),
+        (
+            "a destination's health",
+            hookgate_store::destinations::ATTEMPT_WINDOW_SQL
+                .replace("$1", &format!("'{dest}'::uuid"))
+                .replace("$2", &format!("{window}")),
+        ),
+    ];
+    for (name, sql) in cases {
+        let plan: Value =
+            app.db.query_one(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}"), &[]).await.unwrap().get::<_, Value>(0);
+        let mut read = Vec::new();
+        rows_read(&plan[0]["Plan"], &mut read);
+        let scans: Vec<_> = read
+            .iter()
+            .filter(|(node, rows)| {
+                (node.starts_with("Seq Scan events") || node.starts_with("Seq Scan attempts")) && *rows > 0.0
+            })
+            .collect();
+        // (The partitions of the days ahead are empty: scanning them reads nothing.)
+        assert!(scans.is_empty(), "{name} scans whole partitions: {scans:?}\n{plan}");
+        // The window's ~700 rows and the minute of slack before it; a day's partition is 33,000.
+        let worst = read.iter().cloned().fold((String::new(), 0.0), |a, b| if b.1 > a.1 { b } else { a });
+        assert!(worst.1 <= 2_000.0, "{name} reads {} rows in {}: {plan}", worst.1, worst.0);
+    }
 }
