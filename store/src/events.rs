@@ -146,14 +146,15 @@ pub async fn find_existing(
 }
 
 /// The admin API's event list. Newest first by id (UUIDv7, so by arrival); each filter is a bound that the `events`
-/// primary key or `events_source_id (source_id, id)` serves, and the time range prunes daily partitions. The
+/// primary key or `events_source_id (source_id, id)` serves, and the time range prunes daily partitions and bounds
+/// the ids too (an event's id is generated as it is received: ADR-0024). The
 /// parameters, in order: source id, from, to, cursor (ids below it), delivery state, limit, type.
 pub const LIST_SQL: &str = "\
 SELECT e.id, e.source_id, e.received_at, e.content_type, octet_length(e.body), e.type
 FROM events e
 WHERE ($1::uuid IS NULL OR e.source_id = $1)
-  AND ($2::timestamptz IS NULL OR e.received_at >= $2)
-  AND ($3::timestamptz IS NULL OR e.received_at < $3)
+  AND ($2::timestamptz IS NULL OR (e.received_at >= $2 AND e.id >= hookgate_v7_floor($2 - interval '1 minute')))
+  AND ($3::timestamptz IS NULL OR (e.received_at < $3 AND e.id < hookgate_v7_floor($3 + interval '1 minute')))
   AND ($4::uuid IS NULL OR e.id < $4)
   AND ($5::text IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state = $5))
   AND ($7::text IS NULL OR e.type = $7)
@@ -339,7 +340,8 @@ pub struct ReplayableEvent {
 }
 
 /// A source's events received in `[from, to)` after the id `after` (from the first when `None`), oldest first, at
-/// most `limit`: a bulk replay's next batch. The `(source_id, id)` index serves it, the time range pruning partitions.
+/// most `limit`: a bulk replay's next batch. The `(source_id, id)` index serves it, the time range pruning partitions
+/// and bounding the ids (ADR-0024).
 pub async fn of_source_after(
     client: &impl GenericClient,
     source_id: Uuid,
@@ -353,6 +355,8 @@ pub async fn of_source_after(
             "SELECT e.id, e.source_id, s.slug, e.headers, e.body, e.type, e.received_at
              FROM events e JOIN sources s ON s.id = e.source_id
              WHERE e.source_id = $1 AND e.received_at >= $2 AND e.received_at < $3
+               AND e.id >= hookgate_v7_floor($2 - interval '1 minute')
+               AND e.id < hookgate_v7_floor($3 + interval '1 minute')
                AND ($4::uuid IS NULL OR e.id > $4)
              ORDER BY e.id LIMIT $5",
             &[&source_id, &from, &to, &after, &limit],
