@@ -94,36 +94,6 @@ async fn a_handed_off_delivery_keeps_the_destinations_max_in_flight_and_the_rest
     assert_eq!(rx.count(), 6, "each delivered once");
 }
 
-#[actix_rt::test]
-async fn a_handed_off_delivery_without_a_slot_waits_leased_and_starts_when_one_frees_with_no_claim_round() {
-    // Waiting for a slot is allowed for half the margin: longer than this test runs.
-    let (gate, rx, app) = narrow_app(Some(600_000)).await;
-    // No claim round can run: whatever is attempted came through the hand-off.
-    let blocker = hold_claim_lock(&app).await;
-    post_events(&app, 4).await;
-    rx.wait_for(2).await;
-    app.wait_count(
-        "all four leased: two in flight, two waiting here",
-        "SELECT count(*) FROM deliveries WHERE state = 'pending' AND lease_id IS NOT NULL",
-        4,
-    )
-    .await;
-    assert_eq!(rx.count(), 2, "never more than max_in_flight at once");
-
-    // The two in flight are answered: their slots go to the two waiting, and no more than two are in flight.
-    gate.add_permits(2);
-    rx.wait_for(4).await;
-    app.wait_count("two delivered", "SELECT count(*) FROM deliveries WHERE state = 'delivered'", 2).await;
-    assert_eq!(rx.count(), 4);
-    gate.add_permits(1_000);
-    app.wait_count("all four delivered", "SELECT count(*) FROM deliveries WHERE state = 'delivered'", 4).await;
-    assert_eq!(rx.count(), 4, "each delivered once");
-    assert_eq!(rx.state.overlaps.load(Ordering::SeqCst), 0);
-    let claimed: i64 = app.db.query_one("SELECT count(*) FROM attempts", &[]).await.unwrap().get(0);
-    assert_eq!(claimed, 4, "one attempt each");
-    blocker.execute("SELECT pg_advisory_unlock($1)", &[&CLAIM_LOCK]).await.unwrap();
-}
-
 /// Posts four events to "narrow" while no claim round can run and waits until two are in flight and the other two
 /// wait leased on the node (`lease_margin_ms` 600 s: they may wait longer than the test runs).
 async fn two_in_flight_two_waiting() -> (Arc<tokio::sync::Semaphore>, Receiver, TestApp, tokio_postgres::Client) {
@@ -138,6 +108,26 @@ async fn two_in_flight_two_waiting() -> (Arc<tokio::sync::Semaphore>, Receiver, 
     )
     .await;
     (gate, rx, app, blocker)
+}
+
+#[actix_rt::test]
+async fn a_handed_off_delivery_without_a_slot_waits_leased_and_starts_when_one_frees_with_no_claim_round() {
+    // No claim round can run: whatever is attempted came through the hand-off.
+    let (gate, rx, app, blocker) = two_in_flight_two_waiting().await;
+    assert_eq!(rx.count(), 2, "never more than max_in_flight at once");
+
+    // The two in flight are answered: their slots go to the two waiting, and no more than two are in flight.
+    gate.add_permits(2);
+    rx.wait_for(4).await;
+    app.wait_count("two delivered", "SELECT count(*) FROM deliveries WHERE state = 'delivered'", 2).await;
+    assert_eq!(rx.count(), 4);
+    gate.add_permits(1_000);
+    app.wait_count("all four delivered", "SELECT count(*) FROM deliveries WHERE state = 'delivered'", 4).await;
+    assert_eq!(rx.count(), 4, "each delivered once");
+    assert_eq!(rx.state.overlaps.load(Ordering::SeqCst), 0);
+    let claimed: i64 = app.db.query_one("SELECT count(*) FROM attempts", &[]).await.unwrap().get(0);
+    assert_eq!(claimed, 4, "one attempt each");
+    blocker.execute("SELECT pg_advisory_unlock($1)", &[&CLAIM_LOCK]).await.unwrap();
 }
 
 const RELEASED: &str = "SELECT count(*) FROM deliveries d JOIN routes r ON r.id = d.route_id
