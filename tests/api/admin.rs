@@ -607,6 +607,36 @@ async fn event_list_and_get_use_indexes_on_200k_events_and_the_first_page_is_tim
         assert_eq!(next.json["items"].as_array().unwrap().len(), 50);
         assert!(next.json["items"][0]["id"].as_str().unwrap() < cursor);
     }
+    // A time range a day back (ids and `received_at` bound together, ADR-0024): exactly the source's events in it.
+    let (from, to): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) = {
+        let r =
+            app.db.query_one("SELECT now() - interval '1 day', now() - interval '1 day' + interval '40 seconds'", &[]);
+        let r = r.await.unwrap();
+        (r.get(0), r.get(1))
+    };
+    let expected: Vec<String> = app
+        .db
+        .query(
+            "SELECT id::text FROM events WHERE source_id = $1 AND received_at >= $2 AND received_at < $3
+             ORDER BY id DESC",
+            &[&source, &from, &to],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!((20..=30).contains(&expected.len()), "{} events in 40 s", expected.len());
+    let range = format!(
+        "/events?source=hmac&limit=100&from={}&to={}",
+        from.to_rfc3339_opts(chrono::SecondsFormat::Micros, true).replace('+', "%2B"),
+        to.to_rfc3339_opts(chrono::SecondsFormat::Micros, true).replace('+', "%2B")
+    );
+    let page = app.admin("get", &range, Some(READ), None).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    let got: Vec<&str> = page.json["items"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(got, expected);
+
     let started = Instant::now();
     let got = app.admin("get", &format!("/events/{some}"), Some(READ), None).await;
     assert_eq!(got.status, 200);
