@@ -616,6 +616,10 @@ impl Settings {
         if self.database.pool_size == 0 || self.admin.pool_size == 0 {
             anyhow::bail!("database.pool_size and admin.pool_size must be positive");
         }
+        let fraction = self.retention.vacuum_dead_fraction;
+        if !(fraction.is_finite() && fraction >= 0.0) {
+            anyhow::bail!("retention.vacuum_dead_fraction must be a number at least 0, not {fraction}");
+        }
         self.validate_dedupe_windows()?;
         self.telemetry.validate()?;
         let mut seen = std::collections::HashSet::new();
@@ -1019,6 +1023,8 @@ mod tests {
                 "retention.dedupe_window_secs (604800) must be at most retention.days (3 days = 259200 s)",
             ),
             ("[retention]\ndedupe_window_secs = 0", "retention.dedupe_window_secs must be positive"),
+            ("[retention]\nvacuum_dead_fraction = -0.5", "retention.vacuum_dead_fraction must be a number at least 0"),
+            ("[retention]\nvacuum_dead_fraction = nan", "retention.vacuum_dead_fraction must be a number at least 0"),
             (
                 "[[sources]]\nslug = \"a\"\ndedupe_window_secs = 604801",
                 "source \"a\": dedupe_window_secs (604801) must be at most retention.dedupe_window_secs (604800)",

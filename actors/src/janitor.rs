@@ -21,15 +21,22 @@
 //! while a daily partition was still empty (every midnight, every new cluster) reads the whole partition where it
 //! should probe one row.
 //!
+//! Every `vacuum_interval_secs` (10 s) it vacuums the partitions of `deliveries` whose dead row versions reach
+//! `vacuum_dead_rows` (50,000) and `vacuum_dead_fraction` (0.1) of their live rows ([`vacuum_deliveries`]): each
+//! finished delivery leaves entries in the indexes every claim round walks, and nothing but a vacuum removes them
+//! (ADR-0025). Every node looks; `VACUUM (SKIP_LOCKED)` passes over a partition another node is vacuuming.
+//!
 //! [`EXPIRED_REASON`]: hookgate_store::maintenance::EXPIRED_REASON
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use hookgate_core::internal_events::{emit, DeliveriesDead, DeliveriesExpired, PartitionChangeDeferred};
+use hookgate_core::internal_events::{
+    emit, DeliveriesDead, DeliveriesExpired, DeliveriesVacuumed, PartitionChangeDeferred,
+};
 use hookgate_core::notification::{DeadReason, Happening};
-use hookgate_store::maintenance::{refresh_statistics, RoundReport};
+use hookgate_store::maintenance::{refresh_statistics, vacuum_deliveries, RoundReport, VacuumPolicy};
 use hookgate_store::Pool;
 use serde::Deserialize;
 
@@ -52,6 +59,12 @@ pub struct RetentionSettings {
     pub dedupe_window_secs: u64,
     /// Seconds between planner-statistics refreshes of the partitions that doubled (0: autovacuum alone).
     pub statistics_interval_secs: u64,
+    /// Seconds between looks for partitions of `deliveries` worth a vacuum (0: autovacuum alone).
+    pub vacuum_interval_secs: u64,
+    /// A partition is vacuumed once its dead row versions reach this many…
+    pub vacuum_dead_rows: u64,
+    /// …and this fraction of its live rows.
+    pub vacuum_dead_fraction: f64,
     /// Idempotency keys deleted per statement when pruning; a round deletes batches until none past the window is
     /// left.
     pub key_prune_batch: u64,
@@ -68,6 +81,9 @@ impl Default for RetentionSettings {
             partitions_ahead_days: 3,
             dedupe_window_secs: 7 * 24 * 3600,
             statistics_interval_secs: 10,
+            vacuum_interval_secs: 10,
+            vacuum_dead_rows: 50_000,
+            vacuum_dead_fraction: 0.1,
             key_prune_batch: 10_000,
             ddl_lock_timeout_ms: 2_000,
         }
@@ -89,6 +105,8 @@ pub struct Janitor {
     pub(crate) status: Arc<ActorStatus>,
     /// Set by [`Shutdown`]: no round starts after it.
     stopped: bool,
+    /// A look for partitions worth a vacuum is running: the next interval does not start another.
+    vacuuming: bool,
     /// After a restart: how long to wait before taking work again (the supervision back-off).
     resume_delay: Duration,
     /// Where disabled destinations and expired deliveries are told (operational notifications).
@@ -103,6 +121,7 @@ impl Janitor {
             auto_disable_after,
             status,
             stopped: false,
+            vacuuming: false,
             resume_delay: Duration::ZERO,
             notices: Notices::off(),
         }
@@ -156,10 +175,45 @@ impl Actor for Janitor {
                 }));
             });
         }
+        if self.cfg.vacuum_interval_secs > 0 {
+            ctx.run_interval(Duration::from_secs(self.cfg.vacuum_interval_secs), |act, ctx| act.vacuum(ctx));
+        }
     }
 }
 
 impl Janitor {
+    /// Vacuums the partitions of `deliveries` the policy names, unless a look is still running.
+    fn vacuum(&mut self, ctx: &mut Context<Self>) {
+        if self.stopped || self.vacuuming {
+            return;
+        }
+        self.vacuuming = true;
+        let policy = VacuumPolicy {
+            min_dead_rows: i64::try_from(self.cfg.vacuum_dead_rows).unwrap_or(i64::MAX),
+            dead_fraction: self.cfg.vacuum_dead_fraction,
+        };
+        let started = std::time::Instant::now();
+        let fut = guarded(vacuum_deliveries(self.pool.clone(), policy));
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.vacuuming = false;
+            match res {
+                Ok(Ok(vacuumed)) if !vacuumed.is_empty() => {
+                    let partitions: Vec<String> = vacuumed.iter().map(|v| v.partition.clone()).collect();
+                    let dead_rows = vacuumed.iter().map(|v| v.dead_rows).sum();
+                    emit(DeliveriesVacuumed { partitions: &partitions, dead_rows, took: started.elapsed() });
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(message = "Could not vacuum the delivery partitions.", error = %format!("{error:#}"))
+                }
+                Err(Panicked(what)) => {
+                    act.status.record_panic(&what);
+                    ctx.stop();
+                }
+            }
+        }));
+    }
+
     fn log(&self, res: anyhow::Result<RoundReport>) {
         match res {
             Ok(r) if r.ran => {
@@ -177,6 +231,8 @@ impl Janitor {
 
 impl actix::Supervised for Janitor {
     fn restarting(&mut self, _: &mut Self::Context) {
+        // The look that was running went with the old context.
+        self.vacuuming = false;
         self.resume_delay = self.status.record_restart();
     }
 }

@@ -626,6 +626,28 @@ impl InternalEvent for PartitionChangeDeferred<'_> {
     }
 }
 
+/// The partitions of `deliveries` one janitor look vacuumed (or passed over, when another vacuum held them).
+pub struct DeliveriesVacuumed<'a> {
+    pub partitions: &'a [String],
+    /// Dead row versions PostgreSQL counted in them before.
+    pub dead_rows: i64,
+    /// How long their vacuums took together.
+    pub took: Duration,
+}
+
+impl InternalEvent for DeliveriesVacuumed<'_> {
+    fn emit(self) {
+        counter!("hookgate_janitor_vacuums_total").increment(self.partitions.len() as u64);
+        histogram!("hookgate_janitor_vacuum_seconds").record(self.took.as_secs_f64());
+        tracing::debug!(
+            message = "Delivery partitions vacuumed.",
+            partitions = ?self.partitions,
+            dead_rows = self.dead_rows,
+            took_ms = self.took.as_millis() as u64,
+        );
+    }
+}
+
 /// Live tail messages that did not reach Redis (the publish queue was full, or Redis refused or did not answer);
 /// the tail clients miss them, ingest and delivery never notice.
 pub struct TailNotPublished<'a> {

@@ -366,6 +366,69 @@ async fn prune_keys(client: &mut Object, job: &Round, report: &mut RoundReport) 
     }
 }
 
+/// When a partition of `deliveries` is worth a vacuum: its dead row versions reach `min_dead_rows` and
+/// `dead_fraction` of its live rows (PostgreSQL's own counts, `pg_stat_all_tables`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VacuumPolicy {
+    pub min_dead_rows: i64,
+    pub dead_fraction: f64,
+}
+
+/// A partition [`vacuum_deliveries`] found worth a vacuum, and how many dead row versions PostgreSQL counted in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vacuumed {
+    pub partition: String,
+    pub dead_rows: i64,
+}
+
+/// Vacuums every partition of `deliveries` whose dead row versions reach the policy, most dead first; answers the
+/// partitions it found (one another vacuum held was passed over, see below). Each finished delivery leaves its `pending` version's entries in the partial indexes the claim walks
+/// (`deliveries_due`, `deliveries_leased`) until a vacuum removes them; nothing else does, since no insert lands
+/// among old entries (ADR-0025).
+///
+/// `VACUUM (SKIP_LOCKED)` passes over a partition that another node, autovacuum or a DDL statement holds: no node
+/// waits for another, and no lock is queued where ingest could queue behind it. The statement time-out is lifted for
+/// the vacuum alone; a connection that could not be set back is not returned to the pool.
+pub async fn vacuum_deliveries(pool: Pool, policy: VacuumPolicy) -> anyhow::Result<Vec<Vacuumed>> {
+    let client = pool.get().await?;
+    let dead = client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname), s.n_dead_tup
+             FROM pg_inherits i
+             JOIN pg_class c ON c.oid = i.inhrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_stat_all_tables s ON s.relid = c.oid
+             WHERE i.inhparent = 'deliveries'::regclass
+               AND s.n_dead_tup >= greatest($1::bigint, $2::float8 * s.n_live_tup)
+             ORDER BY s.n_dead_tup DESC",
+            &[&policy.min_dead_rows.max(1), &policy.dead_fraction.max(0.0)],
+        )
+        .await?;
+    if dead.is_empty() {
+        return Ok(Vec::new());
+    }
+    let candidates = dead
+        .iter()
+        .map(|r| Ok(Vacuumed { partition: r.try_get(0)?, dead_rows: r.try_get(1)? }))
+        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+    // Three statements, not one string: VACUUM cannot run inside the implicit transaction of a multi-statement query.
+    let vacuumed = async {
+        client.batch_execute("SET statement_timeout = 0").await?;
+        for v in &candidates {
+            // The name comes from the catalog, quoted by format('%I'): nothing from outside reaches this statement.
+            client.batch_execute(&format!("VACUUM (SKIP_LOCKED) {}", v.partition)).await?;
+        }
+        client.batch_execute("RESET statement_timeout").await
+    }
+    .await;
+    if vacuumed.is_err() {
+        // The session may still have no statement time-out: close it rather than hand it to the next user.
+        drop(deadpool_postgres::Object::take(client));
+    }
+    vacuumed?;
+    Ok(candidates)
+}
+
 /// Runs `ANALYZE` on every partition of `events`, `deliveries` and `attempts` whose changes since it was last
 /// analyzed exceed its size then (at least 1,000 rows), if this node takes the lock; answers the partitions analyzed.
 /// Analyzing invalidates the plans cached on every connection, so the hot statements are planned again with sizes

@@ -4,11 +4,14 @@
 use std::time::Duration;
 
 use hookgate_actors::janitor::RunNow;
+use hookgate_store::claims::DUE;
 use hookgate_store::locks::{JANITOR_LOCK, STATISTICS_LOCK};
-use hookgate_store::maintenance::{refresh_statistics, RoundReport};
+use hookgate_store::maintenance::{refresh_statistics, vacuum_deliveries, RoundReport, VacuumPolicy};
+use hookgate_store::GENERIC_PLANS;
+use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{clear_redis_prefix, connect, spawn_app_with, TestApp, TestDb};
+use crate::helpers::{clear_redis_prefix, connect, destination, route, spawn_app_with, TestApp, TestDb};
 
 async fn janitor_round(app: &TestApp) -> RoundReport {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -163,6 +166,160 @@ async fn partitions_that_doubled_get_fresh_planner_statistics_on_one_node() {
     assert_eq!(analyzed_rows(today.clone()).await, 2000, "the planner now knows the partition's size");
     let again = refresh_statistics(pool).await.unwrap();
     assert!(!again.iter().any(|p| p.ends_with(&today)), "unchanged since: not analyzed again ({again:?})");
+}
+
+/// Today's partition of `deliveries`, its name.
+async fn todays_deliveries(app: &TestApp) -> String {
+    app.db
+        .query_one("SELECT 'deliveries_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `delivered` deliveries of today's partition, due a minute ago each a millisecond apart (as a drain leaves them),
+/// and `live` still pending and due after them; on a connection of its own, closed before this answers: its table
+/// statistics reach the server at the latest when it closes. Autovacuum is kept off the partition: what is looked at
+/// here is hookgate's own vacuum.
+async fn delivered_and_live(app: &TestApp, delivered: i32, live: i32) {
+    let partition = todays_deliveries(app).await;
+    let writer = connect(&app._db.url()).await;
+    writer
+        .batch_execute(&format!(
+            "ALTER TABLE {partition} SET (autovacuum_enabled = false);
+             INSERT INTO events (id, source_id, idempotency_key, received_at, headers, body)
+             SELECT gen_random_uuid(), s.id, 'vac-' || g, now(), '{{}}', '\\x7b7d'
+             FROM generate_series(1, {delivered} + {live}) g, sources s WHERE s.slug = 'hmac';
+             INSERT INTO deliveries (id, event_id, route_id, destination_id, state, created_at, next_attempt_at)
+             SELECT gen_random_uuid(), e.id, r.id, r.destination_id, 'pending', e.received_at,
+                    now() - interval '1 minute' + substr(e.idempotency_key, 5)::int * interval '1 millisecond'
+             FROM events e JOIN routes r ON r.source_id = e.source_id WHERE r.slug = 'to-busy';
+             UPDATE deliveries d SET state = 'delivered' FROM events e
+             WHERE e.id = d.event_id AND substr(e.idempotency_key, 5)::int <= {delivered};"
+        ))
+        .await
+        .unwrap();
+}
+
+/// What the claim's due probe for `destination` reads, planned generically as hookgate runs it: the destinations it
+/// answers and the buffers it touched.
+async fn due_probe(db: &tokio_postgres::Client, destination: Uuid) -> (f64, i64) {
+    db.batch_execute(&format!("BEGIN; {GENERIC_PLANS}")).await.unwrap();
+    let plan: Value = db
+        .query_one(
+            &format!(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
+                 EXECUTE due(ARRAY['{destination}']::uuid[], ARRAY[]::uuid[], ARRAY[16])"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    db.batch_execute("ROLLBACK").await.unwrap();
+    let top = &plan[0]["Plan"];
+    let blocks = top["Shared Hit Blocks"].as_i64().unwrap() + top["Shared Read Blocks"].as_i64().unwrap();
+    (top["Actual Rows"].as_f64().unwrap(), blocks)
+}
+
+/// 20,000 deliveries delivered and one still due behind them: the due probe of every claim round walks the pages of
+/// the delivered rows' old index entries, whatever it marked dead before, until a vacuum removes them. hookgate's own
+/// vacuum takes a partition once its dead versions reach both the row count and the fraction of its live rows, and
+/// the probe then reads a handful of pages and still finds the due delivery (ADR-0025).
+#[actix_rt::test]
+async fn delivered_rows_stop_costing_the_claim_once_hookgate_vacuums_their_partition() {
+    let app = spawn_app_with(|s| {
+        // Nothing claims here, and the janitor does not vacuum on its own: only the statements are looked at.
+        s.delivery.enabled = false;
+        s.retention.vacuum_interval_secs = 0;
+        s.destinations.push(destination("busy", "http://192.0.2.1/"));
+        s.routes.push(route("to-busy", "hmac", "busy"));
+    })
+    .await;
+    let partition = todays_deliveries(&app).await;
+    delivered_and_live(&app, 20_000, 1).await;
+    let dest: Uuid = app.db.query_one("SELECT id FROM destinations", &[]).await.unwrap().get(0);
+    let db = connect(&app._db.url()).await;
+    db.batch_execute(&format!("PREPARE due(uuid[], uuid[], int[]) AS {DUE}")).await.unwrap();
+    // Twice: the first walk marks the entries of dead rows; the second still reads their pages.
+    due_probe(&db, dest).await;
+    let (found, before) = due_probe(&db, dest).await;
+    assert_eq!(found, 1.0, "the due delivery is found");
+    assert!(before >= 60, "20,000 dead entries take about a hundred leaf pages; the probe read {before} buffers");
+
+    // The server publishes a closed connection's counters asynchronously: wait for them, with a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let dead_of = |name: String| {
+        let db = &app.db;
+        async move {
+            db.query_one("SELECT n_dead_tup FROM pg_stat_all_tables WHERE relid = $1::text::regclass", &[&name])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    while dead_of(partition.clone()).await < 20_000 {
+        assert!(std::time::Instant::now() < deadline, "the dead versions of {partition} were never counted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let settings = hookgate::config::DatabaseSettings { url: app._db.url().into(), ..Default::default() };
+    let pool = hookgate::startup::build_pool(&settings).unwrap();
+    let policy = |min_dead_rows, dead_fraction| VacuumPolicy { min_dead_rows, dead_fraction };
+    // Below either bound, nothing is vacuumed: 20,000 dead against 20,001 live.
+    assert_eq!(vacuum_deliveries(pool.clone(), policy(20_001, 0.0)).await.unwrap(), vec![]);
+    assert_eq!(vacuum_deliveries(pool.clone(), policy(1, 1.0)).await.unwrap(), vec![]);
+    let vacuumed = vacuum_deliveries(pool.clone(), policy(10_000, 0.5)).await.unwrap();
+    let names: Vec<&str> = vacuumed.iter().map(|v| v.partition.as_str()).collect();
+    assert_eq!(names, vec![format!("public.{partition}")], "{vacuumed:?}");
+    assert_eq!(vacuumed[0].dead_rows, 20_000);
+    assert_eq!(dead_of(partition.clone()).await, 0, "the vacuum counted what it left");
+
+    let (found, after) = due_probe(&db, dest).await;
+    assert_eq!(found, 1.0, "the due delivery is still found");
+    assert!(after <= 40 && after * 2 <= before, "{before} buffers before the vacuum, {after} after");
+    // The pool's connection came back with its statement time-out.
+    let timeout: String = pool.get().await.unwrap().query_one("SHOW statement_timeout", &[]).await.unwrap().get(0);
+    assert_eq!(timeout, "5s");
+}
+
+/// The janitor looks every `vacuum_interval_secs` and vacuums a partition of `deliveries` past its policy by itself,
+/// and counts it.
+#[actix_rt::test]
+async fn the_janitor_vacuums_a_delivery_partition_past_its_policy_on_its_own() {
+    let app = spawn_app_with(|s| {
+        s.delivery.enabled = false;
+        s.retention.vacuum_interval_secs = 1;
+        s.retention.vacuum_dead_rows = 500;
+        s.retention.vacuum_dead_fraction = 0.5;
+        s.destinations.push(destination("busy", "http://192.0.2.1/"));
+        s.routes.push(route("to-busy", "hmac", "busy"));
+    })
+    .await;
+    let partition = todays_deliveries(&app).await;
+    delivered_and_live(&app, 1_000, 10).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let vacuums: i64 = app
+            .db
+            .query_one("SELECT vacuum_count FROM pg_stat_all_tables WHERE relid = $1::text::regclass", &[&partition])
+            .await
+            .unwrap()
+            .get(0);
+        if vacuums > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{partition} was never vacuumed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Counted once the look has finished: wait for the counter too.
+    loop {
+        let text = app.http.get(app.url("/metrics")).send().await.unwrap().body().await.unwrap();
+        if String::from_utf8_lossy(&text).lines().any(|l| l.starts_with("hookgate_janitor_vacuums_total ")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the vacuum was never counted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[actix_rt::test]
