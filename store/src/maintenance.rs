@@ -382,13 +382,14 @@ pub struct Vacuumed {
 }
 
 /// Vacuums every partition of `deliveries` whose dead row versions reach the policy, most dead first; answers the
-/// partitions it found (one another vacuum held was passed over, see below). Each finished delivery leaves its `pending` version's entries in the partial indexes the claim walks
-/// (`deliveries_due`, `deliveries_leased`) until a vacuum removes them; nothing else does, since no insert lands
-/// among old entries (ADR-0025).
+/// partitions it found (one that another vacuum held was passed over, see below). Each finished delivery leaves its
+/// `pending` version's entries in the partial indexes the claim walks (`deliveries_due`, `deliveries_leased`) until
+/// a vacuum removes them; nothing else does, since no insert lands among old entries (ADR-0025).
 ///
 /// `VACUUM (SKIP_LOCKED)` passes over a partition that another node, autovacuum or a DDL statement holds: no node
-/// waits for another, and no lock is queued where ingest could queue behind it. The statement time-out is lifted for
-/// the vacuum alone; a connection that could not be set back is not returned to the pool.
+/// waits for another, and no lock is queued where ingest could queue behind it. The vacuums run without a statement
+/// time-out, on a connection taken out of the pool and closed after them: none goes back to the pool with its
+/// time-out lifted, or with a vacuum still running had this future been dropped halfway.
 pub async fn vacuum_deliveries(pool: Pool, policy: VacuumPolicy) -> anyhow::Result<Vec<Vacuumed>> {
     let client = pool.get().await?;
     let dead = client
@@ -411,26 +412,20 @@ pub async fn vacuum_deliveries(pool: Pool, policy: VacuumPolicy) -> anyhow::Resu
         .iter()
         .map(|r| Ok(Vacuumed { partition: r.try_get(0)?, dead_rows: r.try_get(1)? }))
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
-    // Three statements, not one string: VACUUM cannot run inside the implicit transaction of a multi-statement query.
-    let vacuumed = async {
-        client.batch_execute("SET statement_timeout = 0").await?;
-        for v in &candidates {
-            // The name comes from the catalog, quoted by format('%I'): nothing from outside reaches this statement.
-            client.batch_execute(&format!("VACUUM (SKIP_LOCKED) {}", v.partition)).await?;
-        }
-        client.batch_execute("RESET statement_timeout").await
+    let client = deadpool_postgres::Object::take(client);
+    // Separate statements, not one string: VACUUM cannot run inside the implicit transaction of a multi-statement
+    // query.
+    client.batch_execute("SET statement_timeout = 0").await?;
+    for v in &candidates {
+        // The name comes from the catalog, quoted by format('%I'): nothing from outside reaches this statement.
+        client.batch_execute(&format!("VACUUM (SKIP_LOCKED) {}", v.partition)).await?;
     }
-    .await;
-    if vacuumed.is_err() {
-        // The session may still have no statement time-out: close it rather than hand it to the next user.
-        drop(deadpool_postgres::Object::take(client));
-    }
-    vacuumed?;
     Ok(candidates)
 }
 
 /// Runs `ANALYZE` on every partition of `events`, `deliveries` and `attempts` whose changes since it was last
-/// analyzed exceed its size then (at least 1,000 rows), if this node takes the lock; answers the partitions analyzed.
+/// analyzed exceed its size then (at least 1,000 rows), if this node takes the lock; answers the partitions analyzed
+/// (or passed over while a vacuum held them: they are found again next time).
 /// Analyzing invalidates the plans cached on every connection, so the hot statements are planned again with sizes
 /// at most about twice off: enough to keep a primary-key probe from turning into a scan, while the replanning it
 /// costs every connection happens a few times per partition (1k, 2k, 4k, … rows), not every few seconds.
@@ -457,7 +452,9 @@ pub async fn refresh_statistics(pool: Pool) -> anyhow::Result<Vec<String>> {
     for row in &stale {
         let name: String = row.try_get(0)?;
         // The name comes from the catalog, quoted by format('%I'): nothing from outside reaches this statement.
-        tx.batch_execute(&format!("ANALYZE {name}")).await?;
+        // SKIP_LOCKED: a partition being vacuumed (by `vacuum_deliveries` or autovacuum) is left for the next look
+        // rather than waited for, holding this connection and the lock.
+        tx.batch_execute(&format!("ANALYZE (SKIP_LOCKED) {name}")).await?;
         analyzed.push(name);
     }
     tx.commit().await?;

@@ -277,7 +277,7 @@ async fn delivered_rows_stop_costing_the_claim_once_hookgate_vacuums_their_parti
     let (found, after) = due_probe(&db, dest).await;
     assert_eq!(found, 1.0, "the due delivery is still found");
     assert!(after <= 40 && after * 2 <= before, "{before} buffers before the vacuum, {after} after");
-    // The pool's connection came back with its statement time-out.
+    // The vacuums' connection, whose time-out was lifted, did not go back to the pool.
     let timeout: String = pool.get().await.unwrap().query_one("SHOW statement_timeout", &[]).await.unwrap().get(0);
     assert_eq!(timeout, "5s");
 }
