@@ -617,8 +617,8 @@ impl Settings {
             anyhow::bail!("database.pool_size and admin.pool_size must be positive");
         }
         let fraction = self.retention.vacuum_dead_fraction;
-        if !(fraction.is_finite() && fraction >= 0.0) {
-            anyhow::bail!("retention.vacuum_dead_fraction must be a number at least 0, not {fraction}");
+        if !(0.0..=100.0).contains(&fraction) {
+            anyhow::bail!("retention.vacuum_dead_fraction must be between 0 and 100, not {fraction}");
         }
         self.validate_dedupe_windows()?;
         self.telemetry.validate()?;
@@ -1023,8 +1023,9 @@ mod tests {
                 "retention.dedupe_window_secs (604800) must be at most retention.days (3 days = 259200 s)",
             ),
             ("[retention]\ndedupe_window_secs = 0", "retention.dedupe_window_secs must be positive"),
-            ("[retention]\nvacuum_dead_fraction = -0.5", "retention.vacuum_dead_fraction must be a number at least 0"),
-            ("[retention]\nvacuum_dead_fraction = nan", "retention.vacuum_dead_fraction must be a number at least 0"),
+            ("[retention]\nvacuum_dead_fraction = -0.5", "retention.vacuum_dead_fraction must be between 0 and 100"),
+            ("[retention]\nvacuum_dead_fraction = nan", "retention.vacuum_dead_fraction must be between 0 and 100"),
+            ("[retention]\nvacuum_dead_fraction = 1e300", "retention.vacuum_dead_fraction must be between 0 and 100"),
             (
                 "[[sources]]\nslug = \"a\"\ndedupe_window_secs = 604801",
                 "source \"a\": dedupe_window_secs (604801) must be at most retention.dedupe_window_secs (604800)",

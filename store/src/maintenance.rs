@@ -374,27 +374,29 @@ pub struct VacuumPolicy {
     pub dead_fraction: f64,
 }
 
-/// A partition [`vacuum_deliveries`] found worth a vacuum, and how many dead row versions PostgreSQL counted in it.
+/// A partition [`vacuum_deliveries`] vacuumed, and how many dead row versions PostgreSQL counted in it before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vacuumed {
     pub partition: String,
     pub dead_rows: i64,
 }
 
-/// Vacuums every partition of `deliveries` whose dead row versions reach the policy, most dead first; answers the
-/// partitions it found (one that another vacuum held was passed over, see below). Each finished delivery leaves its
-/// `pending` version's entries in the partial indexes the claim walks (`deliveries_due`, `deliveries_leased`) until
-/// a vacuum removes them; nothing else does, since no insert lands among old entries (ADR-0025).
+/// Vacuums every partition of `deliveries` whose dead row versions reach the policy, most dead first; answers those
+/// it vacuumed. Each finished delivery leaves its `pending` version's entries in the partial indexes the claim walks
+/// (`deliveries_due`, `deliveries_leased`) until a vacuum removes them; nothing else does, since no insert lands
+/// among old entries (ADR-0025).
 ///
 /// `VACUUM (SKIP_LOCKED)` passes over a partition that another node, autovacuum or a DDL statement holds: no node
-/// waits for another, and no lock is queued where ingest could queue behind it. The vacuums run without a statement
-/// time-out, on a connection taken out of the pool and closed after them: none goes back to the pool with its
-/// time-out lifted, or with a vacuum still running had this future been dropped halfway.
+/// waits for another, and no lock is queued where ingest could queue behind it; a partition passed over is not in
+/// the answer (its vacuum count did not move). `TRUNCATE false`: giving empty pages at the end back to the file
+/// system would take an `ACCESS EXCLUSIVE` lock on a partition ingest writes to. The vacuums run without the
+/// connection's statement time-out, which is set back after them; a connection that failed meanwhile is closed
+/// rather than returned to the pool.
 pub async fn vacuum_deliveries(pool: Pool, policy: VacuumPolicy) -> anyhow::Result<Vec<Vacuumed>> {
     let client = pool.get().await?;
     let dead = client
         .query(
-            "SELECT format('%I.%I', n.nspname, c.relname), s.n_dead_tup
+            "SELECT format('%I.%I', n.nspname, c.relname), s.n_dead_tup, s.vacuum_count
              FROM pg_inherits i
              JOIN pg_class c ON c.oid = i.inhrelid
              JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -410,17 +412,33 @@ pub async fn vacuum_deliveries(pool: Pool, policy: VacuumPolicy) -> anyhow::Resu
     }
     let candidates = dead
         .iter()
-        .map(|r| Ok(Vacuumed { partition: r.try_get(0)?, dead_rows: r.try_get(1)? }))
+        .map(|r| Ok((Vacuumed { partition: r.try_get(0)?, dead_rows: r.try_get(1)? }, r.try_get::<_, i64>(2)?)))
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
-    let client = deadpool_postgres::Object::take(client);
-    // Separate statements, not one string: VACUUM cannot run inside the implicit transaction of a multi-statement
-    // query.
-    client.batch_execute("SET statement_timeout = 0").await?;
-    for v in &candidates {
-        // The name comes from the catalog, quoted by format('%I'): nothing from outside reaches this statement.
-        client.batch_execute(&format!("VACUUM (SKIP_LOCKED) {}", v.partition)).await?;
+    let vacuumed = async {
+        // Separate statements, not one string: VACUUM cannot run inside the implicit transaction of a
+        // multi-statement query.
+        client.batch_execute("SET statement_timeout = 0").await?;
+        let mut vacuumed = Vec::with_capacity(candidates.len());
+        for (v, count_before) in candidates {
+            // The name comes from the catalog, quoted by format('%I'): nothing from outside reaches this statement.
+            client.batch_execute(&format!("VACUUM (SKIP_LOCKED, TRUNCATE false) {}", v.partition)).await?;
+            let count: i64 = client
+                .query_one("SELECT pg_stat_get_vacuum_count($1::text::regclass)", &[&v.partition])
+                .await?
+                .try_get(0)?;
+            if count > count_before {
+                vacuumed.push(v);
+            }
+        }
+        client.batch_execute("RESET statement_timeout").await?;
+        Ok::<_, anyhow::Error>(vacuumed)
     }
-    Ok(candidates)
+    .await;
+    if vacuumed.is_err() {
+        // It may still have no statement time-out: closed, not handed to the next user.
+        drop(deadpool_postgres::Object::take(client));
+    }
+    vacuumed
 }
 
 /// Runs `ANALYZE` on every partition of `events`, `deliveries` and `attempts` whose changes since it was last
