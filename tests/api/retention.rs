@@ -201,6 +201,27 @@ async fn delivered_and_live(app: &TestApp, delivered: i32, live: i32) {
         .unwrap();
 }
 
+/// An app with a destination to seed deliveries for and these vacuum settings. Nothing claims, and the janitor does
+/// not analyze on its own: an `ANALYZE` holds the partition's lock, which would make a vacuum pass it over.
+async fn app_with_deliveries_to_vacuum(interval_secs: u64, dead_rows: u64, dead_fraction: f64) -> TestApp {
+    spawn_app_with(|s| {
+        s.delivery.enabled = false;
+        s.retention.statistics_interval_secs = 0;
+        s.retention.vacuum_interval_secs = interval_secs;
+        s.retention.vacuum_dead_rows = dead_rows;
+        s.retention.vacuum_dead_fraction = dead_fraction;
+        s.destinations.push(destination("busy", "http://192.0.2.1/"));
+        s.routes.push(route("to-busy", "hmac", "busy"));
+    })
+    .await
+}
+
+/// A counter of `table` in `pg_stat_all_tables` (`column` is this file's literal, never input).
+async fn table_stat(app: &TestApp, column: &str, table: &str) -> i64 {
+    let sql = format!("SELECT {column} FROM pg_stat_all_tables WHERE relid = $1::text::regclass");
+    app.db.query_one(&sql, &[&table]).await.unwrap().get(0)
+}
+
 /// What the claim's due probe for `destination` reads, planned generically as hookgate runs it: the destinations it
 /// answers and the buffers it touched.
 async fn due_probe(db: &tokio_postgres::Client, destination: Uuid) -> (f64, i64) {
@@ -228,16 +249,8 @@ async fn due_probe(db: &tokio_postgres::Client, destination: Uuid) -> (f64, i64)
 /// the probe then reads a handful of pages and still finds the due delivery (ADR-0025).
 #[actix_rt::test]
 async fn delivered_rows_stop_costing_the_claim_once_hookgate_vacuums_their_partition() {
-    let app = spawn_app_with(|s| {
-        // Nothing claims here, and the janitor neither vacuums nor analyzes on its own (an ANALYZE holds the
-        // partition's lock, which would make this test's vacuum pass it over): only the statements are looked at.
-        s.delivery.enabled = false;
-        s.retention.vacuum_interval_secs = 0;
-        s.retention.statistics_interval_secs = 0;
-        s.destinations.push(destination("busy", "http://192.0.2.1/"));
-        s.routes.push(route("to-busy", "hmac", "busy"));
-    })
-    .await;
+    // The janitor does not vacuum on its own here: only the statements are looked at.
+    let app = app_with_deliveries_to_vacuum(0, 50_000, 0.1).await;
     let partition = todays_deliveries(&app).await;
     delivered_and_live(&app, 20_000, 1).await;
     let dest: Uuid = app.db.query_one("SELECT id FROM destinations", &[]).await.unwrap().get(0);
@@ -251,16 +264,7 @@ async fn delivered_rows_stop_costing_the_claim_once_hookgate_vacuums_their_parti
 
     // The server publishes a closed connection's counters asynchronously: wait for them, with a deadline.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let dead_of = |name: String| {
-        let db = &app.db;
-        async move {
-            db.query_one("SELECT n_dead_tup FROM pg_stat_all_tables WHERE relid = $1::text::regclass", &[&name])
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-        }
-    };
-    while dead_of(partition.clone()).await < 20_000 {
+    while table_stat(&app, "n_dead_tup", &partition).await < 20_000 {
         assert!(std::time::Instant::now() < deadline, "the dead versions of {partition} were never counted");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -280,7 +284,7 @@ async fn delivered_rows_stop_costing_the_claim_once_hookgate_vacuums_their_parti
     let names: Vec<&str> = vacuumed.iter().map(|v| v.partition.as_str()).collect();
     assert_eq!(names, vec![format!("public.{partition}")], "{vacuumed:?}");
     assert_eq!(vacuumed[0].dead_rows, 20_000);
-    assert_eq!(dead_of(partition.clone()).await, 0, "the vacuum counted what it left");
+    assert_eq!(table_stat(&app, "n_dead_tup", &partition).await, 0, "the vacuum counted what it left");
 
     let (found, after) = due_probe(&db, dest).await;
     assert_eq!(found, 1.0, "the due delivery is still found");
@@ -294,16 +298,7 @@ async fn delivered_rows_stop_costing_the_claim_once_hookgate_vacuums_their_parti
 /// and counts it.
 #[actix_rt::test]
 async fn the_janitor_vacuums_a_delivery_partition_past_its_policy_on_its_own() {
-    let app = spawn_app_with(|s| {
-        s.delivery.enabled = false;
-        s.retention.statistics_interval_secs = 0;
-        s.retention.vacuum_interval_secs = 1;
-        s.retention.vacuum_dead_rows = 500;
-        s.retention.vacuum_dead_fraction = 0.5;
-        s.destinations.push(destination("busy", "http://192.0.2.1/"));
-        s.routes.push(route("to-busy", "hmac", "busy"));
-    })
-    .await;
+    let app = app_with_deliveries_to_vacuum(1, 500, 0.5).await;
     let vacuums_counted = || async {
         let text = app.http.get(app.url("/metrics")).send().await.unwrap().body().await.unwrap();
         String::from_utf8_lossy(&text)
@@ -316,13 +311,7 @@ async fn the_janitor_vacuums_a_delivery_partition_past_its_policy_on_its_own() {
     delivered_and_live(&app, 1_000, 10).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let vacuums: i64 = app
-            .db
-            .query_one("SELECT vacuum_count FROM pg_stat_all_tables WHERE relid = $1::text::regclass", &[&partition])
-            .await
-            .unwrap()
-            .get(0);
-        if vacuums > 0 {
+        if table_stat(&app, "vacuum_count", &partition).await > 0 {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{partition} was never vacuumed");
