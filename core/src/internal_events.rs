@@ -626,7 +626,7 @@ impl InternalEvent for PartitionChangeDeferred<'_> {
     }
 }
 
-/// The partitions of `deliveries` one janitor look vacuumed (or passed over, when another vacuum held them).
+/// The partitions of `deliveries` one janitor look vacuumed (those another vacuum held are not among them).
 pub struct DeliveriesVacuumed<'a> {
     pub partitions: &'a [String],
     /// Dead row versions PostgreSQL counted in them before.
