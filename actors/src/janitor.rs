@@ -24,7 +24,9 @@
 //! Every `vacuum_interval_secs` (10 s) it vacuums the partitions of `deliveries` whose dead row versions reach
 //! `vacuum_dead_rows` (50,000) and `vacuum_dead_fraction` (0.1) of their live rows ([`vacuum_deliveries`]): each
 //! finished delivery leaves entries in the indexes every claim round walks, and nothing but a vacuum removes them
-//! (ADR-0025). Every node looks; `VACUUM (SKIP_LOCKED)` passes over a partition another node is vacuuming.
+//! (ADR-0025). Every node looks; `VACUUM (SKIP_LOCKED)` passes over a partition another node is vacuuming. The
+//! statistics refresh and the vacuum look never run at once on a node: one whose interval comes while the other runs
+//! starts right after it ([`UpkeepQueue`]), instead of passing over the partition the other holds.
 //!
 //! [`EXPIRED_REASON`]: hookgate_store::maintenance::EXPIRED_REASON
 
@@ -105,8 +107,8 @@ pub struct Janitor {
     pub(crate) status: Arc<ActorStatus>,
     /// Set by [`Shutdown`]: no round starts after it.
     stopped: bool,
-    /// A look for partitions worth a vacuum is running: the next interval does not start another.
-    vacuuming: bool,
+    /// The statistics refresh and the vacuum look: one at a time, the other waiting for its turn.
+    upkeep: UpkeepQueue,
     /// After a restart: how long to wait before taking work again (the supervision back-off).
     resume_delay: Duration,
     /// Where disabled destinations and expired deliveries are told (operational notifications).
@@ -121,7 +123,7 @@ impl Janitor {
             auto_disable_after,
             status,
             stopped: false,
-            vacuuming: false,
+            upkeep: UpkeepQueue::default(),
             resume_delay: Duration::ZERO,
             notices: Notices::off(),
         }
@@ -156,40 +158,112 @@ impl Actor for Janitor {
         });
         if self.cfg.statistics_interval_secs > 0 {
             ctx.run_interval(Duration::from_secs(self.cfg.statistics_interval_secs), |act, ctx| {
-                if act.stopped {
-                    return;
-                }
-                let fut = guarded(refresh_statistics(act.pool.clone()));
-                ctx.spawn(fut.into_actor(act).map(|res, act, ctx| match res {
-                    Ok(Ok(analyzed)) if !analyzed.is_empty() => {
-                        tracing::debug!(message = "Planner statistics refreshed.", partitions = ?analyzed)
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => {
-                        tracing::warn!(message = "Could not refresh planner statistics.", error = %format!("{error:#}"))
-                    }
-                    Err(Panicked(what)) => {
-                        act.status.record_panic(&what);
-                        ctx.stop();
-                    }
-                }));
+                act.upkeep_due(Upkeep::Statistics, ctx)
             });
         }
         if self.cfg.vacuum_interval_secs > 0 {
-            ctx.run_interval(Duration::from_secs(self.cfg.vacuum_interval_secs), |act, ctx| act.vacuum(ctx));
+            ctx.run_interval(Duration::from_secs(self.cfg.vacuum_interval_secs), |act, ctx| {
+                act.upkeep_due(Upkeep::Vacuum, ctx)
+            });
         }
     }
 }
 
-impl Janitor {
-    /// Vacuums the partitions of `deliveries` the policy names, unless a look is still running. The look is a task
-    /// of its own on the arbiter: an actor restart or a shutdown never drops it halfway, with a pooled connection
-    /// still vacuuming and its statement time-out lifted.
-    fn vacuum(&mut self, ctx: &mut Context<Self>) {
-        if self.stopped || self.vacuuming {
-            return;
+/// The two upkeep jobs on the partitions, each on its own interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upkeep {
+    /// `ANALYZE` of the partitions that doubled ([`refresh_statistics`]).
+    Statistics,
+    /// `VACUUM` of the delivery partitions past the policy ([`vacuum_deliveries`]).
+    Vacuum,
+}
+
+/// Runs the upkeep jobs one at a time. Both take the same lock on a partition, and each passes over a partition
+/// the other holds (`SKIP_LOCKED`): run at once, on intervals that fall together, the one that started second would
+/// pass over the busiest partition at every interval. A job whose interval comes while the other runs waits for it
+/// and starts right after; one whose interval comes while it still runs itself skips that interval.
+#[derive(Debug, Default)]
+struct UpkeepQueue {
+    running: Option<Upkeep>,
+    waiting: Option<Upkeep>,
+}
+
+impl UpkeepQueue {
+    /// `job`'s interval came: whether to start it now.
+    fn due(&mut self, job: Upkeep) -> bool {
+        match self.running {
+            None => {
+                self.running = Some(job);
+                true
+            }
+            Some(running) if running == job => false,
+            Some(_) => {
+                self.waiting = Some(job);
+                false
+            }
         }
-        self.vacuuming = true;
+    }
+
+    /// The running job finished: the one to start now, if one waited for it.
+    fn finished(&mut self) -> Option<Upkeep> {
+        self.running = self.waiting.take();
+        self.running
+    }
+}
+
+impl Janitor {
+    /// `job`'s interval came: starts it, unless the other upkeep job runs (it then starts after it) or it still does.
+    fn upkeep_due(&mut self, job: Upkeep, ctx: &mut Context<Self>) {
+        if !self.stopped && self.upkeep.due(job) {
+            self.start_upkeep(job, ctx);
+        }
+    }
+
+    fn start_upkeep(&mut self, job: Upkeep, ctx: &mut Context<Self>) {
+        match job {
+            Upkeep::Statistics => self.refresh_statistics(ctx),
+            Upkeep::Vacuum => self.vacuum(ctx),
+        }
+    }
+
+    /// The running upkeep job finished: starts the one that waited for it, if any.
+    fn upkeep_finished(&mut self, ctx: &mut Context<Self>) {
+        if let Some(next) = self.upkeep.finished() {
+            if self.stopped {
+                self.upkeep = UpkeepQueue::default();
+            } else {
+                self.start_upkeep(next, ctx);
+            }
+        }
+    }
+
+    /// Refreshes the planner statistics of the partitions that doubled.
+    fn refresh_statistics(&mut self, ctx: &mut Context<Self>) {
+        let fut = guarded(refresh_statistics(self.pool.clone()));
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(res) => {
+                match res {
+                    Ok(analyzed) if !analyzed.is_empty() => {
+                        tracing::debug!(message = "Planner statistics refreshed.", partitions = ?analyzed)
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(message = "Could not refresh planner statistics.", error = %format!("{error:#}"))
+                    }
+                }
+                act.upkeep_finished(ctx);
+            }
+            Err(Panicked(what)) => {
+                act.status.record_panic(&what);
+                ctx.stop();
+            }
+        }));
+    }
+
+    /// Vacuums the partitions of `deliveries` the policy names. The look is a task of its own on the arbiter: an
+    /// actor restart or a shutdown never drops it halfway, with a pooled connection still vacuuming and its
+    /// statement time-out lifted.
+    fn vacuum(&mut self, ctx: &mut Context<Self>) {
         let policy = VacuumPolicy {
             min_dead_rows: i64::try_from(self.cfg.vacuum_dead_rows).unwrap_or(i64::MAX),
             dead_fraction: self.cfg.vacuum_dead_fraction,
@@ -197,7 +271,6 @@ impl Janitor {
         let started = std::time::Instant::now();
         let look = actix::spawn(vacuum_deliveries(self.pool.clone(), policy));
         ctx.spawn(look.into_actor(self).map(move |res, act, ctx| {
-            act.vacuuming = false;
             match res {
                 Ok(Ok(vacuumed)) if !vacuumed.is_empty() => {
                     let partitions: Vec<String> = vacuumed.iter().map(|v| v.partition.clone()).collect();
@@ -211,10 +284,12 @@ impl Janitor {
                 Err(join) if join.is_panic() => {
                     act.status.record_panic(&join.to_string());
                     ctx.stop();
+                    return;
                 }
                 // Cancelled: the arbiter is stopping.
-                Err(_) => {}
+                Err(_) => return,
             }
+            act.upkeep_finished(ctx);
         }));
     }
 
@@ -236,7 +311,7 @@ impl Janitor {
 impl actix::Supervised for Janitor {
     fn restarting(&mut self, _: &mut Self::Context) {
         // A look still running finishes on its own; the next one passes over the partition it holds.
-        self.vacuuming = false;
+        self.upkeep = UpkeepQueue::default();
         self.resume_delay = self.status.record_restart();
     }
 }
@@ -308,4 +383,23 @@ pub async fn round(
         emit(PartitionChangeDeferred { action: d.action, partition: &d.partition, reason: &d.reason });
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upkeep_jobs_run_one_at_a_time_and_one_whose_turn_came_meanwhile_runs_next() {
+        let mut q = UpkeepQueue::default();
+        assert!(q.due(Upkeep::Vacuum), "nothing running: the vacuum starts");
+        assert!(!q.due(Upkeep::Statistics), "the statistics refresh waits for the vacuum");
+        assert!(!q.due(Upkeep::Vacuum), "a vacuum still running skips its next interval");
+        assert_eq!(q.finished(), Some(Upkeep::Statistics), "the refresh runs right after the vacuum");
+        assert!(!q.due(Upkeep::Vacuum), "and the vacuum now waits for it");
+        assert!(!q.due(Upkeep::Statistics), "a refresh still running skips its next interval");
+        assert_eq!(q.finished(), Some(Upkeep::Vacuum));
+        assert_eq!(q.finished(), None, "nothing waited");
+        assert!(q.due(Upkeep::Statistics), "nothing running: the refresh starts at once");
+    }
 }
