@@ -207,6 +207,10 @@ pub struct ServerSettings {
     /// Admission by time: while the oldest event waiting for the writer has waited longer than this, new ingest
     /// requests are refused with 503 before their bodies are read; 0 turns it off. See ADR-0016.
     pub admission_target_ms: u64,
+    /// How long the writer's queue may stand past `admission_target_ms` before the first refusal: a database that
+    /// stalls for a moment (a checkpoint's fsync) is ridden out, not answered with 503s. Once the node refused, the
+    /// target alone decides until ten graces pass without a refusal; 0: no grace. See ADR-0026.
+    pub admission_grace_ms: u64,
     /// Bytes of request bodies held by ingest requests in progress, from the first byte to the answer; a body whose
     /// next chunk does not fit is refused with 503. Default: an eighth of the cgroup memory limit (8 MiB … 1 GiB),
     /// or 64 MiB without one.
@@ -244,6 +248,7 @@ impl Default for ServerSettings {
             retry_after_secs: 1,
             max_inflight_ingest: 4_096,
             admission_target_ms: 50,
+            admission_grace_ms: 1000,
             max_ingest_bytes: None,
             log_format: "json".into(),
             health_interval_ms: 1_000,

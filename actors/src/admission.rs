@@ -8,6 +8,11 @@
 //!   database goes on committing at its full rate. The moment the head of the queue is younger than the target,
 //!   requests are taken again. This is CoDel's signal (sojourn time over a target) used for admission at the edge,
 //!   where a refusal costs almost nothing, instead of for dropping what was already queued.
+//! - **Grace**, CoDel's interval: a queue that stands past the target only while the database stalls for a moment (a
+//!   checkpoint's fsync holds every commit for a few hundred milliseconds) is a burst, not overload. The first
+//!   refusal comes only once the queue has stood past the target for `server.admission_grace_ms` without a break
+//!   (every head the writer took meanwhile already past the target when it became the head); from then on, and until
+//!   ten graces pass without a refusal, the target alone decides, so a standing queue is still held at the target.
 //! - **Bytes**: request bodies held by ingest requests in progress, from their first byte to the answer, share one
 //!   budget (`server.max_ingest_bytes`): each chunk is reserved as it arrives, so a slow client holds what it sent,
 //!   and a request whose next chunk does not fit is refused with 503. The writer bounds the bytes it holds on its
@@ -35,6 +40,12 @@ const MAX_DERIVED_BUDGET: u64 = 1024 * 1024 * 1024;
 pub struct Admission {
     epoch: Instant,
     target: Duration,
+    grace: Duration,
+    /// When this node last refused by time, in microseconds since `epoch` plus one (0: never).
+    last_refusal: AtomicU64,
+    /// Since when the queue has stood past the target, as far as the heads seen tell, in microseconds since `epoch`
+    /// plus one (0: it does not).
+    above_since: AtomicU64,
     /// When the oldest unit waiting in the writer's buffer arrived, in microseconds since `epoch` plus one (0: the
     /// buffer is empty).
     oldest: AtomicU64,
@@ -59,9 +70,18 @@ pub enum OverBudget {
     TooLarge { budget: usize },
 }
 
+/// A time since the epoch as stored in an atomic: microseconds plus one (0 stands for none).
+fn stamp(since_epoch: Duration) -> u64 {
+    u64::try_from(since_epoch.as_micros()).unwrap_or(u64::MAX - 1) + 1
+}
+
+/// After a refusal by time, the grace is given again only once this many graces passed without another.
+const GRACE_RECOVERY: u32 = 10;
+
 impl Admission {
-    /// `target` zero turns admission by time off (only the byte budget and the writer's own bounds refuse).
-    pub fn new(target: Duration, body_budget: usize) -> Self {
+    /// `target` zero turns admission by time off (only the byte budget and the writer's own bounds refuse); `grace`
+    /// is how much longer than the target the queue may stand before the first refusal (zero: none).
+    pub fn new(target: Duration, grace: Duration, body_budget: usize) -> Self {
         // A semaphore holds at most `Semaphore::MAX_PERMITS`, and a chunk is reserved with a u32 count.
         let body_budget = body_budget.clamp(1, Semaphore::MAX_PERMITS);
         // The epoch lies before any arrival the writer can report (it dates them up to a minute back).
@@ -69,6 +89,9 @@ impl Admission {
         Self {
             epoch: now.checked_sub(Duration::from_secs(3600)).unwrap_or(now),
             target,
+            grace,
+            last_refusal: AtomicU64::new(0),
+            above_since: AtomicU64::new(0),
             oldest: AtomicU64::new(0),
             bodies: Arc::new(Semaphore::new(body_budget)),
             body_budget,
@@ -77,24 +100,65 @@ impl Admission {
 
     /// How long the oldest unit still waiting in the writer's buffer has waited (zero when none waits).
     pub fn queue_delay(&self) -> Duration {
+        self.delay_at(self.epoch.elapsed())
+    }
+
+    /// The queue delay at `now` (time since `epoch`).
+    fn delay_at(&self, now: Duration) -> Duration {
         match self.oldest.load(Ordering::Relaxed) {
             0 => Duration::ZERO,
-            stamp => self.epoch.elapsed().saturating_sub(Duration::from_micros(stamp - 1)),
+            stamp => now.saturating_sub(Duration::from_micros(stamp - 1)),
         }
     }
 
     /// Whether a new request is taken now: its body is not read otherwise.
     pub fn admits(&self) -> bool {
-        self.target.is_zero() || self.queue_delay() <= self.target
+        self.admits_at(self.epoch.elapsed())
+    }
+
+    /// Whether a new request is taken at `now` (time since `epoch`).
+    fn admits_at(&self, now: Duration) -> bool {
+        if self.target.is_zero() {
+            return true;
+        }
+        let delay = self.delay_at(now);
+        if delay <= self.target {
+            self.above_since.store(0, Ordering::Relaxed);
+            return true;
+        }
+        // The queue stands past the target: since the current head crossed it, or since an earlier head did when no
+        // head in between was found within the target.
+        let crossed = now.saturating_sub(delay) + self.target;
+        let since = match self.above_since.load(Ordering::Relaxed) {
+            0 => {
+                self.above_since.store(stamp(crossed), Ordering::Relaxed);
+                crossed
+            }
+            s => Duration::from_micros(s - 1),
+        };
+        let refused_recently = match self.last_refusal.load(Ordering::Relaxed) {
+            0 => false,
+            stamp => now.saturating_sub(Duration::from_micros(stamp - 1)) < self.grace * GRACE_RECOVERY,
+        };
+        if !refused_recently && now.saturating_sub(since) <= self.grace {
+            return true;
+        }
+        self.last_refusal.store(stamp(now), Ordering::Relaxed);
+        false
     }
 
     /// The writer's buffer now starts with a unit that arrived at `arrived` (`None`: the buffer is empty).
     pub fn set_oldest(&self, arrived: Option<Instant>) {
-        let stamp = arrived.map_or(0, |at| {
-            let since = at.saturating_duration_since(self.epoch).as_micros();
-            u64::try_from(since).unwrap_or(u64::MAX - 1) + 1
-        });
-        self.oldest.store(stamp, Ordering::Relaxed);
+        self.set_head_at(arrived.map(|at| at.saturating_duration_since(self.epoch)), self.epoch.elapsed());
+    }
+
+    /// The buffer's head arrived at `arrived` (time since `epoch`), seen at `now`. A head within the target, or none,
+    /// ends the queue's standing past it.
+    fn set_head_at(&self, arrived: Option<Duration>, now: Duration) {
+        if arrived.is_none_or(|at| now.saturating_sub(at) <= self.target) {
+            self.above_since.store(0, Ordering::Relaxed);
+        }
+        self.oldest.store(arrived.map_or(0, stamp), Ordering::Relaxed);
     }
 
     /// An empty reservation, grown chunk by chunk with [`BodyReservation::grow`].
@@ -171,7 +235,7 @@ mod tests {
 
     #[test]
     fn a_queue_older_than_the_target_refuses_and_an_empty_one_admits() {
-        let a = Admission::new(Duration::from_millis(50), 1024);
+        let a = Admission::new(Duration::from_millis(50), Duration::ZERO, 1024);
         assert!(a.admits(), "an empty writer buffer admits");
         a.set_oldest(Some(Instant::now() - Duration::from_secs(1)));
         assert!(a.queue_delay() >= Duration::from_secs(1));
@@ -180,14 +244,67 @@ mod tests {
         assert!(a.admits(), "a fresh head admits");
         a.set_oldest(None);
         assert_eq!(a.queue_delay(), Duration::ZERO);
-        let off = Admission::new(Duration::ZERO, 1024);
+        let off = Admission::new(Duration::ZERO, Duration::from_secs(1), 1024);
         off.set_oldest(Some(Instant::now() - Duration::from_secs(60)));
         assert!(off.admits(), "a zero target turns admission by time off");
     }
 
     #[test]
+    fn a_stall_shorter_than_the_grace_is_ridden_out_but_once_refused_the_target_alone_decides() {
+        let a = Admission::new(Duration::from_millis(50), Duration::from_secs(1), 1024);
+        // The clock is passed in: `at(ms)` is that long after the test began, and `head(arrived, seen)` tells the
+        // admission that the writer's buffer starts with a unit that arrived at `arrived`, at `seen`.
+        let start = a.epoch.elapsed();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let head = |arrived: u64, seen: u64| a.set_head_at(Some(at(arrived)), at(seen));
+        head(0, 0);
+        assert!(a.admits_at(at(40)), "within the target");
+        assert!(a.admits_at(at(600)), "past the target but within the grace: a stall, taken");
+        assert!(a.admits_at(at(1049)), "past the target for almost the whole grace: still taken");
+        assert!(!a.admits_at(at(1060)), "past the target for longer than the grace: refused");
+        assert!(!a.admits_at(at(1070)), "and refused while the queue stands");
+        head(1100, 1100);
+        assert!(a.admits_at(at(1110)), "a young head admits");
+        assert!(!a.admits_at(at(1200)), "refused a moment ago: past the target alone refuses, no grace");
+        head(10_000, 10_000);
+        assert!(!a.admits_at(at(10_100)), "each refusal keeps the grace away");
+        head(20_000, 20_000);
+        assert!(!a.admits_at(at(20_099)), "until ten graces pass without one");
+        head(30_200, 30_200);
+        assert!(a.admits_at(at(30_300)), "ten graces after the last refusal, a stall within the grace is taken again");
+        assert!(a.admits_at(at(31_000)));
+        assert!(!a.admits_at(at(31_300)), "and past it, refused again");
+    }
+
+    #[test]
+    fn a_queue_that_stands_past_the_target_but_never_past_the_grace_is_refused_after_the_grace() {
+        // Overload from a bounded number of clients: the queue holds about what they have in flight, half a second
+        // here, never the target plus the grace; but every head is past the target when the writer takes it.
+        let a = Admission::new(Duration::from_millis(50), Duration::from_secs(1), 1024);
+        let start = a.epoch.elapsed();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut refused_at = None;
+        for now in (500..3000).step_by(10) {
+            a.set_head_at(Some(at(now - 500)), at(now));
+            if !a.admits_at(at(now + 5)) {
+                refused_at.get_or_insert(now);
+            } else {
+                assert!(refused_at.is_none(), "once refused, a queue that still stands is refused ({now} ms)");
+            }
+        }
+        // Past the target since 50 ms (the first head crossed it then): the grace ends at 1,050 ms.
+        assert_eq!(refused_at, Some(1050), "refused once the queue stood past the target for the grace");
+        // A head within the target ends the standing: the next stall gets the grace again, once the refusals are
+        // ten graces old.
+        a.set_head_at(Some(at(3000)), at(3000));
+        assert!(a.admits_at(at(3010)));
+        a.set_head_at(Some(at(13_500)), at(13_500));
+        assert!(a.admits_at(at(14_000)), "ten graces after the last refusal: a stall gets the grace again");
+    }
+
+    #[test]
     fn bodies_share_one_byte_budget_and_give_it_back_when_dropped() {
-        let a = Admission::new(Duration::ZERO, 1000);
+        let a = Admission::new(Duration::ZERO, Duration::ZERO, 1000);
         let mut slow = a.reserve_body();
         slow.grow(600).unwrap();
         slow.grow(0).unwrap();

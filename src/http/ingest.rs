@@ -445,7 +445,7 @@ mod tests {
         payload: impl Stream<Item = Result<Bytes, PayloadError>> + Unpin,
         limit: usize,
     ) -> Result<Vec<u8>, IngestError> {
-        let admission = Admission::new(std::time::Duration::ZERO, 1 << 40);
+        let admission = Admission::new(std::time::Duration::ZERO, std::time::Duration::ZERO, 1 << 40);
         read_body(headers, payload, limit, &mut admission.reserve_body(), 1).await
     }
 
@@ -474,7 +474,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn every_byte_of_a_body_is_reserved_first_and_one_that_does_not_fit_is_refused_with_503() {
-        let admission = Admission::new(std::time::Duration::ZERO, 16 * 1024);
+        let admission = Admission::new(std::time::Duration::ZERO, std::time::Duration::ZERO, 16 * 1024);
         // Another request in progress holds most of the budget.
         let mut other = admission.reserve_body();
         other.grow(10 * 1024).unwrap();

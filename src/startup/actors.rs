@@ -104,6 +104,7 @@ pub(super) fn start(
         .then(|| HandOffPort::new(settings.server.node_id(), settings.delivery.lease_margin_ms));
     let admission = Arc::new(Admission::new(
         Duration::from_millis(settings.server.admission_target_ms),
+        Duration::from_millis(settings.server.admission_grace_ms),
         usize::try_from(settings.server.ingest_bytes_bound()).unwrap_or(usize::MAX),
     ));
     // The dedupe cache's one client is the writer: both live on the writer's arbiter (ADR-0022).

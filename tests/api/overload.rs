@@ -205,6 +205,7 @@ async fn stall_the_writer(
 async fn while_the_writers_queue_stands_past_its_target_requests_are_refused_before_their_bodies() {
     let app = spawn_app_with(|s| {
         s.server.admission_target_ms = 100;
+        s.server.admission_grace_ms = 400;
         s.server.ingest_timeout_ms = 120_000;
         s.server.body_timeout_ms = 120_000;
         s.writer.max_inflight_flushes = 1;
@@ -216,8 +217,8 @@ async fn while_the_writers_queue_stands_past_its_target_requests_are_refused_bef
     let (locker, in_flight) = stall_the_writer(&app, source).await;
     // An event waits in the buffer behind the stalled flush: the queue stands, and ages.
     let queued = persist(&app.actors.writer, event(source, "queued", chrono::Utc::now(), vec![]));
-    eventually("the writer's queue to stand past the target", Duration::from_secs(60), || async {
-        (app.admission.queue_delay() > Duration::from_millis(100)).then_some(())
+    eventually("the writer's queue to stand past the target and the grace", Duration::from_secs(60), || async {
+        (app.admission.queue_delay() > Duration::from_millis(100 + 400)).then_some(())
     })
     .await;
 
