@@ -123,17 +123,12 @@ impl Admission {
         }
         let delay = self.delay_at(now);
         if delay <= self.target {
-            self.above_since.store(0, Ordering::Relaxed);
             return true;
         }
-        // The queue stands past the target: since the current head crossed it, or since an earlier head did when no
-        // head in between was found within the target.
-        let crossed = now.saturating_sub(delay) + self.target;
+        // The queue stands past the target: since an earlier head crossed it, as the writer noted when it took the
+        // heads, or else since the current head did.
         let since = match self.above_since.load(Ordering::Relaxed) {
-            0 => {
-                self.above_since.store(stamp(crossed), Ordering::Relaxed);
-                crossed
-            }
+            0 => now.saturating_sub(delay) + self.target,
             s => Duration::from_micros(s - 1),
         };
         let refused_recently = match self.last_refusal.load(Ordering::Relaxed) {
@@ -143,7 +138,8 @@ impl Admission {
         if !refused_recently && now.saturating_sub(since) <= self.grace {
             return true;
         }
-        self.last_refusal.store(stamp(now), Ordering::Relaxed);
+        // The latest refusal wins: a handler that read an earlier clock never moves it back.
+        self.last_refusal.fetch_max(stamp(now), Ordering::Relaxed);
         false
     }
 
@@ -152,11 +148,26 @@ impl Admission {
         self.set_head_at(arrived.map(|at| at.saturating_duration_since(self.epoch)), self.epoch.elapsed());
     }
 
-    /// The buffer's head arrived at `arrived` (time since `epoch`), seen at `now`. A head within the target, or none,
-    /// ends the queue's standing past it.
+    /// The buffer's head arrived at `arrived` (time since `epoch`), seen at `now`. Only the writer calls this, and
+    /// only here is `above_since` written: a head within the target, or none, ends the queue's standing past it; a head
+    /// already past the target when it is taken carries the standing on, from when the head before it crossed the
+    /// target if that one was past it too.
     fn set_head_at(&self, arrived: Option<Duration>, now: Duration) {
-        if arrived.is_none_or(|at| now.saturating_sub(at) <= self.target) {
-            self.above_since.store(0, Ordering::Relaxed);
+        match arrived {
+            Some(at) if now.saturating_sub(at) > self.target => {
+                if self.above_since.load(Ordering::Relaxed) == 0 {
+                    let previous = match self.oldest.load(Ordering::Relaxed) {
+                        0 => None,
+                        s => Some(Duration::from_micros(s - 1)),
+                    };
+                    let crossed = match previous {
+                        Some(p) if now.saturating_sub(p) > self.target => p.min(at),
+                        _ => at,
+                    } + self.target;
+                    self.above_since.store(stamp(crossed), Ordering::Relaxed);
+                }
+            }
+            _ => self.above_since.store(0, Ordering::Relaxed),
         }
         self.oldest.store(arrived.map_or(0, stamp), Ordering::Relaxed);
     }
