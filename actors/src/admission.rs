@@ -18,7 +18,7 @@
 //!   and a request whose next chunk does not fit is refused with 503. The writer bounds the bytes it holds on its
 //!   own (`writer.max_pending_bytes`).
 //!
-//! See `docs/adr/0016-admission-by-time-and-bytes.md`.
+//! See `docs/adr/0016-admission-by-time-and-bytes.md` and `docs/adr/0026-admission-rides-out-a-brief-stall.md`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
