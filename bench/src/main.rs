@@ -106,6 +106,9 @@ enum Command {
         pg: String,
         #[arg(long, default_value = "hookgate_bench_std")]
         database: String,
+        /// The Redis hookgate uses; the run's keys (its own prefix) are removed from it at the end.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
         #[arg(long, default_value_t = 18090)]
         port: u16,
         /// Seconds per measured phase.
@@ -295,6 +298,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             hookgate_bin,
             pg,
             database,
+            redis,
             port,
             secs,
             body_size,
@@ -313,6 +317,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 hookgate_bin,
                 pg,
                 database,
+                redis,
                 port,
                 secs,
                 body_size,

@@ -29,6 +29,8 @@ pub struct StandardOptions {
     /// Server URL without database, e.g. `postgres://postgres@127.0.0.1:5432`.
     pub pg: String,
     pub database: String,
+    /// The Redis hookgate uses (`redis://host:port`).
+    pub redis: String,
     pub port: u16,
     pub secs: u64,
     pub body_size: usize,
@@ -233,7 +235,8 @@ port = {port}
 [database]
 url = "{db_url}?sslmode=disable"
 [redis]
-key_prefix = "hookgate-bench-{pid}"
+url = "{redis}"
+key_prefix = "{prefix}"
 dedupe_ttl_secs = 600
 [admin]
 tokens = [{{ token = "{ADMIN_TOKEN}", role = "write" }}]
@@ -301,7 +304,8 @@ source = "bench-sweep"
 destination = "sweep"
 "#,
             port = opts.port,
-            pid = std::process::id(),
+            redis = opts.redis,
+            prefix = key_prefix(),
             rport = receiver.port,
             http_port = drain_rx[0].port,
             https_port = drain_rx[1].port,
@@ -315,6 +319,11 @@ destination = "sweep"
     let hookgate = Hookgate::start(&opts, &config, &dir.join("hookgate.log"))?;
     let result = phases(&opts, &hookgate, &receiver, &drain_rx).await;
     hookgate.stop();
+    // Its idempotency keys would outlive the run by their TTL, and a shared Redis slows down with them.
+    match remove_keys(&opts.redis, &key_prefix()).await {
+        Ok(n) => eprintln!("bench: removed the run's {n} Redis keys"),
+        Err(e) => eprintln!("bench: could not remove the run's Redis keys: {e:#}"),
+    }
     let result = match result {
         Ok(mut partial) if opts.delivery_only => {
             finish(&opts, &mut partial, None);
@@ -345,6 +354,36 @@ destination = "sweep"
     std::fs::write(&opts.out, serde_json::to_vec_pretty(&json)?)?;
     eprintln!("bench: results written to {}", opts.out.display());
     Ok(json)
+}
+
+/// The prefix of every Redis key of this run's hookgate.
+fn key_prefix() -> String {
+    format!("hookgate-bench-{}", std::process::id())
+}
+
+/// Removes every key hookgate wrote under `prefix` (`{prefix}:…`), by `SCAN` and `UNLINK` in batches: never a `KEYS`
+/// that would hold Redis up. Answers how many it removed. The prefix must hold no glob characters.
+pub async fn remove_keys(url: &str, prefix: &str) -> anyhow::Result<u64> {
+    let client = redis::Client::open(url)?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let (mut cursor, mut removed) = (0u64, 0u64);
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut con)
+            .await?;
+        if !keys.is_empty() {
+            removed += redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut con).await?;
+        }
+        if next == 0 {
+            return Ok(removed);
+        }
+        cursor = next;
+    }
 }
 
 /// The measured runs, kept for the table (printed once the baseline is known).
@@ -411,6 +450,11 @@ async fn phases(
             let mut j = stats_json(&s, None);
             j["connections"] = json!(c);
             j["delivered_per_s_meanwhile"] = json!((delivered as f64 / s.elapsed.as_secs_f64()).round());
+            lines.push(format!(
+                "closed loop, {c} connections: ingested {:.0}/s, delivered {:.0}/s meanwhile",
+                s.ok_rate(),
+                delivered as f64 / s.elapsed.as_secs_f64().max(1e-9)
+            ));
             closed_json.push(j);
             runs.push((format!("closed loop {c}"), format!("{c} conns"), s));
         }

@@ -49,3 +49,22 @@ async fn a_refused_connection_counts_as_an_error() {
     assert_eq!(s.errors, 5);
     assert_eq!(s.ok_count(), 0);
 }
+
+#[tokio::test]
+async fn the_runs_redis_keys_are_removed_and_no_others() {
+    let prefix = format!("hookgate-bench-smoke-{}", std::process::id());
+    let client = redis::Client::open("redis://127.0.0.1:6379").expect("redis url");
+    let mut con = client.get_multiplexed_async_connection().await.expect("redis is up");
+    let ours: Vec<String> = (0..25).map(|i| format!("{prefix}:idem:{i}")).collect();
+    // The same prefix with more after it (another run's pid that starts with this one's digits) is not this run's.
+    let others = [format!("{prefix}0:idem:x"), format!("{prefix}-other:idem:x")];
+    for key in ours.iter().chain(&others) {
+        let _: () = redis::cmd("SET").arg(key).arg("1").arg("EX").arg(60).query_async(&mut con).await.unwrap();
+    }
+    let removed = hookgate_bench::standard::remove_keys("redis://127.0.0.1:6379", &prefix).await.unwrap();
+    assert_eq!(removed, 25);
+    let left: u64 = redis::cmd("EXISTS").arg(&ours).query_async(&mut con).await.unwrap();
+    assert_eq!(left, 0, "every key of the run is gone");
+    let kept: u64 = redis::cmd("UNLINK").arg(&others).query_async(&mut con).await.unwrap();
+    assert_eq!(kept, 2, "the keys of other prefixes were left alone");
+}
