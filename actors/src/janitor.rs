@@ -26,12 +26,13 @@
 //! finished delivery leaves entries in the indexes every claim round walks, and nothing but a vacuum removes them
 //! (ADR-0025). Every node looks; `VACUUM (SKIP_LOCKED)` passes over a partition another node is vacuuming. The
 //! statistics refresh and the vacuum look never run at once on a node: one whose interval comes while the other runs
-//! starts right after it ([`UpkeepQueue`]), instead of passing over the partition the other holds.
+//! starts right after it ([`UpkeepQueue`]), instead of passing over the partition the other holds; a job that has run
+//! for five minutes no longer holds the other back.
 //!
 //! [`EXPIRED_REASON`]: hookgate_store::maintenance::EXPIRED_REASON
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use hookgate_core::internal_events::{
@@ -181,66 +182,94 @@ enum Upkeep {
 /// Runs the upkeep jobs one at a time. Both take the same lock on a partition, and each passes over a partition
 /// the other holds (`SKIP_LOCKED`): run at once, on intervals that fall together, the one that started second would
 /// pass over the busiest partition at every interval. A job whose interval comes while the other runs waits for it
-/// and starts right after; one whose interval comes while it still runs itself skips that interval.
+/// and starts right after; one whose interval comes while it still runs itself skips that interval. A job that has
+/// run for [`UPKEEP_HOLD`] no longer holds the other back (a vacuum of a huge partition, or one stuck on a lock): the
+/// other starts at its next interval beside it, and the late job's end then starts nothing.
 #[derive(Debug, Default)]
 struct UpkeepQueue {
-    running: Option<Upkeep>,
+    /// The job running, since when, and its ticket (what its end is matched by).
+    running: Option<(Upkeep, Instant, u64)>,
     waiting: Option<Upkeep>,
+    tickets: u64,
 }
 
+/// How long one upkeep job may hold the other back.
+const UPKEEP_HOLD: Duration = Duration::from_secs(300);
+
 impl UpkeepQueue {
-    /// `job`'s interval came: whether to start it now.
-    fn due(&mut self, job: Upkeep) -> bool {
+    /// `job`'s interval came at `now`: the ticket to start it with now, or `None` (it waits, or still runs).
+    fn due(&mut self, job: Upkeep, now: Instant) -> Option<u64> {
         match self.running {
-            None => {
-                self.running = Some(job);
-                true
-            }
-            Some(running) if running == job => false,
-            Some(_) => {
+            Some((running, _, _)) if running == job => None,
+            Some((_, since, _)) if now.saturating_duration_since(since) < UPKEEP_HOLD => {
                 self.waiting = Some(job);
-                false
+                None
+            }
+            // Nothing runs, or the other job has held this one back long enough: it goes on beside it, detached.
+            _ => {
+                self.waiting = None;
+                Some(self.start(job, now))
             }
         }
     }
 
-    /// The running job finished: the one to start now, if one waited for it.
-    fn finished(&mut self) -> Option<Upkeep> {
-        self.running = self.waiting.take();
-        self.running
+    /// Forgets the running and the waiting job (a restart, a shutdown); tickets stay unique, so the end of a job
+    /// forgotten here never matches a later one.
+    fn reset(&mut self) {
+        (self.running, self.waiting) = (None, None);
+    }
+
+    fn start(&mut self, job: Upkeep, now: Instant) -> u64 {
+        self.tickets += 1;
+        self.running = Some((job, now, self.tickets));
+        self.tickets
+    }
+
+    /// The job of `ticket` finished at `now`: the one to start now and its ticket, if one waited for it. The end of
+    /// a job that had been left running detached starts nothing.
+    fn finished(&mut self, ticket: u64, now: Instant) -> Option<(Upkeep, u64)> {
+        if self.running.is_none_or(|(_, _, t)| t != ticket) {
+            return None;
+        }
+        self.running = None;
+        let next = self.waiting.take()?;
+        Some((next, self.start(next, now)))
     }
 }
 
 impl Janitor {
     /// `job`'s interval came: starts it, unless the other upkeep job runs (it then starts after it) or it still does.
     fn upkeep_due(&mut self, job: Upkeep, ctx: &mut Context<Self>) {
-        if !self.stopped && self.upkeep.due(job) {
-            self.start_upkeep(job, ctx);
+        if self.stopped {
+            return;
+        }
+        if let Some(ticket) = self.upkeep.due(job, Instant::now()) {
+            self.start_upkeep(job, ticket, ctx);
         }
     }
 
-    fn start_upkeep(&mut self, job: Upkeep, ctx: &mut Context<Self>) {
+    fn start_upkeep(&mut self, job: Upkeep, ticket: u64, ctx: &mut Context<Self>) {
         match job {
-            Upkeep::Statistics => self.refresh_statistics(ctx),
-            Upkeep::Vacuum => self.vacuum(ctx),
+            Upkeep::Statistics => self.refresh_statistics(ticket, ctx),
+            Upkeep::Vacuum => self.vacuum(ticket, ctx),
         }
     }
 
-    /// The running upkeep job finished: starts the one that waited for it, if any.
-    fn upkeep_finished(&mut self, ctx: &mut Context<Self>) {
-        if let Some(next) = self.upkeep.finished() {
+    /// The upkeep job of `ticket` finished: starts the one that waited for it, if any.
+    fn upkeep_finished(&mut self, ticket: u64, ctx: &mut Context<Self>) {
+        if let Some((next, ticket)) = self.upkeep.finished(ticket, Instant::now()) {
             if self.stopped {
-                self.upkeep = UpkeepQueue::default();
+                self.upkeep.reset();
             } else {
-                self.start_upkeep(next, ctx);
+                self.start_upkeep(next, ticket, ctx);
             }
         }
     }
 
     /// Refreshes the planner statistics of the partitions that doubled.
-    fn refresh_statistics(&mut self, ctx: &mut Context<Self>) {
+    fn refresh_statistics(&mut self, ticket: u64, ctx: &mut Context<Self>) {
         let fut = guarded(refresh_statistics(self.pool.clone()));
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(res) => {
                 match res {
                     Ok(analyzed) if !analyzed.is_empty() => {
@@ -251,7 +280,7 @@ impl Janitor {
                         tracing::warn!(message = "Could not refresh planner statistics.", error = %format!("{error:#}"))
                     }
                 }
-                act.upkeep_finished(ctx);
+                act.upkeep_finished(ticket, ctx);
             }
             Err(Panicked(what)) => {
                 act.status.record_panic(&what);
@@ -263,7 +292,7 @@ impl Janitor {
     /// Vacuums the partitions of `deliveries` the policy names. The look is a task of its own on the arbiter: an
     /// actor restart or a shutdown never drops it halfway, with a pooled connection still vacuuming and its
     /// statement time-out lifted.
-    fn vacuum(&mut self, ctx: &mut Context<Self>) {
+    fn vacuum(&mut self, ticket: u64, ctx: &mut Context<Self>) {
         let policy = VacuumPolicy {
             min_dead_rows: i64::try_from(self.cfg.vacuum_dead_rows).unwrap_or(i64::MAX),
             dead_fraction: self.cfg.vacuum_dead_fraction,
@@ -289,7 +318,7 @@ impl Janitor {
                 // Cancelled: the arbiter is stopping.
                 Err(_) => return,
             }
-            act.upkeep_finished(ctx);
+            act.upkeep_finished(ticket, ctx);
         }));
     }
 
@@ -311,7 +340,7 @@ impl Janitor {
 impl actix::Supervised for Janitor {
     fn restarting(&mut self, _: &mut Self::Context) {
         // A look still running finishes on its own; the next one passes over the partition it holds.
-        self.upkeep = UpkeepQueue::default();
+        self.upkeep.reset();
         self.resume_delay = self.status.record_restart();
     }
 }
@@ -391,15 +420,34 @@ mod tests {
 
     #[test]
     fn upkeep_jobs_run_one_at_a_time_and_one_whose_turn_came_meanwhile_runs_next() {
-        let mut q = UpkeepQueue::default();
-        assert!(q.due(Upkeep::Vacuum), "nothing running: the vacuum starts");
-        assert!(!q.due(Upkeep::Statistics), "the statistics refresh waits for the vacuum");
-        assert!(!q.due(Upkeep::Vacuum), "a vacuum still running skips its next interval");
-        assert_eq!(q.finished(), Some(Upkeep::Statistics), "the refresh runs right after the vacuum");
-        assert!(!q.due(Upkeep::Vacuum), "and the vacuum now waits for it");
-        assert!(!q.due(Upkeep::Statistics), "a refresh still running skips its next interval");
-        assert_eq!(q.finished(), Some(Upkeep::Vacuum));
-        assert_eq!(q.finished(), None, "nothing waited");
-        assert!(q.due(Upkeep::Statistics), "nothing running: the refresh starts at once");
+        let (mut q, t) = (UpkeepQueue::default(), Instant::now());
+        let vacuum = q.due(Upkeep::Vacuum, t).expect("nothing running: the vacuum starts");
+        assert_eq!(q.due(Upkeep::Statistics, t), None, "the statistics refresh waits for the vacuum");
+        assert_eq!(q.due(Upkeep::Vacuum, t), None, "a vacuum still running skips its next interval");
+        let (next, refresh) = q.finished(vacuum, t).expect("a job waited");
+        assert_eq!(next, Upkeep::Statistics, "the refresh runs right after the vacuum");
+        assert_eq!(q.due(Upkeep::Vacuum, t), None, "and the vacuum now waits for it");
+        assert_eq!(q.due(Upkeep::Statistics, t), None, "a refresh still running skips its next interval");
+        let (next, vacuum) = q.finished(refresh, t).expect("a job waited");
+        assert_eq!(next, Upkeep::Vacuum);
+        assert_eq!(q.finished(vacuum, t), None, "nothing waited");
+        assert!(q.due(Upkeep::Statistics, t).is_some(), "nothing running: the refresh starts at once");
+    }
+
+    #[test]
+    fn a_job_that_runs_past_the_hold_no_longer_holds_the_other_back() {
+        let (mut q, t) = (UpkeepQueue::default(), Instant::now());
+        let stuck = q.due(Upkeep::Vacuum, t).expect("the vacuum starts");
+        let almost = t + UPKEEP_HOLD - Duration::from_secs(1);
+        assert_eq!(q.due(Upkeep::Statistics, almost), None, "within the hold, the refresh waits");
+        let late = t + UPKEEP_HOLD;
+        let refresh = q.due(Upkeep::Statistics, late).expect("past the hold, the refresh starts beside the vacuum");
+        assert_eq!(q.due(Upkeep::Statistics, late), None, "a refresh still running skips its next interval");
+        assert_eq!(q.due(Upkeep::Vacuum, late), None, "the vacuum's next interval waits for the refresh");
+        assert_eq!(q.finished(stuck, late), None, "the stuck vacuum's end starts nothing, and frees nothing");
+        assert_eq!(q.due(Upkeep::Statistics, late), None, "the refresh still runs");
+        let (next, vacuum) = q.finished(refresh, late).expect("the vacuum waited for the refresh");
+        assert_eq!(next, Upkeep::Vacuum);
+        assert_eq!(q.finished(vacuum, late), None);
     }
 }
