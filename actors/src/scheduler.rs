@@ -109,8 +109,6 @@ pub struct Scheduler {
     room_full: HashSet<Uuid>,
     /// Shutting down, the waiting hand-offs' leases are being released: the Shutdown is answered after.
     releasing_waiting: bool,
-    /// What finished attempts freed, acted on once the messages queued meanwhile are handled ([`AfterCompletions`]).
-    freed: Freed,
     /// The timer of the earliest retry the ResultWriter announced ([`WakeAt`]).
     next_wake: Option<(DateTime<Utc>, SpawnHandle)>,
     next_deliverer: usize,
@@ -159,7 +157,6 @@ impl Scheduler {
             waiting_len: 0,
             room_full: HashSet::new(),
             releasing_waiting: false,
-            freed: Freed::default(),
             notices: Notices::off(),
             next_wake: None,
             next_deliverer: 0,
@@ -372,8 +369,6 @@ impl actix::Supervised for Scheduler {
             drop(actix::spawn(handoff::give_back(self.pool.clone(), waiting, true)));
         }
         self.releasing_waiting = false;
-        // The queued `AfterCompletions` is dropped with the context.
-        self.freed = Freed::default();
         self.resume_delay = self.status.record_restart();
     }
 }
@@ -403,54 +398,15 @@ impl Handler<Completed> for Scheduler {
         }
         // The freed slot goes to a hand-off waiting for it (its destination's, or any when the node was full).
         if self.waiting.contains_key(&msg.destination_id) {
-            self.freed.destinations.insert(msg.destination_id);
+            self.start_waiting(msg.destination_id, ctx);
         } else if let Some(port) = &self.handoff {
             port.unblock(msg.destination_id, Some(Blocked::Full));
         }
-        self.freed.any |= node_was_full && self.waiting_len > 0;
-        // A freed slot matters only to work a round had to leave behind; retries come due by `WakeAt` or the poll.
-        self.freed.round |= self.starved;
-        if !self.freed.queued && (self.freed.any || self.freed.round || !self.freed.destinations.is_empty()) {
-            self.freed.queued = true;
-            ctx.notify(AfterCompletions);
-        }
-    }
-}
-
-/// What finished attempts freed since the last [`AfterCompletions`].
-#[derive(Debug, Default)]
-struct Freed {
-    /// Destinations with waiting hand-offs that got a slot back.
-    destinations: HashSet<Uuid>,
-    /// The node was full: every destination's waiting hand-offs may find a slot.
-    any: bool,
-    /// A claim round had left due work behind: look again.
-    round: bool,
-    /// An [`AfterCompletions`] is on its way.
-    queued: bool,
-}
-
-/// Acts on the slots that finished attempts freed, once the completions queued behind the first are handled too:
-/// waiting hand-offs of a destination are started, and their destination's limits asked, once per batch of
-/// finished attempts rather than once per attempt (each ask is a round trip to Redis).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct AfterCompletions;
-
-impl Handler<AfterCompletions> for Scheduler {
-    type Result = ();
-    fn handle(&mut self, _: AfterCompletions, ctx: &mut Self::Context) {
-        let Freed { destinations, any, round, .. } = std::mem::take(&mut self.freed);
-        // As before a claim round: hand-offs, already leased here, take the freed slots first.
-        if any {
+        if node_was_full && self.waiting_len > 0 {
             self.start_all_waiting(ctx);
-        } else {
-            for id in destinations {
-                self.start_waiting(id, ctx);
-            }
         }
-        // Unless a round since found nothing left behind.
-        if round && self.starved {
+        // A freed slot matters only to work a round had to leave behind; retries come due by `WakeAt` or the poll.
+        if self.starved {
             self.tick(ctx);
         }
     }
