@@ -790,8 +790,11 @@ async fn insert(
     // Before the transaction begins: the leases it takes run from its start (PostgreSQL's `now()`), not earlier.
     let leased_at = std::time::Instant::now();
     let mut client = hookgate_store::connect(pool).await.map_err(store_error)?;
-    let tx = hookgate_store::begin_hot(&mut client).await.map_err(store_error)?;
-    let inserted = hookgate_store::events::insert_new(&tx, &event_rows(events)).await.map_err(store_error)?;
+    let tx = hookgate_store::begin(&mut client).await.map_err(store_error)?;
+    // Generic plans for the flush (`begin_hot`), their setting sent with its first statement.
+    let inserted = hookgate_store::events::insert_new_after(&tx, hookgate_store::GENERIC_PLANS, &event_rows(events))
+        .await
+        .map_err(store_error)?;
 
     let mut existing: HashMap<(Uuid, &str), Uuid> = HashMap::new();
     // Sources that were deleted meanwhile (their events are not stored: no foreign key, ADR-0021).

@@ -96,7 +96,31 @@ impl<'a> EventColumns<'a> {
 /// (ADR-0021). The text up to `INSERT INTO events` stays under PostgreSQL's 1,024 characters of
 /// `pg_stat_activity.query`, where tests look for it.
 pub async fn insert_new(client: &impl GenericClient, events: &[EventRow<'_>]) -> StoreResult<HashSet<Uuid>> {
-    let stmt = client
+    let stmt = insert_statement(client).await?;
+    let columns = EventColumns::new(events);
+    let rows = client.query(&stmt, &columns.params()).await?;
+    Ok(rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
+}
+
+/// [`insert_new`] as its transaction's first statement, after `settings` (such as [`crate::GENERIC_PLANS`]): both
+/// are sent together and executed in order, one round trip instead of two (the ingest flush's). Both are always
+/// awaited, so a failure of either leaves nothing in flight on the connection.
+pub async fn insert_new_after(
+    client: &impl GenericClient,
+    settings: &str,
+    events: &[EventRow<'_>],
+) -> StoreResult<HashSet<Uuid>> {
+    let stmt = insert_statement(client).await?;
+    let columns = EventColumns::new(events);
+    let params = columns.params();
+    // Polled in this order, so the settings go out first; `join`, not `try_join`: neither is left half-read.
+    let (set, rows) = futures::future::join(client.batch_execute(settings), client.query(&stmt, &params)).await;
+    set?;
+    Ok(rows?.iter().filter_map(|r| r.try_get(0).ok()).collect())
+}
+
+async fn insert_statement(client: &impl GenericClient) -> StoreResult<tokio_postgres::Statement> {
+    Ok(client
         .prepare_cached(
             "WITH input AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::jsonb[],
@@ -118,10 +142,7 @@ pub async fn insert_new(client: &impl GenericClient, events: &[EventRow<'_>]) ->
              FROM input i JOIN fresh ON fresh.event_id = i.id
              RETURNING id",
         )
-        .await?;
-    let columns = EventColumns::new(events);
-    let rows = client.query(&stmt, &columns.params()).await?;
-    Ok(rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
+        .await?)
 }
 
 /// The events already stored under these (source, idempotency key) pairs: (event id, source id, key). A row that

@@ -40,11 +40,11 @@ pub async fn begin(client: &mut deadpool_postgres::Object) -> StoreResult<deadpo
 }
 
 /// Begins a transaction whose prepared statements are planned once per connection (a generic plan) instead of at
-/// every execution, in two round trips (the ingest flush). Claims and results send [`GENERIC_PLANS`] pipelined
-/// with their first statement instead, and `DUE` goes through [`read_hot`] (ADR-0018). These statements never prune
-/// partitions by a parameter, so the generic plan is the custom one; but PostgreSQL keeps choosing custom plans for
-/// some of them, and planning one over every daily partition cost more than running it (3–5 ms against 0.5–1 ms,
-/// see `tests/api/plans.rs`).
+/// every execution, in two round trips. The ingest flush, claims and results send [`GENERIC_PLANS`] pipelined with
+/// their first statement instead ([`events::insert_new_after`]), and `DUE` goes through [`read_hot`] (ADR-0018).
+/// These statements never prune partitions by a parameter, so the generic plan is the custom one; but PostgreSQL
+/// keeps choosing custom plans for some of them, and planning one over every daily partition cost more than running
+/// it (3–5 ms against 0.5–1 ms, see `tests/api/plans.rs`).
 pub async fn begin_hot(client: &mut deadpool_postgres::Object) -> StoreResult<deadpool_postgres::Transaction<'_>> {
     let tx = client.transaction().await?;
     tx.batch_execute(GENERIC_PLANS).await?;
