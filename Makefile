@@ -73,8 +73,6 @@ BENCH_OUT ?= $(BENCH_TARGET)/hookgate-bench.json
 bench: services
 	$(CARGO) build --release -p hookgate -p hookgate-bench
 	$(BENCH_TARGET)/release/hookgate-bench standard --hookgate-bin $(BENCH_TARGET)/release/hookgate --out $(BENCH_OUT)
-	@# The run's idempotency keys expire in 10 minutes; remove them now so Redis is left as it was found.
-	@-command -v redis-cli >/dev/null && redis-cli --scan --pattern 'hookgate-bench-*' | xargs -r -n 1000 redis-cli del >/dev/null
 
 # The chaos suite (see the README's "Chaos suite"): kill -9 cycles, PostgreSQL and Redis outages, bad destinations,
 # an orphan delivery and a slow jq route, each under load, against a release hookgate with its own PostgreSQL

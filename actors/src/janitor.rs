@@ -25,9 +25,9 @@
 //! `vacuum_dead_rows` (50,000) and `vacuum_dead_fraction` (0.1) of their live rows ([`vacuum_deliveries`]): each
 //! finished delivery leaves entries in the indexes every claim round walks, and nothing but a vacuum removes them
 //! (ADR-0025). Every node looks; `VACUUM (SKIP_LOCKED)` passes over a partition another node is vacuuming. The
-//! statistics refresh and the vacuum look never run at once on a node: one whose interval comes while the other runs
+//! statistics refresh and the vacuum look do not run at once on a node: one whose interval comes while the other runs
 //! starts right after it ([`UpkeepQueue`]), instead of passing over the partition the other holds; a job that has run
-//! for five minutes no longer holds the other back.
+//! for five minutes no longer holds the other back, which then runs beside it (never two of the same job).
 //!
 //! [`EXPIRED_REASON`]: hookgate_store::maintenance::EXPIRED_REASON
 
@@ -184,11 +184,11 @@ enum Upkeep {
 /// pass over the busiest partition at every interval. A job whose interval comes while the other runs waits for it
 /// and starts right after; one whose interval comes while it still runs itself skips that interval. A job that has
 /// run for [`UPKEEP_HOLD`] no longer holds the other back (a vacuum of a huge partition, or one stuck on a lock): the
-/// other starts at its next interval beside it, and the late job's end then starts nothing.
+/// other then starts at its next interval beside it. Never two of the same job at once.
 #[derive(Debug, Default)]
 struct UpkeepQueue {
-    /// The job running, since when, and its ticket (what its end is matched by).
-    running: Option<(Upkeep, Instant, u64)>,
+    /// Each job's run, if one is running: since when, and its ticket (what its end is matched by).
+    runs: [Option<(Instant, u64)>; 2],
     waiting: Option<Upkeep>,
     tickets: u64,
 }
@@ -196,43 +196,66 @@ struct UpkeepQueue {
 /// How long one upkeep job may hold the other back.
 const UPKEEP_HOLD: Duration = Duration::from_secs(300);
 
+impl Upkeep {
+    fn slot(self) -> usize {
+        match self {
+            Upkeep::Statistics => 0,
+            Upkeep::Vacuum => 1,
+        }
+    }
+
+    fn other(self) -> Upkeep {
+        match self {
+            Upkeep::Statistics => Upkeep::Vacuum,
+            Upkeep::Vacuum => Upkeep::Statistics,
+        }
+    }
+}
+
 impl UpkeepQueue {
     /// `job`'s interval came at `now`: the ticket to start it with now, or `None` (it waits, or still runs).
     fn due(&mut self, job: Upkeep, now: Instant) -> Option<u64> {
-        match self.running {
-            Some((running, _, _)) if running == job => None,
-            Some((_, since, _)) if now.saturating_duration_since(since) < UPKEEP_HOLD => {
-                self.waiting = Some(job);
-                None
-            }
-            // Nothing runs, or the other job has held this one back long enough: it goes on beside it, detached.
-            _ => {
-                self.waiting = None;
-                Some(self.start(job, now))
-            }
+        if self.runs[job.slot()].is_some() {
+            return None;
         }
+        if self.holds_back(job, now) {
+            self.waiting = Some(job);
+            return None;
+        }
+        // Nothing else runs, or the other job has held this one back long enough: it starts beside it.
+        if self.waiting == Some(job) {
+            self.waiting = None;
+        }
+        Some(self.start(job, now))
+    }
+
+    /// Whether the other job runs and has not yet run for the hold.
+    fn holds_back(&self, job: Upkeep, now: Instant) -> bool {
+        self.runs[job.other().slot()].is_some_and(|(since, _)| now.saturating_duration_since(since) < UPKEEP_HOLD)
     }
 
     /// Forgets the running and the waiting job (a restart, a shutdown); tickets stay unique, so the end of a job
     /// forgotten here never matches a later one.
     fn reset(&mut self) {
-        (self.running, self.waiting) = (None, None);
+        (self.runs, self.waiting) = ([None, None], None);
     }
 
     fn start(&mut self, job: Upkeep, now: Instant) -> u64 {
         self.tickets += 1;
-        self.running = Some((job, now, self.tickets));
+        self.runs[job.slot()] = Some((now, self.tickets));
         self.tickets
     }
 
-    /// The job of `ticket` finished at `now`: the one to start now and its ticket, if one waited for it. The end of
-    /// a job that had been left running detached starts nothing.
+    /// The run of `ticket` finished at `now`: the job to start now and its ticket, if one waited and nothing holds it
+    /// back any more.
     fn finished(&mut self, ticket: u64, now: Instant) -> Option<(Upkeep, u64)> {
-        if self.running.is_none_or(|(_, _, t)| t != ticket) {
+        let slot = self.runs.iter().position(|r| r.is_some_and(|(_, t)| t == ticket))?;
+        self.runs[slot] = None;
+        let next = self.waiting?;
+        if self.runs[next.slot()].is_some() || self.holds_back(next, now) {
             return None;
         }
-        self.running = None;
-        let next = self.waiting.take()?;
+        self.waiting = None;
         Some((next, self.start(next, now)))
     }
 }
@@ -435,7 +458,7 @@ mod tests {
     }
 
     #[test]
-    fn a_job_that_runs_past_the_hold_no_longer_holds_the_other_back() {
+    fn a_job_that_runs_past_the_hold_no_longer_holds_the_other_back_and_never_runs_twice() {
         let (mut q, t) = (UpkeepQueue::default(), Instant::now());
         let stuck = q.due(Upkeep::Vacuum, t).expect("the vacuum starts");
         let almost = t + UPKEEP_HOLD - Duration::from_secs(1);
@@ -443,11 +466,24 @@ mod tests {
         let late = t + UPKEEP_HOLD;
         let refresh = q.due(Upkeep::Statistics, late).expect("past the hold, the refresh starts beside the vacuum");
         assert_eq!(q.due(Upkeep::Statistics, late), None, "a refresh still running skips its next interval");
-        assert_eq!(q.due(Upkeep::Vacuum, late), None, "the vacuum's next interval waits for the refresh");
-        assert_eq!(q.finished(stuck, late), None, "the stuck vacuum's end starts nothing, and frees nothing");
-        assert_eq!(q.due(Upkeep::Statistics, late), None, "the refresh still runs");
-        let (next, vacuum) = q.finished(refresh, late).expect("the vacuum waited for the refresh");
-        assert_eq!(next, Upkeep::Vacuum);
-        assert_eq!(q.finished(vacuum, late), None);
+        assert_eq!(q.due(Upkeep::Vacuum, late), None, "the stuck vacuum still runs: no second one");
+        assert_eq!(q.finished(refresh, late), None, "nothing waited");
+        let later = late + Duration::from_secs(10);
+        assert_eq!(q.due(Upkeep::Vacuum, later), None, "the stuck vacuum outlived the refresh: still no second one");
+        let again = q.due(Upkeep::Statistics, later).expect("the refresh keeps its intervals beside the stuck vacuum");
+        assert_eq!(q.finished(again, later), None);
+        assert_eq!(q.finished(stuck, later), None, "the stuck vacuum's end starts nothing: nothing waited");
+        assert!(q.due(Upkeep::Vacuum, later).is_some(), "and the next vacuum starts at its interval");
+        assert_eq!(q.finished(stuck, later), None, "an old ticket matches nothing");
+    }
+
+    #[test]
+    fn a_job_waiting_for_one_that_ends_after_the_hold_starts_when_it_ends() {
+        let (mut q, t) = (UpkeepQueue::default(), Instant::now());
+        let vacuum = q.due(Upkeep::Vacuum, t).expect("the vacuum starts");
+        assert_eq!(q.due(Upkeep::Statistics, t + Duration::from_secs(10)), None, "the refresh waits");
+        let end = t + UPKEEP_HOLD + Duration::from_secs(1);
+        let (next, _) = q.finished(vacuum, end).expect("the waiting refresh starts when the vacuum ends");
+        assert_eq!(next, Upkeep::Statistics);
     }
 }

@@ -791,7 +791,7 @@ async fn insert(
     let leased_at = std::time::Instant::now();
     let mut client = hookgate_store::connect(pool).await.map_err(store_error)?;
     let tx = hookgate_store::begin(&mut client).await.map_err(store_error)?;
-    // Generic plans for the flush (`begin_hot`), their setting sent with its first statement.
+    // Generic plans for the flush (ADR-0010), their setting sent with its first statement.
     let inserted = hookgate_store::events::insert_new_after(&tx, hookgate_store::GENERIC_PLANS, &event_rows(events))
         .await
         .map_err(store_error)?;

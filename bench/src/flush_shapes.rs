@@ -3,10 +3,12 @@
 //!
 //! - (a) `unnest`: today's statement, [`hookgate_store::events::insert_new`] (UNNEST parameter arrays, keys first
 //!   into `event_keys` ON CONFLICT DO NOTHING, then the events whose key was new), as the writer runs it: each batch
-//!   sorted by (source, key), in its own transaction begun like the writer's (`begin_hot`).
+//!   sorted by (source, key), in its own transaction begun like the writer's (the generic-plan setting sent with the
+//!   insert, [`hookgate_store::events::insert_new_after`]).
 //! - (b) `copy`: binary COPY of the batch into a temporary staging table (created once per connection, emptied at
 //!   each COMMIT), then one statement that inserts the keys from it ON CONFLICT DO NOTHING and the events whose key
-//!   was new, returning their ids: the same semantics, in one transaction per batch begun the same way.
+//!   was new, returning their ids: the same semantics, in one transaction per batch begun with `begin_hot` (the
+//!   setting its own round trip: a COPY cannot be pipelined behind it).
 //! - (c) `ceiling`: one binary COPY of all the rows, one stream and one transaction, into a table `LIKE events
 //!   INCLUDING ALL` (no keys, no conflict check), as in [`crate::baseline`].
 //!
@@ -335,15 +337,15 @@ async fn flusher(
 
 /// Shape (a): what the writer's `insert` does for events without deliveries.
 async fn insert_unnest(client: &mut deadpool_postgres::Object, events: &[&Event]) -> anyhow::Result<HashSet<Uuid>> {
-    let tx = hookgate_store::begin_hot(client).await?;
+    let tx = hookgate_store::begin(client).await?;
     let rows: Vec<EventRow<'_>> = events.iter().map(|e| e.row()).collect();
-    let ids = hookgate_store::events::insert_new(&tx, &rows).await?;
+    let ids = hookgate_store::events::insert_new_after(&tx, hookgate_store::GENERIC_PLANS, &rows).await?;
     hookgate_store::commit(tx).await?;
     Ok(ids)
 }
 
-/// Shape (b): binary COPY into the connection's staging table, then [`STAGED_INSERT`], in a transaction begun the
-/// same way as (a)'s (the writer's deliveries, prepared statements, would follow in it).
+/// Shape (b): binary COPY into the connection's staging table, then [`STAGED_INSERT`], in a transaction with generic
+/// plans (the writer's deliveries, prepared statements, would follow in it).
 async fn insert_staged(client: &mut deadpool_postgres::Object, events: &[&Event]) -> anyhow::Result<HashSet<Uuid>> {
     let tx = hookgate_store::begin_hot(client).await?;
     let copy = tx.prepare_cached(&format!("COPY flush_staging ({COLUMNS}) FROM STDIN (FORMAT binary)")).await?;

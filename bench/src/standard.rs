@@ -63,7 +63,15 @@ impl Hookgate {
         cmd.arg("--config").arg(config).arg("serve");
         // The bench configuration's own keys win over a stray environment; tuning keys (writer, pool, workers,
         // deliverers) still pass through.
-        for key in ["HOOKGATE_CONFIG", "HOOKGATE_DATABASE__URL", "HOOKGATE_SERVER__PORT", "HOOKGATE_SERVER__HOST"] {
+        for key in [
+            "HOOKGATE_CONFIG",
+            "HOOKGATE_DATABASE__URL",
+            "HOOKGATE_SERVER__PORT",
+            "HOOKGATE_SERVER__HOST",
+            // The run's keys are removed from this Redis, under this prefix, at the end.
+            "HOOKGATE_REDIS__URL",
+            "HOOKGATE_REDIS__KEY_PREFIX",
+        ] {
             cmd.env_remove(key);
         }
         cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));

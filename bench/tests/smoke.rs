@@ -52,16 +52,19 @@ async fn a_refused_connection_counts_as_an_error() {
 
 #[tokio::test]
 async fn the_runs_redis_keys_are_removed_and_no_others() {
-    let prefix = format!("hookgate-bench-smoke-{}", std::process::id());
-    let client = redis::Client::open("redis://127.0.0.1:6379").expect("redis url");
+    // Unique to this run (a pid can recur, or be another run's prefix with a digit more), and outside the bench's
+    // own `hookgate-bench-` prefixes.
+    let prefix = format!("hookgate-smoke-{}", uuid::Uuid::new_v4().simple());
+    let url = std::env::var("HGTEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let client = redis::Client::open(url.as_str()).expect("redis url");
     let mut con = client.get_multiplexed_async_connection().await.expect("redis is up");
     let ours: Vec<String> = (0..25).map(|i| format!("{prefix}:idem:{i}")).collect();
-    // The same prefix with more after it (another run's pid that starts with this one's digits) is not this run's.
+    // The same prefix with more after it is another run's.
     let others = [format!("{prefix}0:idem:x"), format!("{prefix}-other:idem:x")];
     for key in ours.iter().chain(&others) {
         let _: () = redis::cmd("SET").arg(key).arg("1").arg("EX").arg(60).query_async(&mut con).await.unwrap();
     }
-    let removed = hookgate_bench::standard::remove_keys("redis://127.0.0.1:6379", &prefix).await.unwrap();
+    let removed = hookgate_bench::standard::remove_keys(&url, &prefix).await.unwrap();
     assert_eq!(removed, 25);
     let left: u64 = redis::cmd("EXISTS").arg(&ours).query_async(&mut con).await.unwrap();
     assert_eq!(left, 0, "every key of the run is gone");
