@@ -335,3 +335,44 @@ async fn the_uuid_v7_floor_of_a_time_sorts_at_or_before_the_ids_made_from_then_o
         assert!(row.get::<_, bool>(1), "{later} after {at}");
     }
 }
+
+/// The ingest flush's first statement runs on a generic plan from its first execution: its transaction's setting is
+/// sent with it, ahead of it, and applies to it (`events::insert_new_after`).
+#[actix_rt::test]
+async fn the_ingest_flushs_insert_is_planned_generic_from_its_first_execution() {
+    let app = spawn_app_with(|_| {}).await;
+    let mut settings = app.settings.database.clone();
+    settings.pool_size = 1;
+    let pool = hookgate::startup::build_pool(&settings).expect("pool");
+    let mut client = pool.get().await.unwrap();
+    let source: uuid::Uuid = client.query_one("SELECT id FROM sources WHERE slug = 'hmac'", &[]).await.unwrap().get(0);
+    let (id, headers) = (uuid::Uuid::now_v7(), serde_json::json!({}));
+    let row = hookgate_store::events::EventRow {
+        id,
+        source_id: source,
+        idempotency_key: "generic-plan-check",
+        received_at: chrono::Utc::now(),
+        content_type: None,
+        headers: &headers,
+        body: b"{}",
+        event_type: None,
+        traceparent: None,
+    };
+    let tx = hookgate_store::begin(&mut client).await.unwrap();
+    let inserted = hookgate_store::events::insert_new_after(&tx, GENERIC_PLANS, &[row]).await.unwrap();
+    assert!(inserted.contains(&id));
+    let (generic, custom): (i64, i64) = {
+        let r = tx
+            .query_one(
+                // The insert's text begins so (this statement's own text, listed too, begins with SELECT).
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements
+                 WHERE statement LIKE 'WITH input AS%' AND statement LIKE '%INSERT INTO event_keys%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    tx.rollback().await.unwrap();
+    assert_eq!((generic, custom), (1, 0), "planned once, generic, on its first execution");
+}
