@@ -16,8 +16,13 @@ use crate::tls::TlsRoots;
 pub struct DeliveryConfig {
     /// Run the delivery side on this node (scheduler, deliverers, result writer).
     pub enabled: bool,
-    /// Deliverer actors, each on its own thread with its own HTTP client.
+    /// Deliverer actors, each with its own HTTP clients.
     pub deliverers: usize,
+    /// Threads of the deliverers' own. 0 (the default): they run on the system arbiter with the Scheduler and the
+    /// ResultWriter, so handing an attempt over, reporting its result and freeing its slot never wake another
+    /// thread (ADR-0027). N: the deliverers are spread over N threads of their own, for a node whose delivery needs
+    /// more than that one thread.
+    pub deliverer_threads: usize,
     /// Deliveries this node attempts at once, across all destinations.
     pub max_in_flight: usize,
     /// How often the scheduler looks for due retries and expired leases without being woken.
@@ -62,6 +67,7 @@ impl Default for DeliveryConfig {
         Self {
             enabled: true,
             deliverers: 2,
+            deliverer_threads: 0,
             max_in_flight: 512,
             poll_interval_ms: 1_000,
             lease_margin_ms: 30_000,

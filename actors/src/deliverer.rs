@@ -2,7 +2,8 @@
 //! and only to addresses the SSRF guard vetted (or through the egress proxy, once the destination's addresses were
 //! vetted); reports the outcome to the ResultWriter.
 //!
-//! Each Deliverer runs on its own arbiter and owns its `awc::Client`s (which are `!Send`): one shared by the
+//! Each Deliverer runs on the arbiter it was started on (the system arbiter with the Scheduler and the ResultWriter
+//! by default, ADR-0027) and owns its `awc::Client`s (which are `!Send`): one shared by the
 //! destinations without TLS settings of their own, and one per destination that has some (its own CA certificates
 //! or client certificate need a rustls `ClientConfig` of their own), kept while the destination's TLS material
 //! stays the same and rebuilt when it changes. It runs many attempts at once; the Scheduler bounds how many it is

@@ -275,7 +275,8 @@ fn limits(settings: &Settings, notices: Notices) -> anyhow::Result<(Arc<Limits>,
     Ok((limits, link))
 }
 
-/// The delivery side: the ResultWriter, then the Scheduler with its Deliverers (each on an arbiter of its own).
+/// The delivery side: the ResultWriter, then the Scheduler with its Deliverers: on the system arbiter with them
+/// (`delivery.deliverer_threads = 0`, the default: ADR-0027), or spread over arbiters of their own.
 #[allow(clippy::too_many_arguments)]
 fn delivery(
     settings: &Settings,
@@ -310,7 +311,10 @@ fn delivery(
     if let Some(p) = &proxy {
         tracing::info!(message = "Deliveries go through the egress proxy.", proxy = %p.address());
     }
-    let arbiters: Vec<Arbiter> = (0..cfg.deliverers.max(1)).map(|_| Arbiter::new()).collect();
+    // Threads of the deliverers' own, if any: deliverer `i` runs on `handles[i % n]`; with none, on the system
+    // arbiter beside the Scheduler and the ResultWriter, so a hand-off, a result and a completion stay on one thread.
+    let deliverers = cfg.deliverers.max(1);
+    let arbiters: Vec<Arbiter> = (0..cfg.deliverer_threads.min(deliverers)).map(|_| Arbiter::new()).collect();
     let handles: Vec<_> = arbiters.iter().map(|a| a.handle()).collect();
     // The claim loop turns at least every poll interval; a round may wait on the claim lock (5 s) and the pool, so
     // only a loop silent for much longer than that counts as stalled.
@@ -323,19 +327,22 @@ fn delivery(
         let handoff = handoff.clone();
         Supervisor::start(move |ctx: &mut actix::Context<Scheduler>| {
             let me = ctx.address();
-            let deliverers = handles
-                .iter()
-                .map(|h| {
+            let deliverers = (0..deliverers)
+                .map(|i| {
                     let (ssrf, tls, proxy) = (ssrf.clone(), tls.clone(), proxy.clone());
                     let (results, me) = (results.clone().recipient(), me.clone().recipient());
                     let (limits, redis) = (limits.clone(), redis.clone());
                     let (max, cap) = (cfg.max_in_flight, cfg.max_in_flight.max(16));
                     let (jq_timeout, jq_max) = (Duration::from_millis(cfg.jq_timeout_ms), cfg.jq_max_output_bytes);
-                    Supervisor::start_in_arbiter(h, move |_| {
+                    let make = move |_: &mut actix::Context<Deliverer>| {
                         Deliverer::new(ssrf, tls, limits, redis, max, cap, results, me)
                             .with_jq_bounds(jq_timeout, jq_max)
                             .with_proxy(proxy)
-                    })
+                    };
+                    match handles.get(i % handles.len().max(1)) {
+                        Some(h) => Supervisor::start_in_arbiter(h, make),
+                        None => Supervisor::start(make),
+                    }
                 })
                 .collect();
             let scheduler = Scheduler::new(pool, pg, catalog, limits, redis, deliverers, node, cfg, scheduler_status)

@@ -37,7 +37,7 @@ pub struct Application {
     health: Arc<HealthRegistry>,
     drain_delay: Duration,
     shutdown_timeout: Duration,
-    /// The writer's and the deliverers' arbiters, stopped when the node is.
+    /// The writer's arbiter and the deliverers' (with `delivery.deliverer_threads`), stopped when the node is.
     arbiters: Vec<actors::ArbiterGuard>,
     /// The live tail's hub: its streams end when the node stops.
     tail: Arc<TailHub>,

@@ -43,6 +43,29 @@ async fn an_event_is_delivered_once_signed_so_that_the_reference_library_verifie
     assert_eq!(app.attempts().await, vec![(1, Some(200), None)]);
 }
 
+#[actix_rt::test]
+async fn deliverers_on_threads_of_their_own_deliver_each_event_once() {
+    // The default runs the deliverers on the system arbiter (every other test here); this is the other layout:
+    // three deliverers spread over two threads of their own (one thread carries two).
+    let rx = Receiver::start(vec![], None);
+    let url = rx.url.clone();
+    let app = spawn_app_with(move |s| {
+        s.delivery.deliverers = 3;
+        s.delivery.deliverer_threads = 2;
+        s.destinations.push(destination("sink", &url));
+        s.routes.push(route("hmac-to-sink", "hmac", "sink"));
+    })
+    .await;
+    for i in 0..12 {
+        assert_eq!(app.post_signed(format!(r#"{{"i":{i}}}"#).as_bytes(), &format!("t{i}")).await.status, 202);
+    }
+    app.wait_count("every delivery to be delivered", DELIVERED, 12).await;
+    let mut ids: Vec<_> = rx.requests().iter().map(|r| r.header("webhook-id").unwrap().to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((rx.requests().len(), ids.len()), (12, 12), "each delivery reached the receiver once");
+}
+
 /// Whether `signature` (base64) is an ed25519 signature of a Standard Webhooks message by `public_key` (`whpk_…`),
 /// checked with ring: an implementation independent of the one hookgate signs with.
 pub fn v1a_verifies(public_key: &str, req: &crate::receiver::Received, signature: &str) -> bool {
