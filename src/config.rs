@@ -618,6 +618,15 @@ impl Settings {
         if t.buffer == 0 || t.max_clients == 0 || t.publish_queue == 0 || t.heartbeat_ms == 0 || t.max_body_bytes == 0 {
             anyhow::bail!("tail.buffer, max_clients, publish_queue, heartbeat_ms and max_body_bytes must be positive");
         }
+        let d = &self.delivery;
+        if d.deliverer_threads > d.deliverers.max(1) {
+            anyhow::bail!(
+                "delivery.deliverer_threads ({}) exceeds delivery.deliverers ({}): each thread needs a deliverer of its \
+                 own; raise delivery.deliverers",
+                d.deliverer_threads,
+                d.deliverers
+            );
+        }
         if self.database.pool_size == 0 || self.admin.pool_size == 0 {
             anyhow::bail!("database.pool_size and admin.pool_size must be positive");
         }
@@ -1008,6 +1017,7 @@ mod tests {
             ("[redis]\nurl = \"redis://cache:6379\"\ntls_ca_file = \"/etc/hostname\"", "does not use TLS (rediss://)"),
             ("[redis]\nurl = \"rediss://cache:6380/#insecure\"", "#insecure"),
             ("[admin]\npool_size = 0", "admin.pool_size must be positive"),
+            ("[delivery]\ndeliverer_threads = 3", "delivery.deliverer_threads (3) exceeds delivery.deliverers (2)"),
             ("[telemetry]\nsampling_ratio = 1.5", "telemetry.sampling_ratio must be between 0 and 1, not 1.5"),
             ("[telemetry]\nsampling_ratio = -0.1", "telemetry.sampling_ratio must be between 0 and 1"),
             ("[telemetry]\notlp_endpoint = \"collector:4318\"", "telemetry.otlp_endpoint must be an http:// or https://"),

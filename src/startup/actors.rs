@@ -44,7 +44,7 @@ pub struct Actors {
     pub notifier: Option<Addr<Notifier>>,
 }
 
-/// Stops an arbiter (the writer's, each deliverer's) when dropped.
+/// Stops an arbiter (the writer's, and the deliverers' when `delivery.deliverer_threads` gives them some) when dropped.
 pub(super) struct ArbiterGuard(Arbiter);
 
 impl Drop for ArbiterGuard {
@@ -315,6 +315,12 @@ fn delivery(
     // arbiter beside the Scheduler and the ResultWriter, so a hand-off, a result and a completion stay on one thread.
     let deliverers = cfg.deliverers.max(1);
     let arbiters: Vec<Arbiter> = (0..cfg.deliverer_threads.min(deliverers)).map(|_| Arbiter::new()).collect();
+    tracing::info!(
+        message = "The delivery side's layout.",
+        deliverers,
+        deliverer_threads = arbiters.len(),
+        on = if arbiters.is_empty() { "the system arbiter" } else { "threads of their own" }
+    );
     let handles: Vec<_> = arbiters.iter().map(|a| a.handle()).collect();
     // The claim loop turns at least every poll interval; a round may wait on the claim lock (5 s) and the pool, so
     // only a loop silent for much longer than that counts as stalled.
