@@ -311,16 +311,10 @@ fn delivery(
     if let Some(p) = &proxy {
         tracing::info!(message = "Deliveries go through the egress proxy.", proxy = %p.address());
     }
-    // Threads of the deliverers' own, if any: deliverer `i` runs on `handles[i % n]`; with none, on the system
-    // arbiter beside the Scheduler and the ResultWriter, so a hand-off, a result and a completion stay on one thread.
-    let deliverers = cfg.deliverers.max(1);
-    let arbiters: Vec<Arbiter> = (0..cfg.deliverer_threads.min(deliverers)).map(|_| Arbiter::new()).collect();
-    tracing::info!(
-        message = "The delivery side's layout.",
-        deliverers,
-        deliverer_threads = arbiters.len(),
-        on = if arbiters.is_empty() { "the system arbiter" } else { "threads of their own" }
-    );
+    let placement = deliverer_placement(cfg.deliverers, cfg.deliverer_threads);
+    let threads = placement.iter().flatten().max().map_or(0, |t| t + 1);
+    let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
+    tracing::info!(message = "The delivery side's layout.", deliverers = placement.len(), deliverer_threads = threads);
     let handles: Vec<_> = arbiters.iter().map(|a| a.handle()).collect();
     // The claim loop turns at least every poll interval; a round may wait on the claim lock (5 s) and the pool, so
     // only a loop silent for much longer than that counts as stalled.
@@ -333,8 +327,9 @@ fn delivery(
         let handoff = handoff.clone();
         Supervisor::start(move |ctx: &mut actix::Context<Scheduler>| {
             let me = ctx.address();
-            let deliverers = (0..deliverers)
-                .map(|i| {
+            let deliverers = placement
+                .iter()
+                .map(|thread| {
                     let (ssrf, tls, proxy) = (ssrf.clone(), tls.clone(), proxy.clone());
                     let (results, me) = (results.clone().recipient(), me.clone().recipient());
                     let (limits, redis) = (limits.clone(), redis.clone());
@@ -345,8 +340,8 @@ fn delivery(
                             .with_jq_bounds(jq_timeout, jq_max)
                             .with_proxy(proxy)
                     };
-                    match handles.get(i % handles.len().max(1)) {
-                        Some(h) => Supervisor::start_in_arbiter(h, make),
+                    match thread {
+                        Some(t) => Supervisor::start_in_arbiter(&handles[*t], make),
                         None => Supervisor::start(make),
                     }
                 })
@@ -364,4 +359,31 @@ fn delivery(
     }
     results.try_send(ConnectScheduler(scheduler.clone())).context("Failed to connect the scheduler")?;
     Ok((scheduler, results, arbiters.into_iter().map(ArbiterGuard).collect()))
+}
+
+/// Where each Deliverer runs: `None` on the system arbiter, beside the Scheduler and the ResultWriter, so a hand-off,
+/// a result and a completion stay on one thread (`threads = 0`, the default: ADR-0027); `Some(t)` on thread `t` of
+/// the deliverers' own, deliverer `i` on `i mod threads`. At least one deliverer, at most one thread per deliverer.
+fn deliverer_placement(deliverers: usize, threads: usize) -> Vec<Option<usize>> {
+    let deliverers = deliverers.max(1);
+    let threads = threads.min(deliverers);
+    (0..deliverers).map(|i| (threads > 0).then(|| i % threads)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::deliverer_placement;
+
+    #[test]
+    fn by_default_every_deliverer_runs_on_the_system_arbiter() {
+        let default = hookgate_actors::config::DeliveryConfig::default();
+        assert_eq!(deliverer_placement(default.deliverers, default.deliverer_threads), vec![None, None]);
+    }
+
+    #[test]
+    fn deliverer_threads_spread_the_deliverers_round_robin_one_thread_each_at_most() {
+        assert_eq!(deliverer_placement(3, 2), vec![Some(0), Some(1), Some(0)]);
+        assert_eq!(deliverer_placement(2, 5), vec![Some(0), Some(1)]);
+        assert_eq!(deliverer_placement(0, 0), vec![None]);
+    }
 }
