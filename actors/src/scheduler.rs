@@ -1,17 +1,18 @@
 //! Claims due deliveries from PostgreSQL with leases and hands them to the Deliverers, fairly across destinations.
 //!
 //! Woken by NOTIFY `hookgate_deliveries` (new deliveries committed unleased), by `hookgate_catalog` and by the Router
-//! once it has reloaded the catalog (a destination resumed), by a Deliverer finishing an attempt and by the ResultWriter committing results ([`LeasesFreed`]) when
-//! the last round had to leave due work behind for lack of room, by the ResultWriter at once for a FIFO
-//! destination's result (its next head is then due) and at the due time of the earliest retry it scheduled
-//! ([`WakeAt`]), and by the poll timer (other nodes' retries, expired leases). A
-//! round runs only when there may be work for it: each round costs PostgreSQL two planned statements. One claim
-//! round: find the active destinations with due work; give each a budget (its free `max_in_flight` cluster-wide,
-//! capped by its fair share of this node's capacity, by its rate-limit tokens and by its circuit breaker); then, in one
-//! transaction under a cluster-wide advisory lock, lease up to each budget with `FOR UPDATE SKIP LOCKED`. Because each
-//! destination gets its own budget, a backlog of 100,000 deliveries on one destination takes only that
-//! destination's slots and never delays another. FIFO destinations lease only their oldest pending delivery, and only
-//! when it is due and not leased: one in flight, in event order, and a failing head holds the rest.
+//! once it has reloaded the catalog (a destination resumed), by a Deliverer finishing an attempt and by the
+//! ResultWriter committing results ([`LeasesFreed`]) when the last round may have left due work behind (for lack of
+//! room, or cut short by leases taken since its look), by the ResultWriter at once for a FIFO destination's result (its
+//! next head is then due) and at the due time of the earliest retry it scheduled ([`WakeAt`]), and by the poll timer
+//! (other nodes' retries, expired leases). A round runs only when there may be work for it: each round costs PostgreSQL
+//! two planned statements. One claim round: find the active destinations with due work; give each a budget (its free
+//! `max_in_flight` cluster-wide, capped by its fair share of this node's capacity, by its rate-limit tokens and by its
+//! circuit breaker); then, in one transaction under a cluster-wide advisory lock, lease up to each budget with `FOR
+//! UPDATE SKIP LOCKED`. Because each destination gets its own budget, a backlog of 100,000 deliveries on one
+//! destination takes only that destination's slots and never delays another. FIFO destinations lease only their oldest
+//! pending delivery, and only when it is due and not leased: one in flight, in event order, and a failing head holds
+//! the rest.
 //!
 //! A fresh delivery needs no claim round: the EventWriter commits it already leased to this node and sends it here
 //! ([`HandOff`], see [`crate::handoff`]); it passes the same limits as a claimed one (node capacity, fair share,
@@ -29,8 +30,8 @@ use chrono::{DateTime, Utc};
 use hookgate_core::catalog::Destination;
 use hookgate_core::delivery::Job;
 use hookgate_core::internal_events::{
-    emit, ClaimRoundFailed, DeliveriesClaimed, DeliveriesDead, DeliveriesHandedOff, DeliveryUnattemptable,
-    DispatchRefused, HandOffsWaiting,
+    emit, ClaimRoundFailed, ClaimRoundStarted, DeliveriesClaimed, DeliveriesDead, DeliveriesHandedOff,
+    DeliveryUnattemptable, DispatchRefused, HandOffsWaiting,
 };
 use hookgate_core::notification::{DeadReason, Happening};
 use hookgate_core::state::DestinationState;
@@ -205,6 +206,7 @@ impl Scheduler {
         // A different order every round, so no destination is always served last.
         active.shuffle(&mut rand::thread_rng());
         self.claiming = true;
+        emit(ClaimRoundStarted);
         let round = ClaimRound {
             pool: self.pool.clone(),
             limits: self.limits.clone(),
@@ -779,6 +781,16 @@ async fn admit(limits: &Limits, redis: Option<redis::aio::MultiplexedConnection>
     admitted
 }
 
+/// Whether a round that had these budgets may have left claimable work behind, whatever it leased: the next
+/// finished attempt then looks again rather than the poll. A destination that yielded work may have more behind it;
+/// one that yielded less than its budget, or nothing, may have been cut short by leases taken between the look and
+/// the claim (by the writer's hand-offs or another node): its claim counts the destination's leases again under the
+/// claim lock. Otherwise the destination's backlog would wait for the poll (ADR-0028). A FIFO head waits for its
+/// result, not a slot.
+fn may_have_more(budgets: &[(Arc<Destination>, u32)]) -> bool {
+    budgets.iter().any(|(d, _)| !d.fifo)
+}
+
 /// What one claim round leased, how many rows it buried, and whether it left due work behind for lack of room.
 #[derive(Default)]
 struct RoundOutcome {
@@ -915,9 +927,7 @@ impl ClaimRound {
             *claimed.entry(j.destination_id).or_default() += 1;
         }
         self.give_back_unused(&budgets, &claimed).await;
-        // A destination that yielded work may have more behind it (its claim may also have been cut short by
-        // leases taken meanwhile): the next finished attempt looks again.
-        starved |= budgets.iter().any(|(d, _)| !d.fifo && claimed.contains_key(&d.id));
+        starved |= may_have_more(&budgets);
         emit(DeliveriesClaimed { count: jobs.len(), due: due_took, limits: limits_took, claim: claim_took });
         Ok(RoundOutcome { jobs, buried: buried.len(), starved })
     }
@@ -938,5 +948,42 @@ impl ClaimRound {
             }
         }))
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn destination(fifo: bool) -> Arc<Destination> {
+        Arc::new(Destination {
+            id: Uuid::new_v4(),
+            slug: "d".into(),
+            url: "http://127.0.0.1/".into(),
+            timeout: Duration::from_secs(1),
+            max_in_flight: 256,
+            rate_limit: None,
+            retry: Default::default(),
+            secrets: Vec::new(),
+            keys: Vec::new(),
+            fifo,
+            state: DestinationState::Active,
+            headers: Vec::new(),
+            tls: None,
+        })
+    }
+
+    /// A round whose claim came back empty (its look counted fewer leases than the claim did) looks again at the next
+    /// finished attempt: before, it waited for the poll.
+    #[test]
+    fn a_round_with_a_budget_may_have_left_work_whatever_it_leased() {
+        assert!(may_have_more(&[(destination(false), 20)]));
+        assert!(may_have_more(&[(destination(true), 1), (destination(false), 5)]));
+    }
+
+    #[test]
+    fn a_fifo_head_or_no_budget_leaves_nothing_to_look_for() {
+        assert!(!may_have_more(&[(destination(true), 1)]));
+        assert!(!may_have_more(&[]));
     }
 }

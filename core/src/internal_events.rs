@@ -455,6 +455,15 @@ impl InternalEvent for HandOffRefused {
     }
 }
 
+/// The Scheduler started a claim round: a look for due work (`claims::DUE`), whether or not it then claims.
+pub struct ClaimRoundStarted;
+
+impl InternalEvent for ClaimRoundStarted {
+    fn emit(self) {
+        counter!("hookgate_scheduler_rounds_total").increment(1);
+    }
+}
+
 /// A claim round failed (the delivery side degrades; the next round tries again).
 pub struct ClaimRoundFailed<'a> {
     pub error: &'a dyn std::fmt::Display,
