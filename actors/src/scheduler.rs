@@ -98,8 +98,11 @@ pub struct Scheduler {
     deliverers_told: bool,
     claiming: bool,
     again: bool,
-    /// The last claim round left due work behind for lack of room: a finished attempt triggers the next round.
+    /// The last claim round may have left due work behind (for lack of room, or cut short by leases taken since its
+    /// look): a finished attempt, or committed results, trigger the next round.
     starved: bool,
+    /// The last round's claims all came back empty despite a budget, and the next round was asked to look again.
+    retried_empty: bool,
     /// Slots counted in flight for hand-offs waiting for their limits' answer, per destination.
     reserved: HashMap<Uuid, i64>,
     /// Hand-offs waiting for a slot of their destination, oldest first, with when each arrived.
@@ -153,6 +156,7 @@ impl Scheduler {
             claiming: false,
             again: false,
             starved: false,
+            retried_empty: false,
             reserved: HashMap::new(),
             waiting: HashMap::new(),
             waiting_len: 0,
@@ -229,9 +233,9 @@ impl Scheduler {
                     ctx.stop();
                     return;
                 }
-                Ok(Ok(RoundOutcome { jobs, buried, starved })) => {
+                Ok(Ok(RoundOutcome { jobs, buried, starved, claims })) => {
                     act.status.set_state(ActorState::Running);
-                    act.starved = starved;
+                    act.starved = look_again(starved, claims, &mut act.retried_empty);
                     let n = jobs.len();
                     for job in jobs {
                         act.dispatch(job, ctx);
@@ -362,6 +366,7 @@ impl actix::Supervised for Scheduler {
         }
         self.claiming = false;
         self.again = false;
+        self.retried_empty = false;
         self.next_wake = None;
         self.resumed = false;
         self.set_taking_handoffs(false);
@@ -503,8 +508,8 @@ impl Handler<Wake> for Scheduler {
     }
 }
 
-/// Work left behind for lack of room may fit now: a finished attempt frees a slot here, but a destination's
-/// cluster-wide count drops only when its result is committed.
+/// Work left behind may fit now: a finished attempt frees a slot here, but a destination's cluster-wide count drops
+/// only when its result is committed.
 impl Handler<LeasesFreed> for Scheduler {
     type Result = ();
     fn handle(&mut self, _: LeasesFreed, ctx: &mut Self::Context) {
@@ -781,22 +786,62 @@ async fn admit(limits: &Limits, redis: Option<redis::aio::MultiplexedConnection>
     admitted
 }
 
-/// Whether a round that had these budgets may have left claimable work behind, whatever it leased: the next
-/// finished attempt then looks again rather than the poll. A destination that yielded work may have more behind it;
-/// one that yielded less than its budget, or nothing, may have been cut short by leases taken between the look and
-/// the claim (by the writer's hand-offs or another node): its claim counts the destination's leases again under the
-/// claim lock. Otherwise the destination's backlog would wait for the poll (ADR-0028). A FIFO head waits for its
-/// result, not a slot.
-fn may_have_more(budgets: &[(Arc<Destination>, u32)]) -> bool {
-    budgets.iter().any(|(d, _)| !d.fifo)
+/// What a claim round's claims yielded for the destinations that are not FIFO (a FIFO head waits for its result, not
+/// a slot).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Claims {
+    /// No such destination had a budget: nothing to learn.
+    #[default]
+    NoBudget,
+    /// At least one yielded work: it may have more behind it.
+    Yielded,
+    /// Every one that had a budget came back empty: the claim, which counts each destination's leases again under
+    /// the claim lock, found its window taken since the look (by the writer's hand-offs or another node), or its due
+    /// work claimed or changed meanwhile.
+    Empty,
 }
 
-/// What one claim round leased, how many rows it buried, and whether it left due work behind for lack of room.
+impl Claims {
+    fn of(budgets: &[(Arc<Destination>, u32)], claimed: &HashMap<Uuid, u32>) -> Self {
+        let mut budgeted = budgets.iter().filter(|(d, _)| !d.fifo).peekable();
+        if budgeted.peek().is_none() {
+            Claims::NoBudget
+        } else if budgeted.any(|(d, _)| claimed.contains_key(&d.id)) {
+            Claims::Yielded
+        } else {
+            Claims::Empty
+        }
+    }
+}
+
+/// Whether the next finished attempt, or the next committed results, should start another round. `starved` is the
+/// round's own answer (room or limits left due work behind). A round that yielded work may have left more. A round
+/// whose claims all came back empty despite a budget looks again once (its look's promise may hold by then),
+/// otherwise the destination's backlog would wait for the poll; a second empty round in a row waits for the next
+/// wake (a notification, a hand-off given back, a retry coming due, the poll), so that a window held by hand-offs
+/// does not start a claim under the cluster-wide lock at every finished attempt (ADR-0028).
+fn look_again(starved: bool, claims: Claims, retried_empty: &mut bool) -> bool {
+    match claims {
+        Claims::Empty => starved || !std::mem::replace(retried_empty, true),
+        Claims::Yielded => {
+            *retried_empty = false;
+            true
+        }
+        Claims::NoBudget => {
+            *retried_empty = false;
+            starved
+        }
+    }
+}
+
+/// What one claim round leased, how many rows it buried, whether it left due work behind for lack of room or limits,
+/// and what its claims yielded.
 #[derive(Default)]
 struct RoundOutcome {
     jobs: Vec<Job>,
     buried: usize,
     starved: bool,
+    claims: Claims,
 }
 
 /// The inputs of one claim round, moved into its future.
@@ -927,9 +972,9 @@ impl ClaimRound {
             *claimed.entry(j.destination_id).or_default() += 1;
         }
         self.give_back_unused(&budgets, &claimed).await;
-        starved |= may_have_more(&budgets);
+        let claims = Claims::of(&budgets, &claimed);
         emit(DeliveriesClaimed { count: jobs.len(), due: due_took, limits: limits_took, claim: claim_took });
-        Ok(RoundOutcome { jobs, buried: buried.len(), starved })
+        Ok(RoundOutcome { jobs, buried: buried.len(), starved, claims })
     }
 
     /// Gives back what a round was granted and did not use: rate-limit tokens, and half-open or ramping grants of
@@ -973,17 +1018,42 @@ mod tests {
         })
     }
 
-    /// A round whose claim came back empty (its look counted fewer leases than the claim did) looks again at the next
-    /// finished attempt: before, it waited for the poll.
-    #[test]
-    fn a_round_with_a_budget_may_have_left_work_whatever_it_leased() {
-        assert!(may_have_more(&[(destination(false), 20)]));
-        assert!(may_have_more(&[(destination(true), 1), (destination(false), 5)]));
+    fn budgets(ds: &[&Arc<Destination>]) -> Vec<(Arc<Destination>, u32)> {
+        ds.iter().map(|d| (Arc::clone(d), 20)).collect()
     }
 
     #[test]
-    fn a_fifo_head_or_no_budget_leaves_nothing_to_look_for() {
-        assert!(!may_have_more(&[(destination(true), 1)]));
-        assert!(!may_have_more(&[]));
+    fn a_round_whose_every_budgeted_claim_came_back_empty_is_told_apart() {
+        let (a, b, fifo) = (destination(false), destination(false), destination(true));
+        let claimed = HashMap::from([(b.id, 3)]);
+        assert_eq!(Claims::of(&budgets(&[&a, &b]), &claimed), Claims::Yielded);
+        assert_eq!(Claims::of(&budgets(&[&a]), &claimed), Claims::Empty);
+        assert_eq!(Claims::of(&budgets(&[&a, &fifo]), &HashMap::from([(fifo.id, 1)])), Claims::Empty);
+        // A FIFO head waits for its result, not a slot.
+        assert_eq!(Claims::of(&budgets(&[&fifo]), &HashMap::new()), Claims::NoBudget);
+        assert_eq!(Claims::of(&[], &HashMap::new()), Claims::NoBudget);
+    }
+
+    /// A round whose claims came back empty although its look found room (leases taken between the look and the
+    /// claim) looks again at the next finished attempt, once: before, its destination's backlog waited for the poll.
+    #[test]
+    fn an_empty_claim_looks_again_once_then_waits_for_the_next_wake() {
+        let mut retried = false;
+        assert!(look_again(false, Claims::Empty, &mut retried));
+        assert!(!look_again(false, Claims::Empty, &mut retried), "a second empty round in a row waits");
+        assert!(!look_again(false, Claims::Empty, &mut retried));
+        // Work claimed again, or a round with nothing budgeted, ends the streak.
+        assert!(look_again(false, Claims::Yielded, &mut retried));
+        assert!(look_again(false, Claims::Empty, &mut retried));
+        assert!(!look_again(false, Claims::NoBudget, &mut retried));
+        assert!(look_again(false, Claims::Empty, &mut retried));
+    }
+
+    #[test]
+    fn a_round_left_short_of_room_or_limits_looks_again_whatever_it_claimed() {
+        let mut retried = true;
+        assert!(look_again(true, Claims::Empty, &mut retried));
+        assert!(look_again(true, Claims::NoBudget, &mut retried));
+        assert!(!look_again(false, Claims::NoBudget, &mut retried));
     }
 }
