@@ -39,6 +39,13 @@
 //!   arrive (they started while it was closed, so an open, half-open or ramping circuit would have ignored them
 //!   anyway), and they reset the consecutive failures only if no failure was counted after the newest of them. To
 //!   other processes a held success looks like an attempt that took up to `HELD_FLUSH_EVERY` longer.
+//! - Admitting while closed: a process that saw a destination's circuit closed in Redis (an `admit`, a recorded
+//!   outcome, a flush of held successes) within the last [`CLOSED_TRUSTED_FOR`] admits without asking again. While
+//!   attempts succeed, each flush of held successes (every `HELD_FLUSH_EVERY`) answers the state anew, so an open
+//!   by another process is seen here within a flush, and an open caused by this process's own failure at once (its
+//!   record answers it); with no outcome in between, within `CLOSED_TRUSTED_FOR`. Until then this process may
+//!   start what its slots allow, like the requests already in flight when a circuit opens, whose outcomes it
+//!   ignores. Half-open and ramping circuits are asked every time: their grants are counted in Redis.
 //! - Outcomes recorded while open are ignored (they belong to requests started before the circuit opened); so are,
 //!   while half-open or ramping, outcomes of attempts started before the probe phase began. While half-open, the
 //!   first other outcome decides (success starts the ramp, failure re-opens); hookgate only starts the probe then.
@@ -707,9 +714,10 @@ pub struct Limits {
     /// Destinations whose last `admit` here answered half-open or ramping: only those can have grants to release,
     /// so releasing skips Redis for the others (the claim round releases after every round with unused budget).
     probing: Mutex<std::collections::HashSet<Uuid>>,
-    /// Destinations whose circuit this process last saw closed in Redis (by `admit` or a recorded outcome): their
-    /// successes are held and counted in bulk.
-    seen_closed: Mutex<std::collections::HashSet<Uuid>>,
+    /// Destinations whose circuit this process last saw closed in Redis (by `admit`, a recorded outcome or a flush
+    /// of held successes), with when: their successes are held and counted in bulk, and for
+    /// [`CLOSED_TRUSTED_FOR`] after that sight `admit` answers without asking Redis.
+    seen_closed: Mutex<HashMap<Uuid, Instant>>,
     /// Successes held per destination, not yet added to its window (see the module notes).
     held: Mutex<HashMap<Uuid, Held>>,
     /// Where opens and returns to closed are told (operational notifications); off unless set.
@@ -729,6 +737,9 @@ impl std::fmt::Debug for Limits {
 
 /// How often the deliverer adds held successes to their circuits' windows ([`Limits::flush_held`]).
 pub const HELD_FLUSH_EVERY: Duration = Duration::from_millis(20);
+
+/// How long a circuit this process saw closed in Redis admits without asking Redis again (see the module notes).
+pub const CLOSED_TRUSTED_FOR: Duration = Duration::from_millis(100);
 
 /// Default longest wait for one Redis script before the local fallback answers.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(500);
@@ -761,7 +772,7 @@ impl Limits {
             },
             degraded: AtomicBool::new(false),
             probing: Mutex::new(std::collections::HashSet::new()),
-            seen_closed: Mutex::new(std::collections::HashSet::new()),
+            seen_closed: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             notices: Notices::off(),
         }
@@ -867,10 +878,16 @@ impl Limits {
     /// cluster-wide (the first caller after the open period gets 1 and the state becomes half-open with a probe in
     /// flight; others get 0 until that probe's outcome is recorded, it is released, or it expires after
     /// `open_secs`); when ramping at most the allowance minus the outstanding grants. Every request admitted while
-    /// half-open or ramping holds a grant until its outcome is recorded (or [`Limits::release_grants`]).
+    /// half-open or ramping holds a grant until its outcome is recorded (or [`Limits::release_grants`]). A circuit
+    /// this process saw closed within [`CLOSED_TRUSTED_FOR`] is answered without asking Redis.
     pub async fn admit(&self, conn: Option<MultiplexedConnection>, dest: Uuid, want: u32) -> (u32, Scope) {
         if want == 0 {
             return (0, if conn.is_some() { Scope::Cluster } else { Scope::Local });
+        }
+        if conn.is_some() && self.trusts_closed(dest) {
+            // Closed: no grant to take, none to release later.
+            self.probing.lock().unwrap_or_else(|e| e.into_inner()).remove(&dest);
+            return (want, Scope::Cluster);
         }
         let p = self.params;
         let args = [p.ttl_ms.to_string(), p.open_ms.to_string(), want.to_string(), p.ramp_initial.to_string()];
@@ -894,6 +911,13 @@ impl Limits {
             probing.remove(&dest);
         }
         (n, scope)
+    }
+
+    /// Whether this process saw `dest`'s circuit closed in Redis within the last [`CLOSED_TRUSTED_FOR`] (its own
+    /// clock: a test's manual clock moves it).
+    fn trusts_closed(&self, dest: Uuid) -> bool {
+        let seen = self.seen_closed.lock().unwrap_or_else(|e| e.into_inner()).get(&dest).copied();
+        seen.is_some_and(|at| self.clock.now().saturating_duration_since(at) < CLOSED_TRUSTED_FOR)
     }
 
     fn admit_local(&self, dest: Uuid, want: u32) -> (u32, CircuitState) {
@@ -976,7 +1000,7 @@ impl Limits {
         success: bool,
         elapsed: Duration,
     ) -> (CircuitState, Scope) {
-        if success && conn.is_some() && self.seen_closed.lock().unwrap_or_else(|e| e.into_inner()).contains(&dest) {
+        if success && conn.is_some() && self.seen_closed.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&dest) {
             let now = self.clock.now();
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
             let h = held.entry(dest).or_insert(Held { n: 0, newest: now });
@@ -1273,7 +1297,7 @@ impl Limits {
         {
             let mut closed = self.seen_closed.lock().unwrap_or_else(|e| e.into_inner());
             if scope == Scope::Cluster && state == CircuitState::Closed {
-                closed.insert(dest);
+                closed.insert(dest, self.clock.now());
             } else {
                 closed.remove(&dest);
             }
@@ -1875,8 +1899,9 @@ mod tests {
     async fn limits_redis_instances_share_bucket_and_circuit() {
         let conn = redis().await;
         let prefix = prefix();
+        let clock = Arc::new(ManualClock::new());
         let a = Limits::new(&prefix, config());
-        let b = Limits::new(&prefix, config());
+        let b = Limits::with_clock(&prefix, config(), clock.clone());
         let dest = Uuid::new_v4();
         let c = || Some(conn.clone());
 
@@ -1889,6 +1914,8 @@ mod tests {
         b.record(c(), dest, false, Duration::ZERO).await;
         assert_eq!(a.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Open, Scope::Cluster));
         assert_eq!(b.state(c(), dest).await, (CircuitState::Open, Scope::Cluster));
+        // `b` saw it closed (its failure's answer) and trusts that sight for a while; then it asks.
+        clock.advance(CLOSED_TRUSTED_FOR);
         assert_eq!(b.admit(c(), dest, 3).await, (0, Scope::Cluster));
         // Exactly one probe across both instances.
         let (x, y) = race_for_probe(&a, &b, &conn, dest).await;
@@ -1897,6 +1924,47 @@ mod tests {
         assert_eq!(b.record(c(), dest, true, Duration::ZERO).await, (CircuitState::Closed, Scope::Cluster));
         assert_eq!(a.admit(c(), dest, 3).await, (3, Scope::Cluster));
 
+        cleanup(conn, &prefix).await;
+    }
+
+    #[tokio::test]
+    async fn limits_redis_a_circuit_seen_closed_admits_without_asking_until_an_answer_or_the_trust_ends() {
+        let conn = redis().await;
+        let prefix = prefix();
+        let clock = Arc::new(ManualClock::new());
+        let a = Limits::with_clock(&prefix, config(), clock.clone());
+        let b = Limits::new(&prefix, config());
+        let c = || Some(conn.clone());
+
+        // Another process opens the circuit: `a`, having seen it closed, admits without asking until the trust ends.
+        let dest = Uuid::new_v4();
+        assert_eq!(a.admit(c(), dest, 4).await, (4, Scope::Cluster));
+        open_now(&b, c(), dest).await;
+        clock.advance(CLOSED_TRUSTED_FOR - MS);
+        assert_eq!(a.admit(c(), dest, 4).await, (4, Scope::Cluster), "trusted: Redis was not asked");
+        clock.advance(MS);
+        assert_eq!(a.admit(c(), dest, 4).await, (0, Scope::Cluster), "the trust ended: Redis answered open");
+
+        // A flush of held successes answers the state anew: the open is seen there, the trust ends at once.
+        let dest = Uuid::new_v4();
+        assert_eq!(a.admit(c(), dest, 4).await, (4, Scope::Cluster));
+        a.record(c(), dest, true, Duration::ZERO).await;
+        assert!(a.holds_successes());
+        open_now(&b, c(), dest).await;
+        a.flush_held(c()).await;
+        assert_eq!(a.admit(c(), dest, 4).await, (0, Scope::Cluster));
+
+        // So does this process's own failure that opens it: its record answers open.
+        let dest = Uuid::new_v4();
+        assert_eq!(a.admit(c(), dest, 4).await, (4, Scope::Cluster));
+        open_now(&a, c(), dest).await;
+        assert_eq!(a.admit(c(), dest, 4).await, (0, Scope::Cluster));
+
+        // Without Redis nothing is trusted: the local state answers.
+        let dest = Uuid::new_v4();
+        assert_eq!(a.admit(c(), dest, 4).await, (4, Scope::Cluster));
+        open_now(&a, None, dest).await;
+        assert_eq!(a.admit(None, dest, 4).await, (0, Scope::Local));
         cleanup(conn, &prefix).await;
     }
 
