@@ -39,13 +39,16 @@
 //!   arrive (they started while it was closed, so an open, half-open or ramping circuit would have ignored them
 //!   anyway), and they reset the consecutive failures only if no failure was counted after the newest of them. To
 //!   other processes a held success looks like an attempt that took up to `HELD_FLUSH_EVERY` longer.
-//! - Admitting while closed: a process that saw a destination's circuit closed in Redis (an `admit`, a recorded
-//!   outcome, a flush of held successes) within the last [`CLOSED_TRUSTED_FOR`] admits without asking again. While
+//! - Admitting while closed: when the last answer this process heard about a destination's circuit (to an `admit`,
+//!   a recorded outcome, a flush of held successes, a state read) said closed in Redis, and its question was asked
+//!   within the last [`CLOSED_TRUSTED_FOR`] (or half the shortest open period, when that is shorter), `admit`
+//!   answers without asking again. An answer to an earlier question handled after a later one's is ignored. While
 //!   attempts succeed, each flush of held successes (every `HELD_FLUSH_EVERY`) answers the state anew, so an open
 //!   by another process is seen here within a flush, and an open caused by this process's own failure at once (its
-//!   record answers it); with no outcome in between, within `CLOSED_TRUSTED_FOR`. Until then this process may
-//!   start what its slots allow, like the requests already in flight when a circuit opens, whose outcomes it
-//!   ignores. Half-open and ramping circuits are asked every time: their grants are counted in Redis.
+//!   record answers it); with no answer in between, when the trust ends. Until then this process may start what
+//!   its slots allow, like the requests already in flight when a circuit opens: they start before its probe phase
+//!   can begin (the trust lasts at most half an open period), so their outcomes are ignored. Half-open and ramping
+//!   circuits are asked every time: their probe and grants are counted in Redis.
 //! - Outcomes recorded while open are ignored (they belong to requests started before the circuit opened); so are,
 //!   while half-open or ramping, outcomes of attempts started before the probe phase began. While half-open, the
 //!   first other outcome decides (success starts the ramp, failure re-opens); hookgate only starts the probe then.
@@ -698,6 +701,15 @@ struct Scripts {
     give_back: Script,
 }
 
+/// The last answer this process heard about a destination's circuit.
+#[derive(Debug, Clone, Copy)]
+struct Sight {
+    /// Closed, in Redis (an answer of the local fallback, or any other state, is not).
+    closed: bool,
+    /// When the question it answered was asked.
+    asked_at: Instant,
+}
+
 /// Circuit breakers and token buckets of every destination. Cheap to share behind an `Arc`.
 pub struct Limits {
     prefix: String,
@@ -714,10 +726,13 @@ pub struct Limits {
     /// Destinations whose last `admit` here answered half-open or ramping: only those can have grants to release,
     /// so releasing skips Redis for the others (the claim round releases after every round with unused budget).
     probing: Mutex<std::collections::HashSet<Uuid>>,
-    /// Destinations whose circuit this process last saw closed in Redis (by `admit`, a recorded outcome or a flush
-    /// of held successes), with when: their successes are held and counted in bulk, and for
-    /// [`CLOSED_TRUSTED_FOR`] after that sight `admit` answers without asking Redis.
-    seen_closed: Mutex<HashMap<Uuid, Instant>>,
+    /// What this process last heard of each destination's circuit (see [`Sight`]): while it was closed in Redis,
+    /// successes are held and counted in bulk, and for [`Limits::trust`] after the question `admit` answers without
+    /// asking Redis.
+    sights: Mutex<HashMap<Uuid, Sight>>,
+    /// How long a sight of a closed circuit is trusted: [`CLOSED_TRUSTED_FOR`], or half the shortest open period
+    /// when that is shorter, so that a trusted sight never outlives an open period begun after it.
+    trust: Duration,
     /// Successes held per destination, not yet added to its window (see the module notes).
     held: Mutex<HashMap<Uuid, Held>>,
     /// Where opens and returns to closed are told (operational notifications); off unless set.
@@ -738,7 +753,8 @@ impl std::fmt::Debug for Limits {
 /// How often the deliverer adds held successes to their circuits' windows ([`Limits::flush_held`]).
 pub const HELD_FLUSH_EVERY: Duration = Duration::from_millis(20);
 
-/// How long a circuit this process saw closed in Redis admits without asking Redis again (see the module notes).
+/// How long a circuit this process saw closed in Redis admits without asking Redis again, at most (see the module
+/// notes; half the shortest open period when that is shorter).
 pub const CLOSED_TRUSTED_FOR: Duration = Duration::from_millis(100);
 
 /// Default longest wait for one Redis script before the local fallback answers.
@@ -752,10 +768,11 @@ impl Limits {
     /// Like [`Limits::new`], with the clock of the local fallback state (Redis always uses its own clock).
     pub fn with_clock(key_prefix: &str, circuit: CircuitConfig, clock: Arc<dyn Clock>) -> Self {
         let epoch = clock.now();
+        let params = Params::new(&circuit);
         Self {
             prefix: key_prefix.to_owned(),
             circuit,
-            params: Params::new(&circuit),
+            params,
             op_timeout: DEFAULT_OP_TIMEOUT,
             clock,
             epoch,
@@ -772,7 +789,8 @@ impl Limits {
             },
             degraded: AtomicBool::new(false),
             probing: Mutex::new(std::collections::HashSet::new()),
-            seen_closed: Mutex::new(HashMap::new()),
+            sights: Mutex::new(HashMap::new()),
+            trust: CLOSED_TRUSTED_FOR.min(Duration::from_millis(params.open_initial_ms.max(0) as u64 / 2)),
             held: Mutex::new(HashMap::new()),
             notices: Notices::off(),
         }
@@ -879,16 +897,15 @@ impl Limits {
     /// flight; others get 0 until that probe's outcome is recorded, it is released, or it expires after
     /// `open_secs`); when ramping at most the allowance minus the outstanding grants. Every request admitted while
     /// half-open or ramping holds a grant until its outcome is recorded (or [`Limits::release_grants`]). A circuit
-    /// this process saw closed within [`CLOSED_TRUSTED_FOR`] is answered without asking Redis.
+    /// this process saw closed in Redis recently enough (see the module notes) is answered without asking.
     pub async fn admit(&self, conn: Option<MultiplexedConnection>, dest: Uuid, want: u32) -> (u32, Scope) {
         if want == 0 {
             return (0, if conn.is_some() { Scope::Cluster } else { Scope::Local });
         }
         if conn.is_some() && self.trusts_closed(dest) {
-            // Closed: no grant to take, none to release later.
-            self.probing.lock().unwrap_or_else(|e| e.into_inner()).remove(&dest);
             return (want, Scope::Cluster);
         }
+        let asked_at = self.clock.now();
         let p = self.params;
         let args = [p.ttl_ms.to_string(), p.open_ms.to_string(), want.to_string(), p.ramp_initial.to_string()];
         let (n, state, scope) =
@@ -903,7 +920,7 @@ impl Limits {
                     (n, state, Scope::Local)
                 }
             };
-        self.observe(dest, state, Change::None, scope);
+        self.observe(dest, state, Change::None, scope, asked_at);
         let mut probing = self.probing.lock().unwrap_or_else(|e| e.into_inner());
         if matches!(state, CircuitState::HalfOpen | CircuitState::Ramping) {
             probing.insert(dest);
@@ -913,11 +930,16 @@ impl Limits {
         (n, scope)
     }
 
-    /// Whether this process saw `dest`'s circuit closed in Redis within the last [`CLOSED_TRUSTED_FOR`] (its own
-    /// clock: a test's manual clock moves it).
+    /// Whether the last answer this process heard about `dest`'s circuit said closed in Redis, to a question asked
+    /// within the last [`Limits::trust`] (on its own clock: a test's manual clock moves it).
     fn trusts_closed(&self, dest: Uuid) -> bool {
-        let seen = self.seen_closed.lock().unwrap_or_else(|e| e.into_inner()).get(&dest).copied();
-        seen.is_some_and(|at| self.clock.now().saturating_duration_since(at) < CLOSED_TRUSTED_FOR)
+        let sight = self.sights.lock().unwrap_or_else(|e| e.into_inner()).get(&dest).copied();
+        sight.is_some_and(|s| s.closed && self.clock.now().saturating_duration_since(s.asked_at) < self.trust)
+    }
+
+    /// Whether the last answer this process heard about `dest`'s circuit said closed in Redis.
+    fn saw_closed(&self, dest: Uuid) -> bool {
+        self.sights.lock().unwrap_or_else(|e| e.into_inner()).get(&dest).is_some_and(|s| s.closed)
     }
 
     fn admit_local(&self, dest: Uuid, want: u32) -> (u32, CircuitState) {
@@ -1000,7 +1022,7 @@ impl Limits {
         success: bool,
         elapsed: Duration,
     ) -> (CircuitState, Scope) {
-        if success && conn.is_some() && self.seen_closed.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&dest) {
+        if success && conn.is_some() && self.saw_closed(dest) {
             let now = self.clock.now();
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
             let h = held.entry(dest).or_insert(Held { n: 0, newest: now });
@@ -1008,6 +1030,7 @@ impl Limits {
             h.newest = now;
             return (CircuitState::Closed, Scope::Cluster);
         }
+        let asked_at = self.clock.now();
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&dest);
         let held_age_ms = held.map_or(0, |h| h.age_ms(self.clock.now()));
         let held = held.map_or(0, |h| h.n);
@@ -1048,14 +1071,14 @@ impl Limits {
                 if held > 0 {
                     let (_, earlier) = self.record_local_successes(dest, held);
                     if earlier != Change::None {
-                        self.observe(dest, CircuitState::Closed, earlier, Scope::Local);
+                        self.observe(dest, CircuitState::Closed, earlier, Scope::Local, asked_at);
                     }
                 }
                 let (state, change) = self.record_local(dest, success, elapsed_ms);
                 (state, change, Scope::Local)
             }
         };
-        self.observe(dest, state, change, scope);
+        self.observe(dest, state, change, scope, asked_at);
         (state, scope)
     }
 
@@ -1078,6 +1101,7 @@ impl Limits {
         let args =
             [p.ttl_ms.to_string(), p.open_ms.to_string(), n.to_string(), p.window_ms.to_string(), age_ms.to_string()];
         let keys = self.circuit_keys(dest);
+        let asked_at = self.clock.now();
         let (state, change, scope) = match self.eval::<i64>(conn, "record", &self.scripts.successes, &keys, &args).await
         {
             Some(code) => (CircuitState::from_code(code), Change::None, Scope::Cluster),
@@ -1086,7 +1110,7 @@ impl Limits {
                 (state, change, Scope::Local)
             }
         };
-        self.observe(dest, state, change, scope);
+        self.observe(dest, state, change, scope, asked_at);
     }
 
     /// Held successes that could not reach Redis go to the local fallback state, one by one: the state after the
@@ -1205,6 +1229,7 @@ impl Limits {
     pub async fn health(&self, conn: Option<MultiplexedConnection>, dest: Uuid) -> (CircuitHealth, Scope) {
         let p = self.params;
         let args = [p.ttl_ms.to_string(), p.open_ms.to_string()];
+        let asked_at = self.clock.now();
         if let Some(v) =
             self.eval::<Vec<i64>>(conn, "state", &self.scripts.health, &self.circuit_keys(dest), &args).await
         {
@@ -1217,6 +1242,7 @@ impl Limits {
                 opens: at(3) as u32,
                 open_period_ms: v.get(4).copied().unwrap_or(0).max(0) as u64,
             };
+            self.note_sight(dest, state == CircuitState::Closed, asked_at);
             return (health, Scope::Cluster);
         }
         let now = self.now_ms();
@@ -1291,17 +1317,25 @@ enum Change {
 }
 
 impl Limits {
-    /// Reports the state this process saw (the gauge, the opens counter), and tells the Notifier of an open or a
-    /// return to closed.
-    fn observe(&self, dest: Uuid, state: CircuitState, change: Change, scope: Scope) {
-        {
-            let mut closed = self.seen_closed.lock().unwrap_or_else(|e| e.into_inner());
-            if scope == Scope::Cluster && state == CircuitState::Closed {
-                closed.insert(dest, self.clock.now());
-            } else {
-                closed.remove(&dest);
-            }
+    /// Keeps what an answer to a question asked at `asked_at` said (closed in Redis or not), unless an answer to a
+    /// later question was heard first: answers handled out of order never bring back a closed circuit's trust.
+    fn note_sight(&self, dest: Uuid, closed: bool, asked_at: Instant) {
+        let mut sights = self.sights.lock().unwrap_or_else(|e| e.into_inner());
+        if sights.get(&dest).is_some_and(|s| s.asked_at > asked_at) {
+            return;
         }
+        sights.insert(dest, Sight { closed, asked_at });
+        drop(sights);
+        if closed {
+            // A closed circuit holds no grants: none to release.
+            self.probing.lock().unwrap_or_else(|e| e.into_inner()).remove(&dest);
+        }
+    }
+
+    /// Reports the state this process saw in answer to a question asked at `asked_at` (the sight, the gauge, the
+    /// opens counter), and tells the Notifier of an open or a return to closed.
+    fn observe(&self, dest: Uuid, state: CircuitState, change: Change, scope: Scope, asked_at: Instant) {
+        self.note_sight(dest, scope == Scope::Cluster && state == CircuitState::Closed, asked_at);
         emit(CircuitObserved {
             destination: dest,
             code: state.code(),
@@ -1899,9 +1933,8 @@ mod tests {
     async fn limits_redis_instances_share_bucket_and_circuit() {
         let conn = redis().await;
         let prefix = prefix();
-        let clock = Arc::new(ManualClock::new());
         let a = Limits::new(&prefix, config());
-        let b = Limits::with_clock(&prefix, config(), clock.clone());
+        let b = Limits::new(&prefix, config());
         let dest = Uuid::new_v4();
         let c = || Some(conn.clone());
 
@@ -1914,8 +1947,6 @@ mod tests {
         b.record(c(), dest, false, Duration::ZERO).await;
         assert_eq!(a.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Open, Scope::Cluster));
         assert_eq!(b.state(c(), dest).await, (CircuitState::Open, Scope::Cluster));
-        // `b` saw it closed (its failure's answer) and trusts that sight for a while; then it asks.
-        clock.advance(CLOSED_TRUSTED_FOR);
         assert_eq!(b.admit(c(), dest, 3).await, (0, Scope::Cluster));
         // Exactly one probe across both instances.
         let (x, y) = race_for_probe(&a, &b, &conn, dest).await;
@@ -1932,9 +1963,12 @@ mod tests {
         let conn = redis().await;
         let prefix = prefix();
         let clock = Arc::new(ManualClock::new());
-        let a = Limits::with_clock(&prefix, config(), clock.clone());
-        let b = Limits::new(&prefix, config());
+        // Open periods long enough that no probe phase begins while a step runs, however loaded the machine.
+        let long = CircuitConfig { open_secs: 30, open_initial_ms: 30_000, ..config() };
+        let a = Limits::with_clock(&prefix, long, clock.clone());
+        let b = Limits::new(&prefix, long);
         let c = || Some(conn.clone());
+        assert_eq!(a.trust, CLOSED_TRUSTED_FOR);
 
         // Another process opens the circuit: `a`, having seen it closed, admits without asking until the trust ends.
         let dest = Uuid::new_v4();
@@ -1944,6 +1978,16 @@ mod tests {
         assert_eq!(a.admit(c(), dest, 4).await, (4, Scope::Cluster), "trusted: Redis was not asked");
         clock.advance(MS);
         assert_eq!(a.admit(c(), dest, 4).await, (0, Scope::Cluster), "the trust ended: Redis answered open");
+
+        // A success held (not sent) does not renew the trust.
+        let dest = Uuid::new_v4();
+        assert_eq!(a.admit(c(), dest, 4).await, (4, Scope::Cluster));
+        a.record(c(), dest, true, Duration::ZERO).await;
+        assert!(a.holds_successes());
+        open_now(&b, c(), dest).await;
+        clock.advance(CLOSED_TRUSTED_FOR);
+        assert_eq!(a.admit(c(), dest, 4).await, (0, Scope::Cluster));
+        a.flush_held(c()).await;
 
         // A flush of held successes answers the state anew: the open is seen there, the trust ends at once.
         let dest = Uuid::new_v4();
@@ -1957,15 +2001,47 @@ mod tests {
         // So does this process's own failure that opens it: its record answers open.
         let dest = Uuid::new_v4();
         assert_eq!(a.admit(c(), dest, 4).await, (4, Scope::Cluster));
-        open_now(&a, c(), dest).await;
+        for _ in 0..2 {
+            assert_eq!(a.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Closed, Scope::Cluster));
+        }
+        assert_eq!(a.record(c(), dest, false, Duration::ZERO).await, (CircuitState::Open, Scope::Cluster));
         assert_eq!(a.admit(c(), dest, 4).await, (0, Scope::Cluster));
 
-        // Without Redis nothing is trusted: the local state answers.
+        // And a state read: another process opens it, this one reads the state.
         let dest = Uuid::new_v4();
         assert_eq!(a.admit(c(), dest, 4).await, (4, Scope::Cluster));
+        open_now(&b, c(), dest).await;
+        assert_eq!(a.state(c(), dest).await, (CircuitState::Open, Scope::Cluster));
+        assert_eq!(a.admit(c(), dest, 4).await, (0, Scope::Cluster));
+
+        // Without Redis nothing is trusted: the local state answers, though Redis said closed just now.
+        let dest = Uuid::new_v4();
         open_now(&a, None, dest).await;
+        assert_eq!(a.admit(c(), dest, 4).await, (4, Scope::Cluster));
         assert_eq!(a.admit(None, dest, 4).await, (0, Scope::Local));
         cleanup(conn, &prefix).await;
+    }
+
+    #[test]
+    fn an_answer_to_an_earlier_question_heard_late_does_not_bring_the_trust_back() {
+        let clock = Arc::new(ManualClock::new());
+        let l = Limits::with_clock("hgtest-sights", config(), clock.clone());
+        let dest = Uuid::new_v4();
+        let earlier = clock.now();
+        clock.advance(MS);
+        l.note_sight(dest, false, clock.now());
+        l.note_sight(dest, true, earlier);
+        assert!(!l.trusts_closed(dest) && !l.saw_closed(dest));
+        l.note_sight(dest, true, clock.now());
+        assert!(l.trusts_closed(dest) && l.saw_closed(dest));
+    }
+
+    #[test]
+    fn the_trust_lasts_at_most_half_the_shortest_open_period() {
+        let trust = |c: CircuitConfig| Limits::new("hgtest-trust", c).trust;
+        assert_eq!(trust(config()), CLOSED_TRUSTED_FOR);
+        assert_eq!(trust(CircuitConfig { open_initial_ms: 100, ..config() }), Duration::from_millis(50));
+        assert_eq!(trust(CircuitConfig { open_secs: 0, ..config() }), Duration::ZERO);
     }
 
     async fn field(conn: &MultiplexedConnection, l: &Limits, dest: Uuid, name: &str) -> Option<i64> {
