@@ -3,7 +3,8 @@
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use hdrhistogram::Histogram;
@@ -14,13 +15,31 @@ use crate::workload::{now_ns, sent_ns};
 #[derive(Debug)]
 pub struct ReceiverState {
     received: AtomicU64,
+    /// When the latest request arrived, in ns after [`epoch`] (0: none yet).
+    last_arrival_ns: AtomicU64,
     latency: Mutex<Histogram<u64>>,
+}
+
+/// The monotonic instant arrival times count from (the first use in this process).
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 impl ReceiverState {
     /// Requests received since start.
     pub fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
+        // Acquire: pairs with the arrival's Release, so a count read here comes with its arrival stamp.
+        self.received.load(Ordering::Acquire)
+    }
+
+    /// When the latest request arrived (`None`: none yet). A drain timed to it ends at its last delivery, not at
+    /// the next time someone looked.
+    pub fn last_arrival(&self) -> Option<Instant> {
+        match self.last_arrival_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(epoch() + Duration::from_nanos(ns)),
+        }
     }
 
     /// Takes the latency histogram recorded so far (µs) and starts a new one.
@@ -57,7 +76,12 @@ impl Receiver {
         socket.listen(4096)?;
         let listener: TcpListener = socket.into();
         let port = listener.local_addr()?.port();
-        let state = Arc::new(ReceiverState { received: AtomicU64::new(0), latency: Mutex::new(histogram()) });
+        epoch();
+        let state = Arc::new(ReceiverState {
+            received: AtomicU64::new(0),
+            last_arrival_ns: AtomicU64::new(0),
+            latency: Mutex::new(histogram()),
+        });
         let data = web::Data::from(state.clone());
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new().name("bench-receiver".into()).spawn(move || {
@@ -70,7 +94,10 @@ impl Receiver {
                                 let us = now_ns().saturating_sub(sent) / 1000;
                                 let _ = s.latency.lock().expect("not poisoned").record(us.max(1));
                             }
-                            s.received.fetch_add(1, Ordering::Relaxed);
+                            // Stamped before the count: whoever sees the count sees a stamp at least this late.
+                            let at = epoch().elapsed().as_nanos().max(1) as u64;
+                            s.last_arrival_ns.fetch_max(at, Ordering::Relaxed);
+                            s.received.fetch_add(1, Ordering::Release);
                             HttpResponse::NoContent().finish()
                         }),
                     )

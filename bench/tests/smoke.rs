@@ -12,6 +12,8 @@ use hookgate_bench::workload::{Signing, Workload};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_workloads_reach_the_receiver() {
     let rx = Receiver::start(0, 1).expect("receiver starts");
+    assert!(rx.state.last_arrival().is_none(), "no arrival stamped before the first request");
+    let before = std::time::Instant::now();
     let url = format!("http://127.0.0.1:{}/hook", rx.port);
     let signing = Signing::Hmac { header: "X-Signature".into(), prefix: "sha256=".into(), secret: b"s".to_vec() };
     let w = Arc::new(Workload::new(&url, signing, Some("X-Request-Id".into()), 1024).unwrap());
@@ -34,6 +36,9 @@ async fn tiny_workloads_reach_the_receiver() {
     }
     assert_eq!(rx.state.received(), sent);
     assert_eq!(rx.state.take_latency().len(), sent);
+    // Drains are timed to the last arrival: it falls between the first send and now.
+    let last = rx.state.last_arrival().expect("arrivals are stamped");
+    assert!(last > before && last <= std::time::Instant::now(), "{last:?} outside {before:?}..now");
 
     let json = stats_json(&open, None);
     assert_eq!(json["ok"], 100);
