@@ -1,5 +1,6 @@
 //! Smoke test of the harness: a tiny closed-loop and open-loop workload against the built-in receiver, in process,
-//! for about a second. Checks that requests flow and are counted; no timing assertions.
+//! for about a second. Checks that requests flow and are counted, and that arrivals are stamped in order; no
+//! timing assertions.
 
 use std::sync::Arc;
 use std::time::Duration;
