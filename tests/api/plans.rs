@@ -297,13 +297,16 @@ async fn the_admin_windows_read_their_rows_through_the_ids_and_count_what_the_ti
             app.db.query_one(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}"), &[]).await.unwrap().get::<_, Value>(0);
         let mut read = Vec::new();
         rows_read(&plan[0]["Plan"], &mut read);
+        // A partition scanned whole must be one that holds next to nothing: the days ahead (empty), the oldest day's
+        // sliver when the test runs in the minutes before midnight UTC (the three days then start late on it), or
+        // today's just after; the planner reads a partition of a page or two whole rather than through an index. A
+        // day's partition holds 33,000 rows; the bound is the window's, below.
         let scans: Vec<_> = read
             .iter()
             .filter(|(node, rows)| {
-                (node.starts_with("Seq Scan events") || node.starts_with("Seq Scan attempts")) && *rows > 0.0
+                (node.starts_with("Seq Scan events") || node.starts_with("Seq Scan attempts")) && *rows > 2_000.0
             })
             .collect();
-        // (The partitions of the days ahead are empty: scanning them reads nothing.)
         assert!(scans.is_empty(), "{name} scans whole partitions: {scans:?}\n{plan}");
         // The window's ~700 rows and the minute of slack before it; a day's partition is 33,000.
         let worst = read.iter().cloned().fold((String::new(), 0.0), |a, b| if b.1 > a.1 { b } else { a });
