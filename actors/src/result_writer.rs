@@ -262,6 +262,7 @@ async fn write(
         .zip(&errors)
         .map(|(((r, counted), (state, next, last_error)), error)| Outcome {
             delivery_id: r.delivery_id,
+            destination_id: r.destination_id,
             created_at: r.created_at,
             lease_id: r.lease_id,
             counted: *counted,

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (10, "trace_context", include_str!("../migrations/0010_trace_context.sql")),
     (11, "references_without_triggers", include_str!("../migrations/0011_references_without_triggers.sql")),
     (12, "windows_by_id", include_str!("../migrations/0012_windows_by_id.sql")),
+    (13, "attempt_destination", include_str!("../migrations/0013_attempt_destination.sql")),
 ];
 
 /// How many migrations this binary carries.

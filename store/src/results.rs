@@ -13,6 +13,8 @@ use crate::Pool;
 #[derive(Debug, Clone)]
 pub struct Outcome<'a> {
     pub delivery_id: Uuid,
+    /// Where the attempt went, stored with it (the admin API's windows count attempts per destination: ADR-0030).
+    pub destination_id: Uuid,
     /// The delivery's partition key.
     pub created_at: DateTime<Utc>,
     /// The lease the attempt ran under: the outcome applies only while it still holds.
@@ -75,6 +77,7 @@ pub async fn record(
     let delivery_ids: Vec<Uuid> = outcomes.iter().map(|o| o.delivery_id).collect();
     let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempt).collect();
     let started_at: Vec<DateTime<Utc>> = outcomes.iter().map(|o| o.started_at).collect();
+    let destination_ids: Vec<Uuid> = outcomes.iter().map(|o| o.destination_id).collect();
     let statuses: Vec<Option<i32>> = outcomes.iter().map(|o| o.status).collect();
     let latencies: Vec<i32> = outcomes.iter().map(|o| o.latency_ms).collect();
     let headers: Vec<&serde_json::Value> = outcomes.iter().map(|o| o.response_headers).collect();
@@ -85,17 +88,17 @@ pub async fn record(
     let insert = tx
         .prepare_cached(
             "INSERT INTO attempts (id, delivery_id, attempt, node_id, started_at, status, latency_ms,
-                                   response_headers, response_excerpt, error_kind, error)
+                                   response_headers, response_excerpt, error_kind, error, destination_id)
              SELECT a.id, a.delivery_id, a.attempt, $4, a.started_at, a.status, a.latency_ms, a.headers, a.excerpt,
-                    a.kind, a.error
+                    a.kind, a.error, a.destination_id
              FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $5::timestamptz[], $6::int[], $7::int[], $8::jsonb[],
-                         $9::bytea[], $10::text[], $11::text[], $12::bool[])
+                         $9::bytea[], $10::text[], $11::text[], $12::bool[], $13::uuid[])
                   AS a(id, delivery_id, attempt, started_at, status, latency_ms, headers, excerpt, kind, error,
-                       counted)
+                       counted, destination_id)
              WHERE a.counted",
         )
         .await?;
-    let attempt_params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
+    let attempt_params: [&(dyn tokio_postgres::types::ToSql + Sync); 13] = [
         &ids,
         &delivery_ids,
         &attempts,
@@ -108,6 +111,7 @@ pub async fn record(
         &kinds,
         &errors,
         &counted,
+        &destination_ids,
     ];
 
     let states: Vec<&str> = outcomes.iter().map(|o| o.state).collect();

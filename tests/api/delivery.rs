@@ -152,6 +152,18 @@ async fn a_500_is_retried_on_schedule_then_delivered_and_every_attempt_is_record
         ]
     );
     assert_eq!(app.deliveries().await[0].1, 3);
+    // Each attempt row holds the destination it went to (the admin windows count by it: ADR-0030).
+    let missing = app
+        .db
+        .query_one(
+            "SELECT count(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+             WHERE a.destination_id IS DISTINCT FROM d.destination_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(missing, 0, "attempts without their delivery's destination");
 }
 
 #[actix_rt::test]
