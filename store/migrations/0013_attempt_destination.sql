@@ -3,6 +3,7 @@
 -- `deliveries` by id alone, which cannot prune that table's partitions, the planner hashed every delivery of every day
 -- whenever it expected a few hundred attempts (a window reaching across midnight UTC, for one).
 --
--- Nullable and without a default: adding it rewrites nothing. Attempts written before it hold NULL, and the windows
--- look their destination up through the delivery, one probe per such row, until retention drops them.
+-- Nullable and without a default: adding it rewrites nothing. Attempts written before it (or by a node not yet
+-- upgraded) hold NULL; the windows count those through their delivery, in a branch of their own, until they have
+-- left the windows (a week at most).
 ALTER TABLE attempts ADD COLUMN destination_id uuid;

@@ -331,16 +331,20 @@ pub struct AttemptWindow {
 /// Destination `$1`'s attempts started in the last `$2` seconds, found through their primary key: an attempt's UUIDv7
 /// id is generated when its outcome is recorded, after `started_at`, so none of the window's is below the smallest
 /// UUIDv7 of its start less a minute (`hookgate_v7_floor`, migration 0012; ADR-0024). An attempt's destination is its
-/// own column; only attempts written before migration 0013 look it up through their delivery (ADR-0030).
+/// own column; attempts written before migration 0013 are found through their delivery, in a branch of their own
+/// (ADR-0030).
 pub const ATTEMPT_WINDOW_SQL: &str = "SELECT count(*),
-        avg(CASE WHEN a.status BETWEEN 200 AND 299 THEN 1.0 ELSE 0.0 END)::float8,
-        percentile_cont(0.5) WITHIN GROUP (ORDER BY a.latency_ms),
-        percentile_cont(0.99) WITHIN GROUP (ORDER BY a.latency_ms)
- FROM attempts a
- WHERE a.id >= hookgate_v7_floor(now() - make_interval(secs => $2) - interval '1 minute')
-   AND a.started_at > now() - make_interval(secs => $2)
-   AND COALESCE(a.destination_id,
-                (SELECT x.destination_id FROM deliveries x WHERE x.id = a.delivery_id LIMIT 1)) = $1";
+        avg(CASE WHEN w.status BETWEEN 200 AND 299 THEN 1.0 ELSE 0.0 END)::float8,
+        percentile_cont(0.5) WITHIN GROUP (ORDER BY w.latency_ms),
+        percentile_cont(0.99) WITHIN GROUP (ORDER BY w.latency_ms)
+ FROM (SELECT a.status, a.latency_ms FROM attempts a
+       WHERE a.id >= hookgate_v7_floor(now() - make_interval(secs => $2) - interval '1 minute')
+         AND a.started_at > now() - make_interval(secs => $2) AND a.destination_id = $1
+       UNION ALL
+       SELECT a.status, a.latency_ms FROM attempts a JOIN deliveries x ON x.id = a.delivery_id
+       WHERE a.id >= hookgate_v7_floor(now() - make_interval(secs => $2) - interval '1 minute')
+         AND a.started_at > now() - make_interval(secs => $2) AND a.destination_id IS NULL
+         AND x.destination_id = $1) w";
 
 /// A destination's [`AttemptWindow`] over the last `secs` seconds.
 pub async fn attempt_window(client: &impl GenericClient, id: Uuid, secs: f64) -> StoreResult<AttemptWindow> {

@@ -27,20 +27,22 @@ pub const SOURCES_SQL: &str = "SELECT s.id, s.slug,
            AND (e.source_id, e.id) >= (s.id, hookgate_v7_floor(now() - make_interval(secs => $1))))
  FROM sources s ORDER BY s.slug";
 
-/// Attempts started per destination in the last `$1` seconds, the window read once, found through the attempts'
-/// primary key: an attempt's UUIDv7 id is generated when its outcome is recorded, after `started_at` (ADR-0024).
-/// Each attempt's destination is its own column; only attempts written before migration 0013, which lack it, look
-/// it up through their delivery (ADR-0030).
+/// Attempts started per destination in the last `$1` seconds, found through the attempts' primary key: an attempt's
+/// UUIDv7 id is generated when its outcome is recorded, after `started_at` (ADR-0024). Each attempt's destination is
+/// its own column, so the window's attempt rows are all that is read. Attempts written before migration 0013 lack it
+/// and are counted through their delivery, in a branch of their own that the planner plans on its estimate of them
+/// (none, once they have left the window: ADR-0030).
 pub const DESTINATIONS_SQL: &str = "SELECT d.id, d.slug, COALESCE(n.attempts, 0)
  FROM destinations d
- LEFT JOIN (SELECT COALESCE(a.destination_id,
-                            (SELECT x.destination_id FROM deliveries x WHERE x.id = a.delivery_id LIMIT 1))
-                       AS destination_id,
-                   count(*) AS attempts
-            FROM attempts a
-            WHERE a.id >= hookgate_v7_floor(now() - make_interval(secs => $1) - interval '1 minute')
-              AND a.started_at > now() - make_interval(secs => $1)
-            GROUP BY 1) n ON n.destination_id = d.id
+ LEFT JOIN (SELECT w.destination_id, count(*) AS attempts
+            FROM (SELECT a.destination_id FROM attempts a
+                  WHERE a.id >= hookgate_v7_floor(now() - make_interval(secs => $1) - interval '1 minute')
+                    AND a.started_at > now() - make_interval(secs => $1) AND a.destination_id IS NOT NULL
+                  UNION ALL
+                  SELECT x.destination_id FROM attempts a JOIN deliveries x ON x.id = a.delivery_id
+                  WHERE a.id >= hookgate_v7_floor(now() - make_interval(secs => $1) - interval '1 minute')
+                    AND a.started_at > now() - make_interval(secs => $1) AND a.destination_id IS NULL) w
+            GROUP BY w.destination_id) n ON n.destination_id = d.id
  ORDER BY d.slug";
 
 /// The counts of the last `secs` seconds.
