@@ -5,5 +5,5 @@
 --
 -- Nullable and without a default: adding it rewrites nothing. Attempts written before it (or by a node not yet
 -- upgraded) hold NULL; the windows count those through their delivery, in a branch of their own, until they have
--- left the windows (a week at most).
+-- left the windows (a week at most after the last node is upgraded).
 ALTER TABLE attempts ADD COLUMN destination_id uuid;
