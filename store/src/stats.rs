@@ -29,9 +29,10 @@ pub const SOURCES_SQL: &str = "SELECT s.id, s.slug,
 
 /// Attempts started per destination in the last `$1` seconds, found through the attempts' primary key: an attempt's
 /// UUIDv7 id is generated when its outcome is recorded, after `started_at` (ADR-0024). Each attempt's destination is
-/// its own column, so the window's attempt rows are all that is read. Attempts written before migration 0013 lack it
-/// and are counted through their delivery, in a branch of their own that the planner plans on its estimate of them
-/// (none, once they have left the window: ADR-0030).
+/// its own column, so no delivery is read for it. Attempts written before migration 0013 lack it and are counted
+/// through their delivery, in a branch of their own that the planner plans on its estimate of them (none, once they
+/// have left the window: ADR-0030). Each branch reads the window's attempts: one scan shared by both (a CTE) would
+/// hide that estimate from the planner.
 pub const DESTINATIONS_SQL: &str = "SELECT d.id, d.slug, COALESCE(n.attempts, 0)
  FROM destinations d
  LEFT JOIN (SELECT w.destination_id, count(*) AS attempts
